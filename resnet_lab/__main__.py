@@ -1,0 +1,33 @@
+"""`python -m resnet_lab <command>`: each command lives beside the code it drives.
+
+A command module exposes `add_arguments(parser)` and `run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "verify": ("resnet_lab.verify", "prove our ResNets equal timm's and torchvision's"),
+    "train": ("resnet_lab.train", "train any registered arch (Shapes data)"),
+    "faithfulness": ("resnet_lab.faithfulness", "measure how faithful each explanation is"),
+    "gradnorms": ("resnet_lab.gradflow", "gradient norms across depth, plain vs residual"),
+    "degradation": ("resnet_lab.degradation", "train plain/residual twins and record the curves"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m resnet_lab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    args = parser.parse_args(argv)
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""One ResNet class, a registry of configs, and the plain twin of every net.
+
+ImageNet nets (He et al. 2015, Table 1) have timm's (= torchvision's) state-dict
+keys, so their weights load with `strict=True` and no renaming. CIFAR nets
+(section 4.2) are 6n+2 layers deep with widths 16-32-64.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from .blocks import BasicBlock, Bottleneck, NormLayer, ShortcutA, conv3x3, projection
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """Everything that tells one member of the family from another."""
+
+    block: type[BasicBlock] | type[Bottleneck]
+    layers: tuple[int, ...]
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    stem: str = "imagenet"  # "imagenet": 7x7/2 conv + 3x3/2 max-pool; "cifar": one 3x3 conv
+    shortcut: str = "B"  # "A": parameter-free identity/zero-pad; "B": 1x1 projection where shapes change
+    num_classes: int = 1000
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    residual: bool = True
+
+    @property
+    def depth(self) -> int:
+        """Weighted layers: convs on the main path plus the classifier."""
+        per_block = 3 if self.block is Bottleneck else 2
+        return 1 + per_block * sum(self.layers) + 1
+
+
+def _imagenet(block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...]) -> ResNetConfig:
+    return ResNetConfig(block=block, layers=layers)
+
+
+def _cifar(n: int) -> ResNetConfig:
+    return ResNetConfig(
+        block=BasicBlock, layers=(n, n, n), widths=(16, 32, 64), stem="cifar", shortcut="A",
+        num_classes=10, input_size=(3, 32, 32), mean=CIFAR_MEAN, std=CIFAR_STD,
+    )
+
+
+_RESIDUAL: dict[str, ResNetConfig] = {
+    "resnet18": _imagenet(BasicBlock, (2, 2, 2, 2)),
+    "resnet34": _imagenet(BasicBlock, (3, 4, 6, 3)),
+    "resnet50": _imagenet(Bottleneck, (3, 4, 6, 3)),
+    "resnet101": _imagenet(Bottleneck, (3, 4, 23, 3)),
+    "resnet152": _imagenet(Bottleneck, (3, 8, 36, 3)),
+    **{f"resnet{6 * n + 2}": _cifar(n) for n in (3, 5, 7, 9, 18)},
+}
+REGISTRY: dict[str, ResNetConfig] = {
+    **_RESIDUAL,
+    **{name.replace("resnet", "plain"): replace(cfg, residual=False) for name, cfg in _RESIDUAL.items()},
+}
+
+
+def list_archs(kind: str | None = None) -> list[str]:
+    """Registered arch names; `kind` filters to "imagenet" or "cifar" stems."""
+    return [n for n, c in REGISTRY.items() if kind is None or c.stem == kind]
+
+
+def twin_name(arch: str) -> str:
+    """`resnet56` <-> `plain56`."""
+    return arch.replace("resnet", "plain") if arch.startswith("resnet") else arch.replace("plain", "resnet")
+
+
+class ResNet(nn.Module):
+    """A residual network (or its plain twin) built from a `ResNetConfig`.
+
+    Weights are initialised per parameter from a generator seeded by one draw of
+    the global RNG and the parameter's name, so a net and its plain twin built
+    after the same `torch.manual_seed` share every weight they have in common,
+    even though the plain twin lacks the projection shortcuts.
+    """
+
+    def __init__(
+        self,
+        config: ResNetConfig,
+        num_classes: int | None = None,
+        in_chans: int = 3,
+        zero_init_last: bool = False,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        seed = int(torch.randint(0, 2**62, ()))
+        self.config = config
+        self.num_classes = num_classes if num_classes is not None else config.num_classes
+        self.residual = config.residual
+        self._norm_layer = norm_layer
+        widths = config.widths
+        if config.stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_chans, widths[0], 7, stride=2, padding=3, bias=False)
+        else:
+            self.conv1 = conv3x3(in_chans, widths[0])
+        self.bn1 = norm_layer(widths[0])
+        self.act1 = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if config.stem == "imagenet" else nn.Identity()
+
+        self.inplanes = widths[0]
+        self.stage_names: list[str] = []
+        for i, (planes, blocks) in enumerate(zip(widths, config.layers)):
+            name = f"layer{i + 1}"
+            self.add_module(name, self._make_layer(planes, blocks, stride=1 if i == 0 else 2))
+            self.stage_names.append(name)
+        self.num_features = self.inplanes
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(self.num_features, self.num_classes)
+        self.init_weights(seed, zero_init_last)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        block, cfg = self.config.block, self.config
+        out = planes * block.expansion
+        downsample = None
+        if cfg.residual and (stride != 1 or self.inplanes != out):
+            if cfg.shortcut == "A":
+                downsample = ShortcutA(self.inplanes, out, stride)
+            else:
+                downsample = projection(self.inplanes, out, stride, self._norm_layer)
+        layers = [block(self.inplanes, planes, stride, downsample, cfg.residual, self._norm_layer)]
+        self.inplanes = out
+        layers += [block(out, planes, 1, None, cfg.residual, self._norm_layer) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int, zero_init_last: bool = False) -> None:
+        """He init for convs (fan_out, as torchvision), BN to identity, default Linear init."""
+        for name, m in self.named_modules():
+            g = torch.Generator().manual_seed(seed ^ zlib.crc32(name.encode()))
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=g)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                bound = 1.0 / m.in_features**0.5
+                nn.init.uniform_(m.weight, -bound, bound, generator=g)
+                nn.init.uniform_(m.bias, -bound, bound, generator=g)
+        if zero_init_last:
+            for _, blk in self.blocks():
+                if isinstance(blk.last_bn, nn.BatchNorm2d):
+                    nn.init.zeros_(blk.last_bn.weight)
+
+    def stages(self) -> list[tuple[str, nn.Sequential]]:
+        """(`layer1`, module), ... in depth order."""
+        return [(n, getattr(self, n)) for n in self.stage_names]
+
+    def blocks(self) -> list[tuple[str, BasicBlock | Bottleneck]]:
+        """Every block in depth order, named by its state-dict prefix (`layer2.0`)."""
+        return [(f"{s}.{i}", b) for s, stage in self.stages() for i, b in enumerate(stage)]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        for _, stage in self.stages():
+            x = stage(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.global_pool(x), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def build(
+    arch: str,
+    *,
+    residual: bool | None = None,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    zero_init_last: bool = False,
+    norm: str = "bn",
+    shortcut: str | None = None,
+) -> ResNet:
+    """Build a registered arch (`resnet50`, `plain56`, ...).
+
+    `residual` overrides the name (so `build("resnet56", residual=False)` is
+    `plain56`), `norm="none"` drops BatchNorm (for the no-BN gradient study),
+    `shortcut` picks option "A" or "B" for the shortcuts where shapes change.
+    """
+    if arch not in REGISTRY:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(list_archs())}")
+    cfg = REGISTRY[arch]
+    if residual is not None:
+        cfg = replace(cfg, residual=residual)
+    if shortcut is not None:
+        if shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut must be 'A' or 'B', not {shortcut!r}")
+        cfg = replace(cfg, shortcut=shortcut)
+    if norm not in ("bn", "none"):
+        raise ValueError(f"norm must be 'bn' or 'none', not {norm!r}")
+    norm_layer: NormLayer = nn.BatchNorm2d if norm == "bn" else (lambda _c: nn.Identity())
+    return ResNet(cfg, num_classes, in_chans, zero_init_last, norm_layer)

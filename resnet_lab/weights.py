@@ -1,0 +1,228 @@
+"""Weights for our ResNets: timm tags on the Hugging Face Hub, local files, our own checkpoints.
+
+Nothing here unpickles arbitrary objects: `.safetensors` is preferred, and
+`.pth`/`.bin` files go through `torch.load(weights_only=True)`. When the hub
+cannot be reached we say so within a couple of seconds, instead of letting
+huggingface_hub retry for most of a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from .resnet import REGISTRY, ResNet, build
+
+HUB_PROBE_TIMEOUT_S = 2.0
+DEFAULT_TAGS = {  # cross-entropy-trained weights, so the probabilities are calibrated
+    "resnet18": "resnet18.tv_in1k",
+    "resnet34": "resnet34.tv_in1k",
+    "resnet50": "resnet50.tv2_in1k",
+    "resnet101": "resnet101.tv2_in1k",
+    "resnet152": "resnet152.tv2_in1k",
+}
+
+
+class WeightsUnavailable(RuntimeError):
+    """The weights asked for cannot be had (hub out of reach, missing file, wrong shapes)."""
+
+
+@dataclass
+class LoadedWeights:
+    """A model with its weights and where they came from."""
+
+    model: ResNet
+    source: str  # "hub:resnet50.tv2_in1k", "file:/path/x.safetensors", "random"
+    pretrained_cfg: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_random(self) -> bool:
+        return self.source == "random"
+
+
+def default_pretrained_cfg(arch: str, num_classes: int | None = None) -> dict[str, Any]:
+    """timm-style data config for a net with no pretrained weights."""
+    cfg = REGISTRY[arch]
+    return {
+        "input_size": cfg.input_size,
+        "interpolation": "bilinear",
+        "crop_pct": 0.875 if cfg.stem == "imagenet" else 1.0,
+        "crop_mode": "center",
+        "mean": cfg.mean,
+        "std": cfg.std,
+        "num_classes": num_classes or cfg.num_classes,
+    }
+
+
+# ----------------------------------------------------------------------------- local files
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from `.safetensors`, or from `.pth`/`.bin` without unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailable(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError and friends: refuse, never execute
+        raise WeightsUnavailable(
+            f"refusing to load {path.name}: it is not a plain tensor checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}). Convert it to .safetensors."
+        ) from e
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsUnavailable(f"{path.name} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
+    """`load_state_dict(strict=True)` with an error that names the file and the mismatch."""
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        raise WeightsUnavailable(f"{what} does not fit this model: {str(e)[:500]}") from e
+
+
+def meta_path(path: str | os.PathLike) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def save_checkpoint(model: ResNet, path: str | os.PathLike, meta: dict[str, Any]) -> Path:
+    """Write `<path>.safetensors` and a `<path>.json` beside it (arch, classes, mean/std, ...)."""
+    from safetensors.torch import save_file
+
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path))
+    meta_path(path).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> LoadedWeights:
+    """Load a local weights file into our model.
+
+    With a JSON beside it (as `save_checkpoint` writes), the arch, class count,
+    class names and data config come from there; otherwise `arch` must be given
+    and the ImageNet defaults apply.
+    """
+    path = Path(path)
+    meta: dict[str, Any] = {}
+    if meta_path(path).is_file():
+        meta = json.loads(meta_path(path).read_text())
+    arch = arch or meta.get("arch")
+    if arch is None:
+        raise WeightsUnavailable(f"{path.name}: no arch given and no {meta_path(path).name} beside it")
+    state = read_state_dict(path)
+    num_classes = meta.get("num_classes") or (state["fc.weight"].shape[0] if "fc.weight" in state else None)
+    model = build(arch, num_classes=num_classes)
+    load_into(model, state, str(path))
+    cfg = default_pretrained_cfg(arch, model.num_classes)
+    cfg.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in meta.items() if k in cfg})
+    return LoadedWeights(model.eval(), f"file:{path}", cfg, meta)
+
+
+# ----------------------------------------------------------------------------- the hub
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> tuple[bool, str]:
+    """Can we open a TCP connection to the hub within `timeout` seconds (DNS included)?"""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False, "HF_HUB_OFFLINE is set"
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    result: list[str] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append("ok")
+        except OSError as e:
+            result.append(f"{host}:{port} unreachable ({e.__class__.__name__}: {e})")
+
+    t = threading.Thread(target=probe, daemon=True)  # getaddrinfo ignores timeouts; bound it here
+    t.start()
+    t.join(timeout)
+    if not result:
+        return False, f"no answer from {host}:{port} within {timeout:.0f} s"
+    return result[0] == "ok", result[0]
+
+
+def resolve_tag(tag: str) -> tuple[str, Any]:
+    """`resnet50.tv2_in1k` -> ("resnet50", timm's PretrainedCfg); a bare arch gets its default tag."""
+    import timm
+
+    tag = DEFAULT_TAGS.get(tag, tag)
+    arch = tag.split(".")[0]
+    if arch not in REGISTRY:
+        raise WeightsUnavailable(f"{tag!r}: unknown arch {arch!r}")
+    cfg = timm.models.get_pretrained_cfg(tag)
+    if cfg is None or not cfg.hf_hub_id:
+        raise WeightsUnavailable(f"timm has no hub weights called {tag!r}; see list_tags({arch!r})")
+    return arch, cfg
+
+
+def list_tags(arch: str) -> list[str]:
+    """Every pretrained tag timm offers for `arch` (no network needed)."""
+    import timm
+
+    return [t for t in timm.list_pretrained(f"{arch}.*") if t.split(".")[0] == arch]
+
+
+def hub_file(repo_id: str, filename: str = "model.safetensors", what: str = "") -> str:
+    """Path of a hub file: from the local cache if there, else downloaded after a fast probe."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo_id, filename, local_files_only=True)
+    except Exception:
+        pass
+    ok, why = hub_reachable()
+    if not ok:
+        raise WeightsUnavailable(
+            f"cannot download {what or repo_id} from the Hugging Face Hub: {why}. "
+            "Use a local file instead: save the weights as .safetensors and pass the path "
+            "(RESNET_LAB_WEIGHTS=path, --weights path, or load_checkpoint(path, arch=...))."
+        )
+    try:
+        return hf_hub_download(repo_id, filename, etag_timeout=5)
+    except Exception as e:
+        raise WeightsUnavailable(f"download of {what or repo_id} failed: {type(e).__name__}: {e}") from e
+
+
+def load_pretrained(tag: str) -> LoadedWeights:
+    """Our model with timm's weights for `tag` and timm's `pretrained_cfg` (mean, std, crop, ...)."""
+    arch, cfg = resolve_tag(tag)
+    tag = f"{arch}.{cfg.tag}" if cfg.tag else arch
+    path = hub_file(cfg.hf_hub_id, what=f"the weights {tag!r}")
+    model = build(arch, num_classes=cfg.num_classes)
+    load_into(model, read_state_dict(path), f"hub weights {tag!r}")
+    return LoadedWeights(model.eval(), f"hub:{tag}", dict(cfg.to_dict()))
+
+
+def load_weights(spec: str | None, arch: str | None = None) -> LoadedWeights:
+    """One entry point: a timm tag, a local file, or None for random weights (said loudly)."""
+    if spec and (os.path.sep in spec or Path(spec).suffix in (".safetensors", ".pth", ".bin", ".pt")):
+        return load_checkpoint(spec, arch)
+    if spec:
+        return load_pretrained(spec)
+    if arch is None:
+        raise ValueError("load_weights(None) needs an arch")
+    return LoadedWeights(build(arch).eval(), "random", default_pretrained_cfg(arch))
