@@ -78,6 +78,19 @@ def twin_name(arch: str) -> str:
     return arch.replace("resnet", "plain") if arch.startswith("resnet") else arch.replace("plain", "resnet")
 
 
+def default_pretrained_cfg(cfg: ResNetConfig, num_classes: int) -> dict:
+    """timm-style data config (what the eval transform needs) for a net without pretrained weights."""
+    return {
+        "input_size": cfg.input_size,
+        "interpolation": "bilinear",
+        "crop_pct": 0.875 if cfg.stem == "imagenet" else 1.0,
+        "crop_mode": "center",
+        "mean": cfg.mean,
+        "std": cfg.std,
+        "num_classes": num_classes,
+    }
+
+
 class ResNet(nn.Module):
     """A residual network (or its plain twin) built from a `ResNetConfig`.
 
@@ -120,6 +133,7 @@ class ResNet(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.num_features, self.num_classes)
         self.init_weights(seed, zero_init_last)
+        self.pretrained_cfg = default_pretrained_cfg(config, self.num_classes)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         block, cfg = self.config.block, self.config

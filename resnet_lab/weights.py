@@ -45,23 +45,12 @@ class LoadedWeights:
     pretrained_cfg: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.model.pretrained_cfg = self.pretrained_cfg  # as timm models carry it: explain.py reads mean/std
+
     @property
     def is_random(self) -> bool:
         return self.source == "random"
-
-
-def default_pretrained_cfg(arch: str, num_classes: int | None = None) -> dict[str, Any]:
-    """timm-style data config for a net with no pretrained weights."""
-    cfg = REGISTRY[arch]
-    return {
-        "input_size": cfg.input_size,
-        "interpolation": "bilinear",
-        "crop_pct": 0.875 if cfg.stem == "imagenet" else 1.0,
-        "crop_mode": "center",
-        "mean": cfg.mean,
-        "std": cfg.std,
-        "num_classes": num_classes or cfg.num_classes,
-    }
 
 
 # ----------------------------------------------------------------------------- local files
@@ -132,7 +121,7 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> LoadedW
     num_classes = meta.get("num_classes") or (state["fc.weight"].shape[0] if "fc.weight" in state else None)
     model = build(arch, num_classes=num_classes)
     load_into(model, state, str(path))
-    cfg = default_pretrained_cfg(arch, model.num_classes)
+    cfg = dict(model.pretrained_cfg)
     cfg.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in meta.items() if k in cfg})
     return LoadedWeights(model.eval(), f"file:{path}", cfg, meta)
 
@@ -225,4 +214,5 @@ def load_weights(spec: str | None, arch: str | None = None) -> LoadedWeights:
         return load_pretrained(spec)
     if arch is None:
         raise ValueError("load_weights(None) needs an arch")
-    return LoadedWeights(build(arch).eval(), "random", default_pretrained_cfg(arch))
+    model = build(arch).eval()
+    return LoadedWeights(model, "random", dict(model.pretrained_cfg))
