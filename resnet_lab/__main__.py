@@ -1,6 +1,7 @@
 """`python -m resnet_lab <command>`: each command lives beside the code it drives.
 
-A command module exposes `add_arguments(parser)` and `run(args) -> int`.
+A command module exposes `add_arguments(parser)` and `run(args) -> int`; only
+the module of the command being run is imported.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m resnet_lab", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
-        p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        if name in argv[:1]:
+            importlib.import_module(module).add_arguments(p)
     args = parser.parse_args(argv)
-    return int(importlib.import_module(args._module).run(args) or 0)
+    return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ DEFAULT_TAGS = {  # cross-entropy-trained weights, so the probabilities are cali
     "resnet101": "resnet101.tv2_in1k",
     "resnet152": "resnet152.tv2_in1k",
 }
+LOCAL_ALTERNATIVE = (
+    "Use a local file instead: save the weights as .safetensors and pass the path "
+    "(RESNET_LAB_WEIGHTS=path, --weights path, or load_checkpoint(path, arch=...))."
+)
 
 
 class WeightsUnavailable(RuntimeError):
@@ -162,7 +166,10 @@ def resolve_tag(tag: str) -> tuple[str, Any]:
     arch = tag.split(".")[0]
     if arch not in REGISTRY:
         raise WeightsUnavailable(f"{tag!r}: unknown arch {arch!r}")
-    cfg = timm.models.get_pretrained_cfg(tag)
+    try:
+        cfg = timm.models.get_pretrained_cfg(tag)
+    except RuntimeError:
+        cfg = None
     if cfg is None or not cfg.hf_hub_id:
         raise WeightsUnavailable(f"timm has no hub weights called {tag!r}; see list_tags({arch!r})")
     return arch, cfg
@@ -183,17 +190,17 @@ def hub_file(repo_id: str, filename: str = "model.safetensors", what: str = "") 
         return hf_hub_download(repo_id, filename, local_files_only=True)
     except Exception:
         pass
+    what = what or repo_id
     ok, why = hub_reachable()
     if not ok:
-        raise WeightsUnavailable(
-            f"cannot download {what or repo_id} from the Hugging Face Hub: {why}. "
-            "Use a local file instead: save the weights as .safetensors and pass the path "
-            "(RESNET_LAB_WEIGHTS=path, --weights path, or load_checkpoint(path, arch=...))."
-        )
+        raise WeightsUnavailable(f"cannot download {what} from the Hugging Face Hub: {why}. {LOCAL_ALTERNATIVE}")
     try:
         return hf_hub_download(repo_id, filename, etag_timeout=5)
     except Exception as e:
-        raise WeightsUnavailable(f"download of {what or repo_id} failed: {type(e).__name__}: {e}") from e
+        first_line = str(e).splitlines()[0][:300] if str(e) else ""
+        raise WeightsUnavailable(
+            f"download of {what} failed ({type(e).__name__}: {first_line}). {LOCAL_ALTERNATIVE}"
+        ) from e
 
 
 def load_pretrained(tag: str) -> LoadedWeights:

@@ -1,0 +1,31 @@
+"""Shared fixtures. Every test runs offline: the hub is declared unreachable unless a test says otherwise."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+@pytest.fixture(scope="session")
+def photo() -> Image.Image:
+    """A deterministic, photo-like RGB image (smooth gradients plus texture), 320x240."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:240, 0:320]
+    r = 128 + 100 * np.sin(xx / 23.0)
+    g = 128 + 100 * np.cos(yy / 17.0)
+    b = 128 + 60 * np.sin((xx + yy) / 31.0)
+    arr = np.stack([r, g, b], -1) + rng.normal(0, 12, (240, 320, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()

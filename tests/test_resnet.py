@@ -1,0 +1,118 @@
+"""The family: parameter counts, depths, plain twins, shared init, features API."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torchvision
+
+import resnet_lab
+from resnet_lab.blocks import ShortcutA
+
+TIMM_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+               "resnet101": 44_549_160, "resnet152": 60_192_808}
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("arch", list(TIMM_PARAMS))
+def test_params_and_keys_match_timm_and_torchvision(arch):
+    ours = resnet_lab.build(arch)
+    assert n_params(ours) == TIMM_PARAMS[arch]
+    ref = timm.create_model(arch)
+    assert n_params(ref) == TIMM_PARAMS[arch]
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    assert ours.load_state_dict(getattr(torchvision.models, arch)().state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("arch,depth,params", [("resnet20", 20, 0.27e6), ("resnet32", 32, 0.46e6),
+                                               ("resnet44", 44, 0.66e6), ("resnet56", 56, 0.85e6),
+                                               ("resnet110", 110, 1.7e6)])
+def test_cifar_depth_and_params_match_paper_table6(arch, depth, params):
+    m = resnet_lab.build(arch)
+    n = len(m.layer1)
+    assert 6 * n + 2 == depth == m.config.depth
+    convs = [x for x in m.modules() if isinstance(x, torch.nn.Conv2d)]
+    assert len(convs) + 1 == depth  # every conv is on the main path: option A has no parameters
+    assert round(n_params(m) / 1e6, 2 if params < 1e6 else 1) == pytest.approx(params / 1e6)
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert sum(isinstance(x, ShortcutA) for x in m.modules()) == 2
+
+
+def test_cifar_option_a_and_plain_twin_have_identical_parameters():
+    torch.manual_seed(3)
+    res = resnet_lab.build("resnet56")
+    torch.manual_seed(3)
+    plain = resnet_lab.build("plain56")
+    assert res.state_dict().keys() == plain.state_dict().keys()
+    for (k, a), b in zip(res.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), k
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.allclose(res(x), plain(x))  # the shortcut is really there
+
+
+def test_option_b_projection_adds_1x1_convs():
+    m = resnet_lab.build("resnet20", shortcut="B")
+    assert n_params(m) > n_params(resnet_lab.build("resnet20"))
+    assert isinstance(m.layer2[0].downsample[0], torch.nn.Conv2d)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_plain_twin_is_the_residual_net_minus_projections(arch):
+    torch.manual_seed(0)
+    res = resnet_lab.build(arch)
+    torch.manual_seed(0)
+    plain = resnet_lab.build(arch.replace("resnet", "plain"))
+    res_sd, plain_sd = res.state_dict(), plain.state_dict()
+    assert set(res_sd) - set(plain_sd) == {k for k in res_sd if ".downsample." in k}
+    assert set(plain_sd) <= set(res_sd)
+    for k, v in plain_sd.items():
+        assert torch.equal(v, res_sd[k]), k
+    assert all(b.downsample is None and not b.residual for _, b in plain.blocks())
+
+
+def test_different_seeds_give_different_weights():
+    torch.manual_seed(0)
+    a = resnet_lab.build("resnet20")
+    torch.manual_seed(1)
+    b = resnet_lab.build("resnet20")
+    assert not torch.equal(a.conv1.weight, b.conv1.weight)
+
+
+def test_registry_and_build_options():
+    archs = resnet_lab.list_archs()
+    for d in (18, 34, 50, 101, 152, 20, 32, 44, 56, 110):
+        assert f"resnet{d}" in archs and f"plain{d}" in archs
+    assert resnet_lab.build("resnet56", residual=False).residual is False
+    assert resnet_lab.twin_name("plain110") == "resnet110"
+    m = resnet_lab.build("resnet18", num_classes=7, in_chans=1)
+    assert m(torch.randn(1, 1, 64, 64)).shape == (1, 7)
+    with pytest.raises(ValueError, match="unknown arch"):
+        resnet_lab.build("resnet19")
+    nobn = resnet_lab.build("resnet20", norm="none")
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in nobn.modules())
+
+
+def test_zero_init_last_is_opt_in():
+    assert all(float(b.last_bn.weight.detach().abs().sum()) > 0 for _, b in resnet_lab.build("resnet50").blocks())
+    z = resnet_lab.build("resnet50", zero_init_last=True)
+    assert all(float(b.last_bn.weight.detach().abs().sum()) == 0 for _, b in z.blocks())
+
+
+def test_features_api_names_stages_and_blocks_in_depth_order():
+    m = resnet_lab.build("resnet34")
+    assert m.stage_names == ["layer1", "layer2", "layer3", "layer4"]
+    names = [n for n, _ in m.blocks()]
+    assert len(names) == 16 and names[0] == "layer1.0" and names[-1] == "layer4.2"
+    assert m.forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 512, 2, 2)
+    assert resnet_lab.build("resnet110").stage_names == ["layer1", "layer2", "layer3"]
+
+
+def test_activations_are_distinct_modules_and_not_inplace():
+    m = resnet_lab.build("resnet50")
+    relus = [x for x in m.modules() if isinstance(x, torch.nn.ReLU)]
+    assert len(relus) == len({id(r) for r in relus}) == 1 + 3 * 16
+    assert not any(r.inplace for r in relus)

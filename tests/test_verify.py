@@ -1,0 +1,57 @@
+"""Equivalence with timm and torchvision: logits (eval and train mode) and every gradient, to 1e-5."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from resnet_lab import build
+from resnet_lab.__main__ import main
+from resnet_lab.verify import TOLERANCE, compare, randomize_bn, reference_model, verify_arch
+
+ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+
+
+@pytest.mark.parametrize("reference", ["timm", "torchvision"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_equivalent_to_reference(arch, reference):
+    r = verify_arch(arch, reference, image_size=64, batch=2)
+    assert r.params_ours == r.params_ref
+    assert r.diffs["eval_logits"] <= TOLERANCE
+    assert r.diffs["train_logits"] <= TOLERANCE
+    assert r.diffs["grads"] <= TOLERANCE
+    assert r.ok
+
+
+def test_comparison_catches_a_wrong_branch():
+    """With randomized BN a single perturbed BN deep in a branch must be visible (timm's zero-gamma would hide it)."""
+    torch.manual_seed(0)
+    ref = reference_model("resnet18")
+    randomize_bn(ref)
+    ours = build("resnet18")
+    ours.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        ours.layer3[1].bn2.weight.mul_(1.01)
+    d = compare(ours, ref, torch.randn(2, 3, 64, 64))
+    assert d["eval_logits"] > 10 * TOLERANCE
+    assert d["train_logits"] > 10 * TOLERANCE
+    assert d["grads"] > 10 * TOLERANCE
+
+
+def test_timm_default_init_would_hide_a_missing_branch():
+    """Why randomize_bn exists: with timm's zero-init last BN, dropping the branch changes nothing."""
+    torch.manual_seed(0)
+    ref = reference_model("resnet18").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = ref(x)
+        for blk in [ref.layer2[1], ref.layer3[1]]:
+            blk.conv2.weight.mul_(-3.0)
+        after = ref(x)
+    assert torch.allclose(before, after)
+
+
+def test_cli_prints_a_table_and_exits_zero(capsys):
+    assert main(["verify", "--arch", "resnet18", "--image-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet18" in out and "torchvision" in out and "OK" in out and "MISMATCH" not in out
