@@ -1,0 +1,70 @@
+"""Inference speed: ours (unfused and BN-folded) vs timm vs torchvision, same weights, same threads.
+
+    python benchmarks/bench_inference.py [--archs resnet18 resnet50] [--batches 1 16] [--repeats 15]
+
+The three models are timed in interleaved rounds in one process, so drift of the
+machine hits them alike; we report the median of the rounds and the ratio to timm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import pandas as pd
+import timm
+import torch
+import torchvision
+
+from resnet_lab import build
+from resnet_lab.inference import fuse_bn
+from resnet_lab.verify import randomize_bn
+
+
+def time_once(model: torch.nn.Module, x: torch.Tensor) -> float:
+    with torch.inference_mode():
+        t = time.perf_counter()
+        model(x)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t) * 1e3
+
+
+def bench(arch: str, batch: int, repeats: int, device: str) -> list[dict]:
+    torch.manual_seed(0)
+    ref = timm.create_model(arch).eval()
+    randomize_bn(ref)
+    ours = build(arch).eval()
+    ours.load_state_dict(ref.state_dict())
+    tv = getattr(torchvision.models, arch)().eval()
+    tv.load_state_dict(ref.state_dict())
+    models = {"timm": ref, "torchvision": tv, "ours": ours, "ours (BN folded)": fuse_bn(ours)}
+    models = {k: m.to(device) for k, m in models.items()}
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    for m in models.values():  # warm-up
+        for _ in range(2):
+            time_once(m, x)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(repeats):
+        for k, m in models.items():
+            times[k].append(time_once(m, x))
+    base = statistics.median(times["timm"])
+    return [{"arch": arch, "batch": batch, "model": k, "median ms": round(statistics.median(v), 2),
+             "ratio vs timm": round(statistics.median(v) / base, 3)} for k, v in times.items()]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--archs", nargs="+", default=["resnet18", "resnet50"])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}")
+    rows = [r for a in args.archs for b in args.batches for r in bench(a, b, args.repeats, args.device)]
+    print(pd.DataFrame(rows).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
