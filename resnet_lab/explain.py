@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 from captum.attr import GuidedGradCam, IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion
+from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 METHODS: dict[str, str] = {
@@ -97,3 +99,87 @@ def attribute(
         perturbations_per_eval=16,
     )
     return occ.detach().mean(1)
+
+
+# ----------------------------------------------------------------------------- overlays
+
+
+def scale_map(heat: np.ndarray, signed: bool = False) -> tuple[np.ndarray, float]:
+    """To [0, 1] (or [-1, 1] when signed, zero kept at zero) and the value that maps to 1."""
+    top = float(np.abs(heat).max()) if signed else float(heat.max())
+    if top <= 0:
+        return np.zeros_like(heat, dtype=np.float32), 0.0
+    return (np.clip(heat / top, -1 if signed else 0, 1)).astype(np.float32), top
+
+
+def colorize(scaled: np.ndarray, cmap: str = "jet", signed: bool = False) -> np.ndarray:
+    """A scaled map to RGB floats in [0, 1]; signed maps use a diverging colormap centred on zero."""
+    from matplotlib import colormaps
+
+    values = (scaled + 1) / 2 if signed else scaled
+    return colormaps[cmap if not signed else "RdBu_r"](values)[..., :3]
+
+
+def _colorbar(height: int, cmap: str, signed: bool, top: float) -> Image.Image:
+    width, bar = 70, 16
+    grad = np.linspace(1, -1 if signed else 0, height)[:, None].repeat(bar, 1)
+    strip = Image.fromarray((colorize(grad, cmap, signed) * 255).astype(np.uint8))
+    canvas = Image.new("RGB", (width, height), "white")
+    canvas.paste(strip, (4, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=max(10, height // 30))
+    draw.text((bar + 8, 0), f"{top:.3g}", fill="black", font=font)
+    draw.text((bar + 8, height // 2 - 6), "0" if signed else "", fill="black", font=font)
+    bottom_label = f"{-top:.3g}" if signed else "0"
+    draw.text((bar + 8, height - max(12, height // 25)), bottom_label, fill="black", font=font)
+    return canvas
+
+
+def overlay(
+    image: Image.Image,
+    heat: np.ndarray,
+    box: tuple[float, float, float, float] | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    signed: bool = False,
+    colorbar: bool = True,
+) -> Image.Image:
+    """The heatmap laid over the *original* image.
+
+    `heat` covers the network input, which is the region `box` (left, top,
+    right, bottom, from `data.crop_box`) of the original; outside it the network
+    saw nothing, so that part is dimmed rather than painted.
+    """
+    image = image.convert("RGB")
+    w, h = image.size
+    left, top, right, bottom = box or (0, 0, w, h)
+    size = (max(1, round(right - left)), max(1, round(bottom - top)))
+    resized = np.asarray(Image.fromarray(heat.astype(np.float32), "F").resize(size, Image.Resampling.BILINEAR))
+    scaled, vmax = scale_map(resized, signed)
+    base = np.asarray(image, dtype=np.float32) / 255
+    out = base * 0.35 + 0.65 * base.mean(-1, keepdims=True) * 0.5  # outside the crop: dimmed, desaturated
+    x0, y0 = round(left), round(top)
+    ys, xs = slice(max(y0, 0), min(y0 + size[1], h)), slice(max(x0, 0), min(x0 + size[0], w))
+    patch = colorize(scaled, cmap, signed)[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
+    out[ys, xs] = (1 - alpha) * base[ys, xs] + alpha * patch
+    result = Image.fromarray((np.clip(out, 0, 1) * 255).astype(np.uint8))
+    if not colorbar:
+        return result
+    canvas = Image.new("RGB", (w + 70, h), "white")
+    canvas.paste(result, (0, 0))
+    canvas.paste(_colorbar(h, cmap, signed, vmax), (w, 0))
+    return canvas
+
+
+def draw_box(image: Image.Image, box: tuple[float, float, float, float], hit: bool | None = None,
+             peak: tuple[float, float] | None = None) -> Image.Image:
+    """The true object box (green for a pointing-game hit, red for a miss) and the map's peak."""
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    color = "white" if hit is None else ("#00c853" if hit else "#ff1744")
+    width = max(2, image.width // 100)
+    draw.rectangle(box, outline=color, width=width)
+    if peak is not None:
+        r = max(3, image.width // 60)
+        draw.ellipse((peak[0] - r, peak[1] - r, peak[0] + r, peak[1] + r), outline="white", width=width)
+    return image

@@ -1,0 +1,73 @@
+"""resnet-lab: the Gradio app. Thin on purpose: the tabs live in `resnet_lab.ui`, the work in `resnet_lab`.
+
+    python app.py [--weights PATH] [--device cpu|cuda] [--port 7860] [--host 127.0.0.1]
+
+On a ZeroGPU Space (`SPACES_ZERO_GPU` set and the `spaces` package present),
+`spaces` is imported before torch touches CUDA and the GPU work runs inside
+`@spaces.GPU` functions; elsewhere nothing of this is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))
+if ZERO_GPU:
+    try:
+        import spaces  # noqa: F401  (must come before torch initializes CUDA)
+    except ImportError:
+        ZERO_GPU = False
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+
+from resnet_lab.ui import classify, common, gradcam, research  # noqa: E402
+from resnet_lab.zoo import ASSETS  # noqa: E402
+
+PHOTOS = [str(ASSETS / f) for f in ("chelsea.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg")]
+SHAPES = sorted(str(p) for p in ASSETS.glob("shapes_*.png"))
+MAX_FILE_SIZE = "20mb"
+
+
+def build_demo() -> gr.Blocks:
+    """The whole app. Loading the default model's metadata is the only work done here; weights load lazily."""
+    default = common.zoo().default_model()
+    examples = PHOTOS + SHAPES
+    with gr.Blocks(title="resnet-lab") as demo:
+        gr.Markdown("# resnet-lab\nResNet-18 … 152 built from our own blocks, proven identical to timm's. "
+                    "Classify a photo, see where each network looked, and see why residual connections train.")
+        with gr.Row(equal_height=True):
+            model, tag = common.model_picker(default)
+            status = gr.Markdown(elem_id="status")
+        with gr.Tab("Classify"):
+            classify.build_tab(model, tag, examples)
+        with gr.Tab("Grad-CAM"):
+            gradcam.build_tab(model, tag, examples, default)
+        with gr.Tab("Research: gradients across depth"):
+            research.build_tab()
+        model.change(common.on_model_change, model, tag, api_visibility="private")
+        tag.change(common.status_text, [model, tag], status, api_visibility="private")
+        demo.load(common.status_text, [model, tag], status, api_visibility="private")
+    concurrency = 2 if torch.cuda.is_available() else 1
+    demo.queue(default_concurrency_limit=concurrency, max_size=32)
+    return demo
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="resnet-lab web app")
+    p.add_argument("--weights", help="local .safetensors file or folder (else RESNET_LAB_WEIGHTS, else the hub)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (else RESNET_LAB_DEVICE, else cuda when present)")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    args = p.parse_args()
+    if args.weights:
+        os.environ["RESNET_LAB_WEIGHTS"] = args.weights
+    if args.device:
+        os.environ["RESNET_LAB_DEVICE"] = args.device
+    build_demo().launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE,
+                        allowed_paths=[str(ASSETS)])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""What every tab shares: the upload component that does not decode, the model picker, errors for people."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from ..data import ImageError, decode_image
+from ..weights import WeightsUnavailable
+from ..zoo import MODELS, ModelZoo, tags_for
+
+_ZOO: ModelZoo | None = None
+
+
+def zoo() -> ModelZoo:
+    """The app's one model cache, created on first use (never at import time)."""
+    global _ZOO
+    if _ZOO is None:
+        _ZOO = ModelZoo()
+    return _ZOO
+
+
+def set_zoo(z: ModelZoo) -> None:
+    global _ZOO
+    _ZOO = z
+
+
+class UploadImage(gr.Image):
+    """`gr.Image` that hands the upload over undecoded (a path, or bytes for a data URL).
+
+    Gradio's own preprocessing opens every upload with PIL before our function
+    runs: a broken file then gets Gradio's generic error instead of ours, and its
+    mode conversion turns 16-bit images almost white. Our `decode_image` does it right.
+    """
+
+    is_template = True  # the frontend renders it as a plain Image
+
+    def preprocess(self, payload: Any) -> str | bytes | None:
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):
+            return base64.b64decode(payload.url.split(",", 1)[1])
+        return payload.path
+
+
+def open_upload(src: Any) -> Image.Image:
+    """Our decoder behind a `gr.Error` that tells the user what is wrong with the file."""
+    if src is None:
+        raise gr.Error("Upload an image first (or pick an example).", title="No image")
+    try:
+        return decode_image(src)
+    except ImageError as e:
+        raise gr.Error(str(e)[0].upper() + str(e)[1:] + ".", title="Cannot use this image") from e
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn library errors a user can act on into `gr.Error`; anything else is a bug and propagates."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (ImageError, WeightsUnavailable, ValueError) as e:
+            raise gr.Error(str(e)) from e
+
+    return wrapper
+
+
+def on_gpu(fn: Callable) -> Callable:
+    """`spaces.GPU(fn)` on a ZeroGPU Space (app.py imported `spaces` before torch), `fn` itself elsewhere."""
+    if os.environ.get("SPACES_ZERO_GPU") and "spaces" in sys.modules:
+        return sys.modules["spaces"].GPU(fn)
+    return fn
+
+
+def tmp_file(suffix: str, prefix: str = "resnet_lab_") -> Path:
+    """A fresh file in the temp dir (Gradio serves outputs from there, never a user-chosen path)."""
+    f = tempfile.NamedTemporaryFile(prefix=prefix, suffix=suffix, delete=False)
+    f.close()
+    return Path(f.name)
+
+
+def model_picker(default: str) -> tuple[gr.Dropdown, gr.Dropdown]:
+    """Model and weight-tag dropdowns; the tags follow the model."""
+    model = gr.Dropdown(MODELS, value=default, label="Model", scale=2)
+    tag = gr.Dropdown(tags_for(default), value=tags_for(default)[0], label="Weights (timm tag)", scale=3,
+                      allow_custom_value=True)  # the API may name any model's tags; the zoo validates
+    return model, tag
+
+
+def on_model_change(model: str) -> dict:
+    tags = tags_for(model)
+    return gr.update(choices=tags, value=tags[0])
+
+
+def status_text(model: str, tag: str | None) -> str:
+    """Load (or fetch from the cache) the model and say where its weights came from."""
+    return zoo().get(model, tag).status

@@ -1,0 +1,187 @@
+"""Grad-CAM tab: where did the network look? Grad-CAM on any stage, a second captum method beside it,
+and, for Shapes images, the true box with the pointing-game verdict and the measured faithfulness table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from ..data import crop_box
+from ..explain import METHODS, attribute, draw_box, overlay
+from ..zoo import ASSETS, SHAPES_MODEL, tags_for
+from .common import UploadImage, on_gpu, open_upload, tmp_file, user_errors, zoo
+
+RANKS = [f"top-{k} prediction" for k in range(1, 6)]
+CMAPS = ["jet", "inferno", "viridis", "magma", "turbo", "gray"]
+SECOND = {v: k for k, v in METHODS.items() if k != "gradcam"}
+FAITHFULNESS_CSV = ASSETS / "shapes_resnet20_faithfulness.csv"
+MIN_DISPLAY = 320  # tiny inputs (Shapes: 32 px) are shown enlarged, pixels kept sharp
+
+
+@dataclass
+class Explanation:
+    """Everything the tab shows, also what the `gradcam` API returns first: overlay and raw map."""
+
+    overlay: Image.Image
+    heatmap: np.ndarray  # Grad-CAM over the network input, [H, W]
+    stages: list[tuple[Image.Image, str]]
+    second: Image.Image | None
+    info: str
+
+
+def _display(img: Image.Image) -> tuple[Image.Image, float]:
+    scale = max(1.0, MIN_DISPLAY / max(img.size))
+    if scale == 1.0:
+        return img, 1.0
+    return img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.NEAREST), scale
+
+
+def _target(choice: str, top: list[int], labels: list[str]) -> int:
+    if choice in RANKS:
+        return top[RANKS.index(choice)]
+    if choice in labels:
+        return labels.index(choice)
+    raise gr.Error(f"unknown target class {choice!r}")
+
+
+def explain_image(
+    image: Any, model: str, tag: str | None, stage: str, target: str = RANKS[0], cmap: str = "jet",
+    alpha: float = 0.5, signed: bool = False, second: str = "Guided Grad-CAM", true_box: Any = None,
+) -> Explanation:
+    """Grad-CAM on `stage` for `target`, laid over the original upload; plus every stage and a second method."""
+    img = open_upload(image)
+    entry = zoo().get(model, tag)
+    clf, net = entry.classifier, entry.weights.model
+    x = clf.transform(img)[None].to(clf.device)
+    probs = clf.probabilities(x)[0]
+    top = probs.topk(min(5, len(probs))).indices.tolist()
+    labels = list(clf.labels)
+    cls = _target(target, top, labels)
+    stages = list(net.stage_names)
+    if stage not in stages:
+        raise gr.Error(f"{model} has no stage {stage!r}; choose one of {', '.join(stages)}")
+
+    disp, scale = _display(img)
+    box = tuple(v * scale for v in crop_box(img.size, entry.weights.pretrained_cfg))
+
+    def lay(heat: np.ndarray, signed_: bool = False, bar: bool = True) -> Image.Image:
+        return overlay(disp, heat, box, cmap, alpha, signed_, colorbar=bar)
+
+    heat = attribute(net, x, cls, "gradcam", stage, signed=signed)[0].cpu().numpy()
+    main = lay(heat, signed)
+    info = [f"{entry.status}", f"Target: **{labels[cls]}** (p = {float(probs[cls]):.3f}) · Grad-CAM on `{stage}`"]
+    if true_box is not None and model == SHAPES_MODEL:
+        peak_y, peak_x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+        x0, y0, x1, y1 = true_box
+        hit = bool(x0 <= peak_x < x1 and y0 <= peak_y < y1)
+        sx, sy = (box[2] - box[0]) / heat.shape[1], (box[3] - box[1]) / heat.shape[0]
+        main = draw_box(main, (box[0] + x0 * sx, box[1] + y0 * sy, box[0] + x1 * sx - 1, box[1] + y1 * sy - 1),
+                        hit, (box[0] + (peak_x + 0.5) * sx, box[1] + (peak_y + 0.5) * sy))
+        info.append(f"Pointing game: the map's peak is **{'inside' if hit else 'outside'}** the true box "
+                    f"→ **{'hit ✅' if hit else 'miss ❌'}**")
+    all_stages = [(lay(attribute(net, x, cls, "gradcam", s)[0].cpu().numpy(), bar=False), s) for s in stages]
+    second_img = None
+    if second in SECOND:
+        second_img = lay(attribute(net, x, cls, SECOND[second], stage)[0].cpu().numpy())
+    return Explanation(main, heat, all_stages, second_img, "  \n".join(info))
+
+
+def explain_event(image, model, tag, stage, target, cmap, alpha, signed, second, true_box):
+    """The UI/API event: overlay, raw map (.npy), stages, second method, PNG download, info."""
+    ex = explain_image(image, model, tag, stage, target, cmap, alpha, signed, second, true_box)
+    png, npy = tmp_file(".png", "gradcam_"), tmp_file(".npy", "gradcam_")
+    ex.overlay.save(png)
+    np.save(npy, ex.heatmap.astype(np.float32))
+    return ex.overlay, str(npy), ex.stages, ex.second, str(png), ex.info
+
+
+def on_model_change(model: str) -> tuple[dict, dict]:
+    """Stages and target classes follow the model."""
+    net = zoo().get(model, tags_for(model)[0])
+    stages = list(net.weights.model.stage_names)
+    return (gr.update(choices=stages, value=stages[-1]),
+            gr.update(choices=RANKS + list(net.classifier.labels), value=RANKS[0]))
+
+
+def shapes_sample(seed: float) -> tuple[str, list[int], str]:
+    """A held-out Shapes image (its file) and its true box, for the pointing game."""
+    from ..shapes import CLASSES, ShapesDataset
+
+    seed = int(seed)
+    s = ShapesDataset(1, seed=100_000 + seed).sample(0)
+    path = tmp_file(".png", "shapes_")
+    Image.fromarray((s.image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+    return str(path), list(s.box), f"Shapes sample #{seed}: a **{CLASSES[s.label]}**; its true box is drawn."
+
+
+def faithfulness_table() -> pd.DataFrame:
+    """The numbers measured for the shipped model (see the README for the command)."""
+    return pd.read_csv(FAITHFULNESS_CSV) if FAITHFULNESS_CSV.is_file() else pd.DataFrame()
+
+
+def recompute_faithfulness(n: float, progress: gr.Progress = gr.Progress()) -> pd.DataFrame:
+    """Re-measure on `n` fresh held-out Shapes images, with a progress bar."""
+    from ..faithfulness import evaluate
+    from ..shapes import ShapesDataset
+
+    net = zoo().get(SHAPES_MODEL).weights.model
+    size = net.pretrained_cfg["input_size"][-1]
+    data = ShapesDataset(int(n), seed=424_242, size=size)
+    return evaluate(net, data, methods=list(METHODS), stages=list(net.stage_names), n=int(n),
+                    progress=lambda frac, desc="": progress(frac, desc=desc))
+
+
+def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default_model: str) -> None:
+    """The tab's components and events, inside the caller's `gr.Tab`."""
+    net = zoo().get(default_model)
+    stages = list(net.weights.model.stage_names)
+    true_box = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=2):
+            image = UploadImage(label="Image", sources=["upload", "webcam", "clipboard"], height=300)
+            gr.Examples(examples, inputs=image, label="Examples")
+            with gr.Row():
+                seed = gr.Number(0, label="Shapes sample #", precision=0, minimum=0, scale=1)
+                draw = gr.Button("Draw a Shapes sample (true box known)", scale=2)
+            stage = gr.Dropdown(stages, value=stages[-1], label="Stage (output of its last block)",
+                                allow_custom_value=True)
+            target = gr.Dropdown(RANKS + list(net.classifier.labels), value=RANKS[0], filterable=True,
+                                 label="Target class (type to search)", allow_custom_value=True)
+            with gr.Row():
+                cmap = gr.Dropdown(CMAPS, value="jet", label="Colormap")
+                alpha = gr.Slider(0, 1, 0.5, step=0.05, label="Opacity")
+            signed = gr.Checkbox(False, label="Signed map (before Grad-CAM's ReLU; blue = against the class)")
+            second = gr.Dropdown(list(SECOND), value="Guided Grad-CAM",
+                                 label="Second method (IG and occlusion take seconds on a CPU)")
+            run = gr.Button("Explain", variant="primary")
+        with gr.Column(scale=3):
+            info = gr.Markdown()
+            with gr.Row():
+                main = gr.Image(label="Grad-CAM", type="pil", format="png", interactive=False)
+                other = gr.Image(label="Second method", type="pil", format="png", interactive=False)
+            stages_gallery = gr.Gallery(label="Grad-CAM at every stage", columns=4, height=220)
+            with gr.Row():
+                png = gr.File(label="Overlay (PNG)")
+                raw = gr.File(label="Raw Grad-CAM map (.npy, float32, network input resolution)")
+    with gr.Accordion("How faithful are these maps? (measured on Shapes, where the truth is known)", open=False):
+        gr.Markdown("Pointing game: share of images whose map peaks inside the object's box. Deletion / insertion "
+                    "AUC (Petsiuk et al. 2018): lower / higher is better, random order beside it. Randomization "
+                    "(Adebayo et al. 2018): rank correlation with the original map as the network is re-initialized "
+                    "from the top; a faithful method decorrelates.")
+        table = gr.Dataframe(faithfulness_table(), interactive=False, label="Shipped model, precomputed")
+        with gr.Row():
+            n = gr.Slider(20, 1000, 100, step=20, label="Images")
+            recompute = gr.Button("Recompute")
+    inputs = [image, model, tag, stage, target, cmap, alpha, signed, second, true_box]
+    run.click(on_gpu(user_errors(explain_event)), inputs, [main, raw, stages_gallery, other, png, info], api_name="gradcam")
+    image.upload(lambda: None, None, true_box, queue=False, api_visibility="private")
+    image.clear(lambda: None, None, true_box, queue=False, api_visibility="private")
+    draw.click(shapes_sample, seed, [image, true_box, info], api_visibility="private").then(
+        lambda: gr.update(value=SHAPES_MODEL), None, model, api_visibility="private")
+    model.change(on_model_change, model, [stage, target], api_visibility="private")
+    recompute.click(on_gpu(recompute_faithfulness), n, table, api_name="faithfulness", concurrency_limit=1)

@@ -1,0 +1,135 @@
+"""The models the app offers, loaded lazily, cached within a bound, always saying where the weights came from.
+
+Weights are looked for, in order: a local file or folder (`RESNET_LAB_WEIGHTS`),
+the Hugging Face Hub by timm tag (fails within seconds when out of reach), and
+finally random weights, which are loudly flagged, never silent.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .inference import Classifier, resolve_device
+from .weights import DEFAULT_TAGS, LoadedWeights, WeightsUnavailable, list_tags, load_weights
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SHAPES_MODEL = "Shapes ResNet-20"
+SHAPES_CHECKPOINT = ASSETS / "shapes_resnet20.safetensors"
+IMAGENET_MODELS = {f"ResNet-{d}": f"resnet{d}" for d in (18, 34, 50, 101, 152)}
+MODELS = [SHAPES_MODEL, *IMAGENET_MODELS]
+
+
+def tags_for(model: str) -> list[str]:
+    """Weight tags offered for a model, the cross-entropy-trained default first."""
+    if model == SHAPES_MODEL:
+        return ["shipped"]
+    arch = IMAGENET_MODELS[model]
+    default = DEFAULT_TAGS[arch]
+    return [default, *(t for t in list_tags(arch) if t != default)]
+
+
+def _default_max_models() -> int:
+    """Keep all five on a machine with room; two on a small Space."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 2
+    return 6 if ram >= 8 * 2**30 else 2
+
+
+@dataclass
+class Entry:
+    """A loaded model: the classifier for predictions, the unfused weights for explanations."""
+
+    model: str
+    tag: str
+    weights: LoadedWeights
+    classifier: Classifier
+    warning: str = ""
+
+    @property
+    def status(self) -> str:
+        src = self.weights.source
+        where = {"hub": "Hugging Face Hub", "file": "local file"}.get(src.split(":")[0], "")
+        text = f"**{self.model}** · weights: {where} `{src.split(':', 1)[-1]}` · device: `{self.classifier.device}`"
+        if self.weights.is_random:
+            text = (f"⚠️ **{self.model}: random weights, predictions and heatmaps are meaningless.** "
+                    f"{self.warning} · device: `{self.classifier.device}`")
+        return text
+
+
+class ModelZoo:
+    """Lazily loaded, LRU-bounded cache of `Entry`s, safe to call from Gradio's worker threads."""
+
+    def __init__(self, weights_path: str | None = None, device: str | None = None, max_models: int | None = None):
+        self.weights_path = weights_path if weights_path is not None else os.environ.get("RESNET_LAB_WEIGHTS")
+        self.device = resolve_device(device)
+        self.max_models = max_models or _default_max_models()
+        self._cache: OrderedDict[tuple[str, str], Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def local_file(self, arch: str, tag: str) -> Path | None:
+        """The local `.safetensors` for this arch/tag: an exact `<tag>.safetensors`, else one named for the arch."""
+        if not self.weights_path:
+            return None
+        root = Path(self.weights_path)
+        files = sorted(root.glob("*.safetensors")) if root.is_dir() else [root]
+        for f in files:
+            if f.name == f"{tag}.safetensors":
+                return f
+        for f in files:
+            if f.stem == arch or f.stem.startswith((f"{arch}.", f"{arch}_", f"{arch}-")):
+                return f
+        return None
+
+    def _load(self, model: str, tag: str) -> tuple[LoadedWeights, str]:
+        """Real weights if they can be had; else random ones and the reason, for the status line."""
+        if model == SHAPES_MODEL:
+            source, arch = str(SHAPES_CHECKPOINT), "resnet20"
+        else:
+            arch = IMAGENET_MODELS[model]
+            local = self.local_file(arch, tag)
+            source = str(local) if local else tag
+        try:
+            return load_weights(source, arch), ""
+        except WeightsUnavailable as e:
+            return load_weights(None, arch), str(e)
+
+    def get(self, model: str, tag: str | None = None) -> Entry:
+        """The entry for `model` with weights `tag` (default: the calibrated default), loading it if needed."""
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+        tag = tag or tags_for(model)[0]
+        if tag not in tags_for(model):
+            raise ValueError(f"{model} has no weights {tag!r}; choose one of {', '.join(tags_for(model))}")
+        key = (model, tag)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            torch.manual_seed(0)  # random-weight fallbacks are at least reproducible
+            weights, warning = self._load(model, tag)
+            weights.model.to(self.device)
+            entry = Entry(model, tag, weights, Classifier(weights, self.device, fuse=True), warning)
+            self._cache[key] = entry
+            while len(self._cache) > self.max_models:
+                self._cache.popitem(last=False)
+            return entry
+
+    def imagenet_weights_available(self) -> bool:
+        """Whether real ImageNet weights can be had now: a local file, or the hub answers."""
+        from .weights import hub_reachable
+
+        if self.weights_path and any(self.local_file(a, DEFAULT_TAGS[a]) for a in IMAGENET_MODELS.values()):
+            return True
+        return hub_reachable()[0]
+
+    def default_model(self) -> str:
+        """ResNet-50 when ImageNet weights can be had, else the shipped Shapes model (real, not random)."""
+        return "ResNet-50" if self.imagenet_weights_available() else SHAPES_MODEL
