@@ -28,6 +28,7 @@ from resnet_lab.zoo import ASSETS  # noqa: E402
 PHOTOS = [str(ASSETS / f) for f in ("chelsea.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg")]
 SHAPES = sorted(str(p) for p in ASSETS.glob("shapes_*.png"))
 MAX_FILE_SIZE = "20mb"
+CSS = ".pixelated img { image-rendering: pixelated; }"  # Shapes images are 32 px: enlarge them sharp
 
 
 def build_demo() -> gr.Blocks:
@@ -37,9 +38,9 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="resnet-lab") as demo:
         gr.Markdown("# resnet-lab\nResNet-18 … 152 built from our own blocks, proven identical to timm's. "
                     "Classify a photo, see where each network looked, and see why residual connections train.")
-        with gr.Row(equal_height=True):
+        with gr.Row():
             model, tag = common.model_picker(default)
-            status = gr.Markdown(elem_id="status")
+        status = gr.Markdown(elem_id="status")
         with gr.Tab("Classify"):
             classify.build_tab(model, tag, examples)
         with gr.Tab("Grad-CAM"):
@@ -66,7 +67,7 @@ def main() -> None:
     if args.device:
         os.environ["RESNET_LAB_DEVICE"] = args.device
     build_demo().launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE,
-                        allowed_paths=[str(ASSETS)])
+                        allowed_paths=[str(ASSETS)], css=CSS)
 
 
 if __name__ == "__main__":

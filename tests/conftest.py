@@ -29,3 +29,27 @@ def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)
     return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def served_app():
+    """The real app, launched in-process on a free port; yields its URL."""
+    import socket
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import app
+
+    from resnet_lab.ui import common
+    from resnet_lab.zoo import ModelZoo
+
+    common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = app.build_demo()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                max_file_size=app.MAX_FILE_SIZE, allowed_paths=[str(app.ASSETS)], css=app.CSS)
+    yield demo, f"http://127.0.0.1:{port}/"
+    demo.close()

@@ -143,7 +143,8 @@ def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default
     true_box = gr.State(None)
     with gr.Row():
         with gr.Column(scale=2):
-            image = UploadImage(label="Image", sources=["upload", "webcam", "clipboard"], height=300)
+            image = UploadImage(label="Image", sources=["upload", "webcam", "clipboard"], height=300,
+                                elem_classes="pixelated")
             gr.Examples(examples, inputs=image, label="Examples")
             with gr.Row():
                 seed = gr.Number(0, label="Shapes sample #", precision=0, minimum=0, scale=1)
@@ -162,8 +163,10 @@ def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default
         with gr.Column(scale=3):
             info = gr.Markdown()
             with gr.Row():
-                main = gr.Image(label="Grad-CAM", type="pil", format="png", interactive=False)
-                other = gr.Image(label="Second method", type="pil", format="png", interactive=False)
+                main = gr.Image(label="Grad-CAM", type="pil", format="png", interactive=False,
+                                elem_classes="pixelated")
+                other = gr.Image(label="Second method", type="pil", format="png", interactive=False,
+                                 elem_classes="pixelated")
             stages_gallery = gr.Gallery(label="Grad-CAM at every stage", columns=4, height=220)
             with gr.Row():
                 png = gr.File(label="Overlay (PNG)")
