@@ -29,6 +29,7 @@ PHOTOS = [str(ASSETS / f) for f in ("chelsea.jpg", "coffee.jpg", "astronaut.jpg"
 SHAPES = sorted(str(p) for p in ASSETS.glob("shapes_*.png"))
 MAX_FILE_SIZE = "20mb"
 CSS = ".pixelated img { image-rendering: pixelated; }"  # Shapes images are 32 px: enlarge them sharp
+LAUNCH = {"max_file_size": MAX_FILE_SIZE, "allowed_paths": [str(ASSETS)], "css": CSS}  # serve assets/, nothing else
 
 
 def build_demo() -> gr.Blocks:
@@ -66,8 +67,7 @@ def main() -> None:
         os.environ["RESNET_LAB_WEIGHTS"] = args.weights
     if args.device:
         os.environ["RESNET_LAB_DEVICE"] = args.device
-    build_demo().launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE,
-                        allowed_paths=[str(ASSETS)], css=CSS)
+    build_demo().launch(server_name=args.host, server_port=args.port, **LAUNCH)
 
 
 if __name__ == "__main__":

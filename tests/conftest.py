@@ -40,7 +40,6 @@ def served_app():
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import app
-
     from resnet_lab.ui import common
     from resnet_lab.zoo import ModelZoo
 
@@ -49,7 +48,6 @@ def served_app():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo = app.build_demo()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                max_file_size=app.MAX_FILE_SIZE, allowed_paths=[str(app.ASSETS)], css=app.CSS)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **app.LAUNCH)
     yield demo, f"http://127.0.0.1:{port}/"
     demo.close()
