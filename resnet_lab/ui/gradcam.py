@@ -181,7 +181,8 @@ def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default
             n = gr.Slider(20, 1000, 100, step=20, label="Images")
             recompute = gr.Button("Recompute")
     inputs = [image, model, tag, stage, target, cmap, alpha, signed, second, true_box]
-    run.click(on_gpu(user_errors(explain_event)), inputs, [main, raw, stages_gallery, other, png, info], api_name="gradcam")
+    outputs = [main, raw, stages_gallery, other, png, info]
+    run.click(on_gpu(user_errors(explain_event)), inputs, outputs, api_name="gradcam")
     image.upload(lambda: None, None, true_box, queue=False, api_visibility="private")
     image.clear(lambda: None, None, true_box, queue=False, api_visibility="private")
     draw.click(shapes_sample, seed, [image, true_box, info], api_visibility="private").then(
