@@ -115,7 +115,8 @@ def table(results: list[VerifyResult]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", nargs="+", default=list_archs("imagenet"), choices=list_archs("imagenet"))
+    archs = [a for a in list_archs("imagenet") if a.startswith("resnet")]  # the ones timm/torchvision have
+    p.add_argument("--arch", nargs="+", default=archs, choices=archs)
     p.add_argument("--reference", nargs="+", default=["timm", "torchvision"], choices=["timm", "torchvision"])
     p.add_argument("--pretrained", metavar="TAG", help="compare with real timm weights (needs the hub), e.g. "
                    "resnet50.tv2_in1k; the arch comes from the tag")
