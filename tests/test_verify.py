@@ -55,3 +55,14 @@ def test_cli_prints_a_table_and_exits_zero(capsys):
     assert main(["verify", "--arch", "resnet18", "--image-size", "64"]) == 0
     out = capsys.readouterr().out
     assert "resnet18" in out and "torchvision" in out and "OK" in out and "MISMATCH" not in out
+
+
+def test_cli_defaults_cover_the_five_imagenet_nets():
+    import argparse
+
+    from resnet_lab import verify
+
+    p = argparse.ArgumentParser()
+    verify.add_arguments(p)
+    args = p.parse_args([])
+    assert args.arch == ARCHS and args.reference == ["timm", "torchvision"]
