@@ -28,7 +28,8 @@ from resnet_lab.zoo import ASSETS  # noqa: E402
 PHOTOS = [str(ASSETS / f) for f in ("chelsea.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg")]
 SHAPES = sorted(str(p) for p in ASSETS.glob("shapes_*.png"))
 MAX_FILE_SIZE = "20mb"
-CSS = ".pixelated img { image-rendering: pixelated; }"  # Shapes images are 32 px: enlarge them sharp
+# Shapes images are 32 px: show them enlarged, pixels sharp
+CSS = ".pixelated img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
 LAUNCH = {"max_file_size": MAX_FILE_SIZE, "allowed_paths": [str(ASSETS)], "css": CSS}  # serve assets/, nothing else
 
 

@@ -44,6 +44,7 @@ def test_gradcam_heatmap_appears_in_the_browser(page):
     page.get_by_role("button", name="Draw a Shapes sample (true box known)").click()
     page.get_by_role("button", name="Explain", exact=True).click()
     expect(page.get_by_text("Pointing game")).to_be_visible(timeout=90_000)
-    heat = page.locator("img[src*='image.png'], img[src*='.png']").first
+    heat = page.locator("#gradcam-overlay img")
     expect(heat).to_be_visible(timeout=30_000)
+    assert heat.evaluate("img => img.naturalWidth") > 300  # the enlarged overlay with its colorbar
     page.screenshot(path=str(SHOTS / "gradcam.png"), full_page=True)

@@ -164,7 +164,7 @@ def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default
             info = gr.Markdown()
             with gr.Row():
                 main = gr.Image(label="Grad-CAM", type="pil", format="png", interactive=False,
-                                elem_classes="pixelated")
+                                elem_classes="pixelated", elem_id="gradcam-overlay")
                 other = gr.Image(label="Second method", type="pil", format="png", interactive=False,
                                  elem_classes="pixelated")
             stages_gallery = gr.Gallery(label="Grad-CAM at every stage", columns=4, height=220)
