@@ -1,0 +1,344 @@
+"""How faithful is an explanation? Measured on Shapes, where the evidence is known pixel by pixel.
+
+Four measures, each next to the score a random map gets, because a number
+without its chance level says nothing:
+
+- pointing game (Zhang et al. 2016): is the map's maximum inside the target's box?
+  Also `mass_in_mask`: the share of the map's positive mass on the target's pixels.
+- deletion / insertion AUC (Petsiuk et al. 2018, RISE): remove (insert) pixels in
+  the map's order in `steps` equal steps and integrate the target's softmax
+  probability over the fraction of pixels, x in [0, 1] (trapezoid). Deleted pixels
+  take the dataset mean (0 after normalization); insertion starts from a heavily
+  blurred copy of the image, as in RISE. Low deletion and high insertion AUC are good.
+- model randomization (Adebayo et al. 2018): re-initialize the trained net
+  cascading from the top (fc, the last block, ..., the stem) and give the mean
+  Spearman rank correlation of each map with the trained net's map. A map that
+  explains the model must decorrelate; one that stays put explains the image.
+
+Maps explain the ground-truth label. Methods that take no layer (integrated
+gradients, occlusion) are computed once and repeated on every stage's row,
+with `uses_layer` False.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .shapes import ShapesDataset, normalize
+
+Progress = Callable[[float, str], object]
+LAYERLESS = ("integrated_gradients", "occlusion")
+SCORE_COLUMNS = ("pointing", "pointing_random", "mass_in_mask", "mass_in_mask_random", "deletion_auc",
+                 "deletion_random", "insertion_auc", "insertion_random")
+STEPS = 16
+BLUR_SIGMA = 0.15  # of the image side: the target's shape is gone, its colour blob remains
+
+
+# ----------------------------------------------------------------------------- pointing game
+
+
+def _boxes(boxes: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
+    return torch.as_tensor(boxes, dtype=torch.long).reshape(-1, 4)
+
+
+def pointing_game(maps: torch.Tensor, boxes: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
+    """Is each map's maximum (the first one, on ties) inside its box (x0, y0, x1, y1, end exclusive)? [B] bool."""
+    b, _, w = maps.shape
+    idx = maps.reshape(b, -1).argmax(1).cpu()
+    y, x = idx // w, idx % w
+    x0, y0, x1, y1 = _boxes(boxes).unbind(1)
+    return (x0 <= x) & (x < x1) & (y0 <= y) & (y < y1)
+
+
+def random_maps(shape: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform noise maps: the chance level of every map-based measure."""
+    return torch.rand(tuple(shape), generator=generator)
+
+
+def mass_in_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Share of each map's positive mass on the mask's pixels, [B] (0 for an all-zero map)."""
+    pos = maps.clamp_min(0).flatten(1)
+    total = pos.sum(1)
+    inside = (pos * masks.flatten(1).to(pos)).sum(1)
+    return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
+
+
+# ----------------------------------------------------------------------------- deletion / insertion
+
+
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of a [B, C, H, W] batch (kernel of about 4 sigma, reflect padding)."""
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    k = 2 * max(1, round(2 * sigma)) + 1
+    return gaussian_blur(x, [k, k], [sigma, sigma])
+
+
+def saliency_rank(maps: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each pixel's place in the map's descending order, [B, H*W]; ties are broken at random, not by position."""
+    flat = maps.flatten(1).cpu()
+    shuffle = torch.rand(flat.shape, generator=generator).argsort(1)  # a random order, then a stable sort on it
+    order = shuffle.gather(1, flat.gather(1, shuffle).argsort(dim=1, descending=True, stable=True))
+    return torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1]).expand_as(order))
+
+
+@torch.inference_mode()
+def _probability(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return model(x).softmax(1).gather(1, target[:, None])[:, 0].cpu()
+
+
+def perturbation_curves(
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor, rank: torch.Tensor, steps: int = STEPS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(deletion, insertion) target probabilities after each of `steps` steps, each [B, steps + 1].
+
+    `x` is normalized, `rank` as from `saliency_rank`: step k touches the
+    round(k / steps * H * W) pixels ranked first.
+    """
+    b, _, h, w = x.shape
+    rank = rank.to(x.device).view(b, 1, h, w)
+    blurred = blur(x, BLUR_SIGMA * min(h, w))
+    deletion, insertion = [], []
+    for k in range(steps + 1):
+        chosen = rank < round(k / steps * h * w)
+        deletion.append(_probability(model, torch.where(chosen, torch.zeros_like(x), x), target))
+        insertion.append(_probability(model, torch.where(chosen, x, blurred), target))
+    return torch.stack(deletion, 1), torch.stack(insertion, 1)
+
+
+def auc(curves: torch.Tensor) -> torch.Tensor:
+    """Trapezoid area under each row, over x evenly spaced in [0, 1]: [B, K + 1] -> [B]."""
+    return torch.trapezoid(curves, dx=1.0 / (curves.shape[1] - 1), dim=1)
+
+
+# ----------------------------------------------------------------------------- model randomization
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Row-wise ranks of a [B, N] tensor, ties given their average rank (as Spearman needs)."""
+    b, n = x.shape
+    values, order = x.sort(1)
+    new = torch.ones_like(values, dtype=torch.bool)
+    new[:, 1:] = values[:, 1:] != values[:, :-1]
+    group = (new.cumsum(1) - 1 + torch.arange(b, device=x.device)[:, None] * n).flatten()
+    pos = torch.arange(n, dtype=torch.float64, device=x.device).repeat(b)
+    mean_pos = torch.zeros(b * n, dtype=torch.float64, device=x.device).scatter_reduce(
+        0, group, pos, "mean", include_self=False)
+    return torch.empty(b, n, dtype=torch.float64, device=x.device).scatter_(1, order, mean_pos[group].view(b, n))
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation of each pair of maps, [B]; 0 where a map is constant (no order to compare)."""
+    ra, rb = _ranks(a.flatten(1)), _ranks(b.flatten(1))
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    den = (ra.square().sum(1) * rb.square().sum(1)).sqrt()
+    return torch.where(den > 0, (ra * rb).sum(1) / den.clamp_min(1e-300), torch.zeros_like(den)).float()
+
+
+def cascade(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+    """The randomization order: fc, then every block from the last to the first, then the stem."""
+    blocks = [(name, [blk]) for name, blk in reversed(model.blocks())]
+    return [("fc", [model.fc]), *blocks, ("stem", [model.conv1, model.bn1])]
+
+
+@torch.no_grad()
+def reinitialize(module: nn.Module, generator: torch.Generator) -> None:
+    """Fresh weights as at construction: He-normal convs, default Linear, BN reset to identity with fresh statistics."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=generator)
+        elif isinstance(m, nn.Linear):
+            bound = 1.0 / m.in_features**0.5
+            nn.init.uniform_(m.weight, -bound, bound, generator=generator)
+            nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_parameters()
+
+
+def randomization_check(
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor, explain: Callable[[nn.Module], torch.Tensor],
+    seed: int = 0, tick: Callable[[], object] | None = None,
+) -> dict[str, float]:
+    """Mean Spearman correlation with the trained model's map after each cascade step (on a deep copy).
+
+    `explain(model) -> maps` computes the maps of `x` for `target` on the model it is given;
+    `tick()` is called after each step.
+    """
+    original = explain(model)
+    net = copy.deepcopy(model).eval()
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, modules in cascade(net):
+        for m in modules:
+            reinitialize(m, g)
+        out[name] = float(spearman(original, explain(net)).mean())
+        if tick is not None:
+            tick()
+    return out
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+@dataclass
+class _Batch:
+    x: torch.Tensor  # normalized
+    target: torch.Tensor
+    boxes: torch.Tensor
+    masks: torch.Tensor
+
+
+def _batches(dataset: ShapesDataset, n: int, batch_size: int, device: torch.device) -> list[_Batch]:
+    out = []
+    for start in range(0, n, batch_size):
+        samples = [dataset.sample(i) for i in range(start, min(n, start + batch_size))]
+        out.append(_Batch(normalize(torch.stack([s.image for s in samples])).to(device),
+                          torch.tensor([s.label for s in samples], device=device),
+                          torch.tensor([s.box for s in samples]), torch.stack([s.mask for s in samples])))
+    return out
+
+
+def _scores(model: nn.Module, batches: list[_Batch], maps_of: Callable[[_Batch], torch.Tensor], steps: int,
+            seed: int, tick: Callable[[], None]) -> dict[str, float]:
+    """Pointing game, mass in mask, deletion and insertion AUC, averaged over all batches."""
+    g = torch.Generator().manual_seed(seed)
+    parts: dict[str, list[torch.Tensor]] = {"pointing": [], "mass_in_mask": [], "deletion_auc": [], "insertion_auc": []}
+    for batch in batches:
+        maps = maps_of(batch).cpu()
+        deletion, insertion = perturbation_curves(model, batch.x, batch.target, saliency_rank(maps, g), steps)
+        parts["pointing"].append(pointing_game(maps, batch.boxes).float())
+        parts["mass_in_mask"].append(mass_in_mask(maps, batch.masks))
+        parts["deletion_auc"].append(auc(deletion))
+        parts["insertion_auc"].append(auc(insertion))
+        tick()
+    return {k: float(torch.cat(v).mean()) for k, v in parts.items()}
+
+
+def _measure(column: str) -> str:
+    """`deletion_random` -> `deletion_auc`, `pointing_random` -> `pointing`."""
+    name = column.removesuffix("_random")
+    return f"{name}_auc" if name in ("deletion", "insertion") else name
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: ShapesDataset,
+    methods: Sequence[str],
+    stages: Sequence[str],
+    n: int = 500,
+    batch_size: int = 50,
+    progress: Progress | None = None,
+    steps: int = STEPS,
+    n_random: int = 100,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per (method, stage): each measure next to its random-map baseline, and the randomization cascade.
+
+    Columns: method, label (display name), stage, uses_layer, n, then `SCORE_COLUMNS`
+    (each measure and its `_random` chance level), `rand_full` (correlation once
+    everything is re-initialized) and `rand_<step>` for every cascade step
+    (`rand_fc`, `rand_layer3.2`, ..., `rand_stem`). `dataset` supplies images,
+    labels, boxes and masks (its first `n` samples); the randomization check runs
+    on the first `n_random` of them. `progress(fraction, desc)` is called as work
+    completes (a Gradio progress bar fits).
+    """
+    from .explain import METHODS, attribute
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    model.eval()
+    device = next(model.parameters()).device
+    n = min(n, len(dataset))
+    batches = _batches(dataset, n, batch_size, device)
+    n_random = max(1, min(n_random, n))
+    rand_batch = _batches(dataset, n_random, n_random, device)[0]
+    jobs = [(m, s) for m in methods for s in ([None] if m in LAYERLESS else stages)]
+    total, done = len(batches) + len(jobs) * (len(batches) + len(cascade(model))), 0
+
+    def tick(desc: str) -> Callable[[], None]:
+        def step() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done / total, desc)
+        return step
+
+    g = torch.Generator().manual_seed(seed)
+    chance = _scores(model, batches, lambda b: random_maps(b.masks.shape, g), steps, seed, tick("random maps"))
+    rows: dict[tuple[str, str | None], dict] = {}
+    for method, stage in jobs:
+        layer = stage or stages[-1]
+
+        def explain(net: nn.Module, batch: _Batch, method: str = method, layer: str = layer) -> torch.Tensor:
+            return attribute(net, batch.x, batch.target, method=method, layer=layer)
+
+        desc = f"{METHODS[method]}" + (f" @ {stage}" if stage else "")
+        scores = _scores(model, batches, lambda b: explain(model, b), steps, seed, tick(desc))
+        cascade_corr = randomization_check(model, rand_batch.x, rand_batch.target,
+                                           lambda net: explain(net, rand_batch), seed, tick(f"{desc}: randomization"))
+        rows[method, stage] = {
+            **{k: (chance if k.endswith("_random") else scores)[_measure(k)] for k in SCORE_COLUMNS},
+            "rand_full": list(cascade_corr.values())[-1],
+            **{f"rand_{k}": v for k, v in cascade_corr.items()},
+        }
+    records = []
+    for method in methods:
+        for stage in stages:
+            row = rows[method, None if method in LAYERLESS else stage]
+            records.append({"method": method, "label": METHODS[method], "stage": stage,
+                            "uses_layer": method not in LAYERLESS, "n": n, **row})
+    return pd.DataFrame.from_records(records)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="assets/shapes_resnet20.safetensors", help="a checkpoint trained on Shapes")
+    p.add_argument("--methods", default="gradcam,guided_gradcam,integrated_gradients,occlusion")
+    p.add_argument("--stages", default=None, help="comma-separated stages or blocks (default: every stage)")
+    p.add_argument("--n", type=int, default=500, help="images scored")
+    p.add_argument("--n-random", type=int, default=100, help="images for the randomization check")
+    p.add_argument("--steps", type=int, default=STEPS, help="deletion/insertion steps")
+    p.add_argument("--data-seed", type=int, default=None, help="Shapes seed (default: the checkpoint's test seed)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0, help="random maps, tie-breaks and re-initialization")
+    p.add_argument("--out", default=None, help="write the table as CSV here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .train import evaluate as accuracy
+    from .weights import load_checkpoint
+
+    loaded = load_checkpoint(args.model)
+    model, meta = loaded.model, loaded.meta
+    data = meta.get("data", {})
+    seed = args.data_seed if args.data_seed is not None else data.get("test_seed", 999)
+    dataset = ShapesDataset(args.n, seed, int(loaded.pretrained_cfg["input_size"][-1]), data.get("clutter", True))
+    stages = args.stages.split(",") if args.stages else list(model.stage_names)
+    print(f"{args.model}: accuracy {accuracy(model, dataset):.4f} on {args.n} Shapes images (seed {seed})")
+    bar = tqdm(total=1000, desc="faithfulness", bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+
+    def progress(fraction: float, desc: str) -> None:
+        bar.set_description(desc)
+        bar.update(round(fraction * 1000) - bar.n)
+
+    df = evaluate(model, dataset, args.methods.split(","), stages, n=args.n, batch_size=args.batch_size,
+                  progress=progress, steps=args.steps, n_random=args.n_random, seed=args.seed)
+    bar.close()
+    cascade_cols = [c for c in df.columns if c.startswith("rand_") and c != "rand_full"]
+    for cols in (["method", "stage", *SCORE_COLUMNS, "rand_full"], ["method", "stage", *cascade_cols]):
+        print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"), end="\n\n")
+    if args.out:
+        df.to_csv(args.out, index=False, float_format="%.4f")
+        print(f"wrote {args.out}")
+    return 0

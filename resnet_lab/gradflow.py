@@ -1,0 +1,393 @@
+"""Gradient flow at initialization: every net against its plain twin, layer by layer.
+
+Why can a ResNet be 152 layers deep? One batch, one backward, and the norms of
+dL/dW (every conv) and dL/dx (every block output) answer it. With BatchNorm in
+train mode a plain net's gradients do not vanish: they *grow* toward the input
+by roughly x1.2 per layer (Yang et al. 2019, "A Mean Field Theory of Batch
+Normalization"), so plain-110's first conv sees a gradient ~10^7 times its
+last conv's. The identity term of a residual block (He et al. 2016, "Identity
+Mappings in Deep Residual Networks") keeps the profile orders of magnitude
+flatter. Without BN the story changes: plain nets shrink mildly while ResNets
+blow up in the forward pass (what Fixup and SkipInit address).
+
+A net and its plain twin are built after the same `torch.manual_seed` and fed
+the same batch, so any difference comes from the shortcuts alone.
+
+Results are tidy (one row per arch, variant, seed, layer and quantity):
+
+- ``grad_w``: ||dL/dW|| of a main-path conv; ``depth_index`` counts weighted
+  layers from the input (1 = stem conv).
+- ``grad_w_shortcut``: ||dL/dW|| of a 1x1 projection shortcut (ImageNet-style
+  ResNets only), at the depth index of its block's first conv.
+- ``grad_x``: ||dL/dx|| at a block's output, at its last conv's depth index.
+- ``act_std``: std of a block's output. He et al. (2015, Fig. 7) plot the std of
+  BN outputs after training; at init a train-mode BN output has std ~ gamma = 1,
+  so the block output is where depth shows.
+- ``loss``: the initial cross-entropy (depth index 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .resnet import REGISTRY, build, list_archs, twin_name
+from .shapes import ShapesDataset, normalize
+
+IMAGENET_ARCHS = tuple(a for a in list_archs("imagenet") if a.startswith("resnet"))
+CIFAR_ARCHS = tuple(a for a in list_archs("cifar") if a.startswith("resnet"))
+DEFAULT_INPUT_SIZE = {"imagenet": 64, "cifar": 32}  # 64 px keeps the default sweep well under 15 s on 2 CPU cores
+BN_MODES = ("train", "eval", "none")
+VARIANTS = ("plain", "residual")
+COLUMNS = ["arch", "variant", "depth", "seed", "depth_index", "layer", "quantity", "value"]
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class GradFlowConfig:
+    """One experiment; frozen so it can key a cache."""
+
+    archs: tuple[str, ...] = IMAGENET_ARCHS
+    bn_mode: str = "train"  # "train" | "eval" (running stats: identity at init) | "none" (no BN layers)
+    zero_init: bool = False  # zero each block's last BN gamma (Goyal et al. 2017)
+    batch_size: int = 8
+    input_size: int | None = None  # None: DEFAULT_INPUT_SIZE of each arch's stem
+    seeds: int = 1
+    num_classes: int = 10
+    data: str = "noise"  # "noise" (standard Gaussian) | "shapes" (normalized Shapes images)
+
+    def __post_init__(self) -> None:
+        for arch in self.archs:
+            if arch not in REGISTRY or not REGISTRY[arch].residual:
+                raise ValueError(f"{arch!r} is not a registered ResNet; its plain twin is built for it")
+        if self.bn_mode not in BN_MODES:
+            raise ValueError(f"bn_mode must be one of {BN_MODES}, not {self.bn_mode!r}")
+        if self.data not in ("noise", "shapes"):
+            raise ValueError(f"data must be 'noise' or 'shapes', not {self.data!r}")
+        if self.batch_size < 2 and self.bn_mode == "train":
+            raise ValueError("train-mode BatchNorm needs a batch of at least 2")
+        if self.seeds < 1:
+            raise ValueError("seeds must be >= 1")
+
+    def size_for(self, arch: str) -> int:
+        return self.input_size or DEFAULT_INPUT_SIZE[REGISTRY[arch].stem]
+
+
+def make_batch(cfg: GradFlowConfig, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch of one seed: inputs plus random labels (a net at init knows no labels anyway)."""
+    g = torch.Generator().manual_seed(seed)
+    if cfg.data == "noise":
+        x = torch.randn(cfg.batch_size, 3, size, size, generator=g)
+    else:
+        x = normalize(ShapesDataset(cfg.batch_size, seed, size).images.float() / 255)
+    y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g)
+    return x, y
+
+
+def build_net(arch: str, variant: str, seed: int, cfg: GradFlowConfig) -> nn.Module:
+    """The residual net or its plain twin; the same seed gives both the same shared weights."""
+    torch.manual_seed(seed)
+    net = build(arch if variant == "residual" else twin_name(arch), num_classes=cfg.num_classes,
+                zero_init_last=cfg.zero_init, norm="none" if cfg.bn_mode == "none" else "bn")
+    return net.train(cfg.bn_mode == "train")
+
+
+def conv_layers(net: nn.Module) -> list[tuple[str, int, bool, nn.Conv2d]]:
+    """(name, depth index, is_shortcut, conv) for every conv, in depth order.
+
+    Shortcut projections are off the main path: they share the depth index of
+    their block's first conv instead of taking one of their own.
+    """
+    out, depth, block_start = [], 0, 0
+    for name, m in net.named_modules():
+        if not isinstance(m, nn.Conv2d):
+            continue
+        if ".downsample." in name:
+            out.append((name, block_start, True, m))
+            continue
+        depth += 1
+        if name.endswith(".conv1"):
+            block_start = depth
+        out.append((name, depth, False, m))
+    return out
+
+
+def measure(arch: str, variant: str, seed: int, cfg: GradFlowConfig,
+            batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[tuple]:
+    """One forward and backward of one net; rows in `COLUMNS` order."""
+    net = build_net(arch, variant, seed, cfg)
+    x, y = batch if batch is not None else make_batch(cfg, cfg.size_for(arch), seed)
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+            out.retain_grad()
+            outputs[name] = out
+        return hook
+
+    handles = [blk.register_forward_hook(keep(name)) for name, blk in net.blocks()]
+    try:
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+
+    depth = REGISTRY[arch].depth
+    rows = [(arch, variant, depth, seed, 0, "loss", "loss", loss.item())]
+    last_conv_of: dict[str, int] = {}
+    for name, index, shortcut, conv in conv_layers(net):
+        grad = conv.weight.grad
+        norm = float(grad.norm()) if grad is not None else 0.0  # an unused conv gets no gradient: its norm is 0
+        rows.append((arch, variant, depth, seed, index, name, "grad_w_shortcut" if shortcut else "grad_w", norm))
+        if not shortcut:
+            last_conv_of[name.rsplit(".", 1)[0]] = index
+    for name, out in outputs.items():
+        index = last_conv_of[name]
+        grad_norm = float(out.grad.norm()) if out.grad is not None else 0.0
+        rows.append((arch, variant, depth, seed, index, name, "grad_x", grad_norm))
+        rows.append((arch, variant, depth, seed, index, name, "act_std", float(out.detach().std())))
+    return rows
+
+
+def run_sweep(cfg: GradFlowConfig, progress: Progress | None = None) -> pd.DataFrame:
+    """Measure every (arch, variant, seed) of `cfg`; `progress(fraction, desc)` is told after each net."""
+    jobs = [(a, v, s) for a in cfg.archs for s in range(cfg.seeds) for v in VARIANTS]
+    rows: list[tuple] = []
+    batches: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    for i, (arch, variant, seed) in enumerate(jobs):
+        if progress is not None:
+            progress(i / len(jobs), f"{variant} {arch}, seed {seed}")
+        key = (cfg.size_for(arch), seed)
+        if key not in batches:  # the twins see the very same batch
+            batches[key] = make_batch(cfg, *key)
+        rows += measure(arch, variant, seed, cfg, batches[key])
+    if progress is not None:
+        progress(1.0, "done")
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _log10_ratio(first: float, last: float) -> float:
+    if not (first > 0 and last > 0 and math.isfinite(first) and math.isfinite(last)):
+        return math.nan  # a zero or non-finite end (zero-gamma plain nets, overflow) has no ratio
+    return math.log10(first / last)
+
+
+def _growth_factor(index: np.ndarray, norm: np.ndarray) -> float:
+    """exp(-slope) of ln(norm) against depth index: > 1 means growth toward the input."""
+    ok = (norm > 0) & np.isfinite(norm)
+    if ok.sum() < 2:
+        return math.nan
+    slope = np.polyfit(index[ok].astype(float), np.log(norm[ok]), 1)[0]
+    return float(np.exp(-slope))
+
+
+def per_seed_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (arch, variant, seed): the headline numbers of one measured net."""
+    records = []
+    for (arch, variant, depth, seed), g in df.groupby(["arch", "variant", "depth", "seed"], sort=False):
+        w = g[g.quantity == "grad_w"].sort_values("depth_index")
+        x = g[g.quantity == "grad_x"].sort_values("depth_index")
+        stage1, x1 = (q[q.layer.str.startswith("layer1.")] for q in (w, x))
+        records.append({
+            "arch": arch, "variant": variant, "depth": depth, "seed": seed,
+            "log10_ratio": _log10_ratio(w.value.iloc[0], w.value.iloc[-1]),
+            "growth": _growth_factor(stage1.depth_index.to_numpy(), stage1.value.to_numpy()),
+            "dx_log10_ratio": _log10_ratio(x.value.iloc[0], x.value.iloc[-1]),
+            "dx_growth": _growth_factor(x1.depth_index.to_numpy(), x1.value.to_numpy()),
+            "loss": float(g[g.quantity == "loss"].value.iloc[0]),
+        })
+    return pd.DataFrame.from_records(records)
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread over seeds per (arch, variant).
+
+    log10_ratio: log10(||dL/dW|| of the first conv / of the last conv).
+    growth: fitted per-layer growth of ||dL/dW|| toward the input inside the first stage.
+    dx_log10_ratio, dx_growth: the same for ||dL/dx|| at block outputs (defined where
+        zero-gamma leaves the block convs without any gradient).
+    loss: the initial loss; ln(num_classes) is what a net with near-zero logits gives.
+    """
+    per_seed = per_seed_summary(df)
+    stats = ["log10_ratio", "growth", "dx_log10_ratio", "dx_growth", "loss"]
+    agg = per_seed.groupby(["arch", "variant", "depth"], sort=False)[stats].agg(["mean", "std"])
+    agg.columns = [f"{q}_{s}" for q, s in agg.columns]
+    agg.insert(0, "seeds", per_seed.groupby(["arch", "variant", "depth"], sort=False).size())
+    return agg.reset_index()
+
+
+def to_csv(df: pd.DataFrame, path: str) -> None:
+    df.to_csv(path, index=False, float_format="%.9g")
+
+
+def read_csv(path: str) -> pd.DataFrame:
+    df = pd.read_csv(path)
+    missing = set(COLUMNS) - set(df.columns)
+    if missing:
+        raise ValueError(f"{path} is not a gradnorms CSV: missing columns {sorted(missing)}")
+    return df[COLUMNS]
+
+
+# --- plots (matplotlib Figures without pyplot: no global state, safe in Gradio's worker threads) ---
+
+COLORS = {"plain": "tab:red", "residual": "tab:blue"}
+LABELS = {"plain": "plain twin", "residual": "ResNet"}
+
+
+def _panels(n: int, parent=None, panel_size: tuple[float, float] = (4.2, 3.2), cols: int = 3):
+    """A new Figure (or `parent`, a Figure or SubFigure) split into `n` panels."""
+    from matplotlib.figure import Figure
+
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    fig = parent or Figure(figsize=(panel_size[0] * cols, panel_size[1] * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def plot_profile(df: pd.DataFrame, quantity: str = "grad_w", ylabel: str = r"$\|\partial L/\partial W\|$",
+                 parent=None):
+    """One panel per arch: `quantity` against depth index, plain vs residual.
+
+    Lines are the geometric mean over seeds, bands the min-max; values that are
+    exactly 0 cannot sit on a log axis, so the panel says how many there are.
+    """
+    archs = list(dict.fromkeys(df.arch))
+    fig, axes = _panels(len(archs), parent)
+    for ax, arch in zip(axes, archs):
+        sub = df[(df.arch == arch) & (df.quantity == quantity)]
+        notes = []
+        for variant in VARIANTS:
+            v = sub[sub.variant == variant]
+            pos = v[v.value > 0]
+            if len(pos) < len(v):
+                notes.append(f"{LABELS[variant]}: {len(v) - len(pos)} values exactly 0 (not drawn)")
+            if pos.empty:
+                continue
+            stats = np.log10(pos.value).groupby(pos.depth_index).agg(["mean", "min", "max"])
+            ax.plot(stats.index, 10 ** stats["mean"], color=COLORS[variant], lw=1.4, label=LABELS[variant])
+            if v.seed.nunique() > 1:
+                ax.fill_between(stats.index, 10 ** stats["min"], 10 ** stats["max"], color=COLORS[variant],
+                                alpha=0.2, lw=0)
+        ax.set_yscale("log")
+        ax.set_title(f"{arch} vs {twin_name(arch)}", fontsize=10)
+        ax.set_xlabel("depth index (input -> output)", fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="major", alpha=0.3)
+        if notes:
+            ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper right")
+    return fig
+
+
+def plot_summary(summary: pd.DataFrame, parent=None):
+    """log10(first conv / last conv ||dL/dW||) against total depth, plain vs residual, +-1 std over seeds."""
+    fig, (ax,) = _panels(1, parent, panel_size=(5.5, 3.6))
+    for variant in VARIANTS:
+        for stem, marker, ls in (("imagenet", "o", "-"), ("cifar", "s", "--")):
+            s = summary[(summary.variant == variant) & (summary.arch.map(lambda a: REGISTRY[a].stem) == stem)]
+            if s.empty:
+                continue
+            s = s.sort_values("depth")
+            family = "ImageNet" if stem == "imagenet" else "CIFAR"
+            ax.errorbar(s.depth, s.log10_ratio_mean, yerr=s.log10_ratio_std.fillna(0), color=COLORS[variant],
+                        marker=marker, ls=ls, capsize=3, label=f"{LABELS[variant]}, {family}-style")
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xlabel("total depth (weighted layers)")
+    ax.set_ylabel(r"$\log_{10}$ first / last conv $\|\partial L/\partial W\|$", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def plot_all(df: pd.DataFrame):
+    """The three plots stacked in one Figure (what the CLI's --plot writes)."""
+    from matplotlib.figure import Figure
+
+    n = df.arch.nunique()
+    rows = math.ceil(n / 3)
+    top, middle, bottom = Figure(figsize=(12.6, 6.4 * rows + 3.6), layout="constrained").subfigures(
+        3, 1, height_ratios=[rows, rows, 1.1])
+    plot_profile(df, "grad_w", parent=top)
+    plot_profile(df, "grad_x", r"$\|\partial L/\partial x\|$ at block output", parent=middle)
+    plot_summary(summarize(df), parent=bottom)
+    return top.figure
+
+
+# --- CLI ---
+
+def _archs(text: str) -> tuple[str, ...]:
+    archs = tuple(a.strip() for a in text.split(",") if a.strip())
+    bad = [a for a in archs if a not in REGISTRY or not REGISTRY[a].residual]
+    if bad:
+        raise argparse.ArgumentTypeError(f"not a ResNet: {', '.join(bad)} (choose from "
+                                         f"{', '.join(IMAGENET_ARCHS + CIFAR_ARCHS)})")
+    return archs
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--archs", type=_archs, default=IMAGENET_ARCHS,
+                   help="comma-separated ResNets; each is measured with its plain twin (default: the ImageNet five)")
+    p.add_argument("--bn", choices=BN_MODES, default="train", help="BatchNorm mode (none: no BN layers at all)")
+    p.add_argument("--zero-init", action="store_true", help="zero each block's last BN gamma")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--input-size", type=int, default=None,
+                   help="image side; default 64 px for ImageNet-style nets, 32 px for CIFAR-style")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1; plots show the spread")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--data", choices=["noise", "shapes"], default="noise")
+    p.add_argument("--out", help="write the tidy per-layer results as CSV")
+    p.add_argument("--plot", help="write the plots as one PNG")
+
+
+def config_from_args(args: argparse.Namespace) -> GradFlowConfig:
+    return GradFlowConfig(archs=tuple(args.archs), bn_mode=args.bn, zero_init=args.zero_init,
+                          batch_size=args.batch_size, input_size=args.input_size, seeds=args.seeds,
+                          num_classes=args.num_classes, data=args.data)
+
+
+def tqdm_progress(total: int, desc: str) -> tuple[Progress, Callable[[], None]]:
+    """A `progress(fraction, desc)` callable that drives a tqdm bar of `total` steps, and its closer."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="step")
+
+    def progress(fraction: float, text: str) -> None:
+        bar.n = round(fraction * total)
+        bar.set_postfix_str(text, refresh=False)
+        bar.refresh()
+
+    return progress, bar.close
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    progress, close = tqdm_progress(len(cfg.archs) * len(VARIANTS) * cfg.seeds, "gradnorms")
+    try:
+        df = run_sweep(cfg, progress)
+    finally:
+        close()
+    summary = summarize(df)
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(summary.round(3).to_string(index=False))
+    if args.out:
+        to_csv(df, args.out)
+        print(f"wrote {args.out}")
+    if args.plot:
+        plot_all(df).savefig(args.plot, dpi=100)
+        print(f"wrote {args.plot}")
+    return 0

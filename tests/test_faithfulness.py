@@ -1,0 +1,192 @@
+"""Faithfulness: the metrics are right on hand-made maps, and Grad-CAM on the shipped model passes them."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from resnet_lab.__main__ import main
+from resnet_lab.faithfulness import (
+    auc,
+    cascade,
+    evaluate,
+    mass_in_mask,
+    perturbation_curves,
+    pointing_game,
+    random_maps,
+    randomization_check,
+    saliency_rank,
+    spearman,
+)
+from resnet_lab.resnet import build
+from resnet_lab.shapes import ShapesDataset, normalize
+from resnet_lab.weights import load_checkpoint
+
+SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "shapes_resnet20.safetensors"
+needs_model = pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped checkpoint is not built yet")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Other jobs share these two cores: one thread slows down gracefully, two spin against each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- metrics on hand-made maps
+
+
+def test_pointing_game_box_edges_and_ties():
+    maps = torch.zeros(4, 8, 8)
+    maps[0, 2, 5] = 1  # inside (x=5, y=2)
+    maps[1, 2, 6] = 1  # x=6 == x1: outside, the box is end-exclusive
+    maps[2, 1, 3] = 1  # y=1 < y0
+    maps[3, 2, 2] = maps[3, 7, 7] = 1  # tie: the first maximum counts, (2, 2) inside
+    box = (2, 2, 6, 6)
+    assert pointing_game(maps, [box] * 4).tolist() == [True, False, False, True]
+    assert pointing_game(maps[3:].flip(1, 2), torch.tensor([box])).tolist() == [False]
+
+
+def test_mass_in_mask():
+    maps = torch.tensor([[[1.0, 3.0], [0.0, -5.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    masks = torch.tensor([[[False, True], [False, True]]] * 2)
+    assert mass_in_mask(maps, masks).tolist() == [0.75, 0.0]  # negative attribution is no mass
+
+
+def _spearman_reference(a: list[float], b: list[float]) -> float:
+    def ranks(v):
+        return [sum(w < x for w in v) + (sum(w == x for w in v) - 1) / 2 for x in v]
+
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    return cov / (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+
+
+def test_spearman_with_ties_matches_the_textbook():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 4, (5, 6, 6), generator=g).float()  # many ties
+    b = torch.randint(0, 5, (5, 6, 6), generator=g).float()
+    ours = spearman(a, b)
+    for i in range(5):
+        assert float(ours[i]) == pytest.approx(_spearman_reference(a[i].flatten().tolist(), b[i].flatten().tolist()),
+                                               abs=1e-6)
+    x = torch.randn(3, 7, 7, generator=g)
+    assert torch.allclose(spearman(x, x.pow(3) * 5 + 2), torch.ones(3))  # rank-based: any monotone map
+    assert torch.allclose(spearman(x, -x), -torch.ones(3))
+    assert spearman(x, torch.zeros_like(x)).tolist() == [0.0] * 3  # a constant map has no order
+
+
+def test_auc_is_the_trapezoid_over_0_1():
+    curves = torch.stack([torch.full((17,), 0.3), torch.linspace(0, 1, 17)])
+    assert auc(curves).tolist() == pytest.approx([0.3, 0.5])
+    assert auc(torch.linspace(1, 0, 5)[None] ** 2).tolist() == pytest.approx([(1 + 2 * (0.5625 + 0.25 + 0.0625)) / 8])
+
+
+def test_saliency_rank_orders_pixels_and_breaks_ties_at_random():
+    maps = torch.tensor([[[0.1, 0.9], [0.5, 0.2]]])
+    assert saliency_rank(maps).tolist() == [[3, 0, 1, 2]]
+    flat = torch.zeros(1, 16, 16)
+    r1 = saliency_rank(flat, torch.Generator().manual_seed(1))
+    r2 = saliency_rank(flat, torch.Generator().manual_seed(2))
+    assert sorted(r1[0].tolist()) == list(range(256)) and not torch.equal(r1, r2)
+    assert float(r1[0, :128].float().mean()) == pytest.approx(127.5, abs=25)  # no bias to the top rows
+
+
+def test_perturbation_curves_start_and_end_where_they_must():
+    torch.manual_seed(0)
+    model = build("resnet20", num_classes=8).eval()
+    x = normalize(torch.stack([ShapesDataset(2, seed=1)[i][0] for i in range(2)]))
+    target = torch.tensor([1, 5])
+    deletion, insertion = perturbation_curves(model, x, target, saliency_rank(random_maps((2, 32, 32))), steps=4)
+    with torch.no_grad():
+        p = model(x).softmax(1)[[0, 1], target]
+        p_mean = model(torch.zeros_like(x)).softmax(1)[[0, 1], target]
+    assert deletion.shape == insertion.shape == (2, 5)
+    assert torch.allclose(deletion[:, 0], p) and torch.allclose(deletion[:, -1], p_mean)
+    assert torch.allclose(insertion[:, -1], p) and not torch.allclose(insertion[:, 0], p)
+
+
+def test_cascade_goes_from_the_top_down():
+    names = [n for n, _ in cascade(build("resnet20"))]
+    assert names[:3] == ["fc", "layer3.2", "layer3.1"] and names[-2:] == ["layer1.0", "stem"] and len(names) == 11
+
+
+# ----------------------------------------------------------------------------- the shipped model
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from resnet_lab.explain import attribute
+
+    model = load_checkpoint(SHIPPED).model
+    ds = ShapesDataset(200, seed=4243)
+    x = normalize(ds.images.float() / 255)
+    maps = torch.cat([attribute(model, x[i:i + 100], ds.labels[i:i + 100], "gradcam", "layer3")
+                      for i in range(0, 200, 100)])
+    return model, ds, x, maps
+
+
+@needs_model
+def test_gradcam_points_at_the_shape_and_broken_maps_do_not(shipped):
+    _, ds, _, maps = shipped
+    hits = pointing_game(maps, ds.boxes).float().mean()
+    chance = float(((ds.boxes[:, 2] - ds.boxes[:, 0]) * (ds.boxes[:, 3] - ds.boxes[:, 1])).float().mean() / 32**2)
+    random_hits = pointing_game(random_maps(maps.shape, torch.Generator().manual_seed(0)), ds.boxes).float().mean()
+    flipped_hits = pointing_game(maps.flip(1, 2), ds.boxes).float().mean()
+    assert hits >= 0.90
+    assert abs(random_hits - chance) < 0.08
+    assert flipped_hits < hits - 0.3
+
+
+@needs_model
+def test_gradcam_beats_random_order_on_deletion_and_insertion(shipped):
+    model, ds, x, maps = shipped
+    target = ds.labels[:64]
+    g = torch.Generator().manual_seed(0)
+    ours = [auc(c) for c in perturbation_curves(model, x[:64], target, saliency_rank(maps[:64], g), steps=8)]
+    rand = [auc(c) for c in perturbation_curves(model, x[:64], target, saliency_rank(random_maps(maps[:64].shape, g)),
+                                                steps=8)]
+    assert ours[0].mean() < rand[0].mean() - 0.1  # deleting the explained pixels first kills the class faster
+    assert ours[1].mean() > rand[1].mean() + 0.1  # inserting them first brings it back faster
+
+
+@needs_model
+def test_randomization_decorrelates_gradcam_but_not_an_edge_detector(shipped):
+    from resnet_lab.explain import attribute
+
+    model, ds, x, _ = shipped
+    xb, target = x[:32], ds.labels[:32]
+    gradcam = randomization_check(model, xb, target, lambda net: attribute(net, xb, target, "gradcam", "layer3"))
+    assert list(gradcam)[0] == "fc" and gradcam["stem"] < 0.3
+    edges = randomization_check(model, xb, target, lambda net: (xb[..., 1:, 1:] - xb[..., :-1, :-1]).abs().sum(1))
+    assert min(edges.values()) == pytest.approx(1.0)  # ignores the model, so the check must not move it
+
+
+@needs_model
+def test_evaluate_table_and_cli(tmp_path):
+    model = load_checkpoint(SHIPPED).model
+    fractions = []
+    df = evaluate(model, ShapesDataset(8, seed=7), ["gradcam", "integrated_gradients"], ["layer2", "layer3"], n=8,
+                  batch_size=4, steps=4, n_random=4, progress=lambda f, d: fractions.append(f))
+    assert isinstance(df, pd.DataFrame) and len(df) == 4
+    assert list(zip(df.method, df.stage)) == list(itertools.product(["gradcam", "integrated_gradients"],
+                                                                     ["layer2", "layer3"]))
+    assert df.uses_layer.tolist() == [True, True, False, False]
+    ig = df[df.method == "integrated_gradients"].drop(columns="stage")
+    assert ig.iloc[0].equals(ig.iloc[1])  # no layer: computed once
+    for col in ("pointing", "pointing_random", "deletion_auc", "deletion_random", "insertion_auc",
+                "insertion_random", "rand_fc", "rand_stem", "rand_full"):
+        assert df[col].between(-1, 1).all(), col
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+
+    out = tmp_path / "f.csv"
+    assert main(["faithfulness", "--model", str(SHIPPED), "--methods", "gradcam", "--stages", "layer3", "--n", "8",
+                 "--n-random", "4", "--steps", "4", "--out", str(out)]) == 0
+    assert pd.read_csv(out).shape[0] == 1

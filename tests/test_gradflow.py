@@ -1,0 +1,161 @@
+"""Gradient flow at init: the twins are fair, every conv is measured, and the qualitative facts hold on our nets.
+
+The facts (see resnet_lab.gradflow): with BN in train mode plain nets' gradients
+grow toward the input (~x1.2 per layer, Yang et al. 2019) while ResNets stay far
+flatter; without BN plain nets shrink mildly and ResNets blow up forward; zero-gamma
+makes every residual block the identity. CIFAR nets keep this fast.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from resnet_lab import gradflow
+from resnet_lab.__main__ import main
+from resnet_lab.gradflow import GradFlowConfig, measure, run_sweep, summarize
+
+CIFAR = ("resnet20", "resnet56", "resnet110")
+LN10 = math.log(10)
+
+
+@pytest.fixture(scope="module")
+def bn_train() -> pd.DataFrame:
+    """BN in train mode, 5 seeds: the sweep most facts are read from (~5 s)."""
+    return summarize(run_sweep(GradFlowConfig(archs=CIFAR, seeds=5))).set_index(["arch", "variant"])
+
+
+@pytest.fixture(scope="module")
+def no_bn() -> tuple[pd.DataFrame, pd.DataFrame]:
+    df = run_sweep(GradFlowConfig(archs=("resnet20", "resnet56"), bn_mode="none", seeds=3))
+    return df, summarize(df).set_index(["arch", "variant"])
+
+
+@pytest.mark.parametrize("arch", ["resnet56", "resnet50"])
+def test_twins_share_every_common_weight(arch):
+    cfg = GradFlowConfig(archs=(arch,))
+    res = gradflow.build_net(arch, "residual", 3, cfg).state_dict()
+    plain = gradflow.build_net(arch, "plain", 3, cfg).state_dict()
+    assert set(plain) <= set(res)
+    assert all(".downsample." in k for k in set(res) - set(plain))  # only the projections are extra
+    assert all(torch.equal(res[k], plain[k]) for k in plain)
+    other = gradflow.build_net(arch, "plain", 4, cfg).state_dict()  # and the seed does matter
+    assert not torch.equal(other["layer1.0.conv1.weight"], plain["layer1.0.conv1.weight"])
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "resnet50"])
+def test_every_conv_gets_a_gradient_norm(arch):
+    cfg = GradFlowConfig(archs=(arch,), batch_size=2, input_size=32)
+    net = gradflow.build_net(arch, "residual", 0, cfg)
+    df = pd.DataFrame(measure(arch, "residual", 0, cfg), columns=gradflow.COLUMNS)
+    convs = {n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    w = df[df.quantity.isin(["grad_w", "grad_w_shortcut"])]
+    assert set(w.layer) == convs and len(w) == len(convs)
+    assert (w.value > 0).all() and np.isfinite(w.value).all()
+    main_path = df[df.quantity == "grad_w"].depth_index.tolist()
+    assert main_path == list(range(1, net.config.depth))  # every weighted layer but the classifier, in order
+    blocks = df[df.quantity == "grad_x"]
+    assert blocks.layer.tolist() == [n for n, _ in net.blocks()] and (blocks.value > 0).all()
+
+
+def test_plain56_grows_more_than_resnet56_by_over_an_order_of_magnitude(bn_train):
+    assert bn_train.loc[("resnet56", "plain"), "seeds"] == 5
+    gap = bn_train.loc[("resnet56", "plain"), "log10_ratio_mean"] - bn_train.loc[("resnet56", "residual"),
+                                                                                  "log10_ratio_mean"]
+    assert gap > 1
+
+
+def test_bn_train_plain_gradients_grow_toward_the_input(bn_train):
+    plain = bn_train.xs("plain", level="variant")
+    res = bn_train.xs("residual", level="variant")
+    assert ((plain.growth_mean > 1.1) & (plain.growth_mean < 1.35)).all()  # Yang et al.: ~x1.2 per layer
+    assert plain.log10_ratio_mean.is_monotonic_increasing  # deeper: more layers of growth
+    assert plain.loc["resnet56", "log10_ratio_mean"] > 3 and plain.loc["resnet110", "log10_ratio_mean"] > 5
+    assert (plain.log10_ratio_mean - res.log10_ratio_mean).loc[["resnet56", "resnet110"]].min() > 2
+
+
+def test_plain_initial_loss_is_ln_classes(bn_train):
+    plain = bn_train.xs("plain", level="variant")
+    assert (abs(plain.loss_mean / LN10 - 1) < 0.10).all()
+
+
+def test_resnet_initial_loss_grows_with_depth(bn_train):
+    """Branch variances add along the identity path; an independent estimate gives ~2.7, 3.3, 4.7."""
+    loss = bn_train.xs("residual", level="variant").loss_mean.loc[list(CIFAR)]
+    assert loss.is_monotonic_increasing and loss.iloc[-1] > 1.4 * LN10
+    assert (abs(loss.to_numpy() / np.array([2.7, 3.3, 4.7]) - 1) < 0.3).all()
+
+
+def test_without_bn_plain_nets_shrink_and_resnets_blow_up(no_bn):
+    df, summary = no_bn
+    plain = summary.xs("plain", level="variant")
+    assert (plain.log10_ratio_mean < 0).all() and (plain.dx_log10_ratio_mean < 0).all()
+    assert (abs(plain.loss_mean / LN10 - 1) < 0.10).all()
+    assert summary.loc[("resnet56", "residual"), "loss_mean"] > 100
+    std = df[(df.arch == "resnet56") & (df.variant == "residual") & (df.quantity == "act_std") & (df.seed == 0)]
+    assert std.value.iloc[-1] > 100 * std.value.iloc[0]  # the forward pass explodes block by block
+
+
+def test_eval_mode_bn_at_init_is_no_bn(no_bn):
+    _, none = no_bn
+    ev = summarize(run_sweep(GradFlowConfig(archs=("resnet20",), bn_mode="eval", seeds=3))).set_index(
+        ["arch", "variant"])
+    cols = ["log10_ratio_mean", "dx_log10_ratio_mean", "loss_mean"]
+    np.testing.assert_allclose(ev[cols].to_numpy(), none.loc[["resnet20"], cols].to_numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_zero_gamma_makes_resnet_blocks_identities():
+    df = run_sweep(GradFlowConfig(archs=("resnet20",), zero_init=True))
+    w = df[df.quantity == "grad_w"]
+    res, plain = w[w.variant == "residual"], w[w.variant == "plain"]
+    assert res[res.layer == "conv1"].value.item() > 0  # the stem still learns through the identity path
+    assert (res[res.layer != "conv1"].value == 0).all()  # the branches get no gradient until the gammas move
+    assert (plain.value == 0).all()  # no identity path: nothing gets through
+    s = summarize(df).set_index("variant")
+    assert abs(s.loc["residual", "dx_growth_mean"] - 1) < 0.02
+    assert math.isnan(s.loc["plain", "log10_ratio_mean"])
+
+
+def test_shapes_input_works():
+    df = run_sweep(GradFlowConfig(archs=("resnet20",), data="shapes", batch_size=4))
+    assert (df[df.quantity == "grad_w"].value > 0).all()
+
+
+def test_csv_round_trip(tmp_path):
+    df = run_sweep(GradFlowConfig(archs=("resnet20",), seeds=2, batch_size=4))
+    path = tmp_path / "g.csv"
+    gradflow.to_csv(df, str(path))
+    back = gradflow.read_csv(str(path))
+    pd.testing.assert_frame_equal(back, df, check_exact=False, rtol=1e-8)
+    pd.testing.assert_frame_equal(summarize(back), summarize(df), check_exact=False, rtol=1e-7)
+    pd.DataFrame({"a": [1]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="missing columns"):
+        gradflow.read_csv(str(tmp_path / "bad.csv"))
+
+
+def test_plots_use_log_scale():
+    df = run_sweep(GradFlowConfig(archs=("resnet20",), batch_size=4))
+    fig = gradflow.plot_profile(df, "grad_w")
+    assert fig.axes[0].get_yscale() == "log" and len(fig.axes[0].lines) == 2  # plain and residual
+
+
+def test_config_rejects_bad_settings():
+    with pytest.raises(ValueError, match="plain twin"):
+        GradFlowConfig(archs=("plain20",))
+    with pytest.raises(ValueError, match="bn_mode"):
+        GradFlowConfig(bn_mode="batch")
+    with pytest.raises(ValueError, match="at least 2"):
+        GradFlowConfig(batch_size=1)
+
+
+def test_cli_writes_csv_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "g.csv", tmp_path / "g.png"
+    assert main(["gradnorms", "--archs", "resnet20", "--batch-size", "4", "--out", str(out), "--plot", str(png)]) == 0
+    assert set(gradflow.read_csv(str(out)).variant) == {"plain", "residual"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "log10_ratio_mean" in capsys.readouterr().out

@@ -1,0 +1,109 @@
+"""Training: a short run learns, is repeatable, and round-trips through the checkpoint; the shipped model is good."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from resnet_lab.__main__ import main
+from resnet_lab.shapes import CLASSES, MEAN, STD, ShapesDataset, normalize
+from resnet_lab.train import TrainConfig, evaluate, train
+from resnet_lab.weights import load_checkpoint
+
+SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "shapes_resnet20.safetensors"
+TINY = dict(n_train=384, n_val=128, n_test=128, batch_size=32, lr=0.05, seed=3, quiet=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Other jobs share these two cores: one thread slows down gracefully, two spin against each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "tiny"
+    argv = ["train", "--epochs", "3", "--n-train", "384", "--n-val", "128", "--n-test", "128", "--batch-size",
+            "32", "--lr", "0.05", "--seed", "3", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    return out.with_suffix(".safetensors")
+
+
+def test_short_run_lowers_the_loss_and_records_everything(cli_run):
+    meta = json.loads(cli_run.with_suffix(".json").read_text())
+    losses = [h["train_loss"] for h in meta["history"]]
+    assert meta["epochs_run"] == len(losses) == 3
+    assert losses[-1] < losses[0] - 0.05
+    assert meta["arch"] == "resnet20" and meta["classes"] == list(CLASSES) and meta["num_classes"] == 8
+    assert meta["mean"] == list(MEAN) and meta["std"] == list(STD) and meta["input_size"] == [3, 32, 32]
+    assert meta["data"]["train_seed"] != meta["data"]["val_seed"] != meta["data"]["test_seed"]
+    assert 0 <= meta["test_acc"] <= 1 and meta["train_time_s"] > 0 and meta["torch_version"] == torch.__version__
+    assert meta["command_full"].startswith("python -m resnet_lab train --arch resnet20")
+
+
+def test_checkpoint_loads_back_with_identical_outputs(cli_run):
+    loaded = load_checkpoint(cli_run)
+    assert loaded.pretrained_cfg["mean"] == MEAN and loaded.pretrained_cfg["input_size"] == (3, 32, 32)
+    config = TrainConfig(**json.loads(cli_run.with_suffix(".json").read_text())["config"])
+    again = train(config)  # same config: the same weights, bit for bit
+    x = normalize(ShapesDataset(16, seed=50)[0][0][None].repeat(2, 1, 1, 1))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), again.model.eval()(x))
+    assert again.test_acc == pytest.approx(loaded.meta["test_acc"])
+
+
+def test_every_kind_of_arch_trains(tmp_path):
+    for arch, size in (("plain20", None), ("resnet18", 64)):
+        r = train(TrainConfig(arch=arch, size=size, epochs=1, n_train=64, n_val=32, n_test=32, batch_size=32,
+                              quiet=True, out=str(tmp_path / arch)))
+        assert len(r.history) == 1 and r.path.is_file()
+        assert load_checkpoint(r.path).pretrained_cfg["input_size"] == (3, size or 32, size or 32)
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    seen = []
+    r = train(TrainConfig(**{**TINY, "epochs": 6, "patience": 1, "lr": 1e-6}), progress=lambda f, d: seen.append(f))
+    vals = [h["val_acc"] for h in r.history]
+    assert len(vals) < 6 and r.best_acc == max(vals)  # a learning rate this small cannot keep improving
+    assert seen == sorted(seen) and 0 < seen[-1] <= 1
+
+
+class _Always(nn.Module):
+    """Predicts one class whatever the input."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.nn.functional.one_hot(torch.tensor(k), len(CLASSES)).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), -1)
+
+
+def test_evaluate_is_accuracy():
+    ds = ShapesDataset(80, seed=4)
+    assert evaluate(_Always(2), ds, batch_size=32) == pytest.approx(1 / len(CLASSES))
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="unknown arch"):
+        TrainConfig(arch="resnet21")
+    with pytest.raises(ValueError, match="collides"):
+        TrainConfig(seed=998, test_seed=999)
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped checkpoint is not built yet")
+def test_shipped_model_is_accurate_on_unseen_data():
+    assert SHIPPED.stat().st_size < 5e6
+    loaded = load_checkpoint(SHIPPED)
+    seeds = loaded.meta["data"]
+    held_out = 4242
+    assert held_out not in (seeds["train_seed"], seeds["val_seed"], seeds["test_seed"])
+    assert loaded.meta["test_acc"] >= 0.97
+    assert evaluate(loaded.model, ShapesDataset(400, seed=held_out)) >= 0.97
