@@ -43,6 +43,34 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def measure(client: Client, upload, model: str, noop: float, repeats: int, clients: int) -> dict:
+    """One model: bare forward, classify and gradcam round trips, and throughput under concurrent clients."""
+    entry = common.zoo().get(model)
+    clf = entry.classifier
+    batch = clf.preprocess([IMAGE])
+    forward = median_ms(lambda: clf.probabilities(batch), repeats)
+    few = max(3, repeats // 3)
+
+    def classify() -> object:
+        return client.predict(upload, model, entry.tag, api_name="/classify")
+
+    e2e = median_ms(classify, repeats)
+    bare_cam = median_ms(lambda: gradcam.explain_image(IMAGE, model, entry.tag, "layer4"), few)
+    cam = median_ms(lambda: client.predict(upload, model, entry.tag, "layer4", "top-1 prediction", "jet", 0.5,
+                                           False, "Guided Grad-CAM", api_name="/gradcam"), few)
+    n = clients * 4
+    with ThreadPoolExecutor(clients) as pool:
+        t = time.perf_counter()
+        list(pool.map(lambda _: classify(), range(n)))
+        throughput = n / (time.perf_counter() - t)
+    return {
+        "model": model, "bare forward ms": round(forward, 1), "classify e2e ms": round(e2e, 1),
+        "no-op e2e ms": round(noop, 1), "overhead beyond model + no-op ms": round(e2e - forward - noop, 1),
+        "explain (bare) ms": round(bare_cam, 1), "gradcam e2e ms": round(cam, 1),
+        f"classify req/s, {clients} clients": round(throughput, 2),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--archs", nargs="+", default=["ResNet-18", "ResNet-50"])
@@ -59,31 +87,7 @@ def main() -> None:
     client = Client("http://127.0.0.1:7890/", verbose=False)
     upload = handle_file(IMAGE)
     noop = median_ms(lambda: client.predict(upload, api_name="/noop"), args.repeats)
-    rows = []
-    for model in args.archs:
-        entry = common.zoo().get(model)
-        clf = entry.classifier
-        batch = clf.preprocess([IMAGE])
-        forward = median_ms(lambda: clf.probabilities(batch), args.repeats)
-        classify = median_ms(lambda: client.predict(upload, model, entry.tag, api_name="/classify"), args.repeats)
-        bare_cam = median_ms(lambda: gradcam.explain_image(IMAGE, model, entry.tag, "layer4"), max(3, args.repeats // 3))
-        cam = median_ms(lambda: client.predict(upload, model, entry.tag, "layer4", "top-1 prediction", "jet", 0.5,
-                                               False, "Guided Grad-CAM", api_name="/gradcam"), max(3, args.repeats // 3))
-
-        def one():
-            return client.predict(upload, model, entry.tag, api_name="/classify")
-
-        n = args.clients * 4
-        with ThreadPoolExecutor(args.clients) as pool:
-            t = time.perf_counter()
-            list(pool.map(lambda _: one(), range(n)))
-            throughput = n / (time.perf_counter() - t)
-        rows.append({
-            "model": model, "bare forward ms": round(forward, 1), "classify e2e ms": round(classify, 1),
-            "no-op e2e ms": round(noop, 1), "overhead beyond model + no-op ms": round(classify - forward - noop, 1),
-            "explain (bare) ms": round(bare_cam, 1), "gradcam e2e ms": round(cam, 1),
-            f"classify req/s, {args.clients} clients": round(throughput, 2),
-        })
+    rows = [measure(client, upload, model, noop, args.repeats, args.clients) for model in args.archs]
     demo.close()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
     print(pd.DataFrame(rows).T.to_string(header=False))

@@ -310,7 +310,7 @@ def plot_summary(summary: pd.DataFrame, parent=None):
     ax.set_ylabel(r"$\log_{10}$ first / last conv $\|\partial L/\partial W\|$", fontsize=9)
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+        fig.legend(loc="outside upper center", ncols=2, fontsize=7)  # above the axes: never over a curve
     return fig
 
 

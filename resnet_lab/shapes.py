@@ -163,7 +163,9 @@ def _label(seed: int, index: int) -> int:
     return int(perm[index % k])
 
 
-def render(seed: int, index: int, size: int = 32, clutter: bool = True) -> tuple[np.ndarray, int, np.ndarray, tuple]:
+def render(
+    seed: int, index: int, size: int = 32, clutter: bool = True
+) -> tuple[np.ndarray, int, np.ndarray, tuple[int, int, int, int]]:
     """Sample `index` of the set `seed`: (uint8 image [3, size, size], label, bool mask [size, size], box)."""
     if not 16 <= size <= 256:
         raise ValueError(f"size must be within 16..256, not {size}")

@@ -103,6 +103,7 @@ def save_checkpoint(model: ResNet, path: str | os.PathLike, meta: dict[str, Any]
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path))
+    path.chmod(0o644)  # safetensors writes 0600: a shipped checkpoint must be readable by other users
     meta_path(path).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return path
 

@@ -210,10 +210,10 @@ def describe_degradation(df: pd.DataFrame, title: str) -> str:
         if ref not in final.index or other not in final.index:
             return None
         r, o = final.loc[ref, "train_loss_smooth"], final.loc[other, "train_loss_smooth"]
-        verdict = ("trains **worse** (higher training loss)" if o > 1.05 * r else
-                   "trains **better**" if o < 0.95 * r else "trains about as well")
+        verdict = ("trains **worse** (higher training loss) than" if o > 1.05 * r else
+                   "trains **better** than" if o < 0.95 * r else "trains about as well as")
         stuck = f", still at chance level (ln {len(CLASSES)} = {chance:.2f})" if abs(o - chance) < 0.03 else ""
-        return f"{kind} {other} {verdict} than {ref} ({o:.3f} vs {r:.3f}{stuck})."
+        return f"{kind} {other} {verdict} {ref} ({o:.3f} vs {r:.3f}{stuck})."
 
     pairs = [("plain20", "plain56", "Plain:"), ("resnet20", "resnet56", "Residual:"),
              ("plain56", "resnet56", "Same depth:")]
@@ -222,7 +222,7 @@ def describe_degradation(df: pd.DataFrame, title: str) -> str:
 
 
 def final_table(df: pd.DataFrame) -> pd.DataFrame:
-    final = degradation.final_metrics(df).round(3)
+    final = degradation.final_metrics(df).round(3).rename_axis(columns=None)
     return final.rename(columns=lambda c: c.replace("_smooth", "").replace("_", " "))
 
 
