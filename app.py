@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: Gradio's threads share few cores
 ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))
 if ZERO_GPU:
     try:

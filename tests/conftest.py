@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning threads starve a shared 2-core box
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
