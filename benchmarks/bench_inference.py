@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import timm
 import torch
 import torchvision
 
-from resnet_lab import build
-from resnet_lab.inference import fuse_bn
-from resnet_lab.verify import randomize_bn
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from resnet_lab import build  # noqa: E402
+from resnet_lab.inference import fuse_bn  # noqa: E402
+from resnet_lab.verify import randomize_bn  # noqa: E402
 
 
 def time_once(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -39,16 +42,19 @@ def bench(arch: str, batch: int, repeats: int, device: str) -> list[dict]:
     ours.load_state_dict(ref.state_dict())
     tv = getattr(torchvision.models, arch)().eval()
     tv.load_state_dict(ref.state_dict())
-    models = {"timm": ref, "torchvision": tv, "ours": ours, "ours (BN folded)": fuse_bn(ours)}
-    models = {k: m.to(device) for k, m in models.items()}
     x = torch.randn(batch, 3, 224, 224, device=device)
-    for m in models.values():  # warm-up
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    fast = fuse_bn(ours).to(memory_format=torch.channels_last)  # what Classifier(fuse=True) runs
+    models = {"timm": (ref, x), "torchvision": (tv, x), "ours": (ours, x), "ours (BN folded)": (fuse_bn(ours), x),
+              "ours fast path (folded + channels_last)": (fast, nhwc)}
+    models = {k: (m.to(device), inp) for k, (m, inp) in models.items()}
+    for m, inp in models.values():  # warm-up
         for _ in range(2):
-            time_once(m, x)
+            time_once(m, inp)
     times: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(repeats):
-        for k, m in models.items():
-            times[k].append(time_once(m, x))
+        for k, (m, inp) in models.items():
+            times[k].append(time_once(m, inp))
     base = statistics.median(times["timm"])
     return [{"arch": arch, "batch": batch, "model": k, "median ms": round(statistics.median(v), 2),
              "ratio vs timm": round(statistics.median(v) / base, 3)} for k, v in times.items()]

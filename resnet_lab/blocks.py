@@ -27,6 +27,24 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
 
+class ReLU(nn.ReLU):
+    """ReLU that works in place only where no autograd graph is recorded.
+
+    Under `torch.inference_mode()`/`no_grad()` rewriting the BN output in place
+    saves a full activation's memory traffic (timm does the same); while
+    gradients are recorded (captum, training) it stays out of place, so hooks
+    that keep a layer's output see what the layer produced.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x, inplace=not torch.is_grad_enabled())
+
+
+def add_shortcut(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """`out + shortcut`, in place on the branch's fresh output when no graph is recorded."""
+    return out.add_(shortcut) if not torch.is_grad_enabled() else out + shortcut
+
+
 class ShortcutA(nn.Module):
     """The paper's parameter-free shortcut (option A, section 4.2).
 
@@ -73,10 +91,10 @@ class BasicBlock(nn.Module):
         self.residual = residual
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = norm_layer(planes)
-        self.act1 = nn.ReLU()
+        self.act1 = ReLU()
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = norm_layer(planes)
-        self.act2 = nn.ReLU()
+        self.act2 = ReLU()
         self.downsample = downsample if residual else None
 
     @property
@@ -87,7 +105,7 @@ class BasicBlock(nn.Module):
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
+            out = add_shortcut(out, x if self.downsample is None else self.downsample(x))
         return self.act2(out)
 
 
@@ -110,13 +128,13 @@ class Bottleneck(nn.Module):
         self.residual = residual
         self.conv1 = conv1x1(inplanes, width)
         self.bn1 = norm_layer(width)
-        self.act1 = nn.ReLU()
+        self.act1 = ReLU()
         self.conv2 = conv3x3(width, width, stride)
         self.bn2 = norm_layer(width)
-        self.act2 = nn.ReLU()
+        self.act2 = ReLU()
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = norm_layer(planes * self.expansion)
-        self.act3 = nn.ReLU()
+        self.act3 = ReLU()
         self.downsample = downsample if residual else None
 
     @property
@@ -128,5 +146,5 @@ class Bottleneck(nn.Module):
         out = self.act2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
+            out = add_shortcut(out, x if self.downsample is None else self.downsample(x))
         return self.act3(out)

@@ -52,18 +52,20 @@ class Classifier:
     """Our ResNet with its weights, transform and labels, ready for uploads.
 
     On CUDA it runs channels_last under autocast (bf16 where supported, else
-    fp16) with cudnn autotuning; on the CPU, plain fp32. `fuse=True` folds each
-    BN into its conv (eval only; equal to the unfused model within 1e-4).
+    fp16) with cudnn autotuning; on the CPU, fp32. `fuse=True` is the fast path:
+    each BN folded into its conv (eval only; equal to the unfused model within
+    1e-4) and channels_last on the CPU too, where oneDNN's NHWC kernels win
+    (see benchmarks/bench_inference.py).
     """
 
     def __init__(self, weights: LoadedWeights, device: str | torch.device | None = None, fuse: bool = False):
         self.weights = weights
         self.device = torch.device(device) if device is not None else resolve_device()
         model = fuse_bn(weights.model) if fuse else weights.model.eval()
+        self.channels_last = fuse or self.device.type == "cuda"
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-            model = model.to(self.device, memory_format=torch.channels_last)
-        self.model = model
+        self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else None)
         self.transform = eval_transform(weights.pretrained_cfg)
         classes = weights.meta.get("classes")
         n = weights.model.num_classes
@@ -83,7 +85,7 @@ class Classifier:
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax over classes for a preprocessed batch, fp32 on the CPU."""
         batch = batch.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
+        if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.model(batch)

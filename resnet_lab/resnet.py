@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from .blocks import BasicBlock, Bottleneck, NormLayer, ShortcutA, conv3x3, projection
+from .blocks import BasicBlock, Bottleneck, NormLayer, ReLU, ShortcutA, conv3x3, projection
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -120,7 +120,7 @@ class ResNet(nn.Module):
         else:
             self.conv1 = conv3x3(in_chans, widths[0])
         self.bn1 = norm_layer(widths[0])
-        self.act1 = nn.ReLU()
+        self.act1 = ReLU()
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if config.stem == "imagenet" else nn.Identity()
 
         self.inplanes = widths[0]

@@ -66,3 +66,13 @@ def test_resolve_device(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_fast_path_classifier_matches_the_unfused_one(photo):
+    torch.manual_seed(0)
+    w = load_weights(None, "resnet50")
+    randomize_bn(w.model)
+    fast, plain = Classifier(w, device="cpu", fuse=True), Classifier(w, device="cpu", fuse=False)
+    assert fast.channels_last and not plain.channels_last
+    batch = plain.preprocess([photo])
+    assert float((fast.probabilities(batch) - plain.probabilities(batch)).abs().max()) <= 1e-4

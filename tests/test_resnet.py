@@ -116,3 +116,26 @@ def test_activations_are_distinct_modules_and_not_inplace():
     relus = [x for x in m.modules() if isinstance(x, torch.nn.ReLU)]
     assert len(relus) == len({id(r) for r in relus}) == 1 + 3 * 16
     assert not any(r.inplace for r in relus)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "plain20"])
+def test_in_place_fast_path_changes_no_number(arch):
+    """Without a graph, ReLU and the shortcut add run in place; the outputs must be bit-identical."""
+    from resnet_lab.verify import randomize_bn
+
+    torch.manual_seed(0)
+    m = resnet_lab.build(arch).eval()
+    randomize_bn(m)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        fast = m(x)
+    slow = m(x)
+    assert slow.requires_grad and torch.equal(fast, slow.detach())
+
+
+def test_hooks_see_pre_activation_outputs_while_gradients_are_recorded():
+    m = resnet_lab.build("resnet20").eval()
+    seen = {}
+    m.layer1[0].bn2.register_forward_hook(lambda mod, i, o: seen.__setitem__("bn2", o))
+    m(torch.randn(1, 3, 32, 32))
+    assert float(seen["bn2"].min()) < 0  # not overwritten by the ReLU or the shortcut add
