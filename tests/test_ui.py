@@ -113,3 +113,12 @@ def test_shapes_sample_draws_the_true_box_and_the_verdict():
     path, box, _ = gradcam.shapes_sample(3)
     ex = gradcam.explain_image(path, SHAPES_MODEL, None, "layer3", true_box=box)
     assert "Pointing game" in ex.info and ("hit" in ex.info or "miss" in ex.info)
+
+
+def test_faithfulness_panel_shipped_table_and_recompute():
+    shipped = gradcam.faithfulness_table()
+    row = shipped[(shipped["method"] == "gradcam") & (shipped["stage"] == "layer3")].iloc[0]
+    assert row["pointing"] >= 0.9 > row["pointing_random"] + 0.3  # the claim the panel shows
+    fresh = gradcam.recompute_faithfulness(4)
+    assert set(fresh["method"]) == {"gradcam", "guided_gradcam", "integrated_gradients", "occlusion"}
+    assert fresh["pointing"].between(0, 1).all() and len(fresh) == len(shipped)

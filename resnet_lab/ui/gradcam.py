@@ -133,7 +133,7 @@ def recompute_faithfulness(n: float, progress: gr.Progress = gr.Progress()) -> p
     size = net.pretrained_cfg["input_size"][-1]
     data = ShapesDataset(int(n), seed=424_242, size=size)
     return evaluate(net, data, methods=list(METHODS), stages=list(net.stage_names), n=int(n),
-                    progress=lambda frac, desc="": progress(frac, desc=desc))
+                    n_random=min(int(n), 50), progress=lambda frac, desc="": progress(frac, desc=desc))
 
 
 def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default_model: str) -> None:
