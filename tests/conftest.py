@@ -14,6 +14,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinn
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For training-heavy modules: when other jobs share the two cores, one thread slows down gracefully."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def photo() -> Image.Image:
     """A deterministic, photo-like RGB image (smooth gradients plus texture), 320x240."""

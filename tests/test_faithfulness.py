@@ -27,16 +27,9 @@ from resnet_lab.shapes import ShapesDataset, normalize
 from resnet_lab.weights import load_checkpoint
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "shapes_resnet20.safetensors"
-needs_model = pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped checkpoint is not built yet")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Other jobs share these two cores: one thread slows down gracefully, two spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- metrics on hand-made maps
@@ -133,7 +126,6 @@ def shipped():
     return model, ds, x, maps
 
 
-@needs_model
 def test_gradcam_points_at_the_shape_and_broken_maps_do_not(shipped):
     _, ds, _, maps = shipped
     hits = pointing_game(maps, ds.boxes).float().mean()
@@ -145,7 +137,6 @@ def test_gradcam_points_at_the_shape_and_broken_maps_do_not(shipped):
     assert flipped_hits < hits - 0.3
 
 
-@needs_model
 def test_gradcam_beats_random_order_on_deletion_and_insertion(shipped):
     model, ds, x, maps = shipped
     target = ds.labels[:64]
@@ -157,7 +148,6 @@ def test_gradcam_beats_random_order_on_deletion_and_insertion(shipped):
     assert ours[1].mean() > rand[1].mean() + 0.1  # inserting them first brings it back faster
 
 
-@needs_model
 def test_randomization_decorrelates_gradcam_but_not_an_edge_detector(shipped):
     from resnet_lab.explain import attribute
 
@@ -169,7 +159,6 @@ def test_randomization_decorrelates_gradcam_but_not_an_edge_detector(shipped):
     assert min(edges.values()) == pytest.approx(1.0)  # ignores the model, so the check must not move it
 
 
-@needs_model
 def test_evaluate_table_and_cli(tmp_path):
     model = load_checkpoint(SHIPPED).model
     fractions = []

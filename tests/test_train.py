@@ -18,13 +18,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "shapes_resnet20.safe
 TINY = dict(n_train=384, n_val=128, n_test=128, batch_size=32, lr=0.05, seed=3, quiet=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Other jobs share these two cores: one thread slows down gracefully, two spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +92,6 @@ def test_bad_configs_are_refused():
         TrainConfig(seed=998, test_seed=999)
 
 
-@pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped checkpoint is not built yet")
 def test_shipped_model_is_accurate_on_unseen_data():
     assert SHIPPED.stat().st_size < 5e6
     loaded = load_checkpoint(SHIPPED)

@@ -10,7 +10,7 @@ import matplotlib
 import pandas as pd
 
 from ..data import ImageError, decode_image
-from ..zoo import IMAGENET_MODELS, ModelZoo
+from ..zoo import IMAGENET_MODELS, SHAPES_MODEL, ModelZoo
 from .common import UploadImage, on_gpu, open_upload, user_errors, zoo
 
 matplotlib.use("Agg")
@@ -58,6 +58,8 @@ def classify_batch(images: list, models: list[str], tags: list[str]) -> tuple[li
         for i, lab in zip(ids, out):
             labels[i] = lab
             infos[i] = f"{status}  \n⏱️ forward pass **{ms:.1f} ms** (batch of {len(ids)})"
+            if model == SHAPES_MODEL:
+                infos[i] += "  \nℹ️ This model knows only 8 shapes; for photos pick a ResNet trained on ImageNet."
     return labels, infos
 
 
