@@ -122,3 +122,28 @@ def test_faithfulness_panel_shipped_table_and_recompute():
     fresh = gradcam.recompute_faithfulness(4)
     assert set(fresh["method"]) == {"gradcam", "guided_gradcam", "integrated_gradients", "occlusion"}
     assert fresh["pointing"].between(0, 1).all() and len(fresh) == len(shipped)
+
+
+def test_zero_gpu_wraps_gpu_work_only_on_zero_gpu(monkeypatch):
+    import sys
+    import types
+
+    fake = types.ModuleType("spaces")
+    fake.GPU = lambda fn: ("on the GPU", fn)
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    fn = classify.classify_batch
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    assert common.on_gpu(fn) is fn
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert common.on_gpu(fn) == ("on the GPU", fn)
+
+
+def test_importing_the_app_loads_no_model():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = "import app, resnet_lab.ui.common as c; print(c._ZOO is None)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr

@@ -20,6 +20,7 @@ import pandas as pd
 from .. import degradation, gradflow
 from ..resnet import REGISTRY, twin_name
 from ..shapes import CLASSES
+from .common import on_gpu, user_errors
 
 ARCH_CHOICES = [(f"{a} (ImageNet-style)", a) for a in gradflow.IMAGENET_ARCHS] + [
     (f"{a} (CIFAR-style, 32 px)", a) for a in gradflow.CIFAR_ARCHS]
@@ -287,8 +288,8 @@ def build_tab() -> None:
     with gr.Row():
         table = gr.Dataframe(label="Summary (mean ± std over seeds)", interactive=False, wrap=True, scale=4)
         csv = gr.File(label="Per-layer results (CSV)", scale=1)
-    run.click(run_gradnorms, [archs, bn, init, batch, size, seeds], [fig_w, fig_x, fig_s, table, csv, text],
-              api_name="gradnorms", concurrency_limit=1)
+    run.click(on_gpu(user_errors(run_gradnorms)), [archs, bn, init, batch, size, seeds],
+              [fig_w, fig_x, fig_s, table, csv, text], api_name="gradnorms", concurrency_limit=1)
 
     gr.Markdown(
         "### Degradation: deeper plain nets train worse\n"
@@ -305,5 +306,5 @@ def build_tab() -> None:
             deg_text = gr.Markdown(note)
             deg_table = gr.Dataframe(final, label="Final metrics", interactive=False)
             rerun = gr.Button(f"Re-run a short version ({degradation.QUICK['steps']} steps, 1-3 minutes on a CPU)")
-    rerun.click(rerun_degradation, None, [deg_plot, deg_table, deg_text], api_name="degradation",
+    rerun.click(on_gpu(rerun_degradation), None, [deg_plot, deg_table, deg_text], api_name="degradation",
                 concurrency_limit=1)
