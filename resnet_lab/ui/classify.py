@@ -10,14 +10,15 @@ import matplotlib
 import pandas as pd
 
 from ..data import ImageError, decode_image
-from ..zoo import IMAGENET_MODELS, SHAPES_MODEL, ModelZoo
+from ..zoo import IMAGENET_MODELS, SHAPES_MODEL, Entry, ModelZoo
 from .common import UploadImage, on_gpu, open_upload, user_errors, zoo
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _timed_predict(z: ModelZoo, model: str, tag: str | None, images: list) -> tuple[list, float, str]:
+def _timed_predict(z: ModelZoo, model: str, tag: str | None, images: list) -> tuple[list, float, Entry]:
+    """Top-5 dicts for `images`, the forward pass in ms (decoding excluded), and the model's entry."""
     entry = z.get(model, tag)
     clf = entry.classifier
     batch = clf.preprocess(images)
@@ -26,7 +27,7 @@ def _timed_predict(z: ModelZoo, model: str, tag: str | None, images: list) -> tu
     ms = (time.perf_counter() - t) * 1e3
     values, idx = probs.topk(min(5, probs.shape[1]), dim=1)
     labels = [{clf.labels[i]: float(p) for p, i in zip(v.tolist(), ix.tolist())} for v, ix in zip(values, idx)]
-    return labels, ms, entry.status
+    return labels, ms, entry
 
 
 def classify_batch(images: list, models: list[str], tags: list[str]) -> tuple[list, list[str]]:
@@ -54,10 +55,10 @@ def classify_batch(images: list, models: list[str], tags: list[str]) -> tuple[li
     for i in decoded:
         groups.setdefault((models[i], tags[i]), []).append(i)
     for (model, tag), ids in groups.items():
-        out, ms, status = _timed_predict(z, model, tag, [decoded[i] for i in ids])
+        out, ms, entry = _timed_predict(z, model, tag, [decoded[i] for i in ids])
         for i, lab in zip(ids, out):
             labels[i] = lab
-            infos[i] = f"{status}  \n⏱️ forward pass **{ms:.1f} ms** (batch of {len(ids)})"
+            infos[i] = f"{entry.status}  \n⏱️ forward pass **{ms:.1f} ms** (batch of {len(ids)})"
             if model == SHAPES_MODEL:
                 infos[i] += "  \nℹ️ This model knows only 8 shapes; for photos pick a ResNet trained on ImageNet."
     return labels, infos
@@ -68,9 +69,8 @@ def compare_depths(image: Any, progress: gr.Progress = gr.Progress()) -> tuple[p
     img = open_upload(image)
     rows = []
     for name in progress.tqdm(list(IMAGENET_MODELS), desc="depths"):
-        out, ms, status = _timed_predict(zoo(), name, None, [img])
-        (label, p), = list(out[0].items())[:1]
-        entry = zoo().get(name)
+        out, ms, entry = _timed_predict(zoo(), name, None, [img])
+        label, p = next(iter(out[0].items()))
         rows.append({"model": name, "top-1": label, "probability": round(p, 4), "latency ms": round(ms, 1),
                      "weights": "random ⚠️" if entry.weights.is_random else entry.weights.source.split(":", 1)[1]})
     df = pd.DataFrame(rows)

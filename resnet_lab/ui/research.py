@@ -257,7 +257,7 @@ def rerun_degradation(progress: Any = gr.Progress()) -> tuple[Any, pd.DataFrame,
     df = _quick_run(_Untracked(progress))
     text = describe_degradation(df, f"Short re-run, {degradation.QUICK['steps']} steps")
     text += ("\n\nThis short budget shows only the start: in the shipped run the nets leave chance level between "
-             "~100 and ~250 steps, and the plain-20 / plain-56 gap opens after that.")
+             "~150 and ~350 steps, and the plain-20 / plain-56 gap opens after that.")
     return degradation.plot_curves(df), final_table(df), text
 
 
@@ -296,7 +296,7 @@ def build_tab() -> None:
         f"{HE_2015}, Fig. 1 and 6: plain-20, plain-56, ResNet-20 and ResNet-56 trained on the same Shapes "
         "batches from the same seed with the same SGD schedule. Lines: smoothed training loss and accuracy; "
         "dots: held-out accuracy. Plain nets dashed, ResNets solid. A higher *training* loss for the deeper plain "
-        "net is not overfitting: the solver fails to find what the shallower net proves exists. The budget is ~1% "
+        "net is not overfitting: the solver fails to find what the shallower net proves exists. The budget is ~2% "
         "of He et al.'s schedule, so read the ordering at the end of this run, not of a full training.")
     fig, final, note = shipped_curves()
     with gr.Row():
