@@ -13,12 +13,11 @@ import argparse
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: Gradio's threads share few cores
-ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))
-if ZERO_GPU:
+if os.environ.get("SPACES_ZERO_GPU"):
     try:
-        import spaces  # noqa: F401  (must come before torch initializes CUDA)
+        import spaces  # noqa: F401  (must come before torch initializes CUDA; ui.common.on_gpu uses it)
     except ImportError:
-        ZERO_GPU = False
+        pass
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning OpenMP threads starve 2 cores
 
 COMMANDS = {
     "verify": ("resnet_lab.verify", "prove our ResNets equal timm's and torchvision's"),

@@ -107,9 +107,10 @@ class ResNet(nn.Module):
         in_chans: int = 3,
         zero_init_last: bool = False,
         norm_layer: NormLayer = nn.BatchNorm2d,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
-        seed = int(torch.randint(0, 2**62, ()))
+        seed = int(torch.randint(0, 2**62, ())) if seed is None else seed
         self.config = config
         self.num_classes = num_classes if num_classes is not None else config.num_classes
         self.residual = config.residual
@@ -198,12 +199,14 @@ def build(
     zero_init_last: bool = False,
     norm: str = "bn",
     shortcut: str | None = None,
+    seed: int | None = None,
 ) -> ResNet:
     """Build a registered arch (`resnet50`, `plain56`, ...).
 
     `residual` overrides the name (so `build("resnet56", residual=False)` is
     `plain56`), `norm="none"` drops BatchNorm (for the no-BN gradient study),
     `shortcut` picks option "A" or "B" for the shortcuts where shapes change.
+    `seed` fixes the init without touching the global RNG (default: one draw from it).
     """
     if arch not in REGISTRY:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(list_archs())}")
@@ -217,4 +220,4 @@ def build(
     if norm not in ("bn", "none"):
         raise ValueError(f"norm must be 'bn' or 'none', not {norm!r}")
     norm_layer: NormLayer = nn.BatchNorm2d if norm == "bn" else (lambda _c: nn.Identity())
-    return ResNet(cfg, num_classes, in_chans, zero_init_last, norm_layer)
+    return ResNet(cfg, num_classes, in_chans, zero_init_last, norm_layer, seed)

@@ -67,6 +67,8 @@ class TrainConfig:
             raise ValueError(f"opt must be sgd|adamw and sched cosine|onecycle, not {self.opt!r}, {self.sched!r}")
         if self.test_seed in self.data_seeds()[:2]:
             raise ValueError(f"test seed {self.test_seed} collides with the training/validation seeds")
+        if min(self.epochs, self.n_val, self.n_test) < 1:
+            raise ValueError("epochs, n_val and n_test must each be at least 1")
         if self.n_train < self.batch_size:
             raise ValueError(f"n_train ({self.n_train}) must be at least one batch ({self.batch_size})")
 

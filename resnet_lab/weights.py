@@ -8,6 +8,7 @@ huggingface_hub retry for most of a minute.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -176,6 +177,7 @@ def resolve_tag(tag: str) -> tuple[str, Any]:
     return arch, cfg
 
 
+@functools.cache
 def list_tags(arch: str) -> list[str]:
     """Every pretrained tag timm offers for `arch` (no network needed)."""
     import timm
@@ -222,5 +224,5 @@ def load_weights(spec: str | None, arch: str | None = None) -> LoadedWeights:
         return load_pretrained(spec)
     if arch is None:
         raise ValueError("load_weights(None) needs an arch")
-    model = build(arch).eval()
+    model = build(arch, seed=0).eval()  # random, but the same random weights every time
     return LoadedWeights(model, "random", dict(model.pretrained_cfg))

@@ -7,13 +7,12 @@ finally random weights, which are loudly flagged, never silent.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
 
 from .inference import Classifier, resolve_device
 from .weights import DEFAULT_TAGS, LoadedWeights, WeightsUnavailable, list_tags, load_weights
@@ -34,8 +33,21 @@ def tags_for(model: str) -> list[str]:
     return [default, *(t for t in list_tags(arch) if t != default)]
 
 
+def describe(model: str) -> tuple[list[str], list[str]]:
+    """Stage names and class labels of a model, without loading its weights (for building the UI)."""
+    from .data import imagenet_labels
+    from .resnet import REGISTRY
+
+    arch = "resnet20" if model == SHAPES_MODEL else IMAGENET_MODELS[model]
+    stages = [f"layer{i + 1}" for i in range(len(REGISTRY[arch].layers))]
+    if model != SHAPES_MODEL:
+        return stages, list(imagenet_labels())
+    meta = SHAPES_CHECKPOINT.with_suffix(".json")
+    return stages, json.loads(meta.read_text())["classes"] if meta.is_file() else []
+
+
 def _default_max_models() -> int:
-    """Keep all five on a machine with room; two on a small Space."""
+    """Keep all six on a machine with room; two on a small Space."""
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
@@ -52,6 +64,7 @@ class Entry:
     weights: LoadedWeights
     classifier: Classifier
     warning: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)  # captum hooks the shared model: one at a time
 
     @property
     def status(self) -> str:
@@ -105,15 +118,15 @@ class ModelZoo:
         """The entry for `model` with weights `tag` (default: the calibrated default), loading it if needed."""
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
-        tag = tag or tags_for(model)[0]
-        if tag not in tags_for(model):
-            raise ValueError(f"{model} has no weights {tag!r}; choose one of {', '.join(tags_for(model))}")
+        tags = tags_for(model)
+        tag = tag or tags[0]
+        if tag not in tags:
+            raise ValueError(f"{model} has no weights {tag!r}; choose one of {', '.join(tags)}")
         key = (model, tag)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-            torch.manual_seed(0)  # random-weight fallbacks are at least reproducible
             weights, warning = self._load(model, tag)
             weights.model.to(self.device)
             entry = Entry(model, tag, weights, Classifier(weights, self.device, fuse=True), warning)
@@ -126,7 +139,7 @@ class ModelZoo:
         """Whether real ImageNet weights can be had now: a local file, or the hub answers."""
         from .weights import hub_reachable
 
-        if self.weights_path and any(self.local_file(a, DEFAULT_TAGS[a]) for a in IMAGENET_MODELS.values()):
+        if any(self.local_file(a, DEFAULT_TAGS[a]) for a in IMAGENET_MODELS.values()):
             return True
         return hub_reachable()[0]
 

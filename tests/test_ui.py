@@ -147,3 +147,28 @@ def test_importing_the_app_loads_no_model():
     code = "import app, resnet_lab.ui.common as c; print(c._ZOO is None)"
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True", out.stderr
+
+
+def test_a_drawn_box_is_never_laid_over_another_image():
+    path, box, _ = gradcam.shapes_sample(5)
+    other = gradcam.ASSETS / "shapes_star.png"
+    ex = gradcam.explain_image(str(other), SHAPES_MODEL, None, "layer3", true_box=box)
+    assert "Pointing game" not in ex.info
+
+
+def test_a_bad_tag_fails_only_its_own_requests_in_a_batch(files):
+    labels, infos = classify.classify_batch([files["photo"], files["photo"]], ["ResNet-18", SHAPES_MODEL],
+                                            ["resnet50.tv2_in1k", "shipped"])
+    assert labels[0] is None and "no weights" in infos[0]
+    assert len(labels[1]) == 5
+
+
+def test_choosing_a_model_loads_no_weights():
+    z = ModelZoo(weights_path="", device="cpu")
+    common.set_zoo(z)
+    try:
+        stage, target = gradcam.on_model_change("ResNet-152")
+        assert stage["value"] == "layer4" and "tabby, tabby cat" in target["choices"]
+        assert not z._cache
+    finally:
+        common.set_zoo(ModelZoo(weights_path="", device="cpu"))

@@ -6,22 +6,21 @@ import time
 from typing import Any
 
 import gradio as gr
-import matplotlib
 import pandas as pd
+import torch
+from matplotlib.figure import Figure
 
 from ..data import ImageError, decode_image
+from ..weights import WeightsUnavailable
 from ..zoo import IMAGENET_MODELS, SHAPES_MODEL, Entry, ModelZoo
 from .common import UploadImage, on_gpu, open_upload, user_errors, zoo
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 
 def _timed_predict(z: ModelZoo, model: str, tag: str | None, images: list) -> tuple[list, float, Entry]:
-    """Top-5 dicts for `images`, the forward pass in ms (decoding excluded), and the model's entry."""
+    """Top-5 dicts for decoded `images`, the forward pass in ms, and the model's entry."""
     entry = z.get(model, tag)
     clf = entry.classifier
-    batch = clf.preprocess(images)
+    batch = torch.stack([clf.transform(im) for im in images])
     t = time.perf_counter()
     probs = clf.probabilities(batch)
     ms = (time.perf_counter() - t) * 1e3
@@ -49,18 +48,23 @@ def classify_batch(images: list, models: list[str], tags: list[str]) -> tuple[li
             decoded[i] = decode_image(src)
         except ImageError as e:
             infos[i] = f"❌ Cannot use this image: {e}."
-    if not decoded:
-        raise gr.Error(infos[0].removeprefix("❌ "), title="Cannot use this image")
     groups: dict[tuple[str, str], list[int]] = {}
     for i in decoded:
         groups.setdefault((models[i], tags[i]), []).append(i)
     for (model, tag), ids in groups.items():
-        out, ms, entry = _timed_predict(z, model, tag, [decoded[i] for i in ids])
+        try:
+            out, ms, entry = _timed_predict(z, model, tag, [decoded[i] for i in ids])
+        except (ValueError, WeightsUnavailable) as e:  # an unknown model or tag fails its own requests only
+            for i in ids:
+                infos[i] = f"❌ {e}"
+            continue
         for i, lab in zip(ids, out):
             labels[i] = lab
             infos[i] = f"{entry.status}  \n⏱️ forward pass **{ms:.1f} ms** (batch of {len(ids)})"
             if model == SHAPES_MODEL:
                 infos[i] += "  \nℹ️ This model knows only 8 shapes; for photos pick a ResNet trained on ImageNet."
+    if all(lab is None for lab in labels):
+        raise gr.Error(infos[0].removeprefix("❌ "), title="Cannot classify")
     return labels, infos
 
 
@@ -78,7 +82,8 @@ def compare_depths(image: Any, progress: gr.Progress = gr.Progress()) -> tuple[p
 
 
 def _depth_plot(df: pd.DataFrame):
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))  # not pyplot: its global state is not safe in Gradio's worker threads
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.bar(df["model"], df["probability"], color="#4c72b0")
     for x, (p, lab) in enumerate(zip(df["probability"], df["top-1"])):
         ax1.text(x, p, lab.split(",")[0][:14], ha="center", va="bottom", fontsize=7, rotation=15)
@@ -89,7 +94,6 @@ def _depth_plot(df: pd.DataFrame):
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
-    plt.close(fig)
     return fig
 
 

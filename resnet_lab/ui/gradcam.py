@@ -3,6 +3,7 @@ and, for Shapes images, the true box with the pointing-game verdict and the meas
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ from PIL import Image
 
 from ..data import crop_box
 from ..explain import METHODS, attribute, draw_box, overlay
-from ..zoo import ASSETS, SHAPES_MODEL, tags_for
+from ..zoo import ASSETS, SHAPES_MODEL, describe
 from .common import UploadImage, on_gpu, open_upload, tmp_file, user_errors, zoo
 
 RANKS = [f"top-{k} prediction" for k in range(1, 6)]
@@ -39,6 +40,11 @@ def _display(img: Image.Image) -> tuple[Image.Image, float]:
     if scale == 1.0:
         return img, 1.0
     return img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.NEAREST), scale
+
+
+def _digest(img: Image.Image) -> str:
+    """Identifies a drawn Shapes sample by its pixels, so its true box is never drawn over another image."""
+    return hashlib.sha1(np.asarray(img).tobytes()).hexdigest()
 
 
 def _target(choice: str, top: list[int], labels: list[str]) -> int:
@@ -72,22 +78,24 @@ def explain_image(
     def lay(heat: np.ndarray, signed_: bool = False, bar: bool = True) -> Image.Image:
         return overlay(disp, heat, box, cmap, alpha, signed_, colorbar=bar)
 
-    heat = attribute(net, x, cls, "gradcam", stage, signed=signed)[0].cpu().numpy()
+    with entry.lock:  # captum hooks this shared model: one explanation at a time
+        heat = attribute(net, x, cls, "gradcam", stage, signed=signed)[0].cpu().numpy()
+        maps = {s: heat if s == stage and not signed else attribute(net, x, cls, "gradcam", s)[0].cpu().numpy()
+                for s in stages}
+        second_map = attribute(net, x, cls, SECOND[second], stage)[0].cpu().numpy() if second in SECOND else None
     main = lay(heat, signed)
     info = [f"{entry.status}", f"Target: **{labels[cls]}** (p = {float(probs[cls]):.3f}) · Grad-CAM on `{stage}`"]
-    if true_box is not None and model == SHAPES_MODEL:
+    if true_box and model == SHAPES_MODEL and true_box["digest"] == _digest(img):
         peak_y, peak_x = np.unravel_index(int(np.argmax(heat)), heat.shape)
-        x0, y0, x1, y1 = true_box
+        x0, y0, x1, y1 = true_box["box"]
         hit = bool(x0 <= peak_x < x1 and y0 <= peak_y < y1)
         sx, sy = (box[2] - box[0]) / heat.shape[1], (box[3] - box[1]) / heat.shape[0]
         main = draw_box(main, (box[0] + x0 * sx, box[1] + y0 * sy, box[0] + x1 * sx - 1, box[1] + y1 * sy - 1),
                         hit, (box[0] + (peak_x + 0.5) * sx, box[1] + (peak_y + 0.5) * sy))
         info.append(f"Pointing game: the map's peak is **{'inside' if hit else 'outside'}** the true box "
                     f"→ **{'hit ✅' if hit else 'miss ❌'}**")
-    all_stages = [(lay(attribute(net, x, cls, "gradcam", s)[0].cpu().numpy(), bar=False), s) for s in stages]
-    second_img = None
-    if second in SECOND:
-        second_img = lay(attribute(net, x, cls, SECOND[second], stage)[0].cpu().numpy())
+    all_stages = [(lay(maps[s], bar=False), s) for s in stages]
+    second_img = lay(second_map) if second_map is not None else None
     return Explanation(main, heat, all_stages, second_img, "  \n".join(info))
 
 
@@ -101,22 +109,22 @@ def explain_event(image, model, tag, stage, target, cmap, alpha, signed, second,
 
 
 def on_model_change(model: str) -> tuple[dict, dict]:
-    """Stages and target classes follow the model."""
-    net = zoo().get(model, tags_for(model)[0])
-    stages = list(net.weights.model.stage_names)
-    return (gr.update(choices=stages, value=stages[-1]),
-            gr.update(choices=RANKS + list(net.classifier.labels), value=RANKS[0]))
+    """Stages and target classes follow the model (no weights are loaded for that)."""
+    stages, labels = describe(model)
+    return gr.update(choices=stages, value=stages[-1]), gr.update(choices=RANKS + labels, value=RANKS[0])
 
 
-def shapes_sample(seed: float) -> tuple[str, list[int], str]:
-    """A held-out Shapes image (its file) and its true box, for the pointing game."""
+def shapes_sample(seed: float) -> tuple[str, dict, str]:
+    """A held-out Shapes image (its file) and its true box with the pixels' digest, for the pointing game."""
     from ..shapes import CLASSES, ShapesDataset
 
     seed = int(seed)
     s = ShapesDataset(1, seed=100_000 + seed).sample(0)
     path = tmp_file(".png", "shapes_")
-    Image.fromarray((s.image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
-    return str(path), list(s.box), f"Shapes sample #{seed}: a **{CLASSES[s.label]}**; its true box is drawn."
+    img = Image.fromarray((s.image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    img.save(path)
+    note = f"Shapes sample #{seed}: a **{CLASSES[s.label]}**; its true box is drawn."
+    return str(path), {"box": list(s.box), "digest": _digest(img)}, note
 
 
 def faithfulness_table() -> pd.DataFrame:
@@ -129,17 +137,18 @@ def recompute_faithfulness(n: float, progress: gr.Progress = gr.Progress()) -> p
     from ..faithfulness import evaluate
     from ..shapes import ShapesDataset
 
-    net = zoo().get(SHAPES_MODEL).weights.model
+    entry = zoo().get(SHAPES_MODEL)
+    net = entry.weights.model
     size = net.pretrained_cfg["input_size"][-1]
     data = ShapesDataset(int(n), seed=424_242, size=size)
-    return evaluate(net, data, methods=list(METHODS), stages=list(net.stage_names), n=int(n),
-                    n_random=min(int(n), 50), progress=lambda frac, desc="": progress(frac, desc=desc))
+    with entry.lock:
+        return evaluate(net, data, methods=list(METHODS), stages=list(net.stage_names), n=int(n),
+                        n_random=min(int(n), 50), progress=lambda frac, desc="": progress(frac, desc=desc))
 
 
 def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default_model: str) -> None:
     """The tab's components and events, inside the caller's `gr.Tab`."""
-    net = zoo().get(default_model)
-    stages = list(net.weights.model.stage_names)
+    stages, labels = describe(default_model)
     true_box = gr.State(None)
     with gr.Row():
         with gr.Column(scale=2):
@@ -151,7 +160,7 @@ def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default
                 draw = gr.Button("Draw a Shapes sample (true box known)", scale=2)
             stage = gr.Dropdown(stages, value=stages[-1], label="Stage (output of its last block)",
                                 allow_custom_value=True)
-            target = gr.Dropdown(RANKS + list(net.classifier.labels), value=RANKS[0], filterable=True,
+            target = gr.Dropdown(RANKS + labels, value=RANKS[0], filterable=True,
                                  label="Target class (type to search)", allow_custom_value=True)
             with gr.Row():
                 cmap = gr.Dropdown(CMAPS, value="jet", label="Colormap")
