@@ -172,3 +172,15 @@ def test_choosing_a_model_loads_no_weights():
         assert not z._cache
     finally:
         common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+
+
+def test_old_outputs_are_pruned(monkeypatch):
+    import os
+    import time
+
+    old = common.tmp_file(".npy", "old_")
+    old.write_bytes(b"x")
+    stale = time.time() - common.KEEP_OUTPUTS_S - 10
+    os.utime(old.parent, (stale, stale))
+    fresh = common.tmp_file(".npy", "new_")
+    assert not old.exists() and fresh.parent.is_dir() and fresh.parent.parent == common.OUTPUTS

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import functools
 import os
+import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -84,11 +86,22 @@ def on_gpu(fn: Callable) -> Callable:
     return fn
 
 
-def tmp_file(suffix: str, prefix: str = "resnet_lab_") -> Path:
-    """A fresh file in the temp dir (Gradio serves outputs from there, never a user-chosen path)."""
-    f = tempfile.NamedTemporaryFile(prefix=prefix, suffix=suffix, delete=False)
-    f.close()
-    return Path(f.name)
+OUTPUTS = Path(tempfile.gettempdir()) / "resnet_lab_outputs"
+KEEP_OUTPUTS_S = 3600  # downloads older than this are pruned, so a long-running server does not fill the disk
+
+
+def tmp_file(suffix: str, prefix: str = "resnet_lab_", name: str | None = None) -> Path:
+    """A fresh output file (never a user-chosen path); outputs older than an hour are deleted on the way."""
+    OUTPUTS.mkdir(exist_ok=True)
+    now = time.time()
+    for old in OUTPUTS.iterdir():
+        try:
+            if now - old.stat().st_mtime > KEEP_OUTPUTS_S:
+                old.unlink() if old.is_file() else shutil.rmtree(old)
+        except OSError:
+            pass  # another worker got there first
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=OUTPUTS))
+    return folder / (name or f"{prefix.rstrip('_')}{suffix}")
 
 
 def model_picker(default: str) -> tuple[gr.Dropdown, gr.Dropdown]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -20,7 +18,7 @@ import pandas as pd
 from .. import degradation, gradflow
 from ..resnet import REGISTRY, twin_name
 from ..shapes import CLASSES
-from .common import on_gpu, user_errors
+from .common import on_gpu, tmp_file, user_errors
 
 ARCH_CHOICES = [(f"{a} (ImageNet-style)", a) for a in gradflow.IMAGENET_ARCHS] + [
     (f"{a} (CIFAR-style, 32 px)", a) for a in gradflow.CIFAR_ARCHS]
@@ -191,7 +189,7 @@ def explain(cfg: gradflow.GradFlowConfig, summary: pd.DataFrame) -> str:
 def _csv(df: pd.DataFrame, cfg: gradflow.GradFlowConfig) -> str:
     name = (f"gradnorms_{cfg.bn_mode}_{'zero-gamma' if cfg.zero_init else 'default'}_b{cfg.batch_size}_"
             f"{cfg.input_size or 'auto'}px_{cfg.seeds}seeds.csv")
-    path = Path(tempfile.mkdtemp(prefix="resnet_lab_gradnorms_")) / name
+    path = tmp_file(".csv", "gradnorms_", name)
     gradflow.to_csv(df, str(path))
     return str(path)
 
