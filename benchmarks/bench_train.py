@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from resnet_lab.resnet import build
-from resnet_lab.shapes import CLASSES, ShapesDataset, normalize
+from resnet_lab.shapes import CLASSES, ShapesDataset
 
 
 def images_per_s(fn, n_images: int, repeats: int = 3) -> float:
@@ -61,7 +61,7 @@ def main() -> None:
 
     print(f"render: {images_per_s(lambda: ShapesDataset(1000, seed=1, size=args.size), 1000, 1):.0f} images/s")
     data = ShapesDataset(args.batch_size, seed=2, size=args.size)
-    x = normalize(data.images.float() / 255).contiguous(memory_format=torch.channels_last)
+    x = data.normalized().contiguous(memory_format=torch.channels_last)
     y = data.labels
     for threads in args.threads:
         torch.set_num_threads(threads)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .resnet import REGISTRY, build
-from .shapes import ShapesDataset, normalize
+from .shapes import ShapesDataset
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -57,7 +57,7 @@ Progress = Callable[[float, str], None]
 def _images(n: int, seed: int, size: int, clutter: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` normalized Shapes images and their labels."""
     ds = ShapesDataset(n, seed, size, clutter=clutter)
-    return normalize(ds.images.float() / 255), ds.labels
+    return ds.normalized(), ds.labels
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .resnet import init_module
 from .shapes import ShapesDataset, normalize
 
 Progress = Callable[[float, str], object]
@@ -153,14 +154,7 @@ def cascade(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
 def reinitialize(module: nn.Module, generator: torch.Generator) -> None:
     """Fresh weights as at construction: He-normal convs, default Linear, BN reset to identity with fresh statistics."""
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=generator)
-        elif isinstance(m, nn.Linear):
-            bound = 1.0 / m.in_features**0.5
-            nn.init.uniform_(m.weight, -bound, bound, generator=generator)
-            nn.init.uniform_(m.bias, -bound, bound, generator=generator)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_parameters()
+        init_module(m, generator)
 
 
 def randomization_check(

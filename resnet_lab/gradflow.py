@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .resnet import REGISTRY, build, list_archs, twin_name
-from .shapes import ShapesDataset, normalize
+from .shapes import ShapesDataset
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure, SubFigure
@@ -95,7 +95,7 @@ def make_batch(cfg: GradFlowConfig, size: int, seed: int) -> tuple[torch.Tensor,
     if cfg.data == "noise":
         x = torch.randn(cfg.batch_size, 3, size, size, generator=g)
     else:
-        x = normalize(ShapesDataset(cfg.batch_size, seed, size).images.float() / 255)
+        x = ShapesDataset(cfg.batch_size, seed, size).normalized()
     y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g)
     return x, y
 

@@ -91,6 +91,20 @@ def default_pretrained_cfg(cfg: ResNetConfig, num_classes: int) -> dict:
     }
 
 
+@torch.no_grad()
+def init_module(m: nn.Module, generator: torch.Generator) -> None:
+    """Fresh weights for one module (its children untouched): He-normal convs (fan_out, as torchvision),
+    BN reset to identity with fresh statistics, PyTorch's default Linear init."""
+    if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=generator)
+    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        m.reset_parameters()
+    elif isinstance(m, nn.Linear):
+        bound = 1.0 / m.in_features**0.5
+        nn.init.uniform_(m.weight, -bound, bound, generator=generator)
+        nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+
+
 class ResNet(nn.Module):
     """A residual network (or its plain twin) built from a `ResNetConfig`.
 
@@ -154,16 +168,7 @@ class ResNet(nn.Module):
     def init_weights(self, seed: int, zero_init_last: bool = False) -> None:
         """He init for convs (fan_out, as torchvision), BN to identity, default Linear init."""
         for name, m in self.named_modules():
-            g = torch.Generator().manual_seed(seed ^ zlib.crc32(name.encode()))
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=g)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                bound = 1.0 / m.in_features**0.5
-                nn.init.uniform_(m.weight, -bound, bound, generator=g)
-                nn.init.uniform_(m.bias, -bound, bound, generator=g)
+            init_module(m, torch.Generator().manual_seed(seed ^ zlib.crc32(name.encode())))
         if zero_init_last:
             for _, blk in self.blocks():
                 if isinstance(blk.last_bn, nn.BatchNorm2d):

@@ -226,6 +226,10 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i].float().div_(255.0), int(self.labels[i])
 
+    def normalized(self) -> torch.Tensor:
+        """The whole set as one float batch, normalized as the models expect."""
+        return normalize(self.images.float() / 255)
+
     def sample(self, i: int) -> ShapeSample:
         image, label = self[i]
         return ShapeSample(image, label, self.masks[i], tuple(int(v) for v in self.boxes[i]))
