@@ -17,10 +17,26 @@ import gradio as gr
 from PIL import Image
 
 from ..data import ImageError, decode_image
+from ..resources import cpu_count
 from ..weights import WeightsUnavailable
 from ..zoo import MODELS, ModelZoo, tags_for
 
 _ZOO: ModelZoo | None = None
+
+
+def _quick_limit() -> int:
+    """Interactive jobs at once: 2 on a GPU (decode overlaps the forward), else one per two granted cores."""
+    import torch
+
+    return 2 if torch.cuda.is_available() else max(1, cpu_count() // 2)
+
+
+# One concurrency model for the whole app. Gradio gives every event its own queue slot unless events share a
+# `concurrency_id`; these two groups cap what runs at once across all tabs and users together:
+# QUICK for what people wait on (classify, Grad-CAM), LONG for runs of seconds to minutes (faithfulness
+# recompute, research sweeps, degradation, all depths), so a long run never blocks a Grad-CAM request.
+QUICK = {"concurrency_id": "quick", "concurrency_limit": _quick_limit()}
+LONG = {"concurrency_id": "long", "concurrency_limit": 1}
 
 
 def zoo() -> ModelZoo:
