@@ -2,8 +2,9 @@
 
 `residual=False` builds the *plain twin* of a block: the same convs and BNs,
 with no shortcut at all (no projection either). Every activation is its own
-module and nothing runs in place, so captum's layer and guided methods can hook
-any of them.
+module and nothing runs in place unless `set_inplace` asks for it, so captum's
+layer and guided methods, forward hooks and anyone who keeps an intermediate
+output see what each layer produced.
 """
 
 from __future__ import annotations
@@ -28,21 +29,35 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 class ReLU(nn.ReLU):
-    """ReLU that works in place only where no autograd graph is recorded.
+    """ReLU that may work in place only where it was allowed to (`set_inplace`) and no graph is recorded.
 
-    Under `torch.inference_mode()`/`no_grad()` rewriting the BN output in place
-    saves a full activation's memory traffic (timm does the same); while
-    gradients are recorded (captum, training) it stays out of place, so hooks
-    that keep a layer's output see what the layer produced.
+    Rewriting the BN output in place saves a full activation's memory traffic
+    (timm does the same), but it also rewrites the tensor a forward hook on that
+    BN was handed, and `no_grad()` does not mean "nobody looks": hooks run there
+    too. So it is an opt-in for copies that nobody hooks (the fused inference
+    copy); while gradients are recorded it stays out of place regardless.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x, inplace=not torch.is_grad_enabled())
+        return F.relu(x, inplace=self.inplace and not torch.is_grad_enabled())
 
 
-def add_shortcut(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-    """`out + shortcut`, in place on the branch's fresh output when no graph is recorded."""
-    return out.add_(shortcut) if not torch.is_grad_enabled() else out + shortcut
+def add_shortcut(out: torch.Tensor, shortcut: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """`out + shortcut`; in place on the branch's fresh output only if allowed and no graph is recorded."""
+    return out.add_(shortcut) if inplace and not torch.is_grad_enabled() else out + shortcut
+
+
+def set_inplace(module: nn.Module, enabled: bool) -> nn.Module:
+    """Allow (or forbid, the default) in-place ReLUs and shortcut adds in every block and `ReLU` of `module`.
+
+    Even when allowed they only run in place where no autograd graph is
+    recorded. Only for a model no one hooks or reads intermediate outputs from:
+    a hook on a BN would see the values the next ReLU overwrote. Returns `module`.
+    """
+    for m in module.modules():
+        if isinstance(m, (ReLU, BasicBlock, Bottleneck)):
+            m.inplace = bool(enabled)
+    return module
 
 
 class ShortcutA(nn.Module):
@@ -89,6 +104,7 @@ class BasicBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.residual = residual
+        self.inplace = False  # see set_inplace
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = norm_layer(planes)
         self.act1 = ReLU()
@@ -105,7 +121,7 @@ class BasicBlock(nn.Module):
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.residual:
-            out = add_shortcut(out, x if self.downsample is None else self.downsample(x))
+            out = add_shortcut(out, x if self.downsample is None else self.downsample(x), self.inplace)
         return self.act2(out)
 
 
@@ -126,6 +142,7 @@ class Bottleneck(nn.Module):
         super().__init__()
         width = planes
         self.residual = residual
+        self.inplace = False  # see set_inplace
         self.conv1 = conv1x1(inplanes, width)
         self.bn1 = norm_layer(width)
         self.act1 = ReLU()
@@ -146,5 +163,5 @@ class Bottleneck(nn.Module):
         out = self.act2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.residual:
-            out = add_shortcut(out, x if self.downsample is None else self.downsample(x))
+            out = add_shortcut(out, x if self.downsample is None else self.downsample(x), self.inplace)
         return self.act3(out)

@@ -118,19 +118,73 @@ def test_activations_are_distinct_modules_and_not_inplace():
     assert not any(r.inplace for r in relus)
 
 
+def _hooked_forward(m: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits plus what forward hooks on every block's `bn2` and every block's output were handed."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, blk in m.blocks():
+        handles.append(blk.bn2.register_forward_hook(lambda _m, _i, o, k=f"{name}.bn2": seen.__setitem__(k, o)))
+        handles.append(blk.register_forward_hook(lambda _m, _i, o, k=name: seen.__setitem__(k, o)))
+    try:
+        out = m(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, seen
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50", "plain20"])
-def test_in_place_fast_path_changes_no_number(arch):
-    """Without a graph, ReLU and the shortcut add run in place; the outputs must be bit-identical."""
+def test_hooks_see_what_each_layer_produced_under_no_grad(arch):
+    """No graph recorded is no licence to overwrite: a hook on `bn2` keeps its negative pre-activations.
+
+    On the old code (in place whenever no grad was recorded) the hook's tensor was
+    rewritten by the ReLU after the hook ran: min 0.0 instead of about -1.9.
+    """
     from resnet_lab.verify import randomize_bn
 
     torch.manual_seed(0)
-    m = resnet_lab.build(arch).eval()
+    m = resnet_lab.build(arch, seed=0).eval()
     randomize_bn(m)
     x = torch.randn(2, 3, 64, 64)
-    with torch.inference_mode():
-        fast = m(x)
-    slow = m(x)
-    assert slow.requires_grad and torch.equal(fast, slow.detach())
+    ref_out, ref = _hooked_forward(m, x)  # gradients recorded: nothing may run in place
+    assert ref_out.requires_grad
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            out, seen = _hooked_forward(m, x)
+        assert seen.keys() == ref.keys()
+        for k, v in ref.items():
+            assert torch.equal(seen[k], v.detach()), (mode.__name__, k)
+        assert torch.equal(out, ref_out.detach())
+    assert float(ref["layer1.0.bn2"].detach().min()) < -0.5  # there were negatives for a ReLU to overwrite
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "plain20"])
+def test_set_inplace_is_opt_in_and_changes_no_logit(arch):
+    """The opt-in fast path (for copies nobody hooks) gives bit-identical logits and really runs in place."""
+    from resnet_lab.blocks import BasicBlock, Bottleneck, ReLU, set_inplace
+    from resnet_lab.verify import randomize_bn
+
+    torch.manual_seed(0)
+    m = resnet_lab.build(arch, seed=0).eval()
+    randomize_bn(m)
+    flagged = [x for x in m.modules() if isinstance(x, (ReLU, BasicBlock, Bottleneck))]
+    assert flagged and not any(x.inplace for x in flagged)  # off by default
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        slow = m(x)
+    assert set_inplace(m, True) is m and all(x.inplace for x in flagged)
+    with torch.no_grad():
+        fast, seen = _hooked_forward(m, x)
+    assert torch.equal(fast, slow)
+    # in place for real: the ReLU after bn2 (BasicBlock's act2, after the add) overwrote what bn2's hook was handed
+    assert float(seen["layer1.0.bn2"].min()) >= 0
+    with torch.enable_grad():  # while a graph is recorded it stays out of place even when allowed
+        _, seen = _hooked_forward(m, x)
+    assert float(seen["layer1.0.bn2"].detach().min()) < 0
+    set_inplace(m, False)
+    with torch.no_grad():
+        _, seen = _hooked_forward(m, x)
+    assert float(seen["layer1.0.bn2"].min()) < 0
 
 
 def test_hooks_see_pre_activation_outputs_while_gradients_are_recorded():
