@@ -17,22 +17,49 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 MAX_PIXELS = 64_000_000  # a 64-megapixel photo decodes to ~190 MB of RGB: more is a bomb, not a photo
-MAX_ASPECT = 25.0
+# The eval transform resizes the shorter side to `resize_side`, so a long thin image grows: 20000x1 would become
+# 5,120,000x256. Its 8-bit RGB resize output is capped at 48 MB, what a 16 MP phone photo decodes to; that
+# still lets a 2000x40 banner through (12800x256 = 3.3 MP) and at 256 px allows shapes up to about 244:1.
+MAX_RESIZED_PIXELS = 16_000_000
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+_ORIENTATION = 0x0112  # EXIF tag; the same table as `ImageOps.exif_transpose`, applied after any downscale
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# modes whose `Image.reduce` (a box average) means the same as in RGB; palette, 1-bit, 16-bit and float images
+# (whose RGB scaling depends on their extremes) go to RGB first
+_REDUCE_FIRST = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
+_CORRUPT = "the image file is truncated or corrupt"
 
 
 class ImageError(ValueError):
     """An upload we cannot use; the message is meant for the user."""
 
 
+def _reason(e: BaseException) -> str:
+    """PIL's own words for what went wrong, short; the type name where it says nothing."""
+    text = " ".join(str(e).split())[:160]
+    return text or type(e).__name__
+
+
 def _open(src: ImageInput) -> Image.Image:
     if isinstance(src, Image.Image):
         return src
     if isinstance(src, np.ndarray):
-        return Image.fromarray(src)
+        try:
+            return Image.fromarray(src)
+        except Exception as e:  # any dtype/shape PIL cannot take is the caller's bad input
+            raise ImageError(f"an array of shape {src.shape} and dtype {src.dtype} is not an image") from e
     data = src if isinstance(src, bytes) else None
     if data is None:
         try:
@@ -51,6 +78,10 @@ def _open(src: ImageInput) -> Image.Image:
         raise ImageError(f"the image has too many pixels (limit {MAX_PIXELS:,})") from e
     except UnidentifiedImageError as e:
         raise ImageError("this file is not an image we can read (supported: JPEG, PNG, WebP, GIF, BMP, TIFF)") from e
+    except MemoryError as e:
+        raise ImageError("the image header asks for more memory than a photo needs; the file is corrupt") from e
+    except Exception as e:  # a plugin choking on a corrupt header (struct.error, ValueError, ...)
+        raise ImageError(f"{_CORRUPT} ({_reason(e)})") from e
 
 
 def _check_size(w: int, h: int) -> None:
@@ -61,8 +92,6 @@ def _check_size(w: int, h: int) -> None:
             f"the image is {w}x{h} = {w * h:,} pixels, more than the limit of {MAX_PIXELS:,}; "
             "downscale it and try again"
         )
-    if max(w, h) / min(w, h) > MAX_ASPECT:
-        raise ImageError(f"the image is {w}x{h}: an aspect ratio above {MAX_ASPECT:.0f}:1 cannot be classified")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -85,20 +114,54 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(src: ImageInput) -> Image.Image:
-    """Bytes, a path, a PIL image or an array -> an upright 8-bit RGB PIL image, or `ImageError`."""
+def _reduce(img: Image.Image, min_side: int | None) -> Image.Image:
+    """Shrink by the largest integer factor that keeps the shorter side >= `min_side` (none if it is None)."""
+    factor = min(img.size) // min_side if min_side else 1
+    return img.reduce(factor) if factor >= 2 else img
+
+
+def _decode(img: Image.Image, min_side: int | None, own: bool) -> Image.Image:
+    if getattr(img, "is_animated", False):
+        img.seek(0)  # animated GIF/WebP/APNG: the first frame
+    if own and min_side and img.format == "JPEG":
+        # DCT-domain downscale by 1/2, 1/4 or 1/8 while decoding: PIL picks the largest s with s * min_side <=
+        # both sides, so the shorter side stays >= min_side (never on a caller's own image object: it mutates it)
+        img.draft(None, (min_side, min_side))
+    img.load()
+    orientation = img.getexif().get(_ORIENTATION, 1)
+    if img.mode in _REDUCE_FIRST:
+        img = _to_rgb(_reduce(img, min_side))
+    else:
+        img = _reduce(_to_rgb(img), min_side)
+    method = _TRANSPOSE.get(orientation)
+    return img.transpose(method) if method is not None else img
+
+
+def decode_image(src: ImageInput, min_side: int | None = None) -> Image.Image:
+    """Bytes, a path, a PIL image or an array -> an upright 8-bit RGB PIL image, or `ImageError`.
+
+    With `min_side`, decode no larger than needed: the image is downscaled by an
+    integer factor (JPEG: while decoding, in the DCT domain; other formats:
+    `Image.reduce` right after) while its shorter side stays >= `min_side`. A
+    12 MP phone photo then costs a fraction of its full decode (see
+    benchmarks/bench_decode.py), and since the shorter side does not change under
+    rotation, EXIF orientation is applied to the reduced image. Every failure on
+    a bad file, whatever PIL or numpy raises, becomes `ImageError`.
+    """
+    if min_side is not None and min_side < 1:
+        raise ValueError(f"min_side must be a positive number of pixels, not {min_side}")
     img = _open(src)
     _check_size(*img.size)  # from the header: before a single pixel is decoded
     try:
-        if getattr(img, "is_animated", False):
-            img.seek(0)  # animated GIF/WebP/APNG: the first frame
-        img.load()
-        img = ImageOps.exif_transpose(img) or img
+        return _decode(img, min_side, own=not isinstance(src, Image.Image))
+    except ImageError:
+        raise
     except Image.DecompressionBombError as e:
         raise ImageError(f"the image has too many pixels (limit {MAX_PIXELS:,})") from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"the image file is truncated or corrupt ({e})") from e
-    return _to_rgb(img)
+    except MemoryError as e:
+        raise ImageError("decoding this file needs more memory than a photo does; the file is corrupt") from e
+    except Exception as e:  # OSError, SyntaxError, struct.error, IndexError, ...: all mean a bad file
+        raise ImageError(f"{_CORRUPT} ({_reason(e)})") from e
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -118,21 +181,46 @@ def eval_transform(pretrained_cfg: dict[str, Any]) -> Callable[[Image.Image], to
     return create_transform(**data_config(pretrained_cfg), is_training=False)
 
 
+def resize_side(pretrained_cfg: dict[str, Any]) -> int:
+    """The shorter side timm's eval transform resizes to, floor(crop / crop_pct): the `min_side` to decode at."""
+    cfg = data_config(pretrained_cfg)
+    return math.floor(cfg["input_size"][-1] / cfg["crop_pct"])
+
+
+def resized_size(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """(w, h) after torchvision's `Resize(side)`: the shorter side becomes `side`, the longer one is truncated."""
+    w, h = size
+    short, long = min(w, h), max(w, h)
+    new_long = int(side * long / short)
+    return (side, new_long) if w <= h else (new_long, side)
+
+
+def check_transformable(size: tuple[int, int], pretrained_cfg: dict[str, Any]) -> None:
+    """`ImageError` if the eval transform's resize would make more than `MAX_RESIZED_PIXELS` of this image."""
+    side = resize_side(pretrained_cfg)
+    w, h = resized_size(size, side)
+    if w * h > MAX_RESIZED_PIXELS:
+        longest = MAX_RESIZED_PIXELS // side**2
+        raise ImageError(
+            f"the image is {size[0]}x{size[1]}: this model's transform resizes its shorter side to {side} px, "
+            f"which would make it {w:,}x{h:,} = {w * h:,} pixels, more than the limit of {MAX_RESIZED_PIXELS:,}; "
+            f"crop it to at most about {longest}:1"
+        )
+
+
 def crop_box(size: tuple[int, int], pretrained_cfg: dict[str, Any]) -> tuple[float, float, float, float]:
     """(left, top, right, bottom) of the original image that the eval transform keeps.
 
     Mirrors timm's center mode (torchvision `Resize(shorter side)` then
     `CenterCrop`), so a heatmap over the network input maps back onto the upload.
+    It is proportional, so it holds for an image `decode_image(min_side=...)` reduced.
     """
     cfg = data_config(pretrained_cfg)
     crop_h, crop_w = cfg["input_size"][1:]
-    w, h = size
     if cfg.get("crop_mode", "center") != "center" or crop_h != crop_w:
         raise NotImplementedError("only timm's square center crop is supported")
-    scale = math.floor(crop_h / cfg["crop_pct"])
-    short, long = min(w, h), max(w, h)
-    new_short, new_long = scale, int(scale * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    w, h = size
+    new_w, new_h = resized_size(size, resize_side(cfg))
     top = int(round((new_h - crop_h) / 2.0))
     left = int(round((new_w - crop_w) / 2.0))
     sx, sy = w / new_w, h / new_h

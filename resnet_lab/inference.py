@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .data import ImageInput, decode_image, eval_transform, imagenet_labels
+from .data import ImageInput, check_transformable, decode_image, eval_transform, imagenet_labels, resize_side
 from .weights import LoadedWeights
 
 
@@ -67,6 +68,7 @@ class Classifier:
             torch.backends.cudnn.benchmark = True
         self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else None)
         self.transform = eval_transform(weights.pretrained_cfg)
+        self.resize_side = resize_side(weights.pretrained_cfg)
         classes = weights.meta.get("classes")
         n = weights.model.num_classes
         self.labels: Sequence[str] = classes or (imagenet_labels() if n == 1000 else [f"class {i}" for i in range(n)])
@@ -77,9 +79,15 @@ class Classifier:
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
+    def decode(self, image: ImageInput) -> Image.Image:
+        """Decode no larger than the transform needs; `ImageError` for what cannot be used or resized."""
+        img = decode_image(image, min_side=self.resize_side)
+        check_transformable(img.size, self.weights.pretrained_cfg)
+        return img
+
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Decode (raising `ImageError` for what cannot be used) and transform into one batch."""
-        return torch.stack([self.transform(decode_image(im)) for im in images])
+        return torch.stack([self.transform(self.decode(im)) for im in images])
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:

@@ -98,9 +98,64 @@ def test_too_many_pixels_is_refused_before_decoding(monkeypatch):
         decode_image(big)
 
 
-def test_absurd_aspect_ratio():
-    with pytest.raises(ImageError, match="aspect ratio"):
-        decode_image(encode(Image.new("RGB", (3000, 10))))
+def test_a_banner_classifies_and_a_strip_is_refused_by_what_the_resize_makes():
+    from resnet_lab import build
+
+    cfg = build("resnet18").pretrained_cfg
+    banner = decode_image(encode(Image.new("RGB", (2000, 40), (90, 120, 200))), min_side=data.resize_side(cfg))
+    data.check_transformable(banner.size, cfg)  # 12800x256 after the resize: 3.3 MP, fine
+    assert data.eval_transform(cfg)(banner).shape == (3, 224, 224)
+    strip = decode_image(encode(Image.new("L", (20000, 1))))  # decoding alone: 20,000 pixels are no risk
+    with pytest.raises(ImageError, match=r"resizes its shorter side to 256 px.*5,120,000x256.*at most about 244:1"):
+        data.check_transformable(strip.size, cfg)
+    assert data.MAX_RESIZED_PIXELS // 256 // 256 == 244  # the ratio the message quotes
+
+
+def _jpeg(size: tuple[int, int], orientation: int = 1) -> bytes:
+    rng = np.random.default_rng(size[0] * 7919 + size[1])
+    img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(img, "JPEG", quality=80, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("min_side", [20, 37, 64])
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_min_side_is_never_undershot_and_never_twice_exceeded(min_side, orientation, fmt):
+    """Around every draft scale (1/2, 1/4, 1/8): the shorter side lands in [min_side, 2 * min_side)."""
+    for scale in (1, 2, 4, 8):
+        for short in (min_side * scale - 1, min_side * scale, min_side * scale + 1):
+            for w, h in ((short, short * 4 // 3 + 1), (short * 3 // 2, short)):
+                raw = _jpeg((w, h), orientation)
+                if fmt == "PNG":
+                    img = Image.open(__import__("io").BytesIO(raw))
+                    raw = encode(img, "PNG", exif=img.getexif().tobytes())
+                out = decode_image(raw, min_side=min_side)
+                upright = (h, w) if orientation in (6, 8) else (w, h)
+                full = decode_image(raw)
+                assert full.size == upright
+                if short < min_side:  # never enlarged
+                    assert out.size == upright
+                    continue
+                assert min_side <= min(out.size) < 2 * min_side, (fmt, w, h, out.size)
+                # the same shape, rotated like the full decode
+                assert (out.size[0] >= out.size[1]) == (upright[0] >= upright[1])
+                assert abs(out.size[0] / out.size[1] - upright[0] / upright[1]) < 0.1
+
+
+def test_reduced_decode_keeps_exif_orientation_content(photo):
+    """The reduced image is the full one, smaller: same orientation, same picture (not a mirrored copy)."""
+    big = photo.resize((1280, 960), Image.Resampling.BICUBIC)
+    for orientation in (1, 3, 6, 8, 2, 5, 7):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        raw = encode(big, "JPEG", quality=95, exif=exif.tobytes())
+        full = decode_image(raw)
+        small = decode_image(raw, min_side=100)
+        assert min(small.size) < 2 * 100
+        shrunk = np.asarray(full.resize(small.size, Image.Resampling.BOX), float)
+        assert np.abs(shrunk - np.asarray(small, float)).mean() < 6, orientation
 
 
 @pytest.mark.parametrize("size", [(320, 240), (240, 320), (500, 500), (33, 77)])
