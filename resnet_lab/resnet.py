@@ -8,6 +8,7 @@ keys, so their weights load with `strict=True` and no renaming. CIFAR nets
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -91,27 +92,66 @@ def default_pretrained_cfg(cfg: ResNetConfig, num_classes: int) -> dict:
     }
 
 
+def init_seed(seed: int) -> int:
+    """The init seed `build()` used to draw from the global RNG right after `torch.manual_seed(seed)`.
+
+    Computed on a private generator (the same Mersenne Twister draw), so every result made that way (the
+    shipped checkpoint, the degradation curves, the gradient study) is rebuilt exactly, whatever other
+    threads do with the global RNG meanwhile.
+    """
+    return int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(seed)))
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
+def _draw(param: torch.Tensor, generator: torch.Generator, fill: Callable[[torch.Tensor], object]) -> None:
+    """`fill` `param` from `generator`; drawn on the generator's device and copied where the two differ."""
+    if _same_device(param.device, generator.device):
+        fill(param)
+    else:  # the same numbers as on the generator's device, wherever the weights live
+        tmp = torch.empty_like(param, device=generator.device)
+        fill(tmp)
+        param.copy_(tmp)
+
+
 @torch.no_grad()
-def init_module(m: nn.Module, generator: torch.Generator) -> None:
+def init_module(m: nn.Module, generator: torch.Generator | int) -> None:
     """Fresh weights for one module (its children untouched): He-normal convs (fan_out, as torchvision),
-    BN reset to identity with fresh statistics, PyTorch's default Linear init."""
-    if isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=generator)
-    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+    BN reset to identity with fresh statistics, PyTorch's default Linear init.
+
+    `generator` is a seed or a `torch.Generator`. A seed makes a generator on the device of the module's
+    weights (a CUDA tensor refuses a CPU generator), so on CPU it gives exactly `torch.Generator().manual_seed(seed)`'s
+    numbers. A generator on another device than the weights is drawn from on its own device and the numbers are
+    copied over: one CPU generator gives the same weights on CPU and CUDA. Meta weights hold no values: left alone.
+    """
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
         m.reset_parameters()
-    elif isinstance(m, nn.Linear):
+        return
+    if not isinstance(m, (nn.Conv2d, nn.Linear)) or m.weight.device.type == "meta":
+        return
+    if not isinstance(generator, torch.Generator):
+        generator = torch.Generator(device=m.weight.device).manual_seed(int(generator))
+    g = generator
+    if isinstance(m, nn.Conv2d):
+        _draw(m.weight, g, lambda t: nn.init.kaiming_normal_(t, mode="fan_out", nonlinearity="relu", generator=g))
+    else:
         bound = 1.0 / m.in_features**0.5
-        nn.init.uniform_(m.weight, -bound, bound, generator=generator)
-        nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+        _draw(m.weight, g, lambda t: nn.init.uniform_(t, -bound, bound, generator=g))
+        _draw(m.bias, g, lambda t: nn.init.uniform_(t, -bound, bound, generator=g))
 
 
 class ResNet(nn.Module):
     """A residual network (or its plain twin) built from a `ResNetConfig`.
 
-    Weights are initialised per parameter from a generator seeded by one draw of
-    the global RNG and the parameter's name, so a net and its plain twin built
-    after the same `torch.manual_seed` share every weight they have in common,
-    even though the plain twin lacks the projection shortcuts.
+    Weights are initialised per module from a generator seeded by `seed` and the
+    module's name, so a net and its plain twin built with the same `seed` share
+    every weight they have in common, even though the plain twin lacks the
+    projection shortcuts. `seed=None` draws the seed from torch's global RNG:
+    only for "any random net"; whatever must be reproducible passes a seed,
+    since another thread may draw from the global RNG between a
+    `torch.manual_seed` and the build.
     """
 
     def __init__(
@@ -168,7 +208,7 @@ class ResNet(nn.Module):
     def init_weights(self, seed: int, zero_init_last: bool = False) -> None:
         """He init for convs (fan_out, as torchvision), BN to identity, default Linear init."""
         for name, m in self.named_modules():
-            init_module(m, torch.Generator().manual_seed(seed ^ zlib.crc32(name.encode())))
+            init_module(m, seed ^ zlib.crc32(name.encode()))  # a generator on the weights' device
         if zero_init_last:
             for _, blk in self.blocks():
                 if isinstance(blk.last_bn, nn.BatchNorm2d):

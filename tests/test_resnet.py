@@ -25,7 +25,13 @@ def test_params_and_keys_match_timm_and_torchvision(arch):
     ref = timm.create_model(arch)
     assert n_params(ref) == TIMM_PARAMS[arch]
     assert list(ours.state_dict()) == list(ref.state_dict())
-    assert ours.load_state_dict(getattr(torchvision.models, arch)().state_dict(), strict=True)
+    tv = getattr(torchvision.models, arch)().state_dict()
+    result = ours.load_state_dict(tv, strict=True)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    loaded = ours.state_dict()
+    assert loaded.keys() == tv.keys()
+    for k, v in tv.items():  # the weights really arrived (ours were a different random init)
+        assert torch.equal(loaded[k], v), k
 
 
 @pytest.mark.parametrize("arch,depth,params", [("resnet20", 20, 0.27e6), ("resnet32", 32, 0.46e6),
@@ -43,10 +49,8 @@ def test_cifar_depth_and_params_match_paper_table6(arch, depth, params):
 
 
 def test_cifar_option_a_and_plain_twin_have_identical_parameters():
-    torch.manual_seed(3)
-    res = resnet_lab.build("resnet56")
-    torch.manual_seed(3)
-    plain = resnet_lab.build("plain56")
+    res = resnet_lab.build("resnet56", seed=3)
+    plain = resnet_lab.build("plain56", seed=3)
     assert res.state_dict().keys() == plain.state_dict().keys()
     for (k, a), b in zip(res.state_dict().items(), plain.state_dict().values()):
         assert torch.equal(a, b), k
@@ -62,10 +66,8 @@ def test_option_b_projection_adds_1x1_convs():
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_plain_twin_is_the_residual_net_minus_projections(arch):
-    torch.manual_seed(0)
-    res = resnet_lab.build(arch)
-    torch.manual_seed(0)
-    plain = resnet_lab.build(arch.replace("resnet", "plain"))
+    res = resnet_lab.build(arch, seed=0)
+    plain = resnet_lab.build(arch.replace("resnet", "plain"), seed=0)
     res_sd, plain_sd = res.state_dict(), plain.state_dict()
     assert set(res_sd) - set(plain_sd) == {k for k in res_sd if ".downsample." in k}
     assert set(plain_sd) <= set(res_sd)
@@ -75,10 +77,8 @@ def test_plain_twin_is_the_residual_net_minus_projections(arch):
 
 
 def test_different_seeds_give_different_weights():
-    torch.manual_seed(0)
-    a = resnet_lab.build("resnet20")
-    torch.manual_seed(1)
-    b = resnet_lab.build("resnet20")
+    a = resnet_lab.build("resnet20", seed=0)
+    b = resnet_lab.build("resnet20", seed=1)
     assert not torch.equal(a.conv1.weight, b.conv1.weight)
 
 
@@ -193,3 +193,55 @@ def test_hooks_see_pre_activation_outputs_while_gradients_are_recorded():
     m.layer1[0].bn2.register_forward_hook(lambda mod, i, o: seen.__setitem__("bn2", o))
     m(torch.randn(1, 3, 32, 32))
     assert float(seen["bn2"].detach().min()) < 0  # not overwritten by the ReLU or the shortcut add
+
+
+def test_init_generators_are_made_on_the_weights_device(monkeypatch):
+    """A CUDA weight refuses a CPU generator ("Expected a 'cuda' device type for generator").
+
+    CPU-side, this checks that every generator the init makes is asked for on
+    the device of the weights it fills (the old code made `torch.Generator()`,
+    always CPU); the CUDA run itself is in benchmarks/bench_gradflow.py --cuda-check.
+    """
+    made: list[torch.device | None] = []
+
+    class Spy(torch.Generator):
+        def __new__(cls, *args, **kwargs):
+            device = kwargs.get("device", args[0] if args else None)
+            made.append(None if device is None else torch.device(device))
+            return super().__new__(cls, *args, **kwargs)
+
+    m = resnet_lab.build("resnet20", seed=0)
+    monkeypatch.setattr(torch, "Generator", Spy)
+    m.init_weights(5)
+    monkeypatch.undo()
+    weighted = [x for x in m.modules() if isinstance(x, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(made) == len(weighted)
+    assert all(device == torch.device("cpu") for device in made)  # asked for explicitly, not by default
+
+
+def test_seeded_init_is_bit_identical_to_a_cpu_generator_and_global_seeding():
+    """The shipped checkpoint and every seeded result depend on these exact numbers."""
+    from resnet_lab.resnet import init_module, init_seed
+
+    a, b = torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(3, 8, 3)
+    init_module(a, 1234)
+    init_module(b, torch.Generator().manual_seed(1234))
+    assert torch.equal(a.weight, b.weight)
+    lin_a, lin_b = torch.nn.Linear(16, 4), torch.nn.Linear(16, 4)
+    init_module(lin_a, 99)
+    init_module(lin_b, torch.Generator().manual_seed(99))
+    assert torch.equal(lin_a.weight, lin_b.weight) and torch.equal(lin_a.bias, lin_b.bias)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        old_way = resnet_lab.build("resnet20")  # seed drawn from the global RNG, as the checkpoint was made
+    new_way = resnet_lab.build("resnet20", seed=init_seed(0))
+    for k, v in old_way.state_dict().items():
+        assert torch.equal(v, new_way.state_dict()[k]), k
+
+
+def test_meta_device_build_draws_nothing():
+    """A net built on the meta device (shape-only, for memory estimates) must not need a meta generator."""
+    with torch.device("meta"):
+        m = resnet_lab.build("resnet50", seed=0)
+    assert m.conv1.weight.is_meta
+    assert m(torch.empty(2, 3, 64, 64, device="meta")).shape == (2, 1000)
