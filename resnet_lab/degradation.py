@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .resnet import REGISTRY, build
+from .resnet import REGISTRY, build, init_seed
 from .shapes import ShapesDataset
 
 if TYPE_CHECKING:
@@ -110,9 +110,8 @@ def run_degradation(
     num_classes = int(max(y_train.max(), y_val.max())) + 1
 
     nets: dict[str, nn.Module] = {}
-    for arch in archs:
-        torch.manual_seed(seed)  # each ResNet starts from its plain twin's weights
-        nets[arch] = build(arch, num_classes=num_classes).train()
+    for arch in archs:  # one init seed for all: each ResNet starts from its plain twin's weights
+        nets[arch] = build(arch, num_classes=num_classes, seed=init_seed(seed)).train()
     opts = {a: torch.optim.SGD(n.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
             for a, n in nets.items()}
     warmup = max(1, steps // 20)

@@ -13,8 +13,9 @@ nets' initial loss is above ln(classes) and grows with depth (about 2.6, 3.1,
 3.9 for ResNet-20/56/110 over 5 seeds): each branch adds its variance to the
 identity path, so the final features and the logits grow with the block count.
 
-A net and its plain twin are built after the same `torch.manual_seed` and fed
-the same batch, so any difference comes from the shortcuts alone.
+A net and its plain twin are built from the same init seed (never from torch's
+global RNG, which another thread may draw from at any time) and fed the same
+batch, so any difference comes from the shortcuts alone.
 
 Results are tidy (one row per arch, variant, seed, layer and quantity):
 
@@ -43,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .resnet import REGISTRY, build, list_archs, twin_name
+from .resnet import REGISTRY, build, init_seed, list_archs, twin_name
 from .shapes import ShapesDataset
 
 if TYPE_CHECKING:
@@ -101,10 +102,13 @@ def make_batch(cfg: GradFlowConfig, size: int, seed: int) -> tuple[torch.Tensor,
 
 
 def build_net(arch: str, variant: str, seed: int, cfg: GradFlowConfig) -> nn.Module:
-    """The residual net or its plain twin; the same seed gives both the same shared weights."""
-    torch.manual_seed(seed)
+    """The residual net or its plain twin; the same seed gives both the same shared weights.
+
+    `init_seed(seed)` is the init seed that `torch.manual_seed(seed)` + `build()` used to give, drawn
+    privately: the published numbers stay, and no other thread's use of the global RNG can split a twin pair.
+    """
     net = build(arch if variant == "residual" else twin_name(arch), num_classes=cfg.num_classes,
-                zero_init_last=cfg.zero_init, norm="none" if cfg.bn_mode == "none" else "bn")
+                zero_init_last=cfg.zero_init, norm="none" if cfg.bn_mode == "none" else "bn", seed=init_seed(seed))
     return net.train(cfg.bn_mode == "train")
 
 

@@ -119,17 +119,19 @@ def _draw(param: torch.Tensor, generator: torch.Generator, fill: Callable[[torch
 @torch.no_grad()
 def init_module(m: nn.Module, generator: torch.Generator | int) -> None:
     """Fresh weights for one module (its children untouched): He-normal convs (fan_out, as torchvision),
-    BN reset to identity with fresh statistics, PyTorch's default Linear init.
+    BN reset to identity with fresh statistics, PyTorch's default Linear init; any other module with
+    `reset_parameters` (a custom norm layer) gets its own reset.
 
     `generator` is a seed or a `torch.Generator`. A seed makes a generator on the device of the module's
     weights (a CUDA tensor refuses a CPU generator), so on CPU it gives exactly `torch.Generator().manual_seed(seed)`'s
     numbers. A generator on another device than the weights is drawn from on its own device and the numbers are
     copied over: one CPU generator gives the same weights on CPU and CUDA. Meta weights hold no values: left alone.
     """
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        m.reset_parameters()
+    if not isinstance(m, (nn.Conv2d, nn.Linear)):
+        if callable(getattr(m, "reset_parameters", None)):  # BN: identity, fresh statistics; no RNG
+            m.reset_parameters()
         return
-    if not isinstance(m, (nn.Conv2d, nn.Linear)) or m.weight.device.type == "meta":
+    if m.weight.device.type == "meta":
         return
     if not isinstance(generator, torch.Generator):
         generator = torch.Generator(device=m.weight.device).manual_seed(int(generator))
@@ -165,6 +167,15 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         seed = int(torch.randint(0, 2**62, ())) if seed is None else seed
+        device = torch.get_default_device()
+        with torch.device("meta"):  # shapes only: no throwaway default init drawn from the global RNG
+            self._build(config, num_classes, in_chans, norm_layer)
+        self.to_empty(device=device)  # then init_weights fills every parameter and buffer
+        self.init_weights(seed, zero_init_last)
+        self.pretrained_cfg = default_pretrained_cfg(config, self.num_classes)
+
+    def _build(self, config: ResNetConfig, num_classes: int | None, in_chans: int, norm_layer: NormLayer) -> None:
+        """Create every layer (on whatever device is current; `__init__` makes it meta)."""
         self.config = config
         self.num_classes = num_classes if num_classes is not None else config.num_classes
         self.residual = config.residual
@@ -187,8 +198,6 @@ class ResNet(nn.Module):
         self.num_features = self.inplanes
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.num_features, self.num_classes)
-        self.init_weights(seed, zero_init_last)
-        self.pretrained_cfg = default_pretrained_cfg(config, self.num_classes)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         block, cfg = self.config.block, self.config

@@ -26,7 +26,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
 from .inference import resolve_device
-from .resnet import REGISTRY, build, list_archs
+from .resnet import REGISTRY, build, init_seed, list_archs
 from .shapes import CLASSES, MEAN, STD, ShapesDataset, normalize
 from .weights import save_checkpoint
 
@@ -209,9 +209,9 @@ def train(config: TrainConfig, progress: Progress | None = None, *, command: str
     val_set = ShapesDataset(config.n_val, val_seed, size, config.clutter)
     log(f"rendered {len(train_set)} + {len(val_set)} images of {size} px in {time.perf_counter() - t0:.1f} s")
 
-    with torch.random.fork_rng(devices=[]):  # the init is a function of the seed; the caller's RNG is untouched
-        torch.manual_seed(config.seed)
-        model = build(config.arch, num_classes=len(CLASSES))
+    # the init is a function of the seed alone (the shipped checkpoint's: init_seed reproduces manual_seed + build),
+    # so a thread drawing from the global RNG meanwhile changes nothing, and nothing here touches that RNG
+    model = build(config.arch, num_classes=len(CLASSES), seed=init_seed(config.seed))
     model.pretrained_cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in data_config(size).items()})
     model = model.to(device, memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(config.seed)
