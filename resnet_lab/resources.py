@@ -5,6 +5,9 @@ host's cores through `os.cpu_count()`. Sizing caches and refusing oversized
 jobs from those numbers lets one click get the process OOM-killed, so every
 bound in the app comes from here: the cgroup limit where there is one (v2,
 then v1), else the physical RAM.
+
+`root` defaults to the module's `CGROUP`, read at call time, so a test can
+point every function at a fake cgroup tree.
 """
 
 from __future__ import annotations
@@ -39,13 +42,15 @@ def physical_memory() -> int | None:
         return None
 
 
-def cgroup_memory_limit(root: Path = CGROUP) -> int | None:
+def cgroup_memory_limit(root: Path | None = None) -> int | None:
     """The container's memory limit in bytes (cgroup v2 `memory.max`, else v1), or None without one."""
+    root = root or CGROUP
     return _read_int(root / "memory.max") or _read_int(root / "memory" / "memory.limit_in_bytes")
 
 
-def cgroup_memory_used(root: Path = CGROUP) -> int | None:
+def cgroup_memory_used(root: Path | None = None) -> int | None:
     """Bytes the container uses now (cgroup v2 `memory.current`, else v1), or None."""
+    root = root or CGROUP
     return _read_int(root / "memory.current") or _read_int(root / "memory" / "memory.usage_in_bytes")
 
 
@@ -59,13 +64,13 @@ def _meminfo_available() -> int | None:
     return None
 
 
-def memory_limit(root: Path = CGROUP) -> int:
+def memory_limit(root: Path | None = None) -> int:
     """The most memory this process may ever use: the smaller of the cgroup limit and the RAM (4 GiB if unknown)."""
     known = [v for v in (cgroup_memory_limit(root), physical_memory()) if v]
     return min(known) if known else 4 * 2**30
 
 
-def memory_available(root: Path = CGROUP) -> int:
+def memory_available(root: Path | None = None) -> int:
     """Memory that can still be allocated now: under the cgroup limit, and what the kernel calls available."""
     candidates = []
     limit = cgroup_memory_limit(root)
@@ -77,16 +82,28 @@ def memory_available(root: Path = CGROUP) -> int:
     return max(0, min(candidates)) if candidates else memory_limit(root) // 2
 
 
-def cpu_count(root: Path = CGROUP) -> int:
-    """Cores this process may use: its affinity mask, capped by a cgroup CPU quota (`cpu.max`)."""
+def _cpu_quota(root: Path) -> float | None:
+    """CPUs granted by a CFS quota: cgroup v2 `cpu.max` ("max" or "<quota> <period>"), else v1's two files."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None  # -1: no quota
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_count(root: Path | None = None) -> int:
+    """Cores this process may use: its affinity mask, capped by a cgroup CPU quota (rounded up: 1.5 CPUs is 2)."""
     try:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         n = os.cpu_count() or 1
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
+    quota = _cpu_quota(root or CGROUP)
+    if quota:
+        n = min(n, math.ceil(quota))
     return max(1, n)
