@@ -3,20 +3,25 @@
 Every method returns one map per image at the input's resolution, so the
 overlay code and the faithfulness metrics treat them alike:
 
-- `gradcam`: captum `LayerGradCam` on a stage or block output, ReLU'd as in
-  Selvaraju et al. (2017) (or signed, pre-ReLU), bilinearly upsampled;
+- `gradcam`: Grad-CAM (Selvaraju et al. 2017) on a stage or block output, ReLU'd
+  (or signed, pre-ReLU), bilinearly upsampled. `gradcam_stages` computes it for
+  many layers from one forward and one backward pass, with exactly captum
+  `LayerGradCam`'s arithmetic (the tests hold it to captum);
 - `guided_gradcam`: captum `GuidedGradCam` (guided backprop x Grad-CAM), |.| summed over channels;
-- `integrated_gradients`: captum `IntegratedGradients` from a black (all-zero pixel) baseline, |.| summed;
+- `integrated_gradients`: captum `IntegratedGradients` from a black (all-zero pixel) baseline, |.| summed
+  over channels (signed: summed as is, so the map adds up to f(x) - f(black));
 - `occlusion`: captum `Occlusion`, the drop in the target logit when a patch is greyed out.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from captum.attr import GuidedGradCam, IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion
+from captum.attr import GuidedGradCam, IntegratedGradients, LayerAttribution, Occlusion
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
@@ -42,11 +47,51 @@ def _targets(target: int | torch.Tensor, batch: int) -> torch.Tensor:
     return t.expand(batch) if t.ndim == 0 else t
 
 
-def gradcam(model: nn.Module, x: torch.Tensor, target: int | torch.Tensor, layer: str,
-            relu: bool = True) -> torch.Tensor:
-    """Grad-CAM at the layer's own resolution, [B, h, w]."""
-    cam = LayerGradCam(model, resolve_layer(model, layer))
-    return cam.attribute(x, target=_targets(target, len(x)), relu_attributions=relu).detach()[:, 0]
+def layer_cams(model: nn.Module, x: torch.Tensor, target: int | torch.Tensor,
+               layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Signed Grad-CAM of every layer at its own resolution, {layer: [B, h, w]}, from one forward and one backward.
+
+    captum's `LayerGradCam` runs a forward and a backward pass per layer; the
+    gradients of the target logits with respect to all the layers' outputs come
+    out of one `torch.autograd.grad`. The arithmetic is captum's: channel weights
+    are the spatial mean of the gradient, the map their weighted sum over channels.
+    The hooks record only this thread's forward, so another thread's forward on
+    the same model cannot swap its activations in.
+    """
+    modules = {name: resolve_layer(model, name) for name in dict.fromkeys(layers)}
+    acts: dict[str, torch.Tensor] = {}
+    owner = threading.get_ident()
+
+    def keep(name: str):
+        def hook(_m: nn.Module, _inp: object, out: torch.Tensor) -> None:
+            if threading.get_ident() == owner:
+                acts[name] = out
+        return hook
+
+    handles = [m.register_forward_hook(keep(name)) for name, m in modules.items()]
+    try:
+        with torch.enable_grad():  # blocks go in place only without a graph: these outputs stay as produced
+            x = x.detach().requires_grad_(True)  # a graph even when the weights are frozen
+            logits = model(x)
+            score = logits.gather(1, _targets(target, len(x)).to(logits.device)[:, None]).sum()
+            grads = torch.autograd.grad(score, [acts[name] for name in modules])
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: (g.mean(dim=(2, 3), keepdim=True) * acts[name]).sum(1).detach()
+            for name, g in zip(modules, grads)}
+
+
+def upsample_cam(cam: torch.Tensor, size: Sequence[int], relu: bool = True) -> torch.Tensor:
+    """A layer-resolution map [B, h, w] to the input's [B, H, W]: ReLU first (as captum), then bilinear."""
+    cam = torch.relu(cam) if relu else cam
+    return LayerAttribution.interpolate(cam[:, None], tuple(size), interpolate_mode="bilinear")[:, 0]
+
+
+def gradcam_stages(model: nn.Module, x: torch.Tensor, target: int | torch.Tensor, stages: Sequence[str],
+                   relu: bool = True) -> dict[str, torch.Tensor]:
+    """Grad-CAM of every stage (or block) at the input's resolution, {stage: [B, H, W]}, in one pass."""
+    return {name: upsample_cam(cam, x.shape[-2:], relu) for name, cam in layer_cams(model, x, target, stages).items()}
 
 
 def _background(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
@@ -71,7 +116,10 @@ def attribute(
     """One map per image, [B, H, W] at the input's resolution (see the module docstring).
 
     `x` is the normalized batch; `layer` matters for the Grad-CAM family only;
-    `signed=True` gives Grad-CAM without its ReLU.
+    `signed=True` keeps the sign where a method has one: Grad-CAM without its
+    ReLU, integrated gradients summed over channels without |.| (the map then
+    adds up to the logit's change from the black baseline). Guided Grad-CAM is
+    always |.|, occlusion always signed (the drop of the target logit).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -80,8 +128,7 @@ def attribute(
     size = x.shape[-2:]
     x = x.detach().clone().requires_grad_(True)  # captum would set it anyway, with a warning
     if method == "gradcam":
-        raw = gradcam(model, x, target, layer, relu=not signed)
-        return LayerAttribution.interpolate(raw[:, None], size, interpolate_mode="bilinear")[:, 0]
+        return gradcam_stages(model, x, target, [layer], relu=not signed)[layer]
     if method == "guided_gradcam":
         with warnings.catch_warnings():  # "Setting backward hooks on ReLU": expected, removed afterwards
             warnings.simplefilter("ignore", UserWarning)
@@ -91,7 +138,7 @@ def attribute(
         ig = IntegratedGradients(model)
         attr = ig.attribute(x, baselines=_background(x, model), target=target, n_steps=32,
                             internal_batch_size=max(len(x), 16))
-        return attr.detach().abs().sum(1)
+        return attr.detach().sum(1) if signed else attr.detach().abs().sum(1)
     window = max(2, min(size) // 8)
     occ = Occlusion(model).attribute(
         x, target=target, sliding_window_shapes=(x.shape[1], window, window),
