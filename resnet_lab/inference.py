@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .blocks import set_inplace
 from .data import ImageInput, check_transformable, decode_image, eval_transform, imagenet_labels, resize_side
 from .weights import LoadedWeights
 
@@ -39,11 +41,28 @@ def fuse_bn(model: nn.Module) -> nn.Module:
     return model
 
 
+def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
+    """What `Classifier` autocasts to: None (fp32) on the CPU; on CUDA bf16 only where the GPU has it natively
+    (Ampere and later), else fp16. `is_bf16_supported()` alone counts emulation: a T4 says True and then runs
+    bf16 far slower than fp16."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    if device.index is not None:
+        with torch.cuda.device(device):
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+    else:
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native else torch.float16
+
+
 @dataclass
 class Prediction:
-    """Top-k of one image: (label, probability) pairs, best first."""
+    """Top-k of one image: (label, probability) pairs, best first; the batched forward pass it was part of."""
 
     topk: list[tuple[str, float]]
+    forward_ms: float = 0.0
+    batch_size: int = 1
 
     def as_dict(self) -> dict[str, float]:
         return dict(self.topk)
@@ -52,32 +71,29 @@ class Prediction:
 class Classifier:
     """Our ResNet with its weights, transform and labels, ready for uploads.
 
-    On CUDA it runs channels_last under autocast (bf16 where supported, else
-    fp16) with cudnn autotuning; on the CPU, fp32. `fuse=True` is the fast path:
-    each BN folded into its conv (eval only; equal to the unfused model within
-    1e-4) and channels_last on the CPU too, where oneDNN's NHWC kernels win
-    (see benchmarks/bench_inference.py).
+    On CUDA it runs channels_last under autocast (`autocast_dtype`: native
+    bf16, else fp16) with cudnn autotuning; on the CPU, fp32. `fuse=True` is the
+    fast path: a copy with each BN folded into its conv (eval only; its logits
+    equal the unfused model's within 1e-5 of their scale), in-place ReLU/add (no
+    one hooks this copy) and channels_last on the CPU too, where oneDNN's NHWC
+    kernels win (see benchmarks/bench_inference.py). It keeps no per-call state,
+    so one instance serves many threads.
     """
 
     def __init__(self, weights: LoadedWeights, device: str | torch.device | None = None, fuse: bool = False):
         self.weights = weights
         self.device = torch.device(device) if device is not None else resolve_device()
-        model = fuse_bn(weights.model) if fuse else weights.model.eval()
+        model = set_inplace(fuse_bn(weights.model), True) if fuse else weights.model.eval()
         self.channels_last = fuse or self.device.type == "cuda"
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else None)
+        self.amp_dtype = autocast_dtype(self.device)
         self.transform = eval_transform(weights.pretrained_cfg)
         self.resize_side = resize_side(weights.pretrained_cfg)
         classes = weights.meta.get("classes")
         n = weights.model.num_classes
         self.labels: Sequence[str] = classes or (imagenet_labels() if n == 1000 else [f"class {i}" for i in range(n)])
-
-    @property
-    def amp_dtype(self) -> torch.dtype | None:
-        if self.device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def decode(self, image: ImageInput) -> Image.Image:
         """Decode no larger than the transform needs; `ImageError` for what cannot be used or resized."""
@@ -85,25 +101,39 @@ class Classifier:
         check_transformable(img.size, self.weights.pretrained_cfg)
         return img
 
+    def prepare(self, image: ImageInput) -> torch.Tensor:
+        """One upload -> its network input (C, H, W); `ImageError` for what cannot be used."""
+        return self.transform(self.decode(image))
+
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Decode (raising `ImageError` for what cannot be used) and transform into one batch."""
-        return torch.stack([self.transform(self.decode(im)) for im in images])
+        return torch.stack([self.prepare(im) for im in images])
 
     @torch.inference_mode()
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax over classes for a preprocessed batch, fp32 on the CPU."""
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw class scores for a preprocessed batch, fp32 on the CPU."""
         batch = batch.to(self.device, non_blocking=True)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.model(batch)
-        return logits.float().softmax(-1).cpu()
+        return logits.float().cpu()
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax over classes for a preprocessed batch, fp32 on the CPU."""
+        return self.logits(batch).softmax(-1)
+
+    def predict_batch(self, batch: torch.Tensor, topk: int = 5) -> list[Prediction]:
+        """Top-k for each row of a preprocessed batch, with the forward pass's time (to the result on the CPU)."""
+        t = time.perf_counter()
+        probs = self.probabilities(batch)
+        ms = (time.perf_counter() - t) * 1e3
+        values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
+        return [
+            Prediction([(self.labels[i], float(p)) for p, i in zip(v.tolist(), ix.tolist())], ms, len(probs))
+            for v, ix in zip(values, indices)
+        ]
 
     def predict(self, images: Sequence[ImageInput], topk: int = 5) -> list[Prediction]:
         """Top-k (label, probability) for each image, in one batched forward pass."""
-        probs = self.probabilities(self.preprocess(images))
-        values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
-        return [
-            Prediction([(self.labels[i], float(p)) for p, i in zip(v.tolist(), ix.tolist())])
-            for v, ix in zip(values, indices)
-        ]
+        return self.predict_batch(self.preprocess(images), topk)
