@@ -33,6 +33,7 @@ Results are tidy (one row per arch, variant, seed, layer and quantity):
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .resnet import REGISTRY, build, init_seed, list_archs, twin_name
+from .resnet import REGISTRY, ResNet, build, init_seed, list_archs, twin_name
 from .shapes import ShapesDataset
 
 if TYPE_CHECKING:
@@ -168,6 +169,107 @@ def measure(arch: str, variant: str, seed: int, cfg: GradFlowConfig,
         rows.append((arch, variant, depth, seed, index, name, "grad_x", grad_norm))
         rows.append((arch, variant, depth, seed, index, name, "act_std", float(out.detach().std())))
     return rows
+
+
+# --- memory: a sweep measures one net at a time, so its peak is the hungriest single net's ---
+
+BACKWARD_WORKSPACE = 3  # activation-sized gradient buffers alive at once during backward (measured: see tests)
+
+
+def saved_tensor_bytes(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+    """(bytes autograd keeps for backward, bytes of the largest such tensor) in one forward + loss.
+
+    Each storage counts once (a ReLU output saved by the ReLU and by the next conv
+    is one tensor) and the weights are left out (they are counted as parameters).
+    Works on the meta device, where nothing is allocated, at any batch and size.
+    """
+    params = {id(p) for p in net.parameters()}
+    storages = {p.untyped_storage().data_ptr() for p in net.parameters() if not p.is_meta}
+    seen: dict[int, int] = {}
+    keep: list[torch.Tensor] = []  # on meta, ids identify tensors only while they live
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        base = t if t._base is None else t._base
+        if t.is_meta:
+            if id(t) in params or id(base) in params:
+                return t
+            keep.append(base)
+            seen.setdefault(id(base), base.numel() * base.element_size())
+        elif (ptr := t.untyped_storage().data_ptr()) not in storages:
+            seen.setdefault(ptr, t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        F.cross_entropy(net(x), y)
+    return sum(seen.values()), max(seen.values(), default=0)
+
+
+class _ShapeOnlyBN(nn.BatchNorm2d):
+    """A BN that autograd treats like one (it saves the input; the weight is a parameter) at meta speed.
+
+    torch's meta BatchNorm is a Python decomposition, ~100x slower than this
+    affine map; the per-channel statistics a real BN also saves are negligible.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+@functools.lru_cache(maxsize=256)
+def _profile(arch: str, variant: str, size: int, bn_mode: str, num_classes: int) -> tuple[int, tuple, tuple]:
+    """(parameter bytes, (activation bytes, largest saved tensor) at batch 2, the same at batch 4), on meta.
+
+    Activation bytes are what one forward of `measure` keeps: the tensors saved
+    for backward plus the block outputs whose gradients it retains.
+    """
+    config = REGISTRY[arch if variant == "residual" else twin_name(arch)]
+    with torch.device("meta"):
+        net = ResNet(config, num_classes, norm_layer=nn.Identity if bn_mode == "none" else _ShapeOnlyBN, seed=0)
+    block_out: list[int] = []
+    handles = [blk.register_forward_hook(lambda _m, _i, out: block_out.append(out.numel() * out.element_size()))
+               for _, blk in net.blocks()]
+    points = []
+    try:
+        for batch in (2, 4):
+            block_out.clear()
+            x = torch.empty(batch, 3, size, size, device="meta")
+            saved, largest = saved_tensor_bytes(net, x, torch.zeros(batch, dtype=torch.long, device="meta"))
+            points.append((saved + sum(block_out), largest))
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(p.numel() * p.element_size() for p in net.parameters()), points[0], points[1]
+
+
+def net_memory(arch: str, variant: str, cfg: GradFlowConfig) -> int:
+    """Estimated peak bytes of `measure` for one net of `cfg`, counted on the meta device (allocates nothing).
+
+    Parameters and their gradients, the input batch, every tensor saved for
+    backward, the retained gradients of the block outputs (`measure` keeps them),
+    and `BACKWARD_WORKSPACE` gradient buffers the size of the largest activation.
+    Activations are affine in the batch size (per-channel BN statistics are the
+    constant part), so two cached meta passes at batch 2 and 4 give every batch
+    exactly: bisecting for the largest batch that fits costs nothing.
+    """
+    size = cfg.size_for(arch)
+    params, (a2, l2), (a4, l4) = _profile(arch, variant, size, cfg.bn_mode, cfg.num_classes)
+    b = cfg.batch_size
+    activations = a2 + (a4 - a2) * (b - 2) // 2
+    largest = l2 + (l4 - l2) * (b - 2) // 2
+    return 2 * params + b * 3 * size * size * 4 + activations + BACKWARD_WORKSPACE * largest
+
+
+def estimate_memory(cfg: GradFlowConfig) -> int:
+    """Estimated peak bytes of `run_sweep(cfg)`: its hungriest net, plus the batches the sweep keeps.
+
+    Nets are measured one after another and each is freed before the next, so
+    the peak is one net's (`net_memory`), not the sum; the twins' batches (one
+    per seed and input size) stay for the whole sweep.
+    """
+    peak = max(net_memory(arch, variant, cfg) for arch in cfg.archs for variant in VARIANTS)
+    sizes = {cfg.size_for(arch) for arch in cfg.archs}
+    batches = sum(cfg.seeds * cfg.batch_size * (3 * s * s * 4 + 8) for s in sizes)
+    return peak + batches
 
 
 def run_sweep(cfg: GradFlowConfig, progress: Progress | None = None) -> pd.DataFrame:

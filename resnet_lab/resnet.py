@@ -99,7 +99,7 @@ def init_seed(seed: int) -> int:
     shipped checkpoint, the degradation curves, the gradient study) is rebuilt exactly, whatever other
     threads do with the global RNG meanwhile.
     """
-    return int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(seed)))
+    return int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(seed), device="cpu"))
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -166,7 +166,7 @@ class ResNet(nn.Module):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        seed = int(torch.randint(0, 2**62, ())) if seed is None else seed
+        seed = int(torch.randint(0, 2**62, (), device="cpu")) if seed is None else seed
         device = torch.get_default_device()
         with torch.device("meta"):  # shapes only: no throwaway default init drawn from the global RNG
             self._build(config, num_classes, in_chans, norm_layer)
