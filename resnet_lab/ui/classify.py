@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import logging
 from typing import Any
 
 import gradio as gr
@@ -10,72 +10,98 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from ..data import ImageError, decode_image
+from ..data import ImageError
 from ..weights import WeightsUnavailable
-from ..zoo import IMAGENET_MODELS, SHAPES_MODEL, Entry, ModelZoo
-from .common import UploadImage, on_gpu, open_upload, user_errors, zoo
+from ..zoo import IMAGENET_MODELS, SHAPES_MODEL, Entry
+from .common import LONG, QUICK, UploadImage, on_gpu, user_errors, zoo
+
+log = logging.getLogger(__name__)
 
 
-def _timed_predict(z: ModelZoo, model: str, tag: str | None, images: list) -> tuple[list, float, Entry]:
-    """Top-5 dicts for decoded `images`, the forward pass in ms, and the model's entry."""
-    entry = z.get(model, tag)
+def _unexpected(what: str, e: Exception) -> str:
+    """Log a bug with its traceback; the user gets a message that names no internals but says it is on us."""
+    log.exception("classify: unexpected error while %s", what)
+    return f"❌ Something went wrong on our side while {what} ({type(e).__name__}); it has been logged."
+
+
+def _classify_group(entry: Entry, images: list, ids: list[int], n: int, labels: list, infos: list[str]) -> None:
+    """One model's requests: each decoded on its own (a bad one fails alone), then one batched forward pass."""
     clf = entry.classifier
-    batch = torch.stack([clf.transform(im) for im in images])
-    t = time.perf_counter()
-    probs = clf.probabilities(batch)
-    ms = (time.perf_counter() - t) * 1e3
-    values, idx = probs.topk(min(5, probs.shape[1]), dim=1)
-    labels = [{clf.labels[i]: float(p) for p, i in zip(v.tolist(), ix.tolist())} for v, ix in zip(values, idx)]
-    return labels, ms, entry
+    inputs: dict[int, torch.Tensor] = {}
+    for i in ids:
+        try:
+            inputs[i] = clf.prepare(images[i])
+        except ImageError as e:
+            infos[i] = f"❌ Cannot use this image: {e}."
+        except Exception as e:  # a bug, or a failure we did not foresee: this request's own, never its neighbours'
+            infos[i] = _unexpected("reading this image", e)
+    if not inputs:
+        return
+    try:
+        preds = clf.predict_batch(torch.stack(list(inputs.values())), topk=5)
+    except Exception as e:
+        for i in inputs:
+            infos[i] = _unexpected(f"running {entry.model}", e)
+        return
+    for i, pred in zip(inputs, preds):
+        labels[i] = pred.as_dict()
+        infos[i] = (f"{entry.status}  \n⏱️ forward pass **{pred.forward_ms:.1f} ms** (batch of {pred.batch_size}; "
+                    f"{n} request{'s' if n > 1 else ''} in this queue batch)")
+        if entry.model == SHAPES_MODEL:
+            infos[i] += "  \nℹ️ This model knows only 8 shapes; for photos pick a ResNet trained on ImageNet."
 
 
 def classify_batch(images: list, models: list[str], tags: list[str]) -> tuple[list, list[str]]:
-    """Queue-batched endpoint: requests for the same model share one forward pass.
+    """Queue-batched endpoint: requests for the same model share one forward pass (`Classifier.predict_batch`).
 
-    A batch never fails as a whole for one bad upload: if every request in it
-    is unusable the error is raised (the user sees it), otherwise the bad ones
-    get an empty label and the reason in their info text.
+    A request never fails because of another one in its batch, whatever goes
+    wrong: an unusable upload, an unknown tag or an unexpected error gives that
+    request an empty label and its own reason in the info text. Only when every
+    request failed for the same reason is it raised as `gr.Error` (a batched event
+    that raises shows that one message to every request in it).
     """
     z = zoo()
-    labels: list[Any] = [None] * len(images)
-    infos: list[str] = [""] * len(images)
-    decoded: dict[int, Any] = {}
+    n = len(images)
+    labels: list[Any] = [None] * n
+    infos: list[str] = [""] * n
+    groups: dict[tuple[str, str], list[int]] = {}
     for i, src in enumerate(images):
         if src is None:
             infos[i] = "❌ Upload an image first."
-            continue
-        try:
-            decoded[i] = decode_image(src)
-        except ImageError as e:
-            infos[i] = f"❌ Cannot use this image: {e}."
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i in decoded:
-        groups.setdefault((models[i], tags[i]), []).append(i)
+        else:
+            groups.setdefault((models[i], tags[i]), []).append(i)
     for (model, tag), ids in groups.items():
         try:
-            out, ms, entry = _timed_predict(z, model, tag, [decoded[i] for i in ids])
+            entry = z.get(model, tag)
         except (ValueError, WeightsUnavailable) as e:  # an unknown model or tag fails its own requests only
             for i in ids:
                 infos[i] = f"❌ {e}"
             continue
-        for i, lab in zip(ids, out):
-            labels[i] = lab
-            infos[i] = f"{entry.status}  \n⏱️ forward pass **{ms:.1f} ms** (batch of {len(ids)})"
-            if model == SHAPES_MODEL:
-                infos[i] += "  \nℹ️ This model knows only 8 shapes; for photos pick a ResNet trained on ImageNet."
-    if all(lab is None for lab in labels):
+        except Exception as e:
+            message = _unexpected(f"loading {model}", e)
+            for i in ids:
+                infos[i] = message
+            continue
+        _classify_group(entry, images, ids, n, labels, infos)
+    if all(lab is None for lab in labels) and len(set(infos)) == 1:
         raise gr.Error(infos[0].removeprefix("❌ "), title="Cannot classify")
     return labels, infos
 
 
 def compare_depths(image: Any, progress: gr.Progress = gr.Progress()) -> tuple[pd.DataFrame, Any]:
     """The same image through ResNet-18/34/50/101/152 (default weights): top-1, probability, latency."""
-    img = open_upload(image)
+    if image is None:
+        raise gr.Error("Upload an image first (or pick an example).", title="No image")
     rows = []
     for name in progress.tqdm(list(IMAGENET_MODELS), desc="depths"):
-        out, ms, entry = _timed_predict(zoo(), name, None, [img])
-        label, p = next(iter(out[0].items()))
-        rows.append({"model": name, "top-1": label, "probability": round(p, 4), "latency ms": round(ms, 1),
+        entry = zoo().get(name)
+        try:
+            pred = entry.classifier.predict([image], topk=1)[0]
+        except ImageError as e:
+            raise gr.Error(f"Cannot use this image: {e}.", title="Cannot use this image") from e
+        label, p = pred.topk[0]
+        rows.append({"model": name, "top-1": label, "probability": round(p, 4),
+                     "latency ms": round(pred.forward_ms, 1),
                      "weights": "random ⚠️" if entry.weights.is_random else entry.weights.source.split(":", 1)[1]})
     df = pd.DataFrame(rows)
     return df, _depth_plot(df)
@@ -108,9 +134,9 @@ def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str]) -> None
             label = gr.Label(num_top_classes=5, label="Top-5")
             info = gr.Markdown()
     run.click(on_gpu(user_errors(classify_batch)), [image, model, tag], [label, info], batch=True, max_batch_size=16,
-              api_name="classify")
+              api_name="classify", **QUICK)
     with gr.Accordion("Compare all depths: the same image through ResNet-18 ... 152", open=False):
         compare = gr.Button("Compare all depths")
         table = gr.Dataframe(label="Top-1 per depth", interactive=False)
         plot = gr.Plot(label="Probability and latency per depth")
-    compare.click(on_gpu(user_errors(compare_depths)), image, [table, plot], api_name="compare_depths")
+    compare.click(on_gpu(user_errors(compare_depths)), image, [table, plot], api_name="compare_depths", **LONG)
