@@ -158,29 +158,81 @@ def test_reduced_decode_keeps_exif_orientation_content(photo):
         assert np.abs(shrunk - np.asarray(small, float)).mean() < 6, orientation
 
 
-@pytest.mark.parametrize("size", [(320, 240), (240, 320), (500, 500), (33, 77)])
-def test_crop_box_matches_timm_transform(size):
-    """A marker image through timm's transform lands where crop_box says the crop is."""
-    from resnet_lab import build
+def _offered_geometries() -> dict[tuple[int, float], str]:
+    """Every distinct (input size, crop_pct) the app's timm tags resolve to, with one tag that has it (offline)."""
+    import timm
 
-    cfg = build("resnet18").pretrained_cfg
-    w, h = size
-    left, top, right, bottom = data.crop_box(size, cfg)
-    assert 0 <= left < right <= w + 1e-6 and 0 <= top < bottom <= h + 1e-6
-    xs = np.broadcast_to(np.arange(w, dtype=np.float32)[None, :], (h, w))
-    ys = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w))
-    # encode pixel coordinates as intensities and read them back at the crop's corners
-    img = Image.fromarray(np.stack([xs / w * 255, ys / h * 255, np.zeros_like(xs)], -1).astype(np.uint8))
+    from resnet_lab.weights import list_tags
+
+    found: dict[tuple[int, float], str] = {}
+    for depth in (18, 34, 50, 101, 152):
+        for tag in list_tags(f"resnet{depth}"):
+            cfg = data.data_config(timm.models.get_pretrained_cfg(tag).to_dict())
+            found.setdefault((cfg["input_size"][-1], cfg["crop_pct"]), tag)
+    return found
+
+
+GEOMETRIES = _offered_geometries()
+
+
+def test_the_offered_tags_span_several_geometries():
+    # what the parametrization below covers: 224 px and 288 px, crops from 0.875 to 1.0
+    assert {224, 288} <= {size for size, _ in GEOMETRIES} and len(GEOMETRIES) >= 4
+    assert {0.875, 1.0} <= {pct for _, pct in GEOMETRIES}
+
+
+def _marker_check(img: Image.Image, cfg: dict, box: tuple[float, float, float, float]) -> None:
+    """Pixel coordinates encoded as intensities, read back at the crop's edges, land on `box`."""
+    w, h = img.size
     cfg_nonorm = {**cfg, "mean": (0, 0, 0), "std": (1, 1, 1)}
     x = data.eval_transform(cfg_nonorm)(img)
-    assert isinstance(x, torch.Tensor)
-    x0 = float(x[0, :, 0].mean()) * w  # left column of the crop, in original pixels
+    assert isinstance(x, torch.Tensor) and x.shape[-1] == data.data_config(cfg)["input_size"][-1]
+    left, top, right, bottom = box
+    x0 = float(x[0, :, 0].mean()) * w  # left column of the crop, in the image's pixels
     x1 = float(x[0, :, -1].mean()) * w
     y0 = float(x[1, 0, :].mean()) * h
     y1 = float(x[1, -1, :].mean()) * h
-    tol = max(w, h) / 40 + 2
+    # intensities step every max(w, h) / 255 px; measured errors stay under 2.5 steps over all geometries. A crop_box
+    # that took crop 0.95 for 1.0 would be 6 px off at 320x240, more elsewhere
+    tol = 3 * max(w, h) / 255 + 1
     assert abs(x0 - left) < tol and abs(x1 - (right - 1)) < tol
     assert abs(y0 - top) < tol and abs(y1 - (bottom - 1)) < tol
+
+
+def _marker(w: int, h: int) -> Image.Image:
+    xs = np.broadcast_to(np.arange(w, dtype=np.float32)[None, :], (h, w))
+    ys = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w))
+    return Image.fromarray(np.stack([xs / w * 255, ys / h * 255, np.zeros_like(xs)], -1).astype(np.uint8))
+
+
+@pytest.mark.parametrize("geometry", sorted(GEOMETRIES), ids=lambda g: f"{g[0]}px-crop{g[1]}")
+@pytest.mark.parametrize("size", [(320, 240), (240, 320), (500, 500), (33, 77)])
+def test_crop_box_matches_timm_transform(size, geometry):
+    """A marker image through timm's transform lands where crop_box says the crop is, for every offered geometry."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(GEOMETRIES[geometry]).to_dict()
+    w, h = size
+    box = data.crop_box(size, cfg)
+    assert 0 <= box[0] < box[2] <= w + 1e-6 and 0 <= box[1] < box[3] <= h + 1e-6
+    _marker_check(_marker(w, h), cfg, box)
+
+
+@pytest.mark.parametrize("geometry", sorted(GEOMETRIES), ids=lambda g: f"{g[0]}px-crop{g[1]}")
+def test_crop_box_holds_on_the_reduced_decode(geometry):
+    """crop_box is proportional: on the image decoded at min_side=resize_side it marks the same region."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(GEOMETRIES[geometry]).to_dict()
+    w, h = 1600, 1200
+    small = decode_image(encode(_marker(w, h)), min_side=data.resize_side(cfg))
+    assert small.size[0] < w and min(small.size) >= data.resize_side(cfg)
+    _marker_check(small, cfg, data.crop_box(small.size, cfg))
+    sx, sy = w / small.size[0], h / small.size[1]
+    full = data.crop_box((w, h), cfg)
+    reduced = data.crop_box(small.size, cfg)
+    for a, b, s in zip(full, reduced, (sx, sy, sx, sy)):
+        assert abs(a - b * s) <= s  # within one reduced pixel of the full-size box
 
 
 def test_imagenet_labels_offline():
