@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -59,9 +60,10 @@ def pointing_game(maps: torch.Tensor, boxes: torch.Tensor | Sequence[Sequence[in
     return (x0 <= x) & (x < x1) & (y0 <= y) & (y < y1)
 
 
-def random_maps(shape: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform noise maps: the chance level of every map-based measure."""
-    return torch.rand(tuple(shape), generator=generator)
+def random_maps(shape: Sequence[int], generator: torch.Generator | None = None,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """Uniform noise maps: the chance level of every map-based measure; drawn on the generator's device."""
+    return torch.rand(tuple(shape), generator=generator, device=generator.device if generator is not None else device)
 
 
 def mass_in_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -84,11 +86,15 @@ def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def saliency_rank(maps: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Each pixel's place in the map's descending order, [B, H*W]; ties are broken at random, not by position."""
-    flat = maps.flatten(1).cpu()
-    shuffle = torch.rand(flat.shape, generator=generator).argsort(1)  # a random order, then a stable sort on it
+    """Each pixel's place in the map's descending order, [B, H*W]; ties are broken at random, not by position.
+
+    Computed where the maps are; a `generator` must live on that device too.
+    """
+    flat = maps.flatten(1)
+    shuffle = torch.rand(flat.shape, generator=generator, device=flat.device).argsort(1)  # random, then stable sort
     order = shuffle.gather(1, flat.gather(1, shuffle).argsort(dim=1, descending=True, stable=True))
-    return torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1]).expand_as(order))
+    places = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, places)
 
 
 @torch.inference_mode()
@@ -121,6 +127,12 @@ def auc(curves: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- model randomization
+
+
+def _device(module: nn.Module) -> torch.device:
+    """Where the module's weights live: every generator that draws for it (or for its data) is made there,
+    since a CUDA tensor refuses a CPU generator."""
+    return next(module.parameters()).device
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:
@@ -168,7 +180,7 @@ def randomization_check(
     """
     original = explain(model)
     net = copy.deepcopy(model).eval()
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=_device(net)).manual_seed(seed)
     out = {}
     for name, modules in cascade(net):
         for m in modules:
@@ -203,10 +215,10 @@ def _batches(dataset: ShapesDataset, n: int, batch_size: int, device: torch.devi
 def _scores(model: nn.Module, batches: list[_Batch], maps_of: Callable[[_Batch], torch.Tensor], steps: int,
             seed: int, tick: Callable[[], None]) -> dict[str, float]:
     """Pointing game, mass in mask, deletion and insertion AUC, averaged over all batches."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=_device(model)).manual_seed(seed)  # tie-breaks, drawn where the maps are
     parts: dict[str, list[torch.Tensor]] = {"pointing": [], "mass_in_mask": [], "deletion_auc": [], "insertion_auc": []}
     for batch in batches:
-        maps = maps_of(batch).cpu()
+        maps = maps_of(batch).to(g.device)
         deletion, insertion = perturbation_curves(model, batch.x, batch.target, saliency_rank(maps, g), steps)
         parts["pointing"].append(pointing_game(maps, batch.boxes).float())
         parts["mass_in_mask"].append(mass_in_mask(maps, batch.masks))
@@ -214,6 +226,57 @@ def _scores(model: nn.Module, batches: list[_Batch], maps_of: Callable[[_Batch],
         parts["insertion_auc"].append(auc(insertion))
         tick()
     return {k: float(torch.cat(v).mean()) for k, v in parts.items()}
+
+
+def _jobs(methods: Sequence[str], stages: Sequence[str]) -> list[tuple[str, str | None]]:
+    """(method, stage) pairs `evaluate` computes: a layerless method once, with stage None."""
+    return [(m, s) for m in methods for s in ([None] if m in LAYERLESS else stages)]
+
+
+def planned_work(model: nn.Module, methods: Sequence[str], stages: Sequence[str], n: int,
+                 n_random: int) -> dict[str, int]:
+    """Images each piece of `evaluate` will process: `curves` (deletion and insertion) and each method's maps.
+
+    The curves run for the random maps and for every (method, stage) on `n` images; each
+    method's maps are made for those `n` images, and on the `n_random` images once for the
+    trained net and once at every cascade step.
+    """
+    jobs = _jobs(methods, stages)
+    n_random = max(1, min(n_random, n))
+    work = {"curves": n * (1 + len(jobs))}
+    for method, _ in jobs:
+        work[method] = work.get(method, 0) + n + (len(cascade(model)) + 1) * n_random
+    return work
+
+
+def estimate_seconds(
+    model: nn.Module, dataset: ShapesDataset, methods: Sequence[str], stages: Sequence[str], n: int = 500,
+    n_random: int = 100, steps: int = STEPS, probe: int = 4,
+) -> float:
+    """About how long `evaluate` with these settings will take, so a caller can say so before it starts.
+
+    Each piece is timed once on `probe` images now (a second or two on a CPU for the
+    Shapes net) and scaled by `planned_work`. Small probes batch less well than
+    `evaluate` does, and the first call of each piece pays one-time costs.
+    """
+    from .explain import attribute
+
+    model.eval()
+    device = _device(model)
+    n = min(n, len(dataset))
+    k = max(1, min(probe, n))
+    batch = _batches(dataset, k, k, device)[0]
+    rank = saliency_rank(random_maps(batch.masks.shape, torch.Generator(device=device).manual_seed(0)))
+
+    def per_image(fn: Callable[[], torch.Tensor]) -> float:
+        start = time.perf_counter()
+        fn().sum().item()  # waits for the device
+        return (time.perf_counter() - start) / k
+
+    cost = {"curves": per_image(lambda: perturbation_curves(model, batch.x, batch.target, rank, steps)[0])}
+    for method in dict.fromkeys(methods):
+        cost[method] = per_image(lambda m=method: attribute(model, batch.x, batch.target, m, stages[-1]))
+    return sum(cost[piece] * images for piece, images in planned_work(model, methods, stages, n, n_random).items())
 
 
 def _measure(column: str) -> str:
@@ -250,12 +313,12 @@ def evaluate(
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     model.eval()
-    device = next(model.parameters()).device
+    device = _device(model)
     n = min(n, len(dataset))
     batches = _batches(dataset, n, batch_size, device)
     n_random = max(1, min(n_random, n))
     rand_batch = _batches(dataset, n_random, n_random, device)[0]
-    jobs = [(m, s) for m in methods for s in ([None] if m in LAYERLESS else stages)]
+    jobs = _jobs(methods, stages)
     total, done = len(batches) + len(jobs) * (len(batches) + len(cascade(model))), 0
 
     def tick(desc: str) -> Callable[[], None]:
@@ -266,7 +329,7 @@ def evaluate(
                 progress(done / total, desc)
         return step
 
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     chance = _scores(model, batches, lambda b: random_maps(b.masks.shape, g), steps, seed, tick("random maps"))
     rows: dict[tuple[str, str | None], dict] = {}
     for method, stage in jobs:

@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
+from resnet_lab import faithfulness
 from resnet_lab.__main__ import main
 from resnet_lab.faithfulness import (
     auc,
     cascade,
+    estimate_seconds,
     evaluate,
     mass_in_mask,
     perturbation_curves,
@@ -27,6 +29,7 @@ from resnet_lab.shapes import ShapesDataset, normalize
 from resnet_lab.weights import load_checkpoint
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "shapes_resnet20.safetensors"
+SHIPPED_TABLE = SHIPPED.parent / "shapes_resnet20_faithfulness.csv"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -179,3 +182,108 @@ def test_evaluate_table_and_cli(tmp_path):
     assert main(["faithfulness", "--model", str(SHIPPED), "--methods", "gradcam", "--stages", "layer3", "--n", "8",
                  "--n-random", "4", "--steps", "4", "--out", str(out)]) == 0
     assert pd.read_csv(out).shape[0] == 1
+
+
+def test_shipped_table_is_reproduced_by_a_recomputed_slice():
+    """The shipped CSV's Grad-CAM @ layer3 row, recomputed rather than re-read: the pointing game and the mass in the
+    mask on all 500 images of its command (data seed 999, the checkpoint's test seed), deletion and insertion AUC on
+    the first 100, with the same tie-breaking draws as the full run."""
+    shipped = pd.read_csv(SHIPPED_TABLE).set_index(["method", "stage"]).loc[("gradcam", "layer3")]
+    from resnet_lab.explain import attribute
+
+    model = load_checkpoint(SHIPPED).model
+    ds = ShapesDataset(500, seed=999)
+    x = ds.normalized()
+    maps = torch.cat([attribute(model, x[i:i + 100], ds.labels[i:i + 100], "gradcam", "layer3")
+                      for i in range(0, 500, 100)])
+    # every image's score is recomputed: equal up to the CSV's 4 decimals (and one image's tie, 1/500)
+    assert float(pointing_game(maps, ds.boxes).float().mean()) == pytest.approx(shipped["pointing"], abs=0.0021)
+    assert float(mass_in_mask(maps, ds.masks).mean()) == pytest.approx(shipped["mass_in_mask"], abs=1e-3)
+    g = torch.Generator().manual_seed(0)  # `evaluate`'s tie-break generator, drawn batch by batch (50 images each)
+    curves = [perturbation_curves(model, x[i:i + 50], ds.labels[i:i + 50], saliency_rank(maps[i:i + 50], g))
+              for i in (0, 50)]
+    for k, column in enumerate(("deletion_auc", "insertion_auc")):
+        scores = torch.cat([auc(c[k]) for c in curves])
+        # the first 100 of the 500: their mean is within 4 standard errors of the whole's (finite population)
+        tolerance = 4 * float(scores.std()) * (1 / 100 - 1 / 500) ** 0.5
+        assert float(scores.mean()) == pytest.approx(shipped[column], abs=tolerance), column
+        assert tolerance < 0.1  # the check has teeth: the table's Grad-CAM and random rows are 0.17 to 0.3 apart
+
+
+class _Recorder(torch.Generator):
+    """A real CPU generator that remembers the device it was asked for."""
+
+    asked: list = []
+
+    def __new__(cls, device=None):
+        cls.asked.append(None if device is None else torch.device(device))
+        return super().__new__(cls)
+
+    def __init__(self, device=None):
+        pass
+
+
+def test_randomization_generator_lives_on_the_models_device(monkeypatch):
+    """On CUDA a CPU generator crashes the check ("Expected a 'cuda' device type for generator") after minutes of
+    work. With no GPU here, the model reports a stand-in device: the generator must be asked for on it."""
+    stand_in = torch.device("cuda", 7)
+    monkeypatch.setattr(_Recorder, "asked", [])
+    monkeypatch.setattr(torch, "Generator", _Recorder)
+    monkeypatch.setattr(faithfulness, "_device", lambda module: stand_in)
+    model = build("resnet20", num_classes=8, seed=0).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    _Recorder.asked.clear()
+    randomization_check(model, x, torch.tensor([0, 1]), lambda net: net.conv1(x).sum(1))
+    assert _Recorder.asked == [stand_in]
+
+
+def test_every_generator_of_the_table_is_made_on_the_data_device(monkeypatch):
+    """Random maps, tie-breaks and re-initialization: each generator names the model's device explicitly."""
+    monkeypatch.setattr(_Recorder, "asked", [])
+    monkeypatch.setattr(torch, "Generator", _Recorder)
+    model = build("resnet20", num_classes=8, seed=0)
+    evaluate(model, ShapesDataset(4, seed=7), ["gradcam"], ["layer3"], n=4, batch_size=4, steps=2, n_random=2)
+    assert len(_Recorder.asked) >= 4 and set(_Recorder.asked) == {torch.device("cpu")}
+
+
+def test_random_maps_and_tie_breaks_stay_on_the_maps_device():
+    """Nothing is copied to the CPU on the way (meta tensors refuse it), so on a GPU they stay there."""
+    maps = torch.zeros(2, 4, 4, device="meta")
+    assert saliency_rank(maps).device.type == "meta"
+    assert random_maps((2, 4, 4), device="meta").device.type == "meta"
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(random_maps((2, 3), g), torch.rand(2, 3, generator=torch.Generator().manual_seed(0)))
+
+
+def test_the_estimate_counts_the_work_evaluate_does(monkeypatch):
+    """The time shown before a recompute starts is per-image costs times `planned_work`: that plan must be the
+    images `evaluate` really pushes through the curves and through each method."""
+    import resnet_lab.explain
+
+    counted: dict[str, int] = {}
+    curves, attribute = faithfulness.perturbation_curves, resnet_lab.explain.attribute
+
+    def count(piece: str, x: torch.Tensor) -> None:
+        counted[piece] = counted.get(piece, 0) + len(x)
+
+    def counting_curves(model, x, *args, **kwargs):
+        count("curves", x)
+        return curves(model, x, *args, **kwargs)
+
+    def counting_attribute(model, x, target, method="gradcam", *args, **kwargs):
+        count(method, x)
+        return attribute(model, x, target, method, *args, **kwargs)
+
+    monkeypatch.setattr(faithfulness, "perturbation_curves", counting_curves)
+    monkeypatch.setattr(resnet_lab.explain, "attribute", counting_attribute)
+    model = build("resnet20", num_classes=8, seed=0)
+    methods, stages = ["gradcam", "integrated_gradients"], ["layer2", "layer3"]
+    evaluate(model, ShapesDataset(6, seed=7), methods, stages, n=6, batch_size=4, steps=2, n_random=3)
+    assert counted == faithfulness.planned_work(model, methods, stages, n=6, n_random=3)
+    assert counted["gradcam"] == 2 * (6 + 12 * 3)  # two stages; 11 cascade steps and the trained net
+
+
+def test_estimate_is_made_from_a_small_probe():
+    model = load_checkpoint(SHIPPED).model
+    assert estimate_seconds(model, ShapesDataset(8, seed=3), ["gradcam", "occlusion"], ["layer3"], n=8, n_random=4,
+                            probe=2) > 0
