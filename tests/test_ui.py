@@ -5,11 +5,13 @@ from __future__ import annotations
 import gradio as gr
 import numpy as np
 import pytest
+import torch
 from conftest import encode
 from PIL import Image
 
+from resnet_lab.data import crop_box
 from resnet_lab.ui import classify, common, gradcam
-from resnet_lab.zoo import SHAPES_MODEL, ModelZoo
+from resnet_lab.zoo import SHAPES_CHECKPOINT, SHAPES_MODEL, ModelZoo
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,11 +36,32 @@ def files(tmp_path, photo):
     return {k: str(v) for k, v in paths.items()}
 
 
-def test_classify_returns_top5_and_timing(files):
-    labels, infos = classify.classify_batch([files["photo"]], ["ResNet-18"], ["resnet18.tv_in1k"])
-    assert len(labels[0]) == 5 and abs(sum(labels[0].values()) - 1) < 1  # top-5 of a softmax
+def test_classify_returns_the_top5_of_the_softmax(tmp_path):
+    """The Shapes net has 8 classes, so its top 5 sum to less than 1; each is the softmax of logits computed here
+    with the unfused shipped model on the image's pixels (normalized by hand)."""
+    from resnet_lab.shapes import MEAN, STD, ShapesDataset
+    from resnet_lab.weights import load_checkpoint
+
+    sample = ShapesDataset(1, seed=4242).sample(0)
+    path = tmp_path / "shape.png"
+    Image.fromarray((sample.image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+    labels, infos = classify.classify_batch([str(path)], [SHAPES_MODEL], ["shipped"])
+    loaded = load_checkpoint(SHAPES_CHECKPOINT)
+    pixels = torch.from_numpy(np.asarray(Image.open(path), dtype=np.float32) / 255).permute(2, 0, 1)
+    x = (pixels - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    with torch.no_grad():
+        probs = loaded.model.eval()(x[None])[0].double().softmax(0)
+    top = probs.topk(5)
+    expected = {loaded.meta["classes"][i]: float(p) for p, i in zip(top.values, top.indices)}
+    assert list(labels[0]) == list(expected)  # the same classes, best first
+    assert list(labels[0].values()) == pytest.approx(list(expected.values()), abs=1e-5)
+    assert sum(labels[0].values()) == pytest.approx(float(top.values.sum()), abs=1e-5) and float(top.values.sum()) < 1
     assert "forward pass" in infos[0] and "ms" in infos[0]
-    assert "random weights" in infos[0]  # offline: said loudly, never silent
+
+
+def test_classify_says_when_weights_are_random(files):
+    labels, infos = classify.classify_batch([files["photo"]], ["ResNet-18"], ["resnet18.tv_in1k"])
+    assert len(labels[0]) == 5 and "random weights" in infos[0]  # offline: said loudly, never silent
 
 
 def test_16bit_copy_classifies_exactly_like_the_8bit_original(files):
@@ -109,19 +132,90 @@ def test_explain_event_writes_downloads(files):
     assert len(stages) == 4
 
 
+@pytest.fixture(scope="module")
+def phone_photo(tmp_path_factory):
+    """A 12 MP JPEG (4032x3024), flat grey with a white square well inside the network's crop."""
+    img = Image.new("RGB", (4032, 3024), (128, 128, 128))
+    img.paste((255, 255, 255), (2600, 1000, 2800, 1200))
+    path = tmp_path_factory.mktemp("phone") / "phone.jpg"
+    img.save(path, quality=90)
+    return str(path)
+
+
+def _centroid(mask: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.nonzero(mask)
+    return float(xs.mean()) + 0.5, float(ys.mean()) + 0.5
+
+
+def test_phone_photo_is_decoded_and_drawn_small_and_the_crop_lines_up(phone_photo):
+    """Decoded at half size, displayed at 1024 px; the network input is the crop box of the display: the marker
+    the network sees lands where the marker is on the display."""
+    entry = common.zoo().get("ResNet-18")
+    v = gradcam.view(phone_photo, entry)
+    assert v.image.size == (2016, 1512)  # JPEG draft mode: 1/2, the shorter side still >= 768
+    assert v.display.size == (1024, 768)
+    full = crop_box((4032, 3024), entry.weights.pretrained_cfg)  # on the original, scaled to the display
+    assert v.box == pytest.approx([c * 1024 / 4032 for c in full], abs=1.0)
+    cfg = entry.weights.pretrained_cfg
+    seen = (v.x[0].cpu() * torch.tensor(cfg["std"])[:, None, None] + torch.tensor(cfg["mean"])[:, None, None])
+    mx, my = _centroid(seen.mean(0).numpy() > 0.75)  # in network input pixels
+    left, top, right, bottom = v.box
+    side = v.x.shape[-1]
+    shown = _centroid(np.asarray(v.display).mean(-1) > 192)
+    assert (left + mx * (right - left) / side, top + my * (bottom - top) / side) == pytest.approx(shown, abs=1.5)
+
+
+def test_phone_photo_overlay_paints_exactly_the_crop_and_downloads_at_display_size(phone_photo):
+    entry = common.zoo().get("ResNet-18")
+    v = gradcam.view(phone_photo, entry)
+    overlay, npy, stages, _, png, _ = gradcam.explain_event(
+        phone_photo, "ResNet-18", None, "layer4", "top-1 prediction", "jet", 0.0, False, "none", None)
+    assert overlay.size == (1024 + 70, 768) and Image.open(png).size == overlay.size
+    assert np.load(npy).shape == (224, 224)  # the raw map stays at the network's resolution
+    assert all(im.size == (1024, 768) for im, _ in stages)
+    # opacity 0: the upload shows unchanged where the network looked, dimmed where it did not
+    same = (np.abs(np.asarray(overlay, int)[:, :1024] - np.asarray(v.display, int)) <= 2).all(-1)
+    cols, rows = np.nonzero(same.mean(0) > 0.5)[0], np.nonzero(same.mean(1) > 0.5)[0]
+    left, top, right, bottom = v.box
+    assert (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1) == pytest.approx((left, top, right, bottom), abs=1.0)
+    assert not same[5, 5] and not same[-5, -5]
+
+
 def test_shapes_sample_draws_the_true_box_and_the_verdict():
     path, box, _ = gradcam.shapes_sample(3)
     ex = gradcam.explain_image(path, SHAPES_MODEL, None, "layer3", true_box=box)
     assert "Pointing game" in ex.info and ("hit" in ex.info or "miss" in ex.info)
 
 
-def test_faithfulness_panel_shipped_table_and_recompute():
-    shipped = gradcam.faithfulness_table()
-    row = shipped[(shipped["method"] == "gradcam") & (shipped["stage"] == "layer3")].iloc[0]
-    assert row["pointing"] >= 0.9 > row["pointing_random"] + 0.3  # the claim the panel shows
-    fresh = gradcam.recompute_faithfulness(4)
-    assert set(fresh["method"]) == {"gradcam", "guided_gradcam", "integrated_gradients", "occlusion"}
-    assert fresh["pointing"].between(0, 1).all() and len(fresh) == len(shipped)
+def test_recompute_runs_on_a_copy_without_the_lock_and_says_how_long(monkeypatch):
+    """Grad-CAM requests on the Shapes model must not wait behind a recompute: while it evaluates, the model's lock is
+    free and the net it measures is not the shared one. The estimate is made before it starts and reported."""
+    from resnet_lab import faithfulness
+
+    entry = common.zoo().get(SHAPES_MODEL)
+    seen = []
+    evaluate = faithfulness.evaluate
+
+    def watched(net, *args, **kwargs):
+        free = entry.lock.acquire(blocking=False)
+        if free:
+            entry.lock.release()
+        seen.append((free, net is entry.weights.model))
+        return evaluate(net, *args, **{**kwargs, "methods": ["gradcam"]})  # the others: seconds more, no news
+
+    monkeypatch.setattr(faithfulness, "evaluate", watched)
+    fresh, note = gradcam.recompute_faithfulness(4)
+    assert seen == [(True, False)]
+    assert fresh["stage"].tolist() == ["layer1", "layer2", "layer3"] and (fresh["n"] == 4).all()
+    assert fresh["pointing"].between(0, 1).all()
+    assert "Recomputed on 4" in note and "estimated" in note
+
+
+def test_recompute_refuses_more_images_than_it_is_bounded_to():
+    with pytest.raises(gr.Error, match=f"1 to {gradcam.MAX_RECOMPUTE} images"):
+        gradcam.recompute_faithfulness(gradcam.MAX_RECOMPUTE + 20)
+    with pytest.raises(gr.Error, match="1 to"):
+        gradcam.recompute_faithfulness(0)
 
 
 def test_zero_gpu_wraps_gpu_work_only_on_zero_gpu(monkeypatch):

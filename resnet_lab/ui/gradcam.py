@@ -3,25 +3,33 @@ and, for Shapes images, the true box with the pointing-game verdict and the meas
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
-from ..data import crop_box
-from ..explain import METHODS, attribute, draw_box, overlay
-from ..zoo import ASSETS, SHAPES_MODEL, describe
-from .common import UploadImage, on_gpu, open_upload, tmp_file, user_errors, zoo
+from ..data import ImageError, check_transformable, crop_box, decode_image, resize_side
+from ..explain import METHODS, attribute, draw_box, layer_cams, overlay, upsample_cam
+from ..zoo import ASSETS, SHAPES_MODEL, Entry, describe
+from .common import LONG, QUICK, UploadImage, on_gpu, tmp_file, user_errors, zoo
 
 RANKS = [f"top-{k} prediction" for k in range(1, 6)]
 CMAPS = ["jet", "inferno", "viridis", "magma", "turbo", "gray"]
 SECOND = {v: k for k, v in METHODS.items() if k != "gradcam"}
 FAITHFULNESS_CSV = ASSETS / "shapes_resnet20_faithfulness.csv"
 MIN_DISPLAY = 320  # tiny inputs (Shapes: 32 px) are shown enlarged, pixels kept sharp
+DISPLAY = 1024  # overlays are drawn with the longest side at most this, whatever the upload's size
+# A phone photo is decoded (JPEG draft mode, else `Image.reduce`) with its shorter side no smaller than this: a
+# 1024 px display at 4:3 and wider, never below what the network's resize needs. A 12 MP photo decodes at 1/2.
+DISPLAY_SHORT = 768
+MAX_RECOMPUTE = 200  # images for "Recompute": a few minutes on a CPU; the CLI takes more
 
 
 @dataclass
@@ -35,11 +43,42 @@ class Explanation:
     info: str
 
 
-def _display(img: Image.Image) -> tuple[Image.Image, float]:
-    scale = max(1.0, MIN_DISPLAY / max(img.size))
-    if scale == 1.0:
-        return img, 1.0
-    return img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.NEAREST), scale
+@dataclass
+class View:
+    """An upload as the network sees it and as the overlays show it."""
+
+    image: Image.Image  # decoded, no larger than the display and the network need
+    x: torch.Tensor  # the network input, [1, 3, H, W], on the model's device
+    display: Image.Image  # what overlays are drawn on: longest side <= DISPLAY, tiny inputs enlarged
+    box: tuple[float, float, float, float]  # where `x` lies on `display` (left, top, right, bottom)
+
+
+def _display(img: Image.Image) -> Image.Image:
+    """At most DISPLAY px on the longest side (drawing at a phone photo's 12 MP costs seconds and a GB); tiny
+    inputs enlarged with sharp pixels."""
+    longest = max(img.size)
+    if MIN_DISPLAY <= longest <= DISPLAY:
+        return img
+    scale = (MIN_DISPLAY if longest < MIN_DISPLAY else DISPLAY) / longest
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR
+    return img.resize(size, resample)
+
+
+def view(image: Any, entry: Entry) -> View:
+    """Decode the upload once, no larger than needed, and tie the network input to its place on the display."""
+    if image is None:
+        raise gr.Error("Upload an image first (or pick an example).", title="No image")
+    clf, cfg = entry.classifier, entry.weights.pretrained_cfg
+    try:
+        img = decode_image(image, min_side=max(resize_side(cfg), DISPLAY_SHORT))
+        check_transformable(img.size, cfg)
+    except ImageError as e:
+        raise gr.Error(str(e)[0].upper() + str(e)[1:] + ".", title="Cannot use this image") from e
+    disp = _display(img)
+    sx, sy = disp.width / img.width, disp.height / img.height
+    left, top, right, bottom = crop_box(img.size, cfg)  # proportional: holds for the reduced decode too
+    return View(img, clf.transform(img)[None].to(clf.device), disp, (left * sx, top * sy, right * sx, bottom * sy))
 
 
 def _digest(img: Image.Image) -> str:
@@ -59,11 +98,14 @@ def explain_image(
     image: Any, model: str, tag: str | None, stage: str, target: str = RANKS[0], cmap: str = "jet",
     alpha: float = 0.5, signed: bool = False, second: str = "Guided Grad-CAM", true_box: Any = None,
 ) -> Explanation:
-    """Grad-CAM on `stage` for `target`, laid over the original upload; plus every stage and a second method."""
-    img = open_upload(image)
+    """Grad-CAM on `stage` for `target`, laid over the upload at display size; plus every stage and a second method.
+
+    Grad-CAM for all stages comes from one forward and one backward pass.
+    """
     entry = zoo().get(model, tag)
     clf, net = entry.classifier, entry.weights.model
-    x = clf.transform(img)[None].to(clf.device)
+    v = view(image, entry)
+    img, x, disp, box = v.image, v.x, v.display, v.box
     probs = clf.probabilities(x)[0]
     top = probs.topk(min(5, len(probs))).indices.tolist()
     labels = list(clf.labels)
@@ -72,17 +114,16 @@ def explain_image(
     if stage not in stages:
         raise gr.Error(f"{model} has no stage {stage!r}; choose one of {', '.join(stages)}")
 
-    disp, scale = _display(img)
-    box = tuple(v * scale for v in crop_box(img.size, entry.weights.pretrained_cfg))
 
     def lay(heat: np.ndarray, signed_: bool = False, bar: bool = True) -> Image.Image:
         return overlay(disp, heat, box, cmap, alpha, signed_, colorbar=bar)
 
-    with entry.lock:  # captum hooks this shared model: one explanation at a time
-        heat = attribute(net, x, cls, "gradcam", stage, signed=signed)[0].cpu().numpy()
-        maps = {s: heat if s == stage and not signed else attribute(net, x, cls, "gradcam", s)[0].cpu().numpy()
-                for s in stages}
+    with entry.lock:  # captum's guided backprop hooks this shared model's ReLUs: one explanation at a time
+        cams = layer_cams(net, x, cls, stages)
         second_map = attribute(net, x, cls, SECOND[second], stage)[0].cpu().numpy() if second in SECOND else None
+    size = x.shape[-2:]
+    heat = upsample_cam(cams[stage], size, relu=not signed)[0].cpu().numpy()
+    maps = {s: upsample_cam(cam, size)[0].cpu().numpy() for s, cam in cams.items()}
     main = lay(heat, signed)
     info = [f"{entry.status}", f"Target: **{labels[cls]}** (p = {float(probs[cls]):.3f}) · Grad-CAM on `{stage}`"]
     if true_box and model == SHAPES_MODEL and true_box["digest"] == _digest(img):
@@ -132,18 +173,37 @@ def faithfulness_table() -> pd.DataFrame:
     return pd.read_csv(FAITHFULNESS_CSV) if FAITHFULNESS_CSV.is_file() else pd.DataFrame()
 
 
-def recompute_faithfulness(n: float, progress: gr.Progress = gr.Progress()) -> pd.DataFrame:
-    """Re-measure on `n` fresh held-out Shapes images, with a progress bar."""
-    from ..faithfulness import evaluate
+def recompute_faithfulness(n: float, progress: gr.Progress = gr.Progress()) -> tuple[pd.DataFrame, str]:
+    """Re-measure on `n` fresh held-out Shapes images: the table, and how long it took against the estimate.
+
+    A long job (minutes): it runs on its own copy of the small Shapes net, so Grad-CAM
+    requests on the shared model never wait behind it; the estimate, made before it
+    starts from timing each piece on a few images, shows in the progress bar.
+    """
+    from ..faithfulness import estimate_seconds, evaluate
     from ..shapes import ShapesDataset
 
+    n = int(n)
+    if not 1 <= n <= MAX_RECOMPUTE:
+        raise gr.Error(f"Recompute takes 1 to {MAX_RECOMPUTE} images here, not {n} ({MAX_RECOMPUTE} take minutes on a "
+                       "CPU). For more, run `python -m resnet_lab faithfulness --n 500` (see the README).",
+                       title="Number of images out of range")
     entry = zoo().get(SHAPES_MODEL)
-    net = entry.weights.model
-    size = net.pretrained_cfg["input_size"][-1]
-    data = ShapesDataset(int(n), seed=424_242, size=size)
-    with entry.lock:
-        return evaluate(net, data, methods=list(METHODS), stages=list(net.stage_names), n=int(n),
-                        n_random=min(int(n), 50), progress=lambda frac, desc="": progress(frac, desc=desc))
+    with entry.lock:  # only while copying: no explanation's hooks are on the model then
+        net = copy.deepcopy(entry.weights.model).eval()
+    data = ShapesDataset(n, seed=424_242, size=net.pretrained_cfg["input_size"][-1])
+    settings = {"methods": list(METHODS), "stages": list(net.stage_names), "n": n, "n_random": min(n, 50)}
+    progress(0, desc=f"Timing a few images to estimate the run on {n} images...")
+    estimate = estimate_seconds(net, data, **settings)
+    start = time.perf_counter()
+
+    def report(frac: float, desc: str = "") -> None:
+        progress(frac, desc=f"{desc} · {time.perf_counter() - start:.0f} s of about {estimate:.0f} s")
+
+    report(0, f"Estimated about {estimate:.0f} s for {n} images")
+    df = evaluate(net, data, progress=report, **settings)
+    took = time.perf_counter() - start
+    return df, f"Recomputed on {n} fresh Shapes images in {took:.0f} s (estimated {estimate:.0f} s before it started)."
 
 
 def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default_model: str) -> None:
@@ -187,14 +247,15 @@ def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default
                     "from the top; a faithful method decorrelates.")
         table = gr.Dataframe(faithfulness_table(), interactive=False, label="Shipped model, precomputed")
         with gr.Row():
-            n = gr.Slider(20, 1000, 100, step=20, label="Images")
+            n = gr.Slider(20, MAX_RECOMPUTE, 20, step=20, label="Images (the run says how long it will take)")
             recompute = gr.Button("Recompute")
+        recompute_note = gr.Markdown()
     inputs = [image, model, tag, stage, target, cmap, alpha, signed, second, true_box]
     outputs = [main, raw, stages_gallery, other, png, info]
-    run.click(on_gpu(user_errors(explain_event)), inputs, outputs, api_name="gradcam")
+    run.click(on_gpu(user_errors(explain_event)), inputs, outputs, api_name="gradcam", **QUICK)
     image.upload(lambda: None, None, true_box, queue=False, api_visibility="private")
     image.clear(lambda: None, None, true_box, queue=False, api_visibility="private")
     draw.click(shapes_sample, seed, [image, true_box, info], api_visibility="private").then(
         lambda: gr.update(value=SHAPES_MODEL), None, model, api_visibility="private")
     model.change(on_model_change, model, [stage, target], api_visibility="private")
-    recompute.click(on_gpu(recompute_faithfulness), n, table, api_name="faithfulness", concurrency_limit=1)
+    recompute.click(on_gpu(recompute_faithfulness), n, [table, recompute_note], api_name="faithfulness", **LONG)
