@@ -20,24 +20,28 @@ if os.environ.get("SPACES_ZERO_GPU"):
         pass
 
 import gradio as gr  # noqa: E402
-import torch  # noqa: E402
 
 from resnet_lab.ui import classify, common, gradcam, research  # noqa: E402
+from resnet_lab.ui.common import user_errors  # noqa: E402
 from resnet_lab.zoo import ASSETS  # noqa: E402
 
 PHOTOS = [str(ASSETS / f) for f in ("chelsea.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg")]
 SHAPES = sorted(str(p) for p in ASSETS.glob("shapes_*.png"))
 MAX_FILE_SIZE = "20mb"
+MAX_QUEUE = 32
 # Shapes images are 32 px: show them enlarged, pixels sharp
 CSS = ".pixelated img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
 LAUNCH = {"max_file_size": MAX_FILE_SIZE, "allowed_paths": [str(ASSETS)], "css": CSS}  # serve assets/, nothing else
+# Gradio copies every upload and every returned file or image into its cache and, unless told, never deletes them.
+# Every quarter of an hour delete what is older than our own outputs live (an hour): nothing outlives 75 minutes.
+DELETE_CACHE = (common.KEEP_OUTPUTS_S // 4, common.KEEP_OUTPUTS_S)
 
 
 def build_demo() -> gr.Blocks:
     """The whole app. Loading the default model's metadata is the only work done here; weights load lazily."""
     default = common.zoo().default_model()
     examples = PHOTOS + SHAPES
-    with gr.Blocks(title="resnet-lab") as demo:
+    with gr.Blocks(title="resnet-lab", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# resnet-lab\nResNet-18 … 152 built from our own blocks, proven identical to timm's. "
                     "Classify a photo, see where each network looked, and see why residual connections train.")
         with gr.Row():
@@ -49,11 +53,20 @@ def build_demo() -> gr.Blocks:
             gradcam.build_tab(model, tag, examples, default)
         with gr.Tab("Research: gradients across depth"):
             research.build_tab()
+        # The status line loads the model (seconds for a large one): real work, so it queues with the quick jobs,
+        # and a typed unknown tag gets our message. Callable as /status for API users; not listed.
+        status_text = user_errors(common.status_text)
         model.change(common.on_model_change, model, tag, api_visibility="private")
-        tag.change(common.status_text, [model, tag], status, api_visibility="private")
-        demo.load(common.status_text, [model, tag], status, api_visibility="private")
-    concurrency = 2 if torch.cuda.is_available() else 1
-    demo.queue(default_concurrency_limit=concurrency, max_size=32)
+        tag.change(status_text, [model, tag], status, api_name="status", api_visibility="undocumented",
+                   **common.QUICK)
+        demo.load(status_text, [model, tag], status, api_visibility="private", **common.QUICK)
+    # One concurrency model for the whole app: every event that does real work is in one of two shared groups,
+    # common.QUICK (classify, Grad-CAM, status: one per two granted cores, 2 on a GPU) or common.LONG (faithfulness
+    # recompute, research sweeps, degradation, all depths: one at a time). Gradio puts any other event in a group
+    # of its own (keyed by its function), with this default limit: only cheap UI updates (dropdown choices, a Shapes
+    # sample, a button label) are left there, each at most one at a time, so they never wait behind a long job.
+    # max_size bounds the waiting requests: a flood gets "queue full" instead of unbounded memory.
+    demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     return demo
 
 

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import socket
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import encode
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from resnet_lab import resources
+from resnet_lab.ui import common
 from resnet_lab.zoo import ASSETS, SHAPES_MODEL
 
 CAT = str(ASSETS / "chelsea.jpg")
+SHAPE = str(ASSETS / "shapes_star.png")
+GRADCAM_ARGS = ("layer3", "top-1 prediction", "jet", 0.5, False, "Guided Grad-CAM")
+
+
+@pytest.fixture(scope="module")
+def app(served_app):
+    """app.py, importable once the served app's fixture has put the project root on the path."""
+    import app
+
+    return app
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +92,69 @@ def test_gradcam_bad_input(client, tmp_path):
                        False, "Guided Grad-CAM", api_name="/gradcam")
 
 
-def test_queue_is_bounded(served_app):
+# What each event runs (its function's name): every one that loads a model or computes is in a shared group.
+QUICK_FNS = {"classify_batch", "explain_event", "status_text"}
+LONG_FNS = {"compare_depths", "recompute_faithfulness", "run_gradnorms", "rerun_degradation"}
+CHEAP_FNS = {"on_model_change", "shapes_sample", "<lambda>", "rerun_label", "load_example"}  # UI updates, ms
+
+
+def test_one_concurrency_model(served_app, app):
+    """Heavy events share two app-wide groups sized to the hardware; only cheap UI updates are outside them."""
     demo, _ = served_app
-    assert demo._queue.max_size == 32
-    assert demo._queue.default_concurrency_limit in (1, 2)  # 1 on a CPU, 2 on a GPU
-    assert all(fn.concurrency_limit in ("default", 1, 2) for fn in demo.fns.values() if fn.queue)
+    assert demo._queue.max_size == app.MAX_QUEUE == 32
+    assert demo._queue.default_concurrency_limit == 1
+    quick = 2 if torch.cuda.is_available() else max(1, resources.cpu_count() // 2)  # 1 on this 2-core CPU
+    seen = set()
+    for fn in demo.fns.values():
+        name = fn.fn.__name__
+        seen.add(name)
+        if name in QUICK_FNS:
+            assert (fn.concurrency_id, fn.concurrency_limit) == ("quick", quick), name
+        elif name in LONG_FNS:
+            assert (fn.concurrency_id, fn.concurrency_limit) == ("long", 1), name
+        else:
+            assert name in CHEAP_FNS, f"{name} runs outside the shared groups"
+            assert fn.concurrency_limit == "default" and fn.concurrency_id not in ("quick", "long"), name
+    assert QUICK_FNS | LONG_FNS <= seen
+
+
+def test_unknown_tag_in_the_status_line_gets_our_message(client):
+    with pytest.raises(AppError, match="ResNet-50 has no weights 'resnet50.no_such_tag'"):
+        client.predict("ResNet-50", "resnet50.no_such_tag", api_name="/status")
+    assert "Shapes ResNet-20" in client.predict(SHAPES_MODEL, "shipped", api_name="/status")
+
+
+def test_gradio_cache_is_pruned(app, monkeypatch):
+    """Every upload and returned file lands in Gradio's cache; `delete_cache` makes Gradio delete them by age.
+
+    The app's setting is checked, then the same app is served with a seconds-long setting, and the files one
+    Grad-CAM request left in the cache are seen to go (the examples, kept by Gradio, stay).
+    """
+    assert app.DELETE_CACHE == (common.KEEP_OUTPUTS_S // 4, common.KEEP_OUTPUTS_S)  # as old as our own outputs
+    assert app.build_demo().delete_cache == app.DELETE_CACHE
+    monkeypatch.setattr(app, "DELETE_CACHE", (1, 3))  # every second, what is older than 3 s
+    demo = app.build_demo()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **app.LAUNCH)
+    try:
+        def cached() -> set[str]:
+            return {f for files in demo.temp_file_sets for f in files}
+
+        kept = {f for b in demo.blocks.values() for f in getattr(b, "keep_in_cache", ())}
+        before = cached()
+        Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            handle_file(SHAPE), SHAPES_MODEL, "shipped", *GRADCAM_ARGS, api_name="/gradcam")
+        new = cached() - before - kept
+        assert len(new) >= 3 and all(Path(f).is_file() for f in new)  # the upload, the overlay, the raw map, ...
+        deadline = time.monotonic() + 60  # a bound for a failure, not a measurement
+        while any(Path(f).exists() for f in new) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not [f for f in new if Path(f).exists()]
+        assert kept and all(Path(f).is_file() for f in kept)
+    finally:
+        demo.close()
 
 
 def test_no_user_controlled_paths_are_served(served_app):

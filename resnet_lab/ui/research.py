@@ -4,21 +4,28 @@ Measured, not asserted: gradient norms layer by layer for every chosen depth,
 plain twin against ResNet, under the user's BN mode and init; an explanation
 written from the measured numbers (so it cannot claim vanishing gradients where
 the plot shows growth); and the degradation curves (He et al. 2015, Fig. 1).
+
+Both runs are long jobs: they go through `user_errors` into the app-wide LONG
+queue group (one at a time across all users), a sweep is refused up front when
+its estimated memory exceeds what this process can spare, and the degradation
+re-run is fixed in size and says how long it will take, timed on this machine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+import time
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from .. import degradation, gradflow
+from .. import degradation, gradflow, resources
 from ..resnet import REGISTRY, twin_name
 from ..shapes import CLASSES
-from .common import on_gpu, tmp_file, user_errors
+from .common import LONG, on_gpu, tmp_file, user_errors
 
 ARCH_CHOICES = [(f"{a} (ImageNet-style)", a) for a in gradflow.IMAGENET_ARCHS] + [
     (f"{a} (CIFAR-style, 32 px)", a) for a in gradflow.CIFAR_ARCHS]
@@ -26,8 +33,12 @@ DEFAULT_ARCHS = ["resnet20", "resnet56", "resnet110"]
 BN_CHOICES = [("train mode (as in training)", "train"), ("eval mode (running stats)", "eval"), ("no BN at all", "none")]
 INIT_CHOICES = [("default (He / Kaiming)", "default"), ("zero-γ: last BN of each block starts at 0", "zero-gamma")]
 AUTO_SIZE = "auto"
-SIZE_CHOICES = [("auto: 64 px ImageNet-style, 32 px CIFAR-style", AUTO_SIZE)] + [
-    (f"{s} px", str(s)) for s in (32, 48, 64, 96, 112, 128, 160, 224)]
+SIZES = (32, 48, 64, 96, 112, 128, 160, 224)
+SIZE_CHOICES = [("auto: 64 px ImageNet-style, 32 px CIFAR-style", AUTO_SIZE)] + [(f"{s} px", str(s)) for s in SIZES]
+BATCH_RANGE = (2, 64)
+# A sweep may take this share of the memory available now: the loaded models, Gradio and a QUICK job (which
+# runs beside it) live in the rest. A ResNet-152 at 224 px with batch 64 needs ~18 GB and would kill a 16 GB Space.
+MEMORY_SHARE = 0.5
 TABLE_COLUMNS = {
     "log10_ratio": "log10 first/last ‖∂L/∂W‖",
     "growth": "‖∂L/∂W‖ growth per layer toward input (stage 1)",
@@ -70,6 +81,73 @@ def make_config(archs: list[str], bn_mode: str, init: str, batch: int, input_siz
                                        seeds=int(seeds))
     except ValueError as e:
         raise gr.Error(str(e)) from e
+
+
+def memory_budget() -> int:
+    """Bytes one sweep may use: a share of what this process can still allocate (the container's limit, not the
+    host's RAM, see `resources`), measured at the click, so a busy server refuses sooner."""
+    return int(resources.memory_available() * MEMORY_SHARE)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _fits(cfg: gradflow.GradFlowConfig, budget: int, **change: Any) -> bool:
+    return gradflow.estimate_memory(dataclasses.replace(cfg, **change)) <= budget
+
+
+def _largest_batch(cfg: gradflow.GradFlowConfig, budget: int) -> int | None:
+    """The largest batch below the chosen one that fits (the estimate grows with the batch: bisect)."""
+    best, lo, hi = None, BATCH_RANGE[0], cfg.batch_size - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if _fits(cfg, budget, batch_size=mid):
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def _smaller_size(cfg: gradflow.GradFlowConfig, need: int, budget: int) -> int | None:
+    """An offered input size below the current one that fits at this batch.
+
+    Each new size costs the estimate a pass over the nets, so the walk down starts where activations scaling with
+    the pixel count predict a fit, and each candidate is then checked with the estimate itself.
+    """
+    now = max(cfg.size_for(a) for a in cfg.archs)
+    smaller = [s for s in sorted(SIZES, reverse=True) if s < now]
+    first = next((i for i, s in enumerate(smaller) if need * (s / now) ** 2 <= budget), len(smaller))
+    return next((s for s in smaller[first:] if _fits(cfg, budget, input_size=s)), None)
+
+
+def check_memory(cfg: gradflow.GradFlowConfig, budget: int | None = None) -> None:
+    """Refuse a sweep whose estimated peak memory exceeds the budget, saying which settings would fit.
+
+    The suggestions are checked with the same estimate: the largest batch at this input size, a smaller
+    offered input size at this batch, and the sweep without its hungriest depth.
+    """
+    need = gradflow.estimate_memory(cfg)
+    budget = memory_budget() if budget is None else budget
+    if need <= budget:
+        return
+    options = []
+    batch = _largest_batch(cfg, budget)
+    if batch:
+        options.append(f"batch size {batch} at {f'{cfg.input_size} px' if cfg.input_size else 'this input size'}")
+    size = _smaller_size(cfg, need, budget)
+    if size:
+        options.append(f"{size} px at batch size {cfg.batch_size}")
+    if len(cfg.archs) > 1:
+        hungriest = max(cfg.archs, key=lambda a: gradflow.estimate_memory(dataclasses.replace(cfg, archs=(a,))))
+        rest = tuple(a for a in cfg.archs if a != hungriest)
+        if _fits(cfg, budget, archs=rest):
+            options.append(f"the same settings without {hungriest}")
+    what = ("What fits: " + "; or ".join(options) + "." if options else
+            "Nothing smaller of these settings fits now: try again when the server is less busy.")
+    raise gr.Error(f"This sweep needs about {_gb(need)} for its largest net's forward and backward pass; this server "
+                   f"can give a sweep {_gb(budget)} now ({MEMORY_SHARE:.0%} of the memory available). {what}",
+                   title="Settings too large for this server")
 
 
 def _pm(mean: float, std: float, digits: int) -> str:
@@ -198,6 +276,7 @@ def run_gradnorms(archs: list[str], bn_mode: str = "train", init: str = "default
                   input_size: Any = AUTO_SIZE, seeds: int = 3, progress: Any = gr.Progress()) -> tuple:
     """(fig ‖∂L/∂W‖, fig ‖∂L/∂x‖, fig summary, summary table, CSV path, explanation markdown)."""
     cfg = make_config(archs, bn_mode, init, batch, input_size, seeds)
+    check_memory(cfg)
     df = _sweep(cfg, _Untracked(progress))
     summary = gradflow.summarize(df)
     return (gradflow.plot_profile(df, "grad_w"),
@@ -245,17 +324,62 @@ def shipped_curves() -> tuple[Any, pd.DataFrame | None, str]:
     return degradation.plot_curves(df), final_table(df), describe_degradation(df, f"Shipped run, {steps} steps")
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _probe_degradation() -> dict[str, float]:
+    """Time a 2-step version of the short re-run through its progress reports: setup, one training step of the
+    four nets, one validation of one batch of images (scaled to the re-run's validation set by the caller)."""
+    q = degradation.QUICK
+    marks: list[tuple[str, float]] = [("start", time.perf_counter())]
+    degradation.run_degradation(steps=2, batch_size=q["batch_size"], train_size=2 * q["batch_size"],
+                                val_size=q["batch_size"], evals=1,  # validation at the start and the end only
+                                progress=lambda _f, desc: marks.append((desc, time.perf_counter())))
+    at = dict(marks)
+    return {"setup": at["validating at step 0"] - at["start"],
+            "step": at["step 2/2"] - at["step 1/2"],  # the first step also validates and warms up
+            "validation": at["done"] - at["step 2/2"]}
+
+
+def estimate_rerun(t: dict[str, float]) -> float:
+    """Seconds of the short re-run from probe timings: setup + steps x one step + each validation, scaled from
+    one batch of images to the validation set. Rendering its training images is left out (about 2% of the run)."""
+    q = degradation.QUICK
+    return t["setup"] + q["steps"] * t["step"] + (q["evals"] + 1) * t["validation"] * q["val_size"] / q["batch_size"]
+
+
 @functools.lru_cache(maxsize=1)
-def _quick_run(progress: _Untracked) -> pd.DataFrame:
-    return degradation.run_degradation(progress=progress.value, **degradation.QUICK)
+def rerun_estimate() -> float:
+    """The short re-run's duration on this server, timed once per process (about a second)."""
+    return estimate_rerun(_probe_degradation())
+
+
+@functools.lru_cache(maxsize=1)
+def _quick_run(progress: _Untracked) -> tuple[pd.DataFrame, float]:
+    t = time.perf_counter()
+    df = degradation.run_degradation(progress=progress.value, **degradation.QUICK)
+    return df, time.perf_counter() - t
+
+
+def rerun_label() -> str:
+    """The re-run button's text: what the run took here once it has run (it is then cached), else the estimate."""
+    steps = degradation.QUICK["steps"]
+    if _quick_run.cache_info().currsize:
+        _, seconds = _quick_run(_Untracked(None))  # the one cached run (the key ignores its progress)
+        return f"Show the short re-run ({steps} steps; it trained in {_duration(seconds)} on this server, cached)"
+    return f"Re-run a short version ({steps} steps, about {_duration(rerun_estimate())} on this server)"
 
 
 def rerun_degradation(progress: Any = gr.Progress()) -> tuple[Any, pd.DataFrame, str]:
-    """Train the four nets for the short budget (cached: it is deterministic)."""
-    df = _quick_run(_Untracked(progress))
+    """Train the four nets for the short, fixed budget (cached: it is deterministic)."""
+    cached = _quick_run.cache_info().currsize > 0
+    df, seconds = _quick_run(_Untracked(progress))
     text = describe_degradation(df, f"Short re-run, {degradation.QUICK['steps']} steps")
     text += ("\n\nThis short budget shows only the start: in the shipped run the nets leave chance level between "
              "~150 and ~350 steps, and the plain-20 / plain-56 gap opens after that.")
+    text += (f"\n\n⏱️ {'Cached: the re-run' if cached else 'This re-run'} trained in {_duration(seconds)} "
+             f"on this server (estimated: {_duration(rerun_estimate())}).")
     return degradation.plot_curves(df), final_table(df), text
 
 
@@ -272,7 +396,7 @@ def build_tab() -> None:
         bn = gr.Radio(BN_CHOICES, value="train", label="BatchNorm", scale=2)
         init = gr.Radio(INIT_CHOICES, value="default", label="Init", scale=2)
         size = gr.Dropdown(SIZE_CHOICES, value=AUTO_SIZE, label="Input size", scale=2)
-        batch = gr.Slider(2, 64, 8, step=1, label="Batch size", scale=1)
+        batch = gr.Slider(*BATCH_RANGE, 8, step=1, label="Batch size", scale=1)
         seeds = gr.Slider(1, 10, 3, step=1, label="Seeds (mean and spread)", scale=1)
     run = gr.Button("Measure", variant="primary")
     with gr.Row():
@@ -287,7 +411,7 @@ def build_tab() -> None:
         table = gr.Dataframe(label="Summary (mean ± std over seeds)", interactive=False, wrap=True, scale=4)
         csv = gr.File(label="Per-layer results (CSV)", scale=1)
     run.click(on_gpu(user_errors(run_gradnorms)), [archs, bn, init, batch, size, seeds],
-              [fig_w, fig_x, fig_s, table, csv, text], api_name="gradnorms", concurrency_limit=1)
+              [fig_w, fig_x, fig_s, table, csv, text], api_name="gradnorms", **LONG)
 
     gr.Markdown(
         "### Degradation: deeper plain nets train worse\n"
@@ -303,6 +427,6 @@ def build_tab() -> None:
         with gr.Column(scale=2):
             deg_text = gr.Markdown(note)
             deg_table = gr.Dataframe(final, label="Final metrics", interactive=False)
-            rerun = gr.Button(f"Re-run a short version ({degradation.QUICK['steps']} steps, 1-3 minutes on a CPU)")
-    rerun.click(on_gpu(rerun_degradation), None, [deg_plot, deg_table, deg_text], api_name="degradation",
-                concurrency_limit=1)
+            rerun = gr.Button(rerun_label())
+    rerun.click(on_gpu(user_errors(rerun_degradation)), None, [deg_plot, deg_table, deg_text],
+                api_name="degradation", **LONG).then(rerun_label, None, rerun, queue=False, api_visibility="private")
