@@ -2,8 +2,11 @@
 
 Every upload goes through `decode_image`, which either returns an 8-bit RGB
 image that means what the user sees, or raises `ImageError` with a message a
-person can act on. `crop_box` says which part of the original image the eval
-transform keeps, so heatmaps can be laid back onto what the user uploaded.
+person can act on, whatever is wrong with the file. Given `min_side` (for a
+network, `resize_side(cfg)`), it decodes no larger than needed, so a phone photo
+costs a fraction of its full decode. `check_transformable` refuses what the eval
+transform's resize would blow up (a 20000x1 strip), and `crop_box` says which
+part of the image the transform keeps, so heatmaps can be laid back onto it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 MAX_PIXELS = 64_000_000  # a 64-megapixel photo decodes to ~190 MB of RGB: more is a bomb, not a photo
 # The eval transform resizes the shorter side to `resize_side`, so a long thin image grows: 20000x1 would become
@@ -123,7 +126,7 @@ def _reduce(img: Image.Image, min_side: int | None) -> Image.Image:
 def _decode(img: Image.Image, min_side: int | None, own: bool) -> Image.Image:
     if getattr(img, "is_animated", False):
         img.seek(0)  # animated GIF/WebP/APNG: the first frame
-    if own and min_side and img.format == "JPEG":
+    if own and min_side and isinstance(img, JpegImagePlugin.JpegImageFile):  # JPEG and MPO (phones' multi-frame)
         # DCT-domain downscale by 1/2, 1/4 or 1/8 while decoding: PIL picks the largest s with s * min_side <=
         # both sides, so the shorter side stays >= min_side (never on a caller's own image object: it mutates it)
         img.draft(None, (min_side, min_side))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -129,7 +131,7 @@ def test_min_side_is_never_undershot_and_never_twice_exceeded(min_side, orientat
             for w, h in ((short, short * 4 // 3 + 1), (short * 3 // 2, short)):
                 raw = _jpeg((w, h), orientation)
                 if fmt == "PNG":
-                    img = Image.open(__import__("io").BytesIO(raw))
+                    img = Image.open(io.BytesIO(raw))
                     raw = encode(img, "PNG", exif=img.getexif().tobytes())
                 out = decode_image(raw, min_side=min_side)
                 upright = (h, w) if orientation in (6, 8) else (w, h)
@@ -142,6 +144,18 @@ def test_min_side_is_never_undershot_and_never_twice_exceeded(min_side, orientat
                 # the same shape, rotated like the full decode
                 assert (out.size[0] >= out.size[1]) == (upright[0] >= upright[1])
                 assert abs(out.size[0] / out.size[1] - upright[0] / upright[1]) < 0.1
+
+
+def test_jpeg_and_mpo_are_scaled_while_decoding():
+    """1600x1200 at min_side 100: JPEG (and MPO, what some phones write) take the DCT draft at 1/8 (200x150, then
+    no further reduce); a PNG, decoded in full, is reduced by 12 (134x100)."""
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8))
+    assert decode_image(encode(img, "JPEG"), min_side=100).size == (200, 150)
+    mpo = encode(img, "MPO", save_all=True, append_images=[img.rotate(180)])
+    assert decode_image(mpo, min_side=100).size == (200, 150)
+    assert decode_image(encode(img, "PNG"), min_side=100).size == (134, 100)
+    pil = Image.open(io.BytesIO(encode(img, "JPEG")))
+    assert decode_image(pil, min_side=100).size == (134, 100) and pil.size == (1600, 1200)  # the caller's untouched
 
 
 def test_reduced_decode_keeps_exif_orientation_content(photo):

@@ -66,6 +66,15 @@ def test_predict_raises_image_error_for_bad_input():
         clf.predict([b"not an image"])
 
 
+def test_a_banner_classifies_and_a_strip_is_refused():
+    """The bound is on what the resize makes, not the aspect ratio (the old 25:1 limit refused the banner)."""
+    clf = Classifier(load_weights(None, "resnet18"), device="cpu", fuse=True)
+    banner = encode(Image.new("RGB", (2000, 40), (200, 30, 30)))
+    assert len(clf.predict([banner])[0].topk) == 5
+    with pytest.raises(ImageError, match=r"20000x1: .* would make it 5,120,000x256"):
+        clf.predict([encode(Image.new("RGB", (20000, 1)))])
+
+
 def test_labels_come_from_checkpoint_meta(tmp_path):
     from resnet_lab.weights import save_checkpoint
 
