@@ -2,8 +2,10 @@
 
 Nothing here unpickles arbitrary objects: `.safetensors` is preferred, and
 `.pth`/`.bin` files go through `torch.load(weights_only=True)`. When the hub
-cannot be reached we say so within a couple of seconds, instead of letting
-huggingface_hub retry for most of a minute.
+cannot be reached, refuses, drops the connection or stalls, we say so within
+seconds (naming the tag and the local-file alternative), instead of letting
+huggingface_hub retry for minutes. Messages reach the UI, so they never show
+an absolute path of the server (`shown_path`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -23,7 +26,9 @@ from torch import nn
 
 from .resnet import REGISTRY, ResNet, build
 
-HUB_PROBE_TIMEOUT_S = 2.0
+HUB_PROBE_TIMEOUT_S = 2.0  # TCP connect to the hub (DNS included)
+HUB_METADATA_TIMEOUT_S = 5.0  # the hub's answer to the HEAD for a file; huggingface_hub alone would retry for minutes
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TAGS = {  # cross-entropy-trained weights, so the probabilities are calibrated
     "resnet18": "resnet18.tv_in1k",
     "resnet34": "resnet34.tv_in1k",
@@ -37,8 +42,31 @@ LOCAL_ALTERNATIVE = (
 )
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """How a file is named to users: relative to the project if inside it, else its name; never a server path."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(PROJECT_ROOT).as_posix()
+    except (ValueError, OSError):
+        return path.name
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s'\"`/:]+/)+[^\s'\"`/:,;)]+")
+
+
+def scrub_paths(text: str) -> str:
+    """Every absolute path in `text` (ours, or quoted in a library's error) replaced by `shown_path`; URLs kept."""
+    return _ABSOLUTE_PATH.sub(lambda m: shown_path(m.group(0)), text)
+
+
 class WeightsUnavailable(RuntimeError):
-    """The weights asked for cannot be had (hub out of reach, missing file, wrong shapes)."""
+    """The weights asked for cannot be had (hub out of reach, missing file, wrong shapes).
+
+    Its message is shown in the UI, so absolute paths in it are replaced by `shown_path` on the way in.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(scrub_paths(message))
 
 
 @dataclass
@@ -46,9 +74,10 @@ class LoadedWeights:
     """A model with its weights and where they came from."""
 
     model: ResNet
-    source: str  # "hub:resnet50.tv2_in1k", "file:/path/x.safetensors", "random"
+    source: str  # "hub:resnet50.tv2_in1k", "file:assets/x.safetensors" (`shown_path`: safe to show), "random"
     pretrained_cfg: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None  # the file read, in full (for the library; the UI shows `source`)
 
     def __post_init__(self) -> None:
         self.model.pretrained_cfg = self.pretrained_cfg  # as timm models carry it: explain.py reads mean/std
@@ -69,13 +98,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # SafetensorError, OSError: a truncated or foreign file must not escape as a crash
+            raise WeightsUnavailable(f"{path.name} is not a readable .safetensors file ({_first_line(e)})") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError and friends: refuse, never execute
         raise WeightsUnavailable(
-            f"refusing to load {path.name}: it is not a plain tensor checkpoint ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}). Convert it to .safetensors."
+            f"refusing to load {path.name}: it is not a plain tensor checkpoint ({_first_line(e, 200)}). "
+            "Convert it to .safetensors."
         ) from e
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -83,6 +115,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsUnavailable(f"{path.name} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:limit]}" if text else type(e).__name__
 
 
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
@@ -124,23 +161,24 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> LoadedW
     if arch is None:
         raise WeightsUnavailable(f"{path.name}: no arch given and no {meta_path(path).name} beside it")
     state = read_state_dict(path)
-    num_classes = meta.get("num_classes") or (state["fc.weight"].shape[0] if "fc.weight" in state else None)
-    model = build(arch, num_classes=num_classes)
-    load_into(model, state, str(path))
+    if "fc.weight" not in state:
+        raise WeightsUnavailable(f"{path.name} has no classifier head (no fc.weight): it cannot classify")
+    model = build(arch, num_classes=meta.get("num_classes") or state["fc.weight"].shape[0])
+    load_into(model, state, path.name)
     cfg = dict(model.pretrained_cfg)
     cfg.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in meta.items() if k in cfg})
-    return LoadedWeights(model.eval(), f"file:{path}", cfg, meta)
+    return LoadedWeights(model.eval(), f"file:{shown_path(path)}", cfg, meta, path=path)
 
 
 # ----------------------------------------------------------------------------- the hub
 
 
 def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> tuple[bool, str]:
-    """Can we open a TCP connection to the hub within `timeout` seconds (DNS included)?"""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        return False, "HF_HUB_OFFLINE is set"
+    """Can we open a TCP connection to the configured hub (`HF_ENDPOINT`) within `timeout` seconds, DNS included?"""
     from huggingface_hub import constants
 
+    if constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False, "HF_HUB_OFFLINE is set"
     url = urlparse(constants.ENDPOINT)
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
     result: list[str] = []
@@ -161,7 +199,11 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> tuple[bool, str]:
 
 
 def resolve_tag(tag: str) -> tuple[str, Any]:
-    """`resnet50.tv2_in1k` -> ("resnet50", timm's PretrainedCfg); a bare arch gets its default tag."""
+    """`resnet50.tv2_in1k` -> ("resnet50", timm's PretrainedCfg); a bare arch gets its default tag.
+
+    Tags without a classifier head (`num_classes` 0, e.g. `resnet50.bamboo`: a feature extractor) are refused:
+    this lab classifies, and such weights would load into a net whose outputs are not classes.
+    """
     import timm
 
     tag = DEFAULT_TAGS.get(tag, tag)
@@ -174,36 +216,71 @@ def resolve_tag(tag: str) -> tuple[str, Any]:
         cfg = None
     if cfg is None or not cfg.hf_hub_id:
         raise WeightsUnavailable(f"timm has no hub weights called {tag!r}; see list_tags({arch!r})")
+    if not cfg.num_classes:
+        raise WeightsUnavailable(
+            f"the weights {tag!r} have no classifier head (timm lists them with num_classes 0: a feature extractor), "
+            f"so they cannot classify; choose others, e.g. {DEFAULT_TAGS.get(arch, arch)!r} (all: list_tags({arch!r}))"
+        )
     return arch, cfg
+
+
+def is_headless(tag: str) -> bool:
+    """Whether timm's weights `tag` come without a classifier head (`num_classes` 0); False for unknown tags."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(tag)
+    except RuntimeError:
+        return False
+    return cfg is not None and not cfg.num_classes
 
 
 @functools.cache
 def list_tags(arch: str) -> list[str]:
-    """Every pretrained tag timm offers for `arch` (no network needed)."""
+    """Every pretrained tag timm offers for `arch` that can classify (headless ones left out; no network needed)."""
     import timm
 
-    return [t for t in timm.list_pretrained(f"{arch}.*") if t.split(".")[0] == arch]
+    return [t for t in timm.list_pretrained(f"{arch}.*") if t.split(".")[0] == arch and not is_headless(t)]
+
+
+def _hub_failure(e: BaseException, filename: str) -> str:
+    """What went wrong with the hub, in words: a refusal (with its HTTP status) or a broken connection."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(e, OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set"
+    if isinstance(e, HfHubHTTPError) and e.response is not None:
+        status = e.response.status_code
+        if status in (401, 404):
+            return f"the hub has no {filename} for it (HTTP {status})"
+        return f"the hub refused (HTTP {status})"
+    return f"the connection failed or dropped ({_first_line(e)})"
 
 
 def hub_file(repo_id: str, filename: str = "model.safetensors", what: str = "") -> str:
-    """Path of a hub file: from the local cache if there, else downloaded after a fast probe."""
-    from huggingface_hub import hf_hub_download
+    """Path of a hub file: from the local cache if there, else downloaded from the configured hub (`HF_ENDPOINT`).
+
+    A TCP probe and a metadata request without retries come first, each bounded: huggingface_hub on its own
+    retries a hub that accepts connections but does not answer for minutes. Every failure becomes one
+    `WeightsUnavailable` naming `what` and the local-file alternative.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
 
     try:
         return hf_hub_download(repo_id, filename, local_files_only=True)
     except Exception:
         pass
     what = what or repo_id
+    host = urlparse(constants.ENDPOINT).netloc or constants.ENDPOINT
+    failed = f"cannot download {what} from the Hugging Face Hub ({host})"
     ok, why = hub_reachable()
     if not ok:
-        raise WeightsUnavailable(f"cannot download {what} from the Hugging Face Hub: {why}. {LOCAL_ALTERNATIVE}")
+        raise WeightsUnavailable(f"{failed}: {why}. {LOCAL_ALTERNATIVE}")
     try:
-        return hf_hub_download(repo_id, filename, etag_timeout=5)
+        get_hf_file_metadata(hf_hub_url(repo_id, filename), timeout=HUB_METADATA_TIMEOUT_S)
+        return hf_hub_download(repo_id, filename, etag_timeout=HUB_METADATA_TIMEOUT_S)
     except Exception as e:
-        first_line = str(e).splitlines()[0][:300] if str(e) else ""
-        raise WeightsUnavailable(
-            f"download of {what} failed ({type(e).__name__}: {first_line}). {LOCAL_ALTERNATIVE}"
-        ) from e
+        raise WeightsUnavailable(f"{failed}: {_hub_failure(e, filename)}. {LOCAL_ALTERNATIVE}") from e
 
 
 def load_pretrained(tag: str) -> LoadedWeights:
@@ -213,7 +290,7 @@ def load_pretrained(tag: str) -> LoadedWeights:
     path = hub_file(cfg.hf_hub_id, what=f"the weights {tag!r}")
     model = build(arch, num_classes=cfg.num_classes)
     load_into(model, read_state_dict(path), f"hub weights {tag!r}")
-    return LoadedWeights(model.eval(), f"hub:{tag}", dict(cfg.to_dict()))
+    return LoadedWeights(model.eval(), f"hub:{tag}", dict(cfg.to_dict()), path=Path(path))
 
 
 def load_weights(spec: str | None, arch: str | None = None) -> LoadedWeights:

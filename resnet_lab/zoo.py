@@ -7,6 +7,7 @@ finally random weights, which are loudly flagged, never silent.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .inference import Classifier, resolve_device
-from .weights import DEFAULT_TAGS, LoadedWeights, WeightsUnavailable, list_tags, load_weights
+from .resources import memory_limit
+from .weights import DEFAULT_TAGS, LoadedWeights, WeightsUnavailable, is_headless, list_tags, load_weights
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHAPES_MODEL = "Shapes ResNet-20"
@@ -46,13 +48,42 @@ def describe(model: str) -> tuple[list[str], list[str]]:
     return stages, json.loads(meta.read_text())["classes"] if meta.is_file() else []
 
 
+RUNTIME_BYTES = 3 * 2**29  # 1.5 GiB for Python, torch, timm, Gradio and the app before any ImageNet model
+ZOO_SHARE = 0.5  # of the memory left: the other half is for requests' activations and Research jobs
+ALLOCATOR_MARGIN = 1.2  # RSS grows ~17 % beyond the tensors' bytes (ResNet-152: +565 MB for 482 MB of tensors)
+
+
+@functools.cache
+def model_bytes(model: str) -> int:
+    """What one cached entry costs: fp32 weights twice (unfused for explanations, BN-folded for predictions).
+
+    Counted from the arch's state dict built on the meta device (no memory, no RNG), with `ALLOCATOR_MARGIN`.
+    """
+    import torch
+
+    from .resnet import build
+
+    arch = "resnet20" if model == SHAPES_MODEL else IMAGENET_MODELS[model]
+    with torch.device("meta"):
+        net = build(arch, seed=0)
+    weights = sum(t.numel() * t.element_size() for t in net.state_dict().values())
+    return int(2 * weights * ALLOCATOR_MARGIN)
+
+
 def _default_max_models() -> int:
-    """Keep all six on a machine with room; two on a small Space."""
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 2
-    return 6 if ram >= 8 * 2**30 else 2
+    """As many of the largest model as fit in `ZOO_SHARE` of the memory this process may use (the container's
+    limit, not the host's RAM) after `RUNTIME_BYTES`: all six from ~8 GiB, two on a 4 GiB Space, at least one."""
+    budget = ZOO_SHARE * (memory_limit() - RUNTIME_BYTES)
+    worst = max(model_bytes(m) for m in MODELS)
+    return max(1, min(len(MODELS), int(budget // worst)))
+
+
+def _not_offered(model: str, tag: str, tags: list[str]) -> str:
+    """Why `tag` is not offered for `model`, in words a user can act on."""
+    if tag.startswith(f"{IMAGENET_MODELS.get(model)}.") and is_headless(tag):
+        return (f"{model}: the weights {tag!r} have no classifier head (a feature extractor), so they cannot "
+                f"classify; choose other weights, e.g. {tags[0]!r}")
+    return f"{model} has no weights {tag!r}; choose one of {', '.join(tags)}"
 
 
 @dataclass
@@ -85,7 +116,8 @@ class ModelZoo:
         self.device = resolve_device(device)
         self.max_models = max_models or _default_max_models()
         self._cache: OrderedDict[tuple[str, str], Entry] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _cache and _loading; never held while a model loads
+        self._loading: dict[tuple[str, str], threading.Lock] = {}  # one per key being loaded
 
     def local_file(self, arch: str, tag: str) -> Path | None:
         """The local `.safetensors` for this arch/tag: an exact `<tag>.safetensors`, else one named for the arch."""
@@ -121,19 +153,39 @@ class ModelZoo:
         tags = tags_for(model)
         tag = tag or tags[0]
         if tag not in tags:
-            raise ValueError(f"{model} has no weights {tag!r}; choose one of {', '.join(tags)}")
+            raise ValueError(_not_offered(model, tag, tags))
         key = (model, tag)
         with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
+            if (entry := self._cached(key)) is not None:
+                return entry
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        # A slow load (a hub download) holds only its own key: cached models and other keys are served meanwhile,
+        # and concurrent first requests for this key wait for the one load instead of repeating it.
+        with key_lock:
+            with self._lock:
+                if (entry := self._cached(key)) is not None:
+                    return entry
+                self._evict(self.max_models - 1)  # make room first: peak memory stays at max_models
             weights, warning = self._load(model, tag)
             weights.model.to(self.device)
             entry = Entry(model, tag, weights, Classifier(weights, self.device, fuse=True), warning)
-            self._cache[key] = entry
-            while len(self._cache) > self.max_models:
-                self._cache.popitem(last=False)
+            with self._lock:
+                self._cache[key] = entry
+                self._loading.pop(key, None)
+                self._evict(self.max_models)
             return entry
+
+    def _cached(self, key: tuple[str, str]) -> Entry | None:
+        """The cached entry, marked most recently used (call with `_lock` held)."""
+        entry = self._cache.get(key)
+        if entry is not None:
+            self._cache.move_to_end(key)
+        return entry
+
+    def _evict(self, keep: int) -> None:
+        """Drop least recently used entries down to `keep` (call with `_lock` held)."""
+        while len(self._cache) > max(keep, 0):
+            self._cache.popitem(last=False)
 
     def imagenet_weights_available(self) -> bool:
         """Whether real ImageNet weights can be had now: a local file, or the hub answers."""

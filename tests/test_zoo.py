@@ -1,0 +1,180 @@
+"""The model zoo: what the status line shows, which tags are offered, how many models it keeps, and its locking."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from safetensors.torch import save_file
+
+from resnet_lab import build
+from resnet_lab import zoo as zoo_mod
+from resnet_lab.weights import load_weights
+from resnet_lab.zoo import IMAGENET_MODELS, SHAPES_MODEL, ModelZoo, model_bytes, tags_for
+
+GiB = 2**30
+
+
+def _tiny(*_args):
+    """Stand-in for `ModelZoo._load`: real (random) weights of the smallest net, instantly."""
+    return load_weights(None, "resnet20"), ""
+
+
+# ----------------------------------------------------------------------------- what the status line shows
+
+
+def test_status_names_weight_files_without_server_paths(tmp_path):
+    project = str(zoo_mod.ASSETS.parent)
+    shipped = ModelZoo(weights_path="", device="cpu").get(SHAPES_MODEL).status
+    assert "local file `assets/shapes_resnet20.safetensors`" in shipped and project not in shipped
+
+    folder = tmp_path / "weights"  # a user's weights folder outside the project: the file's name only
+    folder.mkdir()
+    save_file(build("resnet18", seed=0).state_dict(), str(folder / "resnet18.tv_in1k.safetensors"))
+    status = ModelZoo(weights_path=str(folder), device="cpu").get("ResNet-18").status
+    assert "local file `resnet18.tv_in1k.safetensors`" in status and str(tmp_path) not in status
+
+    broken = tmp_path / "broken"  # unreadable: random weights, and the reason names the file but not its folder
+    broken.mkdir()
+    (broken / "resnet18.safetensors").write_bytes(b"\x00" * 64)
+    status = ModelZoo(weights_path=str(broken), device="cpu").get("ResNet-18").status
+    assert "random weights" in status and "resnet18.safetensors" in status and str(tmp_path) not in status
+
+
+# ----------------------------------------------------------------------------- which tags are offered
+
+
+def test_headless_tags_are_not_offered_and_asking_for_one_says_why():
+    import timm
+
+    for model in IMAGENET_MODELS:
+        assert all(timm.models.get_pretrained_cfg(t).num_classes > 0 for t in tags_for(model)), model
+    assert "resnet50.bamboo" not in tags_for("ResNet-50")
+    zoo = ModelZoo(weights_path="", device="cpu")
+    with pytest.raises(ValueError, match="no classifier head") as e:
+        zoo.get("ResNet-50", "resnet50.bamboo")
+    assert "resnet50.tv2_in1k" in str(e.value)
+    with pytest.raises(ValueError, match="has no weights 'resnet50.no_such_tag'; choose one of resnet50.tv2_in1k"):
+        zoo.get("ResNet-50", "resnet50.no_such_tag")
+
+
+# ----------------------------------------------------------------------------- how many models it keeps
+
+
+def test_model_bytes_is_what_an_entry_holds():
+    """Both copies counted: the unfused weights (explanations) and the BN-folded classifier (predictions)."""
+    entry = ModelZoo(weights_path="", device="cpu", max_models=1).get("ResNet-18")  # random weights, offline
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for net in (entry.weights.model, entry.classifier.model) for t in [*net.parameters(), *net.buffers()]}
+    assert model_bytes("ResNet-18") == pytest.approx(sum(storages.values()) * zoo_mod.ALLOCATOR_MARGIN, rel=0.02)
+    assert model_bytes("ResNet-152") > 2 * 240e6  # ResNet-152's fp32 weights are ~241 MB, held twice
+
+
+@pytest.mark.parametrize("limit_gib", [0.5, 2, 3, 4, 6, 8, 16, 512])
+def test_model_count_follows_the_container_limit(monkeypatch, limit_gib):
+    """The count comes from `resources.memory_limit()` (the cgroup limit), not the host's RAM: as many of the
+    largest model as fit in the zoo's share, and not one more."""
+    limit = int(limit_gib * GiB)
+    monkeypatch.setattr(zoo_mod, "memory_limit", lambda: limit)
+    n = ModelZoo(weights_path="", device="cpu").max_models
+    budget = zoo_mod.ZOO_SHARE * (limit - zoo_mod.RUNTIME_BYTES)
+    worst = model_bytes("ResNet-152")
+    assert 1 <= n <= len(zoo_mod.MODELS)
+    assert n == 1 or n * worst <= budget  # fits
+    assert n == len(zoo_mod.MODELS) or (n + 1) * worst > budget  # and is the most that fits
+    expected = {2: 1, 4: 2, 16: len(zoo_mod.MODELS)}  # a tiny container, a small Space, a roomy machine
+    assert n == expected.get(limit_gib, n)
+
+
+# ----------------------------------------------------------------------------- locking
+
+
+def test_a_slow_load_holds_up_neither_cached_models_nor_other_models():
+    zoo = ModelZoo(weights_path="", device="cpu", max_models=6)
+    started, release = threading.Event(), threading.Event()
+
+    def load(model, tag):
+        if model == "ResNet-50":  # a slow hub download
+            started.set()
+            release.wait(60)
+        return _tiny()
+
+    zoo._load = load
+    cached = zoo.get(SHAPES_MODEL)
+    slow = threading.Thread(target=zoo.get, args=("ResNet-50",))
+    slow.start()
+    assert started.wait(30)
+    served: dict[str, object] = {}
+
+    def others() -> None:
+        served["cached"] = zoo.get(SHAPES_MODEL)
+        served["other"] = zoo.get("ResNet-18")
+
+    other = threading.Thread(target=others)
+    other.start()
+    other.join(30)  # a zoo holding one lock through the load would still be waiting here
+    try:
+        assert served.get("cached") is cached and "other" in served
+        assert slow.is_alive()  # ...and all that while ResNet-50 was still loading
+    finally:
+        release.set()
+        slow.join(30)
+        other.join(30)
+    assert zoo.get("ResNet-50").model == "ResNet-50"
+
+
+def test_concurrent_first_requests_for_one_model_load_it_once():
+    zoo = ModelZoo(weights_path="", device="cpu", max_models=6)
+    n, calls, all_in = 4, [], threading.Event()
+
+    def load(model, tag):
+        calls.append(model)
+        if len(calls) == n:
+            all_in.set()
+        all_in.wait(1.0)  # a zoo without a per-model lock lets all n requests in here; ours lets one
+        return _tiny()
+
+    zoo._load = load
+    barrier, results = threading.Barrier(n), []
+
+    def request() -> None:
+        barrier.wait()
+        results.append(zoo.get("ResNet-50"))
+
+    threads = [threading.Thread(target=request) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert calls == ["ResNet-50"]
+    assert len(results) == n and all(r is results[0] for r in results)
+
+
+def test_lru_bound_holds_and_room_is_made_before_loading():
+    zoo = ModelZoo(weights_path="", device="cpu", max_models=2)
+    cached_while_loading = []
+
+    def load(model, tag):
+        cached_while_loading.append(len(zoo._cache))
+        return _tiny()
+
+    zoo._load = load
+    for model in (SHAPES_MODEL, "ResNet-18", "ResNet-34", SHAPES_MODEL):
+        zoo.get(model)
+    assert cached_while_loading == [0, 1, 1, 1]  # never max_models + 1 models in memory
+    assert list(zoo._cache) == [("ResNet-34", tags_for("ResNet-34")[0]), (SHAPES_MODEL, "shipped")]
+
+
+def test_a_failed_load_does_not_wedge_its_model():
+    zoo = ModelZoo(weights_path="", device="cpu")
+    failures = [RuntimeError("disk full")]
+
+    def load(model, tag):
+        if failures:
+            raise failures.pop()
+        return _tiny()
+
+    zoo._load = load
+    with pytest.raises(RuntimeError, match="disk full"):
+        zoo.get("ResNet-18")
+    assert zoo.get("ResNet-18").model == "ResNet-18"
