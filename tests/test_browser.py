@@ -1,4 +1,9 @@
-"""A real browser (Debian's Chromium, headless) driving the served page, as a person would."""
+"""A real browser (Debian's Chromium, headless) driving the served page, as a person would.
+
+It runs wherever /usr/bin/chromium (or $CHROMIUM) exists. Without it the tests skip
+with the reason, except under CI (`CI` set), where a missing browser is a failure:
+`.ci/run` installs it and stops early if it cannot.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,30 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SHOTS = Path(os.environ.get("RESNET_LAB_SCREENSHOTS", Path(__file__).resolve().parent.parent / "out" / "browser"))
 
 
+def chromium_missing() -> str | None:
+    """Why the browser cannot run here, or None."""
+    if not Path(CHROMIUM).is_file():
+        return f"{CHROMIUM} is missing (apt-get install chromium)"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"{CHROMIUM} is not executable"
+    return None
+
+
 @pytest.fixture(scope="module")
-def page(served_app):
-    if not Path(CHROMIUM).exists():
+def page(request):
+    missing = chromium_missing()
+    if missing:
         if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+            pytest.fail(f"{missing}: under CI the browser test must run (.ci/run installs Debian's chromium)")
+        pytest.skip(missing)
+    served_app = request.getfixturevalue("served_app")  # only now: a skip costs no server
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(served_app[1], wait_until="load", timeout=60_000)
         yield page
@@ -48,3 +64,28 @@ def test_gradcam_heatmap_appears_in_the_browser(page):
     expect(heat).to_be_visible(timeout=30_000)
     assert heat.evaluate("img => img.naturalWidth") > 300  # the enlarged overlay with its colorbar
     page.screenshot(path=str(SHOTS / "gradcam.png"), full_page=True)
+
+
+def test_research_tab_shows_shipped_curves_and_measures_a_sweep(page):
+    page.get_by_role("tab", name="Research: gradients across depth").click()
+    expect(page.locator("#degradation-plot img")).to_be_visible(timeout=30_000)  # the shipped curves, on load
+    table = page.locator("#degradation-table")
+    for arch in ("plain20", "plain56", "resnet20", "resnet56"):
+        expect(table).to_contain_text(arch)
+    expect(page.get_by_role("button", name="Re-run a short version")).to_contain_text("on this server")
+
+    depths = page.locator("#research-archs")  # the smallest sweep: ResNet-20 and its twin, one seed, at 32 px
+    for name in ("resnet56 (CIFAR-style, 32 px)", "resnet110 (CIFAR-style, 32 px)"):
+        depths.get_by_label(name, exact=True).uncheck()
+    expect(depths.get_by_label("resnet20 (CIFAR-style, 32 px)", exact=True)).to_be_checked()
+    seeds = page.locator("#research-seeds input[type='number']")
+    seeds.fill("1")
+    seeds.press("Enter")
+    page.get_by_role("button", name="Measure", exact=True).click()
+    expect(page.locator("#gradnorms-plot img")).to_be_visible(timeout=60_000)
+    result = page.locator("#gradnorms-table")
+    expect(result).to_contain_text("plain20", timeout=60_000)
+    expect(result).to_contain_text("resnet20")
+    expect(result).not_to_contain_text("resnet56")
+    expect(page.get_by_text("Gradients grow; they do not vanish")).to_be_visible()
+    page.screenshot(path=str(SHOTS / "research.png"), full_page=True)

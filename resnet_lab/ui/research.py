@@ -391,24 +391,26 @@ def build_tab() -> None:
         "every block's output, layer by layer, for each chosen depth and its **plain twin** (the same net without "
         "shortcuts, built from the same seed, so every shared weight is identical). Bands show the spread "
         "over seeds; the y axes are logarithmic.")
-    archs = gr.CheckboxGroup(ARCH_CHOICES, value=DEFAULT_ARCHS, label="Depths (each with its plain twin)")
+    archs = gr.CheckboxGroup(ARCH_CHOICES, value=DEFAULT_ARCHS, label="Depths (each with its plain twin)",
+                             elem_id="research-archs")
     with gr.Row(equal_height=True):
         bn = gr.Radio(BN_CHOICES, value="train", label="BatchNorm", scale=2)
         init = gr.Radio(INIT_CHOICES, value="default", label="Init", scale=2)
         size = gr.Dropdown(SIZE_CHOICES, value=AUTO_SIZE, label="Input size", scale=2)
         batch = gr.Slider(*BATCH_RANGE, 8, step=1, label="Batch size", scale=1)
-        seeds = gr.Slider(1, 10, 3, step=1, label="Seeds (mean and spread)", scale=1)
+        seeds = gr.Slider(1, 10, 3, step=1, label="Seeds (mean and spread)", scale=1, elem_id="research-seeds")
     run = gr.Button("Measure", variant="primary")
     with gr.Row():
         with gr.Column(scale=3):
-            fig_w = gr.Plot(label="‖∂L/∂W‖ per conv, input → output", format="png")
+            fig_w = gr.Plot(label="‖∂L/∂W‖ per conv, input → output", format="png", elem_id="gradnorms-plot")
             fig_x = gr.Plot(label="‖∂L/∂x‖ at each block output", format="png")
         with gr.Column(scale=2):
             text = gr.Markdown("Press **Measure**: the default (three CIFAR depths, 3 seeds) takes a few seconds "
                                "on a CPU.")
             fig_s = gr.Plot(label="First/last conv gradient ratio against depth", format="png")
     with gr.Row():
-        table = gr.Dataframe(label="Summary (mean ± std over seeds)", interactive=False, wrap=True, scale=4)
+        table = gr.Dataframe(label="Summary (mean ± std over seeds)", interactive=False, wrap=True, scale=4,
+                             elem_id="gradnorms-table")
         csv = gr.File(label="Per-layer results (CSV)", scale=1)
     run.click(on_gpu(user_errors(run_gradnorms)), [archs, bn, init, batch, size, seeds],
               [fig_w, fig_x, fig_s, table, csv, text], api_name="gradnorms", **LONG)
@@ -423,10 +425,10 @@ def build_tab() -> None:
     fig, final, note = shipped_curves()
     with gr.Row():
         with gr.Column(scale=3):
-            deg_plot = gr.Plot(fig, label="Training curves", format="png")
+            deg_plot = gr.Plot(fig, label="Training curves", format="png", elem_id="degradation-plot")
         with gr.Column(scale=2):
             deg_text = gr.Markdown(note)
-            deg_table = gr.Dataframe(final, label="Final metrics", interactive=False)
+            deg_table = gr.Dataframe(final, label="Final metrics", interactive=False, elem_id="degradation-table")
             rerun = gr.Button(rerun_label())
     rerun.click(on_gpu(user_errors(rerun_degradation)), None, [deg_plot, deg_table, deg_text],
                 api_name="degradation", **LONG).then(rerun_label, None, rerun, queue=False, api_visibility="private")
