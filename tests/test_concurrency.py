@@ -150,3 +150,31 @@ def test_gradcam_finishes_while_a_recompute_runs(served_app, tabs, tiny_long_job
         release.set()
     table, _note = recompute.result(timeout=WAIT_S)
     assert table["data"] == [["probe", 1.0]]
+
+
+def test_classify_requests_that_wait_together_share_one_forward_pass(served_app, tabs, monkeypatch):
+    """While status requests hold every quick slot, two tabs' classify requests queue; freed, they run as one
+    batch, and each says so."""
+    demo = served_app[0]
+    probe = GroupProbe(demo, hold=0)
+    release, get = threading.Event(), ModelZoo.get
+    held = probe.wrap(get, gate=release)
+    monkeypatch.setattr(ModelZoo, "get", lambda *a, **k: (held if probe._event()[0] == "status" else get)(*a, **k))
+    slots = common.QUICK["concurrency_limit"]
+    try:
+        blockers = [tabs[i % len(tabs)].submit(SHAPES_MODEL, "shipped", api_name="/status") for i in range(slots)]
+        waiting = demo._queue.event_queue_per_concurrency_id["quick"].queue
+        deadline = time.monotonic() + WAIT_S  # a bound for a failure, not a measurement
+        while probe.peak["quick"] < slots and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert probe.peak["quick"] == slots  # every quick slot is taken
+        jobs = [tab.submit(handle_file(SHAPE), SHAPES_MODEL, "shipped", api_name="/classify") for tab in tabs[:2]]
+        while len(waiting) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(waiting) == 2  # both wait behind the held slots
+    finally:
+        release.set()
+    infos = [job.result(timeout=WAIT_S)[1] for job in jobs]
+    assert all("(batch of 2;" in info for info in infos), infos
+    for job in blockers:
+        job.result(timeout=WAIT_S)
