@@ -86,20 +86,28 @@ class VerifyResult:
                 and d["train_logits"] <= TOLERANCE and min(d["grads"], d["grads_rel"]) <= TOLERANCE)
 
 
+def twin_nets(arch: str, reference: str = "timm", seed: int = 0,
+              state_dict: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, nn.Module]:
+    """Ours and the reference's net with the same weights (strict loads both ways round).
+
+    The weights are ours, built from `seed` with BN randomized, so they are reproducible without seeding
+    torch's global RNG (which other threads share; the reference's own init is overwritten). With
+    `state_dict` (real pretrained weights), both get those and BN is left as trained.
+    """
+    ref = reference_model(arch, reference)
+    ours = build(arch, num_classes=ref.fc.out_features, seed=seed)
+    if state_dict is None:
+        randomize_bn(ours, seed)
+        state_dict = ours.state_dict()
+    ref.load_state_dict(state_dict, strict=True)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ours, ref
+
+
 def verify_arch(arch: str, reference: str = "timm", image_size: int = 224, batch: int = 2, seed: int = 0,
                 state_dict: dict[str, torch.Tensor] | None = None) -> VerifyResult:
-    """Load the reference's state dict into ours (strict) and compare on one seeded batch.
-
-    With `state_dict` (real pretrained weights), both get those and BN is left as trained.
-    """
-    torch.manual_seed(seed)
-    ref = reference_model(arch, reference)
-    if state_dict is not None:
-        ref.load_state_dict(state_dict, strict=True)
-    else:
-        randomize_bn(ref, seed)
-    ours = build(arch, num_classes=ref.fc.out_features)
-    ours.load_state_dict(ref.state_dict(), strict=True)
+    """`twin_nets`, compared on one seeded batch: logits in eval and train mode, and every gradient."""
+    ours, ref = twin_nets(arch, reference, seed, state_dict)
     x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return VerifyResult(arch, reference, count(ours), count(ref), compare(ours, ref, x))
@@ -126,14 +134,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from tqdm import tqdm
 
-    from .weights import hub_file, read_state_dict, resolve_tag
+    from .weights import WeightsUnavailable, hub_file, read_state_dict, resolve_tag
 
     jobs: list[tuple[str, str, dict | None]] = []
     if args.pretrained:
-        arch, cfg = resolve_tag(args.pretrained)
-        state = read_state_dict(hub_file(cfg.hf_hub_id, what=f"the weights {args.pretrained!r}"))
+        try:
+            arch, cfg = resolve_tag(args.pretrained)
+            state = read_state_dict(hub_file(cfg.hf_hub_id, what=f"the weights {args.pretrained!r}"))
+        except WeightsUnavailable as e:  # offline, unknown or headless tag: a message, not a traceback
+            print(f"verify: {e}", file=sys.stderr)
+            return 2
         jobs = [(arch, "timm", state)]
     else:
         jobs = [(a, r, None) for a in args.arch for r in args.reference]

@@ -66,3 +66,46 @@ def test_cli_defaults_cover_the_five_imagenet_nets():
     verify.add_arguments(p)
     args = p.parse_args([])
     assert args.arch == ARCHS and args.reference == ["timm", "torchvision"]
+
+
+def test_weights_come_from_the_seed_not_the_global_rng():
+    """A thread reseeding torch's global RNG changes nothing, and verify never reseeds it for everyone else."""
+    import threading
+
+    from resnet_lab.verify import twin_nets
+
+    stop = threading.Event()
+
+    def hammer() -> None:
+        k = 0
+        while not stop.is_set():
+            torch.manual_seed(k)
+            torch.rand(64)
+            k += 1
+
+    first = twin_nets("resnet18", seed=3)[0].state_dict()
+    t = threading.Thread(target=hammer)
+    t.start()
+    try:
+        ours, ref = twin_nets("resnet18", seed=3)
+    finally:
+        stop.set()
+        t.join()
+    assert all(torch.equal(v, first[k]) for k, v in ours.state_dict().items())
+    assert all(torch.equal(v, first[k]) for k, v in ref.state_dict().items())
+    assert not torch.equal(twin_nets("resnet18", seed=4)[0].layer1[0].bn1.weight, first["layer1.0.bn1.weight"])
+    after = []
+    for prior in (1, 2):  # old behaviour: torch.manual_seed(seed) inside, so both would continue identically
+        torch.manual_seed(prior)
+        verify_arch("resnet18", image_size=32, batch=2)
+        after.append(torch.rand(4))
+    assert not torch.equal(*after)
+
+
+@pytest.mark.parametrize("tag, says", [("resnet50.bamboo", "no classifier head"),
+                                       ("resnet18.tv_in1k", "HF_HUB_OFFLINE is set"),
+                                       ("resnet18.no_such_tag", "no hub weights")])
+def test_cli_pretrained_that_cannot_be_had_is_a_message_not_a_traceback(capsys, tag, says):
+    assert main(["verify", "--pretrained", tag]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("verify: ") and says in err and tag in err and "Traceback" not in err
