@@ -35,8 +35,9 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import resources
 from .resnet import REGISTRY, ResNet, build, init_seed, list_archs, twin_name
 from .shapes import ShapesDataset
 
@@ -73,6 +75,7 @@ class GradFlowConfig:
     seeds: int = 1
     num_classes: int = 10
     data: str = "noise"  # "noise" (standard Gaussian) | "shapes" (normalized Shapes images)
+    device: str = "cpu"  # where the nets run; they are built (and seeded) on the CPU, so every device has the same init
 
     def __post_init__(self) -> None:
         for arch in self.archs:
@@ -86,6 +89,8 @@ class GradFlowConfig:
             raise ValueError("train-mode BatchNorm needs a batch of at least 2")
         if self.seeds < 1:
             raise ValueError("seeds must be >= 1")
+        if torch.device(self.device).type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, not {self.device!r}")
 
     def size_for(self, arch: str) -> int:
         return self.input_size or DEFAULT_INPUT_SIZE[REGISTRY[arch].stem]
@@ -93,13 +98,13 @@ class GradFlowConfig:
 
 def make_batch(cfg: GradFlowConfig, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch of one seed: inputs plus random labels (a net at init knows no labels anyway)."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same batch whatever the device
     if cfg.data == "noise":
         x = torch.randn(cfg.batch_size, 3, size, size, generator=g)
     else:
         x = ShapesDataset(cfg.batch_size, seed, size).normalized()
     y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g)
-    return x, y
+    return x.to(cfg.device), y.to(cfg.device)
 
 
 def build_net(arch: str, variant: str, seed: int, cfg: GradFlowConfig) -> nn.Module:
@@ -110,7 +115,7 @@ def build_net(arch: str, variant: str, seed: int, cfg: GradFlowConfig) -> nn.Mod
     """
     net = build(arch if variant == "residual" else twin_name(arch), num_classes=cfg.num_classes,
                 zero_init_last=cfg.zero_init, norm="none" if cfg.bn_mode == "none" else "bn", seed=init_seed(seed))
-    return net.train(cfg.bn_mode == "train")
+    return net.to(cfg.device).train(cfg.bn_mode == "train")
 
 
 def conv_layers(net: nn.Module) -> list[tuple[str, int, bool, nn.Conv2d]]:
@@ -173,7 +178,11 @@ def measure(arch: str, variant: str, seed: int, cfg: GradFlowConfig,
 
 # --- memory: a sweep measures one net at a time, so its peak is the hungriest single net's ---
 
-BACKWARD_WORKSPACE = 3  # activation-sized gradient buffers alive at once during backward (measured: see tests)
+BACKWARD_WORKSPACE = 3  # activation-sized gradient buffers alive at once during backward
+# What a process really holds per byte of tensors, from peaks measured against `net_memory` + the batch: resident
+# memory on 2 CPU cores 0.95-1.27x (glibc and oneDNN keep more than the tensors); CUDA's max_memory_allocated on an
+# H100 0.75-1.04x. So the estimate is an upper bound on both (benchmarks/bench_gradflow.py --cuda-check, tests).
+ALLOCATOR_OVERHEAD = {"cpu": 1.3, "cuda": 1.1}
 
 
 def saved_tensor_bytes(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
@@ -208,8 +217,13 @@ class _ShapeOnlyBN(nn.BatchNorm2d):
     """A BN that autograd treats like one (it saves the input; the weight is a parameter) at meta speed.
 
     torch's meta BatchNorm is a Python decomposition, ~100x slower than this
-    affine map; the per-channel statistics a real BN also saves are negligible.
+    affine map. A real BN also saves per-channel vectors: `stats` of them (the
+    running mean and variance, plus the batch mean and inverse std in train mode).
     """
+
+    @staticmethod
+    def stats(bn_mode: str) -> int:
+        return 4 if bn_mode == "train" else 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.weight[:, None, None] + self.bias[:, None, None]
@@ -217,14 +231,16 @@ class _ShapeOnlyBN(nn.BatchNorm2d):
 
 @functools.lru_cache(maxsize=256)
 def _profile(arch: str, variant: str, size: int, bn_mode: str, num_classes: int) -> tuple[int, tuple, tuple]:
-    """(parameter bytes, (activation bytes, largest saved tensor) at batch 2, the same at batch 4), on meta.
+    """(parameter bytes, (saved, retained, largest saved) bytes at batch 2, the same at batch 4), on meta.
 
-    Activation bytes are what one forward of `measure` keeps: the tensors saved
-    for backward plus the block outputs whose gradients it retains.
+    Saved: the tensors autograd keeps for backward; retained: the block outputs
+    whose gradients `measure` keeps.
     """
     config = REGISTRY[arch if variant == "residual" else twin_name(arch)]
     with torch.device("meta"):
         net = ResNet(config, num_classes, norm_layer=nn.Identity if bn_mode == "none" else _ShapeOnlyBN, seed=0)
+    per_channel = sum(_ShapeOnlyBN.stats(bn_mode) * m.num_features * 4 for m in net.modules()
+                      if isinstance(m, _ShapeOnlyBN))
     block_out: list[int] = []
     handles = [blk.register_forward_hook(lambda _m, _i, out: block_out.append(out.numel() * out.element_size()))
                for _, blk in net.blocks()]
@@ -234,7 +250,7 @@ def _profile(arch: str, variant: str, size: int, bn_mode: str, num_classes: int)
             block_out.clear()
             x = torch.empty(batch, 3, size, size, device="meta")
             saved, largest = saved_tensor_bytes(net, x, torch.zeros(batch, dtype=torch.long, device="meta"))
-            points.append((saved + sum(block_out), largest))
+            points.append((saved + per_channel, sum(block_out), largest))
     finally:
         for h in handles:
             h.remove()
@@ -242,34 +258,67 @@ def _profile(arch: str, variant: str, size: int, bn_mode: str, num_classes: int)
 
 
 def net_memory(arch: str, variant: str, cfg: GradFlowConfig) -> int:
-    """Estimated peak bytes of `measure` for one net of `cfg`, counted on the meta device (allocates nothing).
+    """Peak tensor bytes of `measure` for one net of `cfg` besides its batch, counted on meta (allocates nothing).
 
-    Parameters and their gradients, the input batch, every tensor saved for
-    backward, the retained gradients of the block outputs (`measure` keeps them),
-    and `BACKWARD_WORKSPACE` gradient buffers the size of the largest activation.
+    Parameters and their gradients, every tensor saved for backward, the
+    retained gradients of the block outputs (`measure` keeps them), and
+    `BACKWARD_WORKSPACE` gradient buffers the size of the largest activation.
     Activations are affine in the batch size (per-channel BN statistics are the
     constant part), so two cached meta passes at batch 2 and 4 give every batch
     exactly: bisecting for the largest batch that fits costs nothing.
     """
     size = cfg.size_for(arch)
-    params, (a2, l2), (a4, l4) = _profile(arch, variant, size, cfg.bn_mode, cfg.num_classes)
+    params, (s2, r2, l2), (s4, r4, l4) = _profile(arch, variant, size, cfg.bn_mode, cfg.num_classes)
     b = cfg.batch_size
-    activations = a2 + (a4 - a2) * (b - 2) // 2
+    activations = s2 + r2 + (s4 + r4 - s2 - r2) * (b - 2) // 2
     largest = l2 + (l4 - l2) * (b - 2) // 2
-    return 2 * params + b * 3 * size * size * 4 + activations + BACKWARD_WORKSPACE * largest
+    return 2 * params + activations + BACKWARD_WORKSPACE * largest
 
 
 def estimate_memory(cfg: GradFlowConfig) -> int:
-    """Estimated peak bytes of `run_sweep(cfg)`: its hungriest net, plus the batches the sweep keeps.
+    """Estimated peak bytes `run_sweep(cfg)` adds to the process: an upper bound, for refusing what cannot fit.
 
     Nets are measured one after another and each is freed before the next, so
     the peak is one net's (`net_memory`), not the sum; the twins' batches (one
-    per seed and input size) stay for the whole sweep.
+    per seed and input size) stay for the whole sweep. Times the device's
+    `ALLOCATOR_OVERHEAD`, since the process holds more than its tensors.
     """
     peak = max(net_memory(arch, variant, cfg) for arch in cfg.archs for variant in VARIANTS)
     sizes = {cfg.size_for(arch) for arch in cfg.archs}
     batches = sum(cfg.seeds * cfg.batch_size * (3 * s * s * 4 + 8) for s in sizes)
-    return peak + batches
+    return math.ceil(ALLOCATOR_OVERHEAD[torch.device(cfg.device).type] * (peak + batches))
+
+
+def available_memory(device: str = "cpu") -> int:
+    """Bytes a sweep on `device` may use now: free GPU memory on CUDA, else what the container can still allocate."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    return resources.memory_available()
+
+
+def largest_batch(cfg: GradFlowConfig, budget: int) -> int | None:
+    """The largest batch up to `cfg.batch_size` whose estimate fits `budget`, or None if not even the smallest."""
+    lo, hi = (2 if cfg.bn_mode == "train" else 1), cfg.batch_size
+    if estimate_memory(replace(cfg, batch_size=lo)) > budget:
+        return None
+    while lo < hi:  # the estimate grows with the batch
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if estimate_memory(replace(cfg, batch_size=mid)) <= budget else (lo, mid - 1)
+    return lo
+
+
+def memory_refusal(cfg: GradFlowConfig, budget: int) -> str | None:
+    """None if `cfg` fits `budget` bytes, else a message saying what it needs and what would fit."""
+    need = estimate_memory(cfg)
+    if need <= budget:
+        return None
+    hungriest = max(cfg.archs, key=lambda a: estimate_memory(replace(cfg, archs=(a,))))
+    text = (f"this sweep needs about {need / 2**30:.1f} GiB at its peak ({hungriest} at {cfg.size_for(hungriest)} px, "
+            f"batch {cfg.batch_size}), more than the {budget / 2**30:.1f} GiB free for it now. ")
+    batch = largest_batch(cfg, budget)
+    if batch is not None:
+        return text + f"A batch of {batch} fits (--batch-size {batch}), or use a smaller --input-size or fewer archs."
+    return text + (f"Even the smallest batch does not fit: leave out {hungriest} or use a smaller --input-size.")
 
 
 def run_sweep(cfg: GradFlowConfig, progress: Progress | None = None) -> pd.DataFrame:
@@ -464,6 +513,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1; plots show the spread")
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--data", choices=["noise", "shapes"], default="noise")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the init is drawn on the CPU either way)")
     p.add_argument("--out", help="write the tidy per-layer results as CSV")
     p.add_argument("--plot", help="write the plots as one PNG")
 
@@ -471,7 +521,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> GradFlowConfig:
     return GradFlowConfig(archs=tuple(args.archs), bn_mode=args.bn, zero_init=args.zero_init,
                           batch_size=args.batch_size, input_size=args.input_size, seeds=args.seeds,
-                          num_classes=args.num_classes, data=args.data)
+                          num_classes=args.num_classes, data=args.data, device=args.device)
 
 
 def tqdm_progress(total: int, desc: str) -> tuple[Progress, Callable[[], None]]:
@@ -489,7 +539,18 @@ def tqdm_progress(total: int, desc: str) -> tuple[Progress, Callable[[], None]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:
+        print(f"gradnorms: {e}", file=sys.stderr)
+        return 2
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"gradnorms: device {cfg.device!r} asked for, but CUDA is not available here", file=sys.stderr)
+        return 2
+    problem = memory_refusal(cfg, available_memory(cfg.device))
+    if problem:
+        print(f"gradnorms: {problem}", file=sys.stderr)
+        return 2
     progress, close = tqdm_progress(len(cfg.archs) * len(VARIANTS) * cfg.seeds, "gradnorms")
     try:
         df = run_sweep(cfg, progress)
