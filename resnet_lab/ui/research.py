@@ -22,10 +22,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from .. import degradation, gradflow, resources
+from .. import degradation, gradflow
 from ..resnet import REGISTRY, twin_name
 from ..shapes import CLASSES
-from .common import LONG, on_gpu, tmp_file, user_errors
+from .common import LONG, on_gpu, tmp_file, user_errors, zoo
 
 ARCH_CHOICES = [(f"{a} (ImageNet-style)", a) for a in gradflow.IMAGENET_ARCHS] + [
     (f"{a} (CIFAR-style, 32 px)", a) for a in gradflow.CIFAR_ARCHS]
@@ -37,7 +37,8 @@ SIZES = (32, 48, 64, 96, 112, 128, 160, 224)
 SIZE_CHOICES = [("auto: 64 px ImageNet-style, 32 px CIFAR-style", AUTO_SIZE)] + [(f"{s} px", str(s)) for s in SIZES]
 BATCH_RANGE = (2, 64)
 # A sweep may take this share of the memory available now: the loaded models, Gradio and a QUICK job (which
-# runs beside it) live in the rest. A ResNet-152 at 224 px with batch 64 needs ~18 GB and would kill a 16 GB Space.
+# runs beside it) live in the rest. ResNet-152 at 224 px with batch 64 needs ~15 GiB (gradflow.estimate_memory):
+# on a 16 GB Space one click would get the process killed; it is refused with settings that fit instead.
 MEMORY_SHARE = 0.5
 TABLE_COLUMNS = {
     "log10_ratio": "log10 first/last ‖∂L/∂W‖",
@@ -70,7 +71,8 @@ def _sweep(cfg: gradflow.GradFlowConfig, progress: _Untracked) -> pd.DataFrame:
 
 def make_config(archs: list[str], bn_mode: str, init: str, batch: int, input_size: Any,
                 seeds: int) -> gradflow.GradFlowConfig:
-    """UI values -> a canonical, hashable config (arch order fixed, so ticking order does not miss the cache)."""
+    """UI values -> a canonical, hashable config (arch order fixed, so ticking order does not miss the cache),
+    run on the app's device (a GPU when the app has one)."""
     if not archs:
         raise gr.Error("Pick at least one depth.")
     order = list(REGISTRY)
@@ -78,15 +80,15 @@ def make_config(archs: list[str], bn_mode: str, init: str, batch: int, input_siz
     try:
         return gradflow.GradFlowConfig(archs=tuple(sorted(set(archs), key=order.index)), bn_mode=bn_mode,
                                        zero_init=init == "zero-gamma", batch_size=int(batch), input_size=size,
-                                       seeds=int(seeds))
+                                       seeds=int(seeds), device=zoo().device.type)  # the app's device
     except ValueError as e:
         raise gr.Error(str(e)) from e
 
 
-def memory_budget() -> int:
-    """Bytes one sweep may use: a share of what this process can still allocate (the container's limit, not the
-    host's RAM, see `resources`), measured at the click, so a busy server refuses sooner."""
-    return int(resources.memory_available() * MEMORY_SHARE)
+def memory_budget(device: str = "cpu") -> int:
+    """Bytes one sweep may use: a share of what `device` can still allocate (free GPU memory on CUDA, else the
+    container's limit, not the host's RAM: see `resources`), read at the click, so a busy server refuses sooner."""
+    return int(gradflow.available_memory(device) * MEMORY_SHARE)
 
 
 def _gb(n: float) -> str:
@@ -95,18 +97,6 @@ def _gb(n: float) -> str:
 
 def _fits(cfg: gradflow.GradFlowConfig, budget: int, **change: Any) -> bool:
     return gradflow.estimate_memory(dataclasses.replace(cfg, **change)) <= budget
-
-
-def _largest_batch(cfg: gradflow.GradFlowConfig, budget: int) -> int | None:
-    """The largest batch below the chosen one that fits (the estimate grows with the batch: bisect)."""
-    best, lo, hi = None, BATCH_RANGE[0], cfg.batch_size - 1
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        if _fits(cfg, budget, batch_size=mid):
-            best, lo = mid, mid + 1
-        else:
-            hi = mid - 1
-    return best
 
 
 def _smaller_size(cfg: gradflow.GradFlowConfig, need: int, budget: int) -> int | None:
@@ -128,12 +118,12 @@ def check_memory(cfg: gradflow.GradFlowConfig, budget: int | None = None) -> Non
     offered input size at this batch, and the sweep without its hungriest depth.
     """
     need = gradflow.estimate_memory(cfg)
-    budget = memory_budget() if budget is None else budget
+    budget = memory_budget(cfg.device) if budget is None else budget
     if need <= budget:
         return
     options = []
-    batch = _largest_batch(cfg, budget)
-    if batch:
+    batch = gradflow.largest_batch(cfg, budget)
+    if batch and batch >= BATCH_RANGE[0]:  # a batch the slider offers
         options.append(f"batch size {batch} at {f'{cfg.input_size} px' if cfg.input_size else 'this input size'}")
     size = _smaller_size(cfg, need, budget)
     if size:
