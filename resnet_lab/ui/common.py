@@ -31,10 +31,12 @@ def _quick_limit() -> int:
     return 2 if torch.cuda.is_available() else max(1, cpu_count() // 2)
 
 
-# One concurrency model for the whole app. Gradio gives every event its own queue slot unless events share a
-# `concurrency_id`; these two groups cap what runs at once across all tabs and users together:
-# QUICK for what people wait on (classify, Grad-CAM), LONG for runs of seconds to minutes (faithfulness
-# recompute, research sweeps, degradation, all depths), so a long run never blocks a Grad-CAM request.
+# One concurrency model for the whole app. Gradio (6, queueing.py) keys an event's queue by its `concurrency_id`,
+# else by its function's id, so without shared ids every event has its own slots. Events sharing an id share
+# one queue, limited by the lowest limit any of them sets. These two groups cap what runs at once across all
+# tabs and users together: QUICK for what people wait on (classify, Grad-CAM, the status line's model load),
+# LONG for runs of seconds to minutes (faithfulness recompute, research sweeps, degradation, all depths), so a
+# long run never blocks a Grad-CAM request. tests/test_concurrency.py checks both limits across tabs.
 QUICK = {"concurrency_id": "quick", "concurrency_limit": _quick_limit()}
 LONG = {"concurrency_id": "long", "concurrency_limit": 1}
 
@@ -134,5 +136,6 @@ def on_model_change(model: str) -> dict:
 
 
 def status_text(model: str, tag: str | None) -> str:
-    """Load (or fetch from the cache) the model and say where its weights came from."""
+    """Load (or fetch from the cache) the model and say where its weights came from (app.py wires it behind
+    `user_errors`, so a typed unknown tag gets the zoo's message)."""
     return zoo().get(model, tag).status
