@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import time
 
 import pytest
@@ -148,10 +149,19 @@ def test_hub_unreachable_fails_fast_and_names_the_alternative(monkeypatch, offli
 
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as read at import, when this suite set it
-        monkeypatch.setattr(weights.socket, "create_connection", lambda *a, **k: time.sleep(30))
+
+        def hang(*_args, **_kwargs):
+            released.wait(30)
+            raise OSError("gave up")
+
+        monkeypatch.setattr(weights.socket, "create_connection", hang)
+    released = threading.Event()
     t = time.perf_counter()
-    with pytest.raises(WeightsUnavailable) as e:
-        weights.load_pretrained("resnet50.tv2_in1k")
+    try:
+        with pytest.raises(WeightsUnavailable) as e:
+            weights.load_pretrained("resnet50.tv2_in1k")
+    finally:
+        released.set()  # let the abandoned probe thread end now, not in some later test
     assert time.perf_counter() - t < 5
     msg = str(e.value)
     assert "resnet50.tv2_in1k" in msg and ".safetensors" in msg
