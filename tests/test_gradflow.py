@@ -220,22 +220,25 @@ def test_cli_writes_csv_and_plot(tmp_path, capsys):
 # --- memory: the estimate that lets the CLI and the Research tab refuse a sweep that would kill the process ---
 
 _PEAK_SCRIPT = """
-import gc, os, resource, sys
+import gc, re, sys
 from resnet_lab import gradflow
 arch, size, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 cfg = gradflow.GradFlowConfig(archs=(arch,), input_size=size, batch_size=batch)
 gradflow.measure("resnet20", "residual", 0, gradflow.GradFlowConfig(archs=("resnet20",), batch_size=2))  # warm-up
 gc.collect()
-rss = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+status = lambda key: int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+try:
+    open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM, the peak resident memory, to the current one
+except OSError:
+    pass
+rss, before = status("VmRSS"), status("VmHWM")
 gradflow.measure(arch, "residual", 0, cfg)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(rss, before, peak)
+print(rss, before, status("VmHWM"))
 """
 
 
 def test_memory_estimate_bounds_a_measured_peak():
-    """The process's peak resident memory over one `measure` (fresh subprocess, high-water mark) vs the estimate.
+    """The process's peak resident memory over one `measure` (fresh subprocess, VmHWM) vs the estimate.
 
     Measured on 2 shared CPU cores: the resident peak is 0.95-1.27x the tensor count
     (`net_memory` + batch) over six configs, so `estimate_memory` (x1.3) bounds it with
