@@ -91,15 +91,20 @@ def run_degradation(
     evals: int = 5,
     image_size: int = 32,
     clutter: bool = False,
+    until: int | None = None,
 ) -> pd.DataFrame:
     """Train `archs` in lockstep on identical batches; return the tidy curves.
 
     `progress(fraction, desc)` is called as training advances (the UI passes
     Gradio's progress, the CLI a tqdm bar). Validation runs at step 0 and at
-    `evals` evenly spaced steps up to the last.
+    `evals` evenly spaced steps up to the last. `until` stops after that many
+    steps of the `steps`-step schedule (no final validation): the start of a
+    long run, exactly as the long run had it, for checking shipped curves.
     """
     if steps < 1 or batch_size < 2:
         raise ValueError("need steps >= 1 and batch_size >= 2 (train-mode BatchNorm)")
+    if until is not None and not 1 <= until <= steps:
+        raise ValueError(f"until must be within 1..steps ({steps}), not {until}")
     unknown = [a for a in archs if a not in REGISTRY]
     if unknown:
         raise ValueError(f"unknown archs: {', '.join(unknown)}")
@@ -131,7 +136,7 @@ def run_degradation(
             record(arch, step, "val_loss", loss)
             record(arch, step, "val_acc", acc)
 
-    for step in range(steps):
+    for step in range(steps if until is None else until):
         if step in eval_steps:
             report(step / steps, f"validating at step {step}")
             validate(step)
@@ -150,7 +155,8 @@ def run_degradation(
             record(arch, step, "train_loss", loss.item())
             record(arch, step, "train_acc", (logits.argmax(1) == yb).float().mean().item())
         report((step + 1) / steps, f"step {step + 1}/{steps}")
-    validate(steps)
+    if until is None or until == steps:
+        validate(steps)
     report(1.0, "done")
     return add_smoothing(pd.DataFrame(rows, columns=COLUMNS), window=max(1, steps // 25))
 
