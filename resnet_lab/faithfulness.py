@@ -233,50 +233,62 @@ def _jobs(methods: Sequence[str], stages: Sequence[str]) -> list[tuple[str, str 
     return [(m, s) for m in methods for s in ([None] if m in LAYERLESS else stages)]
 
 
-def planned_work(model: nn.Module, methods: Sequence[str], stages: Sequence[str], n: int,
-                 n_random: int) -> dict[str, int]:
-    """Images each piece of `evaluate` will process: `curves` (deletion and insertion) and each method's maps.
+def planned_calls(model: nn.Module, methods: Sequence[str], stages: Sequence[str], n: int, n_random: int,
+                  batch_size: int = 50) -> dict[str, list[int]]:
+    """The batch size of every call each piece of `evaluate` makes: `curves` (deletion and insertion) and each
+    method's maps.
 
-    The curves run for the random maps and for every (method, stage) on `n` images; each
-    method's maps are made for those `n` images, and on the `n_random` images once for the
-    trained net and once at every cascade step.
+    The curves run for the random maps and for every (method, stage) on the `n` images,
+    in batches; each method's maps are made for those batches, then on the `n_random`
+    images once for the trained net and once at every cascade step.
     """
-    jobs = _jobs(methods, stages)
     n_random = max(1, min(n_random, n))
-    work = {"curves": n * (1 + len(jobs))}
+    batches = [min(batch_size, n - start) for start in range(0, n, batch_size)]
+    jobs = _jobs(methods, stages)
+    calls = {"curves": batches * (1 + len(jobs))}
     for method, _ in jobs:
-        work[method] = work.get(method, 0) + n + (len(cascade(model)) + 1) * n_random
-    return work
+        calls.setdefault(method, []).extend(batches + [n_random] * (len(cascade(model)) + 1))
+    return calls
 
 
 def estimate_seconds(
     model: nn.Module, dataset: ShapesDataset, methods: Sequence[str], stages: Sequence[str], n: int = 500,
-    n_random: int = 100, steps: int = STEPS, probe: int = 4,
+    batch_size: int = 50, n_random: int = 100, steps: int = STEPS, probe: int = 4,
 ) -> float:
     """About how long `evaluate` with these settings will take, so a caller can say so before it starts.
 
-    Each piece is timed once on `probe` images now (a second or two on a CPU for the
-    Shapes net) and scaled by `planned_work`. Small probes batch less well than
-    `evaluate` does, and the first call of each piece pays one-time costs.
+    Each piece (the curves, each method's maps) is timed now on 1 and on `probe`
+    images, after a warm-up call (first-call costs such as cuDNN's autotuning are paid
+    once per run): a cost per call plus a cost per image, summed over `planned_calls`.
+    The per-call part matters on a GPU, where a batch of 50 costs about what a batch
+    of 4 does. A few seconds on a CPU for the Shapes net, a fraction of one on a GPU.
     """
     from .explain import attribute
 
     model.eval()
     device = _device(model)
     n = min(n, len(dataset))
-    k = max(1, min(probe, n))
+    k = max(2, min(probe, n, len(dataset)))
     batch = _batches(dataset, k, k, device)[0]
     rank = saliency_rank(random_maps(batch.masks.shape, torch.Generator(device=device).manual_seed(0)))
-
-    def per_image(fn: Callable[[], torch.Tensor]) -> float:
-        start = time.perf_counter()
-        fn().sum().item()  # waits for the device
-        return (time.perf_counter() - start) / k
-
-    cost = {"curves": per_image(lambda: perturbation_curves(model, batch.x, batch.target, rank, steps)[0])}
+    pieces: dict[str, Callable[[int], torch.Tensor]] = {
+        "curves": lambda b: perturbation_curves(model, batch.x[:b], batch.target[:b], rank[:b], steps)[0]}
     for method in dict.fromkeys(methods):
-        cost[method] = per_image(lambda m=method: attribute(model, batch.x, batch.target, m, stages[-1]))
-    return sum(cost[piece] * images for piece, images in planned_work(model, methods, stages, n, n_random).items())
+        pieces[method] = lambda b, m=method: attribute(model, batch.x[:b], batch.target[:b], m, stages[-1])
+
+    def seconds(fn: Callable[[int], torch.Tensor], b: int) -> float:
+        start = time.perf_counter()
+        fn(b).sum().item()  # waits for the device
+        return time.perf_counter() - start
+
+    total = 0.0
+    for piece, sizes in planned_calls(model, methods, stages, n, n_random, batch_size).items():
+        seconds(pieces[piece], 1)  # warm-up
+        one, several = seconds(pieces[piece], 1), seconds(pieces[piece], k)
+        per_image = max(several - one, 0.0) / (k - 1)
+        per_call = max(one - per_image, 0.0)
+        total += sum(per_call + per_image * size for size in sizes)
+    return total
 
 
 def _measure(column: str) -> str:

@@ -256,22 +256,19 @@ def test_random_maps_and_tie_breaks_stay_on_the_maps_device():
 
 
 def test_the_estimate_counts_the_work_evaluate_does(monkeypatch):
-    """The time shown before a recompute starts is per-image costs times `planned_work`: that plan must be the
-    images `evaluate` really pushes through the curves and through each method."""
+    """The time shown before a recompute starts is the probed costs summed over `planned_calls`: that plan must be
+    the calls `evaluate` really makes, with their batch sizes, for the curves and for each method."""
     import resnet_lab.explain
 
-    counted: dict[str, int] = {}
+    counted: dict[str, list[int]] = {}
     curves, attribute = faithfulness.perturbation_curves, resnet_lab.explain.attribute
 
-    def count(piece: str, x: torch.Tensor) -> None:
-        counted[piece] = counted.get(piece, 0) + len(x)
-
     def counting_curves(model, x, *args, **kwargs):
-        count("curves", x)
+        counted.setdefault("curves", []).append(len(x))
         return curves(model, x, *args, **kwargs)
 
     def counting_attribute(model, x, target, method="gradcam", *args, **kwargs):
-        count(method, x)
+        counted.setdefault(method, []).append(len(x))
         return attribute(model, x, target, method, *args, **kwargs)
 
     monkeypatch.setattr(faithfulness, "perturbation_curves", counting_curves)
@@ -279,8 +276,8 @@ def test_the_estimate_counts_the_work_evaluate_does(monkeypatch):
     model = build("resnet20", num_classes=8, seed=0)
     methods, stages = ["gradcam", "integrated_gradients"], ["layer2", "layer3"]
     evaluate(model, ShapesDataset(6, seed=7), methods, stages, n=6, batch_size=4, steps=2, n_random=3)
-    assert counted == faithfulness.planned_work(model, methods, stages, n=6, n_random=3)
-    assert counted["gradcam"] == 2 * (6 + 12 * 3)  # two stages; 11 cascade steps and the trained net
+    assert counted == faithfulness.planned_calls(model, methods, stages, n=6, n_random=3, batch_size=4)
+    assert counted["gradcam"] == 2 * ([4, 2] + [3] * 12)  # two stages; the trained net and 11 cascade steps
 
 
 def test_estimate_is_made_from_a_small_probe():

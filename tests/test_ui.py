@@ -128,18 +128,23 @@ def test_explain_event_writes_downloads(files):
         files["photo"], "ResNet-18", "resnet18.tv_in1k", "layer4", "top-1 prediction", "viridis", 0.6, False,
         "Guided Grad-CAM", None)
     assert np.load(npy).shape == (224, 224)
-    assert Image.open(png).size == overlay.size
+    assert Image.open(png).size == Image.open(overlay).size == Image.open(second).size == (320 + 70, 240)
     assert len(stages) == 4
 
 
-@pytest.fixture(scope="module")
-def phone_photo(tmp_path_factory):
-    """A 12 MP JPEG (4032x3024), flat grey with a white square well inside the network's crop."""
-    img = Image.new("RGB", (4032, 3024), (128, 128, 128))
+# (size, decoded at, displayed at): 4:3 decodes at 1/4 and shows as decoded; 16:9 decodes at 1/2 and is shrunk
+PHONES = [((4032, 3024), (1008, 756), (1008, 756)), ((4000, 2250), (2000, 1125), (1024, 576))]
+
+
+@pytest.fixture(scope="module", params=PHONES, ids=["12MP-4:3", "9MP-16:9"])
+def phone_photo(request, tmp_path_factory):
+    """A phone-sized JPEG, flat grey with a white square well inside the network's crop; and its sizes."""
+    size, decoded, shown = request.param
+    img = Image.new("RGB", size, (128, 128, 128))
     img.paste((255, 255, 255), (2600, 1000, 2800, 1200))
     path = tmp_path_factory.mktemp("phone") / "phone.jpg"
     img.save(path, quality=90)
-    return str(path)
+    return str(path), size, decoded, shown
 
 
 def _centroid(mask: np.ndarray) -> tuple[float, float]:
@@ -148,14 +153,14 @@ def _centroid(mask: np.ndarray) -> tuple[float, float]:
 
 
 def test_phone_photo_is_decoded_and_drawn_small_and_the_crop_lines_up(phone_photo):
-    """Decoded at half size, displayed at 1024 px; the network input is the crop box of the display: the marker
-    the network sees lands where the marker is on the display."""
+    """Decoded small (JPEG draft mode: the shorter side stays >= 720), shown at most 1024 px; the network input is
+    the crop box on the display: the marker the network sees lands where the marker is on the display."""
+    path, size, decoded, shown = phone_photo
     entry = common.zoo().get("ResNet-18")
-    v = gradcam.view(phone_photo, entry)
-    assert v.image.size == (2016, 1512)  # JPEG draft mode: 1/2, the shorter side still >= 768
-    assert v.display.size == (1024, 768)
-    full = crop_box((4032, 3024), entry.weights.pretrained_cfg)  # on the original, scaled to the display
-    assert v.box == pytest.approx([c * 1024 / 4032 for c in full], abs=1.0)
+    v = gradcam.view(path, entry)
+    assert v.image.size == decoded and v.display.size == shown
+    full = crop_box(size, entry.weights.pretrained_cfg)  # on the original, scaled to the display
+    assert v.box == pytest.approx([c * shown[0] / size[0] for c in full], abs=1.0)
     cfg = entry.weights.pretrained_cfg
     seen = (v.x[0].cpu() * torch.tensor(cfg["std"])[:, None, None] + torch.tensor(cfg["mean"])[:, None, None])
     mx, my = _centroid(seen.mean(0).numpy() > 0.75)  # in network input pixels
@@ -166,16 +171,17 @@ def test_phone_photo_is_decoded_and_drawn_small_and_the_crop_lines_up(phone_phot
 
 
 def test_phone_photo_overlay_paints_exactly_the_crop_and_downloads_at_display_size(phone_photo):
-    entry = common.zoo().get("ResNet-18")
-    v = gradcam.view(phone_photo, entry)
+    path, _, _, (w, h) = phone_photo
+    v = gradcam.view(path, common.zoo().get("ResNet-18"))
     overlay, npy, stages, _, png, _ = gradcam.explain_event(
-        phone_photo, "ResNet-18", None, "layer4", "top-1 prediction", "jet", 0.0, False, "none", None)
-    assert overlay.size == (1024 + 70, 768) and Image.open(png).size == overlay.size
+        path, "ResNet-18", None, "layer4", "top-1 prediction", "jet", 0.0, False, "none", None)
+    overlay = Image.open(overlay)
+    assert overlay.size == (w + 70, h) and Image.open(png).size == overlay.size
     assert np.load(npy).shape == (224, 224)  # the raw map stays at the network's resolution
-    assert all(im.size == (1024, 768) for im, _ in stages)
+    assert all(im.size == (512, round(512 * h / w)) for im, _ in stages)  # gallery tiles
     # opacity 0: the upload shows unchanged where the network looked, dimmed where it did not
-    same = (np.abs(np.asarray(overlay, int)[:, :1024] - np.asarray(v.display, int)) <= 2).all(-1)
-    cols, rows = np.nonzero(same.mean(0) > 0.5)[0], np.nonzero(same.mean(1) > 0.5)[0]
+    same = (np.abs(np.asarray(overlay, int)[:, :w] - np.asarray(v.display, int)) <= 2).all(-1)
+    cols, rows = np.nonzero(same.mean(0) > 0.25)[0], np.nonzero(same.mean(1) > 0.25)[0]
     left, top, right, bottom = v.box
     assert (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1) == pytest.approx((left, top, right, bottom), abs=1.0)
     assert not same[5, 5] and not same[-5, -5]

@@ -26,9 +26,11 @@ SECOND = {v: k for k, v in METHODS.items() if k != "gradcam"}
 FAITHFULNESS_CSV = ASSETS / "shapes_resnet20_faithfulness.csv"
 MIN_DISPLAY = 320  # tiny inputs (Shapes: 32 px) are shown enlarged, pixels kept sharp
 DISPLAY = 1024  # overlays are drawn with the longest side at most this, whatever the upload's size
-# A phone photo is decoded (JPEG draft mode, else `Image.reduce`) with its shorter side no smaller than this: a
-# 1024 px display at 4:3 and wider, never below what the network's resize needs. A 12 MP photo decodes at 1/2.
-DISPLAY_SHORT = 768
+# Uploads are decoded (JPEG draft mode, else `Image.reduce`) with the shorter side no smaller than this (nor than the
+# network's resize): a 4032x3024 phone photo decodes at 1/4, 1008x756, and is shown as decoded; 8000x6000 at 1/8.
+DISPLAY_SHORT = 720
+THUMB = 512  # the every-stage gallery shows small tiles: drawn at most this size
+PNG_LEVEL = 1  # zlib level of the PNGs we write: on a photo 4-5x faster than PIL's default 6, ~15 % larger
 MAX_RECOMPUTE = 200  # images for "Recompute": a few minutes on a CPU; the CLI takes more
 
 
@@ -53,16 +55,21 @@ class View:
     box: tuple[float, float, float, float]  # where `x` lies on `display` (left, top, right, bottom)
 
 
-def _display(img: Image.Image) -> Image.Image:
-    """At most DISPLAY px on the longest side (drawing at a phone photo's 12 MP costs seconds and a GB); tiny
+def _display(img: Image.Image, largest: int = DISPLAY) -> Image.Image:
+    """At most `largest` px on the longest side (drawing at a phone photo's 12 MP costs seconds and a GB); tiny
     inputs enlarged with sharp pixels."""
     longest = max(img.size)
-    if MIN_DISPLAY <= longest <= DISPLAY:
+    if MIN_DISPLAY <= longest <= largest:
         return img
-    scale = (MIN_DISPLAY if longest < MIN_DISPLAY else DISPLAY) / longest
+    scale = (MIN_DISPLAY if longest < MIN_DISPLAY else largest) / longest
     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
     resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR
     return img.resize(size, resample)
+
+
+def _rescale(box: tuple[float, float, float, float], old: Image.Image, new: Image.Image) -> tuple[float, ...]:
+    sx, sy = new.width / old.width, new.height / old.height
+    return box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
 
 
 def view(image: Any, entry: Entry) -> View:
@@ -76,9 +83,8 @@ def view(image: Any, entry: Entry) -> View:
     except ImageError as e:
         raise gr.Error(str(e)[0].upper() + str(e)[1:] + ".", title="Cannot use this image") from e
     disp = _display(img)
-    sx, sy = disp.width / img.width, disp.height / img.height
-    left, top, right, bottom = crop_box(img.size, cfg)  # proportional: holds for the reduced decode too
-    return View(img, clf.transform(img)[None].to(clf.device), disp, (left * sx, top * sy, right * sx, bottom * sy))
+    box = _rescale(crop_box(img.size, cfg), img, disp)  # crop_box is proportional: holds for the reduced decode too
+    return View(img, clf.transform(img)[None].to(clf.device), disp, box)
 
 
 def _digest(img: Image.Image) -> str:
@@ -115,8 +121,8 @@ def explain_image(
         raise gr.Error(f"{model} has no stage {stage!r}; choose one of {', '.join(stages)}")
 
 
-    def lay(heat: np.ndarray, signed_: bool = False, bar: bool = True) -> Image.Image:
-        return overlay(disp, heat, box, cmap, alpha, signed_, colorbar=bar)
+    def lay(heat: np.ndarray, signed_: bool = False, bar: bool = True, on: Image.Image = disp) -> Image.Image:
+        return overlay(on, heat, _rescale(box, disp, on), cmap, alpha, signed_, colorbar=bar)
 
     with entry.lock:  # captum's guided backprop hooks this shared model's ReLUs: one explanation at a time
         cams = layer_cams(net, x, cls, stages)
@@ -135,18 +141,27 @@ def explain_image(
                         hit, (box[0] + (peak_x + 0.5) * sx, box[1] + (peak_y + 0.5) * sy))
         info.append(f"Pointing game: the map's peak is **{'inside' if hit else 'outside'}** the true box "
                     f"→ **{'hit ✅' if hit else 'miss ❌'}**")
-    all_stages = [(lay(maps[s], bar=False), s) for s in stages]
+    thumb = _display(disp, THUMB)
+    all_stages = [(lay(maps[s], bar=False, on=thumb), s) for s in stages]
     second_img = lay(second_map) if second_map is not None else None
     return Explanation(main, heat, all_stages, second_img, "  \n".join(info))
 
 
 def explain_event(image, model, tag, stage, target, cmap, alpha, signed, second, true_box):
-    """The UI/API event: overlay, raw map (.npy), stages, second method, PNG download, info."""
+    """The UI/API event: overlay, raw map (.npy), stages, second method, PNG download, info.
+
+    The overlays go out as the PNG files written here (fast zlib), so Gradio does not encode them again.
+    """
     ex = explain_image(image, model, tag, stage, target, cmap, alpha, signed, second, true_box)
     png, npy = tmp_file(".png", "gradcam_"), tmp_file(".npy", "gradcam_")
-    ex.overlay.save(png)
+    ex.overlay.save(png, compress_level=PNG_LEVEL)
     np.save(npy, ex.heatmap.astype(np.float32))
-    return ex.overlay, str(npy), ex.stages, ex.second, str(png), ex.info
+    other = None
+    if ex.second is not None:  # shown only, never downloaded: a photo-sized one goes as JPEG, 10x faster to encode
+        photo = max(ex.second.size) > THUMB
+        other = tmp_file(".jpg" if photo else ".png", "second_")
+        ex.second.save(other, **({"quality": 90} if photo else {"compress_level": PNG_LEVEL}))
+    return str(png), str(npy), ex.stages, other and str(other), str(png), ex.info
 
 
 def on_model_change(model: str) -> tuple[dict, dict]:
@@ -192,7 +207,8 @@ def recompute_faithfulness(n: float, progress: gr.Progress = gr.Progress()) -> t
     with entry.lock:  # only while copying: no explanation's hooks are on the model then
         net = copy.deepcopy(entry.weights.model).eval()
     data = ShapesDataset(n, seed=424_242, size=net.pretrained_cfg["input_size"][-1])
-    settings = {"methods": list(METHODS), "stages": list(net.stage_names), "n": n, "n_random": min(n, 50)}
+    settings = {"methods": list(METHODS), "stages": list(net.stage_names), "n": n, "n_random": min(n, 50),
+                "batch_size": 50}
     progress(0, desc=f"Timing a few images to estimate the run on {n} images...")
     estimate = estimate_seconds(net, data, **settings)
     start = time.perf_counter()
