@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .resnet import REGISTRY, build, init_seed
+from .resnet import REGISTRY, build, init_seed, twin_name
 from .shapes import ShapesDataset
 
 if TYPE_CHECKING:
@@ -74,6 +75,34 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256)
     logits = torch.cat([net(x[i:i + batch]) for i in range(0, len(x), batch)])
     net.train()
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def estimate_memory(steps: int, batch_size: int, archs: Sequence[str] = DEFAULT_ARCHS, *, train_size: int = 10_000,
+                    val_size: int = 1000, image_size: int = 32, eval_batch: int = 256) -> int:
+    """Estimated peak bytes `run_degradation` adds to the process (an upper bound, as `gradflow.estimate_memory`).
+
+    Unlike a gradient sweep every net lives for the whole run: weights, gradients
+    and SGD momentum of all of them, plus the normalized images (rendering holds
+    ~3 float copies of a set for a moment), plus the hungrier of one training
+    step (the largest net's saved activations) and one no-grad evaluation chunk.
+    """
+    from .gradflow import ALLOCATOR_OVERHEAD, BACKWARD_WORKSPACE, step_memory
+
+    n_train = min(train_size, steps * batch_size)
+    image = 3 * image_size * image_size * 4
+    data = (n_train + val_size) * image
+    rendering = 3 * max(n_train, val_size) * image
+    weights, step, evaluation = 0, 0, 0
+    for arch in archs:
+        residual = REGISTRY[arch].residual
+        name, variant = (arch, "residual") if residual else (twin_name(arch), "plain")
+        params, saved, _, largest = step_memory(name, variant, batch_size, image_size)
+        weights += 3 * params
+        step = max(step, saved + BACKWARD_WORKSPACE * largest)
+        _, _, _, largest_eval = step_memory(name, variant, max(2, min(eval_batch, val_size)), image_size)
+        evaluation = max(evaluation, 3 * largest_eval)
+    peak = max(rendering, data + weights + max(step, evaluation))
+    return math.ceil(ALLOCATOR_OVERHEAD["cpu"] * peak)
 
 
 def run_degradation(
@@ -229,11 +258,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import resources
     from .gradflow import tqdm_progress
 
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    unknown = [a for a in archs if a not in REGISTRY]
+    if unknown or args.steps < 1 or args.batch_size < 2:
+        print(f"degradation: unknown archs {', '.join(unknown)}" if unknown else
+              "degradation: need --steps >= 1 and --batch-size >= 2 (train-mode BatchNorm)", file=sys.stderr)
+        return 2
+    need = estimate_memory(args.steps, args.batch_size, archs, train_size=args.train_size, val_size=args.val_size)
+    budget = resources.memory_available()
+    if need > budget:
+        fits = [b for b in (256, 128, 64, 32, 16, 8, 4, 2) if b < args.batch_size and estimate_memory(
+            args.steps, b, archs, train_size=args.train_size, val_size=args.val_size) <= budget]
+        hint = f"--batch-size {fits[0]} fits" if fits else "fewer or shallower --archs, or a smaller --train-size"
+        print(f"degradation: this run needs about {need / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} GiB "
+              f"free for it now; {hint}.", file=sys.stderr)
+        return 2
     progress, close = tqdm_progress(args.steps, "degradation")
     try:
-        df = run_degradation(args.steps, args.batch_size, [a.strip() for a in args.archs.split(",")], args.seed,
+        df = run_degradation(args.steps, args.batch_size, archs, args.seed,
                              progress, lr=args.lr, train_size=args.train_size, val_size=args.val_size,
                              evals=args.evals, clutter=args.clutter)
     finally:

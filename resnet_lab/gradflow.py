@@ -182,10 +182,11 @@ def measure(arch: str, variant: str, seed: int, cfg: GradFlowConfig,
 # --- memory: a sweep measures one net at a time, so its peak is the hungriest single net's ---
 
 BACKWARD_WORKSPACE = 3  # activation-sized gradient buffers alive at once during backward
-# What a process really holds per byte of tensors, from peaks measured against `net_memory` + the batch: resident
-# memory on 2 CPU cores 0.95-1.27x (glibc and oneDNN keep more than the tensors); CUDA's max_memory_allocated on an
-# H100 0.75-1.04x. So the estimate is an upper bound on both (benchmarks/bench_gradflow.py --cuda-check, tests).
-ALLOCATOR_OVERHEAD = {"cpu": 1.3, "cuda": 1.1}
+# What a process really holds per byte of tensors, from peaks measured against the tensor count: the resident peak
+# on 2 CPU cores is 0.95-1.27x for one `measure` and up to 1.68x for a few degradation steps (glibc keeps freed
+# activation-sized blocks); CUDA's max_memory_allocated on an H100 is 0.75-1.04x. So the estimates bound both
+# (benchmarks/bench_gradflow.py --cuda-check, tests/test_gradflow.py, tests/test_degradation.py).
+ALLOCATOR_OVERHEAD = {"cpu": 1.8, "cuda": 1.1}
 
 
 def saved_tensor_bytes(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
@@ -260,22 +261,30 @@ def _profile(arch: str, variant: str, size: int, bn_mode: str, num_classes: int)
     return sum(p.numel() * p.element_size() for p in net.parameters()), points[0], points[1]
 
 
+def step_memory(arch: str, variant: str, batch: int, size: int, bn_mode: str = "train",
+                num_classes: int = 10) -> tuple[int, int, int, int]:
+    """(parameter, saved, retained block-output, largest saved tensor) bytes of one training step of a net.
+
+    `arch` is a registered ResNet and `variant` "residual" or "plain" (its twin).
+    Activations are affine in the batch size (per-channel BN statistics are the
+    constant part), so two cached meta passes at batch 2 and 4 give every batch
+    exactly: bisecting for the largest batch that fits costs nothing.
+    """
+    params, (s2, r2, l2), (s4, r4, l4) = _profile(arch, variant, size, bn_mode, num_classes)
+    k = batch - 2
+    return params, s2 + (s4 - s2) * k // 2, r2 + (r4 - r2) * k // 2, l2 + (l4 - l2) * k // 2
+
+
 def net_memory(arch: str, variant: str, cfg: GradFlowConfig) -> int:
     """Peak tensor bytes of `measure` for one net of `cfg` besides its batch, counted on meta (allocates nothing).
 
     Parameters and their gradients, every tensor saved for backward, the
     retained gradients of the block outputs (`measure` keeps them), and
     `BACKWARD_WORKSPACE` gradient buffers the size of the largest activation.
-    Activations are affine in the batch size (per-channel BN statistics are the
-    constant part), so two cached meta passes at batch 2 and 4 give every batch
-    exactly: bisecting for the largest batch that fits costs nothing.
     """
-    size = cfg.size_for(arch)
-    params, (s2, r2, l2), (s4, r4, l4) = _profile(arch, variant, size, cfg.bn_mode, cfg.num_classes)
-    b = cfg.batch_size
-    activations = s2 + r2 + (s4 + r4 - s2 - r2) * (b - 2) // 2
-    largest = l2 + (l4 - l2) * (b - 2) // 2
-    return 2 * params + activations + BACKWARD_WORKSPACE * largest
+    params, saved, retained, largest = step_memory(arch, variant, cfg.batch_size, cfg.size_for(arch), cfg.bn_mode,
+                                                   cfg.num_classes)
+    return 2 * params + saved + retained + BACKWARD_WORKSPACE * largest
 
 
 def estimate_memory(cfg: GradFlowConfig) -> int:

@@ -288,9 +288,9 @@ def test_memory_estimate_bounds_a_measured_peak():
     """The process's peak resident memory over one `measure` (fresh subprocess, VmHWM) vs the estimate.
 
     Measured on 2 shared CPU cores: the resident peak is 0.95-1.27x the tensor count
-    (`net_memory` + batch) over six configs, so `estimate_memory` (x1.3) bounds it with
-    little to spare: measured/estimate 0.73-0.98. Leaving out the saved activations
-    (most of it) would give ~5x; counting each aliased tensor separately ~0.5x.
+    (`net_memory` + batch) over six configs, so `estimate_memory` (x1.8, for the worse
+    overheads of multi-step training) bounds it: measured/estimate 0.53-0.71. Leaving
+    out the saved activations (most of it) would give ~5x the count.
     """
     import subprocess
 
@@ -303,7 +303,7 @@ def test_memory_estimate_bounds_a_measured_peak():
     assert peak > before  # the high-water mark rose during `measure`: it is the peak of `measure` itself
     tensors = gradflow.net_memory(arch, "residual", cfg) + batch * 3 * size * size * 4
     assert 0.8 < (peak - rss) / tensors < 1.35, (peak - rss, tensors)
-    assert 0.6 < (peak - rss) / gradflow.estimate_memory(cfg) <= 1.05
+    assert 0.45 < (peak - rss) / gradflow.estimate_memory(cfg) <= 1.0
 
 
 @pytest.mark.parametrize("arch,bn_mode", [("resnet20", "train"), ("resnet50", "train"), ("resnet50", "eval"),
@@ -323,7 +323,7 @@ def test_meta_count_equals_what_a_real_forward_saves(arch, bn_mode):
 def test_estimate_is_affine_in_the_batch_and_refuses_what_does_not_fit(monkeypatch, capsys):
     big = GradFlowConfig(archs=("resnet20", "resnet152"), input_size=224, batch_size=64)
     need = gradflow.estimate_memory(big)
-    assert 16 * 2**30 < need < 24 * 2**30  # the issue's "about 18 GB" sweep (tensors ~15.8 GB, x1.3 for the process)
+    assert 26 * 2**30 < need < 30 * 2**30  # the issue's "about 18 GB" sweep: tensors 15.8 GB, x1.8 for the process
     budget = 3 * 2**30
     fits = gradflow.largest_batch(big, budget)
     assert fits is not None and 2 <= fits < 64
