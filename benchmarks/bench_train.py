@@ -66,7 +66,7 @@ def main() -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for fmt in (torch.contiguous_format, torch.channels_last):
-            model = build(args.arch, num_classes=len(CLASSES)).to(memory_format=fmt)
+            model = build(args.arch, num_classes=len(CLASSES), seed=0).to(memory_format=fmt)
             train_rate, eval_rate = bench_model(model, x.contiguous(memory_format=fmt), y)
             name = "channels_last" if fmt is torch.channels_last else "contiguous"
             print(f"{args.arch} {args.size}px threads={threads} {name:13s}: train {train_rate:6.0f} images/s, "

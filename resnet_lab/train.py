@@ -162,6 +162,16 @@ def random_flips(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(v, x.flip(-2), x)
 
 
+def initial_model(config: TrainConfig) -> nn.Module:
+    """The untrained net of a run: a function of `config.seed` alone, drawn without torch's global RNG.
+
+    `init_seed` gives the seed that `torch.manual_seed(seed)` + `build()` used to draw, so the shipped
+    checkpoint's command still starts from the same weights, and another thread using the global RNG
+    meanwhile (another tab's event) changes nothing.
+    """
+    return build(config.arch, num_classes=len(CLASSES), seed=init_seed(config.seed))
+
+
 def data_config(size: int) -> dict[str, Any]:
     """What the checkpoint JSON tells `load_checkpoint` (and timm's eval transform) about the input."""
     return {"input_size": [3, size, size], "mean": list(MEAN), "std": list(STD), "crop_pct": 1.0,
@@ -209,9 +219,7 @@ def train(config: TrainConfig, progress: Progress | None = None, *, command: str
     val_set = ShapesDataset(config.n_val, val_seed, size, config.clutter)
     log(f"rendered {len(train_set)} + {len(val_set)} images of {size} px in {time.perf_counter() - t0:.1f} s")
 
-    # the init is a function of the seed alone (the shipped checkpoint's: init_seed reproduces manual_seed + build),
-    # so a thread drawing from the global RNG meanwhile changes nothing, and nothing here touches that RNG
-    model = build(config.arch, num_classes=len(CLASSES), seed=init_seed(config.seed))
+    model = initial_model(config)
     model.pretrained_cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in data_config(size).items()})
     model = model.to(device, memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(config.seed)

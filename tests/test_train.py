@@ -11,7 +11,7 @@ from torch import nn
 
 from resnet_lab.__main__ import main
 from resnet_lab.shapes import CLASSES, MEAN, STD, ShapesDataset, normalize
-from resnet_lab.train import TrainConfig, evaluate, train
+from resnet_lab.train import TrainConfig, evaluate, initial_model, train
 from resnet_lab.weights import load_checkpoint
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "shapes_resnet20.safetensors"
@@ -90,6 +90,39 @@ def test_bad_configs_are_refused():
         TrainConfig(arch="resnet21")
     with pytest.raises(ValueError, match="collides"):
         TrainConfig(seed=998, test_seed=999)
+
+
+def test_initial_weights_ignore_other_threads_use_of_the_global_rng():
+    """The old `fork_rng(); manual_seed(seed); build()` could be split by another thread reseeding in between."""
+    from test_gradflow import hammered_global_rng
+
+    configs = [TrainConfig(seed=s, quiet=True) for s in range(30)]
+    quiet = [initial_model(c).state_dict() for c in configs]
+    with hammered_global_rng() as hammered:
+        again = [initial_model(c).state_dict() for c in configs]
+    assert hammered[0] > 100
+    for a, b in zip(quiet, again):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(quiet[0]["conv1.weight"], quiet[1]["conv1.weight"])
+
+
+def test_shipped_init_is_what_manual_seed_and_build_gave():
+    """The shipped checkpoint's command (seed 0) must still start from the weights it started from."""
+    import resnet_lab
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        old = resnet_lab.build("resnet20", num_classes=len(CLASSES))
+    new = initial_model(TrainConfig(seed=0)).state_dict()
+    assert all(torch.equal(v, new[k]) for k, v in old.state_dict().items())
+
+
+def test_shipped_json_scores_are_what_the_weights_score():
+    """The JSON's test accuracy, re-measured from the shipped weights on the test set it names (not just re-read)."""
+    loaded = load_checkpoint(SHIPPED)
+    data = loaded.meta["data"]
+    test_set = ShapesDataset(data["n_test"], data["test_seed"], loaded.meta["input_size"][-1], data["clutter"])
+    assert evaluate(loaded.model, test_set) == pytest.approx(loaded.meta["test_acc"], abs=0.5 / data["n_test"])
 
 
 def test_shipped_model_is_accurate_on_unseen_data():
