@@ -111,7 +111,7 @@ def cuda_check() -> None:
     m.layer1[0].bn2.register_forward_hook(lambda _m, _i, o: seen.__setitem__("bn2", o))
     x = torch.randn(2, 3, 64, 64, device=dev)
     ref = m(x).detach()
-    ref_min = float(seen["bn2"].min())
+    ref_min = float(seen["bn2"].detach().min())
     with torch.no_grad():
         out = m(x)
     print(f"inplace: no_grad hook min {float(seen['bn2'].min()):.3f} vs graph {ref_min:.3f}; logits equal",
