@@ -259,7 +259,8 @@ def estimate_seconds(
 
     Each piece (the curves, each method's maps) is timed now on 1 and on `probe`
     images, after a warm-up call (first-call costs such as cuDNN's autotuning are paid
-    once per run): a cost per call plus a cost per image, summed over `planned_calls`.
+    once per run), each the faster of two tries (other work on a shared machine only
+    slows a try down): a cost per call plus a cost per image, summed over `planned_calls`.
     The per-call part matters on a GPU, where a batch of 50 costs about what a batch
     of 4 does. A few seconds on a CPU for the Shapes net, a fraction of one on a GPU.
     """
@@ -277,13 +278,16 @@ def estimate_seconds(
         pieces[method] = lambda b, m=method: attribute(model, batch.x[:b], batch.target[:b], m, stages[-1])
 
     def seconds(fn: Callable[[int], torch.Tensor], b: int) -> float:
-        start = time.perf_counter()
-        fn(b).sum().item()  # waits for the device
-        return time.perf_counter() - start
+        tries = []
+        for _ in range(2):
+            start = time.perf_counter()
+            fn(b).sum().item()  # waits for the device
+            tries.append(time.perf_counter() - start)
+        return min(tries)
 
     total = 0.0
     for piece, sizes in planned_calls(model, methods, stages, n, n_random, batch_size).items():
-        seconds(pieces[piece], 1)  # warm-up
+        pieces[piece](1).sum().item()  # warm-up
         one, several = seconds(pieces[piece], 1), seconds(pieces[piece], k)
         per_image = max(several - one, 0.0) / (k - 1)
         per_call = max(one - per_image, 0.0)
