@@ -121,6 +121,7 @@ def run_degradation(
     image_size: int = 32,
     clutter: bool = False,
     until: int | None = None,
+    device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
     """Train `archs` in lockstep on identical batches; return the tidy curves.
 
@@ -129,6 +130,8 @@ def run_degradation(
     `evals` evenly spaced steps up to the last. `until` stops after that many
     steps of the `steps`-step schedule (no final validation): the start of a
     long run, exactly as the long run had it, for checking shipped curves.
+    `device` runs the nets and holds the images there (a GPU Space trains on its
+    GPU); the batch order is drawn on the CPU either way, so it is the same everywhere.
     """
     if steps < 1 or batch_size < 2:
         raise ValueError("need steps >= 1 and batch_size >= 2 (train-mode BatchNorm)")
@@ -139,13 +142,15 @@ def run_degradation(
         raise ValueError(f"unknown archs: {', '.join(unknown)}")
     report = progress or (lambda _f, _d: None)
     report(0.0, "rendering Shapes images")
+    device = torch.device(device)
     x_train, y_train = _images(min(train_size, steps * batch_size), seed, image_size, clutter)
     x_val, y_val = _images(val_size, seed + 100_003, image_size, clutter)  # another seed: unseen images
     num_classes = int(max(y_train.max(), y_val.max())) + 1
+    x_train, y_train, x_val, y_val = (t.to(device) for t in (x_train, y_train, x_val, y_val))
 
     nets: dict[str, nn.Module] = {}
     for arch in archs:  # one init seed for all: each ResNet starts from its plain twin's weights
-        nets[arch] = build(arch, num_classes=num_classes, seed=init_seed(seed)).train()
+        nets[arch] = build(arch, num_classes=num_classes, seed=init_seed(seed)).to(device).train()
     opts = {a: torch.optim.SGD(n.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
             for a, n in nets.items()}
     warmup = max(1, steps // 20)
@@ -172,7 +177,7 @@ def run_degradation(
         if len(order) < batch_size:  # a fresh permutation per epoch, the same for every net
             order = torch.cat([order, torch.randperm(len(x_train), generator=g)])
         idx, order = order[:batch_size], order[batch_size:]
-        xb, yb = x_train[idx], y_train[idx]
+        xb, yb = x_train[idx.to(device)], y_train[idx.to(device)]
         for arch, net in nets.items():
             for group in opts[arch].param_groups:
                 group["lr"] = lr_at(step, steps, lr, warmup)
@@ -255,11 +260,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clutter", action="store_true", help="Shapes with clutter (harder: needs a longer budget)")
     p.add_argument("--out", help="write the curves as CSV")
     p.add_argument("--plot", help="write the curves as PNG")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import resources
-    from .gradflow import tqdm_progress
+    from .gradflow import available_memory, tqdm_progress
 
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     unknown = [a for a in archs if a not in REGISTRY]
@@ -268,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
               "degradation: need --steps >= 1 and --batch-size >= 2 (train-mode BatchNorm)", file=sys.stderr)
         return 2
     need = estimate_memory(args.steps, args.batch_size, archs, train_size=args.train_size, val_size=args.val_size)
-    budget = resources.memory_available()
+    budget = available_memory(args.device)
     if need > budget:
         fits = [b for b in (256, 128, 64, 32, 16, 8, 4, 2) if b < args.batch_size and estimate_memory(
             args.steps, b, archs, train_size=args.train_size, val_size=args.val_size) <= budget]
@@ -280,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         df = run_degradation(args.steps, args.batch_size, archs, args.seed,
                              progress, lr=args.lr, train_size=args.train_size, val_size=args.val_size,
-                             evals=args.evals, clutter=args.clutter)
+                             evals=args.evals, clutter=args.clutter, device=args.device)
     finally:
         close()
     print(final_metrics(df).round(4).to_string(index=False))

@@ -325,6 +325,7 @@ def _probe_degradation() -> dict[str, float]:
     marks: list[tuple[str, float]] = [("start", time.perf_counter())]
     degradation.run_degradation(steps=2, batch_size=q["batch_size"], train_size=2 * q["batch_size"],
                                 val_size=q["batch_size"], evals=1,  # validation at the start and the end only
+                                device=zoo().device,
                                 progress=lambda _f, desc: marks.append((desc, time.perf_counter())))
     at = dict(marks)
     return {"setup": at["validating at step 0"] - at["start"],
@@ -348,7 +349,7 @@ def rerun_estimate() -> float:
 @functools.lru_cache(maxsize=1)
 def _quick_run(progress: _Untracked) -> tuple[pd.DataFrame, float]:
     t = time.perf_counter()
-    df = degradation.run_degradation(progress=progress.value, **degradation.QUICK)
+    df = degradation.run_degradation(progress=progress.value, device=zoo().device, **degradation.QUICK)
     return df, time.perf_counter() - t
 
 
