@@ -41,7 +41,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 import pandas as pd
 import torch
 from gradio_client import Client, handle_file
@@ -51,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import app  # noqa: E402
+from benchmarks.photos import phone_jpeg  # noqa: E402
 from resnet_lab.ui import common, gradcam  # noqa: E402
 from resnet_lab.ui.common import UploadImage  # noqa: E402
 from resnet_lab.zoo import ModelZoo  # noqa: E402
@@ -129,22 +129,6 @@ def stages_in_one_pass(repeats: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- phone photos
-
-
-def phone_jpeg(size: tuple[int, int], path: Path, seed: int = 0) -> Path:
-    """A photo-like JPEG: smooth colour waves (upscaled from a small drawing) plus sensor-like noise, quality 90."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    yy, xx = np.mgrid[0:300, 0:400] / 50.0
-    small = np.stack([128 + 90 * np.sin(xx * 1.3 + np.cos(yy)), 128 + 90 * np.cos(yy * 1.7 - xx * 0.4),
-                      128 + 70 * np.sin((xx + yy) * 0.9)], -1)
-    big = np.asarray(Image.fromarray(small.astype(np.uint8)).resize(size, Image.Resampling.BICUBIC))
-    noisy = np.empty_like(big)
-    for top in range(0, h, 500):  # in bands, so making 48 MP needs no float copy of it all
-        band = big[top:top + 500].astype(np.int16) + rng.normal(0, 8, big[top:top + 500].shape).astype(np.int16)
-        noisy[top:top + 500] = np.clip(band, 0, 255).astype(np.uint8)
-    Image.fromarray(noisy).save(path, quality=90)
-    return path
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -230,8 +214,11 @@ def round_trips(model: str, images: dict[str, str], repeats: int) -> dict[str, f
 def phone(models: list[str], repeats: int) -> pd.DataFrame:
     """Round trip and added peak memory for the example photo and the 12 MP and 48 MP JPEGs, per model."""
     folder = Path(tempfile.mkdtemp(prefix="bench_phone_"))
-    images = {"example": IMAGE, **{k: str(phone_jpeg(v, folder / f"phone_{k[:2]}mp.jpg"))
-                                   for k, v in PHONE_SIZES.items()}}
+    images = {"example": IMAGE}
+    for k, (w, h) in PHONE_SIZES.items():
+        path = folder / f"phone_{k[:2]}mp.jpg"
+        path.write_bytes(phone_jpeg(w, h))
+        images[k] = str(path)
     rows = []
     for model in models:
         e2e = round_trips(model, images, repeats)

@@ -19,44 +19,21 @@ ResNet-50 (fused fast path, as the app runs it).
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.photos import phone_jpeg  # noqa: E402
 from resnet_lab.data import decode_image, eval_transform, resize_side  # noqa: E402
 from resnet_lab.inference import Classifier  # noqa: E402
 from resnet_lab.weights import load_weights  # noqa: E402
 from resnet_lab.zoo import SHAPES_CHECKPOINT  # noqa: E402
-
-
-def phone_jpeg(w: int, h: int, orientation: int = 1, seed: int = 0) -> bytes:
-    """A photo-like w x h JPEG: smooth shapes and gradients (upsampled) plus per-pixel noise, quality 90."""
-    rng = np.random.default_rng(seed)
-    sw, sh = max(8, w // 16), max(8, h // 16)
-    yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float32)
-    base = np.stack([
-        128 + 90 * np.sin(xx / (sw / 7.0)) * np.cos(yy / (sh / 3.0)),
-        128 + 80 * np.cos((xx + yy) / (sw / 5.0)),
-        128 + 70 * np.sin(np.hypot(xx - sw / 2, yy - sh / 3) / (sw / 11.0)),
-    ], -1)
-    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
-    arr = np.asarray(img).astype(np.int16)
-    arr += rng.integers(-10, 11, arr.shape, dtype=np.int16)  # sensor noise: fine detail the DCT must carry
-    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-    del arr
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90, exif=exif.tobytes())
-    return buf.getvalue()
 
 
 def timed(fn) -> tuple[float, object]:

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.bench_decode import phone_jpeg  # noqa: E402
+from benchmarks.photos import phone_jpeg  # noqa: E402
 from resnet_lab import degradation  # noqa: E402
 from resnet_lab.explain import METHODS, attribute, gradcam_stages  # noqa: E402
 from resnet_lab.faithfulness import estimate_seconds, evaluate  # noqa: E402

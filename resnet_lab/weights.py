@@ -163,7 +163,7 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> LoadedW
     state = read_state_dict(path)
     if "fc.weight" not in state:
         raise WeightsUnavailable(f"{path.name} has no classifier head (no fc.weight): it cannot classify")
-    model = build(arch, num_classes=meta.get("num_classes") or state["fc.weight"].shape[0])
+    model = build(arch, num_classes=meta.get("num_classes") or state["fc.weight"].shape[0], seed=0)
     load_into(model, state, path.name)
     cfg = dict(model.pretrained_cfg)
     cfg.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in meta.items() if k in cfg})
@@ -288,7 +288,7 @@ def load_pretrained(tag: str) -> LoadedWeights:
     arch, cfg = resolve_tag(tag)
     tag = f"{arch}.{cfg.tag}" if cfg.tag else arch
     path = hub_file(cfg.hf_hub_id, what=f"the weights {tag!r}")
-    model = build(arch, num_classes=cfg.num_classes)
+    model = build(arch, num_classes=cfg.num_classes, seed=0)  # overwritten by the weights: no global draw
     load_into(model, read_state_dict(path), f"hub weights {tag!r}")
     return LoadedWeights(model.eval(), f"hub:{tag}", dict(cfg.to_dict()), path=Path(path))
 

@@ -58,6 +58,9 @@ def test_classify_an_example_in_the_browser(page):
 def test_gradcam_heatmap_appears_in_the_browser(page):
     page.get_by_role("tab", name="Grad-CAM").click()
     page.get_by_role("button", name="Draw a Shapes sample (true box known)").click()
+    # The draw is its own event: explaining before it has filled the image would explain nothing (a race on a
+    # loaded machine), so wait for its note first.
+    expect(page.get_by_text("Shapes sample #0")).to_be_visible(timeout=60_000)
     page.get_by_role("button", name="Explain", exact=True).click()
     expect(page.get_by_text("Pointing game")).to_be_visible(timeout=90_000)
     heat = page.locator("#gradcam-overlay img")

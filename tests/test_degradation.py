@@ -135,20 +135,6 @@ def test_shipped_curves_show_degradation():
     assert all(math.isfinite(v) for v in final.val_acc)
 
 
-_PEAK_SCRIPT = """
-import gc, re, sys
-from resnet_lab import degradation
-degradation.run_degradation(2, 2, ("plain20",), train_size=4, val_size=4, evals=1)  # warm-up
-gc.collect()
-status = lambda key: int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
-try:
-    open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM, the peak resident memory, to the current one
-except OSError:
-    pass
-rss, before = status("VmRSS"), status("VmHWM")
-degradation.run_degradation(30, 64, ("plain20", "resnet32"), train_size=256, val_size=128, until=2)
-print(rss, before, status("VmHWM"))
-"""
 
 
 def test_memory_estimate_bounds_a_measured_peak():
@@ -161,17 +147,14 @@ def test_memory_estimate_bounds_a_measured_peak():
     peak for small runs like this one, 0.92 for plain/resnet110 at batch 128, 0.72 for
     the shipped run. Leaving out the training step's activations would give ~3.
     """
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from peak_memory import added_peak
 
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True, check=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=str(Path(__file__).resolve().parent.parent))
-    rss, before, peak = map(int, out.stdout.split())
-    assert peak > before
+    added = added_peak(
+        'from resnet_lab import degradation\n'
+        'degradation.run_degradation(2, 2, ("plain20",), train_size=4, val_size=4, evals=1)',  # warm-up
+        'degradation.run_degradation(30, 64, ("plain20", "resnet32"), train_size=256, val_size=128, until=2)')
     estimate = degradation.estimate_memory(30, 64, ("plain20", "resnet32"), train_size=256, val_size=128)
-    assert 0.5 < (peak - rss) / estimate <= 1.2
+    assert 0.5 < added / estimate <= 1.2
 
 
 def test_cli_refuses_a_run_that_does_not_fit(monkeypatch, capsys):

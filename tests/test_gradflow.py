@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -266,22 +264,6 @@ def test_cli_writes_csv_and_plot(tmp_path, capsys):
 
 # --- memory: the estimate that lets the CLI and the Research tab refuse a sweep that would kill the process ---
 
-_PEAK_SCRIPT = """
-import gc, re, sys
-from resnet_lab import gradflow
-arch, size, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-cfg = gradflow.GradFlowConfig(archs=(arch,), input_size=size, batch_size=batch)
-gradflow.measure("resnet20", "residual", 0, gradflow.GradFlowConfig(archs=("resnet20",), batch_size=2))  # warm-up
-gc.collect()
-status = lambda key: int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
-try:
-    open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM, the peak resident memory, to the current one
-except OSError:
-    pass
-rss, before = status("VmRSS"), status("VmHWM")
-gradflow.measure(arch, "residual", 0, cfg)
-print(rss, before, status("VmHWM"))
-"""
 
 
 def test_memory_estimate_bounds_a_measured_peak():
@@ -292,18 +274,18 @@ def test_memory_estimate_bounds_a_measured_peak():
     overheads of multi-step training) bounds it: measured/estimate 0.53-0.71. Leaving
     out the saved activations (most of it) would give ~5x the count.
     """
-    import subprocess
+    from peak_memory import added_peak
 
     arch, size, batch = "resnet18", 128, 16
     cfg = GradFlowConfig(archs=(arch,), input_size=size, batch_size=batch)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, arch, str(size), str(batch)], capture_output=True,
-                         text=True, check=True, env=env, cwd=str(Path(__file__).resolve().parent.parent))
-    rss, before, peak = map(int, out.stdout.split())
-    assert peak > before  # the high-water mark rose during `measure`: it is the peak of `measure` itself
+    added = added_peak(
+        'from resnet_lab import gradflow\n'
+        'gradflow.measure("resnet20", "residual", 0, gradflow.GradFlowConfig(archs=("resnet20",), batch_size=2))',
+        f'gradflow.measure({arch!r}, "residual", 0, '
+        f'gradflow.GradFlowConfig(archs=({arch!r},), input_size={size}, batch_size={batch}))')
     tensors = gradflow.net_memory(arch, "residual", cfg) + batch * 3 * size * size * 4
-    assert 0.8 < (peak - rss) / tensors < 1.35, (peak - rss, tensors)
-    assert 0.45 < (peak - rss) / gradflow.estimate_memory(cfg) <= 1.0
+    assert 0.8 < added / tensors < 1.35, (added, tensors)
+    assert 0.45 < added / gradflow.estimate_memory(cfg) <= 1.0
 
 
 @pytest.mark.parametrize("arch,bn_mode", [("resnet20", "train"), ("resnet50", "train"), ("resnet50", "eval"),

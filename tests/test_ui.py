@@ -282,5 +282,9 @@ def test_old_outputs_are_pruned(monkeypatch):
     old.write_bytes(b"x")
     stale = time.time() - common.KEEP_OUTPUTS_S - 10
     os.utime(old.parent, (stale, stale))
+    monkeypatch.setattr(common, "_last_prune", time.time())  # pruned a moment ago: not scanned again yet
+    kept = common.tmp_file(".npy", "new_")
+    assert old.exists() and kept.parent.parent == common.OUTPUTS
+    monkeypatch.setattr(common, "_last_prune", time.time() - common.PRUNE_EVERY_S - 1)
     fresh = common.tmp_file(".npy", "new_")
     assert not old.exists() and fresh.parent.is_dir() and fresh.parent.parent == common.OUTPUTS

@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from ..data import ImageError, decode_image
+from ..data import ImageError, check_transformable, decode_image
 from ..resources import cpu_count
 from ..weights import WeightsUnavailable
 from ..zoo import MODELS, ModelZoo, tags_for
@@ -72,12 +72,19 @@ class UploadImage(gr.Image):
         return payload.path
 
 
-def open_upload(src: Any) -> Image.Image:
-    """Our decoder behind a `gr.Error` that tells the user what is wrong with the file."""
+def open_upload(src: Any, min_side: int | None = None, cfg: dict[str, Any] | None = None) -> Image.Image:
+    """Our decoder behind a `gr.Error` that tells the user what is wrong with the file.
+
+    `min_side` decodes no larger than needed (see `decode_image`); `cfg`, the model's
+    data config, also refuses what its eval transform could not resize within bounds.
+    """
     if src is None:
         raise gr.Error("Upload an image first (or pick an example).", title="No image")
     try:
-        return decode_image(src)
+        img = decode_image(src, min_side=min_side)
+        if cfg is not None:
+            check_transformable(img.size, cfg)
+        return img
     except ImageError as e:
         raise gr.Error(str(e)[0].upper() + str(e)[1:] + ".", title="Cannot use this image") from e
 
@@ -108,16 +115,28 @@ OUTPUTS = Path(tempfile.gettempdir()) / "resnet_lab_outputs"
 KEEP_OUTPUTS_S = 3600  # downloads older than this are pruned, so a long-running server does not fill the disk
 
 
-def tmp_file(suffix: str, prefix: str = "resnet_lab_", name: str | None = None) -> Path:
-    """A fresh output file (never a user-chosen path); outputs older than an hour are deleted on the way."""
-    OUTPUTS.mkdir(exist_ok=True)
-    now = time.time()
+PRUNE_EVERY_S = 60  # a scan per request would stat every output of the last hour: thousands on a busy server
+_last_prune = 0.0
+
+
+def prune_outputs(now: float | None = None) -> None:
+    """Delete outputs older than `KEEP_OUTPUTS_S`, so a long-running server does not fill its disk."""
+    global _last_prune
+    now = time.time() if now is None else now
+    _last_prune = now
     for old in OUTPUTS.iterdir():
         try:
             if now - old.stat().st_mtime > KEEP_OUTPUTS_S:
                 old.unlink() if old.is_file() else shutil.rmtree(old)
         except OSError:
             pass  # another worker got there first
+
+
+def tmp_file(suffix: str, prefix: str = "resnet_lab_", name: str | None = None) -> Path:
+    """A fresh output file (never a user-chosen path); old outputs are pruned on the way, once a minute at most."""
+    OUTPUTS.mkdir(exist_ok=True)
+    if time.time() - _last_prune > PRUNE_EVERY_S:
+        prune_outputs()
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=OUTPUTS))
     return folder / (name or f"{prefix.rstrip('_')}{suffix}")
 

@@ -15,10 +15,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ..data import ImageError, check_transformable, crop_box, decode_image, resize_side
+from ..data import crop_box, resize_side
 from ..explain import METHODS, attribute, draw_box, layer_cams, overlay, upsample_cam
 from ..zoo import ASSETS, SHAPES_MODEL, Entry, describe
-from .common import LONG, QUICK, UploadImage, on_gpu, tmp_file, user_errors, zoo
+from .common import LONG, QUICK, UploadImage, on_gpu, open_upload, tmp_file, user_errors, zoo
 
 RANKS = [f"top-{k} prediction" for k in range(1, 6)]
 CMAPS = ["jet", "inferno", "viridis", "magma", "turbo", "gray"]
@@ -74,14 +74,8 @@ def _rescale(box: tuple[float, float, float, float], old: Image.Image, new: Imag
 
 def view(image: Any, entry: Entry) -> View:
     """Decode the upload once, no larger than needed, and tie the network input to its place on the display."""
-    if image is None:
-        raise gr.Error("Upload an image first (or pick an example).", title="No image")
     clf, cfg = entry.classifier, entry.weights.pretrained_cfg
-    try:
-        img = decode_image(image, min_side=max(resize_side(cfg), DISPLAY_SHORT))
-        check_transformable(img.size, cfg)
-    except ImageError as e:
-        raise gr.Error(str(e)[0].upper() + str(e)[1:] + ".", title="Cannot use this image") from e
+    img = open_upload(image, min_side=max(resize_side(cfg), DISPLAY_SHORT), cfg=cfg)
     disp = _display(img)
     box = _rescale(crop_box(img.size, cfg), img, disp)  # crop_box is proportional: holds for the reduced decode too
     return View(img, clf.transform(img)[None].to(clf.device), disp, box)
