@@ -64,7 +64,10 @@ class ShortcutA(nn.Module):
     """The paper's parameter-free shortcut (option A, section 4.2).
 
     Identity, subsampled by `stride`, with the extra output channels zero-padded,
-    so a CIFAR ResNet and its plain twin have exactly the same parameters.
+    so a CIFAR ResNet and its plain twin have exactly the same parameters. The
+    zeros go equally before and after the identity channels, as in
+    akamaster/pytorch_resnet_cifar10 (`F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))`),
+    so their checkpoints load with the same shortcut they were trained with.
     """
 
     def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:

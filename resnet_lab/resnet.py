@@ -2,7 +2,10 @@
 
 ImageNet nets (He et al. 2015, Table 1) have timm's (= torchvision's) state-dict
 keys, so their weights load with `strict=True` and no renaming. CIFAR nets
-(section 4.2) are 6n+2 layers deep with widths 16-32-64.
+(section 4.2) are 6n+2 layers deep with widths 16-32-64. `resnet18_cifar` and
+kin are the ImageNet nets with a CIFAR stem (one 3x3 stride-1 conv, no max-pool)
+and projection shortcuts, as kuangliu/pytorch-cifar's ResNet-18: the usual
+"ResNet-18 on CIFAR-10" exercise.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class ResNetConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     residual: bool = True
+    family: str = "imagenet"  # what `list_archs(kind)` filters on: one of FAMILIES
 
     @property
     def depth(self) -> int:
@@ -51,8 +55,19 @@ def _imagenet(block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...
 def _cifar(n: int) -> ResNetConfig:
     return ResNetConfig(
         block=BasicBlock, layers=(n, n, n), widths=(16, 32, 64), stem="cifar", shortcut="A",
-        num_classes=10, input_size=(3, 32, 32), mean=CIFAR_MEAN, std=CIFAR_STD,
+        num_classes=10, input_size=(3, 32, 32), mean=CIFAR_MEAN, std=CIFAR_STD, family="cifar",
     )
+
+
+def _cifar_stem(block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...]) -> ResNetConfig:
+    """An ImageNet net (widths 64-512, its block counts, option-B projections) on 32 px CIFAR images."""
+    return replace(_imagenet(block, layers), stem="cifar", num_classes=10, input_size=(3, 32, 32),
+                   mean=CIFAR_MEAN, std=CIFAR_STD, family="cifar_stem")
+
+
+# "imagenet": He et al. Table 1; "cifar": the paper's 6n+2 CIFAR nets (section 4.2);
+# "cifar_stem": the ImageNet nets with a CIFAR stem (kuangliu/pytorch-cifar).
+FAMILIES = ("imagenet", "cifar", "cifar_stem")
 
 
 _RESIDUAL: dict[str, ResNetConfig] = {
@@ -62,21 +77,34 @@ _RESIDUAL: dict[str, ResNetConfig] = {
     "resnet101": _imagenet(Bottleneck, (3, 4, 23, 3)),
     "resnet152": _imagenet(Bottleneck, (3, 8, 36, 3)),
     **{f"resnet{6 * n + 2}": _cifar(n) for n in (3, 5, 7, 9, 18)},
+    "resnet18_cifar": _cifar_stem(BasicBlock, (2, 2, 2, 2)),
+    "resnet34_cifar": _cifar_stem(BasicBlock, (3, 4, 6, 3)),
+    "resnet50_cifar": _cifar_stem(Bottleneck, (3, 4, 6, 3)),
 }
 REGISTRY: dict[str, ResNetConfig] = {
     **_RESIDUAL,
-    **{name.replace("resnet", "plain"): replace(cfg, residual=False) for name, cfg in _RESIDUAL.items()},
+    **{"plain" + name[len("resnet"):]: replace(cfg, residual=False) for name, cfg in _RESIDUAL.items()},
 }
 
 
 def list_archs(kind: str | None = None) -> list[str]:
-    """Registered arch names; `kind` filters to "imagenet" or "cifar" stems."""
-    return [n for n, c in REGISTRY.items() if kind is None or c.stem == kind]
+    """Registered arch names; `kind` filters to one family (FAMILIES).
+
+    By family, not by stem: "cifar" stays the paper's 6n+2 nets, so the lists built on it (the gradient
+    study's CIFAR depths) do not silently grow a ResNet-50 when `resnet50_cifar` is registered.
+    """
+    if kind is not None and kind not in FAMILIES:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(FAMILIES)}")
+    return [n for n, c in REGISTRY.items() if kind is None or c.family == kind]
 
 
 def twin_name(arch: str) -> str:
-    """`resnet56` <-> `plain56`."""
-    return arch.replace("resnet", "plain") if arch.startswith("resnet") else arch.replace("plain", "resnet")
+    """`resnet56` <-> `plain56`, `resnet18_cifar` <-> `plain18_cifar`."""
+    if arch.startswith("resnet"):
+        return "plain" + arch[len("resnet"):]
+    if arch.startswith("plain"):
+        return "resnet" + arch[len("plain"):]
+    return arch
 
 
 def default_pretrained_cfg(cfg: ResNetConfig, num_classes: int) -> dict:

@@ -245,3 +245,78 @@ def test_meta_device_build_draws_nothing():
         m = resnet_lab.build("resnet50", seed=0)
     assert m.conv1.weight.is_meta
     assert m(torch.empty(2, 3, 64, 64, device="meta")).shape == (2, 1000)
+
+
+# kuangliu/pytorch-cifar's published counts (ResNet18/34/50 with 10 classes)
+CIFAR_STEM_PARAMS = {"resnet18_cifar": 11_173_962, "resnet34_cifar": 21_282_122, "resnet50_cifar": 23_520_842}
+
+
+@pytest.mark.parametrize("arch", list(CIFAR_STEM_PARAMS))
+def test_cifar_stem_nets_match_kuangliu(arch):
+    """ImageNet widths and blocks, a 3x3 stride-1 stem and no max-pool: a max-pool or a stride-2 stem would leave
+    a 2x2 or 1x1 last stage; a 7x7 stem or a missing projection changes the parameter count."""
+    m = resnet_lab.build(arch, seed=0)
+    assert n_params(m) == CIFAR_STEM_PARAMS[arch]
+    assert m.conv1.kernel_size == (3, 3) and m.conv1.stride == (1, 1) and isinstance(m.maxpool, torch.nn.Identity)
+    x = torch.randn(2, 3, 32, 32)
+    feats = m.forward_features(x)
+    assert feats.shape[-2:] == (4, 4)
+    assert m.forward_head(feats).shape == (2, 10)
+    cfg = m.pretrained_cfg
+    assert cfg["input_size"] == (3, 32, 32) and cfg["num_classes"] == 10
+    assert cfg["mean"] == resnet_lab.resnet.CIFAR_MEAN and cfg["std"] == resnet_lab.resnet.CIFAR_STD
+    assert isinstance(m.layer2[0].downsample[0], torch.nn.Conv2d)  # option B, as kuangliu
+
+
+@pytest.mark.parametrize("arch", ["resnet18_cifar", "resnet50_cifar"])
+def test_cifar_stem_plain_twin_shares_every_common_weight(arch):
+    twin = resnet_lab.twin_name(arch)
+    assert twin == arch.replace("resnet", "plain") and resnet_lab.twin_name(twin) == arch
+    res, plain = resnet_lab.build(arch, seed=4), resnet_lab.build(twin, seed=4)
+    res_sd, plain_sd = res.state_dict(), plain.state_dict()
+    assert set(res_sd) - set(plain_sd) == {k for k in res_sd if ".downsample." in k} != set()
+    for k, v in plain_sd.items():
+        assert torch.equal(v, res_sd[k]), k
+    assert all(b.downsample is None and not b.residual for _, b in plain.blocks())
+
+
+def test_list_archs_filters_by_family_and_keeps_the_old_lists():
+    """`resnet18_cifar` has a CIFAR stem but is no 6n+2 net: the gradient study's CIFAR list must not grow."""
+    assert resnet_lab.list_archs("cifar") == [f"{k}{d}" for k in ("resnet", "plain") for d in (20, 32, 44, 56, 110)]
+    assert resnet_lab.list_archs("imagenet") == [f"{k}{d}" for k in ("resnet", "plain")
+                                                 for d in (18, 34, 50, 101, 152)]
+    assert resnet_lab.list_archs("cifar_stem") == [f"{k}{d}_cifar" for k in ("resnet", "plain") for d in (18, 34, 50)]
+    assert len(resnet_lab.list_archs()) == 26
+    with pytest.raises(ValueError, match="unknown kind"):
+        resnet_lab.list_archs("wide")
+
+
+def _expected_option_a(x: torch.Tensor, out_planes: int) -> torch.Tensor:
+    """akamaster's option A written out by hand: every other pixel, the identity channels in the middle and
+    (out - in) / 2 zero channels on each side, built with zeros and slice assignment (no F.pad)."""
+    n, c, h, w = x.shape
+    side = (out_planes - c) // 2
+    expected = torch.zeros(n, out_planes, h // 2, w // 2)
+    for i in range(h // 2):
+        for j in range(w // 2):
+            expected[:, side:side + c, i, j] = x[:, :, 2 * i, 2 * j]
+    return expected
+
+
+@pytest.mark.parametrize("in_planes,out_planes", [(16, 32), (32, 64)])
+def test_shortcut_a_pads_equally_on_both_sides_as_akamaster(in_planes, out_planes):
+    """akamaster/pytorch_resnet_cifar10 pads `planes // 4` zero channels before AND after the identity: a
+    one-sided pad (all zeros after the identity, `F.pad(x, (0, 0, 0, 0, 0, pad))`) puts channel k at k instead
+    of k + pad/2, so loading their checkpoints would silently add the wrong shortcut. The one-sided version is
+    built below too and must fail the same comparison, so this test can catch it."""
+    x = torch.randn(2, in_planes, 8, 8, generator=torch.Generator().manual_seed(0)) + 5  # no zeros of its own
+    expected = _expected_option_a(x, out_planes)
+    got = ShortcutA(in_planes, out_planes, stride=2)(x)
+    assert got.shape == (2, out_planes, 4, 4)
+    assert torch.equal(got, expected)
+    one_sided = torch.zeros(2, out_planes, 4, 4)
+    one_sided[:, :in_planes] = x[:, :, ::2, ::2]
+    assert not torch.equal(one_sided, expected)  # what the old one-sided pad would give fails the comparison
+    m = resnet_lab.build("resnet20", seed=0)  # and the nets use exactly this module where shapes change
+    stage = {16: m.layer2, 32: m.layer3}[in_planes]
+    assert torch.equal(stage[0].downsample(x), expected)
