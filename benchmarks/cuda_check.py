@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.photos import phone_jpeg  # noqa: E402
 from resnet_lab import degradation  # noqa: E402
 from resnet_lab.explain import METHODS, attribute, gradcam_stages  # noqa: E402
-from resnet_lab.faithfulness import estimate_seconds, evaluate  # noqa: E402
+from resnet_lab.faithfulness import estimate_seconds, measure_faithfulness  # noqa: E402
 from resnet_lab.inference import Classifier, autocast_dtype  # noqa: E402
 from resnet_lab.shapes import ShapesDataset  # noqa: E402
 from resnet_lab.weights import load_checkpoint, load_weights  # noqa: E402
@@ -120,7 +120,7 @@ def faithfulness(n: int) -> None:
     stages = list(net.stage_names)
     est = estimate_seconds(net, data, list(METHODS), stages, n=n, n_random=min(n, 50))
     t = time.perf_counter()
-    df = evaluate(net, data, methods=list(METHODS), stages=stages, n=n, n_random=min(n, 50))
+    df = measure_faithfulness(net, data, methods=list(METHODS), stages=stages, n=n, n_random=min(n, 50))
     took = time.perf_counter() - t
     print(f"estimated {est:.1f} s, took {took:.1f} s")
     shipped = pd.read_csv(ASSETS / "shapes_resnet20_faithfulness.csv")

@@ -170,7 +170,7 @@ def decode_image(src: ImageInput, min_side: int | None = None) -> Image.Image:
 # ----------------------------------------------------------------------------- transforms
 
 
-def data_config(pretrained_cfg: dict[str, Any]) -> dict[str, Any]:
+def eval_config(pretrained_cfg: dict[str, Any]) -> dict[str, Any]:
     """timm's resolved eval config (input size, crop, interpolation, mean/std), test size preferred."""
     from timm.data import resolve_data_config
 
@@ -181,12 +181,12 @@ def eval_transform(pretrained_cfg: dict[str, Any]) -> Callable[[Image.Image], to
     """timm's eval transform for these weights: resize, center crop, to tensor, normalize."""
     from timm.data import create_transform
 
-    return create_transform(**data_config(pretrained_cfg), is_training=False)
+    return create_transform(**eval_config(pretrained_cfg), is_training=False)
 
 
 def resize_side(pretrained_cfg: dict[str, Any]) -> int:
     """The shorter side timm's eval transform resizes to, floor(crop / crop_pct): the `min_side` to decode at."""
-    cfg = data_config(pretrained_cfg)
+    cfg = eval_config(pretrained_cfg)
     return math.floor(cfg["input_size"][-1] / cfg["crop_pct"])
 
 
@@ -218,7 +218,7 @@ def crop_box(size: tuple[int, int], pretrained_cfg: dict[str, Any]) -> tuple[flo
     `CenterCrop`), so a heatmap over the network input maps back onto the upload.
     It is proportional, so it holds for an image `decode_image(min_side=...)` reduced.
     """
-    cfg = data_config(pretrained_cfg)
+    cfg = eval_config(pretrained_cfg)
     crop_h, crop_w = cfg["input_size"][1:]
     if cfg.get("crop_mode", "center") != "center" or crop_h != crop_w:
         raise NotImplementedError("only timm's square center crop is supported")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .progress import Progress, tqdm_progress
 from .resnet import REGISTRY, build, init_seed, twin_name
 from .shapes import ShapesDataset
 
@@ -51,8 +52,6 @@ SHIPPED_CSV = Path(__file__).resolve().parent.parent / "assets" / "degradation_c
 # The UI's re-run (~1-3 min on 2 cores): long enough for the first net to leave chance level, not for the final order.
 QUICK = {"steps": 150, "batch_size": 32, "train_size": 4800, "val_size": 256, "evals": 3}
 COLUMNS = ["arch", "variant", "depth", "step", "metric", "value"]
-
-Progress = Callable[[float, str], None]
 
 
 def _images(n: int, seed: int, size: int, clutter: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +68,7 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> tuple[float, float]:
+def loss_and_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> tuple[float, float]:
     """(loss, accuracy) in eval mode."""
     net.eval()
     logits = torch.cat([net(x[i:i + batch]) for i in range(0, len(x), batch)])
@@ -166,7 +165,7 @@ def run_degradation(
 
     def validate(step: int) -> None:
         for arch, net in nets.items():
-            loss, acc = evaluate(net, x_val, y_val)
+            loss, acc = loss_and_accuracy(net, x_val, y_val)
             record(arch, step, "val_loss", loss)
             record(arch, step, "val_acc", acc)
 
@@ -264,7 +263,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .gradflow import available_memory, tqdm_progress
+    from .gradflow import available_memory
 
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     unknown = [a for a in archs if a not in REGISTRY]

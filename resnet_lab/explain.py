@@ -94,7 +94,7 @@ def gradcam_stages(model: nn.Module, x: torch.Tensor, target: int | torch.Tensor
     return {name: upsample_cam(cam, x.shape[-2:], relu) for name, cam in layer_cams(model, x, target, stages).items()}
 
 
-def _background(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+def _black_baseline(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """Normalized value of a black pixel, from the data config the model carries (else zero)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean, std = cfg.get("mean"), cfg.get("std")
@@ -136,13 +136,13 @@ def attribute(
         return attr.detach().abs().sum(1)
     if method == "integrated_gradients":
         ig = IntegratedGradients(model)
-        attr = ig.attribute(x, baselines=_background(x, model), target=target, n_steps=32,
+        attr = ig.attribute(x, baselines=_black_baseline(x, model), target=target, n_steps=32,
                             internal_batch_size=max(len(x), 16))
         return attr.detach().sum(1) if signed else attr.detach().abs().sum(1)
     window = max(2, min(size) // 8)
     occ = Occlusion(model).attribute(
         x, target=target, sliding_window_shapes=(x.shape[1], window, window),
-        strides=(x.shape[1], max(1, window // 2), max(1, window // 2)), baselines=_background(x, model),
+        strides=(x.shape[1], max(1, window // 2), max(1, window // 2)), baselines=_black_baseline(x, model),
         perturbations_per_eval=max(1, 64 // len(x)),  # forward batches of about 64 images: 3x faster than 16 x 50
     )
     return occ.detach().mean(1)

@@ -33,10 +33,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .progress import Progress
 from .resnet import init_module
 from .shapes import ShapesDataset, normalize
 
-Progress = Callable[[float, str], object]
 LAYERLESS = ("integrated_gradients", "occlusion")
 SCORE_COLUMNS = ("pointing", "pointing_random", "mass_in_mask", "mass_in_mask_random", "deletion_auc",
                  "deletion_random", "insertion_auc", "insertion_random")
@@ -229,14 +229,14 @@ def _scores(model: nn.Module, batches: list[_Batch], maps_of: Callable[[_Batch],
 
 
 def _jobs(methods: Sequence[str], stages: Sequence[str]) -> list[tuple[str, str | None]]:
-    """(method, stage) pairs `evaluate` computes: a layerless method once, with stage None."""
+    """(method, stage) pairs `measure_faithfulness` computes: a layerless method once, with stage None."""
     return [(m, s) for m in methods for s in ([None] if m in LAYERLESS else stages)]
 
 
 def planned_calls(model: nn.Module, methods: Sequence[str], stages: Sequence[str], n: int, n_random: int,
                   batch_size: int = 50) -> dict[str, list[int]]:
-    """The batch size of every call each piece of `evaluate` makes: `curves` (deletion and insertion) and each
-    method's maps.
+    """The batch size of every call each piece of `measure_faithfulness` makes: `curves` (deletion and insertion)
+    and each method's maps.
 
     The curves run for the random maps and for every (method, stage) on the `n` images,
     in batches; each method's maps are made for those batches, then on the `n_random`
@@ -255,7 +255,7 @@ def estimate_seconds(
     model: nn.Module, dataset: ShapesDataset, methods: Sequence[str], stages: Sequence[str], n: int = 500,
     batch_size: int = 50, n_random: int = 100, steps: int = STEPS, probe: int = 4,
 ) -> float:
-    """About how long `evaluate` with these settings will take, so a caller can say so before it starts.
+    """About how long `measure_faithfulness` with these settings will take, so a caller can say so before it starts.
 
     Each piece (the curves, each method's maps) is timed now on 1 and on `probe`
     images, after a warm-up call (first-call costs such as cuDNN's autotuning are paid
@@ -301,7 +301,7 @@ def _measure(column: str) -> str:
     return f"{name}_auc" if name in ("deletion", "insertion") else name
 
 
-def evaluate(
+def measure_faithfulness(
     model: nn.Module,
     dataset: ShapesDataset,
     methods: Sequence[str],
@@ -389,7 +389,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .train import evaluate as accuracy
+    from .train import accuracy
     from .weights import load_checkpoint
 
     loaded = load_checkpoint(args.model)
@@ -405,7 +405,7 @@ def run(args: argparse.Namespace) -> int:
         bar.set_description(desc)
         bar.update(round(fraction * 1000) - bar.n)
 
-    df = evaluate(model, dataset, args.methods.split(","), stages, n=args.n, batch_size=args.batch_size,
+    df = measure_faithfulness(model, dataset, args.methods.split(","), stages, n=args.n, batch_size=args.batch_size,
                   progress=progress, steps=args.steps, n_random=args.n_random, seed=args.seed)
     bar.close()
     cascade_cols = [c for c in df.columns if c.startswith("rand_") and c != "rand_full"]

@@ -39,7 +39,6 @@ import argparse
 import functools
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -50,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import resources
+from .progress import Progress, tqdm_progress
 from .resnet import REGISTRY, ResNet, build, init_seed, list_archs, twin_name
 from .shapes import ShapesDataset
 
@@ -62,8 +62,6 @@ DEFAULT_INPUT_SIZE = {"imagenet": 64, "cifar": 32}  # 64 px keeps the default sw
 BN_MODES = ("train", "eval", "none")
 VARIANTS = ("plain", "residual")
 COLUMNS = ["arch", "variant", "depth", "seed", "depth_index", "layer", "quantity", "value"]
-
-Progress = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)
@@ -534,20 +532,6 @@ def config_from_args(args: argparse.Namespace) -> GradFlowConfig:
     return GradFlowConfig(archs=tuple(args.archs), bn_mode=args.bn, zero_init=args.zero_init,
                           batch_size=args.batch_size, input_size=args.input_size, seeds=args.seeds,
                           num_classes=args.num_classes, data=args.data, device=args.device)
-
-
-def tqdm_progress(total: int, desc: str) -> tuple[Progress, Callable[[], None]]:
-    """A `progress(fraction, desc)` callable that drives a tqdm bar of `total` steps, and its closer."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="step")
-
-    def progress(fraction: float, text: str) -> None:
-        bar.n = round(fraction * total)
-        bar.set_postfix_str(text, refresh=False)
-        bar.refresh()
-
-    return progress, bar.close
 
 
 def run(args: argparse.Namespace) -> int:

@@ -95,7 +95,7 @@ def _coverage(polys: list[np.ndarray], size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- layers
 
 
-def _background(size: int, rng: np.random.Generator) -> np.ndarray:
+def _random_background(size: int, rng: np.random.Generator) -> np.ndarray:
     """A smooth random colour field, sometimes with faint stripes, float32 [size, size, 3]."""
     grid = rng.uniform(0, 255, (3, 3, 3)).astype(np.uint8)
     bg = np.asarray(Image.fromarray(grid).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
@@ -180,7 +180,7 @@ def render(
     ys, xs = np.nonzero(mask)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
 
-    bg = _background(size, rng)
+    bg = _random_background(size, rng)
     if clutter:
         bg = _draw_clutter(bg, box, rng)
     colour = _target_colour(bg[mask].mean(0), rng)

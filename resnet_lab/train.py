@@ -14,7 +14,6 @@ import math
 import shlex
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,11 @@ from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
 from .inference import resolve_device
+from .progress import Progress
 from .resnet import REGISTRY, build, init_seed, list_archs
 from .shapes import CLASSES, MEAN, STD, ShapesDataset, normalize
 from .weights import save_checkpoint
 
-Progress = Callable[[float, str], Any]
 DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05}
 
 
@@ -132,7 +131,7 @@ def predict(model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int
     return torch.cat(preds), torch.cat(labels)
 
 
-def evaluate(model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int = 256) -> float:
+def accuracy(model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int = 256) -> float:
     """Top-1 accuracy of `model` on a dataset of unnormalized images (it normalizes them)."""
     preds, labels = predict(model, dataset, batch_size)
     return float((preds == labels).float().mean()) if len(labels) else float("nan")
@@ -172,7 +171,7 @@ def initial_model(config: TrainConfig) -> nn.Module:
     return build(config.arch, num_classes=len(CLASSES), seed=init_seed(config.seed))
 
 
-def data_config(size: int) -> dict[str, Any]:
+def shapes_data_config(size: int) -> dict[str, Any]:
     """What the checkpoint JSON tells `load_checkpoint` (and timm's eval transform) about the input."""
     return {"input_size": [3, size, size], "mean": list(MEAN), "std": list(STD), "crop_pct": 1.0,
             "interpolation": "bilinear"}
@@ -220,7 +219,8 @@ def train(config: TrainConfig, progress: Progress | None = None, *, command: str
     log(f"rendered {len(train_set)} + {len(val_set)} images of {size} px in {time.perf_counter() - t0:.1f} s")
 
     model = initial_model(config)
-    model.pretrained_cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in data_config(size).items()})
+    model.pretrained_cfg.update({k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in shapes_data_config(size).items()})
     model = model.to(device, memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(config.seed)
     loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
@@ -240,7 +240,7 @@ def train(config: TrainConfig, progress: Progress | None = None, *, command: str
 
         loss, acc = _epoch(model, loader, opt, sched, generator, device, f"epoch {epoch}/{config.epochs}",
                            config.quiet, report)
-        val_acc = evaluate(model, val_set)
+        val_acc = accuracy(model, val_set)
         history.append({"epoch": epoch, "train_loss": loss, "train_acc": acc, "val_acc": val_acc,
                         "lr": sched.get_last_lr()[0], "time_s": time.perf_counter() - t_epoch})
         log(f"epoch {epoch:3d}  loss {loss:.4f}  train acc {acc:.4f}  val acc {val_acc:.4f}  "
@@ -254,12 +254,12 @@ def train(config: TrainConfig, progress: Progress | None = None, *, command: str
             break
     train_time = time.perf_counter() - t_train
     model.load_state_dict(best_state)
-    test_acc = evaluate(model, ShapesDataset(config.n_test, test_seed, size, config.clutter))
+    test_acc = accuracy(model, ShapesDataset(config.n_test, test_seed, size, config.clutter))
     log(f"best val acc {best_acc:.4f} (epoch {best_epoch}), test acc {test_acc:.4f} on seed {test_seed}, "
         f"{train_time:.0f} s")
 
     meta = {
-        "arch": config.arch, "num_classes": len(CLASSES), "classes": list(CLASSES), **data_config(size),
+        "arch": config.arch, "num_classes": len(CLASSES), "classes": list(CLASSES), **shapes_data_config(size),
         "seed": config.seed,
         "data": {"name": "shapes", "clutter": config.clutter, "train_seed": train_seed, "val_seed": val_seed,
                  "test_seed": test_seed, "n_train": config.n_train, "n_val": config.n_val, "n_test": config.n_test},

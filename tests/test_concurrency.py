@@ -108,8 +108,8 @@ def test_shared_limits_hold_across_events_and_tabs(served_app, tabs, tiny_long_j
     monkeypatch.setattr(ModelZoo, "get", probe.wrap(ModelZoo.get))  # every quick event and the recompute load here
     monkeypatch.setattr(gradflow, "run_sweep", probe.wrap(gradflow.run_sweep))
     monkeypatch.setattr(degradation, "run_degradation", probe.wrap(degradation.run_degradation))
-    monkeypatch.setattr(faithfulness, "evaluate", probe.wrap(faithfulness.evaluate,
-                                                             result=lambda *a, **k: FAITHFULNESS_TABLE))
+    monkeypatch.setattr(faithfulness, "measure_faithfulness",
+                        probe.wrap(faithfulness.measure_faithfulness, result=lambda *a, **k: FAITHFULNESS_TABLE))
     a, b, c = tabs
     jobs = [  # long jobs first, each from another tab, then the quick ones
         a.submit(["resnet20"], "eval", "default", 3, "32", 1, api_name="/gradnorms"),  # a config no test caches
@@ -134,14 +134,16 @@ def test_shared_limits_hold_across_events_and_tabs(served_app, tabs, tiny_long_j
 
 
 def test_gradcam_finishes_while_a_recompute_runs(served_app, tabs, tiny_long_jobs, monkeypatch):
-    """The recompute is held inside `faithfulness.evaluate` until Grad-CAM on the same Shapes model has answered."""
+    """The recompute is held inside `faithfulness.measure_faithfulness` until Grad-CAM on the same Shapes model has
+    answered."""
     entered, release = threading.Event(), threading.Event()
     probe = GroupProbe(served_app[0], hold=0)
-    monkeypatch.setattr(faithfulness, "evaluate", probe.wrap(faithfulness.evaluate, gate=release, entered=entered,
-                                                             result=lambda *a, **k: FAITHFULNESS_TABLE))
+    wrapped = probe.wrap(faithfulness.measure_faithfulness, gate=release, entered=entered,
+                         result=lambda *a, **k: FAITHFULNESS_TABLE)
+    monkeypatch.setattr(faithfulness, "measure_faithfulness", wrapped)
     recompute = tabs[0].submit(20, api_name="/faithfulness")
     try:
-        assert entered.wait(WAIT_S), "the recompute never reached faithfulness.evaluate"
+        assert entered.wait(WAIT_S), "the recompute never reached faithfulness.measure_faithfulness"
         overlay, raw, *_ = tabs[1].submit(handle_file(SHAPE), SHAPES_MODEL, "shipped", *GRADCAM_ARGS,
                                           api_name="/gradcam").result(timeout=WAIT_S)
         assert overlay and raw.endswith(".npy")

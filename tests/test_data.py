@@ -181,7 +181,7 @@ def _offered_geometries() -> dict[tuple[int, float], str]:
     found: dict[tuple[int, float], str] = {}
     for depth in (18, 34, 50, 101, 152):
         for tag in list_tags(f"resnet{depth}"):
-            cfg = data.data_config(timm.models.get_pretrained_cfg(tag).to_dict())
+            cfg = data.eval_config(timm.models.get_pretrained_cfg(tag).to_dict())
             found.setdefault((cfg["input_size"][-1], cfg["crop_pct"]), tag)
     return found
 
@@ -200,7 +200,7 @@ def _marker_check(img: Image.Image, cfg: dict, box: tuple[float, float, float, f
     w, h = img.size
     cfg_nonorm = {**cfg, "mean": (0, 0, 0), "std": (1, 1, 1)}
     x = data.eval_transform(cfg_nonorm)(img)
-    assert isinstance(x, torch.Tensor) and x.shape[-1] == data.data_config(cfg)["input_size"][-1]
+    assert isinstance(x, torch.Tensor) and x.shape[-1] == data.eval_config(cfg)["input_size"][-1]
     left, top, right, bottom = box
     x0 = float(x[0, :, 0].mean()) * w  # left column of the crop, in the image's pixels
     x1 = float(x[0, :, -1].mean()) * w

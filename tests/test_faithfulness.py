@@ -15,8 +15,8 @@ from resnet_lab.faithfulness import (
     auc,
     cascade,
     estimate_seconds,
-    evaluate,
     mass_in_mask,
+    measure_faithfulness,
     perturbation_curves,
     pointing_game,
     random_maps,
@@ -162,11 +162,12 @@ def test_randomization_decorrelates_gradcam_but_not_an_edge_detector(shipped):
     assert min(edges.values()) == pytest.approx(1.0)  # ignores the model, so the check must not move it
 
 
-def test_evaluate_table_and_cli(tmp_path):
+def test_measure_faithfulness_table_and_cli(tmp_path):
     model = load_checkpoint(SHIPPED).model
     fractions = []
-    df = evaluate(model, ShapesDataset(8, seed=7), ["gradcam", "integrated_gradients"], ["layer2", "layer3"], n=8,
-                  batch_size=4, steps=4, n_random=4, progress=lambda f, d: fractions.append(f))
+    df = measure_faithfulness(model, ShapesDataset(8, seed=7), ["gradcam", "integrated_gradients"],
+                              ["layer2", "layer3"], n=8, batch_size=4, steps=4, n_random=4,
+                              progress=lambda f, d: fractions.append(f))
     assert isinstance(df, pd.DataFrame) and len(df) == 4
     assert list(zip(df.method, df.stage)) == list(itertools.product(["gradcam", "integrated_gradients"],
                                                                      ["layer2", "layer3"]))
@@ -199,7 +200,8 @@ def test_shipped_table_is_reproduced_by_a_recomputed_slice():
     # every image's score is recomputed: equal up to the CSV's 4 decimals (and one image's tie, 1/500)
     assert float(pointing_game(maps, ds.boxes).float().mean()) == pytest.approx(shipped["pointing"], abs=0.0021)
     assert float(mass_in_mask(maps, ds.masks).mean()) == pytest.approx(shipped["mass_in_mask"], abs=1e-3)
-    g = torch.Generator().manual_seed(0)  # `evaluate`'s tie-break generator, drawn batch by batch (50 images each)
+    # `measure_faithfulness`'s tie-break generator, drawn batch by batch (50 images each)
+    g = torch.Generator().manual_seed(0)
     curves = [perturbation_curves(model, x[i:i + 50], ds.labels[i:i + 50], saliency_rank(maps[i:i + 50], g))
               for i in (0, 50)]
     for k, column in enumerate(("deletion_auc", "insertion_auc")):
@@ -242,7 +244,8 @@ def test_every_generator_of_the_table_is_made_on_the_data_device(monkeypatch):
     monkeypatch.setattr(_Recorder, "asked", [])
     monkeypatch.setattr(torch, "Generator", _Recorder)
     model = build("resnet20", num_classes=8, seed=0)
-    evaluate(model, ShapesDataset(4, seed=7), ["gradcam"], ["layer3"], n=4, batch_size=4, steps=2, n_random=2)
+    measure_faithfulness(model, ShapesDataset(4, seed=7), ["gradcam"], ["layer3"], n=4, batch_size=4, steps=2,
+                         n_random=2)
     assert len(_Recorder.asked) >= 4 and set(_Recorder.asked) == {torch.device("cpu")}
 
 
@@ -255,9 +258,9 @@ def test_random_maps_and_tie_breaks_stay_on_the_maps_device():
     assert torch.equal(random_maps((2, 3), g), torch.rand(2, 3, generator=torch.Generator().manual_seed(0)))
 
 
-def test_the_estimate_counts_the_work_evaluate_does(monkeypatch):
+def test_the_estimate_counts_the_work_measure_faithfulness_does(monkeypatch):
     """The time shown before a recompute starts is the probed costs summed over `planned_calls`: that plan must be
-    the calls `evaluate` really makes, with their batch sizes, for the curves and for each method."""
+    the calls `measure_faithfulness` really makes, with their batch sizes, for the curves and for each method."""
     import resnet_lab.explain
 
     counted: dict[str, list[int]] = {}
@@ -275,7 +278,7 @@ def test_the_estimate_counts_the_work_evaluate_does(monkeypatch):
     monkeypatch.setattr(resnet_lab.explain, "attribute", counting_attribute)
     model = build("resnet20", num_classes=8, seed=0)
     methods, stages = ["gradcam", "integrated_gradients"], ["layer2", "layer3"]
-    evaluate(model, ShapesDataset(6, seed=7), methods, stages, n=6, batch_size=4, steps=2, n_random=3)
+    measure_faithfulness(model, ShapesDataset(6, seed=7), methods, stages, n=6, batch_size=4, steps=2, n_random=3)
     assert counted == faithfulness.planned_calls(model, methods, stages, n=6, n_random=3, batch_size=4)
     assert counted["gradcam"] == 2 * ([4, 2] + [3] * 12)  # two stages; the trained net and 11 cascade steps
 

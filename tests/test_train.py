@@ -11,7 +11,7 @@ from torch import nn
 
 from resnet_lab.__main__ import main
 from resnet_lab.shapes import CLASSES, MEAN, STD, ShapesDataset, normalize
-from resnet_lab.train import TrainConfig, evaluate, initial_model, train
+from resnet_lab.train import TrainConfig, accuracy, initial_model, train
 from resnet_lab.weights import load_checkpoint
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "shapes_resnet20.safetensors"
@@ -80,9 +80,9 @@ class _Always(nn.Module):
         return self.logits.expand(len(x), -1)
 
 
-def test_evaluate_is_accuracy():
+def test_accuracy_is_the_fraction_right():
     ds = ShapesDataset(80, seed=4)
-    assert evaluate(_Always(2), ds, batch_size=32) == pytest.approx(1 / len(CLASSES))
+    assert accuracy(_Always(2), ds, batch_size=32) == pytest.approx(1 / len(CLASSES))
 
 
 def test_bad_configs_are_refused():
@@ -122,7 +122,7 @@ def test_shipped_json_scores_are_what_the_weights_score():
     loaded = load_checkpoint(SHIPPED)
     data = loaded.meta["data"]
     test_set = ShapesDataset(data["n_test"], data["test_seed"], loaded.meta["input_size"][-1], data["clutter"])
-    assert evaluate(loaded.model, test_set) == pytest.approx(loaded.meta["test_acc"], abs=0.5 / data["n_test"])
+    assert accuracy(loaded.model, test_set) == pytest.approx(loaded.meta["test_acc"], abs=0.5 / data["n_test"])
 
 
 def test_shipped_model_is_accurate_on_unseen_data():
@@ -132,4 +132,4 @@ def test_shipped_model_is_accurate_on_unseen_data():
     held_out = 4242
     assert held_out not in (seeds["train_seed"], seeds["val_seed"], seeds["test_seed"])
     assert loaded.meta["test_acc"] >= 0.97
-    assert evaluate(loaded.model, ShapesDataset(400, seed=held_out)) >= 0.97
+    assert accuracy(loaded.model, ShapesDataset(400, seed=held_out)) >= 0.97

@@ -200,16 +200,16 @@ def test_recompute_runs_on_a_copy_without_the_lock_and_says_how_long(monkeypatch
 
     entry = common.zoo().get(SHAPES_MODEL)
     seen = []
-    evaluate = faithfulness.evaluate
+    measure = faithfulness.measure_faithfulness
 
     def watched(net, *args, **kwargs):
         free = entry.lock.acquire(blocking=False)
         if free:
             entry.lock.release()
         seen.append((free, net is entry.weights.model))
-        return evaluate(net, *args, **{**kwargs, "methods": ["gradcam"]})  # the others: seconds more, no news
+        return measure(net, *args, **{**kwargs, "methods": ["gradcam"]})  # the others: seconds more, no news
 
-    monkeypatch.setattr(faithfulness, "evaluate", watched)
+    monkeypatch.setattr(faithfulness, "measure_faithfulness", watched)
     fresh, note = gradcam.recompute_faithfulness(4)
     assert seen == [(True, False)]
     assert fresh["stage"].tolist() == ["layer1", "layer2", "layer3"] and (fresh["n"] == 4).all()

@@ -189,7 +189,7 @@ def recompute_faithfulness(n: float, progress: gr.Progress = gr.Progress()) -> t
     requests on the shared model never wait behind it; the estimate, made before it
     starts from timing each piece on a few images, shows in the progress bar.
     """
-    from ..faithfulness import estimate_seconds, evaluate
+    from ..faithfulness import estimate_seconds, measure_faithfulness
     from ..shapes import ShapesDataset
 
     n = int(n)
@@ -211,7 +211,7 @@ def recompute_faithfulness(n: float, progress: gr.Progress = gr.Progress()) -> t
         progress(frac, desc=f"{desc} · {time.perf_counter() - start:.0f} s of about {estimate:.0f} s")
 
     report(0, f"Estimated about {estimate:.0f} s for {n} images")
-    df = evaluate(net, data, progress=report, **settings)
+    df = measure_faithfulness(net, data, progress=report, **settings)
     took = time.perf_counter() - start
     return df, f"Recomputed on {n} fresh Shapes images in {took:.0f} s (estimated {estimate:.0f} s before it started)."
 

@@ -171,7 +171,7 @@ def _direction(log_ratio: float) -> str:
     return f"{verb} (first/last = 10^{log_ratio:.1f})"
 
 
-def explain(cfg: gradflow.GradFlowConfig, summary: pd.DataFrame) -> str:
+def describe_gradnorms(cfg: gradflow.GradFlowConfig, summary: pd.DataFrame) -> str:
     """Plain-language reading of *these* numbers under *these* settings, with the papers that explain them."""
     plain = summary[summary.variant == "plain"].set_index("arch")
     res = summary[summary.variant == "residual"].set_index("arch")
@@ -271,7 +271,7 @@ def run_gradnorms(archs: list[str], bn_mode: str = "train", init: str = "default
     summary = gradflow.summarize(df)
     return (gradflow.plot_profile(df, "grad_w"),
             gradflow.plot_profile(df, "grad_x", r"$\|\partial L/\partial x\|$ at block output"),
-            gradflow.plot_summary(summary), display_table(summary), _csv(df, cfg), explain(cfg, summary))
+            gradflow.plot_summary(summary), display_table(summary), _csv(df, cfg), describe_gradnorms(cfg, summary))
 
 
 # --- degradation ---
