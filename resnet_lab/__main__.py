@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 COMMANDS = {
@@ -16,6 +17,7 @@ COMMANDS = {
     "faithfulness": ("resnet_lab.faithfulness", "measure how faithful each explanation is"),
     "gradnorms": ("resnet_lab.gradflow", "gradient norms across depth, plain vs residual"),
     "degradation": ("resnet_lab.degradation", "train plain/residual twins and record the curves"),
+    "evaluate": ("resnet_lab.evaluation", "top-1/top-5, per-class accuracy, confusion and calibration on a test set"),
 }
 
 
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         if name in argv[:1]:
             importlib.import_module(module).add_arguments(p)
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["python", "-m", "resnet_lab", *argv])  # recorded in results as how to redo them
     return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
 
 
