@@ -1,4 +1,4 @@
-"""Real image datasets: CIFAR-10/100 in torchvision's on-disk python-pickle format.
+"""Real image datasets: CIFAR-10/100 in torchvision's on-disk python-pickle format, and image folders.
 
 With `checksum=True` torchvision's own `CIFAR10`/`CIFAR100` read the files, after md5-checking them
 against the official archive: the published data, nothing else. With `checksum=False` (one's own files
@@ -13,8 +13,11 @@ import io
 import os
 import pickle
 import socket
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -201,3 +204,203 @@ def _load_torchvision(name: str, root: Path, train: bool) -> tuple[torch.Tensor,
         ) from e
     images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))  # HWC -> CHW
     return images, torch.as_tensor(ds.targets, dtype=torch.int64), list(ds.classes)
+
+
+# ----------------------------------------------------------------------------- image folders
+#
+# `folder:PATH` in torchvision's ImageFolder layout (PATH/<class>/<image>, class index = position in the sorted
+# sub-folder names), read through `data.decode_image` rather than PIL, so a training image obeys the same rules as
+# an upload: pixel limits, EXIF orientation, alpha on white, 16-bit scaled, and one `ImageError` for any bad file.
+#
+# Bad files are found by a scan at construction, not on the fly: a lazy skip inside `__getitem__` would run in the
+# DataLoader's worker processes, where what they record never reaches the caller (nor the run's JSON) and each
+# worker would report the same file again. The scan decodes each file once through `decode_image` at
+# `SCAN_MIN_SIDE` pixels: a JPEG is then decoded in the DCT domain at 1/8 scale (a 12 MP photo costs ~1/64 of
+# its full decode), yet its whole entropy stream is read, so truncation is still caught; the header (format,
+# pixel-count bomb) is checked before any pixel. A file that goes bad after the scan is still skipped in
+# `__getitem__` (the next good sample, deterministically), so an epoch never stops halfway.
+
+SCAN_MIN_SIDE = 32
+IMBALANCE_RATIO = 10.0  # largest / smallest class above this: warned about
+
+
+@dataclass(frozen=True)
+class ImageFiles(torch.utils.data.Dataset):
+    """(transform(image), label) for a fixed list of (path, class index) samples, decoded by `decode_image`.
+
+    `min_side` is passed to `decode_image`: the shorter side the transform needs (for timm's eval transform,
+    `data.resize_side(cfg)`), so a phone photo is decoded no larger than that. Without `transform` items are
+    PIL images.
+    """
+
+    samples: tuple[tuple[str, int], ...]
+    classes: tuple[str, ...]
+    transform: Callable[[Any], Any] | None = None
+    min_side: int | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list, compare=False)  # only what __getitem__ met
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Images per class name, every class listed (0 where it has none)."""
+        n = np.bincount([label for _, label in self.samples], minlength=len(self.classes))
+        return {c: int(k) for c, k in zip(self.classes, n)}
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        from .data import ImageError, decode_image
+
+        for step in range(len(self.samples)):
+            path, label = self.samples[(index + step) % len(self.samples)]
+            try:
+                image = decode_image(path, min_side=self.min_side)
+            except ImageError as e:  # passed the scan but is bad now: skip to the next one, never stop the epoch
+                if all(p != path for p, _ in self.skipped):
+                    self.skipped.append((path, str(e)))
+                    warnings.warn(f"skipped {path}: {e}", stacklevel=2)
+                continue
+            return (self.transform(image) if self.transform else image), label
+        raise DatasetError(f"none of the {len(self.samples)} images can be decoded any more")
+
+
+@dataclass(frozen=True)
+class FolderSplit:
+    """An image folder split into train and val: the class names, both datasets, and the files left out."""
+
+    root: Path
+    classes: tuple[str, ...]
+    train: ImageFiles
+    val: ImageFiles
+    layout: str  # "train/val" (the folder's own split) or "split" (ours, stratified)
+    skipped: list[tuple[str, str]]  # (path, reason) of each file the scan refused, for the run's JSON
+
+    @property
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{"train": {class: n}, "val": {class: n}}."""
+        return {"train": self.train.counts, "val": self.val.counts}
+
+
+def _folder_samples(directory: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """ImageFolder's classes and (path, index) samples, sorted by path; our errors instead of FileNotFoundError."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    if not directory.is_dir():
+        raise DatasetError(f"{directory}: no such folder (expected one sub-folder of images per class)")
+    try:
+        classes, class_to_idx = find_classes(directory)
+    except FileNotFoundError as e:
+        raise DatasetError(
+            f"{directory}: no class sub-folders found. Put the images in one sub-folder per class "
+            f"({directory}/cat/1.jpg, {directory}/dog/2.jpg, ...), or train/ and val/ folders laid out that way."
+        ) from e
+    samples = make_dataset(directory, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    return classes, sorted(samples)
+
+
+def _scan(samples: list[tuple[str, int]]) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    """The samples `decode_image` reads, and (path, reason) for each it refuses, each reported once."""
+    from .data import ImageError, decode_image
+
+    good, bad = [], []
+    for path, label in samples:
+        try:
+            decode_image(path, min_side=SCAN_MIN_SIDE)
+        except ImageError as e:
+            bad.append((path, str(e)))
+            warnings.warn(f"skipped {path}: {e}", stacklevel=3)
+        else:
+            good.append((path, label))
+    return good, bad
+
+
+def stratified_split(
+    samples: list[tuple[str, int]], n_classes: int, val_fraction: float, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(train, val): per class, round(val_fraction * n) files to val, at least 1 where a class has >= 2 (and at
+    least 1 left to train), chosen by a numpy Generator from the class's files in path order, so the same seed
+    picks the same files whatever order the file system lists them in."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in range(n_classes):
+        files = sorted(s for s in samples if s[1] == c)
+        n_val = min(max(1, round(val_fraction * len(files))), len(files) - 1) if len(files) >= 2 else 0
+        chosen = set(rng.permutation(len(files))[:n_val].tolist())
+        for i, s in enumerate(files):
+            (val if i in chosen else train).append(s)
+    return sorted(train), sorted(val)
+
+
+def _warn_imbalance(counts: dict[str, int], where: str, ratio: float) -> None:
+    largest, smallest = max(counts.values()), min(counts.values())
+    if smallest == 0 or largest / smallest > ratio:
+        warnings.warn(
+            f"{where}: the classes are strongly imbalanced (largest/smallest = {largest}/{smallest}; counts "
+            f"{counts}); accuracy will mostly reflect the large classes. Consider balancing or a weighted loss.",
+            stacklevel=3,
+        )
+
+
+def image_folder(
+    path: str | os.PathLike,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    train_transform: Callable[[Any], Any] | None = None,
+    val_transform: Callable[[Any], Any] | None = None,
+    min_side: int | None = None,
+    imbalance_ratio: float = IMBALANCE_RATIO,
+) -> FolderSplit:
+    """An ImageFolder tree as train/val datasets whose files are all decodable.
+
+    `PATH/train` and `PATH/val` are used when both exist (their class lists must match); otherwise the images in
+    `PATH/<class>/` are split by `stratified_split(val_fraction, seed)`. Every file is scanned once through
+    `decode_image`; each one it refuses is warned about once with its path and reason, listed in `.skipped` and
+    left out. Warns when the largest class outnumbers the smallest by more than `imbalance_ratio`.
+    """
+    root = Path(path).expanduser()
+    train_dir, val_dir = root / "train", root / "val"
+    if train_dir.is_dir() and val_dir.is_dir():
+        classes, train_all = _folder_samples(train_dir)
+        val_classes, val_all = _folder_samples(val_dir)
+        if classes != val_classes:
+            only_train = sorted(set(classes) - set(val_classes))
+            only_val = sorted(set(val_classes) - set(classes))
+            raise DatasetError(
+                f"{root}: train/ and val/ must hold the same class sub-folders; only in train/: "
+                f"{only_train or 'none'}; only in val/: {only_val or 'none'}"
+            )
+        train_good, bad_train = _scan(train_all)
+        val_good, bad_val = _scan(val_all)
+        skipped, layout = bad_train + bad_val, "train/val"
+    else:
+        classes, everything = _folder_samples(root)
+        good, skipped = _scan(everything)
+        train_good, val_good = stratified_split(good, len(classes), val_fraction, seed)
+        layout = "split"
+    names = tuple(classes)
+    train = ImageFiles(tuple(train_good), names, train_transform, min_side)
+    val = ImageFiles(tuple(val_good), names, val_transform, min_side)
+    empty = [c for c, n in train.counts.items() if n == 0]
+    if empty:
+        raise DatasetError(
+            f"{root}: no readable training images for the class(es) {empty} "
+            f"({len(skipped)} file(s) skipped as unreadable); add images or remove those sub-folders"
+        )
+    _warn_imbalance(train.counts, f"{root} (train)", imbalance_ratio)
+    return FolderSplit(root, names, train, val, layout, skipped)
+
+
+def train_transform(pretrained_cfg: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
+    """timm's train transform at the model's input size, mean/std and interpolation: RandomResizedCrop + flip
+    (no colour jitter), the field's standard. For eval use `data.eval_transform`, as the app does."""
+    from timm.data import create_transform
+
+    from .data import eval_config
+
+    cfg = eval_config(pretrained_cfg)
+    return create_transform(
+        input_size=cfg["input_size"], is_training=True, interpolation=cfg["interpolation"],
+        mean=cfg["mean"], std=cfg["std"], color_jitter=None,
+    )

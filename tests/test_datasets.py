@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from resnet_lab.datasets import DatasetError, cifar_root, expected_files, load_cifar
+from resnet_lab.data import eval_transform
+from resnet_lab.datasets import (
+    DatasetError,
+    FolderSplit,
+    cifar_root,
+    expected_files,
+    image_folder,
+    load_cifar,
+    stratified_split,
+    train_transform,
+)
 
 N = 20  # images per batch
 
@@ -177,3 +190,152 @@ def test_unknown_dataset_and_malformed_batch_are_clear(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(DatasetError, match="test_batch: not a readable CIFAR pickle"):
         load_cifar("cifar10", tmp_path, train=False, checksum=False)
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def _image(cls: int, i: int) -> Image.Image:
+    """Learnable content: class 0 has horizontal stripes, class 1 vertical ones, with per-image noise."""
+    rng = np.random.default_rng(100 * cls + i)
+    rows, cols = np.mgrid[0:40, 0:48]
+    plane = ((rows if cls == 0 else cols) // 5 % 2 * 200).astype(np.uint8)
+    arr = np.stack([plane] * 3, -1).astype(np.int16) + rng.integers(-20, 20, (40, 48, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def write_folder(root: Path, per_class: dict[str, int], bad: bool = True) -> list[Path]:
+    """An ImageFolder tree of JPEG and PNG files (alternating); with `bad`, a truncated JPEG and a text file named
+    .jpg in the first class. Returns the bad files."""
+    for c, (name, n) in enumerate(per_class.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            ext = "jpg" if i % 2 == 0 else "png"
+            _image(c, i).save(root / name / f"{i:03d}.{ext}")
+    if not bad:
+        return []
+    first = root / next(iter(per_class))
+    buf = io.BytesIO()
+    _image(0, 99).save(buf, "JPEG")
+    (first / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (first / "notes.jpg").write_text("not an image at all\n")
+    return [first / "truncated.jpg", first / "notes.jpg"]
+
+
+TINY_CFG = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "crop_pct": 0.875,
+            "interpolation": "bilinear"}
+
+
+def _split(root: Path, **kw) -> FolderSplit:
+    kw.setdefault("train_transform", train_transform(TINY_CFG))
+    kw.setdefault("val_transform", eval_transform(TINY_CFG))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return image_folder(root, **kw)
+
+
+def test_folder_classes_counts_and_bad_files_reported_once(tmp_path: Path) -> None:
+    """Classes come from sorted sub-folders; the truncated JPEG and the text file are each warned about once
+    (path and reason), listed in `skipped`, and in neither split; the counts add up to the good files."""
+    bad = write_folder(tmp_path, {"zebra": 10, "ant": 10})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        split = image_folder(tmp_path, val_fraction=0.2, seed=0)
+    assert split.classes == ("ant", "zebra") and split.layout == "split"
+    assert sorted(p for p, _ in split.skipped) == sorted(map(str, bad))
+    reasons = dict(split.skipped)
+    assert "truncated or corrupt" in reasons[str(bad[0])] and "not an image" in reasons[str(bad[1])]
+    for b in bad:
+        assert sum(str(b) in str(w.message) for w in caught) == 1
+    used = {p for p, _ in split.train.samples + split.val.samples}
+    assert not used & set(map(str, bad))
+    assert split.counts == {"train": {"ant": 8, "zebra": 8}, "val": {"ant": 2, "zebra": 2}}
+    labels = {Path(p).parent.name: y for p, y in split.train.samples}
+    assert labels == {"ant": 0, "zebra": 1}
+
+
+def test_stratified_split_is_deterministic_disjoint_and_seeded(tmp_path: Path) -> None:
+    write_folder(tmp_path, {"a": 12, "b": 7}, bad=False)
+    one, two = _split(tmp_path, seed=3), _split(tmp_path, seed=3)
+    assert one.val.samples == two.val.samples and one.train.samples == two.train.samples
+    other = _split(tmp_path, seed=4)
+    assert set(other.val.samples) != set(one.val.samples)
+    train, val = set(one.train.samples), set(one.val.samples)
+    assert not train & val and len(train | val) == 19
+    assert one.counts["val"] == {"a": 1, "b": 1}  # round(0.1 * n), but at least 1 per class
+    # independent of the order the files are listed in
+    samples = list(one.train.samples + one.val.samples)
+    t1, v1 = stratified_split(samples, 2, 0.3, seed=5)
+    t2, v2 = stratified_split(samples[::-1], 2, 0.3, seed=5)
+    assert (t1, v1) == (t2, v2) and len(v1) == round(0.3 * 12) + round(0.3 * 7)
+    single = stratified_split([("x/0.png", 0), ("y/0.png", 1), ("y/1.png", 1)], 2, 0.1, seed=0)
+    assert single[1] == [("y/0.png", 1)] or single[1] == [("y/1.png", 1)]  # a 1-file class stays in train
+
+
+def test_train_val_folders_used_and_class_lists_must_match(tmp_path: Path) -> None:
+    write_folder(tmp_path / "train", {"cat": 4, "dog": 4}, bad=False)
+    write_folder(tmp_path / "val", {"cat": 2, "dog": 3}, bad=False)
+    split = _split(tmp_path)
+    assert split.layout == "train/val"
+    assert split.counts == {"train": {"cat": 4, "dog": 4}, "val": {"cat": 2, "dog": 3}}
+    assert all("/val/" in p for p, _ in split.val.samples)
+    (tmp_path / "val" / "dog").rename(tmp_path / "val" / "dogs")
+    with pytest.raises(DatasetError, match=r"only in train/: \['dog'\]; only in val/: \['dogs'\]"):
+        _split(tmp_path)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_epoch_over_folder_completes_with_good_samples_only(tmp_path: Path, workers: int) -> None:
+    """A DataLoader epoch yields every good sample once, as tensors of the model's input size, even when a file
+    goes bad after the scan (it is replaced by the next good sample instead of stopping the epoch)."""
+    write_folder(tmp_path, {"a": 6, "b": 6})
+    split = _split(tmp_path, val_fraction=0.25)
+    ds = split.train
+    broken = ds.samples[2][0]
+    Path(broken).write_bytes(b"\xff\xd8\xff garbage")  # bad after the scan
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = list(loader)
+    images = torch.cat([x for x, _ in batches])
+    labels = torch.cat([y for _, y in batches])
+    assert images.shape == (len(ds), 3, 32, 32) and torch.isfinite(images).all()
+    assert labels.tolist() == [y for _, y in ds.samples[:2]] + [ds.samples[3][1]] + [y for _, y in ds.samples[3:]]
+    if workers == 0:  # in worker processes the record stays there; the scan's `skipped` is what the caller gets
+        assert [p for p, _ in ds.skipped] == [broken] and sum(broken in str(w.message) for w in caught) == 1
+
+
+def test_imbalance_warns_with_counts(tmp_path: Path) -> None:
+    write_folder(tmp_path, {"many": 24, "few": 2}, bad=False)
+    with pytest.warns(UserWarning, match=r"imbalanced .*22/1.*'few': 1, 'many': 22"):
+        image_folder(tmp_path, val_fraction=0.1)
+    balanced = tmp_path / "balanced"
+    write_folder(balanced, {"x": 4, "y": 4}, bad=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image_folder(balanced)
+
+
+def test_empty_or_classless_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="no class sub-folders"):
+        image_folder(tmp_path)
+    (tmp_path / "loose.png").write_bytes(b"")
+    with pytest.raises(DatasetError, match="no class sub-folders"):
+        image_folder(tmp_path)
+    with pytest.raises(DatasetError, match="no such folder"):
+        image_folder(tmp_path / "missing")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _image(0, 0).save(tmp_path / "a" / "0.png")
+    with pytest.raises(DatasetError, match=r"no readable training images for the class\(es\) \['b'\]"):
+        image_folder(tmp_path)
+    with pytest.raises(DatasetError, match="val_fraction"):
+        image_folder(tmp_path, val_fraction=1.0)
+
+
+def test_train_transform_is_random_resized_crop_and_flip_at_input_size() -> None:
+    tf = train_transform(TINY_CFG)
+    names = [type(t).__name__ for t in tf.transforms]
+    assert names[:2] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip"]
+    assert "ColorJitter" not in names
+    assert tf(_image(0, 0)).shape == (3, 32, 32)
