@@ -1,0 +1,252 @@
+"""`resnet_lab.evaluation`: metrics on hand-made logits with answers worked out here, an ECE recomputed with plain
+numpy loops, the exact merge of partial results, and `python -m resnet_lab evaluate` on Shapes and on CIFAR-format
+files written by the test."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnet_lab.__main__ import main
+from resnet_lab.evaluation import EvaluationResult
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES_MODEL = ROOT / "assets" / "shapes_resnet20.safetensors"
+
+
+def _logits_from_probs(p: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.log(p))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_perfect_classifier_ece_is_mean_of_one_minus_confidence() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 4
+    logits = rng.normal(size=(40, 4))
+    logits[np.arange(40), labels] += 2.0 + 3.0 * rng.random(40)  # right, with confidences spread over bins
+    conf = _softmax(logits).max(1)
+    assert (_softmax(logits).argmax(1) == labels).all()
+    r = EvaluationResult.from_logits(torch.from_numpy(logits), torch.from_numpy(labels), list("abcd"))
+    assert r.top1 == 1.0 and r.topk == 1.0 and r.k == 4
+    # every bin's accuracy is 1, so sum_b n_b/N * |1 - mean conf_b| = mean(1 - conf)
+    assert r.ece == pytest.approx(float(np.mean(1 - conf)), abs=1e-12)
+    assert (r.bin_count > 0).sum() > 1  # the identity is exercised across several bins, not one
+    np.testing.assert_array_equal(r.confusion, np.diag([10, 10, 10, 10]))
+    np.testing.assert_array_equal(r.per_class_accuracy, [1, 1, 1, 1])
+
+
+def test_always_wrong_at_confidence_point_nine() -> None:
+    n, c = 30, 10
+    labels = np.arange(n) % c
+    p = np.full((n, c), 0.1 / (c - 1))
+    p[np.arange(n), (labels + 1) % c] = 0.9
+    r = EvaluationResult.from_logits(_logits_from_probs(p), torch.from_numpy(labels), [str(i) for i in range(c)])
+    assert r.top1 == 0.0
+    assert r.ece == pytest.approx(0.9, abs=1e-12)
+    assert r.nll == pytest.approx(-math.log(0.1 / 9), abs=1e-12)
+    (hot,) = np.flatnonzero(r.bin_count)
+    assert hot == 13 and r.bin_count[hot] == n  # 0.9 lies in (13/15, 14/15]
+    row = r.reliability()[hot]
+    assert row["accuracy"] == 0.0 and row["confidence"] == pytest.approx(0.9) and row["count"] == n
+    assert math.isnan(r.reliability()[0]["accuracy"])  # empty bins say so, not 0
+
+
+def test_top5_counts_the_label_anywhere_in_the_five_highest() -> None:
+    # 7 classes; the label of row i ranks i-th (0-based) by logit: ranks 0..4 are top-5 hits, 5 and 6 are not
+    logits = torch.tensor([[7.0, 6, 5, 4, 3, 2, 1]]).repeat(7, 1)
+    labels = torch.arange(7)
+    r = EvaluationResult.from_logits(logits, labels, list("abcdefg"))
+    assert r.k == 5
+    assert r.correct_top1 == 1 and r.top1 == pytest.approx(1 / 7)
+    assert r.correct_topk == 5 and r.topk == pytest.approx(5 / 7)
+    small = EvaluationResult.from_logits(logits[:3, :3], torch.tensor([2, 1, 0]), list("abc"))
+    assert small.k == 3 and small.topk == 1.0 and small.top1 == pytest.approx(1 / 3)
+
+
+def test_confusion_matrix_rows_are_truth_columns_predictions() -> None:
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    preds = torch.tensor([0, 1, 1, 2, 0, 2])
+    r = EvaluationResult.from_logits(torch.nn.functional.one_hot(preds, 4).double() * 5, labels, list("abcd"))
+    np.testing.assert_array_equal(r.confusion, [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 2, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(r.class_counts, [2, 1, 3, 0])
+    acc = r.per_class_accuracy
+    np.testing.assert_allclose(acc[:3], [0.5, 1.0, 2 / 3])
+    assert math.isnan(acc[3])  # a class without images has no accuracy, not 0
+
+
+def _numpy_ece(logits: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Guo et al. 2017 written out with loops: bins (lo, hi], ECE = sum_b |B_b|/N |acc(B_b) - conf(B_b)|."""
+    probs = _softmax(logits)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    total = 0.0
+    for b in range(bins):
+        members = [i for i in range(len(labels)) if edges[b] < probs[i].max() <= edges[b + 1]]
+        if not members:
+            continue
+        acc = np.mean([probs[i].argmax() == labels[i] for i in members])
+        conf = np.mean([probs[i].max() for i in members])
+        total += len(members) / len(labels) * abs(acc - conf)
+    return total
+
+
+def test_ece_matches_an_independent_numpy_loop() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(scale=2.0, size=(500, 6))
+    labels = rng.integers(0, 6, 500)
+    logits[np.arange(250), labels[:250]] += 2.5  # half of them right and confident: a non-trivial diagram
+    r = EvaluationResult.from_logits(torch.from_numpy(logits).float(), torch.from_numpy(labels), list("abcdef"))
+    expected = _numpy_ece(logits.astype(np.float32).astype(np.float64), labels)
+    assert expected > 0.01
+    assert r.ece == pytest.approx(expected, abs=1e-9)
+
+
+def test_merge_of_halves_equals_the_whole() -> None:
+    rng = np.random.default_rng(2)
+    logits = torch.from_numpy(rng.normal(scale=3.0, size=(301, 12)))
+    labels = torch.from_numpy(rng.integers(0, 12, 301))
+    classes = [f"c{i}" for i in range(12)]
+    whole = EvaluationResult.from_logits(logits, labels, classes)
+    a = EvaluationResult.from_logits(logits[:120], labels[:120], classes)
+    b = EvaluationResult(classes).update(logits[120:200], labels[120:200]).update(logits[200:], labels[200:])
+    merged = a.merge(b)
+    assert (merged.n, merged.correct_top1, merged.correct_topk) == (whole.n, whole.correct_top1, whole.correct_topk)
+    np.testing.assert_array_equal(merged.confusion, whole.confusion)
+    np.testing.assert_array_equal(merged.bin_count, whole.bin_count)
+    np.testing.assert_array_equal(merged.bin_correct, whole.bin_correct)
+    np.testing.assert_allclose(merged.bin_confidence_sum, whole.bin_confidence_sum, rtol=1e-12)
+    for metric in ("top1", "topk", "ece", "nll"):
+        assert getattr(merged, metric) == pytest.approx(getattr(whole, metric), rel=1e-12), metric
+    assert a.n == 120 and b.n == 181  # merge made a new result; the parts are untouched
+    with pytest.raises(ValueError, match="different classes"):
+        a.merge(EvaluationResult(classes[:-1]))
+
+
+def test_bad_inputs_are_refused_with_a_message() -> None:
+    r = EvaluationResult(list("abc"))
+    with pytest.raises(ValueError, match=r"\[N, 3\]"):
+        r.update(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="labels must lie"):
+        r.update(torch.zeros(2, 3), torch.tensor([0, 3]))
+    assert r.n == 0 and math.isnan(r.top1) and r.summary()["top1"] is None  # NaN is JSON null
+
+
+def test_figures_name_classes_only_when_readable() -> None:
+    rng = np.random.default_rng(3)
+    few = EvaluationResult.from_logits(torch.from_numpy(rng.normal(size=(50, 8))),
+                                       torch.from_numpy(rng.integers(0, 8, 50)), [f"k{i}" for i in range(8)])
+    ax = few.confusion_figure().axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"k{i}" for i in range(8)]
+    image = ax.images[0].get_array()
+    np.testing.assert_allclose(np.asarray(image).sum(1), 1.0)  # normalized per true class
+    many = EvaluationResult.from_logits(torch.from_numpy(rng.normal(size=(50, 40))),
+                                        torch.from_numpy(rng.integers(0, 40, 50)), [f"k{i}" for i in range(40)])
+    assert not any(t.get_text().startswith("k") for t in many.confusion_figure().axes[0].get_yticklabels())
+    title = few.reliability_figure().axes[0].get_title()
+    assert f"{few.ece:.2%}" in title
+
+
+def _is_png(path: Path) -> bool:
+    with Image.open(path) as im:
+        im.verify()
+        return im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_on_the_shipped_shapes_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from resnet_lab.shapes import ShapesDataset
+    from resnet_lab.train import accuracy, predict
+    from resnet_lab.weights import load_checkpoint
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(SHAPES_MODEL), "--data", "shapes", "--n", "64", "--out", str(out),
+                 "--batch-size", "24", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "per_class.csv", "reliability.png",
+                                                    "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    model = load_checkpoint(SHAPES_MODEL).model
+    dataset = ShapesDataset(64, 999, 32)  # the checkpoint's JSON test seed and input size
+    assert summary["n"] == 64 and summary["data"]["seed"] == 999
+    assert summary["top1"] == pytest.approx(accuracy(model, dataset), abs=1e-12)
+    assert summary["model"] == f"file:{SHAPES_MODEL.relative_to(ROOT)}" or summary["model"].startswith("file:")
+    assert summary["command"].startswith("python -m resnet_lab evaluate --model")
+    assert len(summary["reliability"]) == 15 and 0 <= summary["ece"] < 1
+    preds, labels = predict(model, dataset)
+    rows = _read_csv(out / "per_class.csv")
+    assert [r["class"] for r in rows] == list(dataset.classes)
+    assert [int(r["count"]) for r in rows] == np.bincount(labels.numpy(), minlength=8).tolist()
+    assert [int(r["correct"]) for r in rows] == np.bincount(labels[preds == labels].numpy(), minlength=8).tolist()
+    assert _is_png(out / "confusion.png") and _is_png(out / "reliability.png")
+    assert "top-1" in capsys.readouterr().out
+
+
+def _write_cifar10(root: Path, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    labels = (np.arange(n) * 7 % 10).tolist()
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": data, b"labels": labels}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [s.encode() for s in names]}, f)
+    return data, np.array(labels), names
+
+
+def test_cli_on_cifar_format_files(tmp_path: Path) -> None:
+    from resnet_lab.resnet import build
+    from resnet_lab.weights import save_checkpoint
+
+    data, labels, names = _write_cifar10(tmp_path / "data", 37)
+    model = build("resnet20", num_classes=10, seed=0).eval()
+    ckpt = save_checkpoint(model, tmp_path / "ckpt" / "random20", {"arch": "resnet20", "num_classes": 10})
+    out = tmp_path / "out"
+    assert main(["evaluate", "--model", str(ckpt), "--data", "cifar10", "--data-dir", str(tmp_path / "data"),
+                 "--no-checksum", "--batch-size", "16", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 37 and summary["num_classes"] == 10 and summary["data"]["name"] == "cifar10"
+    rows = _read_csv(out / "per_class.csv")
+    assert [r["class"] for r in rows] == names
+    assert [int(r["count"]) for r in rows] == np.bincount(labels, minlength=10).tolist()
+    # predictions recomputed here: the images normalized with the model's own mean/std, at 32 px
+    cfg = model.pretrained_cfg
+    x = torch.from_numpy(data.reshape(-1, 3, 32, 32)).float() / 255
+    x = (x - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        preds = model(x).argmax(1).numpy()
+    assert [int(r["predicted"]) for r in rows] == np.bincount(preds, minlength=10).tolist()
+    assert summary["top1"] == pytest.approx(float((preds == labels).mean()), abs=1e-12)
+    assert _is_png(out / "confusion.png") and _is_png(out / "reliability.png")
+
+
+def test_cli_errors_are_messages(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["evaluate", "--model", str(SHAPES_MODEL), "--data", "imagenet"]) == 2
+    assert "unknown --data 'imagenet'" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(SHAPES_MODEL), "--data", "cifar10", "--data-dir", str(tmp_path),
+                 "--no-checksum"]) == 2
+    err = capsys.readouterr().err
+    assert "cifar10 not found" in err and "Traceback" not in err
+    _write_cifar10(tmp_path / "data", 5)
+    assert main(["evaluate", "--model", str(SHAPES_MODEL), "--data", "cifar10", "--data-dir", str(tmp_path / "data"),
+                 "--no-checksum"]) == 2
+    assert "predicts 8 classes but cifar10 has 10" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tmp_path / "missing.safetensors")]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "resnet18.a1_in1k"]) == 2  # a hub tag, offline here: a message, fast
+    assert "resnet18" in capsys.readouterr().err
