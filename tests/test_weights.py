@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import socket
 import threading
 import time
 
@@ -257,3 +259,159 @@ def test_hub_probe_goes_to_the_configured_endpoint(monkeypatch):
         assert weights.hub_reachable() == (True, "ok")
     ok, why = weights.hub_reachable()  # closed now
     assert not ok and f"127.0.0.1:{port}" in why
+
+
+# ----------------------------------------------------------------------------- akamaster's CIFAR-10 checkpoints
+
+
+def _akamaster_net(arch: str = "resnet20", seed: int = 3) -> torch.nn.Module:
+    from resnet_lab.resnet import build
+    from resnet_lab.verify import randomize_bn
+
+    model = build(arch, seed=seed)
+    with torch.no_grad():
+        randomize_bn(model, seed=seed)  # running stats away from 0/1, so a BN left unloaded shows in the logits
+    return model.eval()
+
+
+def _their_keys(model: torch.nn.Module, compressible: bool = False, counters: bool = True) -> dict[str, torch.Tensor]:
+    """Our state dict under their names: DataParallel's `module.`, `linear` for `fc` (`compressible_` variant)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        if not counters and key.endswith("num_batches_tracked"):
+            continue  # PyTorch before 0.4.1 did not save them
+        name = "linear." + key[len("fc."):] if key.startswith("fc.") else key
+        if compressible:
+            name = re.sub(r"(^|\.)(conv\d|linear)\.", r"\1compressible_\2.", name)
+        out["module." + name] = value.clone()
+    return out
+
+
+def _save_theirs(path, state: dict, best_prec1: float = 91.73):
+    torch.save({"state_dict": state, "best_prec1": best_prec1}, path)  # as their trainer.py saves model.th
+    return path
+
+
+def _logits(model: torch.nn.Module) -> torch.Tensor:
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_akamaster_checkpoint_loads_exactly_with_arch_cfg_and_classes(tmp_path):
+    source = _akamaster_net("resnet20")
+    path = _save_theirs(tmp_path / "resnet20-12fca82f.th", _their_keys(source))
+    assert "module.linear.weight" in torch.load(path, weights_only=True)["state_dict"]  # really their format
+    for loaded in (weights.load_akamaster(path), weights.load_weights(str(path))):
+        assert loaded.meta["arch"] == "resnet20" and loaded.source == "akamaster:resnet20-12fca82f.th"
+        got = loaded.model.state_dict()
+        assert got.keys() == source.state_dict().keys()
+        assert all(torch.equal(got[k], v) for k, v in source.state_dict().items())
+        assert torch.equal(_logits(loaded.model), _logits(source))
+        cfg = loaded.pretrained_cfg
+        assert cfg["input_size"] == (3, 32, 32) and cfg["crop_pct"] == 1.0 and cfg["num_classes"] == 10
+        assert cfg["mean"] == (0.485, 0.456, 0.406) and cfg["std"] == (0.229, 0.224, 0.225)  # their trainer.py's
+        assert loaded.model.pretrained_cfg is cfg
+        assert loaded.meta["classes"][:3] == ["airplane", "automobile", "bird"] and len(loaded.meta["classes"]) == 10
+        assert loaded.meta["best_prec1"] == pytest.approx(91.73)
+
+
+def test_akamaster_arch_inferred_from_blocks_old_counters_and_compressible_names(tmp_path):
+    source = _akamaster_net("resnet32", seed=5)
+    path = _save_theirs(tmp_path / "r32.th", _their_keys(source, compressible=True, counters=False))
+    loaded = weights.load_akamaster(path)
+    assert loaded.meta["arch"] == "resnet32"
+    assert torch.equal(_logits(loaded.model), _logits(source))
+    assert int(loaded.model.bn1.num_batches_tracked) == 0
+
+
+def test_akamaster_unexpected_keys_and_wrong_arch_give_clear_errors(tmp_path):
+    state = _their_keys(_akamaster_net("resnet20"))
+    state["module.layer2.0.shortcut.0.weight"] = torch.zeros(32, 16, 1, 1)  # an option-B projection: not theirs
+    path = _save_theirs(tmp_path / "odd.th", state)
+    with pytest.raises(WeightsUnavailable, match=r"unexpected keys module\.layer2\.0\.shortcut\.0\.weight"):
+        weights.load_akamaster(path)
+    del state["module.layer2.0.shortcut.0.weight"]
+    _save_theirs(path, state)
+    with pytest.raises(WeightsUnavailable, match="holds a resnet20 .3 blocks per stage., not a resnet56"):
+        weights.load_akamaster(path, arch="resnet56")
+    foreign = tmp_path / "foreign.th"
+    torch.save({"state_dict": {"features.0.weight": torch.zeros(1)}}, foreign)
+    with pytest.raises(WeightsUnavailable, match="not a checkpoint of akamaster's CIFAR ResNets"):
+        weights.load_akamaster(foreign)
+
+
+def test_akamaster_resnet1202_is_refused_without_download():
+    """No `resnet1202` here: refused by name before any network, and by its blocks when given as a file's keys."""
+    with pytest.raises(WeightsUnavailable, match="resnet1202, which has no network here"):
+        weights.load_akamaster("akamaster:resnet1202")
+    raw = {f"module.layer1.{i}.conv1.weight": torch.zeros(1) for i in range(200)}
+    with pytest.raises(WeightsUnavailable, match="resnet1202, which has no network here"):
+        weights.akamaster_state_dict(raw, "resnet1202-f3b1deed.th")
+
+
+def test_akamaster_pickle_with_code_is_refused_and_nothing_ran(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    state = _their_keys(_akamaster_net("resnet20"))
+    path = tmp_path / "resnet20-evil.th"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": state, "best_prec1": Payload()}, f)
+    with pytest.raises(WeightsUnavailable, match="refusing to load resnet20-evil.th"):
+        weights.load_akamaster(path)
+    assert not marker.exists()
+    with open(tmp_path / "check.pkl", "wb") as f:  # the payload does run when unpickled plainly: the test has teeth
+        pickle.dump(Payload(), f)
+    with open(tmp_path / "check.pkl", "rb") as f:
+        pickle.load(f)
+    assert marker.exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_akamaster_download_offline_fails_fast_with_the_file_and_the_alternative(tmp_path, monkeypatch):
+    url = f"http://127.0.0.1:{_closed_port()}/pretrained_models/{{file}}"
+    monkeypatch.setattr(weights, "AKAMASTER_URL", url)
+    with pytest.raises(WeightsUnavailable) as e:
+        weights.load_akamaster("resnet56", cache_dir=tmp_path / "cache")
+    message = str(e.value)
+    assert "cannot download akamaster's resnet56-4bfd9763.th from 127.0.0.1" in message
+    assert "unreachable" in message and "--weights path/resnet56-4bfd9763.th" in message
+    assert "Traceback" not in message and not (tmp_path / "cache").exists()
+
+
+def test_akamaster_download_and_cache_from_a_local_server(tmp_path, monkeypatch):
+    """The real urllib download path against a server on 127.0.0.1; the second load is served from the cache."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    served = tmp_path / "served" / "pretrained_models"
+    served.mkdir(parents=True)
+    source = _akamaster_net("resnet20")
+    _save_theirs(served / "resnet20-12fca82f.th", _their_keys(source))
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served.parent)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setattr(weights, "AKAMASTER_URL", f"http://127.0.0.1:{server.server_port}/pretrained_models/{{file}}")
+        loaded = weights.load_akamaster("akamaster:resnet20", cache_dir=tmp_path / "cache")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert loaded.path == tmp_path / "cache" / "resnet20-12fca82f.th"
+    assert list((tmp_path / "cache").iterdir()) == [loaded.path]  # no partial files left beside it
+    assert torch.equal(_logits(loaded.model), _logits(source))
+    again = weights.load_akamaster("resnet20-12fca82f.th", cache_dir=tmp_path / "cache")  # server gone: cache
+    assert torch.equal(_logits(again.model), _logits(source))
