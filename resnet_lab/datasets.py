@@ -217,9 +217,8 @@ def _load_torchvision(name: str, root: Path, train: bool) -> tuple[torch.Tensor,
 # worker would report the same file again. The scan decodes each file once through `decode_image` at
 # `SCAN_MIN_SIDE` pixels: a JPEG is then decoded in the DCT domain at 1/8 scale (a 4000x3000 JPEG: 31 ms against
 # 118 ms for its full decode, one CPU thread), yet its whole entropy stream is read, so truncation is still caught;
-# the header (format,
-# pixel-count bomb) is checked before any pixel. A file that goes bad after the scan is still skipped in
-# `__getitem__` (the next good sample, deterministically), so an epoch never stops halfway.
+# the header (format, pixel-count bomb) is checked before any pixel. A file that goes bad after the scan is still
+# skipped in `__getitem__` (the next good sample, deterministically), so an epoch never stops halfway.
 
 SCAN_MIN_SIDE = 32
 IMBALANCE_RATIO = 10.0  # largest / smallest class above this: warned about

@@ -238,6 +238,8 @@ def test_folder_classes_counts_and_bad_files_reported_once(tmp_path: Path) -> No
     """Classes come from sorted sub-folders; the truncated JPEG and the text file are each warned about once
     (path and reason), listed in `skipped`, and in neither split; the counts add up to the good files."""
     bad = write_folder(tmp_path, {"zebra": 10, "ant": 10})
+    bad.append(tmp_path / "ant" / "bomb.png")  # 9000x8000 = 72 MP in a few kB: over decode_image's pixel limit
+    Image.new("1", (9000, 8000)).save(bad[-1])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         split = image_folder(tmp_path, val_fraction=0.2, seed=0)
@@ -245,6 +247,7 @@ def test_folder_classes_counts_and_bad_files_reported_once(tmp_path: Path) -> No
     assert sorted(p for p, _ in split.skipped) == sorted(map(str, bad))
     reasons = dict(split.skipped)
     assert "truncated or corrupt" in reasons[str(bad[0])] and "not an image" in reasons[str(bad[1])]
+    assert "9000x8000 = 72,000,000 pixels, more than the limit" in reasons[str(bad[2])]
     for b in bad:
         assert sum(str(b) in str(w.message) for w in caught) == 1
     used = {p for p, _ in split.train.samples + split.val.samples}
