@@ -1,7 +1,8 @@
-"""Weights for our ResNets: timm tags on the Hugging Face Hub, local files, our own checkpoints.
+"""Weights for our ResNets: timm tags on the Hugging Face Hub, local files, our own checkpoints, and the
+published CIFAR-10 nets of akamaster/pytorch_resnet_cifar10 (`load_akamaster`).
 
 Nothing here unpickles arbitrary objects: `.safetensors` is preferred, and
-`.pth`/`.bin` files go through `torch.load(weights_only=True)`. When the hub
+`.pth`/`.bin`/`.th` files go through `torch.load(weights_only=True)`. When the hub
 cannot be reached, refuses, drops the connection or stalls, we say so within
 seconds (naming the tag and the local-file alternative), instead of letting
 huggingface_hub retry for minutes. Messages reach the UI, so they never show
@@ -385,9 +386,13 @@ def akamaster_state_dict(
     blocks per stage (n: ResNet-(6n+2)); BatchNorm counters that old PyTorch did not save start at 0.
     """
     state: dict[str, torch.Tensor] = {}
+    theirs: dict[str, str] = {}  # ours -> theirs, for the message
     for key, value in raw.items():
         name = re.sub(r"(^|\.)compressible_", r"\1", key.removeprefix("module."))
-        state["fc." + name[len("linear."):] if name.startswith("linear.") else name] = value
+        name = "fc." + name[len("linear."):] if name.startswith("linear.") else name
+        if name in state:
+            raise WeightsUnavailable(f"{what} holds {theirs[name]} and {key}, which are one weight in our net")
+        state[name], theirs[name] = value, key
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"layer1\.(\d+)\.", k))}
     if not blocks:
         raise WeightsUnavailable(
@@ -402,8 +407,7 @@ def akamaster_state_dict(
     for key in expected:
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.zeros((), dtype=torch.long)
-    renamed = dict(zip(state, raw))  # ours -> theirs, for the message
-    unexpected = [renamed.get(k, k) for k in state if k not in expected]
+    unexpected = [theirs.get(k, k) for k in state if k not in expected]
     missing = [k for k in expected if k not in state]
     if unexpected or missing:
         raise WeightsUnavailable(

@@ -316,6 +316,21 @@ def test_akamaster_checkpoint_loads_exactly_with_arch_cfg_and_classes(tmp_path):
         assert loaded.meta["best_prec1"] == pytest.approx(91.73)
 
 
+def test_akamaster_nets_see_in_the_app_what_their_evaluation_fed_them(tmp_path, photo):
+    """The Classifier's transform on a 32x32 image == their val transform: ToTensor + ImageNet mean/std, no resize."""
+    import torchvision.transforms.functional as TF
+
+    from resnet_lab.inference import Classifier
+
+    path = _save_theirs(tmp_path / "resnet20-12fca82f.th", _their_keys(_akamaster_net("resnet20")))
+    classifier = Classifier(weights.load_akamaster(path), device="cpu")
+    assert list(classifier.labels) == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                       "ship", "truck"]
+    image = photo.crop((0, 0, 32, 32))
+    theirs = TF.normalize(TF.to_tensor(image), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert torch.allclose(classifier.prepare(image), theirs, atol=1e-6)
+
+
 def test_akamaster_arch_inferred_from_blocks_old_counters_and_compressible_names(tmp_path):
     source = _akamaster_net("resnet32", seed=5)
     path = _save_theirs(tmp_path / "r32.th", _their_keys(source, compressible=True, counters=False))
@@ -335,6 +350,10 @@ def test_akamaster_unexpected_keys_and_wrong_arch_give_clear_errors(tmp_path):
     _save_theirs(path, state)
     with pytest.raises(WeightsUnavailable, match="holds a resnet20 .3 blocks per stage., not a resnet56"):
         weights.load_akamaster(path, arch="resnet56")
+    state["module.compressible_conv1.weight"] = state["module.conv1.weight"]  # two names for one weight
+    _save_theirs(path, state)
+    with pytest.raises(WeightsUnavailable, match="module.conv1.weight and module.compressible_conv1.weight"):
+        weights.load_akamaster(path)
     foreign = tmp_path / "foreign.th"
     torch.save({"state_dict": {"features.0.weight": torch.zeros(1)}}, foreign)
     with pytest.raises(WeightsUnavailable, match="not a checkpoint of akamaster's CIFAR ResNets"):
