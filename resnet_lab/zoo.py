@@ -3,12 +3,17 @@
 Weights are looked for, in order: a local file or folder (`RESNET_LAB_WEIGHTS`),
 the Hugging Face Hub by timm tag (fails within seconds when out of reach), and
 finally random weights, which are loudly flagged, never silent.
+
+Checkpoints written by `train` (`weights.save_checkpoint`: a `.safetensors` with a JSON
+beside it naming its arch and classes) in that folder become models of their own,
+listed after the built-in ones under their file's name, with their own classes.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -17,13 +22,98 @@ from pathlib import Path
 
 from .inference import Classifier, resolve_device
 from .resources import memory_limit
-from .weights import DEFAULT_TAGS, LoadedWeights, WeightsUnavailable, is_headless, list_tags, load_weights
+from .weights import (
+    DEFAULT_TAGS,
+    LoadedWeights,
+    WeightsUnavailable,
+    is_headless,
+    list_tags,
+    load_checkpoint,
+    load_weights,
+    meta_path,
+)
+
+log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHAPES_MODEL = "Shapes ResNet-20"
 SHAPES_CHECKPOINT = ASSETS / "shapes_resnet20.safetensors"
 IMAGENET_MODELS = {f"ResNet-{d}": f"resnet{d}" for d in (18, 34, 50, 101, 152)}
 MODELS = [SHAPES_MODEL, *IMAGENET_MODELS]
+USER_TAG = "local"  # the one weight tag of a user checkpoint: its file is its weights
+
+
+@dataclass(frozen=True)
+class UserModel:
+    """A checkpoint made by `train`, found in the weights folder: what the UI needs without loading it."""
+
+    name: str
+    path: Path
+    arch: str
+    classes: tuple[str, ...]
+
+
+def _user_model(path: Path) -> UserModel | None:
+    """The checkpoint at `path` as a model, None if it is not one (no JSON with classes and arch: an ImageNet
+    weight file). Raises ValueError when it claims to be one but cannot be used, so discovery can say why."""
+    from .resnet import REGISTRY
+
+    meta_file = meta_path(path)
+    if not meta_file.is_file():
+        return None
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{meta_file.name} is not readable JSON ({type(e).__name__})") from e
+    if not isinstance(meta, dict) or "classes" not in meta or "arch" not in meta:
+        return None
+    arch, classes = meta["arch"], meta["classes"]
+    if arch not in REGISTRY:
+        raise ValueError(f"unknown arch {arch!r}")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ValueError("'classes' is not a non-empty list of names")
+    _check_tensors(path, arch, len(classes))
+    return UserModel(f"{path.stem} ({arch}, {len(classes)} classes)", path, arch, tuple(classes))
+
+
+def _check_tensors(path: Path, arch: str, num_classes: int) -> None:
+    """The file's header (read without its tensors) names exactly the arch's tensors with their shapes."""
+    import torch
+    from safetensors import safe_open
+
+    from .resnet import build
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # SafetensorError, OSError: a truncated or foreign file
+        raise ValueError(f"not a readable .safetensors file ({type(e).__name__})") from e
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build(arch, num_classes=num_classes, seed=0).state_dict().items()}
+    if shapes != expected:
+        wrong = sorted(set(shapes) ^ set(expected)) or sorted(k for k in shapes if shapes[k] != expected[k])
+        raise ValueError(f"its tensors do not fit {arch} with {num_classes} classes (e.g. {wrong[0]!r})")
+
+
+def discover_user_models(weights_path: str | os.PathLike | None) -> dict[str, UserModel]:
+    """Every usable `train` checkpoint in the weights folder (or the single file), by name, sorted by file.
+
+    A broken one is skipped with a logged warning: one bad file must not take the app down.
+    """
+    if not weights_path:
+        return {}
+    root = Path(weights_path)
+    files = sorted(root.glob("*.safetensors")) if root.is_dir() else [root] if root.suffix == ".safetensors" else []
+    found: dict[str, UserModel] = {}
+    for f in files:
+        try:
+            user = _user_model(f)
+        except ValueError as e:
+            log.warning("skipping checkpoint %s: %s", f.name, e)
+            continue
+        if user is not None:
+            found[user.name] = user
+    return found
 
 
 def tags_for(model: str) -> list[str]:
@@ -53,8 +143,13 @@ ZOO_SHARE = 0.5  # of the memory left: the other half is for requests' activatio
 ALLOCATOR_MARGIN = 1.2  # RSS grows ~17 % beyond the tensors' bytes (ResNet-152: +565 MB for 482 MB of tensors)
 
 
-@functools.cache
 def model_bytes(model: str) -> int:
+    """What one cached entry of a built-in model costs (see `arch_bytes`)."""
+    return arch_bytes("resnet20" if model == SHAPES_MODEL else IMAGENET_MODELS[model])
+
+
+@functools.cache
+def arch_bytes(arch: str, num_classes: int | None = None) -> int:
     """What one cached entry costs: fp32 weights twice (unfused for explanations, BN-folded for predictions).
 
     Counted from the arch's state dict built on the meta device (no memory, no RNG), with `ALLOCATOR_MARGIN`.
@@ -63,19 +158,19 @@ def model_bytes(model: str) -> int:
 
     from .resnet import build
 
-    arch = "resnet20" if model == SHAPES_MODEL else IMAGENET_MODELS[model]
     with torch.device("meta"):
-        net = build(arch, seed=0)
+        net = build(arch, seed=0) if num_classes is None else build(arch, num_classes=num_classes, seed=0)
     weights = sum(t.numel() * t.element_size() for t in net.state_dict().values())
     return int(2 * weights * ALLOCATOR_MARGIN)
 
 
-def _default_max_models() -> int:
+def _default_max_models(sizes: list[int] | None = None) -> int:
     """As many of the largest model as fit in `ZOO_SHARE` of the memory this process may use (the container's
-    limit, not the host's RAM) after `RUNTIME_BYTES`: all six from ~8 GiB, two on a 4 GiB Space, at least one."""
+    limit, not the host's RAM) after `RUNTIME_BYTES`: all six from ~8 GiB, two on a 4 GiB Space, at least one.
+    `sizes`: every offered model's `model_bytes` (default: the built-in ones)."""
+    sizes = sizes or [model_bytes(m) for m in MODELS]
     budget = ZOO_SHARE * (memory_limit() - RUNTIME_BYTES)
-    worst = max(model_bytes(m) for m in MODELS)
-    return max(1, min(len(MODELS), int(budget // worst)))
+    return max(1, min(len(sizes), int(budget // max(sizes))))
 
 
 def _not_offered(model: str, tag: str, tags: list[str]) -> str:
@@ -114,17 +209,44 @@ class ModelZoo:
     def __init__(self, weights_path: str | None = None, device: str | None = None, max_models: int | None = None):
         self.weights_path = weights_path if weights_path is not None else os.environ.get("RESNET_LAB_WEIGHTS")
         self.device = resolve_device(device)
-        self.max_models = max_models or _default_max_models()
+        self.user_models = discover_user_models(self.weights_path)
+        self.max_models = max_models or _default_max_models([self.model_bytes(m) for m in self.models])
         self._cache: OrderedDict[tuple[str, str], Entry] = OrderedDict()
         self._lock = threading.Lock()  # guards _cache and _loading; never held while a model loads
         self._loading: dict[tuple[str, str], threading.Lock] = {}  # one per key being loaded
 
+    @property
+    def models(self) -> list[str]:
+        """Every model offered: the built-in ones, then the user's checkpoints."""
+        return [*MODELS, *self.user_models]
+
+    def tags_for(self, model: str) -> list[str]:
+        """`tags_for`, also for the user's checkpoints (one tag, "local")."""
+        return [USER_TAG] if model in self.user_models else tags_for(model)
+
+    def describe(self, model: str) -> tuple[list[str], list[str]]:
+        """`describe`, also for the user's checkpoints: stages from their arch, classes from their JSON."""
+        user = self.user_models.get(model)
+        if user is None:
+            return describe(model)
+        from .resnet import REGISTRY
+
+        return [f"layer{i + 1}" for i in range(len(REGISTRY[user.arch].layers))], list(user.classes)
+
+    def model_bytes(self, model: str) -> int:
+        """`model_bytes`, also for the user's checkpoints (their arch with their class count)."""
+        user = self.user_models.get(model)
+        return arch_bytes(user.arch, len(user.classes)) if user else model_bytes(model)
+
     def local_file(self, arch: str, tag: str) -> Path | None:
-        """The local `.safetensors` for this arch/tag: an exact `<tag>.safetensors`, else one named for the arch."""
+        """The local `.safetensors` for this arch/tag: an exact `<tag>.safetensors`, else one named for the arch.
+        The user's own checkpoints (their own classes) are never taken for ImageNet weights."""
         if not self.weights_path:
             return None
         root = Path(self.weights_path)
         files = sorted(root.glob("*.safetensors")) if root.is_dir() else [root]
+        mine = {u.path for u in self.user_models.values()}
+        files = [f for f in files if f not in mine]
         for f in files:
             if f.name == f"{tag}.safetensors":
                 return f
@@ -134,7 +256,12 @@ class ModelZoo:
         return None
 
     def _load(self, model: str, tag: str) -> tuple[LoadedWeights, str]:
-        """Real weights if they can be had; else random ones and the reason, for the status line."""
+        """Real weights if they can be had; else random ones and the reason, for the status line.
+        A user checkpoint is its file or nothing: random weights for its classes would mean nothing."""
+        if (user := self.user_models.get(model)) is not None:
+            weights = load_checkpoint(user.path, user.arch)
+            weights.source = f"file:{user.path.name}"  # its name only: the folder is the server's business
+            return weights, ""
         if model == SHAPES_MODEL:
             source, arch = str(SHAPES_CHECKPOINT), "resnet20"
         else:
@@ -148,9 +275,9 @@ class ModelZoo:
 
     def get(self, model: str, tag: str | None = None) -> Entry:
         """The entry for `model` with weights `tag` (default: the calibrated default), loading it if needed."""
-        if model not in MODELS:
-            raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
-        tags = tags_for(model)
+        if model not in self.models:
+            raise ValueError(f"unknown model {model!r}; choose one of {', '.join(self.models)}")
+        tags = self.tags_for(model)
         tag = tag or tags[0]
         if tag not in tags:
             raise ValueError(_not_offered(model, tag, tags))

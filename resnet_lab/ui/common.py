@@ -19,7 +19,7 @@ from PIL import Image
 from ..data import ImageError, check_transformable, decode_image
 from ..resources import cpu_count
 from ..weights import WeightsUnavailable
-from ..zoo import MODELS, ModelZoo, tags_for
+from ..zoo import ModelZoo
 
 _ZOO: ModelZoo | None = None
 
@@ -142,15 +142,17 @@ def tmp_file(suffix: str, prefix: str = "resnet_lab_", name: str | None = None) 
 
 
 def model_picker(default: str) -> tuple[gr.Dropdown, gr.Dropdown]:
-    """Model and weight-tag dropdowns; the tags follow the model."""
-    model = gr.Dropdown(MODELS, value=default, label="Model", scale=2)
-    tag = gr.Dropdown(tags_for(default), value=tags_for(default)[0], label="Weights (timm tag)", scale=3,
+    """Model and weight-tag dropdowns; the tags follow the model. The user's own checkpoints come after the
+    built-in models (their one tag is "local")."""
+    tags = zoo().tags_for(default)
+    model = gr.Dropdown(zoo().models, value=default, label="Model", scale=2)
+    tag = gr.Dropdown(tags, value=tags[0], label="Weights (timm tag)", scale=3,
                       allow_custom_value=True)  # the API may name any model's tags; the zoo validates
     return model, tag
 
 
 def on_model_change(model: str) -> dict:
-    tags = tags_for(model)
+    tags = zoo().tags_for(model)
     return gr.update(choices=tags, value=tags[0])
 
 

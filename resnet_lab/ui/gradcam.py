@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..data import crop_box, resize_side
 from ..explain import METHODS, attribute, draw_box, layer_cams, overlay, upsample_cam
-from ..zoo import ASSETS, SHAPES_MODEL, Entry, describe
+from ..zoo import ASSETS, SHAPES_MODEL, Entry
 from .common import LONG, QUICK, UploadImage, on_gpu, open_upload, tmp_file, user_errors, zoo
 
 RANKS = [f"top-{k} prediction" for k in range(1, 6)]
@@ -160,8 +160,16 @@ def explain_event(image, model, tag, stage, target, cmap, alpha, signed, second,
 
 def on_model_change(model: str) -> tuple[dict, dict]:
     """Stages and target classes follow the model (no weights are loaded for that)."""
-    stages, labels = describe(model)
+    stages, labels = zoo().describe(model)
     return gr.update(choices=stages, value=stages[-1]), gr.update(choices=RANKS + labels, value=RANKS[0])
+
+
+def faithfulness_note(model: str) -> str:
+    """The panel measures the shipped Shapes model only: the pointing game and deletion need true boxes."""
+    if model == SHAPES_MODEL:
+        return ""
+    return (f"ℹ️ These numbers are for {SHAPES_MODEL}, not for {model}: measuring faithfulness needs each object's "
+            "true box, which only the Shapes data has.")
 
 
 def shapes_sample(seed: float) -> tuple[str, dict, str]:
@@ -218,7 +226,7 @@ def recompute_faithfulness(n: float, progress: gr.Progress = gr.Progress()) -> t
 
 def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default_model: str) -> None:
     """The tab's components and events, inside the caller's `gr.Tab`."""
-    stages, labels = describe(default_model)
+    stages, labels = zoo().describe(default_model)
     true_box = gr.State(None)
     with gr.Row():
         with gr.Column(scale=2):
@@ -255,6 +263,7 @@ def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default
                     "AUC (Petsiuk et al. 2018): lower / higher is better, random order beside it. Randomization "
                     "(Adebayo et al. 2018): rank correlation with the original map as the network is re-initialized "
                     "from the top; a faithful method decorrelates.")
+        note = gr.Markdown(faithfulness_note(default_model))
         table = gr.Dataframe(faithfulness_table(), interactive=False, label="Shipped model, precomputed")
         with gr.Row():
             n = gr.Slider(20, MAX_RECOMPUTE, 20, step=20, label="Images (the run says how long it will take)")
@@ -268,4 +277,6 @@ def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default
     draw.click(shapes_sample, seed, [image, true_box, info], api_visibility="private").then(
         lambda: gr.update(value=SHAPES_MODEL), None, model, api_visibility="private")
     model.change(on_model_change, model, [stage, target], api_visibility="private")
+    # a lambda: tests/test_app.py lists the cheap UI updates by function name, and this is one
+    model.change(lambda m: faithfulness_note(m), model, note, api_visibility="private", queue=False)
     recompute.click(on_gpu(recompute_faithfulness), n, [table, recompute_note], api_name="faithfulness", **LONG)
