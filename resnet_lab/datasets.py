@@ -404,3 +404,17 @@ def train_transform(pretrained_cfg: dict[str, Any]) -> Callable[[Any], torch.Ten
         input_size=cfg["input_size"], is_training=True, interpolation=cfg["interpolation"],
         mean=cfg["mean"], std=cfg["std"], color_jitter=None,
     )
+
+
+def folder_files(
+    path: str | os.PathLike, classes: tuple[str, ...], transform: Callable[[Any], Any] | None = None,
+    min_side: int | None = None,
+) -> tuple[ImageFiles, list[tuple[str, str]]]:
+    """A held-out PATH/<class>/<image> folder (a test/ split) scanned like `image_folder`'s, labelled by `classes`
+    (the training classes): (dataset, skipped). Its class sub-folders must be the training ones."""
+    root = Path(path).expanduser()
+    found, samples = _folder_samples(root)
+    if tuple(found) != tuple(classes):
+        raise DatasetError(f"{root}: its class sub-folders {found} are not the training classes {list(classes)}")
+    good, skipped = _scan(samples)
+    return ImageFiles(tuple(good), tuple(classes), transform, min_side), skipped

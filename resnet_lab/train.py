@@ -1,10 +1,12 @@
-"""Train any registered arch on Shapes: the models whose explanations we can check against ground truth.
+"""Train any registered arch on Shapes (the models whose explanations we can check), CIFAR-10/100 or an image folder.
 
 The data come from three disjoint seeds: `seed` for training, `seed + 1` for
 validation (early stopping and the choice of the best epoch) and `test_seed`
 for the accuracy reported in the checkpoint, which nothing was tuned on.
-The checkpoint's JSON carries everything `weights.load_checkpoint` and the
-app need (arch, classes, mean/std, input size) plus the command that made it.
+CIFAR's validation set is a seeded stratified `val_fraction` of its training batches (test_batch stays the
+test set); a folder's is its val/ (or a stratified split), with a test set only where PATH/test exists.
+Batches come from `loaders`; this module only runs the loop. The checkpoint's JSON carries everything
+`weights.load_checkpoint` and the app need (arch, classes, mean/std, input size) plus the command that made it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +28,15 @@ from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
 from .inference import resolve_device
+from .loaders import Batches, LoaderBatches, ShapesBatches, TensorBatches, stratified_indices
 from .progress import Progress
 from .resnet import REGISTRY, build, init_seed, list_archs
 from .shapes import CLASSES, MEAN, STD, ShapesDataset, normalize
 from .weights import save_checkpoint
 
-DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05}
+DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05, "adam": 0.0}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+EVAL_BATCH = 256
 
 
 @dataclass
@@ -56,19 +62,32 @@ class TrainConfig:
     out: str | None = None
     device: str | None = None
     quiet: bool = False
+    data_dir: str | None = None
+    download: bool = False
+    checksum: bool = True
+    val_fraction: float = 0.1
+    precision: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    workers: int = 2
 
     def __post_init__(self) -> None:
         if self.arch not in REGISTRY:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(list_archs())}")
-        if self.data != "shapes":
-            raise ValueError(f"unknown data {self.data!r}; only 'shapes' is supported")
+        if self.data not in ("shapes", "cifar10", "cifar100") and not self.data.startswith("folder:"):
+            raise ValueError(f"unknown data {self.data!r}; choose shapes, cifar10, cifar100 or folder:PATH")
         if self.opt not in DEFAULT_WD or self.sched not in ("cosine", "onecycle"):
-            raise ValueError(f"opt must be sgd|adamw and sched cosine|onecycle, not {self.opt!r}, {self.sched!r}")
+            raise ValueError(f"opt must be sgd|adamw|adam and sched cosine|onecycle, not {self.opt!r}, {self.sched!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if not 0.0 < self.val_fraction < 1.0 or self.workers < 0:
+            raise ValueError(f"val_fraction must lie in (0, 1) and workers be >= 0 (got {self.val_fraction}, "
+                             f"{self.workers})")
         if self.test_seed in self.data_seeds()[:2]:
             raise ValueError(f"test seed {self.test_seed} collides with the training/validation seeds")
         if min(self.epochs, self.n_val, self.n_test) < 1:
             raise ValueError("epochs, n_val and n_test must each be at least 1")
-        if self.n_train < self.batch_size:
+        if self.data == "shapes" and self.n_train < self.batch_size:
             raise ValueError(f"n_train ({self.n_train}) must be at least one batch ({self.batch_size})")
 
     @property
@@ -88,10 +107,10 @@ class TrainConfig:
         args = ["python", "-m", "resnet_lab", "train"]
         for k, v in asdict(self).items():
             flag = "--" + k.replace("_", "-")
-            if k == "clutter":
-                args += [] if v else ["--no-clutter"]
-            elif k == "quiet":
-                args += ["--quiet"] if v else []
+            if k in ("clutter", "checksum"):
+                args += [] if v else ["--no-" + k]
+            elif isinstance(v, bool):
+                args += [flag] if v else []
             elif v is not None:
                 args += [flag, str(v)]
         return shlex.join(args)
@@ -138,13 +157,13 @@ def accuracy(model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: in
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum 0.9, Nesterov) or AdamW; no weight decay on BN and biases, as is usual."""
+    """SGD (momentum 0.9, Nesterov), AdamW or Adam (coupled L2, default 0); no weight decay on BN and biases."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.opt == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.lr)
+    return (torch.optim.Adam if config.opt == "adam" else torch.optim.AdamW)(groups, lr=config.lr)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> LRScheduler:
@@ -152,13 +171,6 @@ def make_scheduler(opt: torch.optim.Optimizer, config: TrainConfig, total_steps:
     if config.sched == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.3)
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-
-
-def random_flips(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flip each image left-right and/or up-down at random: every Shapes class is mirror-invariant."""
-    h, v = (torch.rand(2, len(x), 1, 1, 1, generator=generator) < 0.5).to(x.device)
-    x = torch.where(h, x.flip(-1), x)
-    return torch.where(v, x.flip(-2), x)
 
 
 def initial_model(config: TrainConfig) -> nn.Module:
@@ -180,53 +192,193 @@ def shapes_data_config(size: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the loop
 
 
-def _epoch(model, loader, opt, sched, generator, device, bar_desc, quiet, report) -> tuple[float, float]:
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None: fp32). auto: fp32 on CPU; on CUDA bf16 where the GPU does it natively, else fp16
+    (with a GradScaler). fp16 on CPU is refused: CPU autocast to fp16 is slower than fp32 and has no scaler."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs a CUDA device (it uses a GradScaler); on CPU use fp32 or bf16")
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def maybe_compile(model: nn.Module, enabled: bool, log: Callable[[str], None]) -> nn.Module:
+    """`torch.compile(model)` when asked, the eager model (and one log line) where compiling fails."""
+    if not enabled:
+        return model
+    try:
+        return torch.compile(model)
+    except Exception as e:  # no compiler toolchain, unsupported platform...: train eagerly rather than not at all
+        log(f"torch.compile failed ({type(e).__name__}: {e}); training in eager mode")
+        return model
+
+
+class _Forward:
+    """Calls the compiled model; if its first (compiling) call fails, falls back to eager once, with one log line."""
+
+    def __init__(self, compiled: nn.Module, eager: nn.Module, log: Callable[[str], None]) -> None:
+        self.fn, self.eager, self.log, self.checked = compiled, eager, log, compiled is eager
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checked:
+            return self.fn(x)
+        try:
+            out = self.fn(x)
+        except Exception as e:  # compilation errors surface at the first call
+            self.log(f"torch.compile failed at the first batch ({type(e).__name__}); training in eager mode")
+            self.fn, out = self.eager, self.eager(x)
+        self.checked = True
+        return out
+
+
+@torch.inference_mode()
+def batches_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, batches: Batches,
+                     dtype: torch.dtype | None = None) -> float:
+    """Top-1 accuracy over `batches` in eval mode (autocast to `dtype` when given)."""
+    was_training = model.training
+    model.eval()
+    correct, seen = 0, 0
+    for x, y in batches:
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            correct += int((forward(x).argmax(1) == y).sum())
+        seen += len(y)
+    model.train(was_training)
+    return correct / seen if seen else float("nan")
+
+
+def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, report) -> tuple[float, float]:
     """One pass over the training set; returns (mean loss, accuracy) over it."""
     model.train()
-    loss_sum, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=bar_desc, disable=quiet, leave=False, mininterval=1.0, dynamic_ncols=True)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=batches.device)
+    correct = torch.zeros((), dtype=torch.int64, device=batches.device)
+    seen = 0
+    bar = tqdm(batches, desc=bar_desc, disable=quiet, leave=False, mininterval=1.0, dynamic_ncols=True)
     for step, (x, y) in enumerate(bar):
-        x = normalize(random_flips(x, generator).to(device)).contiguous(memory_format=torch.channels_last)
-        y = y.to(device)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = forward(x)
+            loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
         sched.step()
-        loss_sum += loss.detach().item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
+        loss_sum += loss.detach().double() * len(y)  # kept on the device: no sync per step on a GPU
+        correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{sched.get_last_lr()[0]:.3g}")
-        report(step + 1, len(loader))
-    return loss_sum / seen, correct / seen
+        if not quiet:
+            bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", lr=f"{sched.get_last_lr()[0]:.3g}")
+        report(step + 1, len(batches))
+    return float(loss_sum) / seen, int(correct) / seen
+
+
+@dataclass
+class RunData:
+    """What `make_data` gives the loop: batches for each split, the class names and what to record about them."""
+
+    train: Batches
+    val: Batches
+    test: Batches | None
+    classes: list[str]
+    record: dict[str, Any]
+
+
+def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch.device,
+              generator: torch.Generator, log: Callable[[str], None]) -> RunData:
+    """The run's batches from `config.data`; `pretrained_cfg` gives mean/std and input size (CIFAR, folders)."""
+    t0 = time.perf_counter()
+    bs = config.batch_size
+    if config.data == "shapes":
+        size = config.image_size
+        train_seed, val_seed, test_seed = config.data_seeds()
+        sets = [ShapesDataset(n, s, size, config.clutter)
+                for n, s in ((config.n_train, train_seed), (config.n_val, val_seed), (config.n_test, test_seed))]
+        log(f"rendered {len(sets[0])} + {len(sets[1])} images of {size} px in {time.perf_counter() - t0:.1f} s")
+        return RunData(
+            ShapesBatches(sets[0], bs, device, generator, train=True), ShapesBatches(sets[1], EVAL_BATCH, device),
+            ShapesBatches(sets[2], EVAL_BATCH, device), list(CLASSES),
+            {"name": "shapes", "clutter": config.clutter, "train_seed": train_seed, "val_seed": val_seed,
+             "test_seed": test_seed, "n_train": config.n_train, "n_val": config.n_val, "n_test": config.n_test})
+    mean, std, cl = pretrained_cfg["mean"], pretrained_cfg["std"], config.channels_last
+    if config.data in ("cifar10", "cifar100"):
+        from .datasets import cifar_root, load_cifar
+
+        kw = dict(root=config.data_dir, checksum=config.checksum, download=config.download)
+        images, labels, classes = load_cifar(config.data, train=True, **kw)
+        test_images, test_labels, _ = load_cifar(config.data, train=False, **kw)
+        tr, va = stratified_indices(labels, len(classes), config.val_fraction, config.seed)
+        log(f"read {config.data}: {len(tr)} train, {len(va)} val, {len(test_labels)} test in "
+            f"{time.perf_counter() - t0:.1f} s")
+
+        def counts(lab: torch.Tensor) -> dict[str, int]:
+            return dict(zip(classes, torch.bincount(lab, minlength=len(classes)).tolist()))
+
+        return RunData(
+            TensorBatches(images[tr], labels[tr], mean, std, bs, device, generator, train=True, channels_last=cl),
+            TensorBatches(images[va], labels[va], mean, std, EVAL_BATCH, device, channels_last=cl),
+            TensorBatches(test_images, test_labels, mean, std, EVAL_BATCH, device, channels_last=cl), classes,
+            {"name": config.data, "root": str(cifar_root(config.data_dir)), "checksum": config.checksum,
+             "val_fraction": config.val_fraction, "val_seed": config.seed,
+             "counts": {"train": counts(labels[tr]), "val": counts(labels[va]), "test": counts(test_labels)},
+             "skipped": []})
+    from .data import eval_transform, resize_side
+    from .datasets import folder_files, image_folder, train_transform
+
+    path = config.data.removeprefix("folder:")
+    side = resize_side(pretrained_cfg)
+    split = image_folder(path, config.val_fraction, config.seed, train_transform(pretrained_cfg),
+                         eval_transform(pretrained_cfg), side)
+    test_set, test_skipped = None, []
+    if (split.root / "test").is_dir():
+        test_set, test_skipped = folder_files(split.root / "test", split.classes, eval_transform(pretrained_cfg), side)
+    w = config.workers
+    counts = {**split.counts, **({"test": test_set.counts} if test_set is not None else {})}
+    log(f"scanned {path}: {counts}; skipped {len(split.skipped) + len(test_skipped)} unreadable file(s)")
+    return RunData(
+        LoaderBatches(split.train, bs, device, w, generator, train=True, channels_last=cl),
+        LoaderBatches(split.val, EVAL_BATCH, device, w, channels_last=cl),
+        LoaderBatches(test_set, EVAL_BATCH, device, w, channels_last=cl) if test_set is not None else None,
+        list(split.classes),
+        {"name": "folder", "root": str(split.root), "layout": split.layout, "val_fraction": config.val_fraction,
+         "counts": counts, "test_split": "test/" if test_set is not None else "none: test_acc is the val accuracy",
+         "skipped": [{"path": p, "reason": r} for p, r in split.skipped + test_skipped]})
 
 
 def train(config: TrainConfig, progress: Progress | None = None, *, command: str | None = None) -> TrainResult:
-    """Train `config.arch` on Shapes with early stopping; keep (and save, if `config.out`) the best weights.
+    """Train `config.arch` on `config.data` with early stopping; keep (and save, if `config.out`) the best weights.
 
     `progress(fraction, desc)` is called after every step, for a UI progress bar;
     the terminal gets tqdm bars unless `config.quiet`. `command` is the command
     line as typed, for the record (`config.cli()`, with every option spelled out, is stored too).
     """
     device = resolve_device(config.device)
-    size = config.image_size
-    train_seed, val_seed, test_seed = config.data_seeds()
+    dtype = resolve_precision(config.precision, device)
     log = (lambda s: None) if config.quiet else tqdm.write
-    t0 = time.perf_counter()
-    train_set = ShapesDataset(config.n_train, train_seed, size, config.clutter)
-    val_set = ShapesDataset(config.n_val, val_seed, size, config.clutter)
-    log(f"rendered {len(train_set)} + {len(val_set)} images of {size} px in {time.perf_counter() - t0:.1f} s")
-
-    model = initial_model(config)
-    model.pretrained_cfg.update({k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in shapes_data_config(size).items()})
-    model = model.to(device, memory_format=torch.channels_last)
+    shapes = config.data == "shapes"
+    size = config.image_size
     generator = torch.Generator().manual_seed(config.seed)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                                         generator=generator)
+    if shapes:
+        model = initial_model(config)
+        model.pretrained_cfg.update({k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in shapes_data_config(size).items()})
+        data = make_data(config, model.pretrained_cfg, device, generator, log)
+    else:
+        probe = build(config.arch)  # only its pretrained_cfg: mean/std and input size of the arch
+        cfg = {**probe.pretrained_cfg, "input_size": (3, size, size)}
+        data = make_data(config, cfg, device, generator, log)
+        model = build(config.arch, num_classes=len(data.classes), seed=init_seed(config.seed))
+        model.pretrained_cfg.update({k: cfg[k] for k in ("input_size", "mean", "std")})
+    channels_last = shapes or config.channels_last
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    forward = _Forward(maybe_compile(model, config.compile, log), model, log)
     opt = make_optimizer(model, config)
-    sched = make_scheduler(opt, config, config.epochs * len(loader))
+    sched = make_scheduler(opt, config, config.epochs * len(data.train))
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
     history: list[dict[str, float]] = []
     best_acc, best_state, best_epoch, stale = -1.0, None, 0, 0
@@ -238,9 +390,9 @@ def train(config: TrainConfig, progress: Progress | None = None, *, command: str
             if progress is not None:
                 progress(((epoch - 1) * steps + step) / (config.epochs * steps), f"epoch {epoch}/{config.epochs}")
 
-        loss, acc = _epoch(model, loader, opt, sched, generator, device, f"epoch {epoch}/{config.epochs}",
+        loss, acc = _epoch(forward, model, data.train, opt, sched, scaler, dtype, f"epoch {epoch}/{config.epochs}",
                            config.quiet, report)
-        val_acc = accuracy(model, val_set)
+        val_acc = batches_accuracy(forward, model, data.val, dtype)
         history.append({"epoch": epoch, "train_loss": loss, "train_acc": acc, "val_acc": val_acc,
                         "lr": sched.get_last_lr()[0], "time_s": time.perf_counter() - t_epoch})
         log(f"epoch {epoch:3d}  loss {loss:.4f}  train acc {acc:.4f}  val acc {val_acc:.4f}  "
@@ -254,19 +406,22 @@ def train(config: TrainConfig, progress: Progress | None = None, *, command: str
             break
     train_time = time.perf_counter() - t_train
     model.load_state_dict(best_state)
-    test_acc = accuracy(model, ShapesDataset(config.n_test, test_seed, size, config.clutter))
-    log(f"best val acc {best_acc:.4f} (epoch {best_epoch}), test acc {test_acc:.4f} on seed {test_seed}, "
-        f"{train_time:.0f} s")
+    test_acc = batches_accuracy(forward, model, data.test, dtype) if data.test is not None else best_acc
+    log(f"best val acc {best_acc:.4f} (epoch {best_epoch}), test acc {test_acc:.4f}, {train_time:.0f} s")
 
+    data_cfg = shapes_data_config(size) if shapes else {
+        "input_size": [3, size, size], "mean": list(model.pretrained_cfg["mean"]),
+        "std": list(model.pretrained_cfg["std"]), "crop_pct": model.pretrained_cfg.get("crop_pct", 1.0),
+        "interpolation": model.pretrained_cfg.get("interpolation", "bilinear")}
     meta = {
-        "arch": config.arch, "num_classes": len(CLASSES), "classes": list(CLASSES), **shapes_data_config(size),
-        "seed": config.seed,
-        "data": {"name": "shapes", "clutter": config.clutter, "train_seed": train_seed, "val_seed": val_seed,
-                 "test_seed": test_seed, "n_train": config.n_train, "n_val": config.n_val, "n_test": config.n_test},
-        "val_acc": best_acc, "test_acc": test_acc, "best_epoch": best_epoch, "epochs_run": len(history),
+        "arch": config.arch, "num_classes": len(data.classes), "classes": data.classes, **data_cfg,
+        "seed": config.seed, "data": data.record,
+        "val_acc": best_acc, "test_acc": test_acc, "test_acc_is_val": data.test is None,
+        "best_epoch": best_epoch, "epochs_run": len(history),
         "train_time_s": round(train_time, 1),
         "epoch_time_s": round(sum(h["time_s"] for h in history) / len(history), 1),
-        "device": str(device), "num_threads": torch.get_num_threads(), "torch_version": torch.__version__,
+        "device": str(device), "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
+        "num_threads": torch.get_num_threads(), "torch_version": torch.__version__,
         "command": command or config.cli(), "command_full": config.cli(), "config": asdict(config),
         "history": [{k: round(v, 5) for k, v in h.items()} for h in history],
     }
@@ -283,16 +438,24 @@ def train(config: TrainConfig, progress: Progress | None = None, *, command: str
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("--arch", default=d.arch, choices=list_archs(), metavar="ARCH", help="any registered arch")
-    p.add_argument("--data", default=d.data, choices=["shapes"])
+    p.add_argument("--data", default=d.data, help="shapes, cifar10, cifar100 or folder:PATH (PATH/<class>/<image>)")
+    p.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ (default $RESNET_LAB_DATA)")
+    p.add_argument("--download", action="store_true", help="fetch the official CIFAR archive if missing")
+    p.add_argument("--no-checksum", dest="checksum", action="store_false", help="CIFAR-format files of your own")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="CIFAR/folder share held out as val")
+    p.add_argument("--precision", default=d.precision, choices=PRECISIONS, help="auto: bf16/fp16 on CUDA, else fp32")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (eager if that fails)")
+    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers for image folders")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--n-train", type=int, default=d.n_train)
     p.add_argument("--n-val", type=int, default=d.n_val)
     p.add_argument("--n-test", type=int, default=d.n_test, help="held-out images for the reported accuracy")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    p.add_argument("--opt", default=d.opt, choices=["sgd", "adamw"])
+    p.add_argument("--opt", default=d.opt, choices=list(DEFAULT_WD))
     p.add_argument("--sched", default=d.sched, choices=["cosine", "onecycle"])
-    p.add_argument("--wd", type=float, default=None, help="weight decay (default: 5e-4 SGD, 0.05 AdamW)")
+    p.add_argument("--wd", type=float, default=None, help="weight decay (default: 5e-4 SGD, 0.05 AdamW, 0 Adam)")
     p.add_argument("--patience", type=int, default=d.patience, help="epochs without a better val accuracy")
     p.add_argument("--seed", type=int, default=d.seed, help="init, order and training data; val data use seed+1")
     p.add_argument("--test-seed", type=int, default=d.test_seed)
@@ -304,8 +467,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+    from .datasets import DatasetError
+
+    try:
+        config = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+        resolve_precision(config.precision, resolve_device(config.device))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     typed = sys.argv[1:2] == ["train"]  # run from the command line, not through main(argv)
-    result = train(config, command=shlex.join(["python", "-m", "resnet_lab", *sys.argv[1:]]) if typed else None)
+    try:
+        result = train(config, command=shlex.join(["python", "-m", "resnet_lab", *sys.argv[1:]]) if typed else None)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"val acc {result.best_acc:.4f}  test acc {result.test_acc:.4f}  epochs {len(result.history)}")
     return 0 if math.isfinite(result.test_acc) else 1

@@ -133,3 +133,111 @@ def test_shipped_model_is_accurate_on_unseen_data():
     assert held_out not in (seeds["train_seed"], seeds["val_seed"], seeds["test_seed"])
     assert loaded.meta["test_acc"] >= 0.97
     assert accuracy(loaded.model, ShapesDataset(400, seed=held_out)) >= 0.97
+
+
+# ----------------------------------------------------------------------------- CIFAR, folders, optimizers, precision
+
+
+def write_quadrant_cifar10(root: Path, per_batch: int = 100) -> None:
+    """CIFAR-10 files in the official pickle layout whose class (0-3) is which of four 8-row bands is bright:
+    learnable in a few epochs and kept by the augmentation (a left-right flip would merge left/right quadrants)."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]:
+        labels = rng.integers(0, 4, per_batch)
+        images = rng.integers(0, 60, (per_batch, 3, 32, 32), dtype=np.uint8)
+        for j, c in enumerate(labels):
+            images[j, :, c * 8:c * 8 + 8] += 180
+        batch = {b"data": images.reshape(per_batch, -1), b"labels": labels.tolist(), b"batch_label": name.encode()}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    meta = {b"label_names": [f"c{k}".encode() for k in range(10)], b"num_cases_per_batch": per_batch}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+
+
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cifar")
+    write_quadrant_cifar10(root)
+    out = root / "ckpt" / "c10"
+    argv = ["train", "--data", "cifar10", "--no-checksum", "--data-dir", str(root), "--epochs", "5", "--batch-size",
+            "32", "--lr", "0.05", "--seed", "1", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    return out.with_suffix(".safetensors")
+
+
+def test_cifar_run_learns_records_its_data_and_loads_back(cifar_run):
+    from resnet_lab.resnet import CIFAR_MEAN, CIFAR_STD
+
+    meta = json.loads(cifar_run.with_suffix(".json").read_text())
+    losses = [h["train_loss"] for h in meta["history"]]
+    assert losses[-1] < losses[0] - 0.1 and meta["test_acc"] > 0.6  # 4 classes used: chance is 0.25
+    assert meta["classes"] == [f"c{k}" for k in range(10)] and meta["num_classes"] == 10
+    counts = meta["data"]["counts"]
+    for c in counts["train"]:  # 10% of each class of the 500, stratified
+        assert counts["val"][c] == round(0.1 * (counts["train"][c] + counts["val"][c]))
+    assert sum(counts["train"].values()) + sum(counts["val"].values()) == 500
+    assert sum(counts["test"].values()) == 100 and meta["data"]["skipped"] == [] and not meta["test_acc_is_val"]
+    assert meta["mean"] == pytest.approx(CIFAR_MEAN) and meta["std"] == pytest.approx(CIFAR_STD)
+    assert meta["precision"] == "fp32" and "--data cifar10" in meta["command_full"]
+    loaded = load_checkpoint(cifar_run)
+    assert loaded.pretrained_cfg["mean"] == pytest.approx(CIFAR_MEAN) and loaded.meta["classes"][3] == "c3"
+    assert loaded.pretrained_cfg["input_size"] == (3, 32, 32)
+    assert loaded.model.fc.out_features == 10
+
+
+@pytest.mark.filterwarnings("ignore:skipped")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_folder_trains_an_epoch_and_lists_the_skipped_file(tmp_path, workers):
+    from test_datasets import write_folder
+
+    bad = write_folder(tmp_path / "imgs", {"horizontal": 12, "vertical": 12})
+    r = train(TrainConfig(data=f"folder:{tmp_path / 'imgs'}", epochs=1, batch_size=8, lr=0.05, workers=workers,
+                          quiet=True, out=str(tmp_path / "f")))
+    meta = json.loads(r.path.with_suffix(".json").read_text())
+    assert {Path(s["path"]) for s in meta["data"]["skipped"]} == set(bad)
+    assert meta["classes"] == ["horizontal", "vertical"] and meta["test_acc_is_val"] and r.test_acc == r.best_acc
+    assert sum(meta["data"]["counts"]["train"].values()) + sum(meta["data"]["counts"]["val"].values()) == 24
+    assert meta["data"]["test_split"].startswith("none") and load_checkpoint(r.path).meta["num_classes"] == 2
+
+
+def test_a_folder_with_test_reports_the_test_accuracy(tmp_path):
+    from test_datasets import write_folder
+
+    for split in ("train", "val", "test"):
+        write_folder(tmp_path / split, {"h": 6, "v": 6}, bad=False)
+    r = train(TrainConfig(data=f"folder:{tmp_path}", epochs=1, batch_size=4, workers=0, quiet=True))
+    assert not r.meta["test_acc_is_val"] and sum(r.meta["data"]["counts"]["test"].values()) == 12
+    assert r.meta["data"]["layout"] == "train/val"
+
+
+def test_adam_is_adam_with_no_default_decay():
+    from resnet_lab.train import make_optimizer
+
+    config = TrainConfig(opt="adam", lr=1e-3)
+    opt = make_optimizer(initial_model(config), config)
+    assert type(opt) is torch.optim.Adam and config.weight_decay == 0.0
+    assert "--opt adam" in config.cli()
+
+
+def test_precision_choices_and_fp16_on_cpu_refused(capsys):
+    from resnet_lab.train import resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) is None and resolve_precision("fp32", cpu) is None
+    assert resolve_precision("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+        resolve_precision("fp16", cpu)
+    assert main(["train", "--precision", "fp16", "--device", "cpu", "--quiet"]) == 2
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err
+
+
+def test_bad_data_is_a_message_not_a_traceback(tmp_path, capsys):
+    assert main(["train", "--data", "cifar10", "--data-dir", str(tmp_path), "--no-checksum", "--quiet"]) == 2
+    assert "cifar10 not found" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="folder:PATH"):
+        TrainConfig(data="imagenet")

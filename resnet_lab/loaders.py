@@ -1,0 +1,141 @@
+"""Data to batches: one small interface (`Batches`) that the training loop iterates for train, val and test.
+
+Every `Batches` yields (normalized float images, int64 labels) already on the run's device, so the loop does not
+know where the data came from. In-memory sets (CIFAR) are held on the device as uint8 (CIFAR-10's 50k images are
+150 MB) and augmented there per batch: no worker processes, no host-to-device copy per step. The random draws
+(order, crop offsets, flips) come from a CPU `torch.Generator`, so a seed gives the same batches on any device.
+Shapes keeps its original DataLoader + flips, drawn from one generator in the same order, so the shipped model's
+command still reproduces it bit for bit. Image folders go through a DataLoader with decoding workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Batches:
+    """An iterable of (images ready for the model, labels) on `device`; `len()` is the number of batches."""
+
+    device: torch.device
+    channels_last: bool = False
+
+    def __iter__(self) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _out(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=fmt), y.to(self.device, non_blocking=True)
+
+
+def random_flips(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip each image left-right and/or up-down at random: every Shapes class is mirror-invariant."""
+    h, v = (torch.rand(2, len(x), 1, 1, 1, generator=generator) < 0.5).to(x.device)
+    x = torch.where(h, x.flip(-1), x)
+    return torch.where(v, x.flip(-2), x)
+
+
+def pad_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> tuple[torch.Tensor, ...]:
+    """The CIFAR augmentation of He et al. (zero-pad `pad`, random crop back to size, random left-right flip),
+    as one gather on x's device. Returns (images, crop offsets [B, 2] as (top, left) into the padded image,
+    flipped [B] bool); the draws come from the CPU `generator`."""
+    b, _, h, w = x.shape
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
+    flipped = torch.rand(b, generator=generator) < 0.5
+    off, flip = offsets.to(x.device), flipped.to(x.device)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    rows = off[:, :1] + ar_h  # [B, H]
+    cols = off[:, 1:] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)  # [B, W]
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]], offsets, flipped
+
+
+class ShapesBatches(Batches):
+    """Shapes through the original DataLoader: shuffled with `generator`, flipped from the same generator."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, device: torch.device,
+                 generator: torch.Generator | None = None, train: bool = False) -> None:
+        from .shapes import normalize
+
+        self.normalize, self.device, self.generator, self.train = normalize, device, generator, train
+        self.channels_last = True
+        self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train,
+                                                  generator=generator if train else None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for x, y in self.loader:
+            if self.train:
+                x = random_flips(x, self.generator)
+            yield self._out(self.normalize(x.to(self.device)), y)
+
+
+class TensorBatches(Batches):
+    """uint8 images [N, C, H, W] held on the device, shuffled, augmented (`pad_crop_flip`) and normalized there."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                 batch_size: int, device: torch.device, generator: torch.Generator | None = None,
+                 train: bool = False, channels_last: bool = False) -> None:
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+        self.batch_size, self.device, self.generator, self.train = batch_size, device, generator, train
+        self.channels_last = channels_last
+        if train and generator is None:
+            raise ValueError("a training TensorBatches needs a torch.Generator")
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator).to(self.device) if self.train else None
+        for i in range(len(self)):
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = order[sl] if order is not None else sl
+            x = self.images[idx]
+            if self.train:
+                x = pad_crop_flip(x, self.generator)[0]
+            yield self._out((x.float() - self.mean) / self.std, self.labels[idx])
+
+
+class LoaderBatches(Batches):
+    """A DataLoader of already-transformed tensors (image folders), moved to the device as they come."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, device: torch.device, workers: int = 0,
+                 generator: torch.Generator | None = None, train: bool = False, channels_last: bool = False) -> None:
+        self.device, self.channels_last = device, channels_last
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, shuffle=train, drop_last=train and len(dataset) >= batch_size,
+            generator=generator if train else None, num_workers=workers, pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for x, y in self.loader:
+            yield self._out(x.to(self.device, non_blocking=True), y)
+
+
+def stratified_indices(labels: torch.Tensor, n_classes: int, fraction: float, seed: int) -> tuple[torch.Tensor, ...]:
+    """(train, val) indices: per class, the same seeded choice `datasets.stratified_split` makes for files."""
+    from .datasets import stratified_split
+
+    train, val = stratified_split([(i, int(c)) for i, c in enumerate(labels.tolist())], n_classes, fraction, seed)
+    return torch.tensor([i for i, _ in train], dtype=torch.int64), torch.tensor([i for i, _ in val], dtype=torch.int64)
+
+
