@@ -78,6 +78,8 @@ class TrainConfig:
             raise ValueError(f"unknown data {self.data!r}; choose shapes, cifar10, cifar100 or folder:PATH")
         if self.opt not in DEFAULT_WD or self.sched not in ("cosine", "onecycle"):
             raise ValueError(f"opt must be sgd|adamw|adam and sched cosine|onecycle, not {self.opt!r}, {self.sched!r}")
+        if self.data.startswith("cifar") and self.size not in (None, 32):
+            raise ValueError(f"CIFAR images are 32 px; --size {self.size} does not apply to {self.data}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if not 0.0 < self.val_fraction < 1.0 or self.workers < 0:
@@ -92,7 +94,8 @@ class TrainConfig:
 
     @property
     def image_size(self) -> int:
-        return self.size or (32 if REGISTRY[self.arch].stem == "cifar" else 64)
+        cifar = self.data.startswith("cifar") or REGISTRY[self.arch].stem == "cifar"
+        return self.size or (32 if cifar else 64)
 
     @property
     def weight_decay(self) -> float:

@@ -241,3 +241,6 @@ def test_bad_data_is_a_message_not_a_traceback(tmp_path, capsys):
     assert "cifar10 not found" in capsys.readouterr().err
     with pytest.raises(ValueError, match="folder:PATH"):
         TrainConfig(data="imagenet")
+    with pytest.raises(ValueError, match="CIFAR images are 32 px"):
+        TrainConfig(data="cifar10", size=64)
+    assert TrainConfig(arch="resnet18", data="cifar100").image_size == 32  # not the ImageNet nets' 64
