@@ -67,7 +67,7 @@ def bench_cifar(arch: str, n: int, batch: int, device: torch.device, workers: in
 
     from resnet_lab.loaders import TensorBatches
     from resnet_lab.resnet import CIFAR_MEAN, CIFAR_STD
-    from resnet_lab.train import resolve_precision
+    from resnet_lab.train import optimizer_step, resolve_precision
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -113,14 +113,7 @@ def bench_cifar(arch: str, n: int, batch: int, device: torch.device, workers: in
                 for _ in range(10):
                     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                         loss = F.cross_entropy(model(xf).float(), y)
-                    opt.zero_grad()
-                    if scaler:
-                        scaler.scale(loss).backward()
-                        scaler.step(opt)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        opt.step()
+                    optimizer_step(loss, opt, scaler)
                 _sync(device)
 
             rate = images_per_s(step, 10 * len(x))

@@ -13,7 +13,7 @@ import sys
 
 COMMANDS = {
     "verify": ("resnet_lab.verify", "prove our ResNets equal timm's and torchvision's"),
-    "train": ("resnet_lab.train", "train any registered arch (Shapes data)"),
+    "train": ("resnet_lab.train", "train any registered arch on Shapes, CIFAR-10/100 or an image folder"),
     "faithfulness": ("resnet_lab.faithfulness", "measure how faithful each explanation is"),
     "gradnorms": ("resnet_lab.gradflow", "gradient norms across depth, plain vs residual"),
     "degradation": ("resnet_lab.degradation", "train plain/residual twins and record the curves"),

@@ -251,6 +251,18 @@ def batches_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.
     return correct / seen if seen else float("nan")
 
 
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """One backward and update; through the GradScaler when fp16 needs one (bf16 and fp32 do not)."""
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+
+
 def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, report) -> tuple[float, float]:
     """One pass over the training set; returns (mean loss, accuracy) over it."""
     model.train()
@@ -262,14 +274,7 @@ def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, 
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             logits = forward(x)
             loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        optimizer_step(loss, opt, scaler)
         sched.step()
         loss_sum += loss.detach().double() * len(y)  # kept on the device: no sync per step on a GPU
         correct += (logits.detach().argmax(1) == y).sum()
