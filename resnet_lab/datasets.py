@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import socket
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -138,13 +137,14 @@ def _spec(name: str) -> CifarSpec:
 
 def _probe_network(timeout: float = PROBE_TIMEOUT_S) -> None:
     """Fail within `timeout` seconds where the download host is unreachable, instead of torchvision's retries."""
-    try:
-        socket.create_connection(DOWNLOAD_HOST, timeout=timeout).close()
-    except OSError as e:
+    from .weights import tcp_reachable  # the hub's probe: DNS bounded too, which a bare connect is not
+
+    ok, why = tcp_reachable(*DOWNLOAD_HOST, timeout)
+    if not ok:
         raise DatasetError(
-            f"cannot download: {DOWNLOAD_HOST[0]} is unreachable from here ({e}). Copy the archive's extracted "
-            "folder onto this machine instead and pass its parent with --data-dir."
-        ) from e
+            f"cannot download: {why}. Copy the archive's extracted folder onto this machine instead and pass its "
+            "parent with --data-dir."
+        )
 
 
 def load_cifar(

@@ -27,7 +27,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
-from .inference import resolve_device
+from .inference import autocast_dtype, resolve_device
 from .loaders import Batches, LoaderBatches, ShapesBatches, TensorBatches, stratified_indices
 from .progress import Progress
 from .resnet import REGISTRY, build, init_seed, list_archs
@@ -203,7 +203,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("--precision fp16 needs a CUDA device (it uses a GradScaler); on CPU use fp32 or bf16")
     if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        return autocast_dtype(device)  # the app's choice: bf16 where native, else fp16
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
