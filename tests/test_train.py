@@ -21,13 +21,16 @@ TINY = dict(n_train=384, n_val=128, n_test=128, batch_size=32, lr=0.05, seed=3, 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def train_cli(out: Path, *args: str) -> Path:
+    """`python -m resnet_lab train ARGS --quiet --out OUT`, which must succeed; the checkpoint it wrote."""
+    assert main(["train", *args, "--quiet", "--out", str(out)]) == 0
+    return out.with_suffix(".safetensors")
+
+
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("train") / "tiny"
-    argv = ["train", "--epochs", "3", "--n-train", "384", "--n-val", "128", "--n-test", "128", "--batch-size",
-            "32", "--lr", "0.05", "--seed", "3", "--quiet", "--out", str(out)]
-    assert main(argv) == 0
-    return out.with_suffix(".safetensors")
+    return train_cli(tmp_path_factory.mktemp("train") / "tiny", "--epochs", "3", "--n-train", "384", "--n-val",
+                     "128", "--n-test", "128", "--batch-size", "32", "--lr", "0.05", "--seed", "3")
 
 
 def test_short_run_lowers_the_loss_and_records_everything(cli_run):
@@ -163,11 +166,8 @@ def write_quadrant_cifar10(root: Path, per_batch: int = 100) -> None:
 def cifar_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cifar")
     write_quadrant_cifar10(root)
-    out = root / "ckpt" / "c10"
-    argv = ["train", "--data", "cifar10", "--no-checksum", "--data-dir", str(root), "--epochs", "5", "--batch-size",
-            "32", "--lr", "0.05", "--seed", "1", "--quiet", "--out", str(out)]
-    assert main(argv) == 0
-    return out.with_suffix(".safetensors")
+    return train_cli(root / "ckpt" / "c10", "--data", "cifar10", "--no-checksum", "--data-dir", str(root),
+                     "--epochs", "5", "--batch-size", "32", "--lr", "0.05", "--seed", "1")
 
 
 def test_cifar_run_learns_records_its_data_and_loads_back(cifar_run):
