@@ -114,7 +114,6 @@ def explain_image(
     if stage not in stages:
         raise gr.Error(f"{model} has no stage {stage!r}; choose one of {', '.join(stages)}")
 
-
     def lay(heat: np.ndarray, signed_: bool = False, bar: bool = True, on: Image.Image = disp) -> Image.Image:
         return overlay(on, heat, _rescale(box, disp, on), cmap, alpha, signed_, colorbar=bar)
 
@@ -279,4 +278,5 @@ def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default
     model.change(on_model_change, model, [stage, target], api_visibility="private")
     # a lambda: tests/test_app.py lists the cheap UI updates by function name, and this is one
     model.change(lambda m: faithfulness_note(m), model, note, api_visibility="private", queue=False)
-    recompute.click(on_gpu(recompute_faithfulness), n, [table, recompute_note], api_name="faithfulness", **LONG)
+    recompute.click(on_gpu(user_errors(recompute_faithfulness)), n, [table, recompute_note], api_name="faithfulness",
+                    **LONG)
