@@ -18,6 +18,8 @@ COMMANDS = {
     "gradnorms": ("resnet_lab.gradflow", "gradient norms across depth, plain vs residual"),
     "degradation": ("resnet_lab.degradation", "train plain/residual twins and record the curves"),
     "evaluate": ("resnet_lab.evaluation", "top-1/top-5, per-class accuracy, confusion and calibration on a test set"),
+    "landscape": ("resnet_lab.landscape", "loss landscapes of trained twins along filter-normalized directions"),
+    "lesion": ("resnet_lab.lesion", "delete residual blocks of a trained net, one and many at a time"),
 }
 
 
