@@ -1,0 +1,179 @@
+"""One process per GPU (`torchrun`): the process group, each rank's device and share of the data, and the sums.
+
+`torchrun --nproc-per-node N -m resnet_lab <command>` sets RANK, WORLD_SIZE and LOCAL_RANK in every process;
+`setup()` reads them, binds the process to cuda:LOCAL_RANK (or the CPU) and joins the group (NCCL on CUDA, Gloo on
+the CPU). Without torchrun (or with one process) it returns a single-process `Dist` and touches nothing, so every
+helper here is a no-op there and the code that uses them runs exactly as before.
+Counts (correct, seen) are summed over ranks rather than averaged, so a sharded evaluation gives exactly the
+single-process accuracy whatever the shares' sizes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process stands: its rank among `world_size` processes, its GPU index on the node, its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False  # setup() created the process group, so cleanup() destroys it
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that logs, shows progress and writes files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched() -> bool:
+    """True in a process started by torchrun with more than one process in all."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _env_int(name: str) -> int:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):
+        raise ValueError(f"WORLD_SIZE > 1 but {name} is missing or not an integer: start the processes with torchrun "
+                         f"(torchrun --nproc-per-node N -m resnet_lab ...)") from None
+
+
+def device_for(preference: str | None = None) -> torch.device:
+    """This process's device: as `inference.resolve_device` alone, cuda:LOCAL_RANK under torchrun.
+
+    Under torchrun "cuda" (or no preference on a CUDA machine) means the process's own GPU; an explicit index is
+    refused (every process would take the same GPU), and so is asking for more processes than the node has GPUs.
+    """
+    preference = preference or os.environ.get("RESNET_LAB_DEVICE")
+    if preference is None:
+        preference = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(preference)
+    except RuntimeError:
+        raise ValueError(f"unknown device {preference!r}; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {preference!r} asked for, but CUDA is not available here; use --device cpu")
+    if not launched() or device.type != "cuda":
+        return device
+    if device.index is not None:
+        raise ValueError(f"under torchrun each process takes cuda:LOCAL_RANK; pass --device cuda, not {preference!r}")
+    local_rank, gpus = _env_int("LOCAL_RANK"), torch.cuda.device_count()
+    if local_rank >= gpus:
+        raise ValueError(f"process with LOCAL_RANK {local_rank} needs GPU {local_rank}, but this node has {gpus}: "
+                         f"use --nproc-per-node {gpus} or fewer, or --device cpu")
+    return torch.device("cuda", local_rank)
+
+
+def setup(device: str | None = None) -> Dist:
+    """Join torchrun's process group (NCCL on CUDA, Gloo on the CPU) and return this process's `Dist`.
+
+    Not launched by torchrun: a single-process `Dist` on `device` (default cuda when present), nothing initialized.
+    A process group that already exists (the caller made it) is used as it is and left to its owner.
+    """
+    dev = device_for(device)
+    if not launched():
+        return Dist(device=dev)
+    rank, world, local_rank = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
+    owns = not dist.is_initialized()
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if owns:
+        if dev.type == "cuda":
+            dist.init_process_group("nccl", device_id=dev)
+        else:
+            dist.init_process_group("gloo")
+    return Dist(rank, world, local_rank, dev, owns)
+
+
+def cleanup(d: Dist) -> None:
+    """Leave the process group `setup` made (a no-op for a single process or a group someone else made)."""
+    if d.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(d: Dist) -> None:
+    """Wait for every rank (e.g. until rank 0 has written a file the others read)."""
+    if d.distributed:
+        dist.barrier()
+
+
+def gather_objects(obj: Any, d: Dist) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order, on every rank; `[obj]` for a single process."""
+    if not d.distributed:
+        return [obj]
+    out: list[Any] = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The sum of `t` over all ranks (a new tensor on t's device; `t` itself for a single process)."""
+    if not d.distributed:
+        return t
+    out = t.detach().to(d.device, copy=True)  # NCCL sums tensors on the GPU, Gloo on the CPU
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.to(t.device)
+
+
+def shard_indices(n: int, d: Dist) -> list[int]:
+    """This rank's strided share of range(n): rank, rank + world, ... The shares are disjoint, cover range(n)
+    and differ in size by at most one; nothing is padded or repeated, so summed counts are exact."""
+    return list(range(d.rank, n, d.world_size))
+
+
+def rank_seed(seed: int, d: Dist) -> int:
+    """A seed of this rank's own, for random streams that must differ between ranks (augmentation in workers)."""
+    return seed + 1000 * d.rank
+
+
+def wrap(model: nn.Module, d: Dist, sync_bn: bool = False) -> nn.Module:
+    """`model` for training on `d`: as it is for a single process, else in DistributedDataParallel (gradients
+    averaged over ranks at each backward), its BatchNorms made SyncBatchNorm first when `sync_bn`.
+
+    DDP broadcasts rank 0's weights when it wraps, so the ranks start equal whatever each built.
+    """
+    if not d.distributed:
+        return model
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP (its state_dict has no `module.` prefix) with plain BatchNorm2d again."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    return revert_sync_batchnorm(model)
+
+
+def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Undo `convert_sync_batchnorm` in place (same parameters and buffers): a SyncBatchNorm in eval outside a
+    process group works, but `fuse_bn` and type checks expect nn.BatchNorm2d."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                child.track_running_stats, device=child.weight.device if child.affine else None)
+            if child.affine:
+                bn.weight, bn.bias = child.weight, child.bias
+            if child.track_running_stats:
+                bn.running_mean, bn.running_var = child.running_mean, child.running_var
+                bn.num_batches_tracked = child.num_batches_tracked
+            bn.train(child.training)
+            setattr(module, name, bn)
+        else:
+            revert_sync_batchnorm(child)
+    return module
