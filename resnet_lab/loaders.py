@@ -6,6 +6,13 @@ know where the data came from. In-memory sets (CIFAR) are held on the device as 
 (order, crop offsets, flips) come from a CPU `torch.Generator`, so a seed gives the same batches on any device.
 Shapes keeps its original DataLoader + flips, drawn from one generator in the same order, so the shipped model's
 command still reproduces it bit for bit. Image folders go through a DataLoader with decoding workers.
+
+Under torchrun (`dist`, see `distributed`) each rank gets its share. A training `batch_size` is the GLOBAL batch
+of one step: Shapes and CIFAR draw the same order and augmentation on every rank (one seeded stream) and each rank
+keeps its strided share of every global batch, so N processes together see exactly the batches of one process;
+folders use a DistributedSampler (reshuffled each epoch) with batch_size / N per rank and per-rank worker seeds.
+Evaluation sets are split into disjoint strided shares (nothing padded, nothing repeated; eval `batch_size` is
+per rank): summing correct and seen over ranks gives exactly the single-process accuracy.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from .distributed import Dist, rank_seed, shard_indices
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -23,6 +32,12 @@ class Batches:
 
     device: torch.device
     channels_last: bool = False
+    dist: Dist = Dist()
+
+    def _share(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        """This rank's strided share of a global training batch (all of it for a single process)."""
+        d = self.dist
+        return (x[d.rank::d.world_size], y[d.rank::d.world_size]) if d.distributed else (x, y)
 
     def __iter__(self) -> Iterator[Batch]:
         raise NotImplementedError
@@ -33,6 +48,19 @@ class Batches:
     def _out(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.contiguous(memory_format=fmt), y.to(self.device, non_blocking=True)
+
+
+def per_rank_batch(batch_size: int, d: Dist) -> int:
+    """A rank's share of a global training batch; the global batch must divide evenly over the ranks."""
+    if batch_size % d.world_size:
+        raise ValueError(f"--batch-size {batch_size} is the global batch of a step and must divide evenly over "
+                         f"the {d.world_size} processes (try {max(1, batch_size // d.world_size) * d.world_size})")
+    return batch_size // d.world_size
+
+
+def eval_share(dataset: torch.utils.data.Dataset, d: Dist) -> torch.utils.data.Dataset:
+    """This rank's disjoint strided share of an evaluation set (the set itself for a single process)."""
+    return torch.utils.data.Subset(dataset, shard_indices(len(dataset), d)) if d.distributed else dataset
 
 
 def random_flips(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -63,11 +91,15 @@ class ShapesBatches(Batches):
     """Shapes through the original DataLoader: shuffled with `generator`, flipped from the same generator."""
 
     def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, device: torch.device,
-                 generator: torch.Generator | None = None, train: bool = False) -> None:
+                 generator: torch.Generator | None = None, train: bool = False, dist: Dist = Dist()) -> None:
         from .shapes import normalize
 
         self.normalize, self.device, self.generator, self.train = normalize, device, generator, train
-        self.channels_last = True
+        self.channels_last, self.dist = True, dist
+        if train:
+            per_rank_batch(batch_size, dist)
+        else:
+            dataset = eval_share(dataset, dist)
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train,
                                                   generator=generator if train else None)
 
@@ -77,7 +109,7 @@ class ShapesBatches(Batches):
     def __iter__(self) -> Iterator[Batch]:
         for x, y in self.loader:
             if self.train:
-                x = random_flips(x, self.generator)
+                x, y = self._share(random_flips(x, self.generator), y)
             yield self._out(self.normalize(x.to(self.device)), y)
 
 
@@ -86,12 +118,17 @@ class TensorBatches(Batches):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
                  batch_size: int, device: torch.device, generator: torch.Generator | None = None,
-                 train: bool = False, channels_last: bool = False) -> None:
+                 train: bool = False, channels_last: bool = False, dist: Dist = Dist()) -> None:
+        if train:
+            per_rank_batch(batch_size, dist)
+        elif dist.distributed:
+            share = torch.tensor(shard_indices(len(labels), dist), dtype=torch.int64)
+            images, labels = images[share], labels[share]
         self.images, self.labels = images.to(device), labels.to(device)
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
         self.batch_size, self.device, self.generator, self.train = batch_size, device, generator, train
-        self.channels_last = channels_last
+        self.channels_last, self.dist = channels_last, dist
         if train and generator is None:
             raise ValueError("a training TensorBatches needs a torch.Generator")
 
@@ -105,28 +142,46 @@ class TensorBatches(Batches):
         for i in range(len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             idx = order[sl] if order is not None else sl
-            x = self.images[idx]
+            x, y = self.images[idx], self.labels[idx]
             if self.train:
-                x = pad_crop_flip(x, self.generator)[0]
-            yield self._out((x.float() - self.mean) / self.std, self.labels[idx])
+                x, y = self._share(pad_crop_flip(x, self.generator)[0], y)
+            yield self._out((x.float() - self.mean) / self.std, y)
 
 
 class LoaderBatches(Batches):
-    """A DataLoader of already-transformed tensors (image folders), moved to the device as they come."""
+    """A DataLoader of already-transformed tensors (image folders), moved to the device as they come.
+
+    Distributed training: a DistributedSampler seeded from `generator` (the same order on every rank, reshuffled
+    each epoch), batch_size / N per rank, and a per-rank generator for the workers' augmentation seeds.
+    """
 
     def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, device: torch.device, workers: int = 0,
-                 generator: torch.Generator | None = None, train: bool = False, channels_last: bool = False) -> None:
-        self.device, self.channels_last = device, channels_last
+                 generator: torch.Generator | None = None, train: bool = False, channels_last: bool = False,
+                 dist: Dist = Dist()) -> None:
+        self.device, self.channels_last, self.dist, self.sampler, self.epoch = device, channels_last, dist, None, 0
+        if train and dist.distributed:
+            if generator is None:
+                raise ValueError("distributed training from a DataLoader needs a torch.Generator (the shared order)")
+            seed = int(torch.randint(2**62, (), generator=generator))  # equal on every rank
+            self.sampler = torch.utils.data.DistributedSampler(dataset, dist.world_size, dist.rank, seed=seed)
+            batch_size = per_rank_batch(batch_size, dist)
+            generator = torch.Generator().manual_seed(rank_seed(seed, dist))  # workers' augmentation differs per rank
+        elif not train:
+            dataset = eval_share(dataset, dist)
+        n = len(self.sampler) if self.sampler is not None else len(dataset)
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=train, drop_last=train and len(dataset) >= batch_size,
-            generator=generator if train else None, num_workers=workers, pin_memory=device.type == "cuda",
-            persistent_workers=workers > 0,
+            dataset, batch_size=batch_size, shuffle=train and self.sampler is None, sampler=self.sampler,
+            drop_last=train and n >= batch_size, generator=generator if train else None, num_workers=workers,
+            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         )
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
+        if self.sampler is not None:  # a new order each epoch, the same on every rank
+            self.sampler.set_epoch(self.epoch)
+            self.epoch += 1
         for x, y in self.loader:
             yield self._out(x.to(self.device, non_blocking=True), y)
 
