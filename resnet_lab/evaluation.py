@@ -5,17 +5,20 @@ combine exactly with `merge`: the merge of two halves equals the result of the w
 Guo et al. 2017, "On Calibration of Modern Neural Networks": 15 equal-width confidence bins (lo, hi], and
 ECE = sum over bins of (count / N) * |accuracy - mean confidence|.
 
-`python -m resnet_lab evaluate --model FILE|TAG --data shapes|cifar10|cifar100 [--out DIR]` drives it.
+`python -m resnet_lab evaluate --model FILE|TAG --data shapes|cifar10|cifar100|folder:PATH [--out DIR]` drives it;
+under torchrun each rank scores its share (`distributed.shard_indices`) and rank 0 writes the merged result.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,8 @@ from .progress import Progress
 ECE_BINS = 15
 TOP_K = 5
 DATASETS = ("shapes", "cifar10", "cifar100")
+FOLDER = "folder:"
+LIST_SHOWN = 12  # class names shown in a message before "..."
 NAMES_ON_AXES_MAX = 30  # above this many classes the confusion matrix's tick labels would be unreadable
 VALUES_IN_CELLS_MAX = 12
 
@@ -262,27 +267,182 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+# ----------------------------------------------------------------------------- scoring
+
+
+def _score(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], result: EvaluationResult,
+           total: int, progress: Progress | None) -> EvaluationResult:
+    """Feed ready network inputs through `model` in eval mode into `result` (restoring train mode after)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for step, (x, y) in enumerate(batches, 1):
+            if len(y):
+                result.update(model(x.to(device, non_blocking=True)), y)
+            if progress is not None:
+                progress(step / max(total, 1), f"{result.n} images")
+    finally:
+        model.train(was_training)
+    return result
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
              mean: Sequence[float], std: Sequence[float], batch_size: int = 256,
              progress: Progress | None = None) -> EvaluationResult:
     """Run uint8 images [N, 3, H, W] through `model` in eval mode (normalized with mean/std) and score them."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    result = EvaluationResult(list(classes))
-    n = len(labels)
-    try:
-        for start in range(0, n, batch_size):
-            x = images[start:start + batch_size].to(device).float().div_(255.0)
-            result.update(model((x - m) / s), labels[start:start + batch_size])
-            if progress is not None:
-                progress(min(start + batch_size, n) / n, f"{result.n}/{n} images")
-    finally:
-        model.train(was_training)
-    return result
+    starts = range(0, len(labels), batch_size)
+    batches = ((((images[i:i + batch_size].to(device).float().div_(255.0)) - m) / s, labels[i:i + batch_size])
+               for i in starts)
+    return _score(model, batches, EvaluationResult(list(classes)), len(starts), progress)
+
+
+# ----------------------------------------------------------------------------- image folders
+#
+# `folder:PATH` holds PATH/<class>/<image> (torchvision's ImageFolder layout). Its labels are the *model's* output
+# indices for the sub-folder names, never the folder's sorted order: a model trained on ["red", "blue"] answers
+# "red" with output 0, whatever order the file system sorts them in, and an ImageNet validation folder (synset-id
+# sub-folders, n01440764/ ...) maps each synset to timm's index for it, so a subset of the classes still lands on
+# the right one of the 1000 outputs and timm's published top-1 for a tag can be checked.
+
+
+@cache
+def imagenet_synsets() -> tuple[str, ...]:
+    """ImageNet-1k's WordNet synset ids in timm's class order (output i of every timm ImageNet-1k head), bundled
+    with timm (no network)."""
+    from timm.data import ImageNetInfo
+
+    return tuple(ImageNetInfo().label_names())
+
+
+@dataclass(frozen=True)
+class ClassMatch:
+    """How a folder's class sub-folders map onto a model's outputs."""
+
+    classes: list[str]  # the model's outputs, named (what the results are reported over)
+    index: dict[str, int]  # sub-folder name -> the model's output index
+    how: str  # "names" (the checkpoint's class names), "imagenet-synsets" (timm's order) or "folder-order"
+
+
+def _listed(names: Sequence[str], limit: int = LIST_SHOWN) -> str:
+    names = list(names)
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return "[" + ", ".join(names[:limit]) + more + "]"
+
+
+def match_classes(folder_classes: Sequence[str], model_classes: Sequence[str] | None, num_classes: int,
+                  where: str = "the folder") -> ClassMatch:
+    """Map sub-folder names onto the model's outputs by name; `DatasetError` naming both lists when they do not fit.
+
+    A folder may hold a subset of the model's classes (per-class accuracy is then NaN for the others). A model
+    without class names with 1000 outputs is taken for ImageNet-1k when every sub-folder is a synset id; one with
+    neither names nor 1000 outputs is matched in the folder's sorted order when the counts agree (with a warning).
+    """
+    from .data import imagenet_labels
+    from .datasets import DatasetError
+
+    found = list(folder_classes)
+    named = list(model_classes) if model_classes else None
+    if named is not None and len(named) != num_classes:
+        raise DatasetError(f"the model has {num_classes} outputs but its checkpoint names {len(named)} classes")
+    if named is not None and set(found) <= set(named):
+        return ClassMatch(named, {c: named.index(c) for c in found}, "names")
+    synsets = imagenet_synsets()
+    imagenet = num_classes == len(synsets) and (named is None or tuple(named) in (synsets, imagenet_labels()))
+    if imagenet and set(found) <= set(synsets):
+        position = {s: i for i, s in enumerate(synsets)}
+        return ClassMatch(list(synsets), {c: position[c] for c in found}, "imagenet-synsets")
+    if named is None and not imagenet and num_classes == len(found):
+        print(f"evaluate: warning: the model names no classes; its {num_classes} outputs are taken to be {where}'s "
+              f"sub-folders in sorted order {_listed(found)}", file=sys.stderr)
+        return ClassMatch(found, {c: i for i, c in enumerate(found)}, "folder-order")
+    if named is None and imagenet:
+        named = list(synsets)
+    model = (f"the model's {len(named)} classes are {_listed(named)}" if named is not None
+             else f"the model predicts {num_classes} unnamed classes")
+    message = f"{where}'s {len(found)} class sub-folders {_listed(found)} do not match the model: {model}"
+    if named is not None:
+        message += f"; not among the model's classes: {_listed([c for c in found if c not in named])}"
+    if set(found) & {"train", "val", "test"}:
+        message += ". Evaluate one split's folder, e.g. folder:PATH/val"
+    elif imagenet:
+        message += ". An ImageNet validation folder needs one sub-folder per synset id (n01440764/, ...)"
+    else:
+        message += ". Evaluate a model trained on these classes"
+    raise DatasetError(message)
+
+
+class FolderImages(torch.utils.data.Dataset):
+    """(network input, label, reason) for each (path, label) sample, through the app's decoder and eval transform.
+
+    A file that cannot be used yields a zero image and the reason ("" for a good one), so the evaluation leaves it
+    out and lists it. `datasets.ImageFiles` instead takes the next good file, right for an epoch but wrong for a
+    count; and a reason returned with the batch reaches the caller from DataLoader workers, where a list kept in
+    the dataset would stay in the worker's process.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], pretrained_cfg: dict[str, Any]) -> None:
+        from .data import eval_config, eval_transform, resize_side
+
+        self.samples = list(samples)
+        self.cfg = dict(pretrained_cfg)
+        self.transform = eval_transform(self.cfg)
+        self.side = resize_side(self.cfg)
+        self.shape = tuple(eval_config(self.cfg)["input_size"])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        from .data import ImageError, check_transformable, decode_image
+
+        path, label = self.samples[index]
+        try:
+            image = decode_image(path, min_side=self.side)
+            check_transformable(image.size, self.cfg)
+            return self.transform(image), label, ""
+        except ImageError as e:
+            return torch.zeros(self.shape), label, str(e)
+
+
+def folder_dataset(path: str | Path, model_classes: Sequence[str] | None, num_classes: int,
+                   pretrained_cfg: dict[str, Any]) -> tuple[FolderImages, ClassMatch, Path]:
+    """Every image under PATH/<class>/, labelled with the model's output index for its class (`match_classes`)."""
+    from .datasets import DatasetError, _folder_samples
+
+    root = Path(path).expanduser()
+    found, samples = _folder_samples(root)
+    if not samples:
+        raise DatasetError(f"{root}: no image files in its class sub-folders {_listed(found)}")
+    match = match_classes(found, model_classes, num_classes, str(root))
+    return FolderImages([(p, match.index[found[c]]) for p, c in samples], pretrained_cfg), match, root
+
+
+@torch.inference_mode()
+def evaluate_folder(model: nn.Module, dataset: FolderImages, classes: Sequence[str],
+                    indices: Sequence[int] | None = None, batch_size: int = 256, workers: int = 2,
+                    progress: Progress | None = None) -> tuple[EvaluationResult, list[tuple[str, str]]]:
+    """Score `dataset` (or the samples at `indices`, a torchrun rank's share) through a DataLoader with `workers`
+    decoding processes: (result, [(path, reason)] of the files left out)."""
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
+                                         num_workers=workers, pin_memory=device.type == "cuda")
+    skipped: list[tuple[str, str]] = []
+
+    def good_rows() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        seen = 0
+        for x, y, reasons in loader:
+            ok = torch.tensor([not r for r in reasons], dtype=torch.bool)
+            skipped.extend((dataset.samples[indices[seen + j]][0], r) for j, r in enumerate(reasons) if r)
+            seen += len(reasons)
+            yield x[ok], y[ok]
+
+    return _score(model, good_rows(), EvaluationResult(list(classes)), len(loader), progress), skipped
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -290,7 +450,9 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, class
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="assets/shapes_resnet20.safetensors", help="a checkpoint file or a timm tag")
-    p.add_argument("--data", default="shapes", help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--data", default="shapes",
+                   help=f"one of {', '.join(DATASETS)} or {FOLDER}PATH (PATH/<class>/<image>; an ImageNet "
+                        "validation folder with synset-id sub-folders maps onto timm's class order)")
     p.add_argument("--n", type=int, default=2000, help="Shapes: test images rendered")
     p.add_argument("--seed", type=int, default=None, help="Shapes: data seed (default: the checkpoint's test seed)")
     p.add_argument("--data-dir", default=None,
@@ -299,6 +461,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CIFAR: read files in torchvision's layout without the md5 check of the official ones")
     p.add_argument("--out", default=None, help="write summary.json, per_class.csv, confusion.png, reliability.png here")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2, help="folders: DataLoader processes decoding images")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
 
 
@@ -320,7 +483,43 @@ def _load_data(args: argparse.Namespace, loaded: Any) -> tuple[torch.Tensor, tor
     return images, labels, classes, {"name": args.data, "split": "test", "checksum": args.checksum}
 
 
+def _shard(args: argparse.Namespace, loaded: Any, folder: bool, dist: Any, progress: Progress | None,
+           ) -> tuple[EvaluationResult, list[tuple[str, str]], dict[str, Any]]:
+    """This rank's share of the data, scored: (result, skipped files, the data's description)."""
+    from .distributed import shard_indices
+
+    model = loaded.model
+    if folder:
+        dataset, match, root = folder_dataset(args.data.removeprefix(FOLDER), loaded.meta.get("classes"),
+                                              model.num_classes, loaded.pretrained_cfg)
+        result, skipped = evaluate_folder(model, dataset, match.classes, shard_indices(len(dataset), dist),
+                                          args.batch_size, args.workers, progress)
+        return result, skipped, {"name": "folder", "root": str(root), "files": len(dataset),
+                                 "folder_classes": len(match.index), "class_match": match.how}
+    images, labels, classes, data = _load_data(args, loaded)
+    if model.num_classes != len(classes):
+        raise ValueError(f"{args.model} predicts {model.num_classes} classes but {args.data} has {len(classes)}: "
+                         "evaluate a model trained on this data")
+    model_classes = loaded.meta.get("classes")
+    if model_classes and list(model_classes) != classes and dist.is_main:
+        print(f"evaluate: warning: the model's class names differ from {args.data}'s; reporting {args.data}'s",
+              file=sys.stderr)
+    idx = torch.tensor(shard_indices(len(labels), dist), dtype=torch.int64)
+    return evaluate(model, images[idx], labels[idx], classes, loaded.pretrained_cfg["mean"],
+                    loaded.pretrained_cfg["std"], args.batch_size, progress), [], data
+
+
+def _write(result: EvaluationResult, out: Path, extra: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    result.to_json(out / "summary.json", **extra)
+    result.to_csv(out / "per_class.csv")
+    result.confusion_figure().savefig(out / "confusion.png", dpi=100)
+    result.reliability_figure().savefig(out / "reliability.png", dpi=100)
+
+
 def run(args: argparse.Namespace) -> int:
+    """The evaluate command; under torchrun each rank scores its `shard_indices` share and rank 0 merges and writes."""
+    from . import distributed
     from .datasets import DatasetError
     from .progress import tqdm_progress
     from .weights import WeightsUnavailable, load_weights
@@ -329,43 +528,45 @@ def run(args: argparse.Namespace) -> int:
         print(f"evaluate: {message}", file=sys.stderr)
         return 2
 
-    if args.data not in DATASETS:
-        return fail(f"unknown --data {args.data!r}: choose one of {', '.join(DATASETS)} "
-                    "(image folders are not supported yet)")
-    if args.batch_size < 1:
-        return fail(f"--batch-size must be at least 1, not {args.batch_size}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        return fail(f"device {device!r} asked for, but CUDA is not available here")
+    folder = args.data.startswith(FOLDER)
+    if args.data not in DATASETS and not (folder and args.data != FOLDER):
+        return fail(f"unknown --data {args.data!r}: choose one of {', '.join(DATASETS)} or {FOLDER}PATH")
+    if args.batch_size < 1 or args.workers < 0:
+        return fail(f"--batch-size must be at least 1 and --workers at least 0 (got {args.batch_size}, "
+                    f"{args.workers})")
     try:
-        loaded = load_weights(args.model)
-        images, labels, classes, data = _load_data(args, loaded)
-    except (WeightsUnavailable, DatasetError, ValueError) as e:
+        dist = distributed.setup(args.device)  # cuda:LOCAL_RANK under torchrun; refuses CUDA where there is none
+    except ValueError as e:
         return fail(str(e))
-    model = loaded.model
-    if model.num_classes != len(classes):
-        return fail(f"{args.model} predicts {model.num_classes} classes but {args.data} has {len(classes)}: "
-                    "evaluate a model trained on this data")
-    model_classes = loaded.meta.get("classes")
-    if model_classes and list(model_classes) != classes:
-        print(f"evaluate: warning: the model's class names differ from {args.data}'s; reporting {args.data}'s",
-              file=sys.stderr)
-    model.to(device)
-    progress, close = tqdm_progress(max(1, -(-len(labels) // args.batch_size)), "evaluate")
     try:
-        result = evaluate(model, images, labels, classes, loaded.pretrained_cfg["mean"], loaded.pretrained_cfg["std"],
-                          args.batch_size, progress)
+        try:
+            loaded = load_weights(args.model)
+        except (WeightsUnavailable, ValueError) as e:
+            return fail(str(e))
+        loaded.model.to(dist.device)
+        progress, close = tqdm_progress(100, "evaluate") if dist.is_main else (None, lambda: None)
+        try:
+            result, skipped, data = _shard(args, loaded, folder, dist, progress)
+        except (DatasetError, ValueError) as e:
+            return fail(str(e))
+        finally:
+            close()
+        parts = distributed.gather_objects((result, skipped), dist)
+        if not dist.is_main:
+            return 0
+        result = functools.reduce(EvaluationResult.merge, [r for r, _ in parts])
+        skipped = sorted(s for _, found in parts for s in found)
+        for path, reason in skipped:
+            print(f"evaluate: skipped {path}: {reason}", file=sys.stderr)
+        if folder:
+            data["skipped"] = [{"path": p, "reason": r} for p, r in skipped]
+        extra = {"command": getattr(args, "command_line", None), "model": loaded.source, "data": data,
+                 "device": str(dist.device), "world_size": dist.world_size}
+        print(f"{loaded.source} on {args.data} ({result.n} images): top-1 {result.top1:.4f}  "
+              f"top-{result.k} {result.topk:.4f}  ECE {result.ece:.4f}  NLL {result.nll:.4f}")
+        if args.out:
+            _write(result, Path(args.out), extra)
+            print(f"wrote summary.json, per_class.csv, confusion.png, reliability.png to {args.out}")
+        return 0
     finally:
-        close()
-    extra = {"command": getattr(args, "command_line", None), "model": loaded.source, "data": data, "device": device}
-    print(f"{loaded.source} on {args.data} ({result.n} images): top-1 {result.top1:.4f}  "
-          f"top-{result.k} {result.topk:.4f}  ECE {result.ece:.4f}  NLL {result.nll:.4f}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        result.to_json(out / "summary.json", **extra)
-        result.to_csv(out / "per_class.csv")
-        result.confusion_figure().savefig(out / "confusion.png", dpi=100)
-        result.reliability_figure().savefig(out / "reliability.png", dpi=100)
-        print(f"wrote summary.json, per_class.csv, confusion.png, reliability.png to {args.out}")
-    return 0
+        distributed.cleanup(dist)
