@@ -1,0 +1,279 @@
+"""Which floating-point precision to compute in: the app's serving dtype and the trainer's, each chosen on evidence.
+
+Serving (`serving_dtype`): `RESNET_LAB_PRECISION=fp32|bf16|fp16|auto` (default auto). On CUDA, auto is bf16 where the
+GPU has it natively (Ampere and later), else fp16 (a T4). On a CPU, auto is bf16 only where the CPU computes bf16
+natively (AVX512-BF16 or AMX; emulated bf16 is slower than fp32) AND `assets/cpu_bf16_agreement.json`, written by
+`benchmarks/bench_precision.py`, shows bf16's top-1 agreeing with fp32's on >= 99.5 % of every required corpus:
+speed alone must not change what the app answers. fp16 on a CPU is served as fp32: CPU fp16 autocast has no fast
+kernels on most x86 and no loss scaling to need; the reason is returned and warned, not silently dropped.
+
+Training (`choose_train_precision`): half precision is not always faster. ResNet-20 at 32 px trains at ~19,900
+images/s in fp32/TF32 on an H100 and ~10,600 under bf16 autocast (its tiny convs are launch- and cast-bound),
+while ResNet-50 at 224 px goes from ~2,400 to ~3,700. So on CUDA a few timed SGD steps on a copy of the model
+decide; on the CPU it is fp32 without measuring (see the function).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ENV = "RESNET_LAB_PRECISION"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AGREEMENT_FILE = Path(__file__).resolve().parent.parent / "assets" / "cpu_bf16_agreement.json"
+AGREEMENT_MIN = 0.995
+# One disagreement in fewer than 200 images is already more than 0.5 %: a smaller corpus cannot show 99.5 %.
+AGREEMENT_MIN_IMAGES = 200
+REQUIRED_CORPORA = ("shapes", "photos")  # issue 10: the Shapes test set and the photo corpus
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+class PrecisionError(ValueError):
+    """A precision setting that cannot be used; the message names the allowed values."""
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """"fp32" for None, else "bf16" / "fp16": how checkpoints and status lines spell a precision."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
+def parse_precision(value: str | None, source: str = ENV) -> str:
+    """The precision named by `value` (case and spaces ignored; unset or empty: auto), or `PrecisionError`."""
+    name = (value or "auto").strip().lower() or "auto"
+    if name not in PRECISIONS:
+        raise PrecisionError(f"{source}={value!r} is not a precision; use one of {', '.join(PRECISIONS)}")
+    return name
+
+
+# ----------------------------------------------------------------------------- what the hardware does natively
+
+
+def cpu_flags(path: str | os.PathLike = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags Linux reports (empty where there is no /proc/cpuinfo: we then assume nothing)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(rest.split())
+    return frozenset()
+
+
+def cpu_native_bf16(flags: Sequence[str] | frozenset[str]) -> bool:
+    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere oneDNN emulates it, slower
+    than fp32."""
+    return any(f in flags for f in CPU_BF16_FLAGS)
+
+
+def cuda_half_dtype(device: str | torch.device) -> torch.dtype:
+    """bf16 where the GPU has it natively (Ampere and later), else fp16. `is_bf16_supported()` alone counts
+    emulation: a T4 says True and then runs bf16 far slower than fp16."""
+    device = torch.device(device)
+    if device.index is not None:
+        with torch.cuda.device(device):
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+    else:
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native else torch.float16
+
+
+# ----------------------------------------------------------------------------- the measured CPU bf16 agreement
+
+
+def cpu_bf16_agreement(path: str | os.PathLike = AGREEMENT_FILE) -> tuple[bool, str]:
+    """(True, why) when the recorded measurement shows bf16 agreeing with fp32 on >= `AGREEMENT_MIN` of the top-1
+    answers of every corpus in `REQUIRED_CORPORA`, each of >= `AGREEMENT_MIN_IMAGES` images; else (False, why).
+    A corpus that could not be measured counts as failing: no evidence is not agreement."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+        corpora = record["corpora"]
+    except FileNotFoundError:
+        return False, f"no bf16 agreement measured ({path.name} missing; run benchmarks/bench_precision.py)"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return False, f"{path.name} unreadable ({type(e).__name__}: {e})"
+    for name in REQUIRED_CORPORA:
+        c = corpora.get(name) if isinstance(corpora, dict) else None
+        if not isinstance(c, dict) or not c.get("measured"):
+            why = c.get("why", "not measured") if isinstance(c, dict) else "not measured"
+            return False, f"bf16 agreement on the {name} corpus not measured ({why})"
+        agreement, n = float(c.get("agreement", 0.0)), int(c.get("n", 0))
+        if n < AGREEMENT_MIN_IMAGES:
+            return False, f"bf16 agreement on {name} measured on {n} images only (< {AGREEMENT_MIN_IMAGES})"
+        if agreement < AGREEMENT_MIN:
+            return False, f"bf16 top-1 agrees with fp32 on {agreement:.2%} of {name} (< {AGREEMENT_MIN:.1%})"
+    return True, f"bf16 agrees with fp32 on >= {AGREEMENT_MIN:.1%} of {', '.join(REQUIRED_CORPORA)} ({path.name})"
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+def serving_choice(
+    device: str | torch.device,
+    env: Mapping[str, str] = os.environ,
+    *,
+    flags: Callable[[], frozenset[str]] = cpu_flags,
+    agreement: Callable[[], tuple[bool, str]] = cpu_bf16_agreement,
+) -> tuple[torch.dtype | None, str]:
+    """(autocast dtype or None for fp32, the reason) for inference on `device` under `env[RESNET_LAB_PRECISION]`.
+
+    `flags` and `agreement` are injectable so that tests can stand in for any CPU and any measurement.
+    Raises `PrecisionError` for a value that is not a precision.
+    """
+    device = torch.device(device)
+    asked = parse_precision(env.get(ENV))
+    if device.type == "cuda":
+        if asked == "auto":
+            half = cuda_half_dtype(device)
+            native = "native bf16" if half == torch.bfloat16 else "no native bf16"
+            return half, f"auto on CUDA: {dtype_name(half)} ({native})"
+        return DTYPES[asked], f"{ENV}={asked}"
+    if device.type != "cpu":
+        return None, f"{device.type}: fp32 (autocast is chosen for cuda and cpu only)"
+    if asked == "fp16":
+        return None, f"{ENV}=fp16 served as fp32 on the CPU: CPU fp16 autocast is slower than fp32 on most x86"
+    if asked != "auto":
+        native = cpu_native_bf16(flags())
+        note = "" if asked == "fp32" or native else " (this CPU has no native bf16: emulated, expect it slower)"
+        return DTYPES[asked], f"{ENV}={asked}{note}"
+    if not cpu_native_bf16(flags()):
+        return None, "auto on CPU: fp32 (no native bf16: neither " + " nor ".join(CPU_BF16_FLAGS) + " in cpu flags)"
+    ok, why = agreement()
+    return (torch.bfloat16, f"auto on CPU: bf16 ({why})") if ok else (None, f"auto on CPU: fp32 ({why})")
+
+
+def serving_dtype(device: str | torch.device, env: Mapping[str, str] = os.environ, **inject: Any) -> torch.dtype | None:
+    """The autocast dtype the app serves with on `device` (None: fp32); see `serving_choice`. Where the setting is
+    overridden (fp16 on a CPU), the reason is warned once, so a deployment sees why it did not get what it asked."""
+    dtype, why = serving_choice(device, env, **inject)
+    if "served as" in why:
+        warnings.warn(why, stacklevel=2)
+    return dtype
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_train_steps(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int,
+    device: str | torch.device,
+    dtypes: Sequence[torch.dtype | None],
+    steps: int = 5,
+    warmup: int = 3,
+    rounds: int = 3,
+    channels_last: bool = False,
+    timer: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
+    """Seconds per SGD step (forward, backward, update) of `model` at each of `dtypes`, as {dtype_name: s}.
+
+    Each dtype trains its own deep copy (the caller's model, its BN statistics and any optimizer are untouched) on
+    one synthetic batch drawn from a local generator (torch's global RNG is not used). After `warmup` steps each
+    (cudnn autotuning, lazy init), `rounds` rounds of `steps` steps alternate between the dtypes so that clock or
+    neighbour drift hits all alike; the median round counts. A dtype whose steps fail (no kernel, out of memory)
+    is left out of the result.
+    """
+    from .train import optimizer_step  # lazy: train imports this module
+
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch_size, *input_shape, generator=g).to(device).contiguous(memory_format=fmt)
+    runs: dict[str, Callable[[int], None]] = {}
+    for dtype in dict.fromkeys(dtypes):
+        m = copy.deepcopy(model).to(device, memory_format=fmt).train()
+        opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
+        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+        state: dict[str, torch.Tensor] = {}
+
+        def run(n: int, m=m, opt=opt, scaler=scaler, dtype=dtype, state=state) -> None:
+            for _ in range(n):
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    out = m(x).float()
+                if "y" not in state:
+                    state["y"] = torch.randint(0, out.shape[1], (batch_size,), generator=g).to(device)
+                optimizer_step(F.cross_entropy(out, state["y"]), opt, scaler)
+            _sync(device)
+
+        try:
+            run(warmup)
+        except (RuntimeError, NotImplementedError) as e:
+            warnings.warn(f"{dtype_name(dtype)} training steps failed ({type(e).__name__}: {e}); not a candidate",
+                          stacklevel=2)
+            continue
+        runs[dtype_name(dtype)] = run
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            t = timer()
+            run(steps)
+            times[name].append((timer() - t) / steps)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def choose_train_precision(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int,
+    device: str | torch.device,
+    steps: int = 5,
+    log: Callable[[str], None] | None = None,
+    *,
+    measure: bool | None = None,
+    channels_last: bool = False,
+    timer: Callable[[], float] = time.perf_counter,
+) -> tuple[torch.dtype | None, dict[str, Any]]:
+    """(autocast dtype or None for fp32, a record for the checkpoint JSON) for `--precision auto`.
+
+    On CUDA (or with `measure=True`) it times `steps` SGD steps x 3 rounds, after 3 warm-up steps, at fp32 and at the
+    device's half dtype (CUDA: `cuda_half_dtype`; CPU: bf16) on copies of `model` (see `time_train_steps`) and picks
+    the faster; a tie goes to fp32, the safer numerics. ResNet-50 at 224 px on an H100 costs ~1 s.
+    On a CPU it returns fp32 without measuring: CPU bf16 autocast trains slower than fp32 on CPUs without AMX, and
+    even where it is faster it trades accuracy for speed in a run that takes hours, which should be asked for
+    (`--precision bf16`), not guessed from a few steps.
+    """
+    device = torch.device(device)
+    measure = device.type == "cuda" if measure is None else measure
+    record: dict[str, Any] = {"policy": "auto", "device": str(device), "input_shape": list(input_shape),
+                              "batch_size": batch_size}
+    if not measure:
+        record.update(choice="fp32", measured=False,
+                      reason="CPU: fp32 without measuring (bf16 training on a CPU is opt-in: --precision bf16)")
+        return None, record
+    half = cuda_half_dtype(device) if device.type == "cuda" else torch.bfloat16
+    t0 = time.perf_counter()
+    sec = time_train_steps(model, input_shape, batch_size, device, [None, half], steps=steps,
+                           channels_last=channels_last, timer=timer)
+    fp32_s, half_s = sec.get("fp32", float("inf")), sec.get(dtype_name(half), float("inf"))
+    dtype = half if half_s < fp32_s else None
+    record.update(
+        choice=dtype_name(dtype), measured=True, steps=steps, rounds=3, warmup=3,
+        ms_per_step={k: round(v * 1e3, 3) for k, v in sec.items()},
+        images_per_s={k: round(batch_size / v, 1) for k, v in sec.items() if v > 0},
+        measure_time_s=round(time.perf_counter() - t0, 2),
+        reason=f"faster of {', '.join(sec)} over {steps} timed SGD steps x 3 rounds (eager, synthetic batch)",
+    )
+    if log is not None:
+        rates = ", ".join(f"{k} {v:,.0f} images/s" for k, v in record["images_per_s"].items())
+        log(f"precision auto: {rates} -> {record['choice']}")
+    return dtype, record
