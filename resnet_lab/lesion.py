@@ -1,0 +1,586 @@
+"""Lesion studies (Veit et al. 2016, "Residual Networks Behave Like Ensembles of Relatively Shallow Networks").
+
+Delete blocks of a *trained* net at test time and measure what is left: one
+block at a time (their Fig. 3), and k random blocks at once (their Fig. 5).
+
+What a deletion means, block by block (`blocks.BasicBlock` / `Bottleneck`):
+
+- A residual block computes ``act(branch(x) + shortcut(x))``, where
+  ``shortcut`` is the identity or, where the shapes change, `ShortcutA`
+  (subsample + zero-pad) or a 1x1 projection. Deleting it removes the branch
+  only: the block computes ``act(shortcut(x))``, with the block's own
+  post-addition ReLU. So a block whose branch outputs exactly 0 (last BN with
+  gamma = beta = 0) is unchanged by its deletion, bit for bit.
+- A plain block (``residual=False``: the same convs and BNs, no shortcut)
+  becomes the identity, which only exists where input and output shapes agree.
+  A plain block that changes the stride or the width is *not removable*: its
+  single-lesion accuracy is NaN and its row says ``removable=False``.
+
+The lesioned net *is* the trained net: `lesioned()` swaps the deleted blocks'
+`forward` for the lesion's on the same module objects and restores them on exit,
+so no weight is copied. While it is active the model computes the lesioned
+function for every caller: give a lesion study its own model instance (as
+`weights.load_checkpoint` returns), never one shared with other threads.
+
+Every lesion is scored on one held-out set, normalized once (`held_out_set`):
+for a Shapes checkpoint the test set it was never trained on (its JSON's
+`data.test_seed`, 999 as in train.py, and its clutter setting), at the model's
+input size. The random deletions draw `draws` deletion orders (random
+permutations of the removable blocks, from a seeded numpy Generator, never the
+global RNG); k = 0..R deletes the first k blocks of each order, so each draw's
+curve deletes nested sets, and each distinct set is evaluated only once.
+
+The shipped results (`assets/lesion_shapes.csv`, `.png`) come from the four twins:
+
+    OMP_NUM_THREADS=1 python -m resnet_lab lesion --n 2000 --draws 5 --out assets --model \
+        assets/twins/shapes_plain20.safetensors,assets/twins/shapes_resnet20.safetensors,\
+assets/twins/shapes_plain56.safetensors,assets/twins/shapes_resnet56.safetensors
+
+Tidy columns (COLUMNS): one row per (model, kind, block or draw and k):
+``kind`` is "single" (one block deleted: block, stage, index, position,
+downsampling, removable; k = 1) or "random" (k random blocks deleted in draw
+``draw``; ``deleted`` lists them, ";"-separated; k = 0 is the intact net).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .blocks import BasicBlock, Bottleneck
+from .progress import Progress, tqdm_progress
+from .resnet import ResNet, twin_name
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .weights import LoadedWeights
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SHIPPED_CSV = ASSETS / "lesion_shapes.csv"
+SHIPPED_PNG = ASSETS / "lesion_shapes.png"
+COLUMNS = ["model", "arch", "residual", "kind", "block", "stage", "index", "position", "downsampling", "removable",
+           "k", "draw", "deleted", "accuracy", "n", "chance"]
+# The app's live run for ResNet-20 on this 2-core CPU (`estimate_seconds`); deeper nets: `quick_settings`.
+QUICK = {"n": 300, "draws": 3, "k_points": 8}
+BATCH_SIZE = 256  # evaluation.evaluate's default: the intact accuracy is the evaluator's top-1, bit for bit
+
+# What "little", "~chance" and "smooth" mean when the text compares our numbers with Veit et al. (2016).
+SMALL_DROP = 0.05  # a single non-downsampling deletion that costs at most 5 points costs "little" (their Fig. 3)
+NEAR_CHANCE = 0.10  # within 10 points of chance counts as chance (plain nets, their Fig. 3 VGG)
+SMOOTH_STEP = 0.5  # "smooth": no single extra deletion accounts for more than half of the total fall (their Fig. 5)
+
+
+# ----------------------------------------------------------------------------- blocks and their lesions
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """One block of a ResNet (or plain twin) and what deleting it means."""
+
+    name: str  # state-dict prefix, `layer2.0`
+    stage: int  # 1-based
+    index: int  # within the stage
+    position: int  # depth order over all blocks, 0-based
+    residual: bool
+    downsampling: bool  # stride > 1 or a width change: the block's output shape differs from its input's
+
+    @property
+    def removable(self) -> bool:
+        """A residual block always (its shortcut stays); a plain one only where the identity fits."""
+        return self.residual or not self.downsampling
+
+
+def _shape_change(block: BasicBlock | Bottleneck) -> bool:
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m not in set(_shortcut_modules(block))]
+    stride = any(s > 1 for c in convs for s in c.stride)
+    return stride or convs[0].in_channels != convs[-1].out_channels
+
+
+def _shortcut_modules(block: nn.Module) -> list[nn.Module]:
+    ds = getattr(block, "downsample", None)
+    return list(ds.modules()) if ds is not None else []
+
+
+def block_table(model: nn.Module) -> list[BlockInfo]:
+    """Every block of `model` in depth order; a clear error for anything that is not one of our ResNets."""
+    if not isinstance(model, ResNet):
+        raise TypeError(f"lesion studies need one of resnet_lab's ResNets, not {type(model).__name__}")
+    out = []
+    for pos, (name, blk) in enumerate(model.blocks()):
+        stage, index = name.split(".")
+        out.append(BlockInfo(name, int(stage.removeprefix("layer")), int(index), pos, bool(blk.residual),
+                             _shape_change(blk)))
+    return out
+
+
+def _final_act(block: BasicBlock | Bottleneck) -> nn.Module:
+    """The block's post-addition ReLU (`act2` of a BasicBlock, `act3` of a Bottleneck)."""
+    return block.act3 if isinstance(block, Bottleneck) else block.act2
+
+
+def lesion_forward(block: BasicBlock | Bottleneck) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What `block` computes once deleted: ``act(shortcut(x))`` if residual, the identity if plain and shapes allow."""
+    if block.residual:
+        act, shortcut = _final_act(block), block.downsample
+        if shortcut is None:
+            return lambda x: act(x)
+        return lambda x: act(shortcut(x))
+    if _shape_change(block):
+        raise ValueError("a plain block that changes the stride or the width has no identity to become")
+    return lambda x: x
+
+
+@contextmanager
+def lesioned(model: nn.Module, names: Iterable[str]) -> Iterator[nn.Module]:
+    """`model` with the blocks `names` deleted, in place and sharing every weight; restored on exit, even on error.
+
+    Not re-entrant for the same block and not thread-safe: the module objects themselves change while active.
+    """
+    blocks = dict(model.blocks()) if isinstance(model, ResNet) else {}
+    if not blocks:
+        block_table(model)  # raises the clear TypeError
+    names = list(dict.fromkeys(names))
+    unknown = [n for n in names if n not in blocks]
+    if unknown:
+        raise ValueError(f"no block {', '.join(unknown)}; the blocks are {', '.join(blocks)}")
+    busy = [n for n in names if "forward" in vars(blocks[n])]
+    if busy:
+        raise RuntimeError(f"block {', '.join(busy)} is already lesioned (nested or concurrent lesions)")
+    forwards = {n: lesion_forward(blocks[n]) for n in names}  # raises before anything changes
+    try:
+        for n, f in forwards.items():
+            blocks[n].forward = f  # an instance attribute: nn.Module.__call__ finds it before the class's forward
+        yield model
+    finally:
+        for n in forwards:
+            vars(blocks[n]).pop("forward", None)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class HeldOut:
+    """A fixed, normalized evaluation set: made once, reused by every lesion (and by both twins)."""
+
+    x: torch.Tensor  # float32 [n, 3, H, W], normalized with the model's mean/std
+    y: torch.Tensor  # int64 [n]
+    description: dict[str, Any]
+
+    @property
+    def n(self) -> int:
+        return len(self.y)
+
+
+def normalize_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 [n, 3, H, W] -> float32 normalized, element for element as `evaluation.evaluate` does it per batch."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (images.float().div_(255.0) - m) / s
+
+
+def held_out_set(loaded: LoadedWeights, n: int, data_seed: int | None = None,
+                 data_dir: str | None = None) -> HeldOut:
+    """The test set the checkpoint never saw: Shapes (its JSON's test seed and clutter) or CIFAR's test split."""
+    from .datasets import load_cifar
+
+    if n < 1:
+        raise ValueError(f"n must be at least 1, not {n}")
+    data = dict(loaded.meta.get("data") or {})
+    name = data.get("name") or ("shapes" if loaded.model.num_classes == 8 else "cifar10"
+                                if loaded.model.num_classes == 10 else None)
+    cfg = loaded.pretrained_cfg
+    if name == "shapes":
+        from .shapes import ShapesDataset
+
+        seed = int(data.get("test_seed", 999)) if data_seed is None else data_seed
+        size, clutter = int(cfg["input_size"][-1]), bool(data.get("clutter", True))
+        ds = ShapesDataset(n, seed, size, clutter)
+        images, labels = ds.images, ds.labels
+        desc = {"name": "shapes", "n": n, "seed": seed, "size": size, "clutter": clutter}
+    elif name in ("cifar10", "cifar100"):
+        images, labels, _ = load_cifar(name, data_dir, train=False)
+        images, labels = images[:n], labels[:n]
+        desc = {"name": name, "split": "test", "n": len(labels)}
+    else:
+        raise ValueError(f"{loaded.source}: no held-out set for data {name!r}; lesion studies take Shapes or CIFAR "
+                         "checkpoints (their JSON's `data` says which)")
+    return HeldOut(normalize_images(images, cfg["mean"], cfg["std"]), labels, desc)
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, data: HeldOut, batch_size: int = BATCH_SIZE) -> float:
+    """Top-1 accuracy of `model` (eval mode: BN uses its running statistics) on `data`, batched."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    try:
+        for start in range(0, data.n, batch_size):
+            logits = model(data.x[start:start + batch_size].to(device))
+            correct += int((logits.argmax(1).cpu() == data.y[start:start + batch_size]).sum())
+    finally:
+        model.train(was_training)
+    return correct / data.n
+
+
+def deletion_orders(removable: Sequence[str], draws: int, seed: int) -> list[list[str]]:
+    """`draws` random orders of the removable blocks, from a private numpy Generator (the global RNGs stay put)."""
+    rng = np.random.default_rng(seed)
+    return [[removable[i] for i in rng.permutation(len(removable))] for _ in range(draws)]
+
+
+def k_values(n_removable: int, k_points: int | None = None) -> list[int]:
+    """0..R, or about `k_points` of them evenly spaced (always 0, 1 and R): the live run's thinner curve."""
+    if k_points is None or k_points >= n_removable + 1:
+        return list(range(n_removable + 1))
+    ks = np.unique(np.round(np.linspace(0, n_removable, max(2, k_points))).astype(int))
+    return sorted(set(ks.tolist()) | ({1} if n_removable >= 1 else set()))
+
+
+def lesion_sets(model: nn.Module, draws: int, seed: int, k_points: int | None = None) -> list[frozenset[str]]:
+    """Every distinct set of blocks a study deletes (the intact net's empty set first): what it costs to run."""
+    info = block_table(model)
+    removable = [b.name for b in info if b.removable]
+    sets = [frozenset()] + [frozenset([b]) for b in removable]
+    for order in deletion_orders(removable, draws, seed):
+        sets += [frozenset(order[:k]) for k in k_values(len(removable), k_points)]
+    return list(dict.fromkeys(sets))
+
+
+def lesion_study(model: nn.Module, data: HeldOut, *, name: str | None = None, draws: int = 5, seed: int = 0,
+                 k_points: int | None = None, batch_size: int = BATCH_SIZE,
+                 progress: Progress | None = None) -> pd.DataFrame:
+    """Single-block lesions and random k-block lesions of `model` on `data`, as a tidy frame (COLUMNS).
+
+    Each distinct deleted set is evaluated once (k = 0 is the intact net; k = 1 of a draw is a single lesion).
+    """
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, not {draws}")
+    info = block_table(model)
+    arch = _arch(model)
+    name = name or arch
+    chance = 1.0 / model.num_classes
+    sets = lesion_sets(model, draws, seed, k_points)
+    scores: dict[frozenset[str], float] = {}
+    for i, s in enumerate(sets):
+        with lesioned(model, sorted(s)):
+            scores[s] = accuracy(model, data, batch_size)
+        if progress is not None:
+            progress((i + 1) / len(sets), f"{name}: {i + 1}/{len(sets)} lesions")
+    base = {"model": name, "arch": arch, "residual": bool(model.residual), "n": data.n, "chance": chance}
+    rows = []
+    for b in info:
+        rows.append({**base, "kind": "single", "block": b.name, "stage": b.stage, "index": b.index,
+                     "position": b.position, "downsampling": b.downsampling, "removable": b.removable, "k": 1,
+                     "draw": -1, "deleted": b.name if b.removable else "",
+                     "accuracy": scores[frozenset([b.name])] if b.removable else math.nan})
+    removable = [b.name for b in info if b.removable]
+    for d, order in enumerate(deletion_orders(removable, draws, seed)):
+        for k in k_values(len(removable), k_points):
+            rows.append({**base, "kind": "random", "block": "", "stage": -1, "index": -1, "position": -1,
+                         "downsampling": False, "removable": True, "k": k, "draw": d,
+                         "deleted": ";".join(order[:k]), "accuracy": scores[frozenset(order[:k])]})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _arch(model: nn.Module) -> str:
+    """The registry name of `model`'s config (`resnet56`), from its blocks and depth."""
+    from .resnet import REGISTRY
+
+    for arch, cfg in REGISTRY.items():
+        if cfg == model.config:
+            return arch
+    return f"{'resnet' if model.residual else 'plain'}{model.config.depth}"
+
+
+def estimate_seconds(model: nn.Module, n: int, draws: int, k_points: int | None = None, *,
+                     seconds_per_image: float | None = None, data_size: int | None = None) -> float:
+    """Seconds a `lesion_study` of `model` on `n` images will take here: forward passes x a measured per-image time.
+
+    `seconds_per_image` defaults to one timed forward of a small batch on this machine now (warm), so the
+    estimate follows the load of the moment.
+    """
+    passes = len(lesion_sets(model, draws, 0, k_points))
+    if seconds_per_image is None:
+        seconds_per_image = time_per_image(model, data_size)
+    return passes * n * seconds_per_image
+
+
+@torch.inference_mode()
+def time_per_image(model: nn.Module, size: int | None = None, batch: int = 64) -> float:
+    """Measured seconds per image of one eval-mode forward (warm-up first) on the model's device."""
+    size = size or int(model.pretrained_cfg["input_size"][-1])
+    device = next(model.parameters()).device
+    x = torch.zeros(batch, 3, size, size, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        model(x[:8])
+        t = time.perf_counter()
+        model(x)
+        return (time.perf_counter() - t) / batch
+    finally:
+        model.train(was_training)
+
+
+def quick_settings(model: nn.Module, budget_s: float = 25.0, seconds_per_image: float | None = None) -> dict[str, int]:
+    """QUICK, with `n` cut (never below 100) until the estimated run fits `budget_s`: what the app's live run uses."""
+    spi = time_per_image(model) if seconds_per_image is None else seconds_per_image
+    settings = dict(QUICK)
+    per_image = estimate_seconds(model, 1, settings["draws"], settings["k_points"], seconds_per_image=spi)
+    settings["n"] = int(max(100, min(QUICK["n"], budget_s // per_image // 50 * 50)))
+    return settings
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def read_csv(path: str | Path = SHIPPED_CSV) -> pd.DataFrame:
+    """A lesion CSV (as `lesion_study` makes and the CLI writes), checked for its columns."""
+    df = pd.read_csv(path, keep_default_na=False, na_values={"accuracy": ["", "nan", "NaN"]})
+    missing = set(COLUMNS) - set(df.columns)
+    if missing:
+        raise ValueError(f"{path} is not a lesion CSV: missing columns {sorted(missing)}")
+    for col in ("residual", "downsampling", "removable"):
+        df[col] = df[col].astype(str).str.lower().eq("true")
+    df["block"] = df["block"].astype(str)
+    df["deleted"] = df["deleted"].astype(str)
+    return df
+
+
+def k_curve(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model and k: mean, std, min and max accuracy over the random draws."""
+    r = df[df.kind == "random"]
+    g = r.groupby(["model", "k"], sort=False).accuracy
+    return g.agg(["mean", "std", "min", "max"]).reset_index().fillna({"std": 0.0})
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _describe_model(d: pd.DataFrame) -> tuple[str, list[str]]:
+    """(one paragraph about one model, how it departs from Veit et al.) from its rows alone."""
+    model, residual = d.model.iloc[0], bool(d.residual.iloc[0])
+    chance = float(d.chance.iloc[0])
+    curve = k_curve(d).sort_values("k")
+    intact = float(curve[curve.k == 0]["mean"].iloc[0]) if (curve.k == 0).any() else math.nan
+    single = d[(d.kind == "single")]
+    removable = single[single.removable]
+    kept = single[~single.removable]
+    head = f"{model}: intact accuracy {_pts(intact)} % on {int(d.n.iloc[0])} held-out images (chance {_pts(chance)} %)."
+    if intact <= chance + NEAR_CHANCE:
+        return (f"{head} It is at chance before any deletion: it never learned, so its lesions measure nothing "
+                "(the degradation problem, not a lesion result).", [])
+    parts, departs = [head], []
+    drop = intact - removable.accuracy
+    if residual:
+        plain_blocks = removable[~removable.downsampling]
+        down = removable[removable.downsampling]
+        if len(plain_blocks):
+            dp = intact - plain_blocks.accuracy
+            worst = plain_blocks.loc[dp.idxmax(), "block"]
+            parts.append(f"Deleting any single non-downsampling block costs at most {_pts(dp.max())} points "
+                         f"({worst}; median {_pts(dp.median())}, {len(plain_blocks)} blocks).")
+            if dp.max() > SMALL_DROP:
+                cliff = plain_blocks[dp > SMALL_DROP].block.tolist()
+                departs.append(f"in {model} deleting {', '.join(cliff[:4])}{' ...' if len(cliff) > 4 else ''} costs "
+                               f"more than {_pts(SMALL_DROP)} points, where Veit et al. (Fig. 3) find every "
+                               "non-downsampling block of ResNet-110 dispensable"
+                               + (f"; {model} has only {len(single)} blocks, so each carries a larger share of the "
+                                  "paths" if len(single) < 27 else ""))
+        if len(down):
+            parts.append("Deleting downsampling block" + ("s " if len(down) > 1 else " ") + ", ".join(
+                f"{b} costs {_pts(intact - a)}" for b, a in zip(down.block, down.accuracy)) + " points"
+                + (" (the costliest deletion is a downsampling block's, as in Veit et al.)." if len(plain_blocks)
+                   and (intact - down.accuracy).max() > dp.max() else "."))
+    else:
+        if len(removable):
+            near = removable.accuracy <= chance + NEAR_CHANCE
+            if near.all():
+                acc = removable.accuracy
+                parts.append(f"Every removable single deletion drops it to ~chance "
+                             f"(at most {_pts(acc.max())} %, median {_pts(acc.median())} %).")
+            else:
+                parts.append(f"Single deletions cost {_pts(drop.min())} to {_pts(drop.max())} points "
+                             f"(median {_pts(drop.median())}); {int(near.sum())} of {len(removable)} send it to "
+                             "~chance.")
+                departs.append(f"{model} survives some single deletions ({int((~near).sum())} of {len(removable)} "
+                               f"above chance + {_pts(NEAR_CHANCE)} points), where Veit et al. find any deletion "
+                               "from a plain (VGG) net catastrophic")
+        if len(kept):
+            parts.append(f"{len(kept)} downsampling block{'s' if len(kept) > 1 else ''} "
+                         f"({', '.join(kept.block)}) cannot be removed: no identity has its shape.")
+    if len(curve) > 2:
+        top = curve.k.max()
+        fall = intact - float(curve[curve.k == top]["mean"].iloc[0])
+        steps = -np.diff(curve["mean"].to_numpy())
+        at_chance = curve[curve["mean"] <= chance + NEAR_CHANCE].k
+        parts.append(f"With k random blocks deleted ({curve[curve.k > 0].groupby('k').size().size} values of k, "
+                     f"{int(d[d.kind == 'random'].draw.nunique())} draws) the mean accuracy falls to "
+                     f"{_pts(intact - fall)} % at k = {top}"
+                     + (f", reaching ~chance at k = {int(at_chance.iloc[0])}" if len(at_chance) else "")
+                     + f"; the largest fall between neighbouring k is {_pts(steps.max())} points.")
+        if residual and fall > 0.1 and steps.max() > SMOOTH_STEP * fall:
+            departs.append(f"{model}'s accuracy falls off a cliff as blocks are deleted ({_pts(steps.max())} of "
+                           f"{_pts(fall)} points in one step), where Veit et al. (Fig. 5) see a smooth rise in error")
+    return " ".join(parts), departs
+
+
+def describe_lesion(df: pd.DataFrame) -> str:
+    """What the numbers say, model by model, and whether they agree with Veit et al. (2016, Figs. 3 and 5)."""
+    if df.empty:
+        return "No lesion results."
+    paragraphs, departs = [], []
+    for model in dict.fromkeys(df.model):
+        text, dep = _describe_model(df[df.model == model])
+        paragraphs.append(text)
+        departs += dep
+    if departs:
+        paragraphs.append("Where this disagrees with Veit et al. (2016): " + "; ".join(departs) + ".")
+    else:
+        paragraphs.append("This agrees with Veit et al. (2016): residual nets lose little when any one "
+                          "non-downsampling block goes and degrade smoothly as more go; a plain net does not "
+                          "survive losing a layer.")
+    return "\n\n".join(paragraphs)
+
+
+_GROUP_COLOURS = ("tab:purple", "tab:green", "tab:orange", "tab:brown", "tab:gray", "tab:blue")
+
+
+def plot_lesion(df: pd.DataFrame) -> Figure:
+    """Per twin pair, a row: single-block lesion accuracy per block (downsampling blocks marked) | accuracy vs k."""
+    from matplotlib.figure import Figure
+
+    models = list(dict.fromkeys(df.model))
+    groups: dict[str, list[str]] = {}
+    for m in models:
+        arch = df[df.model == m].arch.iloc[0]
+        key = arch if arch.startswith("resnet") else twin_name(arch)
+        groups.setdefault(key, []).append(m)
+    fig = Figure(figsize=(12, 3.6 * len(groups)), layout="constrained")
+    axes = fig.subplots(len(groups), 2, squeeze=False)
+    curves = k_curve(df)
+    for (key, ms), (ax_s, ax_k) in zip(groups.items(), axes):
+        for j, m in enumerate(ms):
+            d = df[df.model == m]
+            residual = bool(d.residual.iloc[0])
+            style = {"color": _GROUP_COLOURS[j % len(_GROUP_COLOURS)], "ls": "-" if residual else "--"}
+            single = d[d.kind == "single"].sort_values("position")
+            ax_s.plot(single.position, single.accuracy, marker="o", ms=3, label=m, **style)
+            down = single[single.downsampling]
+            ax_s.scatter(down.position, down.accuracy.fillna(0.0), marker="s", s=60, facecolors="none",
+                         edgecolors=style["color"], zorder=3)
+            for pos in single[~single.removable].position:
+                ax_s.annotate("not removable", (pos, 0.02), rotation=90, fontsize=7, ha="center", va="bottom",
+                              color=style["color"])
+            c = curves[curves.model == m].sort_values("k")
+            ax_k.plot(c.k, c["mean"], marker="o", ms=3, label=m, **style)
+            ax_k.fill_between(c.k, (c["mean"] - c["std"]).clip(0, 1), (c["mean"] + c["std"]).clip(0, 1), alpha=0.2,
+                              color=style["color"])
+            intact = c[c.k == 0]["mean"]
+            if len(intact):
+                ax_s.axhline(float(intact.iloc[0]), lw=0.8, alpha=0.6, **style)
+        chance = float(df[df.model.isin(ms)].chance.iloc[0])
+        for ax in (ax_s, ax_k):
+            ax.axhline(chance, color="black", lw=0.8, ls=":", label="chance")
+            ax.set(ylim=(0, 1.02), ylabel="accuracy")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+        names = df[df.model == ms[0]]
+        names = names[names.kind == "single"].sort_values("position")
+        ax_s.set_xticks(names.position, names.block, rotation=90, fontsize=7)
+        ax_s.set_title(f"{key} twins: one block deleted (squares: downsampling blocks; lines: intact)", fontsize=9)
+        ax_k.set(xlabel="blocks deleted at random (k)")
+        ax_k.set_title("k random blocks deleted: mean ± std over draws", fontsize=9)
+    return fig
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True,
+                   help="a checkpoint (.safetensors with its JSON) or tag; several, comma-separated, share the images")
+    p.add_argument("--n", type=int, default=2000, help="held-out images")
+    p.add_argument("--draws", type=int, default=5, help="random deletion orders per model")
+    p.add_argument("--k-points", type=int, default=None, help="evaluate about this many values of k (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random deletion orders")
+    p.add_argument("--data-seed", type=int, default=None,
+                   help="Shapes: test-set seed (default: the checkpoint's test seed)")
+    p.add_argument("--data-dir", default=None, help="CIFAR checkpoints: the folder holding the CIFAR test files")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--out", default=None, help="write lesion_<name>.csv and .png here")
+    p.add_argument("--name", default="shapes", help="file name part: lesion_<name>.csv")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .datasets import DatasetError
+    from .weights import WeightsUnavailable, load_weights
+
+    def fail(message: str) -> int:
+        print(f"lesion: {message}", file=sys.stderr)
+        return 2
+
+    specs = [s.strip() for s in args.model.split(",") if s.strip()]
+    if not specs:
+        return fail("--model names no checkpoint")
+    if args.n < 1 or args.draws < 1 or args.batch_size < 1:
+        return fail("--n, --draws and --batch-size must be at least 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        return fail(f"device {args.device!r} asked for, but CUDA is not available here")
+    frames, cache = [], {}
+    for spec in specs:
+        try:
+            loaded = load_weights(spec)
+            block_table(loaded.model)
+            key = (repr(loaded.meta.get("data")), tuple(loaded.pretrained_cfg["input_size"]),
+                   tuple(loaded.pretrained_cfg["mean"]), tuple(loaded.pretrained_cfg["std"]))
+            if key not in cache:  # twins trained on the same data share one rendered set
+                cache[key] = held_out_set(loaded, args.n, args.data_seed, args.data_dir)
+            data = cache[key]
+        except (WeightsUnavailable, DatasetError, ValueError, TypeError) as e:
+            return fail(f"{spec}: {e}")
+        model = loaded.model.to(args.device)
+        name = _arch(model)
+        if any(f.model.iloc[0] == name for f in frames):
+            name = f"{name} ({Path(spec).stem})"
+        sets = len(lesion_sets(model, args.draws, args.seed, args.k_points))
+        progress, close = tqdm_progress(sets, f"lesion {name}")
+        t = time.perf_counter()
+        try:
+            df = lesion_study(model, data, name=name, draws=args.draws, seed=args.seed, k_points=args.k_points,
+                              batch_size=args.batch_size, progress=progress)
+        finally:
+            close()
+        print(f"{name}: {sets} lesioned evaluations of {data.n} images in {time.perf_counter() - t:.1f} s",
+              file=sys.stderr)
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    print(describe_lesion(df))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        csv, png = out / f"lesion_{args.name}.csv", out / f"lesion_{args.name}.png"
+        df.to_csv(csv, index=False, float_format="%.6g")
+        plot_lesion(df).savefig(png, dpi=100)
+        print(f"wrote {csv} and {png}")
+    return 0
