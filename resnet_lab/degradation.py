@@ -42,7 +42,7 @@ from torch import nn
 
 from .progress import Progress, tqdm_progress
 from .resnet import REGISTRY, build, init_seed, twin_name
-from .shapes import ShapesDataset
+from .shapes import CLASSES, ShapesDataset
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -213,6 +213,31 @@ def final_metrics(df: pd.DataFrame) -> pd.DataFrame:
     return table.loc[order, cols].reset_index()
 
 
+def describe_degradation(df: pd.DataFrame, title: str) -> str:
+    """What the curves show (Markdown), read from their final smoothed training losses: each verdict (worse,
+    better, about as well, stuck at chance) follows the measured ratio, so a run that does not show degradation
+    says so. The app shows it beside the curves; the CLI prints it after the table."""
+    final = final_metrics(df).set_index("arch")
+    lines = [f"**{title}** (final smoothed training loss / validation accuracy):"]
+    lines += [f"- {a}: {row.train_loss_smooth:.3f} / {row.val_acc:.1%}" for a, row in final.iterrows()]
+
+    chance = math.log(len(CLASSES))
+
+    def compare(ref: str, other: str, kind: str) -> str | None:
+        if ref not in final.index or other not in final.index:
+            return None
+        r, o = final.loc[ref, "train_loss_smooth"], final.loc[other, "train_loss_smooth"]
+        verdict = ("trains **worse** (higher training loss) than" if o > 1.05 * r else
+                   "trains **better** than" if o < 0.95 * r else "trains about as well as")
+        stuck = f", still at chance level (ln {len(CLASSES)} = {chance:.2f})" if abs(o - chance) < 0.03 else ""
+        return f"{kind} {other} {verdict} {ref} ({o:.3f} vs {r:.3f}{stuck})."
+
+    pairs = [("plain20", "plain56", "Plain:"), ("resnet20", "resnet56", "Residual:"),
+             ("plain56", "resnet56", "Same depth:")]
+    verdicts = [v for v in (compare(*pair) for pair in pairs) if v]
+    return "\n".join(lines) + "\n\n" + " ".join(verdicts)
+
+
 def read_csv(path: str | Path = SHIPPED_CSV) -> pd.DataFrame:
     df = pd.read_csv(path)
     missing = set(COLUMNS) - set(df.columns)
@@ -263,7 +288,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .gradflow import available_memory
+    from .gradflow import available_memory, largest_fitting
 
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     unknown = [a for a in archs if a not in REGISTRY]
@@ -274,9 +299,9 @@ def run(args: argparse.Namespace) -> int:
     need = estimate_memory(args.steps, args.batch_size, archs, train_size=args.train_size, val_size=args.val_size)
     budget = available_memory(args.device)
     if need > budget:
-        fits = [b for b in (256, 128, 64, 32, 16, 8, 4, 2) if b < args.batch_size and estimate_memory(
-            args.steps, b, archs, train_size=args.train_size, val_size=args.val_size) <= budget]
-        hint = f"--batch-size {fits[0]} fits" if fits else "fewer or shallower --archs, or a smaller --train-size"
+        fits = largest_fitting(lambda b: estimate_memory(args.steps, b, archs, train_size=args.train_size,
+                                                         val_size=args.val_size), 2, args.batch_size - 1, budget)
+        hint = f"--batch-size {fits} fits" if fits else "fewer or shallower --archs, or a smaller --train-size"
         print(f"degradation: this run needs about {need / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} GiB "
               f"free for it now; {hint}.", file=sys.stderr)
         return 2
@@ -288,6 +313,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         close()
     print(final_metrics(df).round(4).to_string(index=False))
+    print("\n" + describe_degradation(df, f"This run, {args.steps} steps"))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(args.out, index=False, float_format="%.6g")

@@ -39,6 +39,7 @@ import argparse
 import functools
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -306,29 +307,77 @@ def available_memory(device: str = "cpu") -> int:
     return resources.memory_available()
 
 
-def largest_batch(cfg: GradFlowConfig, budget: int) -> int | None:
-    """The largest batch up to `cfg.batch_size` whose estimate fits `budget`, or None if not even the smallest."""
-    lo, hi = (2 if cfg.bn_mode == "train" else 1), cfg.batch_size
-    if estimate_memory(replace(cfg, batch_size=lo)) > budget:
+def largest_fitting(estimate: Callable[[int], int], lo: int, hi: int, budget: int) -> int | None:
+    """The largest n in lo..hi with estimate(n) <= budget (the estimate grows with n), or None if not even lo.
+
+    One bisection for every "what batch fits" question (a sweep, a training run, a landscape), so each
+    refusal offers a setting checked with the same estimate that refused it.
+    """
+    if hi < lo or estimate(lo) > budget:
         return None
-    while lo < hi:  # the estimate grows with the batch
+    while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if estimate_memory(replace(cfg, batch_size=mid)) <= budget else (lo, mid - 1)
+        lo, hi = (mid, hi) if estimate(mid) <= budget else (lo, mid - 1)
     return lo
 
 
-def memory_refusal(cfg: GradFlowConfig, budget: int) -> str | None:
-    """None if `cfg` fits `budget` bytes, else a message saying what it needs and what would fit."""
+def largest_batch(cfg: GradFlowConfig, budget: int) -> int | None:
+    """The largest batch up to `cfg.batch_size` whose estimate fits `budget`, or None if not even the smallest."""
+    return largest_fitting(lambda b: estimate_memory(replace(cfg, batch_size=b)),
+                           2 if cfg.bn_mode == "train" else 1, cfg.batch_size, budget)
+
+
+INPUT_SIZES = (32, 48, 64, 96, 112, 128, 160, 224)  # the input sizes a refusal may offer (and the app lists)
+
+
+@dataclass(frozen=True)
+class WhatFits:
+    """What an oversized sweep needs, and settings near it that fit (each None where nothing does)."""
+
+    need: int
+    budget: int
+    hungriest: str  # the arch whose net sets the peak
+    batch: int | None  # the largest batch at this input size
+    input_size: int | None  # the largest offered size below the current one, at this batch
+    without: str | None  # an arch whose removal makes the rest fit (the hungriest), if more than one
+
+
+def what_fits(cfg: GradFlowConfig, budget: int, sizes: tuple[int, ...] = INPUT_SIZES) -> WhatFits | None:
+    """None if `cfg` fits `budget` bytes, else what it needs and which nearby settings fit.
+
+    The CLI and the app word it their own way (flags or widget names) from this one answer. Each new input
+    size costs the estimate a pass over the nets, so the walk down starts where activations scaling with the
+    pixel count predict a fit, and each candidate is then checked with the estimate itself.
+    """
     need = estimate_memory(cfg)
     if need <= budget:
         return None
+    fits = lambda **change: estimate_memory(replace(cfg, **change)) <= budget  # noqa: E731
     hungriest = max(cfg.archs, key=lambda a: estimate_memory(replace(cfg, archs=(a,))))
-    text = (f"this sweep needs about {need / 2**30:.1f} GiB at its peak ({hungriest} at {cfg.size_for(hungriest)} px, "
-            f"batch {cfg.batch_size}), more than the {budget / 2**30:.1f} GiB free for it now. ")
-    batch = largest_batch(cfg, budget)
-    if batch is not None:
-        return text + f"A batch of {batch} fits (--batch-size {batch}), or use a smaller --input-size or fewer archs."
-    return text + (f"Even the smallest batch does not fit: leave out {hungriest} or use a smaller --input-size.")
+    now = max(cfg.size_for(a) for a in cfg.archs)
+    smaller = [s for s in sorted(sizes, reverse=True) if s < now]
+    first = next((i for i, s in enumerate(smaller) if need * (s / now) ** 2 <= budget), len(smaller))
+    size = next((s for s in smaller[first:] if fits(input_size=s)), None)
+    rest = tuple(a for a in cfg.archs if a != hungriest)
+    without = hungriest if rest and fits(archs=rest) else None
+    return WhatFits(need, budget, hungriest, largest_batch(cfg, budget), size, without)
+
+
+def memory_refusal(cfg: GradFlowConfig, budget: int) -> str | None:
+    """None if `cfg` fits `budget` bytes, else a message (in CLI flags) saying what it needs and what would fit."""
+    fit = what_fits(cfg, budget)
+    if fit is None:
+        return None
+    text = (f"this sweep needs about {fit.need / 2**30:.1f} GiB at its peak ({fit.hungriest} at "
+            f"{cfg.size_for(fit.hungriest)} px, batch {cfg.batch_size}), more than the {budget / 2**30:.1f} GiB "
+            "free for it now. ")
+    options = ([f"--batch-size {fit.batch}"] if fit.batch is not None else []) + (
+        [f"--input-size {fit.input_size}"] if fit.input_size else []) + (
+        [f"--archs without {fit.without}"] if fit.without else [])
+    if fit.batch is None:
+        text += "Even the smallest batch does not fit. "
+    return text + ("What fits: " + "; or ".join(options) + "." if options else
+                   f"Leave out {fit.hungriest} or use a smaller --input-size.")
 
 
 def run_sweep(cfg: GradFlowConfig, progress: Progress | None = None) -> pd.DataFrame:
@@ -396,6 +445,113 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     agg.columns = [f"{q}_{s}" for q, s in agg.columns]
     agg.insert(0, "seeds", per_seed.groupby(["arch", "variant", "depth"], sort=False).size())
     return agg.reset_index()
+
+
+# --- the reading: text computed from the measured numbers (the app shows it, the CLI prints it) ---
+
+YANG = "Yang et al. 2019, *A Mean Field Theory of Batch Normalization*"
+HE_2016 = "He et al. 2016, *Identity Mappings in Deep Residual Networks*"
+HE_2015 = "He et al. 2015, *Deep Residual Learning*"
+
+
+def _direction(log_ratio: float) -> str:
+    """What a first/last log10 ratio says, in words; the words follow the sign and size of the measurement."""
+    if math.isnan(log_ratio):
+        return "has no first/last ratio (a gradient is exactly 0)"
+    if log_ratio > 0.3:
+        verb = "**grows** toward the input"
+    elif log_ratio <= -2:
+        verb = "**vanishes** toward the input"
+    elif log_ratio < -0.3:
+        verb = "**shrinks** mildly toward the input"
+    else:
+        verb = "is roughly flat"
+    return f"{verb} (first/last = 10^{log_ratio:.1f})"
+
+
+def describe_gradnorms(cfg: GradFlowConfig, summary: pd.DataFrame) -> str:
+    """Plain-language reading (Markdown) of *these* numbers under *these* settings, with the papers that explain
+    them: every claim follows the sign and size of a measured value, so the text cannot say "vanishing" where
+    the plot shows growth. The app shows it beside the plots; the CLI prints it after the table."""
+    plain = summary[summary.variant == "plain"].set_index("arch")
+    res = summary[summary.variant == "residual"].set_index("arch")
+    deepest = max(cfg.archs, key=lambda a: REGISTRY[a].depth)
+    p, r = plain.loc[deepest], res.loc[deepest]
+    d = REGISTRY[deepest].depth
+    ln_c = math.log(cfg.num_classes)
+    parts: list[str] = []
+
+    if cfg.zero_init and cfg.bn_mode != "none":
+        parts.append(
+            "**Zero-γ init** (Goyal et al. 2017): every residual block starts as its shortcut (the identity, or "
+            f"the projection where shapes change). The ResNet's ‖∂L/∂x‖ profile is "
+            f"{'flat' if abs(r.dx_growth_mean - 1) < 0.02 else 'nearly flat'} (×{r.dx_growth_mean:.2f} per layer "
+            "inside stage 1) and its branch convs get "
+            "**exactly zero** gradient at this first step: only the zeroed γ's do, so they move first. "
+            + (f"The blocks add nothing, so every depth computes the same function and starts at the same loss "
+               f"({r.loss_mean:.2f}). " if len(cfg.archs) > 1 and res.loss_mean.max() - res.loss_mean.min() < 1e-4
+               else "")
+            + "The plain twin has no identity path: with γ = 0 each block outputs a constant, so **every** conv "
+            "gradient is exactly 0 (nothing is drawn). Zero-γ only makes sense with shortcuts.")
+    elif cfg.bn_mode == "train":
+        if p.log10_ratio_mean > 0.3 and p.growth_mean > 1.0:
+            gap = p.log10_ratio_mean - r.log10_ratio_mean
+            flatter = (f"is {gap:.1f} orders of magnitude flatter" if gap >= 1 else
+                       f"is flatter by a factor of {10 ** gap:.1f}" if gap > 0 else "is not flatter at this depth")
+            parts.append(
+                f"**Gradients grow; they do not vanish.** With BatchNorm in train mode the plain-{d} gradient "
+                f"{_direction(p.log10_ratio_mean)}, about ×{p.growth_mean:.2f} per layer in the first stage. "
+                f"{YANG} show that BN itself causes this gradient explosion at init (≈ ×1.2 per layer for ReLU nets). "
+                f"The ResNet-{d} profile {flatter} (10^{r.log10_ratio_mean:.1f}): each block hands the gradient back "
+                f"through its identity term unchanged and only *adds* the branch's share ({HE_2016}).")
+        else:
+            parts.append(f"With BatchNorm in train mode the plain-{d} gradient {_direction(p.log10_ratio_mean)}; "
+                         f"the ResNet-{d} gradient {_direction(r.log10_ratio_mean)}.")
+    else:
+        if cfg.bn_mode == "eval":
+            parts.append("**Eval-mode BN at init** normalizes with its running statistics (mean 0, variance 1): "
+                         "it is the identity, so these nets behave like nets without BN.")
+        if cfg.zero_init:
+            parts.append("Zero-γ needs a BN to zero: without one this run is the default init.")
+        parts.append(
+            f"**Without normalization** the plain-{d} weight gradient {_direction(p.log10_ratio_mean)} and its "
+            f"block-output gradient {_direction(p.dx_log10_ratio_mean)}"
+            + (": He init keeps a plain net's signal roughly in scale." if abs(p.dx_log10_ratio_mean) < 2 else "."))
+        if r.loss_mean > 3 * ln_c:
+            parts.append(
+                f"The ResNet-{d} instead **blows up in the forward pass**: each block adds a branch as large as its "
+                f"input, so activations roughly double block after block and the initial loss is {r.loss_mean:.3g} "
+                f"(ln {cfg.num_classes} = {ln_c:.2f}). Backward, ‖∂L/∂x‖ {_direction(r.dx_log10_ratio_mean)}; "
+                f"‖∂L/∂W‖, the product of activations (large at the output) and those gradients, "
+                f"{_direction(r.log10_ratio_mean)}. Fixup (Zhang et al. 2019) and SkipInit (De & Smith 2020) "
+                "scale each branch down at init to undo exactly this.")
+        else:
+            parts.append(f"The ResNet-{d} weight gradient {_direction(r.log10_ratio_mean)}; its initial loss is "
+                         f"{r.loss_mean:.3g} (ln {cfg.num_classes} = {ln_c:.2f}).")
+
+    per_arch = [f"- **{twin_name(a)}** {_direction(plain.loc[a].log10_ratio_mean)}; "
+                f"**{a}** {_direction(res.loc[a].log10_ratio_mean)}." for a in cfg.archs]
+    parts.append("Per depth, ‖∂L/∂W‖ of the first conv against the last:\n" + "\n".join(per_arch))
+
+    if cfg.bn_mode == "train" and not cfg.zero_init:
+        losses = [res.loc[a].loss_mean for a in sorted(cfg.archs, key=lambda a: REGISTRY[a].depth)]
+        grows = len(losses) > 1 and all(b > a for a, b in zip(losses, losses[1:]))
+        plain_loss = plain.loss_mean.mean()
+        near = abs(plain_loss / ln_c - 1) < 0.1
+        parts.append(
+            f"**Initial loss.** The plain nets start at {plain_loss:.2f} {'≈' if near else 'vs'} ln {cfg.num_classes} "
+            f"= {ln_c:.2f}{': their last BN keeps the logits small' if near else ''}. The ResNets start at "
+            + ", ".join(f"{x:.2f}" for x in losses)
+            + (" — growing with depth: every branch adds its variance to the identity path, so the final features "
+               "(and logits) grow with the number of blocks." if grows else
+               ": no steady growth with depth here. " + (
+                   "ImageNet-style nets re-normalize the stream at the start of every stage (the projection "
+                   "shortcut is a 1×1 conv + BN), so only the last stage's branches add up."
+                   if any(REGISTRY[a].shortcut == "B" for a in cfg.archs) else
+                   "Across seeds the loss varies a lot; more seeds show the trend.")))
+    parts.append(f"**This is not the degradation problem.** Deeper plain nets reaching a *higher training loss* "
+                 f"({HE_2015}, Fig. 1) is an optimization effect: the degradation curves measure it by training.")
+    return "\n\n".join(parts)
 
 
 def to_csv(df: pd.DataFrame, path: str) -> None:
@@ -561,4 +717,5 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         plot_all(df).savefig(args.plot, dpi=100)
         print(f"wrote {args.plot}")
+    print("\n" + describe_gradnorms(cfg, summary))
     return 0

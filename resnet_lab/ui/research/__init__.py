@@ -1,0 +1,21 @@
+"""Research tab: why do residual connections let us train 152 layers, and what do the shortcuts buy once trained?
+
+One module per section, each with its own `build()`; the text computed from numbers lives in the library beside
+each computation (the CLI prints the same). Every run is a long job: it goes through `user_errors` into the
+app-wide LONG queue group (one at a time across all users), and is refused up front when its estimated memory
+exceeds what this process can spare.
+"""
+
+from __future__ import annotations
+
+from . import degradation, gradnorms
+from ._common import MEMORY_SHARE, memory_budget
+from .degradation import _quick_run
+
+__all__ = ["MEMORY_SHARE", "_quick_run", "build_tab", "memory_budget"]  # the last three for tests of other tabs
+
+
+def build_tab() -> None:
+    """The tab's sections, inside the caller's `gr.Blocks` and `gr.Tab`."""
+    gradnorms.build()
+    degradation.build()

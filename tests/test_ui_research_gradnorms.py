@@ -1,0 +1,161 @@
+"""Research tab, gradient-norms section: the function returns what the components show, the text follows the
+numbers, oversized sweeps are refused with settings that fit."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+
+import gradio as gr
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from resnet_lab import gradflow, resources
+from resnet_lab.resnet import REGISTRY
+from resnet_lab.ui.research import MEMORY_SHARE, gradnorms, memory_budget
+
+
+def no_progress(*_args, **_kwargs) -> None:
+    return None
+
+
+@pytest.fixture(scope="module")
+def small():
+    """ResNet-20 and its twin, one seed, BN in train mode (also primes the cache)."""
+    t0 = time.perf_counter()
+    out = gradnorms.run_gradnorms(["resnet20"], "train", "default", 4, "auto", 1)  # the default gr.Progress()
+    return out, time.perf_counter() - t0
+
+
+def test_run_gradnorms_returns_figures_table_csv_and_text(small):
+    (fig_w, fig_x, fig_s, table, csv, text), seconds = small
+    assert seconds < 30  # seconds on a 2-core CPU; generous for a shared machine
+    assert all(isinstance(f, Figure) for f in (fig_w, fig_x, fig_s))
+    assert fig_w.axes[0].get_yscale() == "log" and fig_x.axes[0].get_yscale() == "log"
+    assert isinstance(table, pd.DataFrame) and list(table.net) == ["plain20", "resnet20"]
+    assert set(gradnorms.TABLE_COLUMNS.values()) <= set(table.columns)
+    assert len(gradflow.read_csv(csv)) > 0
+    assert "He et al. 2016" in text and "Yang et al. 2019" in text
+
+
+def test_results_are_cached_per_settings(small):
+    before = gradnorms._sweep.cache_info().hits
+    gradnorms.run_gradnorms(["resnet20"], "train", "default", 4, "auto", 1, progress=no_progress)
+    assert gradnorms._sweep.cache_info().hits == before + 1
+    gradnorms.run_gradnorms(["resnet20"], "train", "default", 4, "32", 1, progress=no_progress)
+    assert gradnorms._sweep.cache_info().hits == before + 1  # another input size is another experiment
+
+
+def test_explanation_follows_the_measurement(small):
+    """BN train: growth, never 'vanishing'; no BN: shrinking plain nets and a forward blow-up; zero-gamma: zeros."""
+    train = small[0][5]
+    assert "**grows** toward the input" in train and "vanishes" not in train and "shrinks" not in train
+    none = gradnorms.run_gradnorms(["resnet56"], "none", "default", 4, "auto", 1, progress=no_progress)[5]
+    assert "**shrinks** mildly toward the input" in none and "blows up in the forward pass" in none
+    assert "Gradients grow" not in none
+    zero = gradnorms.run_gradnorms(["resnet20"], "train", "zero-gamma", 4, "auto", 1, progress=no_progress)[5]
+    assert "exactly zero" in zero and zero != train
+
+
+def test_bad_settings_become_user_errors():
+    with pytest.raises(gr.Error):
+        gradnorms.run_gradnorms([], progress=no_progress)
+    with pytest.raises(gr.Error):
+        gradnorms.run_gradnorms(["resnet20"], "train", "default", 1, "auto", 1, progress=no_progress)
+
+
+GIB = 2**30
+
+
+def fake_estimate(cfg: gradflow.GradFlowConfig) -> int:
+    """Bytes growing with batch, pixels and depth, like the real estimate, but known exactly to the test."""
+    depth = max(REGISTRY[a].depth for a in cfg.archs)
+    return cfg.batch_size * max(cfg.size_for(a) for a in cfg.archs) ** 2 * depth * 100 + 10**6
+
+
+@pytest.fixture
+def server_with(monkeypatch):
+    """A server whose available memory the test chooses; a sweep that starts anyway fails the test."""
+    def start(available: int) -> None:
+        monkeypatch.setattr(resources, "memory_available", lambda *_a, **_k: available)
+
+    def no_sweep(*_a, **_k):
+        raise AssertionError("an oversized sweep started")
+
+    monkeypatch.setattr(gradflow, "run_sweep", no_sweep)
+    gradnorms._sweep.cache_clear()
+    yield start
+    gradnorms._sweep.cache_clear()
+
+
+def test_oversized_sweep_is_refused_with_what_fits(server_with, monkeypatch):
+    monkeypatch.setattr(gradflow, "estimate_memory", fake_estimate, raising=False)
+    server_with(16 * GIB)  # a 16 GB Space, nothing used: a sweep may take 8 GiB
+    budget = int(16 * GIB * MEMORY_SHARE)
+    with pytest.raises(gr.Error) as e:
+        gradnorms.run_gradnorms(["resnet50", "resnet152"], "train", "default", 64, "224", 1, progress=no_progress)
+    cfg = gradnorms.make_config(["resnet50", "resnet152"], "train", "default", 64, "224", 1)
+    fits = lambda **change: fake_estimate(dataclasses.replace(cfg, **change)) <= budget  # noqa: E731
+    batch = max(b for b in range(2, 64) if fits(batch_size=b))
+    size = max(s for s in gradflow.INPUT_SIZES if fits(input_size=s))
+    message = str(e.value)
+    assert f"needs about {fake_estimate(cfg) / GIB:.1f} GiB" in message and f"{budget / GIB:.1f} GiB" in message
+    assert f"batch size {batch} at 224 px" in message and f"{size} px at batch size 64" in message
+    assert ("without resnet152" in message) == fits(archs=("resnet50",))
+
+
+def test_refusal_names_the_depth_to_leave_out(server_with, monkeypatch):
+    monkeypatch.setattr(gradflow, "estimate_memory", fake_estimate, raising=False)
+    cfg = gradnorms.make_config(["resnet20", "resnet110"], "train", "default", 64, "auto", 1)
+    server_with(int(fake_estimate(dataclasses.replace(cfg, archs=("resnet20",))) / MEMORY_SHARE) + 1)
+    with pytest.raises(gr.Error, match="without resnet110"):
+        gradnorms.run_gradnorms(["resnet20", "resnet110"], "train", "default", 64, "auto", 1, progress=no_progress)
+
+
+def test_real_estimate_refuses_resnet152_at_224_px_on_a_16_gb_space(server_with):
+    """The issue's click: ResNet-152, 224 px, batch 64. Refused on a 16 GB Space; the batch offered instead fits."""
+    server_with(16 * GIB)
+    with pytest.raises(gr.Error, match="What fits") as e:
+        gradnorms.run_gradnorms(["resnet152"], "train", "default", 64, "224", 1, progress=no_progress)
+    batch = int(re.search(r"batch size (\d+) at 224 px", str(e.value)).group(1))
+    cfg = gradnorms.make_config(["resnet152"], "train", "default", batch, "224", 1)
+    assert gradflow.estimate_memory(cfg) <= memory_budget() < gradflow.estimate_memory(
+        dataclasses.replace(cfg, batch_size=batch + 1))
+    gradnorms.check_memory(gradnorms.make_config(gradnorms.DEFAULT_ARCHS, "train", "default", 8, "auto", 3))
+
+
+def test_cli_prints_the_same_reading_the_tab_shows(small, capsys):
+    """The text computed from the numbers lives in the library: the CLI prints what the tab shows, for the same
+    settings (batch 4, ResNet-20, one seed, noise)."""
+    from resnet_lab.__main__ import main
+
+    assert main(["gradnorms", "--archs", "resnet20", "--batch-size", "4", "--input-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith(small[0][5].rstrip())
+
+
+def test_what_fits_is_one_answer_for_the_cli_and_the_tab(monkeypatch, capsys):
+    """The CLI's flags and the tab's words name the same batch, size and depth, from `gradflow.what_fits`."""
+    from resnet_lab.__main__ import main
+
+    monkeypatch.setattr(gradflow, "estimate_memory", fake_estimate)
+    cfg = gradnorms.make_config(["resnet20", "resnet110"], "train", "default", 64, "224", 1)
+    budget = fake_estimate(dataclasses.replace(cfg, archs=("resnet20",)))  # resnet20 alone fits, exactly
+    fit = gradflow.what_fits(cfg, budget)
+    assert fit.without == "resnet110" and fit.need == fake_estimate(cfg)
+    assert fake_estimate(dataclasses.replace(cfg, batch_size=fit.batch)) <= budget
+    assert fake_estimate(dataclasses.replace(cfg, batch_size=fit.batch + 1)) > budget
+    assert fake_estimate(dataclasses.replace(cfg, input_size=fit.input_size)) <= budget
+    bigger = [s for s in gradflow.INPUT_SIZES if fit.input_size < s < 224]
+    assert all(fake_estimate(dataclasses.replace(cfg, input_size=s)) > budget for s in bigger)
+    assert gradflow.what_fits(cfg, fit.need) is None
+    with pytest.raises(gr.Error) as e:
+        gradnorms.check_memory(cfg, budget)
+    message = str(e.value)
+    assert f"batch size {fit.batch} at 224 px" in message and f"{fit.input_size} px at batch size 64" in message
+    monkeypatch.setattr(resources, "memory_available", lambda *_a, **_k: budget)
+    assert main(["gradnorms", "--archs", "resnet20,resnet110", "--batch-size", "64", "--input-size", "224"]) == 2
+    err = capsys.readouterr().err
+    assert f"--batch-size {fit.batch}" in err and f"--input-size {fit.input_size}" in err and "without resnet110" in err
