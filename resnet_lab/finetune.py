@@ -1,9 +1,10 @@
 """Fine-tuning: start a run from pretrained weights, with a new head, a frozen prefix and a slower backbone.
 
-The training loop needs four calls: `pretrained_model` (the weights in the arch, a head for the data's classes,
-the weights' data config kept), `data_config` (that config at the run's image size), `freeze` (requires_grad off
-up to a stage, and that prefix's BatchNorm kept in eval mode even under `model.train()`) and `param_groups`
-(head at `lr`, backbone at `lr * backbone_lr_scale`, frozen parameters left out). Nothing here draws from
+The training loop needs a few calls: `load_for` (the weights, checked to be the arch's) and `with_head` (a head for
+the data's classes, the weights' data config kept), or both at once as `pretrained_model`; `data_config` (that
+config at the run's image size, for the data before their classes are known); `freeze` (requires_grad off up to a
+stage, and that prefix's BatchNorm kept in eval mode even under `model.train()`) and `param_groups` (head at `lr`,
+backbone at `lr * backbone_lr_scale`, frozen parameters left out). Nothing here draws from
 torch's global RNG: the new head comes from a `torch.Generator` seeded by the run's seed.
 """
 
@@ -54,8 +55,9 @@ def _is_file_spec(spec: str) -> bool:
     return os.path.sep in spec or Path(spec).suffix in FILE_SUFFIXES
 
 
-def _load(spec: str, arch: str) -> LoadedWeights:
-    """The weights of `spec`, refused with a clear message when they are not `arch`'s (before any download)."""
+def load_for(spec: str, arch: str) -> LoadedWeights:
+    """The weights of `spec` (timm tag, local file, our checkpoint, `akamaster:NAME`), refused with a clear message
+    when they are not `arch`'s: for a hub tag before any download is tried."""
     if arch not in REGISTRY:
         raise ValueError(f"unknown arch {arch!r}")
     if spec.startswith(AKAMASTER_PREFIX) or Path(spec).suffix == ".th":
@@ -90,7 +92,12 @@ def _new_head(model: ResNet, num_classes: int, seed: int) -> nn.Linear:
 
 def pretrained_model(spec: str, arch: str, classes: Sequence[str], seed: int) -> Pretrained:
     """`arch` with the weights of `spec` (timm tag, local file, our checkpoint, `akamaster:NAME`) and a head for
-    `classes`.
+    `classes`: `with_head(load_for(spec, arch), classes, seed, spec)`."""
+    return with_head(load_for(spec, arch), classes, seed, spec)
+
+
+def with_head(loaded: LoadedWeights, classes: Sequence[str], seed: int, spec: str = "") -> Pretrained:
+    """The loaded net with a head for `classes` (it is changed in place and returned in train mode).
 
     The head is kept when the weights know their class names and they are `classes` (rows reordered when only the
     order differs, e.g. Shapes' order vs a folder's sorted one); otherwise it is a new `Linear` drawn from `seed`.
@@ -100,7 +107,6 @@ def pretrained_model(spec: str, arch: str, classes: Sequence[str], seed: int) ->
     classes = list(classes)
     if not classes:
         raise ValueError("fine-tuning needs at least one class")
-    loaded = _load(spec, arch)
     model = loaded.model
     pretrained_num_classes = model.num_classes
     old = loaded.meta.get("classes")
@@ -116,7 +122,7 @@ def pretrained_model(spec: str, arch: str, classes: Sequence[str], seed: int) ->
         model.fc = _new_head(model, len(classes), seed)
     model.num_classes = len(classes)
     model.pretrained_cfg = {**loaded.pretrained_cfg, "num_classes": len(classes)}
-    return Pretrained(model.train(), spec, loaded.source, head, pretrained_num_classes, old)
+    return Pretrained(model.train(), spec or loaded.source, loaded.source, head, pretrained_num_classes, old)
 
 
 def data_config(pretrained_cfg: dict[str, Any], size: int | None) -> dict[str, Any]:
@@ -137,6 +143,11 @@ def data_config(pretrained_cfg: dict[str, Any], size: int | None) -> dict[str, A
 def parts(model: ResNet) -> list[str]:
     """What `--freeze` accepts for this net, shallow to deep: nothing, stem, layer1, ... (CIFAR nets end at layer3)."""
     return [NOTHING, STEM, *model.stage_names]
+
+
+def arch_parts(arch: str) -> list[str]:
+    """`parts` of a registered arch without building it (for checking a config up front)."""
+    return [NOTHING, STEM, *(f"layer{i + 1}" for i in range(len(REGISTRY[arch].layers)))]
 
 
 def _frozen_modules(model: ResNet, upto: str) -> list[nn.Module]:

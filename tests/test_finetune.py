@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from resnet_lab import finetune
-from resnet_lab.finetune import data_config, freeze, param_groups, parts, pretrained_model
+from resnet_lab.finetune import arch_parts, data_config, freeze, param_groups, parts, pretrained_model
 from resnet_lab.resnet import build
 from resnet_lab.weights import WeightsUnavailable, save_checkpoint
 
@@ -134,6 +134,7 @@ def test_freeze_parts_follow_the_arch_and_bad_parts_are_refused_by_name():
     cifar, imagenet = build("resnet20", seed=0), build("resnet18", num_classes=2, seed=0)
     assert parts(cifar) == ["nothing", "stem", "layer1", "layer2", "layer3"]
     assert parts(imagenet)[-1] == "layer4"
+    assert all(arch_parts(a) == parts(build(a, seed=0)) for a in ("resnet20", "resnet18", "plain18_cifar"))
     assert freeze(build("resnet20", seed=0), "nothing") == []
     assert freeze(build("resnet20", seed=0), "stem") == ["conv1.weight", "bn1.weight", "bn1.bias"]
     everything = freeze(imagenet, "layer4")
