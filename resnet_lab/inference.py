@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -13,9 +14,22 @@ from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from . import graphs
 from .blocks import set_inplace
-from .data import ImageInput, check_transformable, decode_image, eval_transform, imagenet_labels, resize_side
+from .data import (
+    ImageError,
+    ImageInput,
+    check_transformable,
+    decode_image,
+    eval_config,
+    eval_transform,
+    imagenet_labels,
+    resize_side,
+)
+from .device_decode import DeviceTransform, JpegUpload, decode_jpegs, orient, read_jpeg_header
 from .weights import LoadedWeights
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(preference: str | None = None) -> torch.device:
@@ -78,9 +92,15 @@ class Classifier:
     one hooks this copy) and channels_last on the CPU too, where oneDNN's NHWC
     kernels win (see benchmarks/bench_inference.py). It keeps no per-call state,
     so one instance serves many threads.
+
+    On CUDA, JPEG uploads are decoded and transformed on the GPU (`device_decode`,
+    see device_decode.py; `device_decode=True` forces the same code on the CPU), and
+    `use_cuda_graphs` (called by the zoo at load) replays captured graphs for the
+    queue's batch sizes (graphs.py). Explanations use `weights.model`, never these.
     """
 
-    def __init__(self, weights: LoadedWeights, device: str | torch.device | None = None, fuse: bool = False):
+    def __init__(self, weights: LoadedWeights, device: str | torch.device | None = None, fuse: bool = False,
+                 device_decode: bool | None = None):
         self.weights = weights
         self.device = torch.device(device) if device is not None else resolve_device()
         model = set_inplace(fuse_bn(weights.model), True) if fuse else weights.model.eval()
@@ -91,9 +111,25 @@ class Classifier:
         self.amp_dtype = autocast_dtype(self.device)
         self.transform = eval_transform(weights.pretrained_cfg)
         self.resize_side = resize_side(weights.pretrained_cfg)
+        if device_decode is None:
+            device_decode = self.device.type == "cuda"
+        supported = DeviceTransform.supports(weights.pretrained_cfg)
+        self.device_transform = DeviceTransform(weights.pretrained_cfg, self.device) if device_decode and supported \
+            else None
+        self.graphed: graphs.BucketedGraphs | None = None
         classes = weights.meta.get("classes")
         n = weights.model.num_classes
         self.labels: Sequence[str] = classes or (imagenet_labels() if n == 1000 else [f"class {i}" for i in range(n)])
+
+    @property
+    def name(self) -> str:
+        """The arch and where its weights came from, for log lines."""
+        return f"{self.weights.pretrained_cfg.get('architecture', 'model')} ({self.weights.source})"
+
+    @property
+    def device_decode(self) -> bool:
+        """Whether JPEG uploads are decoded and transformed on `device` (`prepare_many`)."""
+        return self.device_transform is not None
 
     def decode(self, image: ImageInput) -> Image.Image:
         """Decode no larger than the transform needs; `ImageError` for what cannot be used or resized."""
@@ -101,13 +137,90 @@ class Classifier:
         check_transformable(img.size, self.weights.pretrained_cfg)
         return img
 
+    def _prepare_cpu(self, image: ImageInput) -> torch.Tensor | Exception:
+        """The PIL path for one upload: its network input, or the exception (`ImageError` for a bad upload)."""
+        try:
+            return self.transform(self.decode(image))
+        except ImageError as e:
+            return e
+        except Exception as e:  # a bug or a failure nobody foresaw: this upload's own, logged with its traceback
+            log.exception("preparing an upload failed unexpectedly")
+            return e
+
+    def prepare_many(self, images: Sequence[ImageInput]) -> list[torch.Tensor | Exception]:
+        """Each upload's network input (C, H, W), or its exception: `ImageError` (its message is for the user)
+        or, for a bug, any other (already logged). One bad upload never fails the others.
+
+        With `device_decode`, the JPEGs among them are decoded in one `decode_jpeg` call on the device, after
+        the header checks; the rest, and any JPEG the device decoder refuses, take the PIL path. Inputs are then
+        on `device`, else on the CPU.
+        """
+        out: list[torch.Tensor | Exception | None] = [None] * len(images)
+        jpegs: dict[int, JpegUpload] = {}
+        for i, image in enumerate(images):
+            if self.device_transform is not None:
+                try:
+                    head = read_jpeg_header(image)
+                    if head is not None:
+                        check_transformable(head.size, self.weights.pretrained_cfg)
+                        jpegs[i] = head
+                        continue
+                except ImageError as e:
+                    out[i] = e
+                    continue
+                except Exception:  # the PIL path judges this upload
+                    log.debug("JPEG header check failed; using the CPU decoder", exc_info=True)
+            out[i] = self._prepare_cpu(image)
+        if jpegs:
+            decoded = decode_jpegs([head.data for head in jpegs.values()], self.device)
+            for (i, head), img in zip(jpegs.items(), decoded):
+                if not isinstance(img, Exception):
+                    try:
+                        out[i] = self.device_transform(orient(img, head.orientation))
+                        continue
+                    except Exception as e:  # out of device memory, say: the CPU path still works
+                        img = e
+                log.debug("device decode refused an upload (%s); using the CPU decoder", img)
+                out[i] = self._prepare_cpu(images[i])
+        if self.device_transform is not None:
+            out = [x.to(self.device) if isinstance(x, torch.Tensor) else x for x in out]
+        return out  # type: ignore[return-value]  # every slot is filled
+
     def prepare(self, image: ImageInput) -> torch.Tensor:
         """One upload -> its network input (C, H, W); `ImageError` for what cannot be used."""
-        return self.transform(self.decode(image))
+        return self.preprocess([image])[0]
 
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Decode (raising `ImageError` for what cannot be used) and transform into one batch."""
-        return torch.stack([self.prepare(im) for im in images])
+        inputs = self.prepare_many(images)
+        for x in inputs:
+            if isinstance(x, Exception):
+                raise x
+        return torch.stack(inputs)
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """The eager forward pass, under autocast (its cast cache off: CUDA-graph capture forbids it, and a
+        single forward reuses no cast)."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None,
+                            cache_enabled=False):
+            return self.model(batch)
+
+    def use_cuda_graphs(self, capture: graphs.Capture | None = None, buckets: Sequence[int] = graphs.BUCKETS) -> bool:
+        """Capture the forward pass for each batch-size bucket (warm-up included); True when graphs are on.
+
+        Off (False) where `graphs.graphs_off_reason` says so; a failed capture logs one line and stays eager.
+        `capture` replaces `graphs.capture_cuda_graph` and stands for a GPU: tests run the bucketing, checks
+        and fallback on the CPU with it (the environment switches still apply).
+        """
+        reason = graphs.graphs_off_reason("cuda" if capture is not None else self.device)
+        if reason is not None:
+            log.info("CUDA graphs off: %s", reason)
+            return False
+        sample = tuple(eval_config(self.weights.pretrained_cfg)["input_size"])
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.graphed = graphs.bucketed(self._forward, sample, self.device, fmt, buckets,
+                                       capture or graphs.capture_cuda_graph, name=self.name)
+        return self.graphed is not None
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -115,8 +228,7 @@ class Classifier:
         batch = batch.to(self.device, non_blocking=True)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.model(batch)
+        logits = (self.graphed or self._forward)(batch)
         return logits.float().cpu()
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
