@@ -250,3 +250,166 @@ def test_cli_errors_are_messages(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert "missing.safetensors" in capsys.readouterr().err
     assert main(["evaluate", "--model", "resnet18.a1_in1k"]) == 2  # a hub tag, offline here: a message, fast
     assert "resnet18" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- image folders
+
+COLOURS = {"red": (210, 30, 30), "blue": (30, 40, 200), "green": (30, 180, 40)}
+FOLDER_META = {"input_size": [3, 32, 32], "crop_pct": 1.0, "interpolation": "bilinear",
+               "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+
+def _write_folder(root: Path, counts: dict[str, int], seed: int = 0) -> dict[str, list[Path]]:
+    """`counts[c]` noisy solid-colour 32 px images per class, alternately PNG and JPEG."""
+    rng = np.random.default_rng(seed)
+    files: dict[str, list[Path]] = {}
+    for c, n in counts.items():
+        (root / c).mkdir(parents=True, exist_ok=True)
+        files[c] = []
+        for i in range(n):
+            arr = np.clip(np.array(COLOURS.get(c, (128, 128, 128))) + rng.normal(0, 25, (32, 32, 3)), 0, 255)
+            path = root / c / f"{i:02d}.{'png' if i % 2 else 'jpg'}"
+            Image.fromarray(arr.astype(np.uint8)).save(path)
+            files[c].append(path)
+    return files
+
+
+def _checkpoint(tmp_path: Path, arch: str, classes: list[str] | None, num_classes: int, name: str) -> Path:
+    from resnet_lab.resnet import build
+    from resnet_lab.weights import save_checkpoint
+
+    model = build(arch, num_classes=num_classes, seed=1).eval()
+    meta = {"arch": arch, "num_classes": num_classes, **FOLDER_META, **({"classes": classes} if classes else {})}
+    return save_checkpoint(model, tmp_path / "ckpt" / name, meta)
+
+
+def _reference_predictions(ckpt: Path, paths: list[Path]) -> np.ndarray:
+    """The checkpoint's top-1 for each file, computed here: 32 px in, crop_pct 1, so the eval transform is just
+    ToTensor and the checkpoint's mean/std (JPEG decoded by PIL at full size: these are 32 px already)."""
+    from resnet_lab.weights import load_checkpoint
+
+    model = load_checkpoint(ckpt).model.eval()
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), np.float32) / 255).permute(2, 0, 1)
+                     for p in paths])
+    x = (x - torch.tensor(FOLDER_META["mean"]).view(1, 3, 1, 1)) / torch.tensor(FOLDER_META["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return model(x).argmax(1).numpy()
+
+
+@pytest.fixture
+def red_blue(tmp_path: Path) -> tuple[Path, dict[str, list[Path]], list[Path]]:
+    """A red/blue folder (5 red, 3 blue) with two unusable files: garbage bytes and a truncated PNG."""
+    root = tmp_path / "colours"
+    files = _write_folder(root, {"red": 5, "blue": 3})
+    (root / "blue" / "broken.jpg").write_bytes(b"not an image at all")
+    good = files["red"][1].read_bytes()
+    (root / "red" / "truncated.png").write_bytes(good[: len(good) // 2])
+    return root, files, [root / "blue" / "broken.jpg", root / "red" / "truncated.png"]
+
+
+def test_cli_on_a_folder_maps_labels_by_name_and_lists_bad_files(tmp_path: Path, red_blue) -> None:
+    root, files, bad = red_blue
+    # the model's classes in an order that is NOT the folder's sorted one (blue < red): labels must follow names
+    ckpt = _checkpoint(tmp_path, "resnet20", ["red", "blue"], 2, "rb")
+    out = tmp_path / "out"
+    assert main(["evaluate", "--model", str(ckpt), "--data", f"folder:{root}", "--out", str(out),
+                 "--batch-size", "3", "--workers", "2", "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 8 and summary["data"]["files"] == 10 and summary["data"]["class_match"] == "names"
+    assert sorted(s["path"] for s in summary["data"]["skipped"]) == sorted(str(p) for p in bad)
+    assert all(s["reason"] for s in summary["data"]["skipped"])
+    rows = _read_csv(out / "per_class.csv")
+    assert [(r["class"], int(r["count"])) for r in rows] == [("red", 5), ("blue", 3)]
+    paths = files["red"] + files["blue"]
+    truth = np.array([0] * 5 + [1] * 3)
+    preds = _reference_predictions(ckpt, paths)
+    assert [int(r["predicted"]) for r in rows] == np.bincount(preds, minlength=2).tolist()
+    assert summary["top1"] == pytest.approx(float((preds == truth).mean()), abs=1e-12)
+    assert _is_png(out / "confusion.png") and _is_png(out / "reliability.png")
+
+
+def test_folder_classes_that_do_not_match_the_model_are_named(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "three"
+    _write_folder(root, {"red": 1, "blue": 1, "green": 1})
+    ckpt = _checkpoint(tmp_path, "resnet20", ["red", "blue"], 2, "rb")
+    assert main(["evaluate", "--model", str(ckpt), "--data", f"folder:{root}", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "[blue, green, red]" in err and "[red, blue]" in err and "not among the model's classes: [green]" in err
+    assert "Traceback" not in err
+    _write_folder(tmp_path / "split" / "val", {"red": 1, "blue": 1})
+    (tmp_path / "split" / "train").mkdir()
+    assert main(["evaluate", "--model", str(ckpt), "--data", f"folder:{tmp_path / 'split'}", "--workers", "0"]) == 2
+    assert "folder:PATH/val" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(ckpt), "--data", f"folder:{tmp_path / 'nowhere'}"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(ckpt), "--data", "folder:"]) == 2
+    assert "unknown --data" in capsys.readouterr().err
+
+
+def test_imagenet_val_folder_lands_on_timms_indices(tmp_path: Path) -> None:
+    from timm.data import ImageNetInfo
+
+    from resnet_lab.data import imagenet_labels
+    from resnet_lab.evaluation import folder_dataset, imagenet_synsets, match_classes
+    from resnet_lab.weights import load_checkpoint
+
+    info = ImageNetInfo()
+    synsets = [info.index_to_label_name(i) for i in (1, 500, 999)]  # a partial subset: sorted order is 0, 1, 2
+    root = tmp_path / "val"
+    _write_folder(root, {s: 2 for s in synsets})
+    ckpt = _checkpoint(tmp_path, "resnet18", None, 1000, "r18")  # random init, 32 px, no class names: ImageNet's
+    loaded = load_checkpoint(ckpt)
+    dataset, match, _ = folder_dataset(root, None, 1000, loaded.pretrained_cfg)
+    assert match.how == "imagenet-synsets" and match.classes == list(info.label_names())
+    assert [label for _, label in dataset.samples] == [1, 1, 500, 500, 999, 999]
+    # a model whose classes are ImageNet's descriptions (as the app names them) is ImageNet's too
+    assert match_classes(synsets, list(imagenet_labels()), 1000).index == dict(zip(synsets, (1, 500, 999)))
+    assert imagenet_synsets()[500] == synsets[1]
+    out = tmp_path / "out"
+    assert main(["evaluate", "--model", str(ckpt), "--data", f"folder:{root}", "--out", str(out),
+                 "--workers", "0", "--device", "cpu"]) == 0
+    rows = _read_csv(out / "per_class.csv")
+    assert len(rows) == 1000 and rows[500]["class"] == synsets[1]
+    assert {i for i, r in enumerate(rows) if int(r["count"])} == {1, 500, 999}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 6 and summary["k"] == 5 and summary["data"]["class_match"] == "imagenet-synsets"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_ranks_merge_to_the_single_process_result(tmp_path: Path, red_blue) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root, _, _ = red_blue  # 8 good files and 2 bad ones: the ranks' shares differ, each meets a bad file or not
+    ckpt = _checkpoint(tmp_path, "resnet20", ["red", "blue"], 2, "rb")
+    single = tmp_path / "single"
+    args = ["evaluate", "--model", str(ckpt), "--data", f"folder:{root}", "--batch-size", "2", "--workers", "0",
+            "--device", "cpu"]
+    assert main([*args, "--out", str(single)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+         "-m", "resnet_lab", *args, "--out", str(tmp_path / "sharded")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = json.loads((single / "summary.json").read_text())
+    b = json.loads((tmp_path / "sharded" / "summary.json").read_text())
+    assert a["world_size"] == 1 and b["world_size"] == 2
+    for key in ("n", "num_classes", "k"):
+        assert a[key] == b[key], key
+    for key in ("top1", "top2", "ece", "nll"):
+        assert b[key] == pytest.approx(a[key], abs=1e-9), key
+    assert [r["count"] for r in a["reliability"]] == [r["count"] for r in b["reliability"]]
+    assert a["data"]["skipped"] == b["data"]["skipped"] and len(b["data"]["skipped"]) == 2
+    assert _read_csv(single / "per_class.csv") == _read_csv(tmp_path / "sharded" / "per_class.csv")
+    assert proc.stdout.count("top-1") == 1  # only rank 0 reports
