@@ -549,6 +549,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"device {args.device!r} asked for, but CUDA is not available here")
     frames, cache = [], {}
     for spec in specs:
+        if Path(spec).suffix in (".safetensors", ".pth", ".pt", ".bin", ".th") and not Path(spec).is_file():
+            return fail(f"checkpoint not found: {spec}")
         try:
             loaded = load_weights(spec)
             block_table(loaded.model)

@@ -1,0 +1,253 @@
+"""Lesion studies: what a deleted block computes, that the lesioned net is the trained net, and honest text."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnet_lab import lesion
+from resnet_lab.blocks import Bottleneck, projection
+from resnet_lab.resnet import build
+
+CHECKPOINT = "assets/shapes_resnet20.safetensors"
+
+
+def _data(n: int = 12, size: int = 16, seed: int = 0) -> lesion.HeldOut:
+    g = torch.Generator().manual_seed(seed)
+    return lesion.HeldOut(torch.randn(n, 3, size, size, generator=g), torch.randint(0, 8, (n,), generator=g), {})
+
+
+def _net(arch: str = "resnet20") -> nn.Module:
+    return build(arch, num_classes=8, seed=0).eval()
+
+
+@torch.inference_mode()
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)
+
+
+def test_no_deletion_gives_the_evaluators_accuracy_exactly():
+    from resnet_lab.evaluation import evaluate
+    from resnet_lab.shapes import ShapesDataset
+    from resnet_lab.weights import load_checkpoint
+
+    loaded = load_checkpoint(CHECKPOINT)
+    data = lesion.held_out_set(loaded, 48)
+    assert data.description == {"name": "shapes", "n": 48, "seed": 999, "size": 32, "clutter": True}
+    ds = ShapesDataset(48, 999, 32, True)  # what train.py's test set and `evaluate` see
+    cfg = loaded.pretrained_cfg
+    top1 = evaluate(loaded.model, ds.images, ds.labels, ds.classes, cfg["mean"], cfg["std"], 16).top1
+    df = lesion.lesion_study(loaded.model, data, draws=2, batch_size=16, k_points=3)
+    intact = df[(df.kind == "random") & (df.k == 0)].accuracy
+    assert len(intact) == 2 and (intact == top1).all()
+    with lesion.lesioned(loaded.model, []):
+        assert lesion.accuracy(loaded.model, data, 16) == top1
+
+
+@pytest.mark.parametrize("block", ["layer1.1", "layer2.0"])  # identity shortcut; option-A downsampling shortcut
+def test_deleting_a_block_whose_last_bn_is_zero_changes_no_output(block):
+    model, x = _net(), _data().x
+    with torch.no_grad():
+        bn = dict(model.blocks())[block].bn2
+        bn.weight.zero_()
+        bn.bias.zero_()
+    before = _logits(model, x)
+    with lesion.lesioned(model, [block]):
+        assert torch.equal(_logits(model, x), before)
+    with lesion.lesioned(model, ["layer1.2"]):  # a block whose branch is not zero: the lesion must show
+        assert not torch.allclose(_logits(model, x), before)
+    assert torch.equal(_logits(model, x), before)  # and restored on exit
+
+
+def test_a_deleted_residual_block_computes_the_relu_of_its_shortcut():
+    torch.manual_seed(0)
+    blk = Bottleneck(16, 8, stride=2, downsample=projection(16, 32, 2, nn.BatchNorm2d)).eval()
+    with torch.no_grad():
+        blk.downsample[1].bias.fill_(-0.5)  # the projection's BN gives negatives: the block's ReLU must act on them
+        x = torch.randn(2, 16, 8, 8)
+        shortcut = blk.downsample(x)
+        assert (shortcut < 0).any()
+        assert torch.equal(lesion.lesion_forward(blk)(x), F.relu(shortcut))
+
+
+def test_what_a_lesioned_block_outputs_in_a_net():
+    seen = {}
+
+    def hook(_m, inp, out):
+        seen["in"], seen["out"] = inp[0], out
+
+    for arch, expect in (("resnet20", F.relu), ("plain20", lambda t: t)):
+        model = _net(arch)
+        blk = dict(model.blocks())["layer1.1"]
+        handle = blk.register_forward_hook(hook)
+        with lesion.lesioned(model, ["layer1.1"]):
+            _logits(model, _data().x)
+        handle.remove()
+        assert torch.equal(seen["out"], expect(seen["in"])), arch
+        if arch == "plain20":
+            assert seen["out"] is seen["in"]  # the identity, not a copy
+
+
+def test_the_lesioned_net_shares_the_weights_and_copies_nothing(monkeypatch):
+    model, data = _net(), _data()
+    ptrs = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    modules = list(model.modules())
+    created = []
+    real_init, real_setstate = nn.Module.__init__, nn.Module.__setstate__
+
+    def counting_init(self, *a, **kw):
+        created.append(type(self).__name__)
+        real_init(self, *a, **kw)
+
+    def counting_setstate(self, state):  # deepcopy and pickling rebuild modules through here
+        created.append(type(self).__name__)
+        real_setstate(self, state)
+
+    monkeypatch.setattr(nn.Module, "__init__", counting_init)
+    monkeypatch.setattr(nn.Module, "__setstate__", counting_setstate)
+    with lesion.lesioned(model, ["layer1.0", "layer2.0", "layer3.2"]) as m:
+        assert m is model
+        assert {k: v.data_ptr() for k, v in m.state_dict().items()} == ptrs
+        assert all(a is b for a, b in zip(m.modules(), modules))
+        _logits(m, data.x)
+    lesion.lesion_study(model, data, draws=2)
+    assert created == []
+    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == ptrs
+    assert not any("forward" in vars(b) for _, b in model.blocks())  # every swap undone
+
+
+def test_lesions_are_undone_after_an_error():
+    model = _net()
+    with pytest.raises(RuntimeError, match="boom"):
+        with lesion.lesioned(model, ["layer1.0"]):
+            raise RuntimeError("boom")
+    assert "forward" not in vars(model.layer1[0])
+    with lesion.lesioned(model, ["layer1.0"]):
+        with pytest.raises(RuntimeError, match="already lesioned"):
+            with lesion.lesioned(model, ["layer1.0"]):
+                pass
+
+
+def test_plain_downsampling_blocks_are_not_removable():
+    info = {b.name: b for b in lesion.block_table(_net("plain20"))}
+    assert [n for n, b in info.items() if b.downsampling] == ["layer2.0", "layer3.0"]
+    assert [n for n, b in info.items() if not b.removable] == ["layer2.0", "layer3.0"]
+    res = {b.name: b for b in lesion.block_table(_net("resnet20"))}
+    assert res["layer2.0"].downsampling and res["layer2.0"].removable  # its shortcut stays
+    with pytest.raises(ValueError, match="no identity"):
+        with lesion.lesioned(_net("plain20"), ["layer2.0"]):
+            pass
+    with pytest.raises(ValueError, match="no block layer9.0"):
+        with lesion.lesioned(_net("plain20"), ["layer9.0"]):
+            pass
+    df = lesion.lesion_study(_net("plain20"), _data(), draws=2)
+    single = df[df.kind == "single"].set_index("block")
+    assert math.isnan(single.loc["layer2.0", "accuracy"]) and not single.loc["layer2.0", "removable"]
+    assert single.drop(["layer2.0", "layer3.0"]).accuracy.notna().all()
+    deleted = {b for s in df[df.kind == "random"].deleted for b in s.split(";") if b}
+    assert deleted == set(single.drop(["layer2.0", "layer3.0"]).index)  # k = all deletes every removable one
+
+
+def test_random_draws_are_reproducible_and_leave_the_global_rngs_alone():
+    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    model, data = _net(), _data()
+    a = lesion.lesion_study(model, data, draws=3, seed=7)
+    b = lesion.lesion_study(model, data, draws=3, seed=7)
+    pd.testing.assert_frame_equal(a, b)
+    c = lesion.lesion_study(model, data, draws=3, seed=8)
+    assert list(a.deleted) != list(c.deleted)
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert all(np.array_equal(x, y) for x, y in zip(np.random.get_state(), states[1]))
+    assert random.getstate() == states[2]
+    r = a[a.kind == "random"]
+    assert sorted(r.k.unique()) == list(range(10)) and sorted(r.draw.unique()) == [0, 1, 2]
+    for _, d in r.groupby("draw"):  # each draw deletes nested sets
+        sets = [set(filter(None, s.split(";"))) for s in d.sort_values("k").deleted]
+        assert all(len(s) == k for k, s in enumerate(sets)) and all(x < y for x, y in zip(sets, sets[1:]))
+
+
+def test_each_distinct_lesion_is_evaluated_once_as_estimated():
+    model, data = _net(), _data(n=12)
+    calls = []
+    model.fc.register_forward_hook(lambda *_: calls.append(1))
+    lesion.lesion_study(model, data, draws=3, batch_size=5, k_points=4)
+    passes = len(lesion.lesion_sets(model, 3, 0, 4))
+    assert len(calls) == passes * 3  # 12 images in batches of 5
+    assert passes < 1 + 9 + 3 * len(lesion.k_values(9, 4))  # k = 0 and k = 1 reuse the intact and single lesions
+    assert lesion.estimate_seconds(model, 12, 3, 4, seconds_per_image=0.5) == passes * 12 * 0.5
+    assert lesion.k_values(9, 4) == [0, 1, 3, 6, 9] and lesion.k_values(3) == [0, 1, 2, 3]
+
+
+def _synthetic(model: str, residual: bool, intact: float, single: list[float], downsampling: list[bool],
+               curve: list[float]) -> list[dict]:
+    base = {"model": model, "arch": model, "residual": residual, "n": 1000, "chance": 0.125}
+    rows = []
+    for i, (acc, down) in enumerate(zip(single, downsampling)):
+        removable = residual or not down
+        rows.append({**base, "kind": "single", "block": f"layer{i // 3 + 1}.{i % 3}", "stage": i // 3 + 1,
+                     "index": i % 3, "position": i, "downsampling": down, "removable": removable, "k": 1,
+                     "draw": -1, "deleted": "", "accuracy": acc if removable else math.nan})
+    for draw in range(2):
+        for k, acc in enumerate([intact, *curve]):
+            rows.append({**base, "kind": "random", "block": "", "stage": -1, "index": -1, "position": -1,
+                         "downsampling": False, "removable": True, "k": k, "draw": draw, "deleted": "",
+                         "accuracy": acc})
+    return rows
+
+
+DOWN = [False, False, False, True, False, False, True, False, False]
+
+
+def test_describe_follows_the_numbers():
+    paper_like = pd.DataFrame(
+        _synthetic("resnet56", True, 0.95, [0.94, 0.93, 0.95, 0.80, 0.94, 0.92, 0.70, 0.94, 0.95], DOWN,
+                   [0.93, 0.90, 0.86, 0.80, 0.72, 0.63, 0.52, 0.40, 0.30])
+        + _synthetic("plain56", False, 0.93, [0.12, 0.13, 0.11, 0, 0.14, 0.12, 0, 0.13, 0.12], DOWN,
+                     [0.12] * 7), columns=lesion.COLUMNS)
+    text = lesion.describe_lesion(paper_like)
+    assert "resnet56: intact accuracy 95.0 %" in text
+    assert "costs at most 3.0 points (layer2.2; median 1.0" in text
+    assert "layer2.0 costs 15.0, layer3.0 costs 25.0 points" in text
+    assert "Every removable single deletion drops it to ~chance (at most 14.0 %" in text
+    assert "agrees with Veit et al." in text and "disagrees" not in text
+
+    catastrophic = pd.DataFrame(
+        _synthetic("resnet56", True, 0.95, [0.20, 0.94, 0.95, 0.80, 0.94, 0.93, 0.70, 0.94, 0.95], DOWN,
+                   [0.13, 0.12, 0.12, 0.12, 0.12, 0.12, 0.12, 0.12, 0.12]), columns=lesion.COLUMNS)
+    text = lesion.describe_lesion(catastrophic)
+    assert "costs at most 75.0 points (layer1.0" in text
+    assert "disagrees with Veit et al." in text and "deleting layer1.0 costs more than 5.0 points" in text
+    assert "falls off a cliff" in text
+
+    untrained = pd.DataFrame(_synthetic("plain56", False, 0.13, [0.12] * 9, DOWN, [0.12] * 7), columns=lesion.COLUMNS)
+    assert "never learned" in lesion.describe_lesion(untrained)
+
+
+def test_cli_writes_csv_plot_and_text(tmp_path, capsys):
+    from resnet_lab.__main__ import main
+
+    rc = main(["lesion", "--model", f"{CHECKPOINT},{CHECKPOINT}", "--n", "16", "--draws", "1", "--k-points", "3",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "resnet20: intact accuracy" in out and "resnet20 (shapes_resnet20): intact accuracy" in out
+    df = lesion.read_csv(tmp_path / "lesion_shapes.csv")
+    assert list(df.columns) == lesion.COLUMNS and df.model.nunique() == 2
+    assert (tmp_path / "lesion_shapes.png").stat().st_size > 10_000
+    assert lesion.describe_lesion(df) in out  # the CSV gives back the text the run printed
+
+
+def test_cli_bad_input_is_a_message(tmp_path, capsys):
+    from resnet_lab.__main__ import main
+
+    assert main(["lesion", "--model", str(tmp_path / "missing.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lesion: ") and "not found" in err and "Traceback" not in err
+    assert main(["lesion", "--model", CHECKPOINT, "--draws", "0"]) == 2
