@@ -295,7 +295,9 @@ class ModelZoo:
                 self._evict(self.max_models - 1)  # make room first: peak memory stays at max_models
             weights, warning = self._load(model, tag)
             weights.model.to(self.device)
-            entry = Entry(model, tag, weights, Classifier(weights, self.device, fuse=True), warning)
+            classifier = Classifier(weights, self.device, fuse=True)
+            classifier.use_cuda_graphs()  # on CUDA: captured and warmed up now, not on a user's first request
+            entry = Entry(model, tag, weights, classifier, warning)
             with self._lock:
                 self._cache[key] = entry
                 self._loading.pop(key, None)

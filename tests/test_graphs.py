@@ -1,0 +1,143 @@
+"""CUDA graphs per batch-size bucket (graphs.py): bucketing, padding, checks and fallback, run on the CPU with an
+injected capture that behaves like a graph (one static input shape, one static output buffer)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from resnet_lab import graphs
+from resnet_lab.graphs import BUCKETS, bucket_for, bucketed, graphs_off_reason
+from resnet_lab.inference import Classifier
+from resnet_lab.weights import load_weights
+from resnet_lab.zoo import SHAPES_CHECKPOINT, SHAPES_MODEL, ModelZoo
+
+
+class FakeGraphs:
+    """A capture like `capture_cuda_graph`: its runner takes only the captured shape and returns one static output
+    buffer, overwritten by the next replay (so a caller that keeps it without copying sees later results)."""
+
+    def __init__(self, fail_at: int | None = None, wrong: bool = False):
+        self.captured: list[tuple[int, ...]] = []
+        self.replayed: list[int] = []
+        self.fail_at, self.wrong = fail_at, wrong
+
+    def __call__(self, fn, example):
+        if len(example) == self.fail_at:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        self.captured.append(tuple(example.shape))
+        static_out = fn(example).clone()
+
+        def run(x):
+            assert x.shape == example.shape, "a graph replays only the shape it captured"
+            self.replayed.append(len(x))
+            static_out.copy_(torch.zeros_like(static_out) if self.wrong else fn(x))
+            return static_out
+
+        return run
+
+
+@pytest.fixture(autouse=True)
+def graphs_allowed(monkeypatch):
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    monkeypatch.delenv("RESNET_LAB_CUDA_GRAPHS", raising=False)
+
+
+@pytest.fixture(scope="module")
+def shapes_weights():
+    return load_weights(str(SHAPES_CHECKPOINT), "resnet20")
+
+
+def _batch(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def test_bucket_for():
+    assert [bucket_for(n) for n in (1, 2, 3, 4, 5, 8, 9, 16, 17)] == [1, 2, 4, 4, 8, 8, 16, 16, None]
+    assert bucket_for(3, [8, 2]) == 8
+
+
+def test_padding_and_slicing_equal_eager(shapes_weights):
+    """Every batch size, below, at and above the largest bucket, gives the eager rows; runners see only bucket
+    shapes, and the results are copies (a second call does not change the first result)."""
+    model = Classifier(shapes_weights, device="cpu", fuse=True)
+    fake = FakeGraphs()
+    run = bucketed(model._forward, (3, 32, 32), torch.device("cpu"), torch.channels_last, capture=fake)
+    assert run is not None and run.buckets == list(BUCKETS)
+    assert [s[0] for s in fake.captured] == list(BUCKETS)
+    fake.replayed.clear()
+    with torch.inference_mode():
+        first = run(_batch(3, seed=1))
+        for n in (1, 2, 3, 5, 7, 16, 17, 40):
+            x = _batch(n)
+            got, want = run(x), model._forward(x)
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # rows are independent: padding is inert
+        assert set(fake.replayed) <= set(BUCKETS)
+        assert 16 in fake.replayed and fake.replayed[-3:] == [16, 16, 8]  # 40 = 16 + 16 + 8 (8 holds 8)
+        torch.testing.assert_close(first, model._forward(_batch(3, seed=1)), rtol=1e-5, atol=1e-5)
+        other = _batch(2, 0)[:, :, :16, :16]  # another sample shape: eager
+        assert run(other).shape == (2, model.weights.model.num_classes)
+
+
+def test_classifier_with_graphs_gives_eager_results(shapes_weights):
+    eager = Classifier(shapes_weights, device="cpu", fuse=True)
+    graphed = Classifier(shapes_weights, device="cpu", fuse=True)
+    fake = FakeGraphs()
+    assert graphed.use_cuda_graphs(capture=fake) and graphed.graphed is not None
+    fake.replayed.clear()
+    for n in (1, 3, 16):
+        x = _batch(n)
+        torch.testing.assert_close(graphed.logits(x), eager.logits(x), rtol=1e-5, atol=1e-5)
+    assert fake.replayed == [1, 4, 16]
+
+
+@pytest.mark.parametrize("fake", [FakeGraphs(fail_at=4), FakeGraphs(wrong=True)], ids=["capture fails", "wrong"])
+def test_a_failed_or_wrong_capture_falls_back_to_eager_with_one_log_line(shapes_weights, caplog, fake):
+    clf = Classifier(shapes_weights, device="cpu", fuse=True)
+    with caplog.at_level(logging.INFO, logger="resnet_lab"):
+        assert clf.use_cuda_graphs(capture=fake) is False
+    assert clf.graphed is None
+    lines = [r for r in caplog.records if r.name == "resnet_lab.graphs"]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+    assert "running eagerly" in lines[0].getMessage()
+    assert ("stream is capturing" if fake.fail_at else "disagrees with the eager model") in lines[0].getMessage()
+    x = _batch(3)
+    torch.testing.assert_close(clf.logits(x), Classifier(shapes_weights, device="cpu", fuse=True).logits(x))
+
+
+@pytest.mark.parametrize("env", [("SPACES_ZERO_GPU", "true"), ("RESNET_LAB_CUDA_GRAPHS", "0")])
+def test_graphs_are_off_on_zerogpu_and_by_switch(shapes_weights, monkeypatch, env):
+    monkeypatch.setenv(*env)
+    fake = FakeGraphs()
+    clf = Classifier(shapes_weights, device="cpu", fuse=True)
+    assert clf.use_cuda_graphs(capture=fake) is False and clf.graphed is None and fake.captured == []
+    assert graphs_off_reason("cuda") is not None
+
+
+def test_graphs_are_off_off_cuda(shapes_weights):
+    assert graphs_off_reason("cuda") is None and graphs_off_reason("cpu") == "not on CUDA"
+    clf = Classifier(shapes_weights, device="cpu", fuse=True)
+    assert clf.use_cuda_graphs() is False and clf.graphed is None
+
+
+def test_the_zoo_captures_when_a_model_loads(monkeypatch):
+    """Warm-up happens at load, before any request; the unfused model explanations use is never wrapped."""
+    fake = FakeGraphs()
+    monkeypatch.setattr(graphs, "graphs_off_reason", lambda device: None)
+    monkeypatch.setattr(graphs, "capture_cuda_graph", fake)
+    entry = ModelZoo(weights_path="", device="cpu").get(SHAPES_MODEL)
+    assert entry.classifier.graphed is not None and [s[0] for s in fake.captured] == list(BUCKETS)
+    assert entry.classifier.model is not entry.weights.model
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_real_cuda_graphs_equal_eager(shapes_weights):
+    clf = Classifier(shapes_weights, device="cuda", fuse=True)
+    eager = Classifier(shapes_weights, device="cuda", fuse=True)
+    assert clf.use_cuda_graphs() and clf.graphed.buckets == list(BUCKETS)
+    for n in (1, 3, 16, 20):
+        x = _batch(n)
+        torch.testing.assert_close(clf.logits(x), eager.logits(x), rtol=1e-2, atol=1e-2)
