@@ -69,8 +69,9 @@ TEST_SEED = 999  # train.py's default --test-seed: images no checkpoint was trai
 EVAL_BATCH = 500
 RISE_AT = 0.5  # the loss rise is read at alpha = RISE_AT * span along each direction
 NONCONVEX_RATIO = 0.01  # a point is non-convex when -lambda_min exceeds this share of the largest |lambda|
-# The app's live 1-D run: resnet20 + plain20, measured at ~N s on this 2-core CPU (see README / report).
-QUICK = {"grid": 11, "n": 200, "dims": 1, "span": 1.0}
+# The app's live 1-D run; `quick_settings` shrinks it to fit a time budget for the nets chosen
+# (resnet20 + plain20 at these settings: ~16 s estimated; measured in the report).
+QUICK = {"grid": 15, "n": 256, "dims": 1, "span": 1.0}
 # Seconds per giga-MAC of forward pass, measured on this CPU (2 cores, shared) for 32 px CIFAR nets at batch 200.
 CPU_S_PER_GMAC = 0.05
 
@@ -504,10 +505,7 @@ def write_results(df: pd.DataFrame, out: str | Path, stem: str = "landscape",
 
 def macs_per_image(arch: str, size: int = 32, num_classes: int = 8) -> int:
     """Multiply-accumulates of one forward pass of `arch` on a `size` px image (convs and the classifier)."""
-    from .resnet import build
-
-    with torch.device("meta"):
-        net = build(arch, num_classes=num_classes, seed=0)
+    net = build_meta(arch, num_classes)
     total = 0
 
     def count(m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
@@ -527,11 +525,44 @@ def macs_per_image(arch: str, size: int = 32, num_classes: int = 8) -> int:
 
 def estimate_seconds(archs: Sequence[str], grid: int, dims: int, n: int, size: int = 32,
                      s_per_gmac: float = CPU_S_PER_GMAC) -> float:
-    """Seconds a run takes on this CPU: grid points x images x each net's MACs, at the measured rate, plus
+    """Seconds a run takes on this CPU: grid points x images x each net's MACs at the measured rate, plus
     rendering the held-out images (~2.5k/s)."""
-    points = grid ** dims
-    gmacs = sum(macs_per_image(a, size) for a in archs) * n * points / 1e9
+    gmacs = sum(macs_per_image(a, size) for a in archs) * n * grid**dims / 1e9
     return gmacs * s_per_gmac + n / 2500
+
+
+def quick_settings(archs: Sequence[str], seconds: float = 25.0, size: int = 32) -> dict[str, Any]:
+    """QUICK, with fewer held-out images (not under 64), then a coarser line, until `archs` fit in `seconds`."""
+    grid, n = QUICK["grid"], QUICK["n"]
+    while estimate_seconds(archs, grid, 1, n, size) > seconds and (n > 64 or grid > 7):
+        if n > 64:
+            n = max(64, int(n * 0.8))
+        else:
+            grid -= 2
+    return {**QUICK, "grid": grid, "n": n, "seconds": round(estimate_seconds(archs, grid, 1, n, size), 1)}
+
+
+def estimate_memory(archs: Sequence[str], n: int, size: int = 32, batch: int = EVAL_BATCH) -> int:
+    """Peak bytes a run adds (an upper bound): the held-out set (float, plus its uint8 rendering), per net the
+    private copy, w0 and two directions, and the widest no-grad activations of one batch (three alive at once)."""
+    from .gradflow import ALLOCATOR_OVERHEAD
+
+    data = n * 3 * size * size * (4 + 4 + 1)
+    nets = sum(4 * 4 * _param_count(a) for a in archs)
+    widest = max(REGISTRY[a].widths[0] * size * size for a in archs) if archs else 0
+    return math.ceil(ALLOCATOR_OVERHEAD["cpu"] * (data + nets + 3 * 4 * min(batch, n) * widest))
+
+
+def _param_count(arch: str) -> int:
+    return sum(p.numel() for p in build_meta(arch).parameters())
+
+
+def build_meta(arch: str, num_classes: int = 8) -> nn.Module:
+    """`arch` with meta weights (shapes only, nothing allocated)."""
+    from .resnet import build
+
+    with torch.device("meta"):
+        return build(arch, num_classes=num_classes, seed=0)
 
 
 # ----------------------------------------------------------------------------- CLI
