@@ -413,3 +413,23 @@ def test_torchrun_two_ranks_merge_to_the_single_process_result(tmp_path: Path, r
     assert a["data"]["skipped"] == b["data"]["skipped"] and len(b["data"]["skipped"]) == 2
     assert _read_csv(single / "per_class.csv") == _read_csv(tmp_path / "sharded" / "per_class.csv")
     assert proc.stdout.count("top-1") == 1  # only rank 0 reports
+
+
+def test_tensor_data_shards_cover_the_set_once(tmp_path: Path) -> None:
+    """Shapes/CIFAR under torchrun: each rank's `shard_indices` share, merged, is the whole set (rank by rank here,
+    in one process: `Dist` is only rank and world size to the sharding)."""
+    import argparse
+
+    from resnet_lab.distributed import Dist
+    from resnet_lab.evaluation import _shard
+    from resnet_lab.weights import load_checkpoint
+
+    loaded = load_checkpoint(SHAPES_MODEL)
+    args = argparse.Namespace(data="shapes", n=37, seed=None, batch_size=8, model=str(SHAPES_MODEL))
+    whole, _, _ = _shard(args, loaded, False, Dist(), None)
+    parts = [_shard(args, loaded, False, Dist(rank, 3, rank), None)[0] for rank in range(3)]
+    assert [p.n for p in parts] == [13, 12, 12]
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    assert (merged.n, merged.correct_top1, merged.correct_topk) == (whole.n, whole.correct_top1, whole.correct_topk)
+    np.testing.assert_array_equal(merged.confusion, whole.confusion)
+    assert merged.ece == pytest.approx(whole.ece, abs=1e-9)
