@@ -39,9 +39,19 @@ class Dist:
         return self.world_size > 1
 
 
+def env_rank() -> int:
+    """This process's global rank under torchrun (RANK; 0 without torchrun), known before any group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def env_world_size() -> int:
+    """How many processes torchrun started (WORLD_SIZE; 1 without torchrun), known before any group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def launched() -> bool:
     """True in a process started by torchrun with more than one process in all."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return env_world_size() > 1
 
 
 def _env_int(name: str) -> int:
@@ -140,33 +150,55 @@ def rank_seed(seed: int, d: Dist) -> int:
     return seed + 1000 * d.rank
 
 
-def wrap(model: nn.Module, d: Dist, sync_bn: bool = False) -> nn.Module:
-    """`model` for training on `d`: as it is for a single process, else in DistributedDataParallel (gradients
-    averaged over ranks at each backward), its BatchNorms made SyncBatchNorm first when `sync_bn`.
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) with a gradient: every rank used the sum, so each input's gradient is the sum of theirs."""
 
-    DDP broadcasts rank 0's weights when it wraps, so the ranks start equal whatever each built.
-    """
-    if not d.distributed:
-        return model
-    if sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DDP (its state_dict has no `module.` prefix) with plain BatchNorm2d again."""
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        model = model.module
-    return revert_sync_batchnorm(model)
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
-def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Undo `convert_sync_batchnorm` in place (same parameters and buffers): a SyncBatchNorm in eval outside a
-    process group works, but `fuse_bn` and type checks expect nn.BatchNorm2d."""
+class CpuSyncBatchNorm(nn.BatchNorm2d):
+    """SyncBatchNorm for Gloo on the CPU, where torch's refuses to run: in training, batch statistics over every
+    rank's share (one differentiable all-reduce of per-channel sums, in float64), so the gradient flows through
+    the global mean and variance as in one process with the whole batch. Eval, or outside a group, is BatchNorm2d.
+    On CUDA `wrap` uses torch's nn.SyncBatchNorm (fused kernels, NCCL) instead."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        c, xd = x.shape[1], x.double()
+        local = torch.cat([xd.sum((0, 2, 3)), (xd * xd).sum((0, 2, 3)), xd.new_full((1,), xd.numel() / c)])
+        total = _SumOverRanks.apply(local)
+        n = total[-1]
+        mean = total[:c] / n
+        var = total[c:2 * c] / n - mean * mean
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.to(self.running_mean), m)
+                self.running_var.lerp_((var * n / (n - 1)).to(self.running_var), m)
+        scale = torch.rsqrt(var + self.eps)
+        shift = -mean * scale
+        if self.affine:
+            scale, shift = scale * self.weight, shift * self.weight + self.bias
+        return x * scale.to(x.dtype).view(1, c, 1, 1) + shift.to(x.dtype).view(1, c, 1, 1)
+
+
+def _swap_batchnorm(module: nn.Module, old: tuple[type, ...], new: type) -> nn.Module:
+    """Replace every `old` norm layer under `module` by a `new` one sharing its parameters and buffers."""
     for name, child in module.named_children():
-        if isinstance(child, nn.SyncBatchNorm):
-            bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                child.track_running_stats, device=child.weight.device if child.affine else None)
+        if isinstance(child, old) and type(child) is not new:
+            bn = new(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
             if child.affine:
                 bn.weight, bn.bias = child.weight, child.bias
             if child.track_running_stats:
@@ -175,5 +207,29 @@ def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
             bn.train(child.training)
             setattr(module, name, bn)
         else:
-            revert_sync_batchnorm(child)
+            _swap_batchnorm(child, old, new)
     return module
+
+
+def wrap(model: nn.Module, d: Dist, sync_bn: bool = False) -> nn.Module:
+    """`model` for training on `d`: as it is for a single process, else in DistributedDataParallel (gradients
+    averaged over ranks at each backward), its BatchNorms synchronized first when `sync_bn` (torch's
+    SyncBatchNorm on CUDA, `CpuSyncBatchNorm` on the CPU). The BatchNorms are swapped in place.
+
+    DDP broadcasts rank 0's weights when it wraps, so the ranks start equal whatever each built.
+    """
+    if not d.distributed:
+        return model
+    if sync_bn and d.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif sync_bn:
+        model = _swap_batchnorm(model, (nn.BatchNorm2d,), CpuSyncBatchNorm)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP (its state_dict has no `module.` prefix) with plain BatchNorm2d again
+    (in place, same parameters): `fuse_bn` and type checks expect nn.BatchNorm2d."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    return _swap_batchnorm(model, (nn.SyncBatchNorm, CpuSyncBatchNorm), nn.BatchNorm2d)

@@ -7,6 +7,8 @@ CIFAR's validation set is a seeded stratified `val_fraction` of its training bat
 test set); a folder's is its val/ (or a stratified split), with a test set only where PATH/test exists.
 Batches come from `loaders`; this module only runs the loop. The checkpoint's JSON carries everything
 `weights.load_checkpoint` and the app need (arch, classes, mean/std, input size) plus the command that made it.
+Under `torchrun --nproc-per-node N` the same loop runs in N processes (DDP, see `distributed`): `batch_size` stays
+the global batch of a step, each rank trains on its share, accuracies are summed over ranks, rank 0 logs and writes.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
-from .inference import autocast_dtype, resolve_device
-from .loaders import Batches, LoaderBatches, ShapesBatches, TensorBatches, stratified_indices
+from .distributed import Dist, all_reduce_sum, cleanup, device_for, env_rank, env_world_size, setup, unwrap, wrap
+from .inference import autocast_dtype
+from .loaders import Batches, LoaderBatches, ShapesBatches, TensorBatches, per_rank_batch, stratified_indices
 from .progress import Progress
 from .resnet import REGISTRY, build, init_seed, list_archs
 from .shapes import CLASSES, MEAN, STD, ShapesDataset, normalize
@@ -70,6 +73,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     workers: int = 2
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each rank's share
 
     def __post_init__(self) -> None:
         if self.arch not in REGISTRY:
@@ -238,8 +242,9 @@ class _Forward:
 
 @torch.inference_mode()
 def batches_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, batches: Batches,
-                     dtype: torch.dtype | None = None) -> float:
-    """Top-1 accuracy over `batches` in eval mode (autocast to `dtype` when given)."""
+                     dtype: torch.dtype | None = None, dist: Dist = Dist()) -> float:
+    """Top-1 accuracy over `batches` in eval mode (autocast to `dtype` when given); with `dist`, over every
+    rank's share (correct and seen summed: exactly the single-process number)."""
     was_training = model.training
     model.eval()
     correct, seen = 0, 0
@@ -248,6 +253,7 @@ def batches_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.
             correct += int((forward(x).argmax(1) == y).sum())
         seen += len(y)
     model.train(was_training)
+    correct, seen = all_reduce_sum(torch.tensor([correct, seen]), dist).tolist()
     return correct / seen if seen else float("nan")
 
 
@@ -263,8 +269,8 @@ def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch
         opt.step()
 
 
-def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, report) -> tuple[float, float]:
-    """One pass over the training set; returns (mean loss, accuracy) over it."""
+def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, report, dist) -> tuple[float, float]:
+    """One pass over the training set; returns (mean loss, accuracy) over it (over all ranks' shares)."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=batches.device)
     correct = torch.zeros((), dtype=torch.int64, device=batches.device)
@@ -282,7 +288,9 @@ def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, 
         if not quiet:
             bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", lr=f"{sched.get_last_lr()[0]:.3g}")
         report(step + 1, len(batches))
-    return float(loss_sum) / seen, int(correct) / seen
+    totals = all_reduce_sum(torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(seen)]), dist)
+    loss_sum, correct, seen = totals.tolist()
+    return loss_sum / seen, correct / seen
 
 
 @dataclass
@@ -297,10 +305,11 @@ class RunData:
 
 
 def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch.device,
-              generator: torch.Generator, log: Callable[[str], None]) -> RunData:
-    """The run's batches from `config.data`; `pretrained_cfg` gives mean/std and input size (CIFAR, folders)."""
+              generator: torch.Generator, log: Callable[[str], None], dist: Dist = Dist()) -> RunData:
+    """The run's batches from `config.data`; `pretrained_cfg` gives mean/std and input size (CIFAR, folders);
+    under torchrun each split is this rank's share (see `loaders`)."""
     t0 = time.perf_counter()
-    bs = config.batch_size
+    bs, d = config.batch_size, dist
     if config.data == "shapes":
         size = config.image_size
         train_seed, val_seed, test_seed = config.data_seeds()
@@ -308,8 +317,9 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
                 for n, s in ((config.n_train, train_seed), (config.n_val, val_seed), (config.n_test, test_seed))]
         log(f"rendered {len(sets[0])} + {len(sets[1])} images of {size} px in {time.perf_counter() - t0:.1f} s")
         return RunData(
-            ShapesBatches(sets[0], bs, device, generator, train=True), ShapesBatches(sets[1], EVAL_BATCH, device),
-            ShapesBatches(sets[2], EVAL_BATCH, device), list(CLASSES),
+            ShapesBatches(sets[0], bs, device, generator, train=True, dist=d),
+            ShapesBatches(sets[1], EVAL_BATCH, device, dist=d), ShapesBatches(sets[2], EVAL_BATCH, device, dist=d),
+            list(CLASSES),
             {"name": "shapes", "clutter": config.clutter, "train_seed": train_seed, "val_seed": val_seed,
              "test_seed": test_seed, "n_train": config.n_train, "n_val": config.n_val, "n_test": config.n_test})
     mean, std, cl = pretrained_cfg["mean"], pretrained_cfg["std"], config.channels_last
@@ -327,9 +337,9 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
             return dict(zip(classes, torch.bincount(lab, minlength=len(classes)).tolist()))
 
         return RunData(
-            TensorBatches(images[tr], labels[tr], mean, std, bs, device, generator, train=True, channels_last=cl),
-            TensorBatches(images[va], labels[va], mean, std, EVAL_BATCH, device, channels_last=cl),
-            TensorBatches(test_images, test_labels, mean, std, EVAL_BATCH, device, channels_last=cl), classes,
+            TensorBatches(images[tr], labels[tr], mean, std, bs, device, generator, True, cl, d),
+            TensorBatches(images[va], labels[va], mean, std, EVAL_BATCH, device, channels_last=cl, dist=d),
+            TensorBatches(test_images, test_labels, mean, std, EVAL_BATCH, device, channels_last=cl, dist=d), classes,
             {"name": config.data, "root": str(cifar_root(config.data_dir)), "checksum": config.checksum,
              "val_fraction": config.val_fraction, "val_seed": config.seed,
              "counts": {"train": counts(labels[tr]), "val": counts(labels[va]), "test": counts(test_labels)},
@@ -348,9 +358,9 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
     counts = {**split.counts, **({"test": test_set.counts} if test_set is not None else {})}
     log(f"scanned {path}: {counts}; skipped {len(split.skipped) + len(test_skipped)} unreadable file(s)")
     return RunData(
-        LoaderBatches(split.train, bs, device, w, generator, train=True, channels_last=cl),
-        LoaderBatches(split.val, EVAL_BATCH, device, w, channels_last=cl),
-        LoaderBatches(test_set, EVAL_BATCH, device, w, channels_last=cl) if test_set is not None else None,
+        LoaderBatches(split.train, bs, device, w, generator, train=True, channels_last=cl, dist=d),
+        LoaderBatches(split.val, EVAL_BATCH, device, w, channels_last=cl, dist=d),
+        LoaderBatches(test_set, EVAL_BATCH, device, w, channels_last=cl, dist=d) if test_set is not None else None,
         list(split.classes),
         {"name": "folder", "root": str(split.root), "layout": split.layout, "val_fraction": config.val_fraction,
          "counts": counts, "test_split": "test/" if test_set is not None else "none: test_acc is the val accuracy",
@@ -363,10 +373,20 @@ def train(config: TrainConfig, progress: Progress | None = None, *, command: str
     `progress(fraction, desc)` is called after every step, for a UI progress bar;
     the terminal gets tqdm bars unless `config.quiet`. `command` is the command
     line as typed, for the record (`config.cli()`, with every option spelled out, is stored too).
+    Under torchrun it joins the process group for the run and leaves it at the end, error or not.
     """
-    device = resolve_device(config.device)
+    dist = setup(config.device)
+    try:
+        return _train(config, dist, progress, command)
+    finally:
+        cleanup(dist)
+
+
+def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: str | None) -> TrainResult:
+    device = dist.device
     dtype = resolve_precision(config.precision, device)
-    log = (lambda s: None) if config.quiet else tqdm.write
+    quiet = config.quiet or not dist.is_main  # one process speaks
+    log = (lambda s: None) if quiet else tqdm.write
     shapes = config.data == "shapes"
     size = config.image_size
     generator = torch.Generator().manual_seed(config.seed)
@@ -374,16 +394,19 @@ def train(config: TrainConfig, progress: Progress | None = None, *, command: str
         model = initial_model(config)
         model.pretrained_cfg.update({k: tuple(v) if isinstance(v, list) else v
                                      for k, v in shapes_data_config(size).items()})
-        data = make_data(config, model.pretrained_cfg, device, generator, log)
+        data = make_data(config, model.pretrained_cfg, device, generator, log, dist)
     else:
         probe = build(config.arch)  # only its pretrained_cfg: mean/std and input size of the arch
         cfg = {**probe.pretrained_cfg, "input_size": (3, size, size)}
-        data = make_data(config, cfg, device, generator, log)
+        data = make_data(config, cfg, device, generator, log, dist)
         model = build(config.arch, num_classes=len(data.classes), seed=init_seed(config.seed))
         model.pretrained_cfg.update({k: cfg[k] for k in ("input_size", "mean", "std")})
     channels_last = shapes or config.channels_last
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    forward = _Forward(maybe_compile(model, config.compile, log), model, log)
+    trained = wrap(model, dist, config.sync_bn)  # DDP under torchrun, else the model itself
+    forward = _Forward(maybe_compile(trained, config.compile, log), trained, log)
+    # evaluation runs on the bare model: ranks' shares may differ in batch count, and DDP's forward would sync
+    evaluate = forward if trained is model else _Forward(maybe_compile(model, config.compile, log), model, log)
     opt = make_optimizer(model, config)
     sched = make_scheduler(opt, config, config.epochs * len(data.train))
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
@@ -398,9 +421,9 @@ def train(config: TrainConfig, progress: Progress | None = None, *, command: str
             if progress is not None:
                 progress(((epoch - 1) * steps + step) / (config.epochs * steps), f"epoch {epoch}/{config.epochs}")
 
-        loss, acc = _epoch(forward, model, data.train, opt, sched, scaler, dtype, f"epoch {epoch}/{config.epochs}",
-                           config.quiet, report)
-        val_acc = batches_accuracy(forward, model, data.val, dtype)
+        loss, acc = _epoch(forward, trained, data.train, opt, sched, scaler, dtype, f"epoch {epoch}/{config.epochs}",
+                           quiet, report, dist)
+        val_acc = batches_accuracy(evaluate, model, data.val, dtype, dist)  # the same on every rank: so are stops
         history.append({"epoch": epoch, "train_loss": loss, "train_acc": acc, "val_acc": val_acc,
                         "lr": sched.get_last_lr()[0], "time_s": time.perf_counter() - t_epoch})
         log(f"epoch {epoch:3d}  loss {loss:.4f}  train acc {acc:.4f}  val acc {val_acc:.4f}  "
@@ -414,7 +437,7 @@ def train(config: TrainConfig, progress: Progress | None = None, *, command: str
             break
     train_time = time.perf_counter() - t_train
     model.load_state_dict(best_state)
-    test_acc = batches_accuracy(forward, model, data.test, dtype) if data.test is not None else best_acc
+    test_acc = batches_accuracy(evaluate, model, data.test, dtype, dist) if data.test is not None else best_acc
     log(f"best val acc {best_acc:.4f} (epoch {best_epoch}), test acc {test_acc:.4f}, {train_time:.0f} s")
 
     data_cfg = shapes_data_config(size) if shapes else {
@@ -428,13 +451,15 @@ def train(config: TrainConfig, progress: Progress | None = None, *, command: str
         "best_epoch": best_epoch, "epochs_run": len(history),
         "train_time_s": round(train_time, 1),
         "epoch_time_s": round(sum(h["time_s"] for h in history) / len(history), 1),
-        "device": str(device), "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
+        "device": str(device), "world_size": dist.world_size, "global_batch": config.batch_size,
+        "per_rank_batch": config.batch_size // dist.world_size,
+        "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
         "num_threads": torch.get_num_threads(), "torch_version": torch.__version__,
         "command": command or config.cli(), "command_full": config.cli(), "config": asdict(config),
         "history": [{k: round(v, 5) for k, v in h.items()} for h in history],
     }
-    model = model.to(memory_format=torch.contiguous_format).eval()
-    path = save_checkpoint(model, config.out, meta) if config.out else None
+    model = unwrap(model).to(memory_format=torch.contiguous_format).eval()  # plain BatchNorm2d again
+    path = save_checkpoint(model, config.out, meta) if config.out and dist.is_main else None
     if path:
         log(f"wrote {path} and {path.with_suffix('.json').name}")
     return TrainResult(history, best_acc, test_acc, model, path, meta)
@@ -459,7 +484,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train", type=int, default=d.n_train)
     p.add_argument("--n-val", type=int, default=d.n_val)
     p.add_argument("--n-test", type=int, default=d.n_test, help="held-out images for the reported accuracy")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="images per optimizer step in all: under torchrun the GLOBAL batch, split evenly over the "
+                        "processes (B/N each), so --lr and the schedule mean the same on any number of GPUs")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), "
+                        "not each process's B/N share")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     p.add_argument("--opt", default=d.opt, choices=list(DEFAULT_WD))
     p.add_argument("--sched", default=d.sched, choices=["cosine", "onecycle"])
@@ -470,7 +500,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=None, help="image side (default 32 for CIFAR nets, 64 for ImageNet)")
     p.add_argument("--no-clutter", dest="clutter", action="store_false")
     p.add_argument("--out", default=None, help="checkpoint path without suffix (.safetensors + .json)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--device", default=None,
+                   help="cpu or cuda (default: cuda when present; under torchrun each process takes cuda:LOCAL_RANK)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -479,7 +510,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
-        resolve_precision(config.precision, resolve_device(config.device))
+        resolve_precision(config.precision, device_for(config.device))
+        per_rank_batch(config.batch_size, Dist(world_size=env_world_size()))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -489,5 +521,6 @@ def run(args: argparse.Namespace) -> int:
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"val acc {result.best_acc:.4f}  test acc {result.test_acc:.4f}  epochs {len(result.history)}")
+    if env_rank() == 0:
+        print(f"val acc {result.best_acc:.4f}  test acc {result.test_acc:.4f}  epochs {len(result.history)}")
     return 0 if math.isfinite(result.test_acc) else 1

@@ -1,0 +1,214 @@
+"""torchrun / DDP on the CPU (Gloo, two processes): a step on two halves equals one step on the whole batch,
+the ranks' shares are disjoint and cover the data, sharded accuracies equal the single-process ones, and
+`torchrun -m resnet_lab train` writes exactly one checkpoint that equals a one-process run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from resnet_lab import distributed as D
+from resnet_lab.__main__ import main
+from resnet_lab.loaders import LoaderBatches, ShapesBatches, TensorBatches
+from resnet_lab.resnet import build
+from resnet_lab.shapes import ShapesDataset
+from resnet_lab.train import TrainConfig, batches_accuracy, train
+from resnet_lab.weights import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+MEAN, STD = (0.5,) * 3, (0.25,) * 3
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g), torch.randint(0, 8, (n,), generator=g)
+
+
+def one_step(d: D.Dist, norm: str, sync_bn: bool) -> dict[str, torch.Tensor]:
+    """One SGD step of a fresh resnet20 on the first global batch (16) of a seeded CIFAR-like epoch, on `d`."""
+    images, labels = _images(48, seed=0)
+    batches = TensorBatches(images, labels, MEAN, STD, 16, d.device, torch.Generator().manual_seed(1), train=True,
+                            dist=d)
+    model = build("resnet20", num_classes=8, norm=norm, seed=3)
+    trained = D.wrap(model, d, sync_bn)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = next(iter(batches))
+    F.cross_entropy(trained(x), y).backward()
+    opt.step()
+    return {k: v.detach().clone() for k, v in D.unwrap(trained).state_dict().items()}
+
+
+def _scenarios(d: D.Dist) -> dict:
+    """Everything the tests check on two ranks, computed in one spawn (starting processes is the slow part)."""
+    out: dict = {f"step_{n}_{s}": one_step(d, n, s) for n, s in (("none", False), ("bn", True), ("bn", False))}
+    # which training items each rank got (labels = item index), Shapes and CIFAR-like: first global batch
+    images = torch.zeros(20, 3, 8, 8, dtype=torch.uint8)
+    out["tensor_train"] = next(iter(TensorBatches(images, torch.arange(20), MEAN, STD, 8, CPU,
+                                                  torch.Generator().manual_seed(5), train=True, dist=d)))[1].tolist()
+    shapes = ShapesDataset(32, seed=4, size=16)
+    sb = next(iter(ShapesBatches(shapes, 16, CPU, torch.Generator().manual_seed(5), train=True, dist=d)))
+    out["shapes_train"] = (sb[0], sb[1])
+    # folders: a DistributedSampler, two epochs
+    ds = torch.utils.data.TensorDataset(torch.zeros(10, 3, 4, 4), torch.arange(10))
+    lb = LoaderBatches(ds, 4, CPU, 0, torch.Generator().manual_seed(5), train=True, dist=d)
+    out["loader_train"] = [[int(i) for _, y in lb for i in y] for _ in range(2)]
+    out["loader_eval"] = [int(i) for _, y in LoaderBatches(ds, 3, CPU, dist=d) for i in y]
+    out["tensor_eval"] = [int(i) for _, y in TensorBatches(images[:13], torch.arange(13), MEAN, STD, 4, CPU, dist=d)
+                          for i in y]
+    # a sharded accuracy: 37 images, an odd count, in batches of 8 per rank
+    model = build("resnet20", num_classes=8, seed=2).eval()
+    val = TensorBatches(*_images(37, seed=9), MEAN, STD, 8, CPU, dist=d)
+    out["accuracy"] = batches_accuracy(model, model, val, dist=d)
+    return out
+
+
+def _worker(rank: int, port: int, path: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    d = D.setup("cpu")
+    try:
+        results = D.gather_objects(_scenarios(d), d)
+        if d.is_main:
+            torch.save(results, path)
+    finally:
+        D.cleanup(d)
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    """The scenarios' results of rank 0 and rank 1 (torch.multiprocessing.spawn, Gloo)."""
+    path = tmp_path_factory.mktemp("ddp") / "ranks.pt"
+    torch.multiprocessing.spawn(_worker, (_free_port(), str(path)), nprocs=2)
+    return torch.load(path)
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+
+
+@pytest.mark.parametrize("norm, sync_bn", [("none", False), ("bn", True)])
+def test_a_ddp_step_on_two_halves_is_one_step_on_the_whole_batch(ranks, norm, sync_bn):
+    """Fails if gradients were summed instead of averaged, if both ranks took the same half, or (BN) if the
+    statistics were each rank's own."""
+    single = one_step(D.Dist(), norm, False)  # batch 16 in one process
+    start = build("resnet20", num_classes=8, norm=norm, seed=3).state_dict()
+    for r in ranks:
+        got = r[f"step_{norm}_{sync_bn}"]
+        assert _max_diff(got, single) < 2e-6 < _max_diff(got, start)  # it moved, and just as one process did
+    if norm == "bn":  # SyncBN is what makes it equal: plain BN (per-rank statistics) is measurably off
+        assert _max_diff(ranks[0]["step_bn_False"], single) > 1e-3
+
+
+def test_ranks_train_on_disjoint_strided_shares_of_the_global_batch(ranks):
+    a, b = ranks[0]["tensor_train"], ranks[1]["tensor_train"]
+    batches = TensorBatches(torch.zeros(20, 3, 8, 8, dtype=torch.uint8), torch.arange(20), MEAN, STD, 8, CPU,
+                            torch.Generator().manual_seed(5), train=True)
+    whole = next(iter(batches))[1].tolist()
+    assert len(a) == len(b) == 4 and a == whole[0::2] and b == whole[1::2]  # one process's batch, split
+    # Shapes: the same images, flips included, as the single-process batch
+    x, y = next(iter(ShapesBatches(ShapesDataset(32, seed=4, size=16), 16, CPU, torch.Generator().manual_seed(5),
+                                   train=True)))
+    for r, rank in enumerate(ranks):
+        xs, ys = rank["shapes_train"]
+        assert torch.equal(xs, x[r::2]) and torch.equal(ys, y[r::2])
+
+
+def test_folder_sampler_gives_each_rank_its_own_half_and_reshuffles_each_epoch(ranks):
+    (a1, a2), (b1, b2) = ranks[0]["loader_train"], ranks[1]["loader_train"]
+    assert len(a1) == len(b1) == 4  # global batch 4 = 2 per rank, 5 items each: 2 full batches
+    assert not set(a1) & set(b1) and not set(a2) & set(b2)
+    assert a1 + b1 != a2 + b2  # set_epoch: a new order in epoch 2
+
+
+def test_eval_shares_are_disjoint_and_cover_the_set(ranks):
+    for key, n in (("loader_eval", 10), ("tensor_eval", 13)):
+        a, b = ranks[0][key], ranks[1][key]
+        assert not set(a) & set(b) and sorted(a + b) == list(range(n)), key  # nothing padded, nothing repeated
+
+
+def test_sharded_accuracy_is_summed_over_ranks_to_the_single_process_number(ranks):
+    model = build("resnet20", num_classes=8, seed=2).eval()
+    single = batches_accuracy(model, model, TensorBatches(*_images(37, seed=9), MEAN, STD, 8, CPU))
+    assert ranks[0]["accuracy"] == ranks[1]["accuracy"] == single
+    assert 0 < single < 1  # not a trivial 0 or 1 that any share would reproduce
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 12])
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_shard_indices_partition_the_range(n, world):
+    shares = [D.shard_indices(n, D.Dist(rank=r, world_size=world)) for r in range(world)]
+    assert sorted(i for s in shares for i in s) == list(range(n))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_torchrun_train_writes_one_checkpoint_equal_to_a_single_process_run(tmp_path):
+    """The real command: two Gloo processes with --sync-bn; rank 0 alone writes, the JSON records the world."""
+    args = ["--epochs", "1", "--n-train", "32", "--n-val", "37", "--n-test", "21", "--batch-size", "16", "--size",
+            "16", "--seed", "2", "--sync-bn", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "-m", "resnet_lab", "train", *args,
+           "--out", str(tmp_path / "ddp" / "ck")]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("val acc") == 1  # rank 0 alone reports
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["ck.json", "ck.safetensors"]
+    meta = json.loads((tmp_path / "ddp" / "ck.json").read_text())
+    assert (meta["world_size"], meta["global_batch"], meta["per_rank_batch"]) == (2, 16, 8)
+    loaded = load_checkpoint(tmp_path / "ddp" / "ck.safetensors")
+    ddp_state = loaded.model.state_dict()
+    assert not any(k.startswith("module.") for k in ddp_state)
+
+    single = train(TrainConfig(**{**meta["config"], "out": None}))  # the same config in one process
+    assert _max_diff(ddp_state, single.model.state_dict()) < 1e-5
+    assert meta["val_acc"] == single.best_acc and meta["test_acc"] == single.test_acc
+    assert meta["history"][0]["train_loss"] == pytest.approx(single.history[0]["train_loss"], abs=1e-5)
+
+
+def test_global_batch_must_divide_over_the_processes(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert main(["train", "--batch-size", "16", "--device", "cpu", "--quiet"]) == 2
+    assert "--batch-size 16 is the global batch" in capsys.readouterr().err
+
+
+def test_more_processes_than_gpus_is_refused_with_a_fix(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match="nproc-per-node 2 or fewer"):
+        D.device_for("cuda")
+    with pytest.raises(ValueError, match="cuda:LOCAL_RANK"):
+        D.device_for("cuda:1")
+    assert D.device_for("cpu") == CPU
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert D.device_for(None) == torch.device("cuda", 1)
+
+
+def test_single_process_setup_touches_nothing(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    d = D.setup("cpu")
+    assert (d.rank, d.world_size, d.is_main, d.distributed) == (0, 1, True, False)
+    assert not torch.distributed.is_initialized()
+    model = build("resnet20", num_classes=8, seed=0)
+    assert D.wrap(model, d, sync_bn=True) is model and D.gather_objects(7, d) == [7]
+    D.cleanup(d)
