@@ -103,7 +103,7 @@ def cpu_bf16_agreement(path: str | os.PathLike = AGREEMENT_FILE) -> tuple[bool, 
         record = json.loads(path.read_text())
         corpora = record["corpora"]
     except FileNotFoundError:
-        return False, f"no bf16 agreement measured ({path.name} missing; run benchmarks/bench_precision.py)"
+        return False, f"no bf16 agreement measured ({path.name} missing; run python -m benchmarks.bench_precision)"
     except (OSError, ValueError, KeyError, TypeError) as e:
         return False, f"{path.name} unreadable ({type(e).__name__}: {e})"
     for name in REQUIRED_CORPORA:
@@ -160,7 +160,8 @@ def serving_dtype(device: str | torch.device, env: Mapping[str, str] = os.enviro
     """The autocast dtype the app serves with on `device` (None: fp32); see `serving_choice`. Where the setting is
     overridden (fp16 on a CPU), the reason is warned once, so a deployment sees why it did not get what it asked."""
     dtype, why = serving_choice(device, env, **inject)
-    if "served as" in why:
+    asked = parse_precision(env.get(ENV))
+    if asked != "auto" and dtype != DTYPES[asked]:
         warnings.warn(why, stacklevel=2)
     return dtype
 

@@ -176,3 +176,22 @@ def test_time_train_steps_really_trains_a_copy(tiny):
     sec = P.time_train_steps(tiny, (3, 16, 16), 2, "cpu", [None], steps=1, warmup=1, rounds=1)
     assert set(sec) == {"fp32"} and sec["fp32"] > 0
     assert tiny.training  # the caller's mode is not changed either
+
+
+# ----------------------------------------------------------------------------- bench_precision
+
+
+def test_bench_photos_corpus_measures_with_local_imagenet_weights_and_records_broken_ones(tmp_path):
+    """Where ImageNet-shaped weights exist (a file here), the photo corpus is measured through the app's Classifier;
+    weights that cannot be loaded are recorded as not measured, with why."""
+    from benchmarks import bench_precision as bench
+    from resnet_lab.weights import save_checkpoint
+
+    photos = sorted((bench.ROOT / "assets").glob("*.jpg"))
+    path = save_checkpoint(build("resnet18", num_classes=1000, seed=0), tmp_path / "r18", {"arch": "resnet18"})
+    c = bench.photos_corpus(photos, str(path))
+    assert c["measured"] and c["n"] == len(photos) == 4 and 0 <= c["agreement"] <= 1
+    assert "cannot show" in c["note"]  # 4 photos are too few to show 99.5 %
+    (tmp_path / "broken.safetensors").write_bytes(b"nope")
+    c = bench.photos_corpus(photos, str(tmp_path / "broken.safetensors"))
+    assert not c["measured"] and "unavailable" in c["why"]
