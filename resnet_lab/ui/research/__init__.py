@@ -8,7 +8,7 @@ exceeds what this process can spare.
 
 from __future__ import annotations
 
-from . import degradation, gradnorms
+from . import degradation, gradnorms, landscape, lesion
 from ._common import MEMORY_SHARE, memory_budget
 from .degradation import _quick_run
 
@@ -19,3 +19,5 @@ def build_tab() -> None:
     """The tab's sections, inside the caller's `gr.Blocks` and `gr.Tab`."""
     gradnorms.build()
     degradation.build()
+    landscape.build()
+    lesion.build()

@@ -3,11 +3,15 @@ run, and durations and sizes as people read them."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from ... import gradflow
+from ...resnet import REGISTRY, twin_name
+from ...zoo import ASSETS
 
 # A live run may take this share of the memory available now: the loaded models, Gradio and a QUICK job (which
 # runs beside it) live in the rest. ResNet-152 at 224 px with batch 64 needs ~15 GiB (gradflow.estimate_memory):
@@ -39,6 +43,8 @@ def gb(n: float) -> str:
 
 
 def duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
@@ -49,3 +55,47 @@ def refuse_if_too_big(need: int, budget: int, what: str, smaller: str) -> None:
         raise gr.Error(f"{what} needs about {gb(need)}; this server can give a live run {gb(budget)} now "
                        f"({MEMORY_SHARE:.0%} of the memory available). {smaller}",
                        title="Settings too large for this server")
+
+
+# --- the trained twins the live runs offer (assets/twins/shapes_<arch>.safetensors + .json, as train writes them) ---
+
+TWINS_DIR = ASSETS / "twins"
+
+
+def twin_checkpoints(folder: Path | None = None) -> dict[str, Path]:
+    """arch -> checkpoint of every trained twin shipped in `folder` (default `TWINS_DIR`, read at call time), in
+    depth order, plain before residual; a file without its JSON (arch, classes, data) is left out."""
+    folder = TWINS_DIR if folder is None else folder
+    found = {}
+    for path in sorted(folder.glob("shapes_*.safetensors")) if folder.is_dir() else []:
+        arch = path.stem.removeprefix("shapes_")
+        if arch in REGISTRY and path.with_suffix(".json").is_file():
+            found[arch] = path
+    return dict(sorted(found.items(), key=lambda kv: (REGISTRY[kv[0]].depth, REGISTRY[kv[0]].residual, kv[0])))
+
+
+def forward_memory(archs: list[str], n: int, size: int, eval_batch: int, weight_copies: int) -> int:
+    """Estimated peak bytes of evaluating the nets `archs` (loaded together, run one at a time, no gradients) on `n`
+    held-out images: every net's weights, `weight_copies` more of the largest net's (a private copy, the saved
+    weights, directions), the images (rendered as uint8, then one float copy being normalized and one kept), and
+    a forward pass of one batch (four activation-sized buffers at its largest layer: input, output, BN and ReLU
+    temporaries). Counted on meta like the sweeps' estimate (`gradflow.step_memory`), times the CPU's
+    `ALLOCATOR_OVERHEAD`: an upper bound for refusing what cannot fit."""
+    params, largest = [], 0
+    for arch in archs:
+        residual = REGISTRY[arch].residual
+        name, variant = (arch, "residual") if residual else (twin_name(arch), "plain")
+        p, _, _, big = gradflow.step_memory(name, variant, max(2, min(n, eval_batch)), size, "eval", 8)
+        params.append(p)
+        largest = max(largest, big)
+    images = n * 3 * size * size
+    peak = sum(params) + weight_copies * max(params) + images * (1 + 4 + 4) + 4 * largest
+    return math.ceil(gradflow.ALLOCATOR_OVERHEAD["cpu"] * peak)
+
+
+def shipped_note(what: str, files: list[Path], command: str) -> str:
+    """The message a section shows where its shipped results are missing: which files, and how to make them."""
+    names = ", ".join(f"`{f.relative_to(ASSETS.parent) if f.is_relative_to(ASSETS.parent) else f.name}`"
+                      for f in files)
+    return (f"**{what}: not shipped with this copy of the app** ({names} not found). Make them with\n\n"
+            f"```\n{command}\n```\n\nor run a live version below.")

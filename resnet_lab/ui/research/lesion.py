@@ -1,0 +1,148 @@
+"""Research section 4: lesion studies of trained nets (Veit et al. 2016, Figs. 3 and 5).
+
+Shipped: one block deleted at a time and k random blocks at once, for the four trained twins
+(`assets/lesion_shapes.*`), with the library's reading of the numbers (`lesion.describe_lesion`), which says where
+they disagree with the paper. Live: the same study of a chosen net at the library's quick settings
+(`lesion.quick_settings`, sized to about 25 s on this server), in the LONG queue group, refused up front if it would
+not fit. Each run loads its own copy of the checkpoint: a lesion swaps block `forward`s on the model it is given,
+so it never touches a model the app serves.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from ... import lesion
+from ...weights import load_checkpoint
+from ...zoo import SHAPES_CHECKPOINT
+from ..common import LONG, on_gpu, tmp_file, user_errors, zoo
+from . import _common
+
+SHAPES_NET = "app-shapes"  # the app's own Shapes ResNet-20, trained with clutter: offered whether or not twins are
+LIVE_BUDGET_S = 25.0  # the live run's target on this server (`lesion.quick_settings` cuts the images to fit)
+SHIPPED_COMMAND = ("OMP_NUM_THREADS=1 python -m resnet_lab lesion --n 2000 --draws 5 --out assets --model "
+                   "assets/twins/shapes_plain20.safetensors,assets/twins/shapes_resnet20.safetensors,"
+                   "assets/twins/shapes_plain56.safetensors,assets/twins/shapes_resnet56.safetensors")
+
+
+def model_choices(twins: dict[str, Path] | None = None) -> list[tuple[str, str]]:
+    """(label, value) per net the live run offers: every shipped twin, then the app's Shapes ResNet-20. Values are
+    arch names (or `SHAPES_NET`), never paths: the server maps them onto its own files."""
+    twins = _common.twin_checkpoints() if twins is None else twins
+    return [(f"{a} (trained twin)", a) for a in twins] + [("resnet20, the app's Shapes model", SHAPES_NET)]
+
+
+def _checkpoint(choice: str | None) -> Path:
+    offered = dict((v, k) for k, v in model_choices())
+    if choice not in offered:
+        raise gr.Error(f"Pick one of the offered nets: {'; '.join(offered.values())}.", title="Unknown choice")
+    return SHAPES_CHECKPOINT if choice == SHAPES_NET else _common.twin_checkpoints()[choice]
+
+
+def single_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy (%) with each block deleted, one column per net, the intact net first; downsampling blocks marked
+    ↓, blocks that cannot be deleted (a plain net's downsampling block) shown as 'kept'."""
+    curve = lesion.k_curve(df)
+    single = df[df.kind == "single"]
+    blocks = single.drop_duplicates("block").sort_values("position")
+    rows = [{"deleted": "none (intact)", **{m: f"{100 * c[c.k == 0]['mean'].iloc[0]:.1f}"
+                                             for m, c in curve.groupby("model", sort=False)}}]
+    for b in blocks.itertuples():
+        row = {"deleted": b.block + (" ↓" if b.downsampling else "")}
+        for m, d in single[single.block == b.block].groupby("model", sort=False):
+            acc = d.accuracy.iloc[0]
+            row[m] = "kept" if pd.isna(acc) else f"{100 * acc:.1f}"
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("")
+
+
+def shipped_results() -> tuple[str | None, pd.DataFrame | None, str | None, str]:
+    """(plot PNG, single-lesion table, CSV path, text) of the shipped study, or Nones and a note on what is missing
+    and how to make it. A PNG missing beside its CSV is drawn from the CSV."""
+    csv = lesion.SHIPPED_CSV
+    if not csv.is_file():
+        return None, None, None, _common.shipped_note("Lesion studies", [csv], SHIPPED_COMMAND)
+    try:
+        df = lesion.read_csv(csv)
+        table, text = single_table(df), lesion.describe_lesion(df)
+    except (ValueError, KeyError, IndexError) as e:
+        return None, None, None, f"**The shipped lesion study `{csv.name}` cannot be read:** {e}"
+    png = lesion.SHIPPED_PNG
+    if not png.is_file():
+        png = tmp_file(".png", "lesion_", "lesion_shapes.png")
+        lesion.plot_lesion(df).savefig(png, dpi=100)
+    n = int(df.n.iloc[0])
+    return str(png), table, str(csv), f"**Shipped run** ({n} held-out images per net):\n\n{text}"
+
+
+def check_memory(arch: str, n: int) -> None:
+    """Refuse a live run whose estimated peak exceeds what this server can spare now."""
+    need = _common.forward_memory([arch], n, 32, lesion.BATCH_SIZE, weight_copies=0)
+    _common.refuse_if_too_big(need, _common.memory_budget(zoo().device.type), f"This lesion study of {arch}",
+                              "Try again when the server is less busy.")
+
+
+def run_lesion(choice: str | None, progress: Any = gr.Progress()) -> tuple[Any, pd.DataFrame, str, str]:
+    """(plot, single-lesion table, CSV path, text) of a lesion study of the chosen net at the quick settings."""
+    path = _checkpoint(choice)
+    arch = str(json.loads(path.with_suffix(".json").read_text())["arch"])
+    t0 = time.perf_counter()
+    progress(0.0, f"loading {arch}")
+    loaded = load_checkpoint(path)  # our own copy: the lesions swap its blocks' forwards while they run
+    model = loaded.model.to(zoo().device)
+    q = lesion.quick_settings(model, LIVE_BUDGET_S)
+    check_memory(arch, q["n"])
+    expected = lesion.estimate_seconds(model, q["n"], q["draws"], q["k_points"])
+    progress(0.0, f"rendering {q['n']} held-out images")
+    data = lesion.held_out_set(loaded, q["n"])
+    df = lesion.lesion_study(model, data, name=arch, draws=q["draws"], k_points=q["k_points"], progress=progress)
+    seconds = time.perf_counter() - t0
+    csv = tmp_file(".csv", "lesion_", f"lesion_{arch}_n{q['n']}.csv")
+    df.to_csv(csv, index=False, float_format="%.6g")
+    text = lesion.describe_lesion(df)
+    text += (f"\n\n⏱️ {len(lesion.lesion_sets(model, q['draws'], 0, q['k_points']))} lesioned evaluations of "
+             f"{q['n']} held-out images ({q['draws']} random deletion orders) took {_common.duration(seconds)} on "
+             f"this server (estimated {_common.duration(expected)}).")
+    return lesion.plot_lesion(df), single_table(df), str(csv), text
+
+
+def build() -> None:
+    """The section's components and events, inside the caller's Blocks."""
+    gr.Markdown(
+        "### Lesion study: a trained ResNet behaves like an ensemble of shallower nets\n"
+        "Veit et al. 2016, *Residual Networks Behave Like Ensembles of Relatively Shallow Networks*, Figs. 3 and 5: "
+        "delete blocks of a trained net at test time. In a residual block only the branch goes and the shortcut "
+        "stays; a plain block becomes the identity where shapes allow (a plain downsampling block cannot go). "
+        "Left: accuracy with one block deleted (squares: downsampling blocks). Right: accuracy with k random "
+        "blocks deleted, mean ± std over random deletion orders.")
+    png, table, csv, note = shipped_results()
+    with gr.Row():
+        with gr.Column(scale=3):
+            gr.Image(png, label="Shipped: the four trained twins", type="filepath", interactive=False,
+                     visible=png is not None, elem_id="lesion-shipped-plot")
+        with gr.Column(scale=2):
+            gr.Markdown(note, elem_id="lesion-shipped-text")
+            gr.Dataframe(table, label="Shipped: accuracy (%) with one block deleted (↓ downsampling)",
+                         interactive=False, wrap=True, visible=table is not None, elem_id="lesion-shipped-table")
+            gr.File(csv, label="Shipped study (CSV)", visible=csv is not None, elem_id="lesion-shipped-csv")
+    choices = model_choices()
+    with gr.Row(equal_height=True):
+        net = gr.Dropdown(choices, value=choices[0][1], label="Net", scale=3, elem_id="lesion-model")
+        run = gr.Button(f"Run a lesion study live (about {_common.duration(LIVE_BUDGET_S)} on this server)",
+                        scale=2, elem_id="lesion-run")
+    with gr.Row():
+        with gr.Column(scale=3):
+            plot = gr.Plot(label="Live: one block deleted | k random blocks deleted", format="png",
+                           elem_id="lesion-plot")
+        with gr.Column(scale=2):
+            text = gr.Markdown(elem_id="lesion-text")
+            out_table = gr.Dataframe(label="Live: accuracy (%) with one block deleted", interactive=False,
+                                     wrap=True, elem_id="lesion-table")
+            out_csv = gr.File(label="Live study (CSV)", elem_id="lesion-csv")
+    run.click(on_gpu(user_errors(run_lesion)), net, [plot, out_table, out_csv, text], api_name="lesion", **LONG)
