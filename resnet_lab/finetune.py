@@ -150,39 +150,57 @@ def arch_parts(arch: str) -> list[str]:
     return [NOTHING, STEM, *(f"layer{i + 1}" for i in range(len(REGISTRY[arch].layers)))]
 
 
-def _frozen_modules(model: ResNet, upto: str) -> list[nn.Module]:
+def _frozen_names(model: ResNet, upto: str) -> list[str]:
+    """The top-level modules frozen by `--freeze upto`: conv1, bn1, layer1, ..."""
     choices = parts(model)
     if upto not in choices:
         raise ValueError(f"--freeze {upto!r} is not a part of this net; choose one of {', '.join(choices)}")
-    modules: list[nn.Module] = []
+    names: list[str] = []
     for part in choices[1:choices.index(upto) + 1]:
-        modules += [getattr(model, m) for m in STEM_MODULES] if part == STEM else [getattr(model, part)]
-    return modules
+        names += list(STEM_MODULES) if part == STEM else [part]
+    return names
 
 
-def _keep_eval(module: nn.Module, _args: Any) -> None:
-    """Forward pre-hook: this BatchNorm normalizes with its running statistics and never updates them."""
-    module.training = False
+class KeepEval:
+    """Forward pre-hook on the whole model: before every forward, each BatchNorm under the frozen modules is put in
+    eval mode (normalizes with its running statistics, never updates them).
+
+    On the root, not on each BatchNorm, and by name: DDP's SyncBatchNorm conversion (`distributed.wrap`) and
+    `unwrap` swap the BatchNorm modules for new ones, which would drop hooks registered on them; the root and the
+    names stay. A class rather than a closure, so the model still deep-copies and pickles.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+
+    def __call__(self, model: nn.Module, _args: Any) -> None:
+        for name in self.names:
+            for m in model.get_submodule(name).modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.training = False
 
 
 def freeze(model: ResNet, upto: str) -> list[str]:
     """Freeze the stem and stages up to and including `upto`; the names of the parameters frozen.
 
-    Their parameters get `requires_grad=False`, and their BatchNorm layers a forward pre-hook that puts them in
-    eval mode before every forward. Why: a BatchNorm in train mode normalizes with the batch's statistics and moves
-    its running mean/var towards them whether or not its weights get gradients, so a "frozen" stem would drift to
-    the statistics of a few small fine-tuning batches and its outputs at eval time would change. A hook rather than a
-    one-off `.eval()`: the loop's `model.train()` (each epoch, after each validation) would flip that back.
+    Their parameters get `requires_grad=False` (call this before DDP wraps the model: DDP reads it once), and the
+    model a `KeepEval` forward pre-hook that keeps their BatchNorm layers in eval mode. Why: a BatchNorm in train
+    mode normalizes with the batch's statistics and moves its running mean/var towards them whether or not its
+    weights get gradients, so a "frozen" stem would drift to the statistics of a few small fine-tuning batches and
+    its outputs at eval time would change. A hook rather than a one-off `.eval()`: the loop's `model.train()` (each
+    epoch, after each validation) would flip that back.
     """
+    names = _frozen_names(model, upto)
+    if not names:
+        return []
     ids: set[int] = set()
-    for m in _frozen_modules(model, upto):
-        for p in m.parameters():
+    for name in names:
+        for p in model.get_submodule(name).parameters():
             p.requires_grad_(False)
             ids.add(id(p))
-        for bn in (x for x in m.modules() if isinstance(x, nn.modules.batchnorm._BatchNorm)):
-            if _keep_eval not in bn._forward_pre_hooks.values():
-                bn.register_forward_pre_hook(_keep_eval)
-            bn.training = False
+    hook = KeepEval(names)
+    hook(model, ())
+    model.register_forward_pre_hook(hook)
     return [n for n, p in model.named_parameters() if id(p) in ids]
 
 

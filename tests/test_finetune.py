@@ -122,12 +122,32 @@ def test_without_the_eval_hook_frozen_batchnorm_statistics_drift(source, monkeyp
     """What the hook prevents: requires_grad=False alone leaves a frozen BN updating its running statistics."""
     path, _ = source
     model = pretrained_model(str(path), "resnet20", ["cat", "dog"], seed=3).model
-    monkeypatch.setattr(finetune, "_keep_eval", lambda module, args: None)
+    monkeypatch.setattr(finetune.KeepEval, "__call__", lambda self, model, args: None)
     freeze(model, "layer2")
     before = model.layer1[0].bn1.running_mean.clone()
     _step(model, param_groups(model, 0.1, 0.1, 5e-4))
     assert not torch.equal(model.layer1[0].bn1.running_mean, before)
     assert not model.layer1[0].conv1.weight.requires_grad
+
+
+def test_frozen_batchnorm_stays_frozen_when_ddp_swaps_the_batchnorm_modules(source):
+    """`distributed.wrap(sync_bn=True)` replaces each BatchNorm by a new module sharing its tensors, after freeze."""
+    from resnet_lab.distributed import _swap_batchnorm
+
+    class Swapped(torch.nn.BatchNorm2d):  # stands in for SyncBatchNorm, which needs a process group to train
+        pass
+
+    path, _ = source
+    model = pretrained_model(str(path), "resnet20", ["cat", "dog"], seed=3).model
+    freeze(model, "layer2")
+    _swap_batchnorm(model, (torch.nn.BatchNorm2d,), Swapped)
+    assert type(model.layer1[0].bn1) is Swapped and type(model.bn1) is Swapped
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _step(model, param_groups(model, 0.1, 0.1, 5e-4))
+    after = model.state_dict()
+    for k in ("bn1.running_mean", "layer1.0.bn1.running_var", "layer2.2.bn2.running_mean"):
+        assert torch.equal(after[k], before[k]), k
+    assert not torch.equal(after["layer3.0.bn1.running_mean"], before["layer3.0.bn1.running_mean"])
 
 
 def test_freeze_parts_follow_the_arch_and_bad_parts_are_refused_by_name():
