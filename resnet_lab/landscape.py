@@ -328,7 +328,9 @@ def _nearest(values: np.ndarray, target: float) -> float:
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Per net: loss and accuracy at its own weights, the mean and largest loss rise and the accuracy drop a
-    step of RISE_AT*span away along each direction, and (2-D grids) the non-convex share and median ratio."""
+    step of RISE_AT*span away along each direction, and (2-D grids) the non-convex share of the whole grid, its
+    median |lambda_min/lambda_max|, and the non-convex share within a step of the minimum (|alpha|, |beta| <= step),
+    where Li et al.'s residual nets are convex and their plain twins are not."""
     rows = []
     for model in dict.fromkeys(df.model):
         d = df[df.model == model]
@@ -345,11 +347,13 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         row = {"model": model, "dims": 2 if two_d else 1, "loss0": loss0, "acc0": acc0, "step": step,
                "rise_mean": float(np.mean(rise)), "rise_max": float(np.max(rise)),
                "acc_drop": acc0 - float(np.mean([r.accuracy for r in at])),
-               "nonconvex_share": math.nan, "median_ratio": math.nan}
+               "nonconvex_share": math.nan, "median_ratio": math.nan, "nonconvex_center": math.nan}
         if two_d and len(alphas) >= 3:
-            a, _, L = surface(df, model)
-            lmin, lmax = surface_hessian(L, float(a[1] - a[0]))
+            a, b, loss = surface(df, model)
+            lmin, lmax = surface_hessian(loss, float(a[1] - a[0]))
             row["nonconvex_share"], row["median_ratio"] = nonconvexity(lmin, lmax)
+            near = (np.abs(a[1:-1])[:, None] <= step + 1e-9) & (np.abs(b[1:-1])[None, :] <= step + 1e-9)
+            row["nonconvex_center"] = nonconvexity(lmin[near], lmax[near])[0]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -385,8 +389,8 @@ def describe_landscape(df: pd.DataFrame, chance: float | None = None) -> str:
         text = (f"- {m}: loss {r.loss0:.3g} (accuracy {r.acc0:.1%}) rises by {r.rise_mean:.3g} on average "
                 f"(at most {r.rise_max:.3g}), accuracy falls by {r.acc_drop:.1%}")
         if math.isfinite(r.nonconvex_share):
-            text += (f"; {r.nonconvex_share:.0%} of the surface is non-convex "
-                     f"(median |λmin/λmax| {r.median_ratio:.2f})")
+            text += (f"; {r.nonconvex_share:.0%} of the surface is non-convex, {r.nonconvex_center:.0%} within "
+                     f"±{step:g} of the minimum (median |λmin/λmax| {r.median_ratio:.2f})")
         if r.acc0 < 2 * chance:
             text += f". It sits near chance ({chance:.1%}) at its own weights: it never trained, so its " \
                     "landscape is that of an untrained net, not the paper's figure"
@@ -400,8 +404,9 @@ def describe_landscape(df: pd.DataFrame, chance: float | None = None) -> str:
         v = (f"{smoother}'s surface is flatter than {rougher}'s: its loss rises {_times(lo, hi)} less "
              f"({lo:.3g} against {hi:.3g})")
         if two_d and math.isfinite(a.nonconvex_share) and math.isfinite(b.nonconvex_share):
-            v += (f", and {a.nonconvex_share:.0%} of {res}'s surface is non-convex against "
-                  f"{b.nonconvex_share:.0%} of {plain}'s")
+            v += (f", and {a.nonconvex_center:.0%} of {res}'s surface within ±{step:g} of the minimum is non-convex "
+                  f"against {b.nonconvex_center:.0%} of {plain}'s ({a.nonconvex_share:.0%} and "
+                  f"{b.nonconvex_share:.0%} over the whole grid)")
         verdicts.append(v + ".")
         if smoother == plain:
             verdicts.append(f"This disagrees with Li et al. (2018), where the residual net is the smoother one; "
@@ -450,7 +455,7 @@ def plot_1d(df: pd.DataFrame) -> Figure:
 
 def plot_2d(df: pd.DataFrame) -> Figure:
     """Contours of the loss of each net side by side, on the same log-spaced levels (as Li et al.'s figures)."""
-    from matplotlib import ticker
+    from matplotlib import cm
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
 
@@ -458,19 +463,16 @@ def plot_2d(df: pd.DataFrame) -> Figure:
     positive = df.loss[df.loss > 0]
     lo, hi = float(positive.min()), float(positive.max())
     levels = np.geomspace(lo, hi if hi > lo * 1.01 else lo * 10, 30)
+    norm = LogNorm(levels[0], levels[-1])
     fig = Figure(figsize=(3.6 * len(models) + 0.8, 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(models), sharey=True))
-    cs = None
     for ax, model in zip(axes, models):
-        a, b, L = surface(df, model)
-        cs = ax.contour(a, b, np.clip(L.T, lo, None), levels=levels, norm=LogNorm(lo, levels[-1]),
-                        cmap="viridis", linewidths=0.8)
+        a, b, loss = surface(df, model)
+        ax.contour(a, b, np.clip(loss.T, lo, None), levels=levels, norm=norm, cmap="viridis", linewidths=0.8)
         ax.plot([0], [0], marker="+", color="red", ms=8)
         ax.set(title=model, xlabel="alpha", aspect="equal")
     axes[0].set_ylabel("beta")
-    if cs is not None:
-        fig.colorbar(cs, ax=list(axes), label="held-out loss (log levels)",
-                     format=ticker.LogFormatterSciNotation())
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap="viridis"), ax=list(axes), label="held-out loss (log levels)")
     return fig
 
 

@@ -181,6 +181,12 @@ def test_surface_hessian_and_nonconvexity_on_known_surfaces():
     assert L.nonconvexity(*L.surface_hessian(a * b, h)) == (1.0, 1.0)
 
 
+def test_the_central_share_looks_only_near_the_minimum():
+    bowl_then_chaos = lambda a, b: a**2 + b**2 + 5 * max(0.0, abs(a) - 0.7) * np.sin(20 * b)  # noqa: E731
+    s = L.summarize(_synthetic([bowl_then_chaos], models=("resnet20",), grid=17)).iloc[0]
+    assert s.nonconvex_center == 0 and s.nonconvex_share > 0.1
+
+
 def test_summary_and_text_say_which_twin_is_smoother():
     df = _synthetic([lambda a, b: 0.01 + a**2 + b**2, lambda a, b: 0.02 + 4 * (a**2 + b**2) + np.sin(9 * a * b)])
     s = L.summarize(df).set_index("model")
