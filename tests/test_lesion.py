@@ -185,6 +185,17 @@ def test_each_distinct_lesion_is_evaluated_once_as_estimated():
     assert lesion.k_values(9, 4) == [0, 1, 3, 6, 9] and lesion.k_values(3) == [0, 1, 2, 3]
 
 
+def test_quick_settings_fit_the_budget():
+    model = _net()
+    full = lesion.quick_settings(model, 25.0, seconds_per_image=1e-6)
+    assert full == {**lesion.QUICK, "estimate_s": pytest.approx(full["estimate_s"])}
+    passes = len(lesion.lesion_sets(model, lesion.QUICK["draws"], 0, lesion.QUICK["k_points"]))
+    cut = lesion.quick_settings(model, 25.0, seconds_per_image=25.0 / passes / 260)  # 260 images would fit
+    assert cut["n"] == 250 and cut["draws"] == lesion.QUICK["draws"] and cut["estimate_s"] <= 25.0
+    slow = lesion.quick_settings(model, 25.0, seconds_per_image=1.0)  # nothing fits: the smallest run
+    assert (slow["n"], slow["draws"], slow["k_points"]) == (100, 2, 5) and slow["estimate_s"] > 25.0
+
+
 def _synthetic(model: str, residual: bool, intact: float, single: list[float], downsampling: list[bool],
                curve: list[float]) -> list[dict]:
     base = {"model": model, "arch": model, "residual": residual, "n": 1000, "chance": 0.125}
