@@ -322,6 +322,23 @@ def nonconvexity(lmin: np.ndarray, lmax: np.ndarray) -> tuple[float, float]:
     return float(np.mean(ratio > NONCONVEX_RATIO)), float(np.median(ratio))
 
 
+def local_minima(loss: np.ndarray) -> int:
+    """Grid points below all 8 neighbours, other than the trained minimum at the centre: the spurious minima of a
+    chaotic surface (Li et al.: plain nets' landscapes grow them with depth). Points on the border, which lack
+    neighbours, are not counted."""
+    L = np.asarray(loss, dtype=np.float64)
+    inner = L[1:-1, 1:-1]
+    lower = np.ones_like(inner, dtype=bool)
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            if di or dj:
+                lower &= inner < L[1 + di:L.shape[0] - 1 + di, 1 + dj:L.shape[1] - 1 + dj]
+    c = (L.shape[0] - 1) // 2 - 1, (L.shape[1] - 1) // 2 - 1
+    if L.shape[0] % 2 and L.shape[1] % 2 and 0 <= c[0] < inner.shape[0] and 0 <= c[1] < inner.shape[1]:
+        lower[c] = False
+    return int(lower.sum())
+
+
 def _nearest(values: np.ndarray, target: float) -> float:
     return float(values[np.argmin(np.abs(values - target))])
 
@@ -330,7 +347,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Per net: loss and accuracy at its own weights, the mean and largest loss rise and the accuracy drop a
     step of RISE_AT*span away along each direction, and (2-D grids) the non-convex share of the whole grid, its
     median |lambda_min/lambda_max|, and the non-convex share within a step of the minimum (|alpha|, |beta| <= step),
-    where Li et al.'s residual nets are convex and their plain twins are not."""
+    where Li et al.'s residual nets are convex and their plain twins are not, and the count of spurious local
+    minima on the grid."""
     rows = []
     for model in dict.fromkeys(df.model):
         d = df[df.model == model]
@@ -347,13 +365,15 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         row = {"model": model, "dims": 2 if two_d else 1, "loss0": loss0, "acc0": acc0, "step": step,
                "rise_mean": float(np.mean(rise)), "rise_max": float(np.max(rise)),
                "acc_drop": acc0 - float(np.mean([r.accuracy for r in at])),
-               "nonconvex_share": math.nan, "median_ratio": math.nan, "nonconvex_center": math.nan}
+               "nonconvex_share": math.nan, "median_ratio": math.nan, "nonconvex_center": math.nan,
+               "local_minima": math.nan}
         if two_d and len(alphas) >= 3:
             a, b, loss = surface(df, model)
             lmin, lmax = surface_hessian(loss, float(a[1] - a[0]))
             row["nonconvex_share"], row["median_ratio"] = nonconvexity(lmin, lmax)
             near = (np.abs(a[1:-1])[:, None] <= step + 1e-9) & (np.abs(b[1:-1])[None, :] <= step + 1e-9)
             row["nonconvex_center"] = nonconvexity(lmin[near], lmax[near])[0]
+            row["local_minima"] = local_minima(loss)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -390,7 +410,8 @@ def describe_landscape(df: pd.DataFrame, chance: float | None = None) -> str:
                 f"(at most {r.rise_max:.3g}), accuracy falls by {r.acc_drop:.1%}")
         if math.isfinite(r.nonconvex_share):
             text += (f"; {r.nonconvex_share:.0%} of the surface is non-convex, {r.nonconvex_center:.0%} within "
-                     f"±{step:g} of the minimum (median |λmin/λmax| {r.median_ratio:.2f})")
+                     f"±{step:g} of the minimum (median |λmin/λmax| {r.median_ratio:.2f}); "
+                     f"{int(r.local_minima)} spurious local minima on the grid")
         if r.acc0 < 2 * chance:
             text += f". It sits near chance ({chance:.1%}) at its own weights: it never trained, so its " \
                     "landscape is that of an untrained net, not the paper's figure"
@@ -406,7 +427,8 @@ def describe_landscape(df: pd.DataFrame, chance: float | None = None) -> str:
         if two_d and math.isfinite(a.nonconvex_share) and math.isfinite(b.nonconvex_share):
             v += (f", and {a.nonconvex_center:.0%} of {res}'s surface within ±{step:g} of the minimum is non-convex "
                   f"against {b.nonconvex_center:.0%} of {plain}'s ({a.nonconvex_share:.0%} and "
-                  f"{b.nonconvex_share:.0%} over the whole grid)")
+                  f"{b.nonconvex_share:.0%} over the whole grid), with {int(a.local_minima)} spurious local minima "
+                  f"against {int(b.local_minima)}")
         verdicts.append(v + ".")
         if smoother == plain:
             verdicts.append(f"This disagrees with Li et al. (2018), where the residual net is the smoother one; "

@@ -181,6 +181,17 @@ def test_surface_hessian_and_nonconvexity_on_known_surfaces():
     assert L.nonconvexity(*L.surface_hessian(a * b, h)) == (1.0, 1.0)
 
 
+def test_local_minima_counts_spurious_minima_only():
+    a, b = np.meshgrid(L.grid_axis(9, 1.0), L.grid_axis(9, 1.0), indexing="ij")
+    bowl = a**2 + b**2
+    assert L.local_minima(bowl) == 0  # the centre is the trained minimum, not a spurious one
+    dented = bowl.copy()
+    dented[2, 6] -= 1.0
+    dented[6, 1] -= 1.0
+    dented[0, 4] -= 5.0  # on the border: not counted (no full neighbourhood)
+    assert L.local_minima(dented) == 2
+
+
 def test_the_central_share_looks_only_near_the_minimum():
     bowl_then_chaos = lambda a, b: a**2 + b**2 + 5 * max(0.0, abs(a) - 0.7) * np.sin(20 * b)  # noqa: E731
     s = L.summarize(_synthetic([bowl_then_chaos], models=("resnet20",), grid=17)).iloc[0]
