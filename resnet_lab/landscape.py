@@ -430,10 +430,16 @@ def describe_landscape(df: pd.DataFrame, chance: float | None = None) -> str:
                   f"{b.nonconvex_share:.0%} over the whole grid), with {int(a.local_minima)} spurious local minima "
                   f"against {int(b.local_minima)}")
         verdicts.append(v + ".")
-        if smoother == plain:
+        untrained = [m for m in (res, plain) if s.loc[m].acc0 < 2 * chance]
+        if untrained:
+            verdicts.append(f"{' and '.join(untrained)} did not train, so this pair is not Li et al.'s comparison "
+                            f"of two minima: an untrained net sits on a high plateau "
+                            f"(loss {s.loc[untrained[0]].loss0:.3g}) where small steps change little.")
+        elif smoother == plain:
             verdicts.append(f"This disagrees with Li et al. (2018), where the residual net is the smoother one; "
                             f"check that {plain} and {res} were trained alike and to similar accuracy.")
-    by_depth = {REGISTRY[m].depth: m for m in models if m in REGISTRY and not REGISTRY[m].residual}
+    by_depth = {REGISTRY[m].depth: m for m in models if m in REGISTRY and not REGISTRY[m].residual
+                and s.loc[m].acc0 >= 2 * chance}
     if len(by_depth) >= 2:
         shallow, deep = by_depth[min(by_depth)], by_depth[max(by_depth)]
         a, b = s.loc[shallow], s.loc[deep]

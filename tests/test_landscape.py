@@ -215,6 +215,10 @@ def test_text_flags_a_net_at_chance_and_handles_1d():
     line = [("plain56", a, 0.0, 2.08, 0.125) for a in L.grid_axis(5, 1.0)]
     text = L.describe_landscape(pd.DataFrame(line, columns=L.COLUMNS))
     assert "near chance" in text and "never trained" in text and "non-convex" not in text
+    res = [("resnet56", a, 0.0, 0.01 + a**2, 1.0) for a in L.grid_axis(5, 1.0)]
+    text = L.describe_landscape(pd.DataFrame(line + res, columns=L.COLUMNS))
+    assert "plain56's surface is flatter" in text  # what the numbers say, and then why:
+    assert "plain56 did not train, so this pair is not Li et al.'s comparison" in text and "disagrees" not in text
 
 
 # ----------------------------------------------------------------------------- CLI
