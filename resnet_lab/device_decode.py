@@ -132,6 +132,8 @@ class DeviceTransform:
         self.crop_h, self.crop_w = cfg["input_size"][1:]
         self.mode = cfg["interpolation"]
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # nvjpeg's batch decoder wants the card named
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.mean = torch.tensor(cfg["mean"], device=self.device).view(3, 1, 1)
         self.std = torch.tensor(cfg["std"], device=self.device).view(3, 1, 1)
 
@@ -149,9 +151,16 @@ class DeviceTransform:
         h, w = img.shape[-2:]
         new_w, new_h = resized_size((w, h), self.side)
         top, left = int(round((new_h - self.crop_h) / 2.0)), int(round((new_w - self.crop_w) / 2.0))
-        x = img.to(self.device, torch.float32)
+        x = img.to(self.device, torch.float32)[None]
+        # Width, then height, as PIL resamples. One 2-D pass would be the same sum, but CUDA's antialiased kernel
+        # keeps both axes' taps in shared memory and refuses downscales past ~60x (a 12 MP photo for a 32 px
+        # net); one axis at a time goes to ~180x. Rounded to 8 bits once, at the end: PIL's fixed-point passes
+        # round twice, which puts it within one level of the exact sum, and so of this.
+        if new_w != w:
+            x = F.interpolate(x, size=(h, new_w), mode=self.mode, align_corners=False, antialias=True)
+        if new_h != h:
+            x = F.interpolate(x, size=(new_h, new_w), mode=self.mode, align_corners=False, antialias=True)
         if (new_h, new_w) != (h, w):
-            x = F.interpolate(x[None], size=(new_h, new_w), mode=self.mode, align_corners=False, antialias=True)[0]
-            x = x.clamp_(0, 255).round_()  # PIL resizes into uint8
-        x = x[:, top:top + self.crop_h, left:left + self.crop_w]
+            x = x.clamp_(0, 255).round_()
+        x = x[0, :, top:top + self.crop_h, left:left + self.crop_w]
         return ((x / 255.0) - self.mean) / self.std

@@ -172,7 +172,7 @@ class Classifier:
                     log.debug("JPEG header check failed; using the CPU decoder", exc_info=True)
             out[i] = self._prepare_cpu(image)
         if jpegs:
-            decoded = decode_jpegs([head.data for head in jpegs.values()], self.device)
+            decoded = decode_jpegs([head.data for head in jpegs.values()], self.device_transform.device)
             for (i, head), img in zip(jpegs.items(), decoded):
                 if not isinstance(img, Exception):
                     try:

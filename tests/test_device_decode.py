@@ -53,12 +53,14 @@ def shapes() -> tuple[Classifier, Classifier]:
 
 @pytest.fixture(scope="module")
 def jpegs(photo) -> dict[str, bytes]:
-    """The shipped photos, the session photo with EXIF orientations 6 and 3 and in grayscale."""
+    """The shipped photos, the session photo with EXIF orientations 6 and 3, in grayscale, and enlarged to 3 MP."""
     out = {Path(f).name: Path(f).read_bytes() for f in sorted(glob.glob(str(ASSETS / "*.jpg")))}
     assert len(out) >= 4
     out["photo_exif6.jpg"] = encode(photo, "JPEG", quality=90, exif=_exif(6))
     out["photo_exif3.jpg"] = encode(photo, "JPEG", quality=90, exif=_exif(3))
     out["gray.jpg"] = encode(photo.convert("L"), "JPEG", quality=90)
+    big = photo.resize((2048, 1536), Image.Resampling.BICUBIC)  # a 64x downscale for the 32 px Shapes net
+    out["big_exif8.jpg"] = encode(big, "JPEG", quality=90, exif=_exif(8))
     return out
 
 
