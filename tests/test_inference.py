@@ -165,3 +165,26 @@ def test_reduced_decode_classifies_like_the_full_one(photo, orientation):
         assert float(diff.max()) <= max_bound and float(diff.mean()) <= mean_bound
         logits = clf.logits(torch.stack([full, reduced]))
         assert logits[0].argmax() == logits[1].argmax()
+
+
+def test_prepare_many_gives_each_upload_its_own_result(photo, caplog):
+    """A bad upload is its `ImageError`, a bug its (logged) exception; neither fails its neighbours, which equal
+    their single `prepare`. This is what the queue-batched endpoint reads."""
+    clf = Classifier(load_weights(str(SHAPES_CHECKPOINT), "resnet20"), device="cpu", fuse=True)
+    boom = photo.resize((64, 48))
+    real = clf.transform
+
+    def transform(img):
+        if img.size == boom.size:
+            raise RuntimeError("a bug")
+        return real(img)
+
+    clf.transform = transform
+    good = encode(photo)
+    results = clf.prepare_many([good, b"", boom, encode(photo, "JPEG")])
+    assert torch.equal(results[0], clf.prepare(good)) and isinstance(results[3], torch.Tensor)
+    assert isinstance(results[1], ImageError) and "empty" in str(results[1])
+    assert type(results[2]) is RuntimeError
+    assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)
+    with pytest.raises(ImageError, match="empty"):
+        clf.prepare(b"")
