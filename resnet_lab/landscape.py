@@ -610,6 +610,21 @@ def resolve_model_path(spec: str) -> Path:
     return path
 
 
+def load_models(specs: Sequence[str]) -> list[LoadedWeights]:
+    """Checkpoints by path or shipped-twin arch name; ValueError with a message a person can act on."""
+    from .weights import WeightsUnavailable, load_checkpoint
+
+    paths = [resolve_model_path(s) for s in specs]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"checkpoint not found: {', '.join(missing)} (give .safetensors files with their JSON, "
+                         f"or the arch of a twin shipped in {TWINS_DIR.relative_to(ASSETS.parent)}/)")
+    try:
+        return [load_checkpoint(p) for p in paths]
+    except WeightsUnavailable as e:
+        raise ValueError(str(e)) from e
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", required=True,
                    help="comma-separated checkpoints (.safetensors with their JSON), or arch names of shipped twins")
@@ -639,7 +654,6 @@ def _check(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from .distributed import cleanup, setup
-    from .weights import WeightsUnavailable, load_checkpoint
 
     problem = _check(args)
     specs = [s.strip() for s in args.models.split(",") if s.strip()]
@@ -648,15 +662,9 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"landscape: {problem}", file=sys.stderr)
         return 2
-    paths = [resolve_model_path(s) for s in specs]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        print(f"landscape: checkpoint not found: {', '.join(missing)} (give .safetensors files with their JSON, "
-              f"or the arch of a twin shipped in {TWINS_DIR.relative_to(ASSETS.parent)}/)", file=sys.stderr)
-        return 2
     try:
-        models = [load_checkpoint(p) for p in paths]
-    except WeightsUnavailable as e:
+        models = load_models(specs)
+    except ValueError as e:
         print(f"landscape: {e}", file=sys.stderr)
         return 2
     try:

@@ -323,3 +323,10 @@ def test_memory_estimate_bounds_a_measured_peak():
     added = added_peak(_MEMORY_SETUP, "L.compute_landscape(models, grid=3, dims=1, n=512)")
     estimate = L.estimate_memory(["plain20", "resnet20"], 512)
     assert 0.4 < added / estimate <= 1.0
+
+
+def test_a_checkpoint_not_trained_on_shapes_is_refused_by_name(tmp_path, capsys):
+    w = _loaded()
+    path = save_checkpoint(w.model, tmp_path / "cifar_resnet20", {**w.meta, "data": {"name": "cifar10"}})
+    assert main(["landscape", "--models", str(path), "--grid", "3", "--n", "2", "--device", "cpu", "--quiet"]) == 2
+    assert "trained on 'cifar10'" in capsys.readouterr().err
