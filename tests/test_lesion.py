@@ -238,7 +238,10 @@ def test_describe_follows_the_numbers():
     assert "falls off a cliff" in text
 
     untrained = pd.DataFrame(_synthetic("plain56", False, 0.13, [0.12] * 9, DOWN, [0.12] * 7), columns=lesion.COLUMNS)
-    assert "never learned" in lesion.describe_lesion(untrained)
+    text = lesion.describe_lesion(untrained)
+    assert "never learned" in text and "nothing is compared" in text and "agrees" not in text
+    text = lesion.describe_lesion(pd.concat([paper_like[paper_like.model == "resnet56"], untrained]))
+    assert "agrees with Veit et al. (2016): residual nets lose little" in text and "plain net" not in text
 
 
 def test_cli_writes_csv_plot_and_text(tmp_path, capsys):
