@@ -229,6 +229,7 @@ def bench_pipeline(arch: str, n: int, n_folder: int, batch: int, device: torch.d
     }
     half = cuda_half_dtype(device) if device.type == "cuda" else torch.bfloat16
     rows: list[dict] = []
+    print(HEADER, flush=True)  # rows as they come: a run cut short by a time limit still says what it measured
     for dtype, compiled in itertools.product((None, half), (False, True) if compile_too else (False,)):
         model = build(arch, num_classes=10, seed=0).to(device, memory_format=fmt)
         forward = maybe_compile(model, compiled, print)
@@ -247,23 +248,24 @@ def bench_pipeline(arch: str, n: int, n_folder: int, batch: int, device: torch.d
                 rate = steps_per_s(step, make(), steps, warmup, device)
             except Exception as e:  # a compile that fails at its first call: say so in the table, keep going
                 rows.append({**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"})
-                continue
-            base = rate if source == "synthetic" else base
-            rows.append({**row, "steps_s": rate, "images_s": rate * batch,
-                         "ratio": base / rate if base else float("nan")})
+            else:
+                base = rate if source == "synthetic" else base
+                rows.append({**row, "steps_s": rate, "images_s": rate * batch,
+                             "ratio": base / rate if base else float("nan")})
+            print(format_row(rows[-1]), flush=True)
     return rows
 
 
-def print_rows(rows: list[dict]) -> None:
-    print(f"{'precision':9s} {'compile':7s} {'source':9s} {'steps/s':>9s} {'images/s':>10s} {'real/synthetic':>14s}")
-    for r in rows:
-        head = f"{r['precision']:9s} {'yes' if r['compile'] else 'no':7s} {r['source']:9s}"
-        if "error" in r:
-            print(f"{head} failed: {r['error']}")
-            continue
-        ratio = "" if r["source"] == "synthetic" else f"{r['ratio']:.2f}x"
-        print(f"{head} {r['steps_s']:9.1f} {r['images_s']:10,.0f} {ratio:>14s}")
+HEADER = f"{'precision':9s} {'compile':7s} {'source':9s} {'steps/s':>9s} {'images/s':>10s} {'real/synthetic':>14s}"
 
+
+def format_row(r: dict) -> str:
+    """One line of the --pipeline table (under `HEADER`)."""
+    head = f"{r['precision']:9s} {'yes' if r['compile'] else 'no':7s} {r['source']:9s}"
+    if "error" in r:
+        return f"{head} failed: {r['error']}"
+    ratio = "" if r["source"] == "synthetic" else f"{r['ratio']:.2f}x"
+    return f"{head} {r['steps_s']:9.1f} {r['images_s']:10,.0f} {ratio:>14s}"
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -284,9 +286,8 @@ def main() -> None:
     args = p.parse_args()
     if args.pipeline:
         with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-            print_rows(bench_pipeline(args.arch, args.n, args.n_folder, args.batch_size, torch.device(args.device),
-                                      args.workers, args.steps, args.warmup, args.compile, args.channels_last,
-                                      Path(tmp)))
+            bench_pipeline(args.arch, args.n, args.n_folder, args.batch_size, torch.device(args.device), args.workers,
+                           args.steps, args.warmup, args.compile, args.channels_last, Path(tmp))
         return
     if args.cifar:
         bench_cifar(args.arch, args.n, args.batch_size, torch.device(args.device), args.workers)
