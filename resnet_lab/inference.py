@@ -70,6 +70,25 @@ def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
     return torch.bfloat16 if native else torch.float16
 
 
+DECODE_CALL_PIXELS = 100_000_000  # per `decode_jpeg` call on the device: 300 MB of RGB, eight 12 MP photos
+
+
+def _pixel_chunks(jpegs: dict[int, JpegUpload], limit: int | None = None) -> list[list[int]]:
+    """The uploads' indices in order, grouped so each group decodes to at most `limit` pixels (one upload of up
+    to `data.MAX_PIXELS` alone): a queue batch of large photos never holds more than that at full size."""
+    limit = limit or DECODE_CALL_PIXELS
+    chunks: list[list[int]] = []
+    total = limit
+    for i, head in jpegs.items():
+        pixels = head.size[0] * head.size[1]
+        if total + pixels > limit:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(i)
+        total += pixels
+    return chunks
+
+
 @dataclass
 class Prediction:
     """Top-k of one image: (label, probability) pairs, best first; the batched forward pass it was part of."""
@@ -171,12 +190,13 @@ class Classifier:
                 except Exception:  # the PIL path judges this upload
                     log.debug("JPEG header check failed; using the CPU decoder", exc_info=True)
             out[i] = self._prepare_cpu(image)
-        if jpegs:
-            decoded = decode_jpegs([head.data for head in jpegs.values()], self.device_transform.device)
-            for (i, head), img in zip(jpegs.items(), decoded):
+        for chunk in _pixel_chunks(jpegs):
+            decoded = decode_jpegs([jpegs[i].data for i in chunk], self.device_transform.device)
+            for k, i in enumerate(chunk):
+                img, decoded[k] = decoded[k], None  # full-size images are large: each is dropped once used
                 if not isinstance(img, Exception):
                     try:
-                        out[i] = self.device_transform(orient(img, head.orientation))
+                        out[i] = self.device_transform(orient(img, jpegs[i].orientation))
                         continue
                     except Exception as e:  # out of device memory, say: the CPU path still works
                         img = e
@@ -214,7 +234,7 @@ class Classifier:
         """
         reason = graphs.graphs_off_reason("cuda" if capture is not None else self.device)
         if reason is not None:
-            log.info("CUDA graphs off: %s", reason)
+            log.log(logging.DEBUG if self.device.type != "cuda" else logging.INFO, "CUDA graphs off: %s", reason)
             return False
         sample = tuple(eval_config(self.weights.pretrained_cfg)["input_size"])
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format

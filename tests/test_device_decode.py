@@ -192,3 +192,19 @@ def test_pil_images_arrays_and_errors_mix_in_one_call(rn50, photo):
     assert isinstance(results[3], torch.Tensor)
     with pytest.raises(ImageError):
         dev.preprocess([encode(photo, "JPEG"), b"not an image"])
+
+
+def test_decode_calls_are_bounded_in_pixels(shapes, monkeypatch):
+    """A queue batch of large photos is decoded in calls of at most DECODE_CALL_PIXELS (one photo alone may
+    exceed it), with the same inputs as one call."""
+    dev, _ = shapes
+    raws = [encode(Image.open(p).convert("RGB"), "JPEG") for p in sorted(ASSETS.glob("shapes_*.png"))]  # 128x128
+    whole = torch.stack(dev.prepare_many(raws))
+    calls = []
+    real = decode_jpegs
+    monkeypatch.setattr("resnet_lab.inference.decode_jpegs", lambda d, dv: calls.append(len(d)) or real(d, dv))
+    monkeypatch.setattr("resnet_lab.inference.DECODE_CALL_PIXELS", 3 * 128 * 128)
+    assert torch.equal(torch.stack(dev.prepare_many(raws)), whole) and calls == [3, 3, 2]
+    monkeypatch.setattr("resnet_lab.inference.DECODE_CALL_PIXELS", 100)
+    calls.clear()
+    assert torch.equal(torch.stack(dev.prepare_many(raws)), whole) and calls == [1] * 8
