@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_lab.loaders import ShapesBatches, TensorBatches, pad_crop_flip, stratified_indices
+from resnet_lab.loaders import ShapesBatches, TensorBatches, pad_crop_flip, per_rank_batch, stratified_indices
 from resnet_lab.shapes import ShapesDataset, normalize
 
 CPU = torch.device("cpu")
@@ -100,3 +100,12 @@ def test_shapes_batches_are_the_old_loader_with_flips_from_the_same_generator():
 def test_a_training_tensor_batches_needs_a_generator():
     with pytest.raises(ValueError, match="Generator"):
         TensorBatches(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(2), (0.5,), (0.5,), 1, CPU, train=True)
+
+
+def test_a_global_batch_that_does_not_divide_over_the_processes_is_refused_with_a_fix():
+    from resnet_lab.distributed import Dist
+
+    assert per_rank_batch(16, Dist(world_size=4)) == 4 and per_rank_batch(16, Dist()) == 16
+    with pytest.raises(ValueError, match=r"--batch-size 10 is the global batch .* 3 processes \(try 9\)"):
+        TensorBatches(torch.zeros(12, 3, 4, 4, dtype=torch.uint8), torch.zeros(12), (0.5,), (0.5,), 10, CPU,
+                      torch.Generator(), train=True, dist=Dist(rank=1, world_size=3))
