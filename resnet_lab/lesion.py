@@ -558,12 +558,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="write lesion_<name>.csv and .png here")
     p.add_argument("--name", default="shapes", help="file name part: lesion_<name>.csv")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
+    p.add_argument("--workers", type=int, default=1,
+                   help="models studied side by side in this many processes, one thread each (CPU)")
 
 
-def run(args: argparse.Namespace) -> int:
+class _Failure(str):
+    """A worker's message for the person (a str, so it crosses process boundaries as it is)."""
+
+
+def _study_one(spec: str, opts: dict[str, Any], cache: dict | None = None,
+               show_progress: bool = True) -> tuple[pd.DataFrame, str] | _Failure:
+    """Load `spec`, make (or reuse from `cache`) its held-out set and run its study: (frame, timing line)."""
     from .datasets import DatasetError
     from .weights import WeightsUnavailable, load_weights
 
+    if opts.get("threads"):
+        torch.set_num_threads(opts["threads"])
+    try:
+        loaded = load_weights(spec)
+        block_table(loaded.model)
+        cfg = loaded.pretrained_cfg
+        key = (repr(loaded.meta.get("data")), tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]))
+        cache = {} if cache is None else cache
+        if key not in cache:  # twins trained on the same data share one rendered set
+            cache[key] = held_out_set(loaded, opts["n"], opts["data_seed"], opts["data_dir"])
+        data = cache[key]
+    except (WeightsUnavailable, DatasetError, ValueError, TypeError) as e:
+        return _Failure(f"{spec}: {e}")
+    model = loaded.model.to(opts["device"])
+    name = _arch(model)
+    sets = len(lesion_sets(model, opts["draws"], opts["seed"], opts["k_points"]))
+    progress, close = tqdm_progress(sets, f"lesion {name}") if show_progress else (None, lambda: None)
+    t = time.perf_counter()
+    try:
+        df = lesion_study(model, data, name=name, draws=opts["draws"], seed=opts["seed"], k_points=opts["k_points"],
+                          batch_size=opts["batch_size"], progress=progress)
+    finally:
+        close()
+    return df, f"{name}: {sets} lesioned evaluations of {data.n} images in {time.perf_counter() - t:.1f} s"
+
+
+def run(args: argparse.Namespace) -> int:
     def fail(message: str) -> int:
         print(f"lesion: {message}", file=sys.stderr)
         return 2
@@ -571,39 +606,41 @@ def run(args: argparse.Namespace) -> int:
     specs = [s.strip() for s in args.model.split(",") if s.strip()]
     if not specs:
         return fail("--model names no checkpoint")
-    if args.n < 1 or args.draws < 1 or args.batch_size < 1:
-        return fail("--n, --draws and --batch-size must be at least 1")
+    if args.n < 1 or args.draws < 1 or args.batch_size < 1 or args.workers < 1:
+        return fail("--n, --draws, --batch-size and --workers must be at least 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         return fail(f"device {args.device!r} asked for, but CUDA is not available here")
-    frames, cache = [], {}
-    for spec in specs:
-        if Path(spec).suffix in (".safetensors", ".pth", ".pt", ".bin", ".th") and not Path(spec).is_file():
-            return fail(f"checkpoint not found: {spec}")
-        try:
-            loaded = load_weights(spec)
-            block_table(loaded.model)
-            key = (repr(loaded.meta.get("data")), tuple(loaded.pretrained_cfg["input_size"]),
-                   tuple(loaded.pretrained_cfg["mean"]), tuple(loaded.pretrained_cfg["std"]))
-            if key not in cache:  # twins trained on the same data share one rendered set
-                cache[key] = held_out_set(loaded, args.n, args.data_seed, args.data_dir)
-            data = cache[key]
-        except (WeightsUnavailable, DatasetError, ValueError, TypeError) as e:
-            return fail(f"{spec}: {e}")
-        model = loaded.model.to(args.device)
-        name = _arch(model)
-        if any(f.model.iloc[0] == name for f in frames):
-            name = f"{name} ({Path(spec).stem})"
-        sets = len(lesion_sets(model, args.draws, args.seed, args.k_points))
-        progress, close = tqdm_progress(sets, f"lesion {name}")
-        t = time.perf_counter()
-        try:
-            df = lesion_study(model, data, name=name, draws=args.draws, seed=args.seed, k_points=args.k_points,
-                              batch_size=args.batch_size, progress=progress)
-        finally:
-            close()
-        print(f"{name}: {sets} lesioned evaluations of {data.n} images in {time.perf_counter() - t:.1f} s",
-              file=sys.stderr)
+    missing = [s for s in specs if Path(s).suffix in (".safetensors", ".pth", ".pt", ".bin", ".th")
+               and not Path(s).is_file()]
+    if missing:
+        return fail(f"checkpoint not found: {', '.join(missing)}")
+    opts = {k: getattr(args, k) for k in ("n", "draws", "seed", "k_points", "data_seed", "data_dir", "batch_size",
+                                          "device")}
+    t = time.perf_counter()
+    if args.workers > 1 and len(specs) > 1:  # one process per model, one thread each: the CPU's cores side by side
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(args.workers, len(specs)), mp_context=multiprocessing.get_context("spawn")) as ex:
+            results = list(ex.map(_study_one, specs, [{**opts, "threads": 1}] * len(specs),
+                                  [None] * len(specs), [False] * len(specs)))
+    else:
+        cache: dict = {}
+        results = []
+        for spec in specs:
+            results.append(_study_one(spec, opts, cache))
+            if isinstance(results[-1], _Failure):
+                break
+    failures = [r for r in results if isinstance(r, _Failure)]
+    if failures:
+        return fail("; ".join(failures))
+    frames = []
+    for spec, (df, timing) in zip(specs, results):
+        if any(f.model.iloc[0] == df.model.iloc[0] for f in frames):
+            df = df.assign(model=f"{df.model.iloc[0]} ({Path(spec).stem})")
         frames.append(df)
+        print(timing, file=sys.stderr)
+    print(f"all {len(specs)} models in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     df = pd.concat(frames, ignore_index=True)
     print(describe_lesion(df))
     if args.out:

@@ -256,6 +256,10 @@ def test_cli_writes_csv_plot_and_text(tmp_path, capsys):
     assert list(df.columns) == lesion.COLUMNS and df.model.nunique() == 2
     assert (tmp_path / "lesion_shapes.png").stat().st_size > 10_000
     assert lesion.describe_lesion(df) in out  # the CSV gives back the text the run printed
+    rc = main(["lesion", "--model", f"{CHECKPOINT},{CHECKPOINT}", "--n", "16", "--draws", "1", "--k-points", "3",
+               "--out", str(tmp_path / "par"), "--workers", "2"])  # one process per model: the same numbers
+    assert rc == 0
+    pd.testing.assert_frame_equal(lesion.read_csv(tmp_path / "par" / "lesion_shapes.csv"), df)
 
 
 def test_cli_bad_input_is_a_message(tmp_path, capsys):
