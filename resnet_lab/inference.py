@@ -109,8 +109,9 @@ class Classifier:
     fast path: a copy with each BN folded into its conv (eval only; its logits
     equal the unfused model's within 1e-5 of their scale), in-place ReLU/add (no
     one hooks this copy) and channels_last on the CPU too, where oneDNN's NHWC
-    kernels win (see benchmarks/bench_inference.py). It keeps no per-call state,
-    so one instance serves many threads.
+    kernels win (see benchmarks/bench_inference.py). It keeps no per-call state
+    (the CUDA graphs' static buffers are behind a lock), so one instance serves
+    many threads.
 
     On CUDA, JPEG uploads are decoded and transformed on the GPU (`device_decode`,
     see device_decode.py; `device_decode=True` forces the same code on the CPU), and
@@ -233,6 +234,8 @@ class Classifier:
         and fallback on the CPU with it (the environment switches still apply).
         """
         reason = graphs.graphs_off_reason("cuda" if capture is not None else self.device)
+        if self.model is self.weights.model:
+            reason = "the unfused model is the one explanations hook: it stays eager"
         if reason is not None:
             log.log(logging.DEBUG if self.device.type != "cuda" else logging.INFO, "CUDA graphs off: %s", reason)
             return False

@@ -117,10 +117,12 @@ def test_graphs_are_off_on_zerogpu_and_by_switch(shapes_weights, monkeypatch, en
     assert graphs_off_reason("cuda") is not None
 
 
-def test_graphs_are_off_off_cuda(shapes_weights):
+def test_graphs_are_off_off_cuda_and_for_the_shared_model(shapes_weights):
     assert graphs_off_reason("cuda") is None and graphs_off_reason("cpu") == "not on CUDA"
     clf = Classifier(shapes_weights, device="cpu", fuse=True)
     assert clf.use_cuda_graphs() is False and clf.graphed is None
+    fake = FakeGraphs()  # Grad-CAM hooks the unfused model: a classifier that runs it never captures it
+    assert Classifier(shapes_weights, device="cpu").use_cuda_graphs(capture=fake) is False and fake.captured == []
 
 
 def test_the_zoo_captures_when_a_model_loads(monkeypatch):
