@@ -499,7 +499,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-seed", type=int, default=d.test_seed)
     p.add_argument("--size", type=int, default=None, help="image side (default 32 for CIFAR nets, 64 for ImageNet)")
     p.add_argument("--no-clutter", dest="clutter", action="store_false")
-    p.add_argument("--out", default=None, help="checkpoint path without suffix (.safetensors + .json)")
+    p.add_argument("--out", default=None,
+                   help="checkpoint path without suffix (.safetensors + .json); under torchrun rank 0 writes it")
     p.add_argument("--device", default=None,
                    help="cpu or cuda (default: cuda when present; under torchrun each process takes cuda:LOCAL_RANK)")
     p.add_argument("--quiet", action="store_true")
