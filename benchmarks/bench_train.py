@@ -256,6 +256,25 @@ def bench_pipeline(arch: str, n: int, n_folder: int, batch: int, device: torch.d
     return rows
 
 
+def report_choices(specs: list[str], batch: int, device: torch.device) -> list[dict]:
+    """What `precision.choose_train_precision` (train's --precision auto) picks for each ARCH@SIZE, and its cost."""
+    from resnet_lab.precision import choose_train_precision
+
+    records = []
+    for spec in specs:
+        arch, _, size = spec.partition("@")
+        model = build(arch, num_classes=10, seed=0).to(device)
+        t = time.perf_counter()
+        _, record = choose_train_precision(model, (3, int(size or 32), int(size or 32)), batch, device)
+        took = time.perf_counter() - t
+        rates = ", ".join(f"{k} {v:,.0f}" for k, v in record.get("images_per_s", {}).items()) or "not measured"
+        print(f"precision auto for {arch} @ {size or 32} px, batch {batch}: {record['choice']} "
+              f"(images/s: {rates}; {took:.2f} s) {'' if record['measured'] else record['reason']}", flush=True)
+        records.append(record)
+        del model
+    return records
+
+
 HEADER = f"{'precision':9s} {'compile':7s} {'source':9s} {'steps/s':>9s} {'images/s':>10s} {'real/synthetic':>14s}"
 
 
@@ -283,8 +302,11 @@ def main() -> None:
     p.add_argument("--n-folder", type=int, default=2048, help="--pipeline: JPEGs in the image folder")
     p.add_argument("--compile", action="store_true", help="--pipeline: torch.compile'd rows as well as eager")
     p.add_argument("--channels-last", action="store_true", help="--pipeline: channels_last model and batches")
+    p.add_argument("--choose", nargs="*", default=["resnet20@32", "resnet50@224"], metavar="ARCH@SIZE",
+                   help="--pipeline: first print what --precision auto picks for these (measured on CUDA only)")
     args = p.parse_args()
     if args.pipeline:
+        report_choices(args.choose, args.batch_size, torch.device(args.device))
         with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
             bench_pipeline(args.arch, args.n, args.n_folder, args.batch_size, torch.device(args.device), args.workers,
                            args.steps, args.warmup, args.compile, args.channels_last, Path(tmp))
