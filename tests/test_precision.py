@@ -50,6 +50,21 @@ def test_invalid_value_is_refused_on_cuda_too_before_touching_the_gpu():
         P.serving_dtype("cuda", {P.ENV: "float16"})
 
 
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_cuda_auto_is_native_bf16_else_fp16(monkeypatch, native, expected):
+    """A T4 reports bf16 "supported" through emulation; only native support may choose it."""
+    asked = []
+
+    def supported(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return native or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    assert P.serving_dtype("cuda", {}) == expected and asked == [False]
+    assert P.serving_dtype("cuda", {P.ENV: "fp32"}) is None
+    assert P.serving_dtype("cuda", {P.ENV: "fp16"}) == torch.float16
+
+
 def test_fp16_on_cpu_is_served_as_fp32_with_a_reason_and_a_warning():
     dtype, why = choice("fp16")
     assert dtype is None and "fp16" in why and "fp32" in why
