@@ -70,10 +70,12 @@ EVAL_BATCH = 500
 RISE_AT = 0.5  # the loss rise is read at alpha = RISE_AT * span along each direction
 NONCONVEX_RATIO = 0.01  # a point is non-convex when -lambda_min exceeds this share of the largest |lambda|
 # The app's live 1-D run; `quick_settings` shrinks it to fit a time budget for the nets chosen
-# (resnet20 + plain20 at these settings: ~16 s estimated; measured in the report).
+# (resnet20 + plain20 at these settings: 20.6 s measured with one thread at load 11 on this 2-core CPU).
 QUICK = {"grid": 15, "n": 256, "dims": 1, "span": 1.0}
-# Seconds per giga-MAC of forward pass, measured on this CPU (2 cores, shared) for 32 px CIFAR nets at batch 200.
-CPU_S_PER_GMAC = 0.05
+# Seconds per giga-MAC of eval-mode forward pass, one thread, 32 px CIFAR nets, batches of up to 500, measured on
+# this 2-core CPU while shared: 0.046-0.05 at load 4, 0.066-0.077 at load 10-11 (0.32 with 2 threads at load 11:
+# under contention one thread per process is ~5x faster). A budget for a busy machine, not a best case.
+CPU_S_PER_GMAC = 0.07
 
 
 # ----------------------------------------------------------------------------- directions
