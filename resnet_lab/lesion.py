@@ -545,8 +545,10 @@ def plot_lesion(df: pd.DataFrame) -> Figure:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
+    p.add_argument("--model", default=None,
                    help="a checkpoint (.safetensors with its JSON) or tag; several, comma-separated, share the images")
+    p.add_argument("--from-csv", default=None,
+                   help="instead of --model: describe and plot saved lesion CSVs (comma-separated, concatenated)")
     p.add_argument("--n", type=int, default=2000, help="held-out images")
     p.add_argument("--draws", type=int, default=5, help="random deletion orders per model")
     p.add_argument("--k-points", type=int, default=None, help="evaluate about this many values of k (default: all)")
@@ -603,9 +605,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"lesion: {message}", file=sys.stderr)
         return 2
 
-    specs = [s.strip() for s in args.model.split(",") if s.strip()]
+    if args.from_csv:
+        try:
+            frames = [read_csv(p.strip()) for p in args.from_csv.split(",") if p.strip()]
+        except (OSError, ValueError, pd.errors.ParserError) as e:
+            return fail(f"--from-csv: {e}")
+        return _report(pd.concat(frames, ignore_index=True), args)
+    specs = [s.strip() for s in (args.model or "").split(",") if s.strip()]
     if not specs:
-        return fail("--model names no checkpoint")
+        return fail("give --model (checkpoints to study) or --from-csv (saved results)")
     if args.n < 1 or args.draws < 1 or args.batch_size < 1 or args.workers < 1:
         return fail("--n, --draws, --batch-size and --workers must be at least 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -641,7 +649,10 @@ def run(args: argparse.Namespace) -> int:
         frames.append(df)
         print(timing, file=sys.stderr)
     print(f"all {len(specs)} models in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    df = pd.concat(frames, ignore_index=True)
+    return _report(pd.concat(frames, ignore_index=True), args)
+
+
+def _report(df: pd.DataFrame, args: argparse.Namespace) -> int:
     print(describe_lesion(df))
     if args.out:
         out = Path(args.out)

@@ -260,6 +260,10 @@ def test_cli_writes_csv_plot_and_text(tmp_path, capsys):
                "--out", str(tmp_path / "par"), "--workers", "2"])  # one process per model: the same numbers
     assert rc == 0
     pd.testing.assert_frame_equal(lesion.read_csv(tmp_path / "par" / "lesion_shapes.csv"), df)
+    capsys.readouterr()
+    assert main(["lesion", "--from-csv", str(tmp_path / "lesion_shapes.csv"), "--out", str(tmp_path / "again"),
+                 "--name", "x"]) == 0
+    assert lesion.describe_lesion(df) in capsys.readouterr().out and (tmp_path / "again" / "lesion_x.png").is_file()
 
 
 def test_cli_bad_input_is_a_message(tmp_path, capsys):
@@ -269,3 +273,6 @@ def test_cli_bad_input_is_a_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("lesion: ") and "not found" in err and "Traceback" not in err
     assert main(["lesion", "--model", CHECKPOINT, "--draws", "0"]) == 2
+    assert main(["lesion"]) == 2 and "give --model" in capsys.readouterr().err
+    assert main(["lesion", "--from-csv", CHECKPOINT.replace(".safetensors", ".json")]) == 2
+    assert "is not a lesion CSV: missing columns" in capsys.readouterr().err
