@@ -12,7 +12,8 @@ from . import degradation, gradnorms, landscape, lesion
 from ._common import MEMORY_SHARE, memory_budget
 from .degradation import _quick_run
 
-__all__ = ["MEMORY_SHARE", "_quick_run", "build_tab", "memory_budget"]  # the last three for tests of other tabs
+# MEMORY_SHARE, memory_budget and _quick_run are named here for tests/test_resources.py and test_concurrency.py
+__all__ = ["MEMORY_SHARE", "_quick_run", "build_tab", "memory_budget"]
 
 
 def build_tab() -> None:

@@ -2,8 +2,9 @@
 
 Shipped: the 2-D contours of plain-20, ResNet-20, plain-56 and ResNet-56 (`assets/landscape_shapes*`), with the
 numbers that say what the picture says and the library's reading of them (`landscape.describe_landscape`). Live: a
-1-D slice through a chosen twin pair at the library's quick settings (`landscape.QUICK`), sized to finish within
-about 30 s on a 2-core CPU, on the app's device, in the LONG queue group, refused up front if it would not fit.
+1-D slice through a chosen twin pair at the library's quick grid and image count (`landscape.QUICK`), sized to
+finish within about 30 s on a 2-core CPU, on the app's device, in the LONG queue group, refused up front if it would
+not fit.
 """
 
 from __future__ import annotations
@@ -100,13 +101,13 @@ def shipped_results() -> tuple[str | None, pd.DataFrame | None, str | None, str]
 def estimate(archs: list[str]) -> float:
     """Seconds of the live run of these nets on this CPU (`landscape.estimate_seconds` at `landscape.QUICK`)."""
     q = landscape.QUICK
-    return landscape.estimate_seconds(archs, q["grid"], q["dims"], q["n"])
+    return landscape.estimate_seconds(archs, q["grid"], 1, q["n"])
 
 
 def check_memory(archs: list[str]) -> None:
     """Refuse a live run whose estimated peak exceeds what this server can spare now."""
     q = landscape.QUICK
-    need = _common.forward_memory(archs, q["n"], 32, landscape.EVAL_BATCH, weight_copies=2 + q["dims"])
+    need = _common.forward_memory(archs, q["n"], 32, landscape.EVAL_BATCH, weight_copies=3)  # copy, w0, direction
     _common.refuse_if_too_big(need, _common.memory_budget(zoo().device.type), f"This landscape ({' and '.join(archs)})",
                       "Pick a shallower pair, or try again when the server is less busy.")
 
@@ -117,14 +118,13 @@ def _stamp(path: Path) -> tuple[str, int, int]:
 
 
 @functools.lru_cache(maxsize=8)
-def _compute(files: tuple[tuple[str, int, int], ...], span: float, seed: int, progress: _common.Untracked,
-             ) -> tuple[pd.DataFrame, float]:
+def _compute(files: tuple[tuple[str, int, int], ...], grid: int, n: int, span: float, seed: int,
+             progress: _common.Untracked) -> tuple[pd.DataFrame, float]:
     """The live run (deterministic, so cached per files, their versions and settings) and its seconds."""
     t = time.perf_counter()
     models = [load_checkpoint(f) for f, _, _ in files]
-    q = landscape.QUICK
-    df = landscape.compute_landscape(models, grid=q["grid"], span=span, dims=q["dims"], n=q["n"], seed=seed,
-                                     device=zoo().device, progress=progress.value)
+    df = landscape.compute_landscape(models, grid=grid, span=span, dims=1, n=n, seed=seed, device=zoo().device,
+                                     progress=progress.value)
     return df, time.perf_counter() - t
 
 
@@ -138,10 +138,11 @@ def run_landscape(choice: str | None, span: float = 1.0, seed: int = 0,
     archs = [load_arch(f) for f in files]
     check_memory(archs)
     hits = _compute.cache_info().hits
-    df, seconds = _compute(tuple(_stamp(f) for f in files), span, seed, _common.Untracked(progress))
+    q = landscape.QUICK
+    df, seconds = _compute(tuple(_stamp(f) for f in files), q["grid"], q["n"], span, seed,
+                           _common.Untracked(progress))
     csv = tmp_file(".csv", "landscape_", f"landscape_{'_'.join(archs)}_span{span:g}_seed{seed}.csv")
     df.to_csv(csv, index=False, float_format="%.7g")
-    q = landscape.QUICK
     again = _compute.cache_info().hits > hits  # this answer came from the cache
     text = landscape.describe_landscape(df)
     text += (f"\n\n⏱️ {q['grid']} points × {q['n']} held-out images per net: "
