@@ -185,14 +185,16 @@ def time_train_steps(
     rounds: int = 3,
     channels_last: bool = False,
     timer: Callable[[], float] = time.perf_counter,
-) -> dict[str, float]:
-    """Seconds per SGD step (forward, backward, update) of `model` at each of `dtypes`, as {dtype_name: s}.
+    budget_s: float = 1.5,
+) -> tuple[dict[str, float], int]:
+    """({dtype_name: seconds per SGD step (forward, backward, update)} of `model` at each of `dtypes`, steps timed).
 
     Each dtype trains its own deep copy (the caller's model, its BN statistics and any optimizer are untouched) on
     one synthetic batch drawn from a local generator (torch's global RNG is not used). After `warmup` steps each
     (cudnn autotuning, lazy init), `rounds` rounds of `steps` steps alternate between the dtypes so that clock or
-    neighbour drift hits all alike; the median round counts. A dtype whose steps fail (no kernel, out of memory)
-    is left out of the result.
+    neighbour drift hits all alike; the median round counts. `steps` shrinks (to 1 at least) where one more
+    untimed step per dtype says the rounds would take longer than `budget_s`: a big net at a big batch stays cheap.
+    A dtype whose steps fail (no kernel, out of memory) is left out of the result.
     """
     from .train import optimizer_step  # lazy: train imports this module
 
@@ -201,6 +203,7 @@ def time_train_steps(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch_size, *input_shape, generator=g).to(device).contiguous(memory_format=fmt)
     runs: dict[str, Callable[[int], None]] = {}
+    estimate = 0.0
     for dtype in dict.fromkeys(dtypes):
         m = copy.deepcopy(model).to(device, memory_format=fmt).train()
         opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
@@ -217,19 +220,23 @@ def time_train_steps(
             _sync(device)
 
         try:
-            run(warmup)
+            run(max(warmup, 1))
+            t = time.perf_counter()  # the real clock, whatever `timer` is: this only sizes the rounds
+            run(1)
+            estimate += time.perf_counter() - t
         except (RuntimeError, NotImplementedError) as e:
             warnings.warn(f"{dtype_name(dtype)} training steps failed ({type(e).__name__}: {e}); not a candidate",
                           stacklevel=2)
             continue
         runs[dtype_name(dtype)] = run
+    steps = max(1, min(steps, int(budget_s / (rounds * estimate)) if estimate > 0 else steps))
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(rounds):
         for name, run in runs.items():
             t = timer()
             run(steps)
             times[name].append((timer() - t) / steps)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, steps
 
 
 def choose_train_precision(
@@ -246,9 +253,10 @@ def choose_train_precision(
 ) -> tuple[torch.dtype | None, dict[str, Any]]:
     """(autocast dtype or None for fp32, a record for the checkpoint JSON) for `--precision auto`.
 
-    On CUDA (or with `measure=True`) it times `steps` SGD steps x 3 rounds, after 3 warm-up steps, at fp32 and at the
+    On CUDA (or with `measure=True`) it times up to `steps` SGD steps x 3 rounds, after 4 untimed steps, at fp32 and the
     device's half dtype (CUDA: `cuda_half_dtype`; CPU: bf16) on copies of `model` (see `time_train_steps`) and picks
-    the faster; a tie goes to fp32, the safer numerics. ResNet-50 at 224 px on an H100 costs ~1 s.
+    the faster; a tie goes to fp32, the safer numerics. The rounds are sized to ~1.5 s (see `time_train_steps`).
+    Eager steps: under --compile half precision gains more (casts fuse), so a choice of fp32 is the cautious one.
     On a CPU it returns fp32 without measuring: CPU bf16 autocast trains slower than fp32 on CPUs without AMX, and
     even where it is faster it trades accuracy for speed in a run that takes hours, which should be asked for
     (`--precision bf16`), not guessed from a few steps.
@@ -263,12 +271,12 @@ def choose_train_precision(
         return None, record
     half = cuda_half_dtype(device) if device.type == "cuda" else torch.bfloat16
     t0 = time.perf_counter()
-    sec = time_train_steps(model, input_shape, batch_size, device, [None, half], steps=steps,
-                           channels_last=channels_last, timer=timer)
+    sec, steps = time_train_steps(model, input_shape, batch_size, device, [None, half], steps=steps,
+                                  channels_last=channels_last, timer=timer)
     fp32_s, half_s = sec.get("fp32", float("inf")), sec.get(dtype_name(half), float("inf"))
     dtype = half if half_s < fp32_s else None
     record.update(
-        choice=dtype_name(dtype), measured=True, steps=steps, rounds=3, warmup=3,
+        choice=dtype_name(dtype), measured=True, steps=steps, rounds=3, warmup=4,
         ms_per_step={k: round(v * 1e3, 3) for k, v in sec.items()},
         images_per_s={k: round(batch_size / v, 1) for k, v in sec.items() if v > 0},
         measure_time_s=round(time.perf_counter() - t0, 2),

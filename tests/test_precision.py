@@ -188,8 +188,23 @@ def test_cpu_default_is_fp32_without_measuring(tiny):
 
 def test_time_train_steps_really_trains_a_copy(tiny):
     """The timed step is a real SGD step on the copy (loss goes through backward and the update), real seconds."""
-    sec = P.time_train_steps(tiny, (3, 16, 16), 2, "cpu", [None], steps=1, warmup=1, rounds=1)
-    assert set(sec) == {"fp32"} and sec["fp32"] > 0
+    sec, steps = P.time_train_steps(tiny, (3, 16, 16), 2, "cpu", [None], steps=1, warmup=1, rounds=1)
+    assert set(sec) == {"fp32"} and sec["fp32"] > 0 and steps == 1
+
+
+def test_timed_steps_shrink_to_the_budget(tiny):
+    counted = []
+
+    def timer() -> float:
+        counted.append(1)
+        return float(len(counted))
+
+    _, steps = P.time_train_steps(tiny, (3, 16, 16), 2, "cpu", [None], steps=50, warmup=1, rounds=2, timer=timer,
+                                  budget_s=1e-9)
+    assert steps == 1 and len(counted) == 4  # 2 rounds x (start, end), one step each
+    _, steps = P.time_train_steps(tiny, (3, 16, 16), 2, "cpu", [None], steps=3, warmup=1, rounds=1, timer=timer,
+                                  budget_s=1e9)
+    assert steps == 3
     assert tiny.training  # the caller's mode is not changed either
 
 
