@@ -32,7 +32,7 @@ curve deletes nested sets, and each distinct set is evaluated only once.
 
 The shipped results (`assets/lesion_shapes.csv`, `.png`) come from the four twins:
 
-    OMP_NUM_THREADS=1 python -m resnet_lab lesion --n 2000 --draws 5 --out assets --model \
+    OMP_NUM_THREADS=1 python -m resnet_lab lesion --n 2000 --draws 5 --k-points 14 --workers 4 --out assets --model \
         assets/twins/shapes_plain20.safetensors,assets/twins/shapes_resnet20.safetensors,\
 assets/twins/shapes_plain56.safetensors,assets/twins/shapes_resnet56.safetensors
 
@@ -82,6 +82,7 @@ BATCH_SIZE = 64
 # What "little", "~chance" and "smooth" mean when the text compares our numbers with Veit et al. (2016).
 SMALL_DROP = 0.05  # a single non-downsampling deletion that costs at most 5 points costs "little" (their Fig. 3)
 NEAR_CHANCE = 0.10  # within 10 points of chance counts as chance (plain nets, their Fig. 3 VGG)
+WEAK = 0.6  # an intact accuracy below this is said to be a weakly trained net
 SMOOTH_STEP = 0.5  # "smooth": no single extra deletion accounts for more than half of the total fall (their Fig. 5)
 
 
@@ -409,6 +410,8 @@ def _describe_model(d: pd.DataFrame) -> tuple[str, list[str], bool]:
         return (f"{head} It is at chance before any deletion: it never learned, so its lesions measure nothing "
                 "(the degradation problem, not a lesion result).", [], False)
     parts, departs = [head], []
+    if intact < WEAK:
+        parts.append("It learned little (the degradation problem), so its lesions start from a weak net.")
     drop = intact - removable.accuracy
     if residual:
         plain_blocks = removable[~removable.downsampling]

@@ -238,6 +238,9 @@ def test_describe_follows_the_numbers():
     assert "falls off a cliff" in text
 
     untrained = pd.DataFrame(_synthetic("plain56", False, 0.13, [0.12] * 9, DOWN, [0.12] * 7), columns=lesion.COLUMNS)
+    weak = pd.DataFrame(_synthetic("plain56", False, 0.30, [0.12] * 9, DOWN, [0.12] * 7), columns=lesion.COLUMNS)
+    assert "learned little" in lesion.describe_lesion(weak) and "learned little" not in lesion.describe_lesion(
+        paper_like)
     text = lesion.describe_lesion(untrained)
     assert "never learned" in text and "nothing is compared" in text and "agrees" not in text
     text = lesion.describe_lesion(pd.concat([paper_like[paper_like.model == "resnet56"], untrained]))
