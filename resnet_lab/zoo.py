@@ -200,7 +200,9 @@ class Entry:
         if self.weights.is_random:
             text = (f"⚠️ **{self.model}: random weights, predictions and heatmaps are meaningless.** "
                     f"{self.warning} · device: `{self.classifier.device}`")
-        return text
+        extras = [name for name, on in (("JPEG decode on the GPU", self.classifier.device_decode),
+                                        ("CUDA graphs", self.classifier.graphed is not None)) if on]
+        return text + (f" ({', '.join(extras)})" if extras else "")
 
 
 class ModelZoo:

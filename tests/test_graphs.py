@@ -133,6 +133,7 @@ def test_the_zoo_captures_when_a_model_loads(monkeypatch):
     entry = ModelZoo(weights_path="", device="cpu").get(SHAPES_MODEL)
     assert entry.classifier.graphed is not None and [s[0] for s in fake.captured] == list(BUCKETS)
     assert entry.classifier.model is not entry.weights.model
+    assert entry.status.endswith("(CUDA graphs)")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
