@@ -161,7 +161,7 @@ def tiny():
 
 
 @pytest.mark.parametrize("fp32_s, half_s, expected", [(1.0, 0.5, torch.bfloat16), (0.5, 1.0, None),
-                                                      (0.7, 0.7, None)])
+                                                      (0.5, 0.5, None)])  # a tie goes to fp32
 def test_measured_choice_picks_the_faster(tiny, fp32_s, half_s, expected):
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
     rng = torch.random.get_rng_state()
