@@ -29,15 +29,17 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
+from . import finetune
 from .distributed import Dist, all_reduce_sum, cleanup, device_for, env_rank, env_world_size, setup, unwrap, wrap
 from .inference import autocast_dtype
 from .loaders import Batches, LoaderBatches, ShapesBatches, TensorBatches, per_rank_batch, stratified_indices
 from .progress import Progress
 from .resnet import REGISTRY, build, init_seed, list_archs
 from .shapes import CLASSES, MEAN, STD, ShapesDataset, normalize
-from .weights import save_checkpoint
+from .weights import WeightsUnavailable, save_checkpoint
 
 DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05, "adam": 0.0}
+DEFAULT_BACKBONE_LR_SCALE = 0.1  # fine-tuning: the pretrained part moves 10x slower than the new head
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 EVAL_BATCH = 256
 
@@ -74,6 +76,9 @@ class TrainConfig:
     compile: bool = False
     workers: int = 2
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each rank's share
+    pretrained: str | None = None  # fine-tune from a timm tag, weights file, our checkpoint or akamaster:NAME
+    freeze: str | None = None  # with pretrained: freeze stem and stages up to this one (None: nothing)
+    backbone_lr_scale: float | None = None  # with pretrained: backbone lr = lr * this (None: 0.1); the head gets lr
 
     def __post_init__(self) -> None:
         if self.arch not in REGISTRY:
@@ -95,11 +100,23 @@ class TrainConfig:
             raise ValueError("epochs, n_val and n_test must each be at least 1")
         if self.data == "shapes" and self.n_train < self.batch_size:
             raise ValueError(f"n_train ({self.n_train}) must be at least one batch ({self.batch_size})")
+        if self.pretrained is None and (self.freeze is not None or self.backbone_lr_scale is not None):
+            raise ValueError("--freeze and --backbone-lr-scale are for fine-tuning: add --pretrained TAG|FILE")
+        if self.freeze is not None and self.freeze not in finetune.arch_parts(self.arch):
+            raise ValueError(f"--freeze {self.freeze} is not a part of {self.arch}; choose one of "
+                             f"{', '.join(finetune.arch_parts(self.arch))}")
+        if not (self.lr_scale >= 0 and math.isfinite(self.lr_scale)):
+            raise ValueError(f"--backbone-lr-scale must be a finite number >= 0, not {self.backbone_lr_scale}")
 
     @property
     def image_size(self) -> int:
         cifar = self.data.startswith("cifar") or REGISTRY[self.arch].stem == "cifar"
         return self.size or (32 if cifar else 64)
+
+    @property
+    def lr_scale(self) -> float:
+        """The backbone's share of `lr` when fine-tuning."""
+        return DEFAULT_BACKBONE_LR_SCALE if self.backbone_lr_scale is None else self.backbone_lr_scale
 
     @property
     def weight_decay(self) -> float:
@@ -164,19 +181,25 @@ def accuracy(model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: in
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum 0.9, Nesterov), AdamW or Adam (coupled L2, default 0); no weight decay on BN and biases."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """SGD (momentum 0.9, Nesterov), AdamW or Adam (coupled L2, default 0); no weight decay on BN and biases.
+    Fine-tuning: the head at `lr`, the backbone at `lr * lr_scale`, frozen parameters left out."""
+    if config.pretrained:
+        groups = finetune.param_groups(model, config.lr, config.lr_scale, config.weight_decay)
+    else:
+        decay = [p for p in model.parameters() if p.ndim > 1]
+        no_decay = [p for p in model.parameters() if p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.opt == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
     return (torch.optim.Adam if config.opt == "adam" else torch.optim.AdamW)(groups, lr=config.lr)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> LRScheduler:
-    """Stepped once per batch: cosine to zero, or one-cycle (30% warm-up)."""
+    """Stepped once per batch: cosine to zero, or one-cycle (30% warm-up). Each group peaks at its own lr (a
+    scalar max_lr would give a fine-tuned backbone the head's rate)."""
     if config.sched == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.3)
+        max_lr = [g["lr"] for g in opt.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total_steps, pct_start=0.3)
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
 
 
@@ -388,19 +411,40 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
     quiet = config.quiet or not dist.is_main  # one process speaks
     log = (lambda s: None) if quiet else tqdm.write
     shapes = config.data == "shapes"
+    loaded = finetune.load_for(config.pretrained, config.arch) if config.pretrained else None
     size = config.image_size
+    if loaded is not None and config.size is None and config.data.startswith("folder:"):
+        size = finetune.data_config(loaded.pretrained_cfg, None)["input_size"][-1]  # the weights' own input size
     generator = torch.Generator().manual_seed(config.seed)
+    start: finetune.Pretrained | None = None
     if shapes:
-        model = initial_model(config)
+        if loaded is not None:  # Shapes batches are normalized with Shapes' mean/std, whatever the weights saw
+            start = finetune.with_head(loaded, CLASSES, config.seed, config.pretrained)
+            model = start.model
+        else:
+            model = initial_model(config)
         model.pretrained_cfg.update({k: tuple(v) if isinstance(v, list) else v
                                      for k, v in shapes_data_config(size).items()})
         data = make_data(config, model.pretrained_cfg, device, generator, log, dist)
     else:
-        probe = build(config.arch)  # only its pretrained_cfg: mean/std and input size of the arch
-        cfg = {**probe.pretrained_cfg, "input_size": (3, size, size)}
+        if loaded is not None:  # the weights' mean/std, crop and interpolation, at the run's size
+            cfg = finetune.data_config(loaded.pretrained_cfg, size)
+        else:
+            probe = build(config.arch)  # only its pretrained_cfg: mean/std and input size of the arch
+            cfg = {**probe.pretrained_cfg, "input_size": (3, size, size)}
         data = make_data(config, cfg, device, generator, log, dist)
-        model = build(config.arch, num_classes=len(data.classes), seed=init_seed(config.seed))
-        model.pretrained_cfg.update({k: cfg[k] for k in ("input_size", "mean", "std")})
+        if loaded is not None:
+            start = finetune.with_head(loaded, data.classes, config.seed, config.pretrained)
+            model = start.model
+            model.pretrained_cfg = {**cfg, "num_classes": len(data.classes)}
+        else:
+            model = build(config.arch, num_classes=len(data.classes), seed=init_seed(config.seed))
+            model.pretrained_cfg.update({k: cfg[k] for k in ("input_size", "mean", "std")})
+    # before wrap: DDP reads requires_grad once; the eval hook sits on the model, so SyncBatchNorm swaps keep it
+    frozen = finetune.freeze(model, config.freeze or finetune.NOTHING) if start is not None else []
+    if start is not None:
+        log(f"fine-tuning from {start.source}: head {start.head}, {len(frozen)} parameter tensors frozen "
+            f"(up to {config.freeze or 'nothing'}), backbone lr x{config.lr_scale:g}")
     channels_last = shapes or config.channels_last
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     trained = wrap(model, dist, config.sync_bn)  # DDP under torchrun, else the model itself
@@ -456,6 +500,8 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
         "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
         "num_threads": torch.get_num_threads(), "torch_version": torch.__version__,
         "command": command or config.cli(), "command_full": config.cli(), "config": asdict(config),
+        **({"pretrained": {**start.record(), "freeze": config.freeze or finetune.NOTHING,
+                           "frozen_params": len(frozen), "backbone_lr_scale": config.lr_scale}} if start else {}),
         "history": [{k: round(v, 5) for k, v in h.items()} for h in history],
     }
     model = unwrap(model).to(memory_format=torch.contiguous_format).eval()  # plain BatchNorm2d again
@@ -480,6 +526,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (eager if that fails)")
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers for image folders")
+    p.add_argument("--pretrained", default=None, metavar="TAG|FILE",
+                   help="fine-tune from these weights: a timm tag (resnet50.a1_in1k), a .safetensors/.pth file, a "
+                        "checkpoint of ours or akamaster:NAME; the head is replaced for the data's classes")
+    p.add_argument("--freeze", default=None, choices=["nothing", "stem", "layer1", "layer2", "layer3", "layer4"],
+                   help="with --pretrained: freeze the stem and stages up to this one (their BatchNorm stays in eval)")
+    p.add_argument("--backbone-lr-scale", type=float, default=None,
+                   help=f"with --pretrained: backbone lr = lr * this (default {DEFAULT_BACKBONE_LR_SCALE}); head: lr")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--n-train", type=int, default=d.n_train)
     p.add_argument("--n-val", type=int, default=d.n_val)
@@ -519,7 +572,7 @@ def run(args: argparse.Namespace) -> int:
     typed = sys.argv[1:2] == ["train"]  # run from the command line, not through main(argv)
     try:
         result = train(config, command=shlex.join(["python", "-m", "resnet_lab", *sys.argv[1:]]) if typed else None)
-    except DatasetError as e:
+    except (DatasetError, WeightsUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if env_rank() == 0:

@@ -244,3 +244,24 @@ def test_bad_data_is_a_message_not_a_traceback(tmp_path, capsys):
     with pytest.raises(ValueError, match="CIFAR images are 32 px"):
         TrainConfig(data="cifar10", size=64)
     assert TrainConfig(arch="resnet18", data="cifar100").image_size == 32  # not the ImageNet nets' 64
+
+
+def test_fine_tuning_the_shipped_net_on_a_folder_keeps_the_frozen_part_and_records_it(tmp_path, capsys):
+    from safetensors.torch import load_file
+    from test_datasets import write_folder
+
+    for split in ("train", "val"):
+        write_folder(tmp_path / split, {"h": 6, "v": 6}, bad=False)
+    r = train(TrainConfig(arch="resnet20", data=f"folder:{tmp_path}", pretrained=str(SHIPPED), freeze="layer1",
+                          epochs=1, batch_size=4, lr=0.05, workers=0, quiet=True, out=str(tmp_path / "ft")))
+    src, ft = load_file(SHIPPED), load_file(r.path)
+    assert all(torch.equal(ft[k], src[k]) for k in src if k.split(".")[0] in ("conv1", "bn1", "layer1"))
+    assert not torch.equal(ft["layer3.0.conv1.weight"], src["layer3.0.conv1.weight"])
+    assert r.meta["pretrained"]["head"] == "new" and r.meta["pretrained"]["freeze"] == "layer1"
+    assert r.meta["pretrained"]["backbone_lr_scale"] == 0.1 and "--pretrained" in r.meta["command_full"]
+    shipped = json.loads(SHIPPED.with_suffix(".json").read_text())
+    assert r.meta["mean"] == shipped["mean"] and r.meta["input_size"] == [3, 32, 32] and r.meta["classes"] == ["h", "v"]
+    assert main(["train", "--freeze", "layer1", "--quiet"]) == 2
+    assert main(["train", "--arch", "resnet32", "--pretrained", str(SHIPPED), "--data", f"folder:{tmp_path}",
+                 "--quiet"]) == 2
+    assert "holds a resnet20, not a resnet32; pass --arch resnet20" in capsys.readouterr().err
