@@ -2,8 +2,8 @@
 
 Shipped: the 2-D contours of plain-20, ResNet-20, plain-56 and ResNet-56 (`assets/landscape_shapes*`), with the
 numbers that say what the picture says and the library's reading of them (`landscape.describe_landscape`). Live: a
-1-D slice through a chosen twin pair at the library's quick grid and image count (`landscape.QUICK`), sized to
-finish within about 30 s on a 2-core CPU, on the app's device, in the LONG queue group, refused up front if it would
+1-D slice through a chosen twin pair, its grid and image count cut by the library (`landscape.quick_settings`) to
+finish within about 25 s on a 2-core CPU, on the app's device, in the LONG queue group, refused up front if it would
 not fit.
 """
 
@@ -27,6 +27,7 @@ from . import _common
 
 SHAPES_NET = "app-shapes"  # the app's own Shapes ResNet-20 (no twin): offered even before any twin is shipped
 SPAN_RANGE = (0.1, 2.0)
+LIVE_BUDGET_S = 25.0  # the live run's estimated seconds on a 2-core CPU, at most (the library cuts grid and images)
 TABLE_COLUMNS = {"model": "net", "loss0": "loss at w₀", "acc0": "accuracy at w₀", "step": "step",
                  "rise_mean": "mean loss rise", "rise_max": "largest loss rise", "acc_drop": "accuracy drop",
                  "nonconvex_share": "non-convex share", "median_ratio": "median |λmin/λmax|"}
@@ -98,18 +99,17 @@ def shipped_results() -> tuple[str | None, pd.DataFrame | None, str | None, str]
     return str(png), table, str(csv), f"**Shipped run** ({dims}, {grid} points per axis):\n\n{text}"
 
 
-def estimate(archs: list[str]) -> float:
-    """Seconds of the live run of these nets on this CPU (`landscape.estimate_seconds` at `landscape.QUICK`)."""
-    q = landscape.QUICK
-    return landscape.estimate_seconds(archs, q["grid"], 1, q["n"])
+def live_settings(archs: list[str]) -> dict[str, Any]:
+    """The live run's grid and image count for these nets, cut by the library until its estimate fits
+    `LIVE_BUDGET_S` on a 2-core CPU (`landscape.quick_settings`; "seconds" is that estimate)."""
+    return landscape.quick_settings(archs, LIVE_BUDGET_S)
 
 
-def check_memory(archs: list[str]) -> None:
-    """Refuse a live run whose estimated peak exceeds what this server can spare now."""
-    q = landscape.QUICK
-    need = _common.forward_memory(archs, q["n"], 32, landscape.EVAL_BATCH, weight_copies=3)  # copy, w0, direction
-    _common.refuse_if_too_big(need, _common.memory_budget(zoo().device.type), f"This landscape ({' and '.join(archs)})",
-                      "Pick a shallower pair, or try again when the server is less busy.")
+def check_memory(archs: list[str], n: int) -> None:
+    """Refuse a live run whose estimated peak (`landscape.estimate_memory`) exceeds what this server can spare."""
+    _common.refuse_if_too_big(landscape.estimate_memory(archs, n), _common.memory_budget(zoo().device.type),
+                              f"This landscape ({' and '.join(archs)})",
+                              "Pick a shallower pair, or try again when the server is less busy.")
 
 
 def _stamp(path: Path) -> tuple[str, int, int]:
@@ -136,9 +136,9 @@ def run_landscape(choice: str | None, span: float = 1.0, seed: int = 0,
     if not SPAN_RANGE[0] <= span <= SPAN_RANGE[1]:
         raise gr.Error(f"The span must be between {SPAN_RANGE[0]} and {SPAN_RANGE[1]}, not {span}.")
     archs = [load_arch(f) for f in files]
-    check_memory(archs)
+    q = live_settings(archs)
+    check_memory(archs, q["n"])
     hits = _compute.cache_info().hits
-    q = landscape.QUICK
     df, seconds = _compute(tuple(_stamp(f) for f in files), q["grid"], q["n"], span, seed,
                            _common.Untracked(progress))
     csv = tmp_file(".csv", "landscape_", f"landscape_{'_'.join(archs)}_span{span:g}_seed{seed}.csv")
@@ -147,7 +147,7 @@ def run_landscape(choice: str | None, span: float = 1.0, seed: int = 0,
     text = landscape.describe_landscape(df)
     text += (f"\n\n⏱️ {q['grid']} points × {q['n']} held-out images per net: "
              + ("cached, it first " if again else "") + f"took {_common.duration(seconds)} on this server "
-             f"(estimated {_common.duration(estimate(archs))}).")
+             f"(estimated {_common.duration(q['seconds'])} on a 2-core CPU).")
     return landscape.plot_1d(df), summary_table(df), str(csv), text
 
 
@@ -176,16 +176,15 @@ def build() -> None:
                          visible=table is not None, elem_id="landscape-shipped-table")
             gr.File(csv, label="Shipped grid (CSV)", visible=csv is not None, elem_id="landscape-shipped-csv")
     choices = pair_choices()
-    q = landscape.QUICK
     with gr.Row(equal_height=True):
         pair = gr.Dropdown(choices, value=choices[0][1], label="Nets (a trained twin pair where shipped)", scale=3,
                            elem_id="landscape-pair")
         span = gr.Slider(*SPAN_RANGE, 1.0, step=0.1, label="Span: α from −span to span", scale=2)
         seed = gr.Number(0, precision=0, minimum=0, label="Direction seed", scale=1)
     archs = choices[0][1].split(",") if choices[0][1] != SHAPES_NET else ["resnet20"]
-    run = gr.Button(f"Compute a 1-D slice live ({q['grid']} points × {q['n']} images per net; about "
-                    f"{_common.duration(estimate(archs))} for {' and '.join(archs)} on a 2-core CPU)",
-                    elem_id="landscape-run")
+    q = live_settings(archs)
+    run = gr.Button(f"Compute a 1-D slice live (about {_common.duration(q['seconds'])} for {' and '.join(archs)} "
+                    "on a 2-core CPU)", elem_id="landscape-run")
     with gr.Row():
         with gr.Column(scale=3):
             plot = gr.Plot(label="Live: loss and accuracy along one direction", format="png",

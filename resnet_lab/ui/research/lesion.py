@@ -2,8 +2,8 @@
 
 Shipped: one block deleted at a time and k random blocks at once, for the four trained twins
 (`assets/lesion_shapes.*`), with the library's reading of the numbers (`lesion.describe_lesion`), which says where
-they disagree with the paper. Live: the same study of a chosen net at the library's quick settings
-(`lesion.quick_settings`, sized to about 25 s on this server), in the LONG queue group, refused up front if it would
+they disagree with the paper. Live: the same study of a chosen net at the library's live settings
+(`lesion.quick_study`, sized to about 25 s on this server), in the LONG queue group, refused up front if it would
 not fit. Each run loads its own copy of the checkpoint: a lesion swaps block `forward`s on the model it is given,
 so it never touches a model the app serves.
 """
@@ -81,34 +81,32 @@ def shipped_results() -> tuple[str | None, pd.DataFrame | None, str | None, str]
     return str(png), table, str(csv), f"**Shipped run** ({n} held-out images per net):\n\n{text}"
 
 
-def check_memory(arch: str, n: int) -> None:
-    """Refuse a live run whose estimated peak exceeds what this server can spare now."""
-    need = _common.forward_memory([arch], n, 32, lesion.BATCH_SIZE, weight_copies=0)
+def check_memory(arch: str) -> None:
+    """Refuse a live run whose estimated peak exceeds what this server can spare now (at `lesion.QUICK`'s image
+    count, which the live settings only ever cut)."""
+    need = _common.forward_memory([arch], lesion.QUICK["n"], 32, lesion.BATCH_SIZE, weight_copies=0)
     _common.refuse_if_too_big(need, _common.memory_budget(zoo().device.type), f"This lesion study of {arch}",
                               "Try again when the server is less busy.")
 
 
 def run_lesion(choice: str | None, progress: Any = gr.Progress()) -> tuple[Any, pd.DataFrame, str, str]:
-    """(plot, single-lesion table, CSV path, text) of a lesion study of the chosen net at the quick settings."""
+    """(plot, single-lesion table, CSV path, text) of a lesion study of the chosen net at the library's live
+    settings (`lesion.quick_study`: images, draws and k points cut to fit `LIVE_BUDGET_S` here and now)."""
     path = _checkpoint(choice)
     arch = str(json.loads(path.with_suffix(".json").read_text())["arch"])
+    check_memory(arch)
     t0 = time.perf_counter()
     progress(0.0, f"loading {arch}")
     loaded = load_checkpoint(path)  # our own copy: the lesions swap its blocks' forwards while they run
-    model = loaded.model.to(zoo().device)
-    q = lesion.quick_settings(model, LIVE_BUDGET_S)
-    check_memory(arch, q["n"])
-    expected = lesion.estimate_seconds(model, q["n"], q["draws"], q["k_points"])
-    progress(0.0, f"rendering {q['n']} held-out images")
-    data = lesion.held_out_set(loaded, q["n"])
-    df = lesion.lesion_study(model, data, name=arch, draws=q["draws"], k_points=q["k_points"], progress=progress)
+    loaded.model.to(zoo().device)
+    df = lesion.quick_study(loaded, LIVE_BUDGET_S, progress=progress)
     seconds = time.perf_counter() - t0
-    csv = tmp_file(".csv", "lesion_", f"lesion_{arch}_n{q['n']}.csv")
+    n, draws = int(df.n.iloc[0]), int(df[df.kind == "random"].draw.nunique())
+    csv = tmp_file(".csv", "lesion_", f"lesion_{arch}_n{n}.csv")
     df.to_csv(csv, index=False, float_format="%.6g")
     text = lesion.describe_lesion(df)
-    text += (f"\n\n⏱️ {len(lesion.lesion_sets(model, q['draws'], 0, q['k_points']))} lesioned evaluations of "
-             f"{q['n']} held-out images ({q['draws']} random deletion orders) took {_common.duration(seconds)} on "
-             f"this server (estimated {_common.duration(expected)}).")
+    text += (f"\n\n⏱️ {n} held-out images, {draws} random deletion orders: {_common.duration(seconds)} on this "
+             f"server (the settings are cut to fit about {_common.duration(LIVE_BUDGET_S)}).")
     return lesion.plot_lesion(df), single_table(df), str(csv), text
 
 
