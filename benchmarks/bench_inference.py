@@ -7,7 +7,7 @@ Part 1, the forward pass: every variant of one arch and batch size is timed in
 interleaved rounds in one process (drift hits them alike); median ms, images/s and
 the ratio to timm fp32. Weights are random (the hub is not needed) but identical:
 timm's randomly initialized state dict, BN statistics randomized, loaded into ours
-and torchvision's. On CUDA the half-precision dtype is `autocast_dtype`'s choice
+and torchvision's. On CUDA the half-precision dtype is `precision.cuda_half_dtype`'s choice
 (bf16 where native, else fp16); "graphed" is the served model exactly
 (`Classifier.use_cuda_graphs`: one CUDA graph per queue bucket); "compiled" is
 `torch.compile(mode="reduce-overhead")`, ours and timm's, for `--compile-archs`.
@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.photos import phone_jpeg  # noqa: E402
 from resnet_lab import build  # noqa: E402
 from resnet_lab.blocks import set_inplace  # noqa: E402
-from resnet_lab.inference import Classifier, autocast_dtype, fuse_bn  # noqa: E402
+from resnet_lab.inference import Classifier, fuse_bn  # noqa: E402
+from resnet_lab.precision import cuda_half_dtype  # noqa: E402
 from resnet_lab.verify import randomize_bn  # noqa: E402
 from resnet_lab.weights import LoadedWeights  # noqa: E402
 
@@ -112,7 +113,7 @@ def models(arch: str, device: torch.device) -> tuple[torch.nn.Module, torch.nn.M
 
 def forward_rows(arch: str, batches: list[int], device: torch.device, repeats: int, compile_it: bool) -> list[dict]:
     ref, ours, tv, clf = models(arch, device)
-    half = autocast_dtype(device)
+    half = cuda_half_dtype(device)
     tag = str(half).removeprefix("torch.")
     folded = set_inplace(fuse_bn(ours), True).to(memory_format=torch.channels_last)
     nhwc_ours = copy.deepcopy(ours).to(memory_format=torch.channels_last)
@@ -198,7 +199,7 @@ def main() -> None:
     start = time.perf_counter()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as Classifier sets it
-        print(f"{torch.cuda.get_device_name(device)}, autocast_dtype: {autocast_dtype(device)}")
+        print(f"{torch.cuda.get_device_name(device)}, half dtype: {cuda_half_dtype(device)}")
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, device {device}, "
           f"threads {torch.get_num_threads()}")
     fwd = [r for a in archs for r in forward_rows(a, batches, device, repeats,

@@ -34,7 +34,8 @@ from benchmarks.photos import phone_jpeg  # noqa: E402
 from resnet_lab import degradation  # noqa: E402
 from resnet_lab.explain import METHODS, attribute, gradcam_stages  # noqa: E402
 from resnet_lab.faithfulness import estimate_seconds, measure_faithfulness  # noqa: E402
-from resnet_lab.inference import Classifier, autocast_dtype  # noqa: E402
+from resnet_lab.inference import Classifier  # noqa: E402
+from resnet_lab.precision import cuda_half_dtype  # noqa: E402
 from resnet_lab.shapes import ShapesDataset  # noqa: E402
 from resnet_lab.weights import load_checkpoint, load_weights  # noqa: E402
 from resnet_lab.zoo import ASSETS, SHAPES_CHECKPOINT  # noqa: E402
@@ -60,7 +61,7 @@ def median_ms(fn, repeats: int = 15) -> float:
 
 
 def precision() -> None:
-    dtype = autocast_dtype(CUDA)
+    dtype = cuda_half_dtype(CUDA)
     native = CUDA.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     print(f"## 1. precision: autocast dtype {dtype}; native bf16: {native}")
     weights = load_checkpoint(SHAPES_CHECKPOINT)

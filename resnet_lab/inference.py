@@ -27,6 +27,7 @@ from .data import (
     resize_side,
 )
 from .device_decode import DeviceTransform, JpegUpload, decode_jpegs, orient, read_jpeg_header
+from .precision import serving_dtype
 from .weights import LoadedWeights
 
 log = logging.getLogger(__name__)
@@ -53,21 +54,6 @@ def fuse_bn(model: nn.Module) -> nn.Module:
                 setattr(parent, name, fuse_conv_bn_eval(conv, bn))
                 setattr(parent, bn_name, nn.Identity())
     return model
-
-
-def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
-    """What `Classifier` autocasts to: None (fp32) on the CPU; on CUDA bf16 only where the GPU has it natively
-    (Ampere and later), else fp16. `is_bf16_supported()` alone counts emulation: a T4 says True and then runs
-    bf16 far slower than fp16."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    if device.index is not None:
-        with torch.cuda.device(device):
-            native = torch.cuda.is_bf16_supported(including_emulation=False)
-    else:
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-    return torch.bfloat16 if native else torch.float16
 
 
 DECODE_CALL_PIXELS = 100_000_000  # per `decode_jpeg` call on the device: 300 MB of RGB, eight 12 MP photos
@@ -104,8 +90,9 @@ class Prediction:
 class Classifier:
     """Our ResNet with its weights, transform and labels, ready for uploads.
 
-    On CUDA it runs channels_last under autocast (`autocast_dtype`: native
-    bf16, else fp16) with cudnn autotuning; on the CPU, fp32. `fuse=True` is the
+    It autocasts to `precision.serving_dtype` (RESNET_LAB_PRECISION; auto: native
+    bf16 on CUDA, else fp16; on the CPU bf16 only where it is native and measured to
+    agree with fp32), channels_last with cudnn autotuning on CUDA. `fuse=True` is the
     fast path: a copy with each BN folded into its conv (eval only; its logits
     equal the unfused model's within 1e-5 of their scale), in-place ReLU/add (no
     one hooks this copy) and channels_last on the CPU too, where oneDNN's NHWC
@@ -128,7 +115,7 @@ class Classifier:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else None)
-        self.amp_dtype = autocast_dtype(self.device)
+        self.amp_dtype = serving_dtype(self.device)
         self.transform = eval_transform(weights.pretrained_cfg)
         self.resize_side = resize_side(weights.pretrained_cfg)
         if device_decode is None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .inference import Classifier, resolve_device
+from .precision import dtype_name
 from .resources import memory_limit
 from .weights import (
     DEFAULT_TAGS,
@@ -200,7 +201,8 @@ class Entry:
         if self.weights.is_random:
             text = (f"⚠️ **{self.model}: random weights, predictions and heatmaps are meaningless.** "
                     f"{self.warning} · device: `{self.classifier.device}`")
-        extras = [name for name, on in (("JPEG decode on the GPU", self.classifier.device_decode),
+        extras = [f"{dtype_name(self.classifier.amp_dtype)} autocast"] if self.classifier.amp_dtype else []
+        extras += [name for name, on in (("JPEG decode on the GPU", self.classifier.device_decode),
                                         ("CUDA graphs", self.classifier.graphed is not None)) if on]
         return text + (f" ({', '.join(extras)})" if extras else "")
 

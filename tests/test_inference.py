@@ -13,7 +13,7 @@ from torch import nn
 
 from resnet_lab import build
 from resnet_lab.data import ImageError, decode_image
-from resnet_lab.inference import Classifier, autocast_dtype, fuse_bn, resolve_device
+from resnet_lab.inference import Classifier, fuse_bn, resolve_device
 from resnet_lab.verify import randomize_bn
 from resnet_lab.weights import load_weights
 from resnet_lab.zoo import SHAPES_CHECKPOINT
@@ -116,24 +116,6 @@ def test_fast_path_runs_in_place_only_in_its_own_copy(photo):
         w.model(fast.preprocess([photo]))
     assert seen[0] < 0  # a BN output before its ReLU: an in-place ReLU would have clipped it to 0
     assert any(getattr(m, "inplace", False) for m in fast.model.modules())
-
-
-class _FakeCuda:
-    """What `torch.cuda` answers on a GPU with native bf16 (Ampere+) or only emulation (a T4)."""
-
-    def __init__(self, native: bool):
-        self.native = native
-
-    def is_bf16_supported(self, including_emulation: bool = True) -> bool:
-        return self.native or including_emulation  # emulation works on every CUDA GPU
-
-
-@pytest.mark.parametrize("native,expected", [(True, torch.bfloat16), (False, torch.float16)])
-def test_autocast_uses_bf16_only_where_native(monkeypatch, native, expected):
-    fake = _FakeCuda(native)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", fake.is_bf16_supported)
-    assert autocast_dtype("cuda") == expected
-    assert autocast_dtype(torch.device("cpu")) is None
 
 
 def _phone_jpeg(photo: Image.Image, orientation: int) -> bytes:

@@ -20,21 +20,26 @@ log = logging.getLogger(__name__)
 
 def _unexpected(what: str, e: Exception) -> str:
     """Log a bug with its traceback; the user gets a message that names no internals but says it is on us."""
-    log.exception("classify: unexpected error while %s", what)
+    log.error("classify: unexpected error while %s", what, exc_info=e)  # e's traceback, inside except or not
     return f"❌ Something went wrong on our side while {what} ({type(e).__name__}); it has been logged."
 
 
 def _classify_group(entry: Entry, images: list, ids: list[int], n: int, labels: list, infos: list[str]) -> None:
-    """One model's requests: each decoded on its own (a bad one fails alone), then one batched forward pass."""
+    """One model's requests: decoded together (on a GPU, one batched JPEG decode) but each failing alone, then one
+    batched forward pass."""
     clf = entry.classifier
     inputs: dict[int, torch.Tensor] = {}
-    for i in ids:
-        try:
-            inputs[i] = clf.prepare(images[i])
-        except ImageError as e:
-            infos[i] = f"❌ Cannot use this image: {e}."
-        except Exception as e:  # a bug, or a failure we did not foresee: this request's own, never its neighbours'
-            infos[i] = _unexpected("reading this image", e)
+    try:
+        prepared = clf.prepare_many([images[i] for i in ids])
+    except Exception as e:  # prepare_many returns per-image errors; anything raised here is ours, for every request
+        prepared = [e] * len(ids)
+    for i, x in zip(ids, prepared):
+        if isinstance(x, torch.Tensor):
+            inputs[i] = x
+        elif isinstance(x, ImageError):
+            infos[i] = f"❌ Cannot use this image: {x}."
+        else:  # a bug, or a failure we did not foresee: this request's own, never its neighbours'
+            infos[i] = _unexpected("reading this image", x)
     if not inputs:
         return
     try:
