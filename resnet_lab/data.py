@@ -29,7 +29,7 @@ MAX_PIXELS = 64_000_000  # a 64-megapixel photo decodes to ~190 MB of RGB: more 
 MAX_RESIZED_PIXELS = 16_000_000
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
-_ORIENTATION = 0x0112  # EXIF tag; the same table as `ImageOps.exif_transpose`, applied after any downscale
+EXIF_ORIENTATION = 0x0112  # EXIF tag; the same table as `ImageOps.exif_transpose`, applied after any downscale
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -55,7 +55,8 @@ def _reason(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-def _open(src: ImageInput) -> Image.Image:
+def open_image(src: ImageInput) -> Image.Image:
+    """Open lazily (the header only, no pixel decoded), so sizes and EXIF can be checked first; `ImageError` else."""
     if isinstance(src, Image.Image):
         return src
     if isinstance(src, np.ndarray):
@@ -87,7 +88,8 @@ def _open(src: ImageInput) -> Image.Image:
         raise ImageError(f"{_CORRUPT} ({_reason(e)})") from e
 
 
-def _check_size(w: int, h: int) -> None:
+def check_pixels(w: int, h: int) -> None:
+    """Refuse an empty image or one over MAX_PIXELS (a decompression bomb) before any pixel is decoded."""
     if w < 1 or h < 1:
         raise ImageError("the image has no pixels")
     if w * h > MAX_PIXELS:
@@ -131,7 +133,7 @@ def _decode(img: Image.Image, min_side: int | None, own: bool) -> Image.Image:
         # both sides, so the shorter side stays >= min_side (never on a caller's own image object: it mutates it)
         img.draft(None, (min_side, min_side))
     img.load()
-    orientation = img.getexif().get(_ORIENTATION, 1)
+    orientation = img.getexif().get(EXIF_ORIENTATION, 1)
     if img.mode in _REDUCE_FIRST:
         img = _to_rgb(_reduce(img, min_side))
     else:
@@ -153,8 +155,8 @@ def decode_image(src: ImageInput, min_side: int | None = None) -> Image.Image:
     """
     if min_side is not None and min_side < 1:
         raise ValueError(f"min_side must be a positive number of pixels, not {min_side}")
-    img = _open(src)
-    _check_size(*img.size)  # from the header: before a single pixel is decoded
+    img = open_image(src)
+    check_pixels(*img.size)  # from the header: before a single pixel is decoded
     try:
         return _decode(img, min_side, own=not isinstance(src, Image.Image))
     except ImageError:

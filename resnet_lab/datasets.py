@@ -281,7 +281,7 @@ class FolderSplit:
         return {"train": self.train.counts, "val": self.val.counts}
 
 
-def _folder_samples(directory: Path) -> tuple[list[str], list[tuple[str, int]]]:
+def folder_samples(directory: Path) -> tuple[list[str], list[tuple[str, int]]]:
     """ImageFolder's classes and (path, index) samples, sorted by path; our errors instead of FileNotFoundError."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
@@ -362,8 +362,8 @@ def image_folder(
     root = Path(path).expanduser()
     train_dir, val_dir = root / "train", root / "val"
     if train_dir.is_dir() and val_dir.is_dir():
-        classes, train_all = _folder_samples(train_dir)
-        val_classes, val_all = _folder_samples(val_dir)
+        classes, train_all = folder_samples(train_dir)
+        val_classes, val_all = folder_samples(val_dir)
         if classes != val_classes:
             only_train = sorted(set(classes) - set(val_classes))
             only_val = sorted(set(val_classes) - set(classes))
@@ -375,7 +375,7 @@ def image_folder(
         val_good, bad_val = _scan(val_all)
         skipped, layout = bad_train + bad_val, "train/val"
     else:
-        classes, everything = _folder_samples(root)
+        classes, everything = folder_samples(root)
         good, skipped = _scan(everything)
         train_good, val_good = stratified_split(good, len(classes), val_fraction, seed)
         layout = "split"
@@ -413,7 +413,7 @@ def folder_files(
     """A held-out PATH/<class>/<image> folder (a test/ split) scanned like `image_folder`'s, labelled by `classes`
     (the training classes): (dataset, skipped). Its class sub-folders must be the training ones."""
     root = Path(path).expanduser()
-    found, samples = _folder_samples(root)
+    found, samples = folder_samples(root)
     if tuple(found) != tuple(classes):
         raise DatasetError(f"{root}: its class sub-folders {found} are not the training classes {list(classes)}")
     good, skipped = _scan(samples)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .data import _ORIENTATION, ImageInput, _check_size, _open, eval_config, resize_side, resized_size
+from .data import EXIF_ORIENTATION, ImageInput, check_pixels, eval_config, open_image, resize_side, resized_size
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,12 @@ def read_jpeg_header(src: ImageInput) -> JpegUpload | None:
             return None  # the CPU path reads it again and words the error
     else:
         return None
-    img = _open(data)  # lazy: the header only; ImageError as the CPU path raises it
+    img = open_image(data)  # lazy: the header only; ImageError as the CPU path raises it
     if img.format not in JPEG_FORMATS or img.mode not in DEVICE_MODES:
         return None
-    _check_size(*img.size)
+    check_pixels(*img.size)
     try:
-        orientation = int(img.getexif().get(_ORIENTATION, 1))
+        orientation = int(img.getexif().get(EXIF_ORIENTATION, 1))
     except Exception:  # a broken EXIF block: PIL's decoder decides what it means
         return None
     w, h = img.size

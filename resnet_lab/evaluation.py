@@ -412,10 +412,10 @@ class FolderImages(torch.utils.data.Dataset):
 def folder_dataset(path: str | Path, model_classes: Sequence[str] | None, num_classes: int,
                    pretrained_cfg: dict[str, Any]) -> tuple[FolderImages, ClassMatch, Path]:
     """Every image under PATH/<class>/, labelled with the model's output index for its class (`match_classes`)."""
-    from .datasets import DatasetError, _folder_samples
+    from .datasets import DatasetError, folder_samples
 
     root = Path(path).expanduser()
-    found, samples = _folder_samples(root)
+    found, samples = folder_samples(root)
     if not samples:
         raise DatasetError(f"{root}: no image files in its class sub-folders {_listed(found)}")
     match = match_classes(found, model_classes, num_classes, str(root))
