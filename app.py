@@ -21,6 +21,8 @@ if os.environ.get("SPACES_ZERO_GPU"):
 
 import gradio as gr  # noqa: E402
 
+from resnet_lab.inference import resolve_device  # noqa: E402
+from resnet_lab.precision import serving_choice  # noqa: E402
 from resnet_lab.ui import classify, common, gradcam, research  # noqa: E402
 from resnet_lab.ui.common import user_errors  # noqa: E402
 from resnet_lab.zoo import ASSETS  # noqa: E402
@@ -81,6 +83,10 @@ def main() -> None:
         os.environ["RESNET_LAB_WEIGHTS"] = args.weights
     if args.device:
         os.environ["RESNET_LAB_DEVICE"] = args.device
+    try:  # a wrong RESNET_LAB_PRECISION or device stops here, once, rather than at every model load
+        print("precision:", serving_choice(resolve_device())[1])
+    except (ValueError, RuntimeError) as e:
+        raise SystemExit(f"error: {e}") from None
     build_demo().launch(server_name=args.host, server_port=args.port, **LAUNCH)
 
 

@@ -172,3 +172,28 @@ def test_file_size_limit(client, tmp_path):
     big.write_bytes(b"\x89PNG" + b"\0" * (21 * 2**20))
     with pytest.raises(Exception, match="(?i)too large|413|size"):
         classify(client, str(big))
+
+
+def test_a_wrong_precision_setting_stops_the_app_with_its_message(app, monkeypatch, capsys):
+    """RESNET_LAB_PRECISION is checked once at start-up: a typo stops the app naming the allowed values, before any
+    model loads, instead of failing every request; a valid one is said in the log."""
+    monkeypatch.setattr("sys.argv", ["app.py", "--device", "cpu"])
+    monkeypatch.setenv("RESNET_LAB_DEVICE", "cpu")  # main() sets it; monkeypatch restores it afterwards
+    monkeypatch.setenv("RESNET_LAB_PRECISION", "fp8")
+    monkeypatch.setattr(app, "build_demo", lambda: pytest.fail("the app was built despite the bad setting"))
+    with pytest.raises(SystemExit) as e:
+        app.main()
+    assert "RESNET_LAB_PRECISION='fp8'" in str(e.value) and "auto, fp32, bf16, fp16" in str(e.value)
+    monkeypatch.setenv("RESNET_LAB_PRECISION", "fp32")
+
+    class Launched(Exception):
+        pass
+
+    class Demo:
+        def launch(self, **kw):
+            raise Launched
+
+    monkeypatch.setattr(app, "build_demo", Demo)
+    with pytest.raises(Launched):
+        app.main()
+    assert "precision: RESNET_LAB_PRECISION=fp32" in capsys.readouterr().out
