@@ -396,11 +396,13 @@ def _times(a: float, b: float) -> str:
 def describe_landscape(df: pd.DataFrame, chance: float | None = None) -> str:
     """What the landscape says, computed from the numbers: how steep and how non-convex each net's surface is,
     and for each plain/residual pair which is smoother and by how much. `chance`: accuracy of guessing
-    (default 1/8, Shapes), below twice which a net is flagged as untrained."""
+    (default 1/8, Shapes). A net whose own loss is above half the loss of guessing (-ln chance) is flagged as
+    not at a minimum (below twice chance accuracy: never trained), and its pair is not compared as Li et al.'s."""
     from .shapes import CLASSES
 
     chance = 1 / len(CLASSES) if chance is None else chance
     s = summarize(df).set_index("model")
+    off = {m for m, r in s.iterrows() if r.loss0 > 0.5 * -math.log(chance) or r.acc0 < 2 * chance}
     models = list(s.index)
     two_d = bool((s.dims == 2).any())
     step = float(s.step.iloc[0])
@@ -417,6 +419,9 @@ def describe_landscape(df: pd.DataFrame, chance: float | None = None) -> str:
         if r.acc0 < 2 * chance:
             text += f". It sits near chance ({chance:.1%}) at its own weights: it never trained, so its " \
                     "landscape is that of an untrained net, not the paper's figure"
+        elif m in off:
+            text += (f". It is far from a minimum (guessing scores loss {-math.log(chance):.3g}): it barely "
+                     "trained, so its landscape is that of a net still on the plateau, not the paper's figure")
         lines.append(text + ".")
     verdicts = []
     for res, plain in _pairs(models):
@@ -432,16 +437,16 @@ def describe_landscape(df: pd.DataFrame, chance: float | None = None) -> str:
                   f"{b.nonconvex_share:.0%} over the whole grid), with {int(a.local_minima)} spurious local minima "
                   f"against {int(b.local_minima)}")
         verdicts.append(v + ".")
-        untrained = [m for m in (res, plain) if s.loc[m].acc0 < 2 * chance]
+        untrained = [m for m in (res, plain) if m in off]
         if untrained:
-            verdicts.append(f"{' and '.join(untrained)} did not train, so this pair is not Li et al.'s comparison "
-                            f"of two minima: an untrained net sits on a high plateau "
-                            f"(loss {s.loc[untrained[0]].loss0:.3g}) where small steps change little.")
+            verdicts.append(f"{' and '.join(untrained)} did not train to a minimum, so this pair is not Li et al.'s "
+                            f"comparison of two minima: a net on the high plateau (loss "
+                            f"{s.loc[untrained[0]].loss0:.3g}) rises less because it starts high, not because its "
+                            "minimum is wide.")
         elif smoother == plain:
             verdicts.append(f"This disagrees with Li et al. (2018), where the residual net is the smoother one; "
                             f"check that {plain} and {res} were trained alike and to similar accuracy.")
-    by_depth = {REGISTRY[m].depth: m for m in models if m in REGISTRY and not REGISTRY[m].residual
-                and s.loc[m].acc0 >= 2 * chance}
+    by_depth = {REGISTRY[m].depth: m for m in models if m in REGISTRY and not REGISTRY[m].residual and m not in off}
     if len(by_depth) >= 2:
         shallow, deep = by_depth[min(by_depth)], by_depth[max(by_depth)]
         a, b = s.loc[shallow], s.loc[deep]

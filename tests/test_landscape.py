@@ -218,7 +218,11 @@ def test_text_flags_a_net_at_chance_and_handles_1d():
     res = [("resnet56", a, 0.0, 0.01 + a**2, 1.0) for a in L.grid_axis(5, 1.0)]
     text = L.describe_landscape(pd.DataFrame(line + res, columns=L.COLUMNS))
     assert "plain56's surface is flatter" in text  # what the numbers say, and then why:
-    assert "plain56 did not train, so this pair is not Li et al.'s comparison" in text and "disagrees" not in text
+    assert "plain56 did not train to a minimum, so this pair is not Li et al.'s comparison" in text
+    assert "disagrees" not in text
+    barely = [("plain56", a, 0.0, 1.79 + a**2, 0.27) for a in L.grid_axis(5, 1.0)]  # above chance, loss still high
+    text = L.describe_landscape(pd.DataFrame(barely + res, columns=L.COLUMNS))
+    assert "far from a minimum" in text and "plain56 did not train to a minimum" in text
 
 
 # ----------------------------------------------------------------------------- CLI
