@@ -74,9 +74,11 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def shipped_figure() -> Path | None:
-    """The shipped 2-D contour PNG (else the 1-D one), if there is one."""
+    """The shipped 2-D contour PNG (`landscape.write_results` names it <stem>_2d.png), else <stem>.png, else the
+    1-D plot, if there is one."""
     stem = landscape.SHIPPED_CSV.with_suffix("")
-    return next((p for p in (Path(f"{stem}_2d.png"), Path(f"{stem}_1d.png")) if p.is_file()), None)
+    return next((p for p in (Path(f"{stem}_2d.png"), Path(f"{stem}.png"), Path(f"{stem}_1d.png")) if p.is_file()),
+                None)
 
 
 def shipped_results() -> tuple[str | None, pd.DataFrame | None, str | None, str]:
