@@ -63,6 +63,7 @@ def test_live_run_returns_plot_table_csv_and_text_that_agree(twins):
     assert np.allclose(sorted(df.alpha.unique()), np.linspace(-1, 1, TINY["grid"]))
     summary = landscape.summarize(df).set_index("model")
     assert list(table["net"]) == ["resnet20", "plain20"]
+    assert "non-convex share" not in table.columns  # a 1-D slice has no curvature map: no empty column for it
     for m, row in summary.iterrows():
         assert f"loss {row.loss0:.3g}" in text and f"rises by {row.rise_mean:.3g}" in text  # the CSV's numbers
         assert table.set_index("net").loc[m, "mean loss rise"] == f"{row.rise_mean:.3g}"

@@ -30,7 +30,9 @@ SPAN_RANGE = (0.1, 2.0)
 LIVE_BUDGET_S = 25.0  # the live run's estimated seconds on a 2-core CPU, at most (the library cuts grid and images)
 TABLE_COLUMNS = {"model": "net", "loss0": "loss at w₀", "acc0": "accuracy at w₀", "step": "step",
                  "rise_mean": "mean loss rise", "rise_max": "largest loss rise", "acc_drop": "accuracy drop",
-                 "nonconvex_share": "non-convex share", "median_ratio": "median |λmin/λmax|"}
+                 "nonconvex_share": "non-convex share", "median_ratio": "median |λmin/λmax|",
+                 "nonconvex_center": "non-convex share near w₀", "local_minima": "local minima on the grid"}
+PERCENT = ("acc0", "acc_drop", "nonconvex_share", "nonconvex_center")
 SHIPPED_COMMAND = ("python -m resnet_lab landscape --models plain20,resnet20,plain56,resnet56 --dims 2 --grid 21 "
                    "--span 1.0 --n 500 --out assets --stem landscape_shapes")
 
@@ -64,13 +66,13 @@ def _checkpoints(choice: str | None) -> list[Path]:
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """`landscape.summarize` as people read it: named columns, accuracies in %, NaN (1-D: no curvature map) as '–'."""
-    s = landscape.summarize(df)
-    for col in ("acc0", "acc_drop", "nonconvex_share"):
-        s[col] = [f"{v:.1%}" if pd.notna(v) else "–" for v in s[col]]
-    for col in ("loss0", "rise_mean", "rise_max", "median_ratio"):
-        s[col] = [f"{v:.3g}" if pd.notna(v) else "–" for v in s[col]]
-    return s.drop(columns="dims").rename(columns=TABLE_COLUMNS)
+    """`landscape.summarize` as people read it: named columns, shares in %, other numbers to 3 digits; a measure
+    that no net has (a 1-D slice has no curvature map) is left out rather than shown empty."""
+    s = landscape.summarize(df).drop(columns="dims").dropna(axis="columns", how="all")
+    for col in s.columns.drop("model"):
+        fmt = "{:.1%}" if col in PERCENT else "{:.3g}"
+        s[col] = [fmt.format(v) if pd.notna(v) else "–" for v in s[col]]
+    return s.rename(columns=TABLE_COLUMNS)
 
 
 def shipped_figure() -> Path | None:
