@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from ... import gradflow
+from ... import gradflow, landscape
 from ...resnet import REGISTRY, twin_name
 from ...zoo import ASSETS
 
@@ -59,7 +59,7 @@ def refuse_if_too_big(need: int, budget: int, what: str, smaller: str) -> None:
 
 # --- the trained twins the live runs offer (assets/twins/shapes_<arch>.safetensors + .json, as train writes them) ---
 
-TWINS_DIR = ASSETS / "twins"
+TWINS_DIR = landscape.TWINS_DIR  # assets/twins/, where the landscape CLI finds twins by arch name too
 
 
 def twin_checkpoints(folder: Path | None = None) -> dict[str, Path]:
