@@ -53,7 +53,7 @@ def build_demo() -> gr.Blocks:
             classify.build_tab(model, tag, examples)
         with gr.Tab("Grad-CAM"):
             gradcam.build_tab(model, tag, examples, default)
-        with gr.Tab("Research: gradients across depth"):
+        with gr.Tab("Research: why residuals train"):
             research.build_tab()
         # The status line loads the model (seconds for a large one): real work, so it queues with the quick jobs,
         # and a typed unknown tag gets our message. Callable as /status for API users; not listed.

@@ -70,7 +70,7 @@ def test_gradcam_heatmap_appears_in_the_browser(page):
 
 
 def test_research_tab_shows_shipped_curves_and_measures_a_sweep(page):
-    page.get_by_role("tab", name="Research: gradients across depth").click()
+    page.get_by_role("tab", name="Research: why residuals train").click()
     expect(page.locator("#degradation-plot img")).to_be_visible(timeout=30_000)  # the shipped curves, on load
     table = page.locator("#degradation-table")
     for arch in ("plain20", "plain56", "resnet20", "resnet56"):
@@ -92,3 +92,21 @@ def test_research_tab_shows_shipped_curves_and_measures_a_sweep(page):
     expect(result).not_to_contain_text("resnet56")
     expect(page.get_by_text("Gradients grow; they do not vanish")).to_be_visible()
     page.screenshot(path=str(SHOTS / "research.png"), full_page=True)
+
+
+def test_research_landscape_and_lesion_sections(page):
+    """The shipped landscape and lesion results are on the page, and both live runs draw, tabulate and explain."""
+    page.get_by_role("tab", name="Research: why residuals train").click()
+    expect(page.locator("#landscape-shipped-plot img")).to_be_visible(timeout=30_000)
+    expect(page.locator("#lesion-shipped-plot img")).to_be_visible(timeout=30_000)
+    for section in ("#landscape-shipped-text", "#lesion-shipped-text"):
+        expect(page.locator(section)).not_to_contain_text("not shipped")
+    page.locator("#landscape-run").click()
+    expect(page.locator("#landscape-plot img")).to_be_visible(timeout=120_000)
+    expect(page.locator("#landscape-text")).to_contain_text("random direction", timeout=30_000)
+    expect(page.locator("#landscape-table")).to_contain_text("resnet20")
+    page.locator("#lesion-run").click()
+    expect(page.locator("#lesion-plot img")).to_be_visible(timeout=120_000)
+    expect(page.locator("#lesion-table")).to_contain_text("none (intact)", timeout=30_000)
+    expect(page.locator("#lesion-text")).to_contain_text("intact accuracy")
+    page.screenshot(path=str(SHOTS / "research_landscape_lesion.png"), full_page=True)
