@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,20 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning threads starve a shared 2-core box
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+# Browser tests: Debian's Chromium driven by Playwright (`playwright install` cannot download browsers here)
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SHOTS = Path(os.environ.get("RESNET_LAB_SCREENSHOTS", Path(__file__).resolve().parent.parent / "out" / "browser"))
+
+
+def chromium_missing() -> str | None:
+    """Why the browser cannot run here, or None (under CI a missing browser is a failure, elsewhere a skip)."""
+    if not Path(CHROMIUM).is_file():
+        return f"{CHROMIUM} is missing (apt-get install chromium)"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"{CHROMIUM} is not executable"
+    return None
 
 
 @pytest.fixture(scope="module")

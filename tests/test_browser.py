@@ -8,23 +8,10 @@ with the reason, except under CI (`CI` set), where a missing browser is a failur
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
+from conftest import CHROMIUM, CHROMIUM_FLAGS, SHOTS, chromium_missing
 from playwright.sync_api import expect, sync_playwright
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SHOTS = Path(os.environ.get("RESNET_LAB_SCREENSHOTS", Path(__file__).resolve().parent.parent / "out" / "browser"))
-
-
-def chromium_missing() -> str | None:
-    """Why the browser cannot run here, or None."""
-    if not Path(CHROMIUM).is_file():
-        return f"{CHROMIUM} is missing (apt-get install chromium)"
-    if not os.access(CHROMIUM, os.X_OK):
-        return f"{CHROMIUM} is not executable"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +24,7 @@ def page(request):
     served_app = request.getfixturevalue("served_app")  # only now: a skip costs no server
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(served_app[1], wait_until="load", timeout=60_000)
         yield page

@@ -15,23 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CHROMIUM, CHROMIUM_FLAGS, SHOTS, chromium_missing
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SHOTS = Path(os.environ.get("RESNET_LAB_SCREENSHOTS", ROOT / "out" / "browser"))
 COLOURS = {"scarlet": (220, 30, 30), "ultramarine": (30, 40, 210)}  # names no built-in model knows
 NAME = "mine (resnet20, 2 classes)"  # the picker's name for <weights>/mine.safetensors
-
-
-def _browser_missing() -> str | None:
-    if not Path(CHROMIUM).is_file():
-        return f"{CHROMIUM} is missing (apt-get install chromium)"
-    if not os.access(CHROMIUM, os.X_OK):
-        return f"{CHROMIUM} is not executable"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +45,7 @@ def trained(tmp_path_factory, one_thread) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def page(trained):
-    missing = _browser_missing()
+    missing = chromium_missing()
     if missing:
         if os.environ.get("CI"):
             pytest.fail(f"{missing}: under CI the browser test must run (.ci/run installs Debian's chromium)")
@@ -76,7 +66,7 @@ def page(trained):
     SHOTS.mkdir(parents=True, exist_ok=True)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(f"http://127.0.0.1:{port}/", wait_until="load", timeout=60_000)
             yield page
