@@ -83,6 +83,7 @@ BATCH_SIZE = 64
 SMALL_DROP = 0.05  # a single non-downsampling deletion that costs at most 5 points costs "little" (their Fig. 3)
 NEAR_CHANCE = 0.10  # within 10 points of chance counts as chance (plain nets, their Fig. 3 VGG)
 WEAK = 0.6  # an intact accuracy below this is said to be a weakly trained net
+EARLY = 0.25  # halfway to chance with under a quarter of the blocks deleted is "much sooner" than their Fig. 5
 SMOOTH_STEP = 0.5  # "smooth": no single extra deletion accounts for more than half of the total fall (their Fig. 5)
 
 
@@ -429,10 +430,14 @@ def _describe_model(d: pd.DataFrame) -> tuple[str, list[str], bool]:
                                + (f"; {model} has only {len(single)} blocks, so each carries a larger share of the "
                                   "paths" if len(single) < 27 else ""))
         if len(down):
+            costliest = not len(plain_blocks) or (intact - down.accuracy).max() > dp.max()
             parts.append("Deleting downsampling block" + ("s " if len(down) > 1 else " ") + ", ".join(
                 f"{b} costs {_pts(intact - a)}" for b, a in zip(down.block, down.accuracy)) + " points"
-                + (" (the costliest deletion is a downsampling block's, as in Veit et al.)." if len(plain_blocks)
-                   and (intact - down.accuracy).max() > dp.max() else "."))
+                + (" (the costliest deletion is a downsampling block's, as in Veit et al.)." if costliest else "."))
+            if not costliest and dp.max() > SMALL_DROP:
+                departs.append(f"in {model} the downsampling blocks are not the costliest to delete (at most "
+                               f"{_pts((intact - down.accuracy).max())} against {_pts(dp.max())} points), where in "
+                               "Veit et al. (Fig. 3) they stand out")
     else:
         if len(removable):
             near = removable.accuracy <= chance + NEAR_CHANCE
@@ -451,19 +456,39 @@ def _describe_model(d: pd.DataFrame) -> tuple[str, list[str], bool]:
             parts.append(f"{len(kept)} downsampling block{'s' if len(kept) > 1 else ''} "
                          f"({', '.join(kept.block)}) cannot be removed: no identity has its shape.")
     if len(curve) > 2:
-        top = curve.k.max()
-        fall = intact - float(curve[curve.k == top]["mean"].iloc[0])
-        steps = -np.diff(curve["mean"].to_numpy())
-        at_chance = curve[curve["mean"] <= chance + NEAR_CHANCE].k
-        parts.append(f"With k random blocks deleted ({curve[curve.k > 0].groupby('k').size().size} values of k, "
+        ks, mean = curve.k.to_numpy(), curve["mean"].to_numpy()
+        top, fall = int(ks[-1]), intact - float(mean[-1])
+        per_block = -np.diff(mean) / np.diff(ks)  # the fall per extra deleted block between evaluated k
+        at_chance = ks[mean <= chance + NEAR_CHANCE]
+        half = halfway_k(ks, mean, intact, chance)
+        parts.append(f"With k random blocks deleted ({len(ks) - 1} values of k, "
                      f"{int(d[d.kind == 'random'].draw.nunique())} draws) the mean accuracy falls to "
-                     f"{_pts(intact - fall)} % at k = {top}"
-                     + (f", reaching ~chance at k = {int(at_chance.iloc[0])}" if len(at_chance) else "")
-                     + f"; the largest fall between neighbouring k is {_pts(steps.max())} points.")
-        if residual and fall > 0.1 and steps.max() > SMOOTH_STEP * fall:
-            departs.append(f"{model}'s accuracy falls off a cliff as blocks are deleted ({_pts(steps.max())} of "
-                           f"{_pts(fall)} points in one step), where Veit et al. (Fig. 5) see a smooth rise in error")
+                     f"{_pts(float(mean[-1]))} % at k = {top}"
+                     + (f", halfway to chance at k = {half:.1f} ({_pts(half / top)} % of the blocks)"
+                        if math.isfinite(half) and residual else "")
+                     + (f", ~chance from k = {int(at_chance[0])}" if len(at_chance) else "")
+                     + f"; the largest fall per extra deleted block is {_pts(per_block.max())} points.")
+        if residual and fall > 0.1 and per_block.max() > SMOOTH_STEP * fall:
+            departs.append(f"{model}'s accuracy falls off a cliff as blocks are deleted ({_pts(per_block.max())} "
+                           f"of {_pts(fall)} points for one block), where Veit et al. (Fig. 5) see a smooth rise "
+                           "in error")
+        elif residual and math.isfinite(half) and half < EARLY * top:
+            departs.append(f"{model} is halfway to chance after only {half:.1f} of its {top} blocks are deleted at "
+                           f"random: it degrades smoothly but much sooner than Veit et al.'s ResNet-110 (Fig. 5, "
+                           "54 blocks), whose error rises gradually over many deletions"
+                           + (f"; {model} has fewer, hence individually more important, blocks" if top < 54 else ""))
     return " ".join(parts), departs, True
+
+
+def halfway_k(ks: np.ndarray, mean: np.ndarray, intact: float, chance: float) -> float:
+    """The (interpolated) k at which the mean accuracy has fallen halfway from `intact` to `chance`; nan if never."""
+    target = (intact + chance) / 2
+    below = np.nonzero(mean <= target)[0]
+    if intact <= target or not len(below) or below[0] == 0:
+        return math.nan
+    i = below[0]
+    k0, k1, a0, a1 = ks[i - 1], ks[i], mean[i - 1], mean[i]
+    return float(k0 + (a0 - target) / (a0 - a1) * (k1 - k0))
 
 
 def describe_lesion(df: pd.DataFrame) -> str:

@@ -228,6 +228,14 @@ def test_describe_follows_the_numbers():
     assert "layer2.0 costs 15.0, layer3.0 costs 25.0 points" in text
     assert "Every removable single deletion drops it to ~chance (at most 14.0 %" in text
     assert "agrees with Veit et al." in text and "disagrees" not in text
+    assert "halfway to chance at k = 6.8 (76.0 % of the blocks)" in text
+    assert lesion.halfway_k(np.array([0, 2, 4]), np.array([1.0, 0.8, 0.4]), 1.0, 0.2) == pytest.approx(3.0)
+    assert math.isnan(lesion.halfway_k(np.array([0, 2]), np.array([1.0, 0.9]), 1.0, 0.2))
+
+    early = pd.DataFrame(_synthetic("resnet56", True, 0.95, [0.94, 0.93, 0.95, 0.80, 0.94, 0.92, 0.70, 0.94, 0.95],
+                                    DOWN, [0.75, 0.45, 0.3, 0.2, 0.15, 0.13, 0.13, 0.13, 0.13]), columns=lesion.COLUMNS)
+    text = lesion.describe_lesion(early)
+    assert "halfway to chance after only 1.7 of its 9 blocks" in text and "cliff" not in text
 
     catastrophic = pd.DataFrame(
         _synthetic("resnet56", True, 0.95, [0.20, 0.94, 0.95, 0.80, 0.94, 0.93, 0.70, 0.94, 0.95], DOWN,
@@ -236,6 +244,7 @@ def test_describe_follows_the_numbers():
     assert "costs at most 75.0 points (layer1.0" in text
     assert "disagrees with Veit et al." in text and "deleting layer1.0 costs more than 5.0 points" in text
     assert "falls off a cliff" in text
+    assert "downsampling blocks are not the costliest to delete (at most 25.0 against 75.0 points)" in text
 
     untrained = pd.DataFrame(_synthetic("plain56", False, 0.13, [0.12] * 9, DOWN, [0.12] * 7), columns=lesion.COLUMNS)
     weak = pd.DataFrame(_synthetic("plain56", False, 0.30, [0.12] * 9, DOWN, [0.12] * 7), columns=lesion.COLUMNS)
