@@ -108,14 +108,10 @@ class BlockInfo:
 
 
 def _shape_change(block: BasicBlock | Bottleneck) -> bool:
-    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m not in set(_shortcut_modules(block))]
-    stride = any(s > 1 for c in convs for s in c.stride)
-    return stride or convs[0].in_channels != convs[-1].out_channels
-
-
-def _shortcut_modules(block: nn.Module) -> list[nn.Module]:
-    ds = getattr(block, "downsample", None)
-    return list(ds.modules()) if ds is not None else []
+    """Whether the block's main path strides or changes the width (its projection shortcut's convs aside)."""
+    shortcut = set(block.downsample.modules()) if getattr(block, "downsample", None) is not None else set()
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m not in shortcut]
+    return any(s > 1 for c in convs for s in c.stride) or convs[0].in_channels != convs[-1].out_channels
 
 
 def block_table(model: nn.Module) -> list[BlockInfo]:

@@ -141,6 +141,9 @@ def test_plain_downsampling_blocks_are_not_removable():
     assert [n for n, b in info.items() if not b.removable] == ["layer2.0", "layer3.0"]
     res = {b.name: b for b in lesion.block_table(_net("resnet20"))}
     assert res["layer2.0"].downsampling and res["layer2.0"].removable  # its shortcut stays
+    widen = Bottleneck(16, 16, 1, projection(16, 64, 1, nn.BatchNorm2d))  # stride 1, but 16 -> 64 channels
+    assert lesion._shape_change(widen) and not lesion._shape_change(Bottleneck(64, 16))
+    assert lesion._shape_change(Bottleneck(64, 16, 2, projection(64, 64, 2, nn.BatchNorm2d)))  # stride on the 3x3
     with pytest.raises(ValueError, match="no identity"):
         with lesion.lesioned(_net("plain20"), ["layer2.0"]):
             pass
