@@ -422,9 +422,7 @@ def _describe_model(d: pd.DataFrame) -> tuple[str, list[str], bool]:
                 cliff = plain_blocks[dp > SMALL_DROP].block.tolist()
                 departs.append(f"in {model} deleting {', '.join(cliff[:4])}{' ...' if len(cliff) > 4 else ''} costs "
                                f"more than {_pts(SMALL_DROP)} points, where Veit et al. (Fig. 3) find every "
-                               "non-downsampling block of ResNet-110 dispensable"
-                               + (f"; {model} has only {len(single)} blocks, so each carries a larger share of the "
-                                  "paths" if len(single) < 27 else ""))
+                               "non-downsampling block of ResNet-110 dispensable")
         if len(down):
             costliest = not len(plain_blocks) or (intact - down.accuracy).max() > dp.max()
             parts.append("Deleting downsampling block" + ("s " if len(down) > 1 else " ") + ", ".join(
@@ -445,9 +443,9 @@ def _describe_model(d: pd.DataFrame) -> tuple[str, list[str], bool]:
                 parts.append(f"Single deletions cost {_pts(drop.min())} to {_pts(drop.max())} points "
                              f"(median {_pts(drop.median())}); {int(near.sum())} of {len(removable)} send it to "
                              "~chance.")
-                departs.append(f"{model} survives some single deletions ({int((~near).sum())} of {len(removable)} "
-                               f"above chance + {_pts(NEAR_CHANCE)} points), where Veit et al. find any deletion "
-                               "from a plain (VGG) net catastrophic")
+                departs.append(f"in {model} {int((~near).sum())} of {len(removable)} single deletions leave it above "
+                               f"chance + {_pts(NEAR_CHANCE)} points (at most {_pts(removable.accuracy.max())} %), "
+                               "where Veit et al. find that deleting any layer of a plain (VGG) net sends it to chance")
         if len(kept):
             parts.append(f"{len(kept)} downsampling block{'s' if len(kept) > 1 else ''} "
                          f"({', '.join(kept.block)}) cannot be removed: no identity has its shape.")
@@ -502,7 +500,7 @@ def describe_lesion(df: pd.DataFrame) -> str:
     claims = {True: "residual nets lose little when any one non-downsampling block goes and degrade smoothly as "
                     "more go", False: "a plain net does not survive losing a layer"}
     if departs:
-        paragraphs.append("Where this disagrees with Veit et al. (2016): " + "; ".join(departs) + ".")
+        paragraphs.append("Where this disagrees with Veit et al. (2016):\n" + "\n".join(f"- {d}." for d in departs))
     elif tested:
         paragraphs.append("This agrees with Veit et al. (2016): " + "; ".join(claims[r] for r in (True, False)
                                                                             if r in tested) + ".")
