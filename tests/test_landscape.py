@@ -208,7 +208,10 @@ def test_summary_and_text_say_which_twin_is_smoother():
     assert f"resnet20's surface is flatter than plain20's: its loss rises {ratio:.1f}x less" in text
     assert "disagrees" not in text
     flipped = df.assign(model=df.model.map({"resnet20": "plain20", "plain20": "resnet20"}))
-    assert "disagrees with Li et al." in L.describe_landscape(flipped)
+    text = L.describe_landscape(flipped)  # a flatter plain-20 is what Li et al. allow; a flatter plain-56 is not
+    assert "does not contradict Li et al." in text and "disagrees" not in text
+    deep = flipped.assign(model=flipped.model.str.replace("20", "56"))
+    assert "disagrees with Li et al." in L.describe_landscape(deep)
 
 
 def test_text_flags_a_net_at_chance_and_handles_1d():
