@@ -587,13 +587,14 @@ def quick_settings(archs: Sequence[str], seconds: float = 25.0, size: int = 32) 
 
 def estimate_memory(archs: Sequence[str], n: int, size: int = 32, batch: int = EVAL_BATCH) -> int:
     """Peak bytes a run adds (an upper bound): the held-out set (float, plus its uint8 rendering), per net the
-    private copy, w0 and two directions, and the widest no-grad activations of one batch (three alive at once)."""
+    private copy, w0 and two directions, and the widest no-grad activations of one batch: six alive at once (a
+    block's input kept for its shortcut, conv, BN and ReLU outputs, and oneDNN's reordered copies)."""
     from .gradflow import ALLOCATOR_OVERHEAD
 
     data = n * 3 * size * size * (4 + 4 + 1)
     nets = sum(4 * 4 * _param_count(a) for a in archs)
     widest = max(REGISTRY[a].widths[0] * size * size for a in archs) if archs else 0
-    return math.ceil(ALLOCATOR_OVERHEAD["cpu"] * (data + nets + 3 * 4 * min(batch, n) * widest))
+    return math.ceil(ALLOCATOR_OVERHEAD["cpu"] * (data + nets + 6 * 4 * min(batch, n) * widest))
 
 
 def _param_count(arch: str) -> int:
