@@ -71,7 +71,8 @@ RISE_AT = 0.5  # the loss rise is read at alpha = RISE_AT * span along each dire
 NONCONVEX_RATIO = 0.01  # a point is non-convex when -lambda_min exceeds this share of the largest |lambda|
 SHALLOW_DEPTH = 20  # Li et al. Fig. 5: at this depth plain and residual nets both have smooth, convex-looking surfaces
 # The app's live 1-D run; `quick_settings` shrinks it to fit a time budget for the nets chosen
-# (resnet20 + plain20 at these settings: 20.6 s measured with one thread at load 11 on this 2-core CPU).
+# (plain20 + resnet20, the shipped twins: 10.5 s with one thread at load 2, 20.6 s at load 11 on this 2-core CPU;
+# 34.8 s with two threads at load 2: a busy machine wants one thread per process).
 QUICK = {"grid": 15, "n": 256, "dims": 1, "span": 1.0}
 # Seconds per giga-MAC of eval-mode forward pass, one thread, 32 px CIFAR nets, batches of up to 500, measured on
 # this 2-core CPU while shared: 0.046-0.05 at load 4, 0.066-0.077 at load 10-11 (0.32 with 2 threads at load 11:
