@@ -84,8 +84,9 @@ def test_research_tab_shows_shipped_curves_and_measures_a_sweep(page):
 def test_research_landscape_and_lesion_sections(page):
     """The shipped landscape and lesion results are on the page, and both live runs draw, tabulate and explain."""
     page.get_by_role("tab", name="Research: why residuals train").click()
-    expect(page.locator("#landscape-shipped-plot img")).to_be_visible(timeout=30_000)
-    expect(page.locator("#lesion-shipped-plot img")).to_be_visible(timeout=30_000)
+    for plot in ("#landscape-shipped-plot img", "#lesion-shipped-plot img"):  # lazy images: load when scrolled to
+        page.locator(plot).scroll_into_view_if_needed()
+        expect(page.locator(plot)).to_be_visible(timeout=30_000)
     for section in ("#landscape-shipped-text", "#lesion-shipped-text"):
         expect(page.locator(section)).not_to_contain_text("not shipped")
     page.locator("#landscape-run").click()
