@@ -397,7 +397,8 @@ def _times(a: float, b: float) -> str:
 
 def describe_landscape(df: pd.DataFrame, chance: float | None = None) -> str:
     """What the landscape says, computed from the numbers: how steep and how non-convex each net's surface is,
-    and for each plain/residual pair which is smoother and by how much. `chance`: accuracy of guessing
+    and for each plain/residual pair which is smoother (on a 2-D grid: the more convex, Li et al.'s criterion; on a
+    1-D slice: the flatter) and by how much. `chance`: accuracy of guessing
     (default 1/8, Shapes). A net whose own loss is above half the loss of guessing (-ln chance) is flagged as
     not at a minimum (below twice chance accuracy: never trained), and its pair is not compared as Li et al.'s."""
     from .shapes import CLASSES
@@ -428,17 +429,25 @@ def describe_landscape(df: pd.DataFrame, chance: float | None = None) -> str:
     verdicts = []
     for res, plain in _pairs(models):
         a, b = s.loc[res], s.loc[plain]
-        smoother = res if a.rise_mean < b.rise_mean else plain
-        rougher = plain if smoother == res else res
+        convexity = two_d and math.isfinite(a.nonconvex_share) and math.isfinite(b.nonconvex_share)
         lo, hi = sorted((a.rise_mean, b.rise_mean))
-        v = (f"{smoother}'s surface is flatter than {rougher}'s: its loss rises {_times(lo, hi)} less "
-             f"({lo:.3g} against {hi:.3g})")
-        if two_d and math.isfinite(a.nonconvex_share) and math.isfinite(b.nonconvex_share):
-            v += (f", and {a.nonconvex_center:.0%} of {res}'s surface within ±{step:g} of the minimum is non-convex "
-                  f"against {b.nonconvex_center:.0%} of {plain}'s ({a.nonconvex_share:.0%} and "
-                  f"{b.nonconvex_share:.0%} over the whole grid), with {int(a.local_minima)} spurious local minima "
-                  f"against {int(b.local_minima)}")
-        verdicts.append(v + ".")
+        if convexity:  # Li et al.'s criterion: convex and smooth against chaotic, not how steep the walls are
+            smoother = res if (a.nonconvex_share, a.local_minima) <= (b.nonconvex_share, b.local_minima) else plain
+            rougher = plain if smoother == res else res
+            x, y = s.loc[smoother], s.loc[rougher]
+            verdicts.append(
+                f"{smoother}'s surface is the more convex: {x.nonconvex_share:.0%} of it is non-convex against "
+                f"{y.nonconvex_share:.0%} of {rougher}'s ({x.nonconvex_center:.0%} and {y.nonconvex_center:.0%} "
+                f"within ±{step:g} of the minimum), with {int(x.local_minima)} spurious local minima against "
+                f"{int(y.local_minima)}.")
+            sharper = res if a.rise_mean > b.rise_mean else plain
+            verdicts.append(f"{sharper}'s minimum is the sharper one: its loss rises {_times(lo, hi)} more "
+                            f"({hi:.3g} against {lo:.3g}); sharpness is not what Li et al.'s Fig. 5 compares.")
+        else:  # a 1-D slice shows only how steep the surface is
+            smoother = res if a.rise_mean < b.rise_mean else plain
+            rougher = plain if smoother == res else res
+            verdicts.append(f"{smoother}'s surface is flatter than {rougher}'s: its loss rises {_times(lo, hi)} "
+                            f"less ({lo:.3g} against {hi:.3g}); a 2-D grid (--dims 2) measures convexity.")
         untrained = [m for m in (res, plain) if m in off]
         if untrained:
             verdicts.append(f"{' and '.join(untrained)} did not train to a minimum, so this pair is not Li et al.'s "
@@ -453,14 +462,25 @@ def describe_landscape(df: pd.DataFrame, chance: float | None = None) -> str:
         elif smoother == plain:
             verdicts.append(f"This disagrees with Li et al. (2018), where the deep residual net is the smoother "
                             f"one; check that {plain} and {res} were trained alike and to similar accuracy.")
+        elif REGISTRY[res].depth > SHALLOW_DEPTH:
+            verdicts.append(f"As in Li et al. (2018, Fig. 5): at {REGISTRY[res].depth} layers the shortcuts keep "
+                            f"the surface around the minimum {'convex' if convexity else 'flat'} where the plain "
+                            f"twin's is {'chaotic' if convexity else 'steeper'}.")
     by_depth = {REGISTRY[m].depth: m for m in models if m in REGISTRY and not REGISTRY[m].residual and m not in off}
     if len(by_depth) >= 2:
         shallow, deep = by_depth[min(by_depth)], by_depth[max(by_depth)]
         a, b = s.loc[shallow], s.loc[deep]
-        word = "steeper" if b.rise_mean > a.rise_mean else "no steeper"
-        verdicts.append(f"Without shortcuts, depth makes the surface {word}: {deep}'s loss rises by "
-                        f"{b.rise_mean:.3g} against {shallow}'s {a.rise_mean:.3g} (Li et al.: plain nets grow "
-                        "chaotic with depth).")
+        if two_d and math.isfinite(a.nonconvex_share) and math.isfinite(b.nonconvex_share):
+            more = (b.nonconvex_share, b.local_minima) > (a.nonconvex_share, a.local_minima)
+            verdicts.append(f"Without shortcuts, depth makes the surface {'more' if more else 'no more'} chaotic: "
+                            f"{b.nonconvex_share:.0%} of {deep}'s is non-convex against {a.nonconvex_share:.0%} of "
+                            f"{shallow}'s, with {int(b.local_minima)} spurious local minima against "
+                            f"{int(a.local_minima)} (Li et al.: plain nets grow chaotic with depth).")
+        else:
+            word = "steeper" if b.rise_mean > a.rise_mean else "no steeper"
+            verdicts.append(f"Without shortcuts, depth makes the surface {word}: {deep}'s loss rises by "
+                            f"{b.rise_mean:.3g} against {shallow}'s {a.rise_mean:.3g} (Li et al.: plain nets grow "
+                            "chaotic with depth).")
     return "\n".join(lines + verdicts)
 
 

@@ -205,7 +205,8 @@ def test_summary_and_text_say_which_twin_is_smoother():
     assert s.loc["resnet20", "rise_mean"] == pytest.approx(0.25)  # 0.5**2, at the step span/2
     text = L.describe_landscape(df)
     ratio = s.loc["plain20", "rise_mean"] / s.loc["resnet20", "rise_mean"]
-    assert f"resnet20's surface is flatter than plain20's: its loss rises {ratio:.1f}x less" in text
+    assert "resnet20's surface is the more convex: 0% of it is non-convex" in text
+    assert f"plain20's minimum is the sharper one: its loss rises {ratio:.1f}x more" in text
     assert "disagrees" not in text
     flipped = df.assign(model=df.model.map({"resnet20": "plain20", "plain20": "resnet20"}))
     text = L.describe_landscape(flipped)  # a flatter plain-20 is what Li et al. allow; a flatter plain-56 is not

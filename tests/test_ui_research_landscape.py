@@ -116,7 +116,7 @@ def test_shipped_results_present(tmp_path, monkeypatch):
     png, table, path, text = ui.shipped_results()  # no PNG shipped beside it: drawn from the CSV
     assert png.endswith(".png") and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and path == str(csv)
     assert "2-D, 7 points per axis" in text and landscape.describe_landscape(df) in text
-    assert "resnet20's surface is flatter than plain20's" in text
+    assert "resnet20's surface is the more convex" in text
     shares = table.set_index("net")["non-convex share"]
     assert shares["resnet20"] == "0.0%"
     assert float(shares["plain20"].rstrip("%")) > 0
