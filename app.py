@@ -21,11 +21,11 @@ if os.environ.get("SPACES_ZERO_GPU"):
 
 import gradio as gr  # noqa: E402
 
-from resnet_lab.inference import resolve_device  # noqa: E402
 from resnet_lab.precision import serving_choice  # noqa: E402
+from resnet_lab.serving.inference import resolve_device  # noqa: E402
+from resnet_lab.serving.zoo import ASSETS  # noqa: E402
 from resnet_lab.ui import classify, common, gradcam, research  # noqa: E402
 from resnet_lab.ui.common import user_errors  # noqa: E402
-from resnet_lab.zoo import ASSETS  # noqa: E402
 
 PHOTOS = [str(ASSETS / f) for f in ("chelsea.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg")]
 SHAPES = sorted(str(p) for p in ASSETS.glob("shapes_*.png"))

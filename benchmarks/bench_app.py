@@ -51,9 +51,9 @@ sys.path.insert(0, str(ROOT))
 
 import app  # noqa: E402
 from benchmarks.photos import phone_jpeg  # noqa: E402
+from resnet_lab.serving.zoo import ModelZoo  # noqa: E402
 from resnet_lab.ui import common, gradcam  # noqa: E402
 from resnet_lab.ui.common import UploadImage  # noqa: E402
-from resnet_lab.zoo import ModelZoo  # noqa: E402
 
 IMAGE = str(ROOT / "assets" / "chelsea.jpg")
 PHONE_SIZES = {"12 MP": (4032, 3024), "48 MP": (8000, 6000)}
@@ -168,7 +168,7 @@ class _Server:
 
     def gradcam(self, model: str, path: str) -> tuple:
         """One Grad-CAM request as the tab sends it: last stage, top-1, Guided Grad-CAM beside it."""
-        from resnet_lab.zoo import describe, tags_for
+        from resnet_lab.serving.zoo import describe, tags_for
 
         return self.client.predict(handle_file(path), model, tags_for(model)[0], describe(model)[0][-1],
                                    "top-1 prediction", "jet", 0.5, False, "Guided Grad-CAM", api_name="/gradcam")

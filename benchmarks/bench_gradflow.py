@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from resnet_lab import gradflow  # noqa: E402
-from resnet_lab.gradflow import CIFAR_ARCHS, GradFlowConfig, run_sweep  # noqa: E402
+from resnet_lab.research.gradflow import CIFAR_ARCHS, GradFlowConfig, run_sweep  # noqa: E402
 
 SWEEPS = {
     "default (ImageNet-style 18-152, batch 8, 1 seed, 64 px)": GradFlowConfig(),

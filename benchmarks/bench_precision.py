@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 
-from resnet_lab.inference import Classifier
 from resnet_lab.precision import (
     AGREEMENT_FILE,
     AGREEMENT_MIN,
@@ -39,6 +38,7 @@ from resnet_lab.precision import (
     cpu_flags,
     cpu_native_bf16,
 )
+from resnet_lab.serving.inference import Classifier
 from resnet_lab.shapes import ShapesDataset
 from resnet_lab.weights import load_checkpoint, load_weights
 

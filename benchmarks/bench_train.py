@@ -80,9 +80,9 @@ def bench_cifar(arch: str, n: int, batch: int, device: torch.device, workers: in
     """Loader epochs per second (device-resident vs CPU DataLoader), then training throughput per precision."""
     import torchvision.transforms.v2 as T
 
-    from resnet_lab.loaders import TensorBatches
     from resnet_lab.resnet import CIFAR_MEAN, CIFAR_STD
-    from resnet_lab.train import optimizer_step, resolve_precision
+    from resnet_lab.training.loaders import TensorBatches
+    from resnet_lab.training.train import optimizer_step, resolve_precision
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -199,11 +199,11 @@ def forever(batches: Iterable) -> Iterator:
 def bench_pipeline(arch: str, n: int, n_folder: int, batch: int, device: torch.device, workers: int, steps: int,
                    warmup: int, compile_too: bool, channels_last: bool, tmp: Path) -> list[dict]:
     """Steps/s fed by synthetic tensors, real CIFAR files and a JPEG folder, per precision and compile; one row each."""
-    from resnet_lab.datasets import image_folder, load_cifar, train_transform
-    from resnet_lab.loaders import LoaderBatches, TensorBatches
     from resnet_lab.precision import cuda_half_dtype, dtype_name
     from resnet_lab.resnet import CIFAR_MEAN, CIFAR_STD
-    from resnet_lab.train import maybe_compile, optimizer_step
+    from resnet_lab.training.datasets import image_folder, load_cifar, train_transform
+    from resnet_lab.training.loaders import LoaderBatches, TensorBatches
+    from resnet_lab.training.train import maybe_compile, optimizer_step
 
     t = time.perf_counter()
     write_cifar10(tmp, n, max(batch, 16))

@@ -13,13 +13,13 @@ import sys
 
 COMMANDS = {
     "verify": ("resnet_lab.verify", "prove our ResNets equal timm's and torchvision's"),
-    "train": ("resnet_lab.train", "train any registered arch on Shapes, CIFAR-10/100 or an image folder"),
+    "train": ("resnet_lab.training.train", "train any registered arch on Shapes, CIFAR-10/100 or an image folder"),
     "faithfulness": ("resnet_lab.faithfulness", "measure how faithful each explanation is"),
-    "gradnorms": ("resnet_lab.gradflow", "gradient norms across depth, plain vs residual"),
-    "degradation": ("resnet_lab.degradation", "train plain/residual twins and record the curves"),
-    "evaluate": ("resnet_lab.evaluation", "top-1/top-5, per-class accuracy, confusion and calibration on a test set"),
-    "landscape": ("resnet_lab.landscape", "loss landscapes of trained twins along filter-normalized directions"),
-    "lesion": ("resnet_lab.lesion", "delete residual blocks of a trained net, one and many at a time"),
+    "gradnorms": ("resnet_lab.research.gradflow", "gradient norms across depth, plain vs residual"),
+    "degradation": ("resnet_lab.research.degradation", "train plain/residual twins and record the curves"),
+    "evaluate": ("resnet_lab.training.evaluation", "top-1/top-5, per-class accuracy, confusion, calibration"),
+    "landscape": ("resnet_lab.research.landscape", "loss landscapes of trained twins (filter-normalized)"),
+    "lesion": ("resnet_lab.research.lesion", "delete residual blocks of a trained net, one and many at a time"),
 }
 
 

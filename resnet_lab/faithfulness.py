@@ -389,7 +389,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .train import accuracy
+    from .training.train import accuracy
     from .weights import load_checkpoint
 
     loaded = load_checkpoint(args.model)

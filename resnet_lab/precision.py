@@ -29,10 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .paths import ASSETS
+
 ENV = "RESNET_LAB_PRECISION"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-AGREEMENT_FILE = Path(__file__).resolve().parent.parent / "assets" / "cpu_bf16_agreement.json"
+AGREEMENT_FILE = ASSETS / "cpu_bf16_agreement.json"
 AGREEMENT_MIN = 0.995
 # One disagreement in fewer than 200 images is already more than 0.5 %: a smaller corpus cannot show 99.5 %.
 AGREEMENT_MIN_IMAGES = 200
@@ -196,7 +198,7 @@ def time_train_steps(
     untimed step per dtype says the rounds would take longer than `budget_s`: a big net at a big batch stays cheap.
     A dtype whose steps fail (no kernel, out of memory) is left out of the result.
     """
-    from .train import optimizer_step  # lazy: train imports this module
+    from .training.train import optimizer_step  # lazy: train imports this module
 
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)

@@ -25,11 +25,11 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from .paths import PROJECT_ROOT
 from .resnet import REGISTRY, ResNet, build
 
 HUB_PROBE_TIMEOUT_S = 2.0  # TCP connect to the hub (DNS included)
 HUB_METADATA_TIMEOUT_S = 5.0  # the hub's answer to the HEAD for a file; huggingface_hub alone would retry for minutes
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TAGS = {  # cross-entropy-trained weights, so the probabilities are calibrated
     "resnet18": "resnet18.tv_in1k",
     "resnet34": "resnet34.tv_in1k",

@@ -67,8 +67,8 @@ def served_app():
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import app
+    from resnet_lab.serving.zoo import ModelZoo
     from resnet_lab.ui import common
-    from resnet_lab.zoo import ModelZoo
 
     common.set_zoo(ModelZoo(weights_path="", device="cpu"))
     with socket.socket() as s:

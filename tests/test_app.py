@@ -17,8 +17,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from resnet_lab import resources
+from resnet_lab.serving.zoo import ASSETS, SHAPES_MODEL
 from resnet_lab.ui import common
-from resnet_lab.zoo import ASSETS, SHAPES_MODEL
 
 CAT = str(ASSETS / "chelsea.jpg")
 SHAPE = str(ASSETS / "shapes_star.png")

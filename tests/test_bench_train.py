@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks import bench_train as B
-from resnet_lab.datasets import load_cifar
+from resnet_lab.training.datasets import load_cifar
 
 
 def test_written_cifar_is_read_back_pixel_exact_by_load_cifar(tmp_path):
@@ -45,7 +45,7 @@ def test_pipeline_table_has_every_source_at_both_precisions(rows):
 
 
 def test_a_compile_that_fails_at_its_first_call_is_a_row_not_a_crash(tmp_path, monkeypatch, capsys):
-    import resnet_lab.train
+    import resnet_lab.training.train
 
     def broken(model, enabled, log):
         if not enabled:
@@ -56,7 +56,7 @@ def test_a_compile_that_fails_at_its_first_call_is_a_row_not_a_crash(tmp_path, m
 
         return fail
 
-    monkeypatch.setattr(resnet_lab.train, "maybe_compile", broken)
+    monkeypatch.setattr(resnet_lab.training.train, "maybe_compile", broken)
     rows = B.bench_pipeline("resnet20", n=24, n_folder=20, batch=8, device=torch.device("cpu"), workers=0, steps=1,
                             warmup=1, compile_too=True, channels_last=True, tmp=tmp_path)
     compiled = [r for r in rows if r["compile"]]

@@ -52,8 +52,8 @@ def page(trained):
         pytest.skip(missing)
     sys.path.insert(0, str(ROOT))
     import app
+    from resnet_lab.serving.zoo import ModelZoo
     from resnet_lab.ui import common
-    from resnet_lab.zoo import ModelZoo
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RESNET_LAB_WEIGHTS", str(trained[0]))
@@ -77,7 +77,7 @@ def page(trained):
 
 
 def test_pick_the_trained_model_and_classify_one_of_its_images(page, trained):
-    from resnet_lab.inference import Classifier
+    from resnet_lab.serving.inference import Classifier
     from resnet_lab.weights import load_checkpoint
 
     weights, image = trained

@@ -11,9 +11,9 @@ import pytest
 from conftest import encode
 from gradio_client.exceptions import AppError
 
-from resnet_lab import inference
+from resnet_lab.serving import inference
+from resnet_lab.serving.zoo import SHAPES_MODEL, ModelZoo
 from resnet_lab.ui import classify, common
-from resnet_lab.zoo import SHAPES_MODEL, ModelZoo
 
 MODEL, TAG = SHAPES_MODEL, "shipped"  # the shipped checkpoint: real weights, small, offline
 

@@ -20,9 +20,10 @@ import pytest
 from gradio.context import LocalContext
 from gradio_client import Client, handle_file
 
-from resnet_lab import degradation, faithfulness, gradflow
+from resnet_lab import faithfulness
+from resnet_lab.research import degradation, gradflow
+from resnet_lab.serving.zoo import ASSETS, SHAPES_MODEL, ModelZoo
 from resnet_lab.ui import common, research
-from resnet_lab.zoo import ASSETS, SHAPES_MODEL, ModelZoo
 
 SHAPE = str(ASSETS / "shapes_star.png")
 GRADCAM_ARGS = ("layer3", "top-1 prediction", "jet", 0.5, False, "Guided Grad-CAM")

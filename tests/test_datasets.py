@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from resnet_lab.data import eval_transform
-from resnet_lab.datasets import (
+from resnet_lab.training.datasets import (
     DatasetError,
     FolderSplit,
     cifar_root,

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from resnet_lab import degradation
 from resnet_lab.__main__ import main
-from resnet_lab.degradation import COLUMNS, SHIPPED_CSV, final_metrics, lr_at, run_degradation
+from resnet_lab.research import degradation
+from resnet_lab.research.degradation import COLUMNS, SHIPPED_CSV, final_metrics, lr_at, run_degradation
 
 TINY = {"train_size": 24, "val_size": 16, "evals": 1}
 
@@ -150,7 +150,7 @@ def test_memory_estimate_bounds_a_measured_peak():
     from peak_memory import added_peak
 
     added = added_peak(
-        'from resnet_lab import degradation\n'
+        'from resnet_lab.research import degradation\n'
         'degradation.run_degradation(2, 2, ("plain20",), train_size=4, val_size=4, evals=1)',  # warm-up
         'degradation.run_degradation(30, 64, ("plain20", "resnet32"), train_size=256, val_size=128, until=2)')
     estimate = degradation.estimate_memory(30, 64, ("plain20", "resnet32"), train_size=256, val_size=128)

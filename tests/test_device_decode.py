@@ -23,10 +23,10 @@ from PIL import Image
 
 from resnet_lab import data
 from resnet_lab.data import _TRANSPOSE, ImageError, decode_image
-from resnet_lab.device_decode import DeviceTransform, decode_jpegs, orient, read_jpeg_header
-from resnet_lab.inference import Classifier
+from resnet_lab.serving.device_decode import DeviceTransform, decode_jpegs, orient, read_jpeg_header
+from resnet_lab.serving.inference import Classifier
+from resnet_lab.serving.zoo import SHAPES_CHECKPOINT
 from resnet_lab.weights import load_weights
-from resnet_lab.zoo import SHAPES_CHECKPOINT
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 ONE_LEVEL = 1 / 255  # of the [0, 1] pixel scale: PIL rounds its resize to uint8, the device path rounds the same way
@@ -103,14 +103,14 @@ def test_pixel_bound_is_checked_from_the_header(monkeypatch, rn50, photo):
     """Too many pixels is refused before decoding, with the CPU path's message."""
     dev, _ = rn50
     monkeypatch.setattr(data, "MAX_PIXELS", 1000)
-    monkeypatch.setattr("resnet_lab.inference.decode_jpegs", lambda *a: pytest.fail("decoded before the check"))
+    monkeypatch.setattr("resnet_lab.serving.inference.decode_jpegs", lambda *a: pytest.fail("decoded before the check"))
     (result,) = dev.prepare_many([encode(photo, "JPEG")])
     assert isinstance(result, ImageError) and "more than the limit of 1,000" in str(result)
 
 
 def test_a_strip_is_refused_before_decoding(monkeypatch, rn50):
     dev, _ = rn50
-    monkeypatch.setattr("resnet_lab.inference.decode_jpegs", lambda *a: pytest.fail("decoded before the check"))
+    monkeypatch.setattr("resnet_lab.serving.inference.decode_jpegs", lambda *a: pytest.fail("decoded before the check"))
     (result,) = dev.prepare_many([encode(Image.new("RGB", (20000, 1)), "JPEG")])
     assert isinstance(result, ImageError) and "would make it 5,120,000x256" in str(result)
 
@@ -140,7 +140,7 @@ def test_shapes_top1_on_png_fallback_and_on_jpeg(shapes, monkeypatch):
     raws = [p.read_bytes() for p in pngs]
     calls = []
     real = decode_jpegs
-    monkeypatch.setattr("resnet_lab.inference.decode_jpegs", lambda d, dv: calls.append(len(d)) or real(d, dv))
+    monkeypatch.setattr("resnet_lab.serving.inference.decode_jpegs", lambda d, dv: calls.append(len(d)) or real(d, dv))
     png_inputs = torch.stack(dev.prepare_many(raws))
     assert calls == [] and torch.equal(png_inputs, cpu.preprocess(raws))
     jpeg_raws = [encode(Image.open(p).convert("RGB"), "JPEG", quality=95) for p in pngs]
@@ -202,10 +202,10 @@ def test_decode_calls_are_bounded_in_pixels(shapes, monkeypatch):
     whole = torch.stack(dev.prepare_many(raws))
     calls = []
     real = decode_jpegs
-    monkeypatch.setattr("resnet_lab.inference.decode_jpegs", lambda d, dv: calls.append(len(d)) or real(d, dv))
-    monkeypatch.setattr("resnet_lab.inference.DECODE_CALL_PIXELS", 3 * 128 * 128)
+    monkeypatch.setattr("resnet_lab.serving.inference.decode_jpegs", lambda d, dv: calls.append(len(d)) or real(d, dv))
+    monkeypatch.setattr("resnet_lab.serving.inference.DECODE_CALL_PIXELS", 3 * 128 * 128)
     assert torch.equal(torch.stack(dev.prepare_many(raws)), whole) and calls == [3, 3, 2]
-    monkeypatch.setattr("resnet_lab.inference.DECODE_CALL_PIXELS", 100)
+    monkeypatch.setattr("resnet_lab.serving.inference.DECODE_CALL_PIXELS", 100)
     calls.clear()
     assert torch.equal(torch.stack(dev.prepare_many(raws)), whole) and calls == [1] * 8
 

@@ -15,12 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnet_lab import distributed as D
 from resnet_lab.__main__ import main
-from resnet_lab.loaders import LoaderBatches, ShapesBatches, TensorBatches
 from resnet_lab.resnet import build
 from resnet_lab.shapes import ShapesDataset
-from resnet_lab.train import TrainConfig, batches_accuracy, train
+from resnet_lab.training import distributed as D
+from resnet_lab.training.loaders import LoaderBatches, ShapesBatches, TensorBatches
+from resnet_lab.training.train import TrainConfig, batches_accuracy, train
 from resnet_lab.weights import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
-"""`resnet_lab.evaluation`: metrics on hand-made logits with answers worked out here, an ECE recomputed with plain
-numpy loops, the exact merge of partial results, and `python -m resnet_lab evaluate` on Shapes and on CIFAR-format
-files written by the test."""
+"""`resnet_lab.training.evaluation`: metrics on hand-made logits with answers worked out here, an ECE
+recomputed with plain numpy loops, the exact merge of partial results, and `python -m resnet_lab evaluate`
+on Shapes and on CIFAR-format files written by the test."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from resnet_lab.__main__ import main
-from resnet_lab.evaluation import EvaluationResult
+from resnet_lab.training.evaluation import EvaluationResult
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES_MODEL = ROOT / "assets" / "shapes_resnet20.safetensors"
@@ -170,7 +170,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_cli_on_the_shipped_shapes_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from resnet_lab.shapes import ShapesDataset
-    from resnet_lab.train import accuracy, predict
+    from resnet_lab.training.train import accuracy, predict
     from resnet_lab.weights import load_checkpoint
 
     out = tmp_path / "eval"
@@ -350,7 +350,7 @@ def test_imagenet_val_folder_lands_on_timms_indices(tmp_path: Path) -> None:
     from timm.data import ImageNetInfo
 
     from resnet_lab.data import imagenet_labels
-    from resnet_lab.evaluation import folder_dataset, imagenet_synsets, match_classes
+    from resnet_lab.training.evaluation import folder_dataset, imagenet_synsets, match_classes
     from resnet_lab.weights import load_checkpoint
 
     info = ImageNetInfo()
@@ -420,8 +420,8 @@ def test_tensor_data_shards_cover_the_set_once(tmp_path: Path) -> None:
     in one process: `Dist` is only rank and world size to the sharding)."""
     import argparse
 
-    from resnet_lab.distributed import Dist
-    from resnet_lab.evaluation import _shard
+    from resnet_lab.training.distributed import Dist
+    from resnet_lab.training.evaluation import _shard
     from resnet_lab.weights import load_checkpoint
 
     loaded = load_checkpoint(SHAPES_MODEL)

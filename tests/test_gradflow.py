@@ -1,6 +1,6 @@
 """Gradient flow at init: the twins are fair, every conv is measured, and the qualitative facts hold on our nets.
 
-The facts (see resnet_lab.gradflow): with BN in train mode plain nets' gradients
+The facts (see resnet_lab.research.gradflow): with BN in train mode plain nets' gradients
 grow toward the input (~x1.2 per layer, Yang et al. 2019) while ResNets stay far
 flatter; without BN plain nets shrink mildly and ResNets blow up forward; zero-gamma
 makes every residual block the identity. CIFAR nets keep this fast.
@@ -21,9 +21,9 @@ import pytest
 import torch
 from torch import nn
 
-from resnet_lab import gradflow
 from resnet_lab.__main__ import main
-from resnet_lab.gradflow import GradFlowConfig, measure, run_sweep, summarize
+from resnet_lab.research import gradflow
+from resnet_lab.research.gradflow import GradFlowConfig, measure, run_sweep, summarize
 
 CIFAR = ("resnet20", "resnet56", "resnet110")
 LN10 = math.log(10)
@@ -279,7 +279,7 @@ def test_memory_estimate_bounds_a_measured_peak():
     arch, size, batch = "resnet18", 128, 16
     cfg = GradFlowConfig(archs=(arch,), input_size=size, batch_size=batch)
     added = added_peak(
-        'from resnet_lab import gradflow\n'
+        'from resnet_lab.research import gradflow\n'
         'gradflow.measure("resnet20", "residual", 0, gradflow.GradFlowConfig(archs=("resnet20",), batch_size=2))',
         f'gradflow.measure({arch!r}, "residual", 0, '
         f'gradflow.GradFlowConfig(archs=({arch!r},), input_size={size}, batch_size={batch}))')

@@ -8,11 +8,11 @@ import logging
 import pytest
 import torch
 
-from resnet_lab import graphs
-from resnet_lab.graphs import BUCKETS, bucket_for, bucketed, graphs_off_reason
-from resnet_lab.inference import Classifier
+from resnet_lab.serving import graphs
+from resnet_lab.serving.graphs import BUCKETS, bucket_for, bucketed, graphs_off_reason
+from resnet_lab.serving.inference import Classifier
+from resnet_lab.serving.zoo import SHAPES_CHECKPOINT, SHAPES_MODEL, ModelZoo
 from resnet_lab.weights import load_weights
-from resnet_lab.zoo import SHAPES_CHECKPOINT, SHAPES_MODEL, ModelZoo
 
 
 class FakeGraphs:
@@ -100,7 +100,7 @@ def test_a_failed_or_wrong_capture_falls_back_to_eager_with_one_log_line(shapes_
     with caplog.at_level(logging.INFO, logger="resnet_lab"):
         assert clf.use_cuda_graphs(capture=fake) is False
     assert clf.graphed is None
-    lines = [r for r in caplog.records if r.name == "resnet_lab.graphs"]
+    lines = [r for r in caplog.records if r.name == "resnet_lab.serving.graphs"]
     assert len(lines) == 1 and lines[0].levelno == logging.WARNING
     assert "running eagerly" in lines[0].getMessage()
     assert ("stream is capturing" if fake.fail_at else "disagrees with the eager model") in lines[0].getMessage()

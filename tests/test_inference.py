@@ -13,10 +13,10 @@ from torch import nn
 
 from resnet_lab import build
 from resnet_lab.data import ImageError, decode_image
-from resnet_lab.inference import Classifier, fuse_bn, resolve_device
+from resnet_lab.serving.inference import Classifier, fuse_bn, resolve_device
+from resnet_lab.serving.zoo import SHAPES_CHECKPOINT
 from resnet_lab.verify import randomize_bn
 from resnet_lab.weights import load_weights
-from resnet_lab.zoo import SHAPES_CHECKPOINT
 
 
 def _relative_gap(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:

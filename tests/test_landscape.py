@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnet_lab import landscape as L
 from resnet_lab.__main__ import main
+from resnet_lab.research import landscape as L
 from resnet_lab.resnet import build
 from resnet_lab.shapes import CLASSES, MEAN, STD
 from resnet_lab.weights import LoadedWeights, save_checkpoint
@@ -309,7 +309,7 @@ def test_quick_settings_fit_their_budget_and_shrink_for_deeper_nets():
 
 _MEMORY_SETUP = """
 import torch
-from resnet_lab import landscape as L
+from resnet_lab.research import landscape as L
 from resnet_lab.resnet import build
 from resnet_lab.shapes import MEAN, STD
 from resnet_lab.weights import LoadedWeights

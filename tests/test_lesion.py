@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet_lab import lesion
 from resnet_lab.blocks import Bottleneck, projection
+from resnet_lab.research import lesion
 from resnet_lab.resnet import build
 
 CHECKPOINT = "assets/shapes_resnet20.safetensors"
@@ -34,8 +34,8 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_no_deletion_gives_the_evaluators_accuracy_exactly():
-    from resnet_lab.evaluation import evaluate
     from resnet_lab.shapes import ShapesDataset
+    from resnet_lab.training.evaluation import evaluate
     from resnet_lab.weights import load_checkpoint
 
     loaded = load_checkpoint(CHECKPOINT)

@@ -11,7 +11,7 @@ from torch import nn
 
 from resnet_lab.__main__ import main
 from resnet_lab.shapes import CLASSES, MEAN, STD, ShapesDataset, normalize
-from resnet_lab.train import TrainConfig, accuracy, initial_model, train
+from resnet_lab.training.train import TrainConfig, accuracy, initial_model, train
 from resnet_lab.weights import load_checkpoint
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "shapes_resnet20.safetensors"
@@ -216,7 +216,7 @@ def test_a_folder_with_test_reports_the_test_accuracy(tmp_path):
 
 
 def test_adam_is_adam_with_no_default_decay():
-    from resnet_lab.train import make_optimizer
+    from resnet_lab.training.train import make_optimizer
 
     config = TrainConfig(opt="adam", lr=1e-3)
     opt = make_optimizer(initial_model(config), config)
@@ -225,7 +225,7 @@ def test_adam_is_adam_with_no_default_decay():
 
 
 def test_precision_choices_and_fp16_on_cpu_refused(capsys):
-    from resnet_lab.train import resolve_precision
+    from resnet_lab.training.train import resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) is None and resolve_precision("fp32", cpu) is None

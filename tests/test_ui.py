@@ -10,8 +10,8 @@ from conftest import encode
 from PIL import Image
 
 from resnet_lab.data import crop_box
+from resnet_lab.serving.zoo import SHAPES_CHECKPOINT, SHAPES_MODEL, ModelZoo
 from resnet_lab.ui import classify, common, gradcam
-from resnet_lab.zoo import SHAPES_CHECKPOINT, SHAPES_MODEL, ModelZoo
 
 
 @pytest.fixture(autouse=True, scope="module")

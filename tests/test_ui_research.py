@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 import pytest
 
-from resnet_lab import degradation, gradflow, landscape, lesion
+from resnet_lab.research import degradation, gradflow, landscape, lesion
 from resnet_lab.ui import research
 from resnet_lab.ui.common import LONG
 from resnet_lab.ui.research import degradation as deg_ui

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from matplotlib.figure import Figure
 
-from resnet_lab import degradation
+from resnet_lab.research import degradation
 from resnet_lab.ui.research import degradation as deg_ui
 from resnet_lab.ui.research._common import duration
 

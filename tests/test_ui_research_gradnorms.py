@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from resnet_lab import gradflow, resources
+from resnet_lab import resources
+from resnet_lab.research import gradflow
 from resnet_lab.resnet import REGISTRY
 from resnet_lab.ui.research import MEMORY_SHARE, gradnorms, memory_budget
 

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from resnet_lab import landscape, resources
+from resnet_lab import resources
+from resnet_lab.research import landscape
 from resnet_lab.resnet import build
 from resnet_lab.shapes import CLASSES
 from resnet_lab.ui.research import _common

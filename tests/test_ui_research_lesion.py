@@ -8,7 +8,8 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from resnet_lab import lesion, resources
+from resnet_lab import resources
+from resnet_lab.research import lesion
 from resnet_lab.resnet import build
 from resnet_lab.shapes import CLASSES
 from resnet_lab.ui.research import _common
@@ -86,8 +87,8 @@ def test_plain_twin_downsampling_blocks_show_as_kept(tiny):
 
 def test_the_live_run_never_touches_the_served_model(tiny, monkeypatch):
     """The study lesions its own copy: a model the app serves (zoo) keeps its forwards and weights."""
+    from resnet_lab.serving.zoo import SHAPES_MODEL
     from resnet_lab.ui.common import zoo
-    from resnet_lab.zoo import SHAPES_MODEL
 
     served = zoo().get(SHAPES_MODEL, "shipped").weights.model
     before = {k: v.clone() for k, v in served.state_dict().items()}

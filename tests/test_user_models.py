@@ -16,9 +16,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from resnet_lab.resnet import build
+from resnet_lab.serving.zoo import MODELS, SHAPES_MODEL, ModelZoo, arch_bytes
 from resnet_lab.ui import common
 from resnet_lab.weights import save_checkpoint
-from resnet_lab.zoo import MODELS, SHAPES_MODEL, ModelZoo, arch_bytes
 
 CLASSES = ["apple", "pear", "plum"]
 COLOURS = {"apple": (200, 30, 30), "pear": (210, 200, 40), "plum": (90, 30, 120)}
@@ -88,7 +88,7 @@ def _softmax(folder: Path, image: str) -> dict[str, float]:
 
 
 def test_listed_under_its_own_name_and_broken_ones_skipped_with_a_warning(folder, caplog):
-    with caplog.at_level(logging.WARNING, logger="resnet_lab.zoo"):
+    with caplog.at_level(logging.WARNING, logger="resnet_lab.serving.zoo"):
         z = ModelZoo(weights_path=str(folder), device="cpu")
     assert z.models == [*MODELS, NAME]  # after the built-in ones; the ImageNet-named file is no model of its own
     assert z.tags_for(NAME) == ["local"]

@@ -78,7 +78,7 @@ def test_wrong_arch_gives_a_clear_error(tmp_path, timm_r18):
 
 def test_messages_and_sources_never_show_a_server_path(tmp_path, timm_r18):
     """What reaches the UI (source, WeightsUnavailable) names files relative to the project, or by name only."""
-    from resnet_lab.zoo import SHAPES_CHECKPOINT
+    from resnet_lab.serving.zoo import SHAPES_CHECKPOINT
 
     assert weights.load_checkpoint(SHAPES_CHECKPOINT).source == "file:assets/shapes_resnet20.safetensors"
     path = tmp_path / "r18.safetensors"
@@ -320,7 +320,7 @@ def test_akamaster_nets_see_in_the_app_what_their_evaluation_fed_them(tmp_path, 
     """The Classifier's transform on a 32x32 image == their val transform: ToTensor + ImageNet mean/std, no resize."""
     import torchvision.transforms.functional as TF
 
-    from resnet_lab.inference import Classifier
+    from resnet_lab.serving.inference import Classifier
 
     path = _save_theirs(tmp_path / "resnet20-12fca82f.th", _their_keys(_akamaster_net("resnet20")))
     classifier = Classifier(weights.load_akamaster(path), device="cpu")

@@ -8,9 +8,9 @@ import pytest
 from safetensors.torch import save_file
 
 from resnet_lab import build
-from resnet_lab import zoo as zoo_mod
+from resnet_lab.serving import zoo as zoo_mod
+from resnet_lab.serving.zoo import IMAGENET_MODELS, SHAPES_MODEL, ModelZoo, model_bytes, tags_for
 from resnet_lab.weights import load_weights
-from resnet_lab.zoo import IMAGENET_MODELS, SHAPES_MODEL, ModelZoo, model_bytes, tags_for
 
 GiB = 2**30
 

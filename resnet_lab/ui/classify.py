@@ -11,8 +11,8 @@ import torch
 from matplotlib.figure import Figure
 
 from ..data import ImageError
+from ..serving.zoo import IMAGENET_MODELS, SHAPES_MODEL, Entry
 from ..weights import WeightsUnavailable
-from ..zoo import IMAGENET_MODELS, SHAPES_MODEL, Entry
 from .common import LONG, QUICK, UploadImage, on_gpu, user_errors, zoo
 
 log = logging.getLogger(__name__)

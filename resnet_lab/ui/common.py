@@ -18,8 +18,8 @@ from PIL import Image
 
 from ..data import ImageError, check_transformable, decode_image
 from ..resources import cpu_count
+from ..serving.zoo import ModelZoo
 from ..weights import WeightsUnavailable
-from ..zoo import ModelZoo
 
 _ZOO: ModelZoo | None = None
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..data import crop_box, resize_side
 from ..explain import METHODS, attribute, draw_box, layer_cams, overlay, upsample_cam
-from ..zoo import ASSETS, SHAPES_MODEL, Entry
+from ..serving.zoo import ASSETS, SHAPES_MODEL, Entry
 from .common import LONG, QUICK, UploadImage, on_gpu, open_upload, tmp_file, user_errors, zoo
 
 RANKS = [f"top-{k} prediction" for k in range(1, 6)]

@@ -9,9 +9,9 @@ from typing import Any
 
 import gradio as gr
 
-from ... import gradflow, landscape
+from ...research import gradflow, landscape
 from ...resnet import REGISTRY, twin_name
-from ...zoo import ASSETS
+from ...serving.zoo import ASSETS
 
 # A live run may take this share of the memory available now: the loaded models, Gradio and a QUICK job (which
 # runs beside it) live in the rest. ResNet-152 at 224 px with batch 64 needs ~15 GiB (gradflow.estimate_memory):

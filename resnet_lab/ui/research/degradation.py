@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ... import degradation, gradflow
+from ...research import degradation, gradflow
 from ..common import LONG, on_gpu, user_errors, zoo
 from ._common import Untracked, duration
 

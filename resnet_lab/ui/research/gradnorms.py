@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ... import gradflow
+from ...research import gradflow
 from ...resnet import REGISTRY, twin_name
 from ..common import LONG, on_gpu, tmp_file, user_errors, zoo
 from ._common import Untracked, memory_budget, refuse_if_too_big

@@ -18,10 +18,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ... import landscape
+from ...research import landscape
 from ...resnet import REGISTRY, twin_name
+from ...serving.zoo import SHAPES_CHECKPOINT
 from ...weights import load_checkpoint
-from ...zoo import SHAPES_CHECKPOINT
 from ..common import LONG, on_gpu, tmp_file, user_errors, zoo
 from . import _common
 

@@ -52,16 +52,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .progress import Progress, tqdm_progress
-from .resnet import REGISTRY, twin_name
+from ..paths import ASSETS
+from ..progress import Progress, tqdm_progress
+from ..resnet import REGISTRY, twin_name
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .distributed import Dist
-    from .weights import LoadedWeights
+    from ..training.distributed import Dist
+    from ..weights import LoadedWeights
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TWINS_DIR = ASSETS / "twins"
 SHIPPED_CSV = ASSETS / "landscape_shapes.csv"
 COLUMNS = ["model", "alpha", "beta", "loss", "accuracy"]
@@ -146,7 +146,7 @@ def grid_points(grid: int, span: float, dims: int) -> list[tuple[float, float]]:
 def held_out_set(weights: LoadedWeights, n: int, device: str | torch.device = "cpu",
                  seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` normalized Shapes test images (the checkpoint's clutter, size and test seed) and labels, on `device`."""
-    from .shapes import ShapesDataset
+    from ..shapes import ShapesDataset
 
     data = weights.meta.get("data") or {}
     if data.get("name", "shapes") != "shapes":
@@ -273,7 +273,7 @@ def compute_landscape(models: Sequence[LoadedWeights], *, grid: int = 21, span: 
         done += len(mine)
         del net
     if dist is not None and dist.world_size > 1:
-        from .distributed import gather_objects
+        from ..training.distributed import gather_objects
 
         rows = [r for part in gather_objects(rows, dist) for r in part]
     rows.sort(key=lambda r: (r[0], r[1]))
@@ -282,7 +282,7 @@ def compute_landscape(models: Sequence[LoadedWeights], *, grid: int = 21, span: 
 
 
 def _shard(n: int, dist: Dist) -> list[int]:
-    from .distributed import shard_indices
+    from ..training.distributed import shard_indices
 
     return list(shard_indices(n, dist))
 
@@ -401,7 +401,7 @@ def describe_landscape(df: pd.DataFrame, chance: float | None = None) -> str:
     1-D slice: the flatter) and by how much. `chance`: accuracy of guessing
     (default 1/8, Shapes). A net whose own loss is above half the loss of guessing (-ln chance) is flagged as
     not at a minimum (below twice chance accuracy: never trained), and its pair is not compared as Li et al.'s."""
-    from .shapes import CLASSES
+    from ..shapes import CLASSES
 
     chance = 1 / len(CLASSES) if chance is None else chance
     s = summarize(df).set_index("model")
@@ -624,7 +624,7 @@ def _param_count(arch: str) -> int:
 
 def build_meta(arch: str, num_classes: int = 8) -> nn.Module:
     """`arch` with meta weights (shapes only, nothing allocated)."""
-    from .resnet import build
+    from ..resnet import build
 
     with torch.device("meta"):
         return build(arch, num_classes=num_classes, seed=0)
@@ -647,7 +647,7 @@ def resolve_model_path(spec: str) -> Path:
 
 def load_models(specs: Sequence[str]) -> list[LoadedWeights]:
     """Checkpoints by path or shipped-twin arch name; ValueError with a message a person can act on."""
-    from .weights import WeightsUnavailable, load_checkpoint
+    from ..weights import WeightsUnavailable, load_checkpoint
 
     paths = [resolve_model_path(s) for s in specs]
     missing = [str(p) for p in paths if not p.is_file()]
@@ -688,7 +688,7 @@ def _check(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .distributed import cleanup, setup
+    from ..training.distributed import cleanup, setup
 
     problem = _check(args)
     specs = [s.strip() for s in args.models.split(",") if s.strip()]

@@ -14,9 +14,8 @@ from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from . import graphs
-from .blocks import set_inplace
-from .data import (
+from ..blocks import set_inplace
+from ..data import (
     ImageError,
     ImageInput,
     check_transformable,
@@ -26,9 +25,10 @@ from .data import (
     imagenet_labels,
     resize_side,
 )
+from ..precision import serving_dtype
+from ..weights import LoadedWeights
+from . import graphs
 from .device_decode import DeviceTransform, JpegUpload, decode_jpegs, orient, read_jpeg_header
-from .precision import serving_dtype
-from .weights import LoadedWeights
 
 log = logging.getLogger(__name__)
 

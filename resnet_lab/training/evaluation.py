@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from .progress import Progress
+from ..progress import Progress
 
 ECE_BINS = 15
 TOP_K = 5
@@ -342,7 +342,7 @@ def match_classes(folder_classes: Sequence[str], model_classes: Sequence[str] | 
     without class names with 1000 outputs is taken for ImageNet-1k when every sub-folder is a synset id; one with
     neither names nor 1000 outputs is matched in the folder's sorted order when the counts agree (with a warning).
     """
-    from .data import imagenet_labels
+    from ..data import imagenet_labels
     from .datasets import DatasetError
 
     found = list(folder_classes)
@@ -386,7 +386,7 @@ class FolderImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], pretrained_cfg: dict[str, Any]) -> None:
-        from .data import eval_config, eval_transform, resize_side
+        from ..data import eval_config, eval_transform, resize_side
 
         self.samples = list(samples)
         self.cfg = dict(pretrained_cfg)
@@ -398,7 +398,7 @@ class FolderImages(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
-        from .data import ImageError, check_transformable, decode_image
+        from ..data import ImageError, check_transformable, decode_image
 
         path, label = self.samples[index]
         try:
@@ -468,7 +468,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _load_data(args: argparse.Namespace, loaded: Any) -> tuple[torch.Tensor, torch.Tensor, list[str], dict]:
     """(uint8 images, labels, class names, a description of the data for the summary)."""
     if args.data == "shapes":
-        from .shapes import ShapesDataset
+        from ..shapes import ShapesDataset
 
         if args.n < 1:
             raise ValueError(f"--n must be at least 1, not {args.n}")
@@ -519,10 +519,10 @@ def _write(result: EvaluationResult, out: Path, extra: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The evaluate command; under torchrun each rank scores its `shard_indices` share and rank 0 merges and writes."""
+    from ..progress import tqdm_progress
+    from ..weights import WeightsUnavailable, load_weights
     from . import distributed
     from .datasets import DatasetError
-    from .progress import tqdm_progress
-    from .weights import WeightsUnavailable, load_weights
 
     def fail(message: str) -> int:
         print(f"evaluate: {message}", file=sys.stderr)

@@ -29,6 +29,11 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
+from ..precision import DTYPES, choose_train_precision, cuda_half_dtype, dtype_name
+from ..progress import Progress
+from ..resnet import REGISTRY, build, init_seed, list_archs
+from ..shapes import CLASSES, MEAN, STD, ShapesDataset, normalize
+from ..weights import WeightsUnavailable, save_checkpoint
 from . import finetune
 from .distributed import (
     Dist,
@@ -43,11 +48,6 @@ from .distributed import (
     wrap,
 )
 from .loaders import Batches, LoaderBatches, ShapesBatches, TensorBatches, per_rank_batch, stratified_indices
-from .precision import DTYPES, choose_train_precision, cuda_half_dtype, dtype_name
-from .progress import Progress
-from .resnet import REGISTRY, build, init_seed, list_archs
-from .shapes import CLASSES, MEAN, STD, ShapesDataset, normalize
-from .weights import WeightsUnavailable, save_checkpoint
 
 DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05, "adam": 0.0}
 DEFAULT_BACKBONE_LR_SCALE = 0.1  # fine-tuning: the pretrained part moves 10x slower than the new head
@@ -390,7 +390,7 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
              "val_fraction": config.val_fraction, "val_seed": config.seed,
              "counts": {"train": counts(labels[tr]), "val": counts(labels[va]), "test": counts(test_labels)},
              "skipped": []})
-    from .data import eval_transform, resize_side
+    from ..data import eval_transform, resize_side
     from .datasets import folder_files, image_folder, train_transform
 
     path = config.data.removeprefix("folder:")

@@ -49,10 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import resources
-from .progress import Progress, tqdm_progress
-from .resnet import REGISTRY, ResNet, build, init_seed, list_archs, twin_name
-from .shapes import ShapesDataset
+from .. import resources
+from ..progress import Progress, tqdm_progress
+from ..resnet import REGISTRY, ResNet, build, init_seed, list_archs, twin_name
+from ..shapes import ShapesDataset
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure, SubFigure

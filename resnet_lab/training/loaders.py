@@ -92,7 +92,7 @@ class ShapesBatches(Batches):
 
     def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, device: torch.device,
                  generator: torch.Generator | None = None, train: bool = False, dist: Dist = Dist()) -> None:
-        from .shapes import normalize
+        from ..shapes import normalize
 
         self.normalize, self.device, self.generator, self.train = normalize, device, generator, train
         self.channels_last, self.dist = True, dist

@@ -137,7 +137,7 @@ def _spec(name: str) -> CifarSpec:
 
 def _probe_network(timeout: float = PROBE_TIMEOUT_S) -> None:
     """Fail within `timeout` seconds where the download host is unreachable, instead of torchvision's retries."""
-    from .weights import tcp_reachable  # the hub's probe: DNS bounded too, which a bare connect is not
+    from ..weights import tcp_reachable  # the hub's probe: DNS bounded too, which a bare connect is not
 
     ok, why = tcp_reachable(*DOWNLOAD_HOST, timeout)
     if not ok:
@@ -249,7 +249,7 @@ class ImageFiles(torch.utils.data.Dataset):
         return {c: int(k) for c, k in zip(self.classes, n)}
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        from .data import ImageError, decode_image
+        from ..data import ImageError, decode_image
 
         for step in range(len(self.samples)):
             path, label = self.samples[(index + step) % len(self.samples)]
@@ -300,7 +300,7 @@ def folder_samples(directory: Path) -> tuple[list[str], list[tuple[str, int]]]:
 
 def _scan(samples: list[tuple[str, int]]) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
     """The samples `decode_image` reads, and (path, reason) for each it refuses, each reported once."""
-    from .data import ImageError, decode_image
+    from ..data import ImageError, decode_image
 
     good, bad = [], []
     for path, label in samples:
@@ -397,7 +397,7 @@ def train_transform(pretrained_cfg: dict[str, Any]) -> Callable[[Any], torch.Ten
     (no colour jitter), the field's standard. For eval use `data.eval_transform`, as the app does."""
     from timm.data import create_transform
 
-    from .data import eval_config
+    from ..data import eval_config
 
     cfg = eval_config(pretrained_cfg)
     return create_transform(

@@ -59,16 +59,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .blocks import BasicBlock, Bottleneck
-from .progress import Progress, tqdm_progress
-from .resnet import ResNet, twin_name
+from ..blocks import BasicBlock, Bottleneck
+from ..paths import ASSETS
+from ..progress import Progress, tqdm_progress
+from ..resnet import ResNet, twin_name
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .weights import LoadedWeights
+    from ..weights import LoadedWeights
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_CSV = ASSETS / "lesion_shapes.csv"
 SHIPPED_PNG = ASSETS / "lesion_shapes.png"
 COLUMNS = ["model", "arch", "residual", "kind", "block", "stage", "index", "position", "downsampling", "removable",
@@ -195,7 +195,7 @@ def normalize_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[
 def held_out_set(loaded: LoadedWeights, n: int, data_seed: int | None = None,
                  data_dir: str | None = None) -> HeldOut:
     """The test set the checkpoint never saw: Shapes (its JSON's test seed and clutter) or CIFAR's test split."""
-    from .datasets import load_cifar
+    from ..training.datasets import load_cifar
 
     if n < 1:
         raise ValueError(f"n must be at least 1, not {n}")
@@ -204,7 +204,7 @@ def held_out_set(loaded: LoadedWeights, n: int, data_seed: int | None = None,
                                 if loaded.model.num_classes == 10 else None)
     cfg = loaded.pretrained_cfg
     if name == "shapes":
-        from .shapes import ShapesDataset
+        from ..shapes import ShapesDataset
 
         seed = int(data.get("test_seed", 999)) if data_seed is None else data_seed
         size, clutter = int(cfg["input_size"][-1]), bool(data.get("clutter", True))
@@ -302,7 +302,7 @@ def lesion_study(model: nn.Module, data: HeldOut, *, name: str | None = None, dr
 
 def _arch(model: nn.Module) -> str:
     """The registry name of `model`'s config (`resnet56`), from its blocks and depth."""
-    from .resnet import REGISTRY
+    from ..resnet import REGISTRY
 
     for arch, cfg in REGISTRY.items():
         if cfg == model.config:
@@ -593,8 +593,8 @@ class _Failure(str):
 def _study_one(spec: str, opts: dict[str, Any], cache: dict | None = None,
                show_progress: bool = True) -> tuple[pd.DataFrame, str] | _Failure:
     """Load `spec`, make (or reuse from `cache`) its held-out set and run its study: (frame, timing line)."""
-    from .datasets import DatasetError
-    from .weights import WeightsUnavailable, load_weights
+    from ..training.datasets import DatasetError
+    from ..weights import WeightsUnavailable, load_weights
 
     if opts.get("threads"):
         torch.set_num_threads(opts["threads"])

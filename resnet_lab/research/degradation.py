@@ -40,15 +40,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .progress import Progress, tqdm_progress
-from .resnet import REGISTRY, build, init_seed, twin_name
-from .shapes import CLASSES, ShapesDataset
+from ..paths import ASSETS
+from ..progress import Progress, tqdm_progress
+from ..resnet import REGISTRY, build, init_seed, twin_name
+from ..shapes import CLASSES, ShapesDataset
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 DEFAULT_ARCHS = ("plain20", "plain56", "resnet20", "resnet56")
-SHIPPED_CSV = Path(__file__).resolve().parent.parent / "assets" / "degradation_curves.csv"
+SHIPPED_CSV = ASSETS / "degradation_curves.csv"
 # The UI's re-run (~1-3 min on 2 cores): long enough for the first net to leave chance level, not for the final order.
 QUICK = {"steps": 150, "batch_size": 32, "train_size": 4800, "val_size": 256, "evals": 3}
 COLUMNS = ["arch", "variant", "depth", "step", "metric", "value"]

@@ -20,10 +20,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .inference import Classifier, resolve_device
-from .precision import dtype_name
-from .resources import memory_limit
-from .weights import (
+from ..paths import ASSETS
+from ..precision import dtype_name
+from ..resources import memory_limit
+from ..weights import (
     DEFAULT_TAGS,
     LoadedWeights,
     WeightsUnavailable,
@@ -33,10 +33,10 @@ from .weights import (
     load_weights,
     meta_path,
 )
+from .inference import Classifier, resolve_device
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHAPES_MODEL = "Shapes ResNet-20"
 SHAPES_CHECKPOINT = ASSETS / "shapes_resnet20.safetensors"
 IMAGENET_MODELS = {f"ResNet-{d}": f"resnet{d}" for d in (18, 34, 50, 101, 152)}
@@ -57,7 +57,7 @@ class UserModel:
 def _user_model(path: Path) -> UserModel | None:
     """The checkpoint at `path` as a model, None if it is not one (no JSON with classes and arch: an ImageNet
     weight file). Raises ValueError when it claims to be one but cannot be used, so discovery can say why."""
-    from .resnet import REGISTRY
+    from ..resnet import REGISTRY
 
     meta_file = meta_path(path)
     if not meta_file.is_file():
@@ -82,7 +82,7 @@ def _check_tensors(path: Path, arch: str, num_classes: int) -> None:
     import torch
     from safetensors import safe_open
 
-    from .resnet import build
+    from ..resnet import build
 
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -128,8 +128,8 @@ def tags_for(model: str) -> list[str]:
 
 def describe(model: str) -> tuple[list[str], list[str]]:
     """Stage names and class labels of a model, without loading its weights (for building the UI)."""
-    from .data import imagenet_labels
-    from .resnet import REGISTRY
+    from ..data import imagenet_labels
+    from ..resnet import REGISTRY
 
     arch = "resnet20" if model == SHAPES_MODEL else IMAGENET_MODELS[model]
     stages = [f"layer{i + 1}" for i in range(len(REGISTRY[arch].layers))]
@@ -157,7 +157,7 @@ def arch_bytes(arch: str, num_classes: int | None = None) -> int:
     """
     import torch
 
-    from .resnet import build
+    from ..resnet import build
 
     with torch.device("meta"):
         net = build(arch, seed=0) if num_classes is None else build(arch, num_classes=num_classes, seed=0)
@@ -233,7 +233,7 @@ class ModelZoo:
         user = self.user_models.get(model)
         if user is None:
             return describe(model)
-        from .resnet import REGISTRY
+        from ..resnet import REGISTRY
 
         return [f"layer{i + 1}" for i in range(len(REGISTRY[user.arch].layers))], list(user.classes)
 
@@ -322,7 +322,7 @@ class ModelZoo:
 
     def imagenet_weights_available(self) -> bool:
         """Whether real ImageNet weights can be had now: a local file, or the hub answers."""
-        from .weights import hub_reachable
+        from ..weights import hub_reachable
 
         if any(self.local_file(a, DEFAULT_TAGS[a]) for a in IMAGENET_MODELS.values()):
             return True

@@ -1,0 +1,1 @@
+"""Research: why residual connections train (gradient flow, degradation, loss landscapes, lesions)."""

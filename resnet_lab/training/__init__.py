@@ -1,0 +1,1 @@
+"""Training: datasets and loaders, the loop (DDP under torchrun), fine-tuning, evaluation."""
