@@ -90,7 +90,7 @@ def photos_corpus(paths: list[Path], spec: str) -> dict[str, Any]:
     try:
         weights = load_weights(spec)
     except Exception as e:  # offline hub, unknown tag, broken file: each one is a reason to record, not a crash
-        return {**where, "measured": False, "why": f"ImageNet weights {spec!r} unavailable: {str(e)[:200]}"}
+        return {**where, "measured": False, "why": f"ImageNet weights {spec!r} unavailable: {str(e).split('. ')[0]}"}
     if weights.is_random or weights.model.num_classes != 1000:
         return {**where, "measured": False, "why": f"{spec!r} are not trained ImageNet weights"}
     clf = Classifier(weights, "cpu", fuse=True)
