@@ -265,3 +265,25 @@ def test_fine_tuning_the_shipped_net_on_a_folder_keeps_the_frozen_part_and_recor
     assert main(["train", "--arch", "resnet32", "--pretrained", str(SHIPPED), "--data", f"folder:{tmp_path}",
                  "--quiet"]) == 2
     assert "holds a resnet20, not a resnet32; pass --arch resnet20" in capsys.readouterr().err
+
+
+def test_a_compile_that_fails_falls_back_to_eager_with_one_line(monkeypatch, capsys):
+    """`--compile` where the compiler breaks (no toolchain, an unsupported op): compiling errors surface at the first
+    call, and the run goes on eagerly with one log line, to the very weights an eager run gives."""
+    calls = []
+
+    def broken_compile(model, *a, **kw):
+        def first_call(*args, **kwargs):
+            calls.append(1)
+            raise RuntimeError("no C compiler")
+        return first_call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    config = {**TINY, "epochs": 1, "quiet": False}
+    compiled = train(TrainConfig(**config, compile=True))
+    log = capsys.readouterr()
+    assert calls and (log.out + log.err).count("torch.compile failed") == 1
+    eager = train(TrainConfig(**config))
+    assert compiled.history[0]["train_loss"] == eager.history[0]["train_loss"]
+    for a, b in zip(compiled.model.state_dict().values(), eager.model.state_dict().values()):
+        assert torch.equal(a, b)
