@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from resnet_lab.__main__ import main
-from resnet_lab.research import gradflow
+from resnet_lab.research import gradflow, memory
 from resnet_lab.research.gradflow import GradFlowConfig, measure, run_sweep, summarize
 
 CIFAR = ("resnet20", "resnet56", "resnet110")
@@ -295,8 +295,8 @@ def test_meta_count_equals_what_a_real_forward_saves(arch, bn_mode):
     cfg = GradFlowConfig(archs=(arch,), batch_size=4, input_size=32, bn_mode=bn_mode)
     for variant in gradflow.VARIANTS:
         net = gradflow.build_net(arch, variant, 0, cfg)
-        real, real_largest = gradflow.saved_tensor_bytes(net, *gradflow.make_batch(cfg, 32, 0))
-        params, _, (saved, _, largest) = gradflow._profile(arch, variant, 32, bn_mode, cfg.num_classes)
+        real, real_largest = memory.saved_tensor_bytes(net, *gradflow.make_batch(cfg, 32, 0))
+        params, _, (saved, _, largest) = memory._profile(arch, variant, 32, bn_mode, cfg.num_classes)
         assert params == sum(p.numel() * p.element_size() for p in net.parameters())
         assert saved == real, variant
         assert largest == real_largest
@@ -311,10 +311,10 @@ def test_estimate_is_affine_in_the_batch_and_refuses_what_does_not_fit(monkeypat
     assert fits is not None and 2 <= fits < 64
     assert gradflow.estimate_memory(replace(big, batch_size=fits)) <= budget
     assert gradflow.estimate_memory(replace(big, batch_size=fits + 1)) > budget
-    monkeypatch.setattr(gradflow.resources, "memory_available", lambda: budget)
+    monkeypatch.setattr(memory.resources, "memory_available", lambda: budget)
     assert main(["gradnorms", "--archs", "resnet20,resnet152", "--input-size", "224", "--batch-size", "64"]) == 2
     err = capsys.readouterr().err
     assert "resnet152 at 224 px" in err and f"--batch-size {fits}" in err and "3.0 GiB" in err
-    monkeypatch.setattr(gradflow.resources, "memory_available", lambda: 2**20)
+    monkeypatch.setattr(memory.resources, "memory_available", lambda: 2**20)
     assert main(["gradnorms", "--archs", "resnet20", "--batch-size", "4"]) == 2
     assert "Even the smallest batch does not fit" in capsys.readouterr().err

@@ -86,7 +86,7 @@ def estimate_memory(steps: int, batch_size: int, archs: Sequence[str] = DEFAULT_
     ~3 float copies of a set for a moment), plus the hungrier of one training
     step (the largest net's saved activations) and one no-grad evaluation chunk.
     """
-    from .gradflow import ALLOCATOR_OVERHEAD, BACKWARD_WORKSPACE, step_memory
+    from .memory import ALLOCATOR_OVERHEAD, BACKWARD_WORKSPACE, step_memory
 
     n_train = min(train_size, steps * batch_size)
     image = 3 * image_size * image_size * 4
@@ -289,7 +289,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .gradflow import available_memory, largest_fitting
+    from .memory import available_memory, largest_fitting
 
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     unknown = [a for a in archs if a not in REGISTRY]

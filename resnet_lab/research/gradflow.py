@@ -36,10 +36,8 @@ Results are tidy (one row per arch, variant, seed, layer and quantity):
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -49,10 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import resources
 from ..progress import Progress, tqdm_progress
-from ..resnet import REGISTRY, ResNet, build, init_seed, list_archs, twin_name
+from ..resnet import REGISTRY, build, init_seed, list_archs, twin_name
 from ..shapes import ShapesDataset
+from .memory import ALLOCATOR_OVERHEAD, BACKWARD_WORKSPACE, available_memory, largest_fitting, step_memory
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure, SubFigure
@@ -180,99 +178,6 @@ def measure(arch: str, variant: str, seed: int, cfg: GradFlowConfig,
 
 # --- memory: a sweep measures one net at a time, so its peak is the hungriest single net's ---
 
-BACKWARD_WORKSPACE = 3  # activation-sized gradient buffers alive at once during backward
-# What a process really holds per byte of tensors, from peaks measured against the tensor count: the resident peak
-# on 2 CPU cores is 0.95-1.27x for one `measure` and up to 1.68x for a few degradation steps (glibc keeps freed
-# activation-sized blocks); CUDA's max_memory_allocated on an H100 is 0.75-1.04x. So the estimates bound both
-# (benchmarks/bench_gradflow.py --cuda-check, tests/test_gradflow.py, tests/test_degradation.py).
-ALLOCATOR_OVERHEAD = {"cpu": 1.8, "cuda": 1.1}
-
-
-def saved_tensor_bytes(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
-    """(bytes autograd keeps for backward, bytes of the largest such tensor) in one forward + loss.
-
-    Each storage counts once (a ReLU output saved by the ReLU and by the next conv
-    is one tensor) and the weights are left out (they are counted as parameters).
-    Works on the meta device, where nothing is allocated, at any batch and size.
-    """
-    params = {id(p) for p in net.parameters()}
-    storages = {p.untyped_storage().data_ptr() for p in net.parameters() if not p.is_meta}
-    seen: dict[int, int] = {}
-    keep: list[torch.Tensor] = []  # on meta, ids identify tensors only while they live
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        base = t if t._base is None else t._base
-        if t.is_meta:
-            if id(t) in params or id(base) in params:
-                return t
-            keep.append(base)
-            seen.setdefault(id(base), base.numel() * base.element_size())
-        elif (ptr := t.untyped_storage().data_ptr()) not in storages:
-            seen.setdefault(ptr, t.untyped_storage().nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        F.cross_entropy(net(x), y)
-    return sum(seen.values()), max(seen.values(), default=0)
-
-
-class _ShapeOnlyBN(nn.BatchNorm2d):
-    """A BN that autograd treats like one (it saves the input; the weight is a parameter) at meta speed.
-
-    torch's meta BatchNorm is a Python decomposition, ~100x slower than this
-    affine map. A real BN also saves per-channel vectors: `stats` of them (the
-    running mean and variance, plus the batch mean and inverse std in train mode).
-    """
-
-    @staticmethod
-    def stats(bn_mode: str) -> int:
-        return 4 if bn_mode == "train" else 2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
-
-
-@functools.lru_cache(maxsize=256)
-def _profile(arch: str, variant: str, size: int, bn_mode: str, num_classes: int) -> tuple[int, tuple, tuple]:
-    """(parameter bytes, (saved, retained, largest saved) bytes at batch 2, the same at batch 4), on meta.
-
-    Saved: the tensors autograd keeps for backward; retained: the block outputs
-    whose gradients `measure` keeps.
-    """
-    config = REGISTRY[arch if variant == "residual" else twin_name(arch)]
-    with torch.device("meta"):
-        net = ResNet(config, num_classes, norm_layer=nn.Identity if bn_mode == "none" else _ShapeOnlyBN, seed=0)
-    per_channel = sum(_ShapeOnlyBN.stats(bn_mode) * m.num_features * 4 for m in net.modules()
-                      if isinstance(m, _ShapeOnlyBN))
-    block_out: list[int] = []
-    handles = [blk.register_forward_hook(lambda _m, _i, out: block_out.append(out.numel() * out.element_size()))
-               for _, blk in net.blocks()]
-    points = []
-    try:
-        for batch in (2, 4):
-            block_out.clear()
-            x = torch.empty(batch, 3, size, size, device="meta")
-            saved, largest = saved_tensor_bytes(net, x, torch.zeros(batch, dtype=torch.long, device="meta"))
-            points.append((saved + per_channel, sum(block_out), largest))
-    finally:
-        for h in handles:
-            h.remove()
-    return sum(p.numel() * p.element_size() for p in net.parameters()), points[0], points[1]
-
-
-def step_memory(arch: str, variant: str, batch: int, size: int, bn_mode: str = "train",
-                num_classes: int = 10) -> tuple[int, int, int, int]:
-    """(parameter, saved, retained block-output, largest saved tensor) bytes of one training step of a net.
-
-    `arch` is a registered ResNet and `variant` "residual" or "plain" (its twin).
-    Activations are affine in the batch size (per-channel BN statistics are the
-    constant part), so two cached meta passes at batch 2 and 4 give every batch
-    exactly: bisecting for the largest batch that fits costs nothing.
-    """
-    params, (s2, r2, l2), (s4, r4, l4) = _profile(arch, variant, size, bn_mode, num_classes)
-    k = batch - 2
-    return params, s2 + (s4 - s2) * k // 2, r2 + (r4 - r2) * k // 2, l2 + (l4 - l2) * k // 2
-
 
 def net_memory(arch: str, variant: str, cfg: GradFlowConfig) -> int:
     """Peak tensor bytes of `measure` for one net of `cfg` besides its batch, counted on meta (allocates nothing).
@@ -298,27 +203,6 @@ def estimate_memory(cfg: GradFlowConfig) -> int:
     sizes = {cfg.size_for(arch) for arch in cfg.archs}
     batches = sum(cfg.seeds * cfg.batch_size * (3 * s * s * 4 + 8) for s in sizes)
     return math.ceil(ALLOCATOR_OVERHEAD[torch.device(cfg.device).type] * (peak + batches))
-
-
-def available_memory(device: str = "cpu") -> int:
-    """Bytes a sweep on `device` may use now: free GPU memory on CUDA, else what the container can still allocate."""
-    if torch.device(device).type == "cuda":
-        return torch.cuda.mem_get_info(torch.device(device))[0]
-    return resources.memory_available()
-
-
-def largest_fitting(estimate: Callable[[int], int], lo: int, hi: int, budget: int) -> int | None:
-    """The largest n in lo..hi with estimate(n) <= budget (the estimate grows with n), or None if not even lo.
-
-    One bisection for every "what batch fits" question (a sweep, a training run, a landscape), so each
-    refusal offers a setting checked with the same estimate that refused it.
-    """
-    if hi < lo or estimate(lo) > budget:
-        return None
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if estimate(mid) <= budget else (lo, mid - 1)
-    return lo
 
 
 def largest_batch(cfg: GradFlowConfig, budget: int) -> int | None:

@@ -610,7 +610,7 @@ def estimate_memory(archs: Sequence[str], n: int, size: int = 32, batch: int = E
     """Peak bytes a run adds (an upper bound): the held-out set (float, plus its uint8 rendering), per net the
     private copy, w0 and two directions, and the widest no-grad activations of one batch: six alive at once (a
     block's input kept for its shortcut, conv, BN and ReLU outputs, and oneDNN's reordered copies)."""
-    from .gradflow import ALLOCATOR_OVERHEAD
+    from .memory import ALLOCATOR_OVERHEAD
 
     data = n * 3 * size * size * (4 + 4 + 1)
     nets = sum(4 * 4 * _param_count(a) for a in archs)

@@ -9,9 +9,9 @@ from typing import Any
 
 import gradio as gr
 
-from ...research import gradflow, landscape
+from ...paths import ASSETS
+from ...research import landscape, memory
 from ...resnet import REGISTRY, twin_name
-from ...serving.zoo import ASSETS
 
 # A live run may take this share of the memory available now: the loaded models, Gradio and a QUICK job (which
 # runs beside it) live in the rest. ResNet-152 at 224 px with batch 64 needs ~15 GiB (gradflow.estimate_memory):
@@ -35,7 +35,7 @@ class Untracked:
 def memory_budget(device: str = "cpu") -> int:
     """Bytes one live run may use: a share of what `device` can still allocate (free GPU memory on CUDA, else the
     container's limit, not the host's RAM: see `resources`), read at the click, so a busy server refuses sooner."""
-    return int(gradflow.available_memory(device) * MEMORY_SHARE)
+    return int(memory.available_memory(device) * MEMORY_SHARE)
 
 
 def gb(n: float) -> str:
@@ -79,18 +79,18 @@ def forward_memory(archs: list[str], n: int, size: int, eval_batch: int, weight_
     held-out images: every net's weights, `weight_copies` more of the largest net's (a private copy, the saved
     weights, directions), the images (rendered as uint8, then one float copy being normalized and one kept), and
     a forward pass of one batch (four activation-sized buffers at its largest layer: input, output, BN and ReLU
-    temporaries). Counted on meta like the sweeps' estimate (`gradflow.step_memory`), times the CPU's
+    temporaries). Counted on meta like the sweeps' estimate (`memory.step_memory`), times the CPU's
     `ALLOCATOR_OVERHEAD`: an upper bound for refusing what cannot fit."""
     params, largest = [], 0
     for arch in archs:
         residual = REGISTRY[arch].residual
         name, variant = (arch, "residual") if residual else (twin_name(arch), "plain")
-        p, _, _, big = gradflow.step_memory(name, variant, max(2, min(n, eval_batch)), size, "eval", 8)
+        p, _, _, big = memory.step_memory(name, variant, max(2, min(n, eval_batch)), size, "eval", 8)
         params.append(p)
         largest = max(largest, big)
     images = n * 3 * size * size
     peak = sum(params) + weight_copies * max(params) + images * (1 + 4 + 4) + 4 * largest
-    return math.ceil(gradflow.ALLOCATOR_OVERHEAD["cpu"] * peak)
+    return math.ceil(memory.ALLOCATOR_OVERHEAD["cpu"] * peak)
 
 
 def shipped_note(what: str, files: list[Path], command: str) -> str:
