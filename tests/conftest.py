@@ -21,12 +21,22 @@ SHOTS = Path(os.environ.get("RESNET_LAB_SCREENSHOTS", Path(__file__).resolve().p
 
 
 def chromium_missing() -> str | None:
-    """Why the browser cannot run here, or None (under CI a missing browser is a failure, elsewhere a skip)."""
+    """Why the browser cannot run here, or None."""
     if not Path(CHROMIUM).is_file():
         return f"{CHROMIUM} is missing (apt-get install chromium)"
     if not os.access(CHROMIUM, os.X_OK):
         return f"{CHROMIUM} is not executable"
     return None
+
+
+def require_chromium() -> None:
+    """Skip a browser test where Chromium is missing, except under CI (`CI` set), where that is a failure:
+    `.ci/run` installs it and stops early if it cannot."""
+    missing = chromium_missing()
+    if missing and os.environ.get("CI"):
+        pytest.fail(f"{missing}: under CI the browser test must run (.ci/run installs Debian's chromium)")
+    if missing:
+        pytest.skip(missing)
 
 
 @pytest.fixture(scope="module")

@@ -7,20 +7,14 @@ with the reason, except under CI (`CI` set), where a missing browser is a failur
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from conftest import CHROMIUM, CHROMIUM_FLAGS, SHOTS, chromium_missing
+from conftest import CHROMIUM, CHROMIUM_FLAGS, SHOTS, require_chromium
 from playwright.sync_api import expect, sync_playwright
 
 
 @pytest.fixture(scope="module")
 def page(request):
-    missing = chromium_missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing}: under CI the browser test must run (.ci/run installs Debian's chromium)")
-        pytest.skip(missing)
+    require_chromium()
     served_app = request.getfixturevalue("served_app")  # only now: a skip costs no server
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:

@@ -8,14 +8,13 @@ except under CI (`CI` set), where a missing browser is a failure.
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CHROMIUM, CHROMIUM_FLAGS, SHOTS, chromium_missing
+from conftest import CHROMIUM, CHROMIUM_FLAGS, SHOTS, require_chromium
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
@@ -45,11 +44,7 @@ def trained(tmp_path_factory, one_thread) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def page(trained):
-    missing = chromium_missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing}: under CI the browser test must run (.ci/run installs Debian's chromium)")
-        pytest.skip(missing)
+    require_chromium()
     sys.path.insert(0, str(ROOT))
     import app
     from resnet_lab.serving.zoo import ModelZoo
