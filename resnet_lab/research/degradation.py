@@ -44,6 +44,7 @@ from ..paths import ASSETS
 from ..progress import Progress, tqdm_progress
 from ..resnet import REGISTRY, build, init_seed, twin_name
 from ..shapes import CLASSES, ShapesDataset
+from .tables import read_checked_csv
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -240,11 +241,7 @@ def describe_degradation(df: pd.DataFrame, title: str) -> str:
 
 
 def read_csv(path: str | Path = SHIPPED_CSV) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    missing = set(COLUMNS) - set(df.columns)
-    if missing:
-        raise ValueError(f"{path} is not a degradation CSV: missing columns {sorted(missing)}")
-    return df
+    return read_checked_csv(path, COLUMNS, "degradation")
 
 
 STYLE = {20: "tab:green", 56: "tab:purple", 32: "tab:orange", 44: "tab:brown", 110: "tab:gray"}

@@ -51,6 +51,7 @@ from ..progress import Progress, tqdm_progress
 from ..resnet import REGISTRY, build, init_seed, list_archs, twin_name
 from ..shapes import ShapesDataset
 from .memory import ALLOCATOR_OVERHEAD, BACKWARD_WORKSPACE, available_memory, largest_fitting, step_memory
+from .tables import read_checked_csv
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure, SubFigure
@@ -443,11 +444,7 @@ def to_csv(df: pd.DataFrame, path: str) -> None:
 
 
 def read_csv(path: str) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    missing = set(COLUMNS) - set(df.columns)
-    if missing:
-        raise ValueError(f"{path} is not a gradnorms CSV: missing columns {sorted(missing)}")
-    return df[COLUMNS]
+    return read_checked_csv(path, COLUMNS, "gradnorms")[COLUMNS]
 
 
 # --- plots: matplotlib Figures without pyplot (no global state, safe in Gradio's worker threads), drawn by Agg ---

@@ -55,6 +55,8 @@ from torch import nn
 from ..paths import ASSETS
 from ..progress import Progress, tqdm_progress
 from ..resnet import REGISTRY, twin_name
+from ..training.distributed import shard_indices
+from .tables import read_checked_csv
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -248,7 +250,7 @@ def compute_landscape(models: Sequence[LoadedWeights], *, grid: int = 21, span: 
     if not (span > 0 and math.isfinite(span)):
         raise ValueError(f"span must be a positive number, not {span}")
     points = grid_points(grid, span, dims)
-    mine = list(range(len(points))) if dist is None else _shard(len(points), dist)
+    mine = list(range(len(points))) if dist is None else shard_indices(len(points), dist)
     total, done = len(models) * len(mine), 0
     labels = _labels(models)
     data: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -279,12 +281,6 @@ def compute_landscape(models: Sequence[LoadedWeights], *, grid: int = 21, span: 
     rows.sort(key=lambda r: (r[0], r[1]))
     return pd.DataFrame([(labels[m], points[k][0], points[k][1], loss, acc) for m, k, loss, acc in rows],
                         columns=COLUMNS)
-
-
-def _shard(n: int, dist: Dist) -> list[int]:
-    from ..training.distributed import shard_indices
-
-    return list(shard_indices(n, dist))
 
 
 # ----------------------------------------------------------------------------- what the numbers say
@@ -540,11 +536,7 @@ def plot_2d(df: pd.DataFrame) -> Figure:
 
 def read_csv(path: str | Path = SHIPPED_CSV) -> pd.DataFrame:
     """A landscape CSV, checked for its columns (a person may pick any file)."""
-    df = pd.read_csv(path)
-    missing = set(COLUMNS) - set(df.columns)
-    if missing:
-        raise ValueError(f"{Path(path).name} is not a landscape CSV: missing columns {sorted(missing)}")
-    return df
+    return read_checked_csv(path, COLUMNS, "landscape")
 
 
 def write_results(df: pd.DataFrame, out: str | Path, stem: str = "landscape",
@@ -709,7 +701,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         points = args.grid ** args.dims
-        progress, close = (tqdm_progress(len(models) * len(_shard(points, dist)), f"landscape rank {dist.rank}")
+        progress, close = (tqdm_progress(len(models) * len(shard_indices(points, dist)), f"landscape rank {dist.rank}")
                            if not args.quiet and dist.is_main else (None, lambda: None))
         t0 = time.perf_counter()
         try:

@@ -63,6 +63,7 @@ from ..blocks import BasicBlock, Bottleneck
 from ..paths import ASSETS
 from ..progress import Progress, tqdm_progress
 from ..resnet import ResNet, twin_name
+from .tables import read_checked_csv
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -371,10 +372,7 @@ def quick_study(loaded: LoadedWeights, budget_s: float = 25.0, progress: Progres
 
 def read_csv(path: str | Path = SHIPPED_CSV) -> pd.DataFrame:
     """A lesion CSV (as `lesion_study` makes and the CLI writes), checked for its columns."""
-    df = pd.read_csv(path, keep_default_na=False, na_values={"accuracy": ["", "nan", "NaN"]})
-    missing = set(COLUMNS) - set(df.columns)
-    if missing:
-        raise ValueError(f"{path} is not a lesion CSV: missing columns {sorted(missing)}")
+    df = read_checked_csv(path, COLUMNS, "lesion", keep_default_na=False, na_values={"accuracy": ["", "nan", "NaN"]})
     for col in ("residual", "downsampling", "removable"):
         df[col] = df[col].astype(str).str.lower().eq("true")
     df["block"] = df["block"].astype(str)
