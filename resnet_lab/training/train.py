@@ -29,7 +29,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
-from ..precision import DTYPES, choose_train_precision, cuda_half_dtype, dtype_name
+from ..precision import DTYPES, PRECISIONS, choose_train_precision, cuda_half_dtype, dtype_name
 from ..progress import Progress
 from ..resnet import REGISTRY, build, init_seed, list_archs
 from ..shapes import CLASSES, MEAN, STD, ShapesDataset, normalize
@@ -51,7 +51,6 @@ from .loaders import Batches, LoaderBatches, ShapesBatches, TensorBatches, per_r
 
 DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05, "adam": 0.0}
 DEFAULT_BACKBONE_LR_SCALE = 0.1  # fine-tuning: the pretrained part moves 10x slower than the new head
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 EVAL_BATCH = 256
 
 
@@ -546,7 +545,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="fetch the official CIFAR archive if missing")
     p.add_argument("--no-checksum", dest="checksum", action="store_false", help="CIFAR-format files of your own")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="CIFAR/folder share held out as val")
-    p.add_argument("--precision", default=d.precision, choices=PRECISIONS, help="auto: bf16/fp16 on CUDA, else fp32")
+    p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
+                   help="auto: on CUDA the faster of fp32 and bf16/fp16, timed on this model; fp32 on CPU")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (eager if that fails)")
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers for image folders")
