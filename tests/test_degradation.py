@@ -95,11 +95,15 @@ def test_cli_writes_the_curves(tmp_path, capsys):
 def test_shipped_curves_are_what_the_shipped_command_produces():
     """The first 3 of the 1500 steps of the README's command, re-run, give the shipped CSV's first rows.
 
-    The shipped run used 2 threads; with 2 threads every one of the 56 rows (4 nets,
-    steps 0-2, validation at step 0) matches to the CSV's 6 significant digits here.
-    Before any update (step 0) the thread count does not matter; after one, the plain
-    56-layer net, whose gradients grow ~10^9 toward the input, amplifies a changed
-    reduction order (1 thread: 0.7% at step 2), so it alone gets a loose tolerance.
+    Not digit for digit: the shipped run was made on one x86 CPU and this may be another. A float32 convolution
+    sums up to 3*3*64 = 576 products per output in an order set by the CPU's vector width (AVX2: 8 lanes, AVX-512:
+    16) and oneDNN's blocking; each layer's result moves by a few float32 ulps (2^-24 = 6e-8 relative each), and
+    56 layers compound that. Measured: plain-56's step-0 training loss is 2.17133 on the AVX-512 machine that made
+    the CSV and 2.171319 on an AVX2-only one (5e-6 relative). So before any update (step 0) every row must agree
+    within 1e-4 relative, 20x that observed spread and still far below any difference a reading rests on.
+    After an update the nets without shortcuts amplify such differences: plain-56, whose gradients grow ~10^9
+    toward the input, moves 0.7 % at step 2 when only the thread count changes, so it alone gets 2 % there; the
+    other nets stay within 1e-4 (the same bound).
     """
     import torch
 
@@ -117,9 +121,8 @@ def test_shipped_curves_are_what_the_shipped_command_produces():
     printed = both.value_now.map(lambda v: float(f"{v:.6g}"))  # as the CLI writes it
     rel = (printed - both.value_shipped).abs() / both.value_shipped.abs().clip(lower=1e-12)
     chaotic = (both.arch == "plain56") & (both.step > 0)
-    assert (rel[both.step == 0] == 0).all(), both[both.step == 0][rel > 0]
     assert (rel[~chaotic] <= 1e-4).all(), both[~chaotic & (rel > 1e-4)]
-    assert (rel[chaotic] <= 0.02).all()
+    assert (rel[chaotic] <= 0.02).all(), both[chaotic & (rel > 0.02)]
 
 
 def test_shipped_curves_show_degradation():
