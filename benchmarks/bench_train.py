@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from resnet_lab.devices import resolve_device, synchronize
 from resnet_lab.resnet import build
 from resnet_lab.shapes import CLASSES, ShapesDataset
 
@@ -71,18 +72,13 @@ def bench_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tup
     return train_rate, images_per_s(infer, len(x))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def bench_cifar(arch: str, n: int, batch: int, device: torch.device, workers: int) -> None:
     """Loader epochs per second (device-resident vs CPU DataLoader), then training throughput per precision."""
     import torchvision.transforms.v2 as T
 
     from resnet_lab.resnet import CIFAR_MEAN, CIFAR_STD
     from resnet_lab.training.loaders import TensorBatches
-    from resnet_lab.training.train import optimizer_step, resolve_precision
+    from resnet_lab.training.precision_probe import optimizer_step, resolve_precision
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -105,12 +101,12 @@ def bench_cifar(arch: str, n: int, batch: int, device: torch.device, workers: in
     def epoch_ours() -> None:
         for _x, _y in ours:
             pass
-        _sync(device)
+        synchronize(device)
 
     def epoch_cpu() -> None:
         for x, y in cpu_loader:
             x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        _sync(device)
+        synchronize(device)
 
     a, b = images_per_s(epoch_ours, n, 3), images_per_s(epoch_cpu, n, 1)
     print(f"loader, {n} images, batch {batch} on {device}: on-device {a:,.0f} images/s, CPU DataLoader "
@@ -129,7 +125,7 @@ def bench_cifar(arch: str, n: int, batch: int, device: torch.device, workers: in
                     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                         loss = F.cross_entropy(model(xf).float(), y)
                     optimizer_step(loss, opt, scaler)
-                _sync(device)
+                synchronize(device)
 
             rate = images_per_s(step, 10 * len(x))
             name = "channels_last" if fmt is torch.channels_last else "contiguous"
@@ -182,11 +178,11 @@ def steps_per_s(step: Callable[[torch.Tensor, torch.Tensor], None], batches: Ite
     """Training steps per second over `steps` steps fed from `batches`, after `warmup` steps, device-synchronized."""
     for _ in range(warmup):
         step(*next(batches))
-    _sync(device)
+    synchronize(device)
     t = time.perf_counter()
     for _ in range(steps):
         step(*next(batches))
-    _sync(device)
+    synchronize(device)
     return steps / (time.perf_counter() - t)
 
 
@@ -203,7 +199,8 @@ def bench_pipeline(arch: str, n: int, n_folder: int, batch: int, device: torch.d
     from resnet_lab.resnet import CIFAR_MEAN, CIFAR_STD
     from resnet_lab.training.datasets import image_folder, load_cifar, train_transform
     from resnet_lab.training.loaders import LoaderBatches, TensorBatches
-    from resnet_lab.training.train import maybe_compile, optimizer_step
+    from resnet_lab.training.precision_probe import optimizer_step
+    from resnet_lab.training.train import maybe_compile
 
     t = time.perf_counter()
     write_cifar10(tmp, n, max(batch, 16))
@@ -257,8 +254,8 @@ def bench_pipeline(arch: str, n: int, n_folder: int, batch: int, device: torch.d
 
 
 def report_choices(specs: list[str], batch: int, device: torch.device) -> list[dict]:
-    """What `precision.choose_train_precision` (train's --precision auto) picks for each ARCH@SIZE, and its cost."""
-    from resnet_lab.precision import choose_train_precision
+    """What `choose_train_precision` (train's --precision auto) picks for each ARCH@SIZE, and its cost."""
+    from resnet_lab.training.precision_probe import choose_train_precision
 
     records = []
     for spec in specs:
@@ -293,7 +290,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     p.add_argument("--cifar", action="store_true", help="CIFAR loaders and precisions instead (see above)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=None,
+                   help="--cifar, --pipeline: cpu, cuda or cuda:N (default: $RESNET_LAB_DEVICE, else cuda if present)")
     p.add_argument("--n", type=int, default=50_000, help="--cifar: images per epoch")
     p.add_argument("--workers", type=int, default=4, help="--cifar, --pipeline: workers of the CPU DataLoader")
     p.add_argument("--pipeline", action="store_true", help="real data pipelines vs synthetic tensors (see above)")
@@ -305,14 +303,15 @@ def main() -> None:
     p.add_argument("--choose", nargs="*", default=["resnet20@32", "resnet50@224"], metavar="ARCH@SIZE",
                    help="--pipeline: first print what --precision auto picks for these (measured on CUDA only)")
     args = p.parse_args()
+    device = resolve_device(args.device)
     if args.pipeline:
-        report_choices(args.choose, args.batch_size, torch.device(args.device))
+        report_choices(args.choose, args.batch_size, device)
         with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-            bench_pipeline(args.arch, args.n, args.n_folder, args.batch_size, torch.device(args.device), args.workers,
+            bench_pipeline(args.arch, args.n, args.n_folder, args.batch_size, device, args.workers,
                            args.steps, args.warmup, args.compile, args.channels_last, Path(tmp))
         return
     if args.cifar:
-        bench_cifar(args.arch, args.n, args.batch_size, torch.device(args.device), args.workers)
+        bench_cifar(args.arch, args.n, args.batch_size, device, args.workers)
         return
 
     print(f"render: {images_per_s(lambda: ShapesDataset(1000, seed=1, size=args.size), 1000, 1):.0f} images/s")

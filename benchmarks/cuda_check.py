@@ -31,10 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.photos import phone_jpeg  # noqa: E402
-from resnet_lab import degradation  # noqa: E402
 from resnet_lab.explain import METHODS, attribute, gradcam_stages  # noqa: E402
 from resnet_lab.faithfulness import estimate_seconds, measure_faithfulness  # noqa: E402
 from resnet_lab.precision import cuda_half_dtype  # noqa: E402
+from resnet_lab.research import degradation  # noqa: E402
 from resnet_lab.serving.inference import Classifier  # noqa: E402
 from resnet_lab.serving.zoo import ASSETS, SHAPES_CHECKPOINT  # noqa: E402
 from resnet_lab.shapes import ShapesDataset  # noqa: E402

@@ -389,7 +389,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .training.train import accuracy
+    from .scoring import chunks, score
     from .weights import load_checkpoint
 
     loaded = load_checkpoint(args.model)
@@ -398,7 +398,8 @@ def run(args: argparse.Namespace) -> int:
     seed = args.data_seed if args.data_seed is not None else data.get("test_seed", 999)
     dataset = ShapesDataset(args.n, seed, int(loaded.pretrained_cfg["input_size"][-1]), data.get("clutter", True))
     stages = args.stages.split(",") if args.stages else list(model.stage_names)
-    print(f"{args.model}: accuracy {accuracy(model, dataset):.4f} on {args.n} Shapes images (seed {seed})")
+    accuracy = score(model, chunks(dataset.normalized(), dataset.labels, args.batch_size)).accuracy
+    print(f"{args.model}: accuracy {accuracy:.4f} on {args.n} Shapes images (seed {seed})")
     bar = tqdm(total=1000, desc="faithfulness", bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
 
     def progress(fraction: float, desc: str) -> None:

@@ -1,4 +1,4 @@
-"""Which floating-point precision to compute in: the app's serving dtype and the trainer's, each chosen on evidence.
+"""Which floating-point precision to serve in, chosen on evidence; and the names and dtypes both sides share.
 
 Serving (`serving_dtype`): `RESNET_LAB_PRECISION=fp32|bf16|fp16|auto` (default auto). On CUDA, auto is bf16 where the
 GPU has it natively (Ampere and later), else fp16 (a T4). On a CPU, auto is bf16 only where the CPU computes bf16
@@ -7,27 +7,20 @@ natively (AVX512-BF16 or AMX; emulated bf16 is slower than fp32) AND `assets/cpu
 speed alone must not change what the app answers. fp16 on a CPU is served as fp32: CPU fp16 autocast has no fast
 kernels on most x86 and no loss scaling to need; the reason is returned and warned, not silently dropped.
 
-Training (`choose_train_precision`): half precision is not always faster. ResNet-20 at 32 px trains at ~19,900
-images/s in fp32/TF32 on an H100 and ~10,600 under bf16 autocast (its tiny convs are launch- and cast-bound),
-while ResNet-50 at 224 px goes from ~2,400 to ~3,700. So on CUDA a few timed SGD steps on a copy of the model
-decide; on the CPU it is fp32 without measuring (see the function).
+Training's choice (timed SGD steps on CUDA) is `training.precision_probe`: it builds on this module, never the
+other way round, so serving code imports nothing of the trainer.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import statistics
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from .paths import ASSETS
 
@@ -166,125 +159,3 @@ def serving_dtype(device: str | torch.device, env: Mapping[str, str] = os.enviro
     if asked != "auto" and dtype != DTYPES[asked]:
         warnings.warn(why, stacklevel=2)
     return dtype
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_train_steps(
-    model: nn.Module,
-    input_shape: Sequence[int],
-    batch_size: int,
-    device: str | torch.device,
-    dtypes: Sequence[torch.dtype | None],
-    steps: int = 5,
-    warmup: int = 3,
-    rounds: int = 3,
-    channels_last: bool = False,
-    timer: Callable[[], float] = time.perf_counter,
-    budget_s: float = 1.5,
-) -> tuple[dict[str, float], int]:
-    """({dtype_name: seconds per SGD step (forward, backward, update)} of `model` at each of `dtypes`, steps timed).
-
-    Each dtype trains its own deep copy (the caller's model, its BN statistics and any optimizer are untouched) on
-    one synthetic batch drawn from a local generator (torch's global RNG is not used). After `warmup` steps each
-    (cudnn autotuning, lazy init), `rounds` rounds of `steps` steps alternate between the dtypes so that clock or
-    neighbour drift hits all alike; the median round counts. `steps` shrinks (to 1 at least) where one more
-    untimed step per dtype says the rounds would take longer than `budget_s`: a big net at a big batch stays cheap.
-    A dtype whose steps fail (no kernel, out of memory) is left out of the result.
-    """
-    from .training.train import optimizer_step  # lazy: train imports this module
-
-    device = torch.device(device)
-    g = torch.Generator().manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(batch_size, *input_shape, generator=g).to(device).contiguous(memory_format=fmt)
-    runs: dict[str, Callable[[int], None]] = {}
-    estimate = 0.0
-    for dtype in dict.fromkeys(dtypes):
-        m = copy.deepcopy(model).to(device, memory_format=fmt).train()
-        opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
-        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-        state: dict[str, torch.Tensor] = {}
-
-        def run(n: int, m=m, opt=opt, scaler=scaler, dtype=dtype, state=state) -> None:
-            for _ in range(n):
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    out = m(x).float()
-                if "y" not in state:
-                    state["y"] = torch.randint(0, out.shape[1], (batch_size,), generator=g).to(device)
-                optimizer_step(F.cross_entropy(out, state["y"]), opt, scaler)
-            _sync(device)
-
-        try:
-            run(max(warmup, 1))
-            t = time.perf_counter()  # the real clock, whatever `timer` is: this only sizes the rounds
-            run(1)
-            estimate += time.perf_counter() - t
-        except (RuntimeError, NotImplementedError) as e:
-            warnings.warn(f"{dtype_name(dtype)} training steps failed ({type(e).__name__}: {e}); not a candidate",
-                          stacklevel=2)
-            continue
-        runs[dtype_name(dtype)] = run
-    steps = max(1, min(steps, int(budget_s / (rounds * estimate)) if estimate > 0 else steps))
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            t = timer()
-            run(steps)
-            times[name].append((timer() - t) / steps)
-    return {k: statistics.median(v) for k, v in times.items()}, steps
-
-
-def choose_train_precision(
-    model: nn.Module,
-    input_shape: Sequence[int],
-    batch_size: int,
-    device: str | torch.device,
-    steps: int = 5,
-    log: Callable[[str], None] | None = None,
-    *,
-    measure: bool | None = None,
-    channels_last: bool = False,
-    timer: Callable[[], float] = time.perf_counter,
-) -> tuple[torch.dtype | None, dict[str, Any]]:
-    """(autocast dtype or None for fp32, a record for the checkpoint JSON) for `--precision auto`.
-
-    On CUDA (or with `measure=True`) it times up to `steps` SGD steps x 3 rounds, after 4 untimed steps, at fp32 and the
-    device's half dtype (CUDA: `cuda_half_dtype`; CPU: bf16) on copies of `model` (see `time_train_steps`) and picks
-    the faster; a tie goes to fp32, the safer numerics. The rounds are sized to ~1.5 s (see `time_train_steps`).
-    Eager steps: under --compile half precision gains more (casts fuse), so a choice of fp32 is the cautious one.
-    On a CPU it returns fp32 without measuring: CPU bf16 autocast trains slower than fp32 on CPUs without AMX, and
-    even where it is faster it trades accuracy for speed in a run that takes hours, which should be asked for
-    (`--precision bf16`), not guessed from a few steps.
-    """
-    device = torch.device(device)
-    measure = device.type == "cuda" if measure is None else measure
-    record: dict[str, Any] = {"policy": "auto", "device": str(device), "input_shape": list(input_shape),
-                              "batch_size": batch_size}
-    if not measure:
-        record.update(choice="fp32", measured=False,
-                      reason="CPU: fp32 without measuring (bf16 training on a CPU is opt-in: --precision bf16)")
-        return None, record
-    half = cuda_half_dtype(device) if device.type == "cuda" else torch.bfloat16
-    t0 = time.perf_counter()
-    sec, steps = time_train_steps(model, input_shape, batch_size, device, [None, half], steps=steps,
-                                  channels_last=channels_last, timer=timer)
-    fp32_s, half_s = sec.get("fp32", float("inf")), sec.get(dtype_name(half), float("inf"))
-    dtype = half if half_s < fp32_s else None
-    record.update(
-        choice=dtype_name(dtype), measured=True, steps=steps, rounds=3, warmup=4,
-        ms_per_step={k: round(v * 1e3, 3) for k, v in sec.items()},
-        images_per_s={k: round(batch_size / v, 1) for k, v in sec.items() if v > 0},
-        measure_time_s=round(time.perf_counter() - t0, 2),
-        reason=f"faster of {', '.join(sec)} over {steps} timed SGD steps x 3 rounds (eager, synthetic batch)",
-    )
-    if log is not None:
-        rates = ", ".join(f"{k} {v:,.0f} images/s" for k, v in record["images_per_s"].items())
-        log(f"precision auto: {rates} -> {record['choice']}")
-    return dtype, record

@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from resnet_lab.__main__ import main
+from resnet_lab.devices import DeviceError, resolve_device
 from resnet_lab.resnet import build
+from resnet_lab.scoring import score
 from resnet_lab.shapes import ShapesDataset
 from resnet_lab.training import distributed as D
 from resnet_lab.training.loaders import LoaderBatches, ShapesBatches, TensorBatches
-from resnet_lab.training.train import TrainConfig, batches_accuracy, train
+from resnet_lab.training.train import TrainConfig, train
 from resnet_lab.weights import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +77,7 @@ def _scenarios(d: D.Dist) -> dict:
     # a sharded accuracy: 37 images, an odd count, in batches of 8 per rank
     model = build("resnet20", num_classes=8, seed=2).eval()
     val = TensorBatches(*_images(37, seed=9), MEAN, STD, 8, CPU, dist=d)
-    out["accuracy"] = batches_accuracy(model, model, val, dist=d)
+    out["accuracy"] = D.all_reduce_score(score(model, val), d).accuracy
     return out
 
 
@@ -147,7 +149,7 @@ def test_eval_shares_are_disjoint_and_cover_the_set(ranks):
 
 def test_sharded_accuracy_is_summed_over_ranks_to_the_single_process_number(ranks):
     model = build("resnet20", num_classes=8, seed=2).eval()
-    single = batches_accuracy(model, model, TensorBatches(*_images(37, seed=9), MEAN, STD, 8, CPU))
+    single = score(model, TensorBatches(*_images(37, seed=9), MEAN, STD, 8, CPU)).accuracy
     assert ranks[0]["accuracy"] == ranks[1]["accuracy"] == single
     assert 0 < single < 1  # not a trivial 0 or 1 that any share would reproduce
 
@@ -191,17 +193,22 @@ def test_global_batch_must_divide_over_the_processes(monkeypatch, capsys):
 
 
 def test_more_processes_than_gpus_is_refused_with_a_fix(monkeypatch):
+    """Under torchrun the one device resolver gives each process cuda:LOCAL_RANK, and refuses what cannot work."""
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.delenv("RESNET_LAB_DEVICE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    with pytest.raises(ValueError, match="nproc-per-node 2 or fewer"):
-        D.device_for("cuda")
-    with pytest.raises(ValueError, match="cuda:LOCAL_RANK"):
-        D.device_for("cuda:1")
-    assert D.device_for("cpu") == CPU
+    with pytest.raises(DeviceError, match="nproc-per-node 2 or fewer"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceError, match="cuda:LOCAL_RANK"):
+        resolve_device("cuda:1")
+    assert resolve_device("cpu") == CPU
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert D.device_for(None) == torch.device("cuda", 1)
+    assert resolve_device(None) == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(ValueError, match="nproc-per-node 2 or fewer"):  # setup() refuses it before any group
+        D.setup("cuda")
 
 
 def test_single_process_setup_touches_nothing(monkeypatch):

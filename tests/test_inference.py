@@ -13,7 +13,8 @@ from torch import nn
 
 from resnet_lab import build
 from resnet_lab.data import ImageError, decode_image
-from resnet_lab.serving.inference import Classifier, fuse_bn, resolve_device
+from resnet_lab.devices import resolve_device
+from resnet_lab.serving.inference import Classifier, fuse_bn
 from resnet_lab.serving.zoo import SHAPES_CHECKPOINT
 from resnet_lab.verify import randomize_bn
 from resnet_lab.weights import load_weights

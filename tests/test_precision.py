@@ -11,6 +11,7 @@ import torch
 
 from resnet_lab import precision as P
 from resnet_lab.resnet import build
+from resnet_lab.training import precision_probe as probe
 
 NATIVE = frozenset({"fpu", "avx512f", "avx512_bf16"})
 AMX = frozenset({"fpu", "amx_bf16", "amx_tile"})
@@ -165,8 +166,8 @@ def tiny():
 def test_measured_choice_picks_the_faster(tiny, fp32_s, half_s, expected):
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
     rng = torch.random.get_rng_state()
-    dtype, record = P.choose_train_precision(tiny, (3, 16, 16), 4, "cpu", steps=1, measure=True,
-                                             timer=fake_clock(fp32_s, half_s))
+    dtype, record = probe.choose_train_precision(tiny, (3, 16, 16), 4, "cpu", steps=1, measure=True,
+                                                 timer=fake_clock(fp32_s, half_s))
     assert dtype == expected
     assert record["measured"] and record["choice"] == P.dtype_name(expected)
     assert record["ms_per_step"] == {"fp32": fp32_s * 1e3, "bf16": half_s * 1e3}
@@ -181,14 +182,14 @@ def test_cpu_default_is_fp32_without_measuring(tiny):
     def timer() -> float:
         raise AssertionError("measured on the CPU")
 
-    dtype, record = P.choose_train_precision(tiny, (3, 16, 16), 4, "cpu", timer=timer)
+    dtype, record = probe.choose_train_precision(tiny, (3, 16, 16), 4, "cpu", timer=timer)
     assert dtype is None and record == {**record, "measured": False, "choice": "fp32"}
     assert "--precision bf16" in record["reason"]
 
 
 def test_time_train_steps_really_trains_a_copy(tiny):
     """The timed step is a real SGD step on the copy (loss goes through backward and the update), real seconds."""
-    sec, steps = P.time_train_steps(tiny, (3, 16, 16), 2, "cpu", [None], steps=1, warmup=1, rounds=1)
+    sec, steps = probe.time_train_steps(tiny, (3, 16, 16), 2, "cpu", [None], steps=1, warmup=1, rounds=1)
     assert set(sec) == {"fp32"} and sec["fp32"] > 0 and steps == 1
 
 
@@ -199,11 +200,11 @@ def test_timed_steps_shrink_to_the_budget(tiny):
         counted.append(1)
         return float(len(counted))
 
-    _, steps = P.time_train_steps(tiny, (3, 16, 16), 2, "cpu", [None], steps=50, warmup=1, rounds=2, timer=timer,
-                                  budget_s=1e-9)
+    _, steps = probe.time_train_steps(tiny, (3, 16, 16), 2, "cpu", [None], steps=50, warmup=1, rounds=2, timer=timer,
+                                      budget_s=1e-9)
     assert steps == 1 and len(counted) == 4  # 2 rounds x (start, end), one step each
-    _, steps = P.time_train_steps(tiny, (3, 16, 16), 2, "cpu", [None], steps=3, warmup=1, rounds=1, timer=timer,
-                                  budget_s=1e9)
+    _, steps = probe.time_train_steps(tiny, (3, 16, 16), 2, "cpu", [None], steps=3, warmup=1, rounds=1, timer=timer,
+                                      budget_s=1e9)
     assert steps == 3
     assert tiny.training  # the caller's mode is not changed either
 

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from resnet_lab.__main__ import main
+from resnet_lab.scoring import chunks, score
 from resnet_lab.shapes import CLASSES, MEAN, STD, ShapesDataset, normalize
-from resnet_lab.training.train import TrainConfig, accuracy, initial_model, train
+from resnet_lab.training.train import TrainConfig, initial_model, train
 from resnet_lab.weights import load_checkpoint
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "shapes_resnet20.safetensors"
@@ -19,6 +20,11 @@ TINY = dict(n_train=384, n_val=128, n_test=128, batch_size=32, lr=0.05, seed=3, 
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def accuracy(model: nn.Module, ds: ShapesDataset, batch_size: int = 256) -> float:
+    """Top-1 on a Shapes set through the one evaluation loop, the images normalized as training normalizes them."""
+    return score(model, chunks(ds.normalized(), ds.labels, batch_size)).accuracy
 
 
 def train_cli(out: Path, *args: str) -> Path:
@@ -225,7 +231,7 @@ def test_adam_is_adam_with_no_default_decay():
 
 
 def test_precision_choices_and_fp16_on_cpu_refused(capsys):
-    from resnet_lab.training.train import resolve_precision
+    from resnet_lab.training.precision_probe import resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) is None and resolve_precision("fp32", cpu) is None

@@ -14,7 +14,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from resnet_lab import weights
+from resnet_lab import akamaster, weights
 from resnet_lab.weights import WeightsUnavailable
 
 
@@ -156,7 +156,7 @@ def test_hub_unreachable_fails_fast_and_names_the_alternative(monkeypatch, offli
             released.wait(30)
             raise OSError("gave up")
 
-        monkeypatch.setattr(weights.socket, "create_connection", hang)
+        monkeypatch.setattr(socket, "create_connection", hang)
     released = threading.Event()
     t = time.perf_counter()
     try:
@@ -366,7 +366,7 @@ def test_akamaster_resnet1202_is_refused_without_download():
         weights.load_akamaster("akamaster:resnet1202")
     raw = {f"module.layer1.{i}.conv1.weight": torch.zeros(1) for i in range(200)}
     with pytest.raises(WeightsUnavailable, match="resnet1202, which has no network here"):
-        weights.akamaster_state_dict(raw, "resnet1202-f3b1deed.th")
+        akamaster.akamaster_state_dict(raw, "resnet1202-f3b1deed.th")
 
 
 def test_akamaster_pickle_with_code_is_refused_and_nothing_ran(tmp_path):
@@ -398,7 +398,7 @@ def _closed_port() -> int:
 
 def test_akamaster_download_offline_fails_fast_with_the_file_and_the_alternative(tmp_path, monkeypatch):
     url = f"http://127.0.0.1:{_closed_port()}/pretrained_models/{{file}}"
-    monkeypatch.setattr(weights, "AKAMASTER_URL", url)
+    monkeypatch.setattr(akamaster, "AKAMASTER_URL", url)
     with pytest.raises(WeightsUnavailable) as e:
         weights.load_akamaster("resnet56", cache_dir=tmp_path / "cache")
     message = str(e.value)
@@ -424,7 +424,7 @@ def test_akamaster_download_and_cache_from_a_local_server(tmp_path, monkeypatch)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        monkeypatch.setattr(weights, "AKAMASTER_URL", f"http://127.0.0.1:{server.server_port}/pretrained_models/{{file}}")
+        monkeypatch.setattr(akamaster, "AKAMASTER_URL", f"http://127.0.0.1:{server.server_port}/pretrained_models/{{file}}")
         loaded = weights.load_akamaster("akamaster:resnet20", cache_dir=tmp_path / "cache")
     finally:
         server.shutdown()

@@ -1,10 +1,10 @@
-"""Batched inference: device choice, BN folding, and a `Classifier` that turns uploads into top-k."""
+"""Batched inference: BN folding, and a `Classifier` that turns uploads into top-k (on `devices.resolve_device`'s
+device)."""
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,21 +25,13 @@ from ..data import (
     imagenet_labels,
     resize_side,
 )
+from ..devices import resolve_device
 from ..precision import serving_dtype
 from ..weights import LoadedWeights
 from . import graphs
 from .device_decode import DeviceTransform, JpegUpload, decode_jpegs, orient, read_jpeg_header
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(preference: str | None = None) -> torch.device:
-    """`RESNET_LAB_DEVICE` or the argument ("cpu", "cuda", "cuda:1"); else cuda when present."""
-    preference = preference or os.environ.get("RESNET_LAB_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(preference)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {preference!r} asked for, but CUDA is not available here")
-    return device
 
 
 def fuse_bn(model: nn.Module) -> nn.Module:
@@ -109,7 +101,7 @@ class Classifier:
     def __init__(self, weights: LoadedWeights, device: str | torch.device | None = None, fuse: bool = False,
                  device_decode: bool | None = None):
         self.weights = weights
-        self.device = torch.device(device) if device is not None else resolve_device()
+        self.device = resolve_device(device)
         model = set_inplace(fuse_bn(weights.model), True) if fuse else weights.model.eval()
         self.channels_last = fuse or self.device.type == "cuda"
         if self.device.type == "cuda":

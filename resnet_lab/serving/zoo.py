@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..devices import resolve_device
 from ..paths import ASSETS
 from ..precision import dtype_name
 from ..resources import memory_limit
@@ -33,7 +34,7 @@ from ..weights import (
     load_weights,
     meta_path,
 )
-from .inference import Classifier, resolve_device
+from .inference import Classifier
 
 log = logging.getLogger(__name__)
 

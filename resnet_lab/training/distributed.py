@@ -1,9 +1,9 @@
 """One process per GPU (`torchrun`): the process group, each rank's device and share of the data, and the sums.
 
 `torchrun --nproc-per-node N -m resnet_lab <command>` sets RANK, WORLD_SIZE and LOCAL_RANK in every process;
-`setup()` reads them, binds the process to cuda:LOCAL_RANK (or the CPU) and joins the group (NCCL on CUDA, Gloo on
-the CPU). Without torchrun (or with one process) it returns a single-process `Dist` and touches nothing, so every
-helper here is a no-op there and the code that uses them runs exactly as before.
+`setup()` reads them, binds the process to cuda:LOCAL_RANK (`devices.resolve_device`) or the CPU and joins the
+group (NCCL on CUDA, Gloo on the CPU). Without torchrun (or with one process) it returns a single-process `Dist`
+and touches nothing, so every helper here is a no-op there and the code that uses them runs exactly as before.
 Counts (correct, seen) are summed over ranks rather than averaged, so a sharded evaluation gives exactly the
 single-process accuracy whatever the shares' sizes.
 """
@@ -17,6 +17,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ..devices import resolve_device
+from ..scoring import Score
 
 
 @dataclass(frozen=True)
@@ -62,39 +65,14 @@ def _env_int(name: str) -> int:
                          f"(torchrun --nproc-per-node N -m resnet_lab ...)") from None
 
 
-def device_for(preference: str | None = None) -> torch.device:
-    """This process's device: as `inference.resolve_device` alone, cuda:LOCAL_RANK under torchrun.
-
-    Under torchrun "cuda" (or no preference on a CUDA machine) means the process's own GPU; an explicit index is
-    refused (every process would take the same GPU), and so is asking for more processes than the node has GPUs.
-    """
-    preference = preference or os.environ.get("RESNET_LAB_DEVICE")
-    if preference is None:
-        preference = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(preference)
-    except RuntimeError:
-        raise ValueError(f"unknown device {preference!r}; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {preference!r} asked for, but CUDA is not available here; use --device cpu")
-    if not launched() or device.type != "cuda":
-        return device
-    if device.index is not None:
-        raise ValueError(f"under torchrun each process takes cuda:LOCAL_RANK; pass --device cuda, not {preference!r}")
-    local_rank, gpus = _env_int("LOCAL_RANK"), torch.cuda.device_count()
-    if local_rank >= gpus:
-        raise ValueError(f"process with LOCAL_RANK {local_rank} needs GPU {local_rank}, but this node has {gpus}: "
-                         f"use --nproc-per-node {gpus} or fewer, or --device cpu")
-    return torch.device("cuda", local_rank)
-
-
-def setup(device: str | None = None) -> Dist:
+def setup(device: str | torch.device | None = None) -> Dist:
     """Join torchrun's process group (NCCL on CUDA, Gloo on the CPU) and return this process's `Dist`.
 
-    Not launched by torchrun: a single-process `Dist` on `device` (default cuda when present), nothing initialized.
+    The device is `devices.resolve_device`'s (cuda:LOCAL_RANK under torchrun; a `DeviceError` says what to pass
+    where it cannot be used). Not launched by torchrun: a single-process `Dist` on it, nothing initialized.
     A process group that already exists (the caller made it) is used as it is and left to its owner.
     """
-    dev = device_for(device)
+    dev = resolve_device(device)
     if not launched():
         return Dist(device=dev)
     rank, world, local_rank = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
@@ -137,6 +115,14 @@ def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     out = t.detach().to(d.device, copy=True)  # NCCL sums tensors on the GPU, Gloo on the CPU
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out.to(t.device)
+
+
+def all_reduce_score(s: Score, d: Dist) -> Score:
+    """`s` (this rank's share of a set) summed over all ranks: the single-process score, whatever the shares."""
+    if not d.distributed:
+        return s
+    loss, correct, seen = all_reduce_sum(torch.tensor([s.loss_sum, s.correct, s.seen], dtype=torch.float64), d)
+    return Score(float(loss), int(correct), int(seen))
 
 
 def shard_indices(n: int, d: Dist) -> list[int]:

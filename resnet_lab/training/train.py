@@ -1,14 +1,11 @@
 """Train any registered arch on Shapes (the models whose explanations we can check), CIFAR-10/100 or an image folder.
 
-The data come from three disjoint seeds: `seed` for training, `seed + 1` for
-validation (early stopping and the choice of the best epoch) and `test_seed`
-for the accuracy reported in the checkpoint, which nothing was tuned on.
-CIFAR's validation set is a seeded stratified `val_fraction` of its training batches (test_batch stays the
-test set); a folder's is its val/ (or a stratified split), with a test set only where PATH/test exists.
-Batches come from `loaders`; this module only runs the loop. The checkpoint's JSON carries everything
-`weights.load_checkpoint` and the app need (arch, classes, mean/std, input size) plus the command that made it.
-Under `torchrun --nproc-per-node N` the same loop runs in N processes (DDP, see `distributed`): `batch_size` stays
-the global batch of a step, each rank trains on its share, accuracies are summed over ranks, rank 0 logs and writes.
+This module is the loop: the run's config and CLI options are `config`, its data `run_data`, its precision
+`precision_probe`, and validation/test accuracy the one evaluation loop (`scoring.score`). The checkpoint's JSON
+carries everything `weights.load_checkpoint` and the app need (arch, classes, mean/std, input size) plus the
+command that made it. Under `torchrun --nproc-per-node N` the same loop runs in N processes (DDP, see
+`distributed`): `batch_size` stays the global batch of a step, each rank trains on its share, accuracies are summed
+over ranks, rank 0 logs and writes.
 """
 
 from __future__ import annotations
@@ -29,17 +26,21 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
-from ..precision import DTYPES, PRECISIONS, choose_train_precision, cuda_half_dtype, dtype_name
+from ..devices import resolve_device
+from ..precision import DTYPES, dtype_name
 from ..progress import Progress
-from ..resnet import REGISTRY, build, init_seed, list_archs
-from ..shapes import CLASSES, MEAN, STD, ShapesDataset, normalize
+from ..resnet import build, init_seed
+from ..scoring import score
+from ..shapes import CLASSES
 from ..weights import WeightsUnavailable, save_checkpoint
 from . import finetune
+from .config import TrainConfig
+from .config import add_arguments as add_arguments  # the `train` command's options, where __main__ looks for them
 from .distributed import (
     Dist,
+    all_reduce_score,
     all_reduce_sum,
     cleanup,
-    device_for,
     env_rank,
     env_world_size,
     gather_objects,
@@ -47,107 +48,9 @@ from .distributed import (
     unwrap,
     wrap,
 )
-from .loaders import Batches, LoaderBatches, ShapesBatches, TensorBatches, per_rank_batch, stratified_indices
-
-DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05, "adam": 0.0}
-DEFAULT_BACKBONE_LR_SCALE = 0.1  # fine-tuning: the pretrained part moves 10x slower than the new head
-EVAL_BATCH = 256
-
-
-@dataclass
-class TrainConfig:
-    """One training run; `cli()` turns it back into the command that repeats it."""
-
-    arch: str = "resnet20"
-    data: str = "shapes"
-    epochs: int = 15
-    n_train: int = 20_000
-    n_val: int = 2_000
-    n_test: int = 2_000
-    batch_size: int = 128
-    lr: float = 0.1
-    opt: str = "sgd"
-    sched: str = "onecycle"
-    wd: float | None = None  # None: 5e-4 for SGD, 0.05 for AdamW
-    patience: int = 5
-    seed: int = 0
-    test_seed: int = 999
-    size: int | None = None  # None: 32 for the CIFAR nets, 64 for the ImageNet ones
-    clutter: bool = True
-    out: str | None = None
-    device: str | None = None
-    quiet: bool = False
-    data_dir: str | None = None
-    download: bool = False
-    checksum: bool = True
-    val_fraction: float = 0.1
-    precision: str = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    workers: int = 2
-    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each rank's share
-    pretrained: str | None = None  # fine-tune from a timm tag, weights file, our checkpoint or akamaster:NAME
-    freeze: str | None = None  # with pretrained: freeze stem and stages up to this one (None: nothing)
-    backbone_lr_scale: float | None = None  # with pretrained: backbone lr = lr * this (None: 0.1); the head gets lr
-
-    def __post_init__(self) -> None:
-        if self.arch not in REGISTRY:
-            raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(list_archs())}")
-        if self.data not in ("shapes", "cifar10", "cifar100") and not self.data.startswith("folder:"):
-            raise ValueError(f"unknown data {self.data!r}; choose shapes, cifar10, cifar100 or folder:PATH")
-        if self.opt not in DEFAULT_WD or self.sched not in ("cosine", "onecycle"):
-            raise ValueError(f"opt must be sgd|adamw|adam and sched cosine|onecycle, not {self.opt!r}, {self.sched!r}")
-        if self.data.startswith("cifar") and self.size not in (None, 32):
-            raise ValueError(f"CIFAR images are 32 px; --size {self.size} does not apply to {self.data}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if not 0.0 < self.val_fraction < 1.0 or self.workers < 0:
-            raise ValueError(f"val_fraction must lie in (0, 1) and workers be >= 0 (got {self.val_fraction}, "
-                             f"{self.workers})")
-        if self.test_seed in self.data_seeds()[:2]:
-            raise ValueError(f"test seed {self.test_seed} collides with the training/validation seeds")
-        if min(self.epochs, self.n_val, self.n_test) < 1:
-            raise ValueError("epochs, n_val and n_test must each be at least 1")
-        if self.data == "shapes" and self.n_train < self.batch_size:
-            raise ValueError(f"n_train ({self.n_train}) must be at least one batch ({self.batch_size})")
-        if self.pretrained is None and (self.freeze is not None or self.backbone_lr_scale is not None):
-            raise ValueError("--freeze and --backbone-lr-scale are for fine-tuning: add --pretrained TAG|FILE")
-        if self.freeze is not None and self.freeze not in finetune.arch_parts(self.arch):
-            raise ValueError(f"--freeze {self.freeze} is not a part of {self.arch}; choose one of "
-                             f"{', '.join(finetune.arch_parts(self.arch))}")
-        if not (self.lr_scale >= 0 and math.isfinite(self.lr_scale)):
-            raise ValueError(f"--backbone-lr-scale must be a finite number >= 0, not {self.backbone_lr_scale}")
-
-    @property
-    def image_size(self) -> int:
-        cifar = self.data.startswith("cifar") or REGISTRY[self.arch].stem == "cifar"
-        return self.size or (32 if cifar else 64)
-
-    @property
-    def lr_scale(self) -> float:
-        """The backbone's share of `lr` when fine-tuning."""
-        return DEFAULT_BACKBONE_LR_SCALE if self.backbone_lr_scale is None else self.backbone_lr_scale
-
-    @property
-    def weight_decay(self) -> float:
-        return DEFAULT_WD[self.opt] if self.wd is None else self.wd
-
-    def data_seeds(self) -> tuple[int, int, int]:
-        """(train, val, test) seeds of the Shapes sets."""
-        return self.seed, self.seed + 1, self.test_seed
-
-    def cli(self) -> str:
-        """The full `python -m resnet_lab train ...` command for this config."""
-        args = ["python", "-m", "resnet_lab", "train"]
-        for k, v in asdict(self).items():
-            flag = "--" + k.replace("_", "-")
-            if k in ("clutter", "checksum"):
-                args += [] if v else ["--no-" + k]
-            elif isinstance(v, bool):
-                args += [flag] if v else []
-            elif v is not None:
-                args += [flag, str(v)]
-        return shlex.join(args)
+from .loaders import Batches, per_rank_batch
+from .precision_probe import choose_train_precision, optimizer_step, resolve_precision
+from .run_data import make_data, shapes_data_config
 
 
 @dataclass
@@ -160,34 +63,6 @@ class TrainResult:
     model: nn.Module
     path: Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------- pieces
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int = 256) -> tuple[torch.Tensor, ...]:
-    """(predicted class, label) for every item of a dataset of unnormalized images, in eval mode."""
-    was_training = model.training
-    model.eval()
-    device = _device_of(model)
-    preds, labels = [], []
-    for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
-        x = normalize(x.to(device)).contiguous(memory_format=torch.channels_last)
-        preds.append(model(x).argmax(1).cpu())
-        labels.append(y)
-    model.train(was_training)
-    return torch.cat(preds), torch.cat(labels)
-
-
-def accuracy(model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int = 256) -> float:
-    """Top-1 accuracy of `model` on a dataset of unnormalized images (it normalizes them)."""
-    preds, labels = predict(model, dataset, batch_size)
-    return float((preds == labels).float().mean()) if len(labels) else float("nan")
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -223,25 +98,7 @@ def initial_model(config: TrainConfig) -> nn.Module:
     return build(config.arch, num_classes=len(CLASSES), seed=init_seed(config.seed))
 
 
-def shapes_data_config(size: int) -> dict[str, Any]:
-    """What the checkpoint JSON tells `load_checkpoint` (and timm's eval transform) about the input."""
-    return {"input_size": [3, size, size], "mean": list(MEAN), "std": list(STD), "crop_pct": 1.0,
-            "interpolation": "bilinear"}
-
-
 # ----------------------------------------------------------------------------- the loop
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: fp32). auto: fp32 on CPU; on CUDA bf16 where the GPU does it natively, else fp16
-    (with a GradScaler). fp16 on CPU is refused: CPU autocast to fp16 is slower than fp32 and has no scaler."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs a CUDA device (it uses a GradScaler); on CPU use fp32 or bf16")
-    if precision == "auto":
-        return cuda_half_dtype(device)  # bf16 where native, else fp16; `_train` may then measure fp32 against it
-    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 def _precision(config: TrainConfig, model: nn.Module, size: int, dtype: torch.dtype | None, channels_last: bool,
@@ -285,33 +142,11 @@ class _Forward:
         return out
 
 
-@torch.inference_mode()
-def batches_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, batches: Batches,
-                     dtype: torch.dtype | None = None, dist: Dist = Dist()) -> float:
-    """Top-1 accuracy over `batches` in eval mode (autocast to `dtype` when given); with `dist`, over every
-    rank's share (correct and seen summed: exactly the single-process number)."""
-    was_training = model.training
-    model.eval()
-    correct, seen = 0, 0
-    for x, y in batches:
-        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-            correct += int((forward(x).argmax(1) == y).sum())
-        seen += len(y)
-    model.train(was_training)
-    correct, seen = all_reduce_sum(torch.tensor([correct, seen]), dist).tolist()
-    return correct / seen if seen else float("nan")
-
-
-def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
-    """One backward and update; through the GradScaler when fp16 needs one (bf16 and fp32 do not)."""
-    opt.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-    else:
-        loss.backward()
-        opt.step()
+def accuracy(model: nn.Module, batches: Batches, *, forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             dtype: torch.dtype | None = None, dist: Dist = Dist()) -> float:
+    """Top-1 accuracy over every rank's share of `batches` (`scoring.score`, summed over ranks: exactly the
+    single-process number), in eval mode through `forward` (the compiled view) with autocast to `dtype`."""
+    return all_reduce_score(score(model, batches, forward=forward, dtype=dtype), dist).accuracy
 
 
 def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, report, dist) -> tuple[float, float]:
@@ -336,80 +171,6 @@ def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, 
     totals = all_reduce_sum(torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(seen)]), dist)
     loss_sum, correct, seen = totals.tolist()
     return loss_sum / seen, correct / seen
-
-
-@dataclass
-class RunData:
-    """What `make_data` gives the loop: batches for each split, the class names and what to record about them."""
-
-    train: Batches
-    val: Batches
-    test: Batches | None
-    classes: list[str]
-    record: dict[str, Any]
-
-
-def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch.device,
-              generator: torch.Generator, log: Callable[[str], None], dist: Dist = Dist()) -> RunData:
-    """The run's batches from `config.data`; `pretrained_cfg` gives mean/std and input size (CIFAR, folders);
-    under torchrun each split is this rank's share (see `loaders`)."""
-    t0 = time.perf_counter()
-    bs, d = config.batch_size, dist
-    if config.data == "shapes":
-        size = config.image_size
-        train_seed, val_seed, test_seed = config.data_seeds()
-        sets = [ShapesDataset(n, s, size, config.clutter)
-                for n, s in ((config.n_train, train_seed), (config.n_val, val_seed), (config.n_test, test_seed))]
-        log(f"rendered {len(sets[0])} + {len(sets[1])} images of {size} px in {time.perf_counter() - t0:.1f} s")
-        return RunData(
-            ShapesBatches(sets[0], bs, device, generator, train=True, dist=d),
-            ShapesBatches(sets[1], EVAL_BATCH, device, dist=d), ShapesBatches(sets[2], EVAL_BATCH, device, dist=d),
-            list(CLASSES),
-            {"name": "shapes", "clutter": config.clutter, "train_seed": train_seed, "val_seed": val_seed,
-             "test_seed": test_seed, "n_train": config.n_train, "n_val": config.n_val, "n_test": config.n_test})
-    mean, std, cl = pretrained_cfg["mean"], pretrained_cfg["std"], config.channels_last
-    if config.data in ("cifar10", "cifar100"):
-        from .datasets import cifar_root, load_cifar
-
-        kw = dict(root=config.data_dir, checksum=config.checksum, download=config.download)
-        images, labels, classes = load_cifar(config.data, train=True, **kw)
-        test_images, test_labels, _ = load_cifar(config.data, train=False, **kw)
-        tr, va = stratified_indices(labels, len(classes), config.val_fraction, config.seed)
-        log(f"read {config.data}: {len(tr)} train, {len(va)} val, {len(test_labels)} test in "
-            f"{time.perf_counter() - t0:.1f} s")
-
-        def counts(lab: torch.Tensor) -> dict[str, int]:
-            return dict(zip(classes, torch.bincount(lab, minlength=len(classes)).tolist()))
-
-        return RunData(
-            TensorBatches(images[tr], labels[tr], mean, std, bs, device, generator, True, cl, d),
-            TensorBatches(images[va], labels[va], mean, std, EVAL_BATCH, device, channels_last=cl, dist=d),
-            TensorBatches(test_images, test_labels, mean, std, EVAL_BATCH, device, channels_last=cl, dist=d), classes,
-            {"name": config.data, "root": str(cifar_root(config.data_dir)), "checksum": config.checksum,
-             "val_fraction": config.val_fraction, "val_seed": config.seed,
-             "counts": {"train": counts(labels[tr]), "val": counts(labels[va]), "test": counts(test_labels)},
-             "skipped": []})
-    from ..data import eval_transform, resize_side
-    from .datasets import folder_files, image_folder, train_transform
-
-    path = config.data.removeprefix("folder:")
-    side = resize_side(pretrained_cfg)
-    split = image_folder(path, config.val_fraction, config.seed, train_transform(pretrained_cfg),
-                         eval_transform(pretrained_cfg), side)
-    test_set, test_skipped = None, []
-    if (split.root / "test").is_dir():
-        test_set, test_skipped = folder_files(split.root / "test", split.classes, eval_transform(pretrained_cfg), side)
-    w = config.workers
-    counts = {**split.counts, **({"test": test_set.counts} if test_set is not None else {})}
-    log(f"scanned {path}: {counts}; skipped {len(split.skipped) + len(test_skipped)} unreadable file(s)")
-    return RunData(
-        LoaderBatches(split.train, bs, device, w, generator, train=True, channels_last=cl, dist=d),
-        LoaderBatches(split.val, EVAL_BATCH, device, w, channels_last=cl, dist=d),
-        LoaderBatches(test_set, EVAL_BATCH, device, w, channels_last=cl, dist=d) if test_set is not None else None,
-        list(split.classes),
-        {"name": "folder", "root": str(split.root), "layout": split.layout, "val_fraction": config.val_fraction,
-         "counts": counts, "test_split": "test/" if test_set is not None else "none: test_acc is the val accuracy",
-         "skipped": [{"path": p, "reason": r} for p, r in split.skipped + test_skipped]})
 
 
 def train(config: TrainConfig, progress: Progress | None = None, *, command: str | None = None) -> TrainResult:
@@ -490,7 +251,7 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
 
         loss, acc = _epoch(forward, trained, data.train, opt, sched, scaler, dtype, f"epoch {epoch}/{config.epochs}",
                            quiet, report, dist)
-        val_acc = batches_accuracy(evaluate, model, data.val, dtype, dist)  # the same on every rank: so are stops
+        val_acc = accuracy(model, data.val, forward=evaluate, dtype=dtype, dist=dist)  # all ranks agree: so do stops
         history.append({"epoch": epoch, "train_loss": loss, "train_acc": acc, "val_acc": val_acc,
                         "lr": sched.get_last_lr()[0], "time_s": time.perf_counter() - t_epoch})
         log(f"epoch {epoch:3d}  loss {loss:.4f}  train acc {acc:.4f}  val acc {val_acc:.4f}  "
@@ -504,7 +265,9 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
             break
     train_time = time.perf_counter() - t_train
     model.load_state_dict(best_state)
-    test_acc = batches_accuracy(evaluate, model, data.test, dtype, dist) if data.test is not None else best_acc
+    test_acc = best_acc  # a folder without test/: the val accuracy, said so in the JSON
+    if data.test is not None:
+        test_acc = accuracy(model, data.test, forward=evaluate, dtype=dtype, dist=dist)
     log(f"best val acc {best_acc:.4f} (epoch {best_epoch}), test acc {test_acc:.4f}, {train_time:.0f} s")
 
     data_cfg = shapes_data_config(size) if shapes else {
@@ -537,58 +300,13 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
 # ----------------------------------------------------------------------------- CLI
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
-    p.add_argument("--arch", default=d.arch, choices=list_archs(), metavar="ARCH", help="any registered arch")
-    p.add_argument("--data", default=d.data, help="shapes, cifar10, cifar100 or folder:PATH (PATH/<class>/<image>)")
-    p.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ (default $RESNET_LAB_DATA)")
-    p.add_argument("--download", action="store_true", help="fetch the official CIFAR archive if missing")
-    p.add_argument("--no-checksum", dest="checksum", action="store_false", help="CIFAR-format files of your own")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="CIFAR/folder share held out as val")
-    p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
-                   help="auto: on CUDA the faster of fp32 and bf16/fp16, timed on this model; fp32 on CPU")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (eager if that fails)")
-    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers for image folders")
-    p.add_argument("--pretrained", default=None, metavar="TAG|FILE",
-                   help="fine-tune from these weights: a timm tag (resnet50.a1_in1k), a .safetensors/.pth file, a "
-                        "checkpoint of ours or akamaster:NAME; the head is replaced for the data's classes")
-    p.add_argument("--freeze", default=None, choices=["nothing", "stem", "layer1", "layer2", "layer3", "layer4"],
-                   help="with --pretrained: freeze the stem and stages up to this one (their BatchNorm stays in eval)")
-    p.add_argument("--backbone-lr-scale", type=float, default=None,
-                   help=f"with --pretrained: backbone lr = lr * this (default {DEFAULT_BACKBONE_LR_SCALE}); head: lr")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--n-train", type=int, default=d.n_train)
-    p.add_argument("--n-val", type=int, default=d.n_val)
-    p.add_argument("--n-test", type=int, default=d.n_test, help="held-out images for the reported accuracy")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="images per optimizer step in all: under torchrun the GLOBAL batch, split evenly over the "
-                        "processes (B/N each), so --lr and the schedule mean the same on any number of GPUs")
-    p.add_argument("--sync-bn", action="store_true",
-                   help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), "
-                        "not each process's B/N share")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    p.add_argument("--opt", default=d.opt, choices=list(DEFAULT_WD))
-    p.add_argument("--sched", default=d.sched, choices=["cosine", "onecycle"])
-    p.add_argument("--wd", type=float, default=None, help="weight decay (default: 5e-4 SGD, 0.05 AdamW, 0 Adam)")
-    p.add_argument("--patience", type=int, default=d.patience, help="epochs without a better val accuracy")
-    p.add_argument("--seed", type=int, default=d.seed, help="init, order and training data; val data use seed+1")
-    p.add_argument("--test-seed", type=int, default=d.test_seed)
-    p.add_argument("--size", type=int, default=None, help="image side (default 32 for CIFAR nets, 64 for ImageNet)")
-    p.add_argument("--no-clutter", dest="clutter", action="store_false")
-    p.add_argument("--out", default=None,
-                   help="checkpoint path without suffix (.safetensors + .json); under torchrun rank 0 writes it")
-    p.add_argument("--device", default=None,
-                   help="cpu or cuda (default: cuda when present; under torchrun each process takes cuda:LOCAL_RANK)")
-    p.add_argument("--quiet", action="store_true")
-
-
 def run(args: argparse.Namespace) -> int:
+    """The `train` command: a bad option, device or data set is a message and exit code 2, not a traceback."""
     from .datasets import DatasetError
 
     try:
         config = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
-        resolve_precision(config.precision, device_for(config.device))
+        resolve_precision(config.precision, resolve_device(config.device))
         per_rank_batch(config.batch_size, Dist(world_size=env_world_size()))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

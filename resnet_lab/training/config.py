@@ -1,0 +1,164 @@
+"""What a training run is: `TrainConfig` (every choice, validated up front) and the `train` command's arguments.
+
+Kept apart from the loop so the CLI, the tests and the benchmarks can build and check a config without importing
+the trainer. `TrainConfig.cli()` turns a config back into the command that repeats it, every option spelled out
+(the checkpoint's JSON records it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+from dataclasses import asdict, dataclass
+
+from ..precision import PRECISIONS
+from ..resnet import REGISTRY, list_archs
+from . import finetune
+
+DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05, "adam": 0.0}
+DEFAULT_BACKBONE_LR_SCALE = 0.1  # fine-tuning: the pretrained part moves 10x slower than the new head
+
+
+@dataclass
+class TrainConfig:
+    """One training run; `cli()` turns it back into the command that repeats it."""
+
+    arch: str = "resnet20"
+    data: str = "shapes"
+    epochs: int = 15
+    n_train: int = 20_000
+    n_val: int = 2_000
+    n_test: int = 2_000
+    batch_size: int = 128
+    lr: float = 0.1
+    opt: str = "sgd"
+    sched: str = "onecycle"
+    wd: float | None = None  # None: 5e-4 for SGD, 0.05 for AdamW
+    patience: int = 5
+    seed: int = 0
+    test_seed: int = 999
+    size: int | None = None  # None: 32 for the CIFAR nets, 64 for the ImageNet ones
+    clutter: bool = True
+    out: str | None = None
+    device: str | None = None
+    quiet: bool = False
+    data_dir: str | None = None
+    download: bool = False
+    checksum: bool = True
+    val_fraction: float = 0.1
+    precision: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    workers: int = 2
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each rank's share
+    pretrained: str | None = None  # fine-tune from a timm tag, weights file, our checkpoint or akamaster:NAME
+    freeze: str | None = None  # with pretrained: freeze stem and stages up to this one (None: nothing)
+    backbone_lr_scale: float | None = None  # with pretrained: backbone lr = lr * this (None: 0.1); the head gets lr
+
+    def __post_init__(self) -> None:
+        if self.arch not in REGISTRY:
+            raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(list_archs())}")
+        if self.data not in ("shapes", "cifar10", "cifar100") and not self.data.startswith("folder:"):
+            raise ValueError(f"unknown data {self.data!r}; choose shapes, cifar10, cifar100 or folder:PATH")
+        if self.opt not in DEFAULT_WD or self.sched not in ("cosine", "onecycle"):
+            raise ValueError(f"opt must be sgd|adamw|adam and sched cosine|onecycle, not {self.opt!r}, {self.sched!r}")
+        if self.data.startswith("cifar") and self.size not in (None, 32):
+            raise ValueError(f"CIFAR images are 32 px; --size {self.size} does not apply to {self.data}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if not 0.0 < self.val_fraction < 1.0 or self.workers < 0:
+            raise ValueError(f"val_fraction must lie in (0, 1) and workers be >= 0 (got {self.val_fraction}, "
+                             f"{self.workers})")
+        if self.test_seed in self.data_seeds()[:2]:
+            raise ValueError(f"test seed {self.test_seed} collides with the training/validation seeds")
+        if min(self.epochs, self.n_val, self.n_test) < 1:
+            raise ValueError("epochs, n_val and n_test must each be at least 1")
+        if self.data == "shapes" and self.n_train < self.batch_size:
+            raise ValueError(f"n_train ({self.n_train}) must be at least one batch ({self.batch_size})")
+        if self.pretrained is None and (self.freeze is not None or self.backbone_lr_scale is not None):
+            raise ValueError("--freeze and --backbone-lr-scale are for fine-tuning: add --pretrained TAG|FILE")
+        if self.freeze is not None and self.freeze not in finetune.arch_parts(self.arch):
+            raise ValueError(f"--freeze {self.freeze} is not a part of {self.arch}; choose one of "
+                             f"{', '.join(finetune.arch_parts(self.arch))}")
+        if not (self.lr_scale >= 0 and math.isfinite(self.lr_scale)):
+            raise ValueError(f"--backbone-lr-scale must be a finite number >= 0, not {self.backbone_lr_scale}")
+
+    @property
+    def image_size(self) -> int:
+        cifar = self.data.startswith("cifar") or REGISTRY[self.arch].stem == "cifar"
+        return self.size or (32 if cifar else 64)
+
+    @property
+    def lr_scale(self) -> float:
+        """The backbone's share of `lr` when fine-tuning."""
+        return DEFAULT_BACKBONE_LR_SCALE if self.backbone_lr_scale is None else self.backbone_lr_scale
+
+    @property
+    def weight_decay(self) -> float:
+        return DEFAULT_WD[self.opt] if self.wd is None else self.wd
+
+    def data_seeds(self) -> tuple[int, int, int]:
+        """(train, val, test) seeds of the Shapes sets."""
+        return self.seed, self.seed + 1, self.test_seed
+
+    def cli(self) -> str:
+        """The full `python -m resnet_lab train ...` command for this config."""
+        args = ["python", "-m", "resnet_lab", "train"]
+        for k, v in asdict(self).items():
+            flag = "--" + k.replace("_", "-")
+            if k in ("clutter", "checksum"):
+                args += [] if v else ["--no-" + k]
+            elif isinstance(v, bool):
+                args += [flag] if v else []
+            elif v is not None:
+                args += [flag, str(v)]
+        return shlex.join(args)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The `train` command's options: one per `TrainConfig` field, with the same defaults."""
+    d = TrainConfig()
+    p.add_argument("--arch", default=d.arch, choices=list_archs(), metavar="ARCH", help="any registered arch")
+    p.add_argument("--data", default=d.data, help="shapes, cifar10, cifar100 or folder:PATH (PATH/<class>/<image>)")
+    p.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ (default $RESNET_LAB_DATA)")
+    p.add_argument("--download", action="store_true", help="fetch the official CIFAR archive if missing")
+    p.add_argument("--no-checksum", dest="checksum", action="store_false", help="CIFAR-format files of your own")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="CIFAR/folder share held out as val")
+    p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
+                   help="auto: on CUDA the faster of fp32 and bf16/fp16, timed on this model; fp32 on CPU")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (eager if that fails)")
+    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers for image folders")
+    p.add_argument("--pretrained", default=None, metavar="TAG|FILE",
+                   help="fine-tune from these weights: a timm tag (resnet50.a1_in1k), a .safetensors/.pth file, a "
+                        "checkpoint of ours or akamaster:NAME; the head is replaced for the data's classes")
+    p.add_argument("--freeze", default=None, choices=["nothing", "stem", "layer1", "layer2", "layer3", "layer4"],
+                   help="with --pretrained: freeze the stem and stages up to this one (their BatchNorm stays in eval)")
+    p.add_argument("--backbone-lr-scale", type=float, default=None,
+                   help=f"with --pretrained: backbone lr = lr * this (default {DEFAULT_BACKBONE_LR_SCALE}); head: lr")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--n-train", type=int, default=d.n_train)
+    p.add_argument("--n-val", type=int, default=d.n_val)
+    p.add_argument("--n-test", type=int, default=d.n_test, help="held-out images for the reported accuracy")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="images per optimizer step in all: under torchrun the GLOBAL batch, split evenly over the "
+                        "processes (B/N each), so --lr and the schedule mean the same on any number of GPUs")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), "
+                        "not each process's B/N share")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--opt", default=d.opt, choices=list(DEFAULT_WD))
+    p.add_argument("--sched", default=d.sched, choices=["cosine", "onecycle"])
+    p.add_argument("--wd", type=float, default=None, help="weight decay (default: 5e-4 SGD, 0.05 AdamW, 0 Adam)")
+    p.add_argument("--patience", type=int, default=d.patience, help="epochs without a better val accuracy")
+    p.add_argument("--seed", type=int, default=d.seed, help="init, order and training data; val data use seed+1")
+    p.add_argument("--test-seed", type=int, default=d.test_seed)
+    p.add_argument("--size", type=int, default=None, help="image side (default 32 for CIFAR nets, 64 for ImageNet)")
+    p.add_argument("--no-clutter", dest="clutter", action="store_false")
+    p.add_argument("--out", default=None,
+                   help="checkpoint path without suffix (.safetensors + .json); under torchrun rank 0 writes it")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: $RESNET_LAB_DEVICE, else cuda when present; under torchrun "
+                        "each process takes cuda:LOCAL_RANK)")
+    p.add_argument("--quiet", action="store_true")

@@ -1,0 +1,104 @@
+"""A run's data: the batches of each split, the class names, and what the checkpoint records about them.
+
+The data come from three disjoint sources: Shapes' `seed` for training, `seed + 1` for validation (early
+stopping and the choice of the best epoch) and `test_seed` for the accuracy reported in the checkpoint, which
+nothing was tuned on. CIFAR's validation set is a seeded stratified `val_fraction` of its training batches
+(test_batch stays the test set); a folder's is its val/ (or a stratified split), with a test set only where
+PATH/test exists. Batches come from `loaders`; under torchrun each split is this rank's share.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..shapes import CLASSES, MEAN, STD, ShapesDataset
+from .config import TrainConfig
+from .distributed import Dist
+from .loaders import Batches, LoaderBatches, ShapesBatches, TensorBatches, stratified_indices
+
+EVAL_BATCH = 256
+
+
+def shapes_data_config(size: int) -> dict[str, Any]:
+    """What the checkpoint JSON tells `load_checkpoint` (and timm's eval transform) about the input."""
+    return {"input_size": [3, size, size], "mean": list(MEAN), "std": list(STD), "crop_pct": 1.0,
+            "interpolation": "bilinear"}
+
+
+@dataclass
+class RunData:
+    """What `make_data` gives the loop: batches for each split, the class names and what to record about them."""
+
+    train: Batches
+    val: Batches
+    test: Batches | None
+    classes: list[str]
+    record: dict[str, Any]
+
+
+def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch.device,
+              generator: torch.Generator, log: Callable[[str], None], dist: Dist = Dist()) -> RunData:
+    """The run's batches from `config.data`; `pretrained_cfg` gives mean/std and input size (CIFAR, folders);
+    under torchrun each split is this rank's share (see `loaders`)."""
+    t0 = time.perf_counter()
+    bs, d = config.batch_size, dist
+    if config.data == "shapes":
+        size = config.image_size
+        train_seed, val_seed, test_seed = config.data_seeds()
+        sets = [ShapesDataset(n, s, size, config.clutter)
+                for n, s in ((config.n_train, train_seed), (config.n_val, val_seed), (config.n_test, test_seed))]
+        log(f"rendered {len(sets[0])} + {len(sets[1])} images of {size} px in {time.perf_counter() - t0:.1f} s")
+        return RunData(
+            ShapesBatches(sets[0], bs, device, generator, train=True, dist=d),
+            ShapesBatches(sets[1], EVAL_BATCH, device, dist=d), ShapesBatches(sets[2], EVAL_BATCH, device, dist=d),
+            list(CLASSES),
+            {"name": "shapes", "clutter": config.clutter, "train_seed": train_seed, "val_seed": val_seed,
+             "test_seed": test_seed, "n_train": config.n_train, "n_val": config.n_val, "n_test": config.n_test})
+    mean, std, cl = pretrained_cfg["mean"], pretrained_cfg["std"], config.channels_last
+    if config.data in ("cifar10", "cifar100"):
+        from .datasets import cifar_root, load_cifar
+
+        kw = dict(root=config.data_dir, checksum=config.checksum, download=config.download)
+        images, labels, classes = load_cifar(config.data, train=True, **kw)
+        test_images, test_labels, _ = load_cifar(config.data, train=False, **kw)
+        tr, va = stratified_indices(labels, len(classes), config.val_fraction, config.seed)
+        log(f"read {config.data}: {len(tr)} train, {len(va)} val, {len(test_labels)} test in "
+            f"{time.perf_counter() - t0:.1f} s")
+
+        def counts(lab: torch.Tensor) -> dict[str, int]:
+            return dict(zip(classes, torch.bincount(lab, minlength=len(classes)).tolist()))
+
+        return RunData(
+            TensorBatches(images[tr], labels[tr], mean, std, bs, device, generator, True, cl, d),
+            TensorBatches(images[va], labels[va], mean, std, EVAL_BATCH, device, channels_last=cl, dist=d),
+            TensorBatches(test_images, test_labels, mean, std, EVAL_BATCH, device, channels_last=cl, dist=d), classes,
+            {"name": config.data, "root": str(cifar_root(config.data_dir)), "checksum": config.checksum,
+             "val_fraction": config.val_fraction, "val_seed": config.seed,
+             "counts": {"train": counts(labels[tr]), "val": counts(labels[va]), "test": counts(test_labels)},
+             "skipped": []})
+    from ..data import eval_transform, resize_side
+    from .datasets import folder_files, image_folder, train_transform
+
+    path = config.data.removeprefix("folder:")
+    side = resize_side(pretrained_cfg)
+    split = image_folder(path, config.val_fraction, config.seed, train_transform(pretrained_cfg),
+                         eval_transform(pretrained_cfg), side)
+    test_set, test_skipped = None, []
+    if (split.root / "test").is_dir():
+        test_set, test_skipped = folder_files(split.root / "test", split.classes, eval_transform(pretrained_cfg), side)
+    w = config.workers
+    counts = {**split.counts, **({"test": test_set.counts} if test_set is not None else {})}
+    log(f"scanned {path}: {counts}; skipped {len(split.skipped) + len(test_skipped)} unreadable file(s)")
+    return RunData(
+        LoaderBatches(split.train, bs, device, w, generator, train=True, channels_last=cl, dist=d),
+        LoaderBatches(split.val, EVAL_BATCH, device, w, channels_last=cl, dist=d),
+        LoaderBatches(test_set, EVAL_BATCH, device, w, channels_last=cl, dist=d) if test_set is not None else None,
+        list(split.classes),
+        {"name": "folder", "root": str(split.root), "layout": split.layout, "val_fraction": config.val_fraction,
+         "counts": counts, "test_split": "test/" if test_set is not None else "none: test_acc is the val accuracy",
+         "skipped": [{"path": p, "reason": r} for p, r in split.skipped + test_skipped]})
