@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from resnet_lab import gradflow  # noqa: E402
+from resnet_lab.research import gradflow  # noqa: E402
 from resnet_lab.research.gradflow import CIFAR_ARCHS, GradFlowConfig, run_sweep  # noqa: E402
 
 SWEEPS = {

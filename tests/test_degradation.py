@@ -172,3 +172,62 @@ def test_cli_refuses_a_run_that_does_not_fit(monkeypatch, capsys):
     assert degradation.estimate_memory(1500, fits, ("plain110", "resnet110")) <= need // 3
     assert main(["degradation", "--archs", "plain20,resnet21"]) == 2
     assert "unknown archs resnet21" in capsys.readouterr().err
+
+
+def test_validation_is_the_one_evaluation_loop(monkeypatch):
+    """val_loss / val_acc come from `scoring.score` (eval mode, float64 sums), once per net and validation point."""
+    from resnet_lab import scoring
+    from resnet_lab.research.degradation import compute
+
+    scores = []
+
+    def spy(net, batches, **kw):
+        scores.append(scoring.score(net, batches, **kw))
+        return scores[-1]
+
+    monkeypatch.setattr(compute, "score", spy)
+    df = run_degradation(3, 8, ("plain20", "resnet20"), 0, **TINY)
+    val = df[df.metric == "val_loss"]
+    assert len(scores) == len(val) == 2 * len(degradation.eval_steps(3, TINY["evals"]))
+    assert sorted(val.value) == sorted(s.loss for s in scores)
+    assert sorted(df[df.metric == "val_acc"].value) == sorted(s.accuracy for s in scores)
+
+
+def test_estimated_seconds_come_from_the_cost_model(monkeypatch):
+    """Every net: built once, `steps` training steps on the batch ("train_step" work: each step its layer calls,
+    each image its MACs) and a forward pass over the held-out images in evaluation chunks at each validation
+    point; the device asked is the run's own."""
+    from resnet_lab.research import cost
+
+    asked = []
+    monkeypatch.setattr(cost, "rates", lambda device="cpu": asked.append(str(device)) or cost.Rates(0.02, 1e-4))
+    monkeypatch.setattr(cost, "build_rates",
+                        lambda device="cpu": asked.append(str(device)) or cost.BuildRates(3e-4, 1e-8))
+    archs = ("plain20", "resnet56")
+    checks = len(degradation.eval_steps(100, 3))  # 64 held-out images: one chunk of EVAL_BATCH each
+    expected = sum(cost.macs_per_image(a, 32, 8) * (100 * 16 * cost.WORK["train_step"] + checks * 64) / 1e9 * 0.02
+                   + cost.layer_calls(a, 32, 8) * (100 * cost.WORK["train_step"] + checks) * 1e-4
+                   + cost.modules_of(a) * 3e-4 + cost.params_of(a) * 1e-8 for a in archs)
+    got = degradation.estimate_cost(100, 16, archs, train_size=512, val_size=64, evals=3, device="cuda:1")
+    assert got.seconds == pytest.approx(expected) and set(asked) == {"cuda:1"}
+    assert got.bytes == degradation.estimate_memory(100, 16, archs, train_size=512, val_size=64, device="cuda:1")
+
+
+def test_cli_device_defaults_to_the_resolver_and_records_the_run(tmp_path, monkeypatch, capsys):
+    """No --device: cuda when present (the one resolver), not the CPU; the JSON beside the CSV records the run."""
+    import json
+
+    import torch
+
+    from resnet_lab import devices
+
+    monkeypatch.delenv(devices.ENV, raising=False)
+    out = tmp_path / "d.csv"
+    assert main(["degradation", "--steps", "2", "--batch-size", "4", "--archs", "plain20", "--train-size", "8",
+                 "--val-size", "8", "--evals", "1", "--out", str(out)]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["device"] == str(devices.resolve_device(None)) and record["estimated_seconds"] > 0
+    assert "This run, 2 steps" in record["reading"]
+    if not torch.cuda.is_available():
+        assert main(["degradation", "--steps", "2", "--archs", "plain20", "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err

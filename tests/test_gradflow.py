@@ -254,16 +254,29 @@ def test_config_rejects_bad_settings():
         GradFlowConfig(batch_size=1)
 
 
-def test_cli_writes_csv_and_plot(tmp_path, capsys):
+def test_cli_writes_csv_plot_and_record(tmp_path, monkeypatch, capsys):
+    """No --device: `devices.resolve_device` decides (RESNET_LAB_DEVICE, else cuda when present), as for every
+    other command; the JSON beside the CSV records the device, the command and the cost model's estimate."""
+    import json
+
+    from resnet_lab import devices
+
+    monkeypatch.delenv(devices.ENV, raising=False)
     out, png = tmp_path / "g.csv", tmp_path / "g.png"
     assert main(["gradnorms", "--archs", "resnet20", "--batch-size", "4", "--out", str(out), "--plot", str(png)]) == 0
     assert set(gradflow.read_csv(str(out)).variant) == {"plain", "residual"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "log10_ratio_mean" in capsys.readouterr().out
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["device"] == str(devices.resolve_device(None))
+    assert record["command"].startswith("python -m resnet_lab gradnorms") and record["estimated_seconds"] > 0
+    assert "Per depth" in record["reading"]
+    if not torch.cuda.is_available():
+        assert main(["gradnorms", "--archs", "resnet20", "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
 
 
 # --- memory: the estimate that lets the CLI and the Research tab refuse a sweep that would kill the process ---
-
 
 
 def test_memory_estimate_bounds_a_measured_peak():
@@ -318,3 +331,74 @@ def test_estimate_is_affine_in_the_batch_and_refuses_what_does_not_fit(monkeypat
     monkeypatch.setattr(memory.resources, "memory_available", lambda: 2**20)
     assert main(["gradnorms", "--archs", "resnet20", "--batch-size", "4"]) == 2
     assert "Even the smallest batch does not fit" in capsys.readouterr().err
+
+
+# --- time: the one cost model sizes a sweep before it runs ---
+
+
+@pytest.fixture
+def fixed_rate(monkeypatch) -> tuple:
+    """The cost model's rates pinned (they are measured on first use otherwise), the devices asked kept."""
+    from resnet_lab.research import cost
+
+    rates, builds, asked = cost.Rates(0.02, 1e-4), cost.BuildRates(3e-4, 1e-8), []
+    monkeypatch.setattr(cost, "rates", lambda device="cpu": asked.append(str(device)) or rates)
+    monkeypatch.setattr(cost, "build_rates", lambda device="cpu": asked.append(str(device)) or builds)
+    return rates, builds, asked
+
+
+def test_estimated_seconds_are_a_build_and_one_training_step_per_net_from_the_cost_model(fixed_rate):
+    """Each net: built (its seeded init) and one forward and backward on one batch ("train_step" work: its layer
+    calls once, its MACs per image), at its own input size; seeds add."""
+    from resnet_lab.research import cost
+
+    rates, builds, asked = fixed_rate
+    cfg = GradFlowConfig(archs=("resnet20", "resnet18"), seeds=3, batch_size=4, device="cpu")
+    nets = [("resnet20", 32), ("plain20", 32), ("resnet18", 64), ("plain18", 64)]
+    step = sum(cost.layer_calls(a, s, 10) * rates.per_call + 4 * cost.macs_per_image(a, s, 10) / 1e9 * rates.per_gmac
+               for a, s in nets) * cost.WORK["train_step"]
+    built = sum(cost.modules_of(a, 10) * builds.per_module + cost.params_of(a, 10) * builds.per_param
+                for a, _ in nets)
+    expected = 3 * (step + built)
+    assert gradflow.estimate_seconds(cfg) == pytest.approx(expected)
+    assert gradflow.estimate_seconds(replace(cfg, seeds=6)) == pytest.approx(2 * expected)
+    both = gradflow.estimate_cost(cfg)
+    assert both.seconds == pytest.approx(expected) and both.bytes == gradflow.estimate_memory(cfg)
+    asked.clear()
+    gradflow.estimate_seconds(GradFlowConfig(archs=("resnet20",), device=torch.device("cuda", 1)))
+    assert set(asked) == {"cuda:1"}  # the rates of the sweep's own device, index included
+
+
+def test_time_fits_names_seeds_size_and_depths_that_fit(fixed_rate):
+    """The issue's click: five ImageNet depths at 224 px, batch 8, 10 seeds. Each offered setting fits the budget;
+    one more seed, a batch one larger, or the next offered size up would not; where nothing of a kind fits, none
+    is offered."""
+    cfg = GradFlowConfig(input_size=224, seeds=10)
+    budget = 60.0
+    fit = gradflow.time_fits(cfg, budget)
+    assert fit is not None and fit.need == pytest.approx(gradflow.estimate_seconds(cfg)) and fit.need > budget
+    assert fit.seeds is not None and 1 <= fit.seeds < 10
+    assert gradflow.estimate_seconds(replace(cfg, seeds=fit.seeds)) <= budget
+    assert gradflow.estimate_seconds(replace(cfg, seeds=fit.seeds + 1)) > budget
+    assert fit.batch is None and gradflow.estimate_seconds(replace(cfg, batch_size=2)) > budget  # 10 seeds of 2
+    assert gradflow.estimate_seconds(replace(cfg, input_size=fit.input_size)) <= budget
+    above = [s for s in gradflow.INPUT_SIZES if fit.input_size < s < 224]
+    assert all(gradflow.estimate_seconds(replace(cfg, input_size=s)) > budget for s in above)
+    assert fit.archs and set(fit.archs) < set(cfg.archs) and "resnet152" not in fit.archs
+    assert gradflow.estimate_seconds(replace(cfg, archs=fit.archs)) <= budget
+    assert gradflow.time_fits(cfg, fit.need) is None
+    one = GradFlowConfig(archs=("resnet152",), input_size=224, batch_size=64)  # one net: only batch or size help
+    fit = gradflow.time_fits(one, budget)
+    assert fit.seeds is None and fit.archs is None and fit.batch is not None
+    assert gradflow.estimate_seconds(replace(one, batch_size=fit.batch)) <= budget
+    assert gradflow.estimate_seconds(replace(one, batch_size=fit.batch + 1)) > budget
+
+
+def test_config_keeps_the_full_device():
+    """A torch.device with an index (the app's cuda:1) stays cuda:1, so the sweep, its memory and its rate use it."""
+    assert GradFlowConfig(device=torch.device("cuda", 1)).device == "cuda:1"
+    assert GradFlowConfig(device="cuda:1") == GradFlowConfig(device=torch.device("cuda:1"))  # one cache key
+    big = GradFlowConfig(archs=("resnet20",), device="cuda:1")
+    assert gradflow.estimate_memory(big) < gradflow.estimate_memory(replace(big, device="cpu"))  # CUDA's overhead
+    with pytest.raises(ValueError, match="device"):
+        GradFlowConfig(device="tpu")

@@ -9,6 +9,7 @@ process may still allocate (`available_memory`); `largest_fitting` bisects for w
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import torch
@@ -131,3 +132,36 @@ def largest_fitting(estimate: Callable[[int], int], lo: int, hi: int, budget: in
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if estimate(mid) <= budget else (lo, mid - 1)
     return lo
+
+
+def inference_memory(archs: list[str], n: int, size: int = 32, eval_batch: int = 500, weight_copies: int = 3,
+                     num_classes: int = 8, device: str = "cpu") -> int:
+    """Peak bytes of evaluating the nets `archs` (loaded together, run one at a time, no gradients) on `n` images.
+
+    Every net's weights, `weight_copies` more of the largest net's (a private copy, the saved weights, directions),
+    the images (rendered as uint8, one float copy being normalized and one kept), and one batch's forward pass (six
+    activation-sized buffers at its largest layer alive at once: a block's input kept for its shortcut, the conv,
+    BN and ReLU outputs, and oneDNN's reordered copies), counted on meta
+    (`step_memory`), times the device's `ALLOCATOR_OVERHEAD`: an upper bound, for refusing what cannot fit. The
+    landscape, the lesion study and the app's live runs all size themselves with this.
+    """
+    params, largest = [], 0
+    for arch in archs:
+        name, variant = (arch, "residual") if REGISTRY[arch].residual else (twin_name(arch), "plain")
+        p, _, _, big = step_memory(name, variant, max(2, min(n, eval_batch)), size, "eval", num_classes)
+        params.append(p)
+        largest = max(largest, big)
+    images = n * 3 * size * size
+    peak = sum(params) + weight_copies * max(params, default=0) + images * (1 + 4 + 4) + 6 * largest
+    return math.ceil(ALLOCATOR_OVERHEAD[torch.device(device).type] * peak)
+
+
+def hvp_memory(arch: str, chunk: int, size: int = 32, num_classes: int = 8, krylov_vectors: int = 30,
+               device: str = "cpu") -> int:
+    """Peak bytes of Hessian-vector products of one net on chunks of `chunk` images: the weights and
+    `krylov_vectors` parameter-sized vectors (ARPACK's or Lanczos' basis, the product, its input), and about three
+    training steps' saved tensors (forward-over-reverse keeps the forward, the backward and their tangents)."""
+    name, variant = (arch, "residual") if REGISTRY[arch].residual else (twin_name(arch), "plain")
+    params, saved, _, largest = step_memory(name, variant, max(2, chunk), size, "eval", num_classes)
+    peak = (2 + krylov_vectors) * params + 3 * saved + 3 * BACKWARD_WORKSPACE * largest
+    return math.ceil(ALLOCATOR_OVERHEAD[torch.device(device).type] * peak)
