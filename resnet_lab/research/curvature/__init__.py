@@ -1,0 +1,161 @@
+"""Curvature of trained nets from their full Hessian (Li et al. 2018, §6; Yao et al. 2020, PyHessian).
+
+    python -m resnet_lab curvature --models plain20,resnet20,plain56,resnet56 --n 256 --out assets \\
+        --stem curvature_shapes                                   # spectrum at each minimum
+    python -m resnet_lab curvature --models ... --map-grid 7 --map-span 1.0 --map-n 64 --resamples 0 ...  # the map
+    torchrun --nproc-per-node 4 -m resnet_lab curvature --models ... --images 256 ...  # nets and map points split
+
+Writes <stem>.csv (spectrum: loss, accuracy, top eigenvalues, lambda_min, |lambda_min/lambda_max|, trace, per
+image set), <stem>_density.csv and .png (eigenvalue density), <stem>_map.csv and .png (the ratio map), <stem>.json
+(the command, times, settings and the reading). A bare arch name means the shipped twin. `--from-csv STEM` reads
+those CSVs back and writes the reading and figures again.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ...paths import ASSETS
+from ...progress import tqdm_progress
+from .. import cost as C
+from ..memory import hvp_memory
+from ..study import Timer, fail, from_csv_record, load_models, run_record, save, session, split_list
+from ..tables import read_checked_csv
+from .compute import COLUMNS, DENSITY_COLUMNS, MAP_COLUMNS, compute_curvature
+from .describe import density_summary, describe_curvature, map_table, spectrum_table
+from .plot import plot_density, plot_map
+
+__all__ = ["SHIPPED_STEM", "compute_curvature", "describe_curvature", "estimate_cost", "plot_density", "plot_map",
+           "read_results", "spectrum_table"]
+
+SHIPPED_STEM = ASSETS / "curvature_shapes"
+EIGSH_MATVECS = 45  # products per ARPACK solve at k = 1 (ncv 20; measured 21-41 on the twins)
+
+
+def estimate_cost(archs: Sequence[str], n: int = 256, resamples: int = 3, top_k: int = 5, trace_samples: int = 50,
+                  density_steps: int = 80, density_runs: int = 1, map_points: int = 0, map_n: int | None = None,
+                  chunk: int = 64, device: str | torch.device = "cpu", size: int = 32) -> C.Cost:
+    """Seconds and peak bytes: Hessian-vector products counted per solve, each worth WORK["hvp"] forward passes."""
+    top = EIGSH_MATVECS * max(1, (2 * top_k + 1) // 20 + 1)
+    first = top + EIGSH_MATVECS + trace_samples + density_steps * density_runs
+    others = (EIGSH_MATVECS + trace_samples) * max(0, resamples - 1)
+    per_net = (first + others) * n * (resamples > 0) + 2 * EIGSH_MATVECS * map_points * (map_n or n)
+    images = [(a, per_net) for a in archs]
+    return C.Cost(C.seconds(images, "hvp", device, size),
+                  max(hvp_memory(a, chunk, size, device=str(torch.device(device))) for a in archs))
+
+
+def read_results(stem: str | Path = SHIPPED_STEM) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(spectrum, density, map) saved under `stem`; an absent density or map file reads as an empty frame."""
+    stem = Path(stem)
+    spec = read_checked_csv(f"{stem}.csv", COLUMNS, "curvature") if Path(f"{stem}.csv").is_file() else \
+        pd.DataFrame(columns=COLUMNS)
+    dens = read_checked_csv(f"{stem}_density.csv", DENSITY_COLUMNS, "curvature density") \
+        if Path(f"{stem}_density.csv").is_file() else pd.DataFrame(columns=DENSITY_COLUMNS)
+    maps = read_checked_csv(f"{stem}_map.csv", MAP_COLUMNS, "curvature map") \
+        if Path(f"{stem}_map.csv").is_file() else pd.DataFrame(columns=MAP_COLUMNS)
+    return spec, dens, maps
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", help="comma-separated checkpoints, or arch names of shipped twins")
+    p.add_argument("--from-csv", default=None, metavar="STEM", help="re-read STEM.csv, STEM_density.csv and "
+                   "STEM_map.csv (comma-separated stems are concatenated) instead of computing")
+    p.add_argument("--n", "--images", dest="n", type=int, default=256, help="images per Hessian (one image set)")
+    p.add_argument("--split", default="train", choices=["train", "test"],
+                   help="train: the checkpoint's own training images (the loss it minimized); test: held-out ones")
+    p.add_argument("--resamples", type=int, default=3,
+                   help="disjoint image sets for lambda_max and the trace (0: no spectrum, only the map)")
+    p.add_argument("--top-k", type=int, default=5, help="top eigenvalues (set 0)")
+    p.add_argument("--tol", type=float, default=1e-3, help="relative tolerance of the top eigenvalues")
+    p.add_argument("--min-tol", type=float, default=1e-2, help="tolerance of lambda_min (Li et al.'s 1e-2)")
+    p.add_argument("--trace-samples", type=int, default=50, help="Rademacher vectors for the trace")
+    p.add_argument("--density-steps", type=int, default=80, help="Lanczos steps of the density (0: none)")
+    p.add_argument("--density-runs", type=int, default=1, help="Lanczos runs averaged for the density")
+    p.add_argument("--seed", type=int, default=0, help="seed of the solvers' random vectors")
+    p.add_argument("--map-grid", type=int, default=0, help="points per axis of the ratio map (0: no map)")
+    p.add_argument("--map-span", type=float, default=1.0, help="the map spans -span .. span on each direction")
+    p.add_argument("--map-n", type=int, default=None, help="images per map point (default --n)")
+    p.add_argument("--map-tol", type=float, default=1e-2, help="eigensolver tolerance on the map (Li et al.'s)")
+    p.add_argument("--direction-seed", type=int, default=0, help="the landscape's direction seed of the map's plane")
+    p.add_argument("--chunk", type=int, default=64, help="images per Hessian-vector product chunk (memory)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    p.add_argument("--out", default=None)
+    p.add_argument("--stem", default="curvature")
+    p.add_argument("--quiet", action="store_true")
+
+
+def report(spec: pd.DataFrame, dens: pd.DataFrame, maps: pd.DataFrame, args: argparse.Namespace,
+           record: dict) -> int:
+    text = describe_curvature(spec, maps if len(maps) else None, min_tol=getattr(args, "min_tol", 1e-2),
+                              map_tol=getattr(args, "map_tol", 1e-2)) if len(spec) else ""
+    if not len(spec) and len(maps):
+        text = describe_curvature(pd.DataFrame(columns=COLUMNS), maps)
+    print(text)
+    if args.out:
+        tables, figures, summary = {}, {}, {}
+        if len(spec):
+            tables[""] = spec
+            summary["spectrum"] = spectrum_table(spec).to_dict(orient="records")
+        if len(dens):
+            tables["_density"] = dens
+            figures["_density"] = plot_density(dens, spec)
+            summary["density"] = density_summary(dens).to_dict(orient="records")
+        if len(maps):
+            tables["_map"] = maps
+            figures["_map"] = plot_map(maps)
+            summary["map"] = map_table(maps).to_dict(orient="records")
+        save(args, tables, figures, record, text, summary)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.from_csv:
+        try:
+            parts = [read_results(stem) for stem in split_list(args.from_csv)]
+            spec, dens, maps = (pd.concat([p[i] for p in parts], ignore_index=True) for i in range(3))
+        except (OSError, ValueError, pd.errors.ParserError) as e:
+            return fail("curvature", f"--from-csv: {e}")
+        return report(spec, dens, maps, args, from_csv_record(args))
+    specs = split_list(args.models)
+    if not specs:
+        return fail("curvature", "give --models (or --from-csv)")
+    if args.map_grid:
+        from ..landscape.directions import check_grid
+
+        try:
+            check_grid(args.map_grid)
+        except ValueError as e:
+            return fail("curvature", f"--map-grid: {e}")
+    if min(args.n, args.top_k, args.trace_samples, args.chunk) < 1 or args.resamples < 0:
+        return fail("curvature", "--n, --top-k, --trace-samples and --chunk must be at least 1, --resamples >= 0")
+    if args.resamples == 0 and not args.map_grid:
+        return fail("curvature", "nothing to compute: --resamples 0 and no --map-grid")
+    try:
+        models = load_models(specs)
+        with session(args.device) as dist:
+            progress, close = (tqdm_progress(100, f"curvature rank {dist.rank}") if not args.quiet and dist.is_main
+                               else (None, lambda: None))
+            timer = Timer()
+            try:
+                spec, dens, maps = compute_curvature(
+                    models, n=args.n, split=args.split, resamples=args.resamples, top_k=args.top_k, tol=args.tol,
+                    min_tol=args.min_tol, trace_samples=args.trace_samples, density_steps=args.density_steps,
+                    density_runs=args.density_runs, seed=args.seed, map_grid=args.map_grid, map_span=args.map_span,
+                    map_n=args.map_n, map_tol=args.map_tol, direction_seed=args.direction_seed, chunk=args.chunk,
+                    device=dist.device, progress=progress, dist=dist)
+            finally:
+                close()
+            if not dist.is_main:
+                return 0
+            record = run_record(args, timer.elapsed, dist, models=specs, **{k: getattr(args, k) for k in (
+                "n", "split", "resamples", "top_k", "tol", "min_tol", "trace_samples", "density_steps",
+                "density_runs", "seed", "map_grid", "map_span", "map_n", "map_tol", "direction_seed", "chunk")})
+            return report(spec, dens, maps, args, record)
+    except ValueError as e:
+        return fail("curvature", str(e))
