@@ -21,8 +21,8 @@ if os.environ.get("SPACES_ZERO_GPU"):
 
 import gradio as gr  # noqa: E402
 
+from resnet_lab.devices import resolve_device  # noqa: E402
 from resnet_lab.precision import serving_choice  # noqa: E402
-from resnet_lab.serving.inference import resolve_device  # noqa: E402
 from resnet_lab.serving.zoo import ASSETS  # noqa: E402
 from resnet_lab.ui import classify, common, gradcam, research  # noqa: E402
 from resnet_lab.ui.common import user_errors  # noqa: E402
@@ -75,7 +75,7 @@ def build_demo() -> gr.Blocks:
 def main() -> None:
     p = argparse.ArgumentParser(description="resnet-lab web app")
     p.add_argument("--weights", help="local .safetensors file or folder (else RESNET_LAB_WEIGHTS, else the hub)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (else RESNET_LAB_DEVICE, else cuda when present)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (else RESNET_LAB_DEVICE, else cuda when present)")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     args = p.parse_args()

@@ -95,7 +95,7 @@ def test_gradcam_bad_input(client, tmp_path):
 # What each event runs (its function's name): every one that loads a model or computes is in a shared group.
 QUICK_FNS = {"classify_batch", "explain_event", "status_text"}
 LONG_FNS = {"compare_depths", "recompute_faithfulness", "run_gradnorms", "rerun_degradation", "run_landscape",
-            "run_lesion"}
+            "run_lesion", "run_top_eigenvalue"}
 CHEAP_FNS = {"on_model_change", "shapes_sample", "<lambda>", "rerun_label", "load_example"}  # UI updates, ms
 
 

@@ -75,20 +75,27 @@ def test_research_tab_shows_shipped_curves_and_measures_a_sweep(page):
     page.screenshot(path=str(SHOTS / "research.png"), full_page=True)
 
 
-def test_research_landscape_and_lesion_sections(page):
-    """The shipped landscape and lesion results are on the page, and both live runs draw, tabulate and explain."""
+def test_research_landscape_curvature_and_lesion_sections(page):
+    """The shipped landscape, curvature and lesion results are on the page, and the live runs draw, tabulate and
+    explain."""
     page.get_by_role("tab", name="Research: why residuals train").click()
-    for plot in ("#landscape-shipped-plot img", "#lesion-shipped-plot img"):  # lazy images: load when scrolled to
+    for plot in ("#landscape-shipped-plot img", "#landscape-shipped-sharpness img", "#curvature-density img",
+                 "#lesion-shipped-plot img"):  # lazy images: they load when scrolled to
         page.locator(plot).scroll_into_view_if_needed()
         expect(page.locator(plot)).to_be_visible(timeout=30_000)
-    for section in ("#landscape-shipped-text", "#lesion-shipped-text"):
+    for section in ("#landscape-shipped-text", "#curvature-shipped-text", "#lesion-shipped-text"):
         expect(page.locator(section)).not_to_contain_text("not shipped")
+    expect(page.locator("#landscape-shipped-text")).to_contain_text("direction seeds")
+    expect(page.locator("#curvature-shipped-text")).to_contain_text("λmax")
     page.locator("#landscape-run").click()
     expect(page.locator("#landscape-plot img")).to_be_visible(timeout=120_000)
-    expect(page.locator("#landscape-text")).to_contain_text("random direction", timeout=30_000)
+    expect(page.locator("#landscape-text")).to_contain_text("Loss rise", timeout=30_000)
     expect(page.locator("#landscape-table")).to_contain_text("resnet20")
+    page.locator("#curvature-run").click()
+    expect(page.locator("#curvature-table")).to_contain_text("resnet20", timeout=180_000)
+    expect(page.locator("#curvature-text")).to_contain_text("products in")
     page.locator("#lesion-run").click()
     expect(page.locator("#lesion-plot img")).to_be_visible(timeout=120_000)
     expect(page.locator("#lesion-table")).to_contain_text("none (intact)", timeout=30_000)
     expect(page.locator("#lesion-text")).to_contain_text("intact accuracy")
-    page.screenshot(path=str(SHOTS / "research_landscape_lesion.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / "research_landscape_curvature_lesion.png"), full_page=True)

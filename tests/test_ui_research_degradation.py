@@ -1,4 +1,5 @@
-"""Research tab, degradation section: shipped curves, the short re-run and its timed estimate."""
+"""Research tab, degradation section: shipped curves, the short re-run, its estimate from the cost model, and
+the app's device."""
 
 from __future__ import annotations
 
@@ -34,22 +35,81 @@ def test_degradation_rerun_and_shipped_curves(monkeypatch):
     assert isinstance(fig, Figure) and "Shipped run" in text  # the shipped CSV is part of the app
 
 
-def test_rerun_estimate_is_computed_from_the_timed_probe(monkeypatch):
-    """The button's duration is setup + steps x step + validations, each as timed on this machine."""
+def test_rerun_estimate_comes_from_the_cost_model(monkeypatch):
+    """The button's duration is the cost model's: every net's build, its training steps ("train_step" work on the
+    batch) and its forward passes over the held-out images at each validation point, at the rates of the app's
+    device."""
+    from resnet_lab.research import cost
+
+    monkeypatch.setattr(cost, "rates", lambda device="cpu": cost.Rates(0.02, 1e-4))
+    monkeypatch.setattr(cost, "build_rates", lambda device="cpu": cost.BuildRates(3e-4, 1e-8))
     q = degradation.QUICK
-    expected = 2.0 + q["steps"] * 0.5 + (q["evals"] + 1) * 0.25 * q["val_size"] / q["batch_size"]
-    assert deg_ui.estimate_rerun({"setup": 2.0, "step": 0.5, "validation": 0.25}) == pytest.approx(expected)
-    monkeypatch.setattr(deg_ui, "rerun_estimate", lambda: expected)
+    checks = len(degradation.eval_steps(q["steps"], q["evals"]))
+    chunks = -(-q["val_size"] // degradation.compute.EVAL_BATCH)
+    expected = sum(cost.macs_per_image(a, 32, 8) * (q["steps"] * q["batch_size"] * cost.WORK["train_step"]
+                                                    + checks * q["val_size"]) * 0.02 / 1e9
+                   + cost.layer_calls(a, 32, 8) * (q["steps"] * cost.WORK["train_step"] + checks * chunks) * 1e-4
+                   + cost.modules_of(a) * 3e-4 + cost.params_of(a) * 1e-8 for a in degradation.DEFAULT_ARCHS)
+    assert deg_ui.rerun_estimate() == pytest.approx(expected)
     deg_ui._quick_run.cache_clear()
     assert f"about {duration(expected)} on this server" in deg_ui.rerun_label()
 
 
-def test_probe_times_each_part_of_a_real_run(monkeypatch):
-    """The probe reads the real run's progress reports; a changed report would break it here, not in the app."""
-    for k, v in {"batch_size": 4, "val_size": 8}.items():
+def test_building_the_section_trains_nothing(monkeypatch):
+    """The page is built at every app start: its button's estimate must not train (it used to time a 2-step run,
+    7.8 s of each start-up). Any training step while the section is built fails this test."""
+    import gradio as gr
+    import torch
+
+    def no_training(*_a, **_k):
+        raise AssertionError("building the degradation section trained a net")
+
+    monkeypatch.setattr(degradation, "run_degradation", no_training)
+    monkeypatch.setattr(torch.Tensor, "backward", no_training)
+    monkeypatch.setattr(torch.optim.SGD, "step", no_training)
+    deg_ui._quick_run.cache_clear()
+    with gr.Blocks():
+        deg_ui.build()
+    assert "about" in deg_ui.rerun_label()
+
+
+def test_rerun_runs_and_is_sized_on_the_apps_full_device(monkeypatch):
+    """RESNET_LAB_DEVICE=cuda:1: the re-run's memory check, its estimate and the run itself use cuda:1, and a run
+    that does not fit there is refused before it starts."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+    import torch
+
+    from resnet_lab.research import cost, memory
+
+    for k, v in {"steps": 2, "batch_size": 4, "train_size": 8, "val_size": 8, "evals": 1}.items():
         monkeypatch.setitem(degradation.QUICK, k, v)
-    t = deg_ui._probe_degradation()
-    assert set(t) == {"setup", "step", "validation"} and all(v > 0 for v in t.values())
+    monkeypatch.setattr(deg_ui, "zoo", lambda: SimpleNamespace(device=torch.device("cuda", 1)))
+    rates, budgets, runs = [], [], []
+    monkeypatch.setattr(cost, "rates", lambda device="cpu": rates.append(str(device)) or cost.Rates(0.02, 1e-4))
+    monkeypatch.setattr(cost, "build_rates",
+                        lambda device="cpu": rates.append(str(device)) or cost.BuildRates(3e-4, 1e-8))
+    free = [2**40]
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": budgets.append(str(device)) or free[0])
+    real = degradation.run_degradation
+
+    def on_cpu(*a, device="cpu", **k):  # what the GPU would compute, on a test machine without one
+        runs.append(str(device))
+        return real(*a, **k)
+
+    monkeypatch.setattr(degradation, "run_degradation", on_cpu)
+    deg_ui._quick_run.cache_clear()
+    try:
+        free[0] = 1
+        with pytest.raises(gr.Error, match="short re-run"):
+            deg_ui.rerun_degradation(progress=no_progress)
+        assert runs == []
+        free[0] = 2**40
+        deg_ui.rerun_degradation(progress=no_progress)
+    finally:
+        deg_ui._quick_run.cache_clear()
+    assert runs == ["cuda:1"] and set(budgets) == {"cuda:1"} and set(rates) == {"cuda:1"}
 
 
 def test_cli_prints_the_reading_of_its_curves(capsys):

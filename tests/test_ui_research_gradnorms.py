@@ -16,6 +16,7 @@ from resnet_lab import resources
 from resnet_lab.research import gradflow
 from resnet_lab.resnet import REGISTRY
 from resnet_lab.ui.research import MEMORY_SHARE, gradnorms, memory_budget
+from resnet_lab.ui.research._common import duration
 
 
 def no_progress(*_args, **_kwargs) -> None:
@@ -160,3 +161,80 @@ def test_what_fits_is_one_answer_for_the_cli_and_the_tab(monkeypatch, capsys):
     assert main(["gradnorms", "--archs", "resnet20,resnet110", "--batch-size", "64", "--input-size", "224"]) == 2
     err = capsys.readouterr().err
     assert f"--batch-size {fit.batch}" in err and f"--input-size {fit.input_size}" in err and "without resnet110" in err
+
+
+@pytest.fixture
+def pinned_rate(monkeypatch):
+    """The cost model's rates pinned (else measured on first use), and the devices they were asked for."""
+    from resnet_lab.research import cost
+
+    asked = []
+    monkeypatch.setattr(cost, "rates", lambda device="cpu": asked.append(str(device)) or cost.Rates(0.02, 1e-4))
+    monkeypatch.setattr(cost, "build_rates",
+                        lambda device="cpu": asked.append(str(device)) or cost.BuildRates(3e-4, 1e-8))
+    return asked
+
+
+def test_overlong_sweep_is_refused_with_what_fits(server_with, pinned_rate):
+    """The issue's click: five ImageNet depths at 224 px, batch 8, 10 seeds would hold the one long slot for
+    minutes. Refused before anything runs, naming fewer seeds, a smaller size and fewer depths that fit the budget
+    by the same estimate (one more seed would not); for a single net, the largest batch that fits."""
+    server_with(2**50)  # memory is no limit here: only time refuses
+    archs = list(gradflow.IMAGENET_ARCHS)
+    with pytest.raises(gr.Error) as e:
+        gradnorms.run_gradnorms(archs, "train", "default", 8, "224", 10, progress=no_progress)
+    cfg = gradnorms.make_config(archs, "train", "default", 8, "224", 10)
+    need, budget = gradflow.estimate_seconds(cfg), gradnorms.TIME_BUDGET_S
+    assert need > 4 * budget
+    message = str(e.value)
+    assert f"about {duration(need)}" in message and f"the {duration(budget)}" in message
+    seeds = int(re.search(r"(\d+) seeds?", message).group(1))
+    size = int(re.search(r"; or (\d+) px", message).group(1))
+    kept = tuple(re.search(r"only ([\w, ]+)\.", message).group(1).split(", "))
+    fits = lambda **change: gradflow.estimate_seconds(dataclasses.replace(cfg, **change)) <= budget  # noqa: E731
+    assert fits(seeds=seeds) and not fits(seeds=seeds + 1)
+    assert "batch size" not in message and not fits(batch_size=2)  # ten seeds of even two images take too long
+    assert fits(input_size=size) and not fits(input_size=min(s for s in gradflow.INPUT_SIZES if s > size))
+    assert fits(archs=kept) and set(kept) < set(archs)
+    with pytest.raises(gr.Error) as e:  # one net: fewer seeds or depths cannot help, a smaller batch can
+        gradnorms.run_gradnorms(["resnet152"], "train", "default", 64, "224", 1, progress=no_progress)
+    one = gradnorms.make_config(["resnet152"], "train", "default", 64, "224", 1)
+    batch = int(re.search(r"batch size (\d+)", str(e.value)).group(1))
+    assert gradflow.estimate_seconds(dataclasses.replace(one, batch_size=batch)) <= budget
+    assert gradflow.estimate_seconds(dataclasses.replace(one, batch_size=batch + 1)) > budget
+    assert "seed" not in str(e.value).split("What fits")[1]
+
+
+def test_a_sweep_within_the_time_budget_runs(server_with, pinned_rate, monkeypatch):
+    """The refusal is a budget, not a ban: settings it offers run."""
+    server_with(2**50)
+    ran = []
+    monkeypatch.setattr(gradflow, "run_sweep", lambda cfg, progress=None: ran.append(cfg) or run_small(cfg))
+    gradnorms.run_gradnorms(["resnet20"], "train", "default", 2, "32", 1, progress=no_progress)
+    assert len(ran) == 1 and gradflow.estimate_seconds(ran[0]) <= gradnorms.TIME_BUDGET_S
+
+
+def run_small(cfg: gradflow.GradFlowConfig) -> pd.DataFrame:
+    """The real sweep of `cfg` on the CPU (what a GPU run would return, for a test machine without one)."""
+    from resnet_lab.research.gradflow.compute import run_sweep
+
+    return run_sweep(dataclasses.replace(cfg, device="cpu"))
+
+
+def test_sweep_runs_on_the_apps_full_device(server_with, pinned_rate, monkeypatch):
+    """RESNET_LAB_DEVICE=cuda:1 makes the app's device cuda:1: the sweep, its memory budget and its time estimate
+    all use cuda:1, not just "cuda" (which would be GPU 0)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from resnet_lab.research import memory
+
+    server_with(2**50)
+    monkeypatch.setattr(gradnorms, "zoo", lambda: SimpleNamespace(device=torch.device("cuda", 1)))
+    budgets, swept = [], []
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": budgets.append(str(device)) or 2**40)
+    monkeypatch.setattr(gradflow, "run_sweep", lambda cfg, progress=None: swept.append(cfg.device) or run_small(cfg))
+    out = gradnorms.run_gradnorms(["resnet20"], "train", "default", 2, "32", 1, progress=no_progress)
+    assert swept == ["cuda:1"] and set(budgets) == {"cuda:1"} and set(pinned_rate) == {"cuda:1"}
+    assert list(out[3].net) == ["plain20", "resnet20"]

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from resnet_lab import resources
 from resnet_lab.research import landscape
+from resnet_lab.research.landscape import directions
 from resnet_lab.resnet import build
 from resnet_lab.shapes import CLASSES
 from resnet_lab.ui.research import _common
@@ -62,12 +63,11 @@ def test_live_run_returns_plot_table_csv_and_text_that_agree(twins):
     df = landscape.read_csv(csv)
     assert list(dict.fromkeys(df.model)) == ["resnet20", "plain20"] and len(df) == 2 * TINY["grid"]
     assert np.allclose(sorted(df.alpha.unique()), np.linspace(-1, 1, TINY["grid"]))
-    summary = landscape.summarize(df).set_index("model")
-    assert list(table["net"]) == ["resnet20", "plain20"]
-    assert "non-convex share" not in table.columns  # a 1-D slice has no curvature map: no empty column for it
-    for m, row in summary.iterrows():
-        assert f"loss {row.loss0:.3g}" in text and f"rises by {row.rise_mean:.3g}" in text  # the CSV's numbers
-        assert table.set_index("net").loc[m, "mean loss rise"] == f"{row.rise_mean:.3g}"
+    sharp = landscape.summary_tables(df)["sharpness"]
+    assert list(dict.fromkeys(table["net"])) == ["resnet20", "plain20"] and set(table["control"]) == {"none"}
+    for _, row in sharp.iterrows():  # the table and the text show the CSV's numbers
+        shown = table[(table["net"] == row.model) & (table["r"] == f"{row.radius:.3g}")]["mean rise"]
+        assert list(shown) == [f"{row['mean']:.3g}"] and f"{row['mean']:.3g} at {row.radius:g}" in text
     assert text.startswith(landscape.describe_landscape(df)) and "took" in text
     again = ui.run_landscape("resnet20,plain20", 1.0, 0, progress=no_progress)[3]
     assert "cached, it first took" in again and "cached" not in text
@@ -97,15 +97,17 @@ def test_bad_choices_and_oversized_runs_are_messages(twins, monkeypatch):
         ui.run_landscape("resnet20,plain20", 1.0, 0, progress=no_progress)
 
 
-def synthetic_grid() -> pd.DataFrame:
-    """A 2-D grid: resnet20 a smooth bowl, plain20 four times steeper with ripples (non-convex in places)."""
-    axis = landscape.grid_axis(7, 1.0)
+def synthetic_grid(seeds=(0, 1, 2)) -> pd.DataFrame:
+    """2-D grids: resnet20 a smooth bowl, plain20 four times steeper with ripples (non-convex in its basin)."""
+    axis = directions.grid_axis(7, 1.0)
     rows = []
-    for a in axis:
-        for b in axis:
-            r = a * a + b * b
-            rows.append(("resnet20", a, b, 0.1 + r, 0.9))
-            rows.append(("plain20", a, b, 0.1 + 4 * r + 0.5 * np.cos(9 * a) * np.cos(9 * b) - 0.5, 0.8))
+    for s in seeds:
+        for a in axis:
+            for b in axis:
+                r = a * a + b * b
+                rows.append(("resnet20", s, a, b, "none", 0.1 + r * (1 + 0.01 * s), 0.9))
+                rows.append(("plain20", s, a, b, "none", 0.1 + 0.3 * r + 0.2 * np.cos(9 * a + s) * np.cos(9 * b)
+                             + 0.2, 0.8))
     return pd.DataFrame(rows, columns=landscape.COLUMNS)
 
 
@@ -114,23 +116,24 @@ def test_shipped_results_present(tmp_path, monkeypatch):
     df = synthetic_grid()
     df.to_csv(csv, index=False)
     monkeypatch.setattr(landscape, "SHIPPED_CSV", csv)
-    png, table, path, text = ui.shipped_results()  # no PNG shipped beside it: drawn from the CSV
-    assert png.endswith(".png") and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and path == str(csv)
-    assert "2-D, 7 points per axis" in text and landscape.describe_landscape(df) in text
-    assert "resnet20's surface is the more convex" in text
-    shares = table.set_index("net")["non-convex share"]
-    assert shares["resnet20"] == "0.0%"
-    assert float(shares["plain20"].rstrip("%")) > 0
+    monkeypatch.setattr(landscape, "SHIPPED_SHARPNESS_CSV", tmp_path / "absent.csv")
+    shipped = ui.shipped_results()  # no PNG shipped beside it: drawn from the CSV
+    png = shipped["contours"]
+    assert png.endswith(".png") and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert shipped["csvs"] == [str(csv)] and landscape.describe_landscape(df) in shipped["note"]
+    shares = shipped["surface_table"].set_index("net")["non-convex in basin"]
+    assert shares["resnet20"] == "0%" and float(shares["plain20"].rstrip("%")) > 0
     shipped_png = tmp_path / "landscape_shapes_2d.png"
     shipped_png.write_bytes(b"\x89PNG\r\n\x1a\n")
-    assert ui.shipped_results()[0] == str(shipped_png)  # a shipped figure is shown as it is
+    assert ui.shipped_results()["contours"] == str(shipped_png)  # a shipped figure is shown as it is
 
 
 def test_shipped_results_absent_or_broken(tmp_path, monkeypatch):
     monkeypatch.setattr(landscape, "SHIPPED_CSV", tmp_path / "landscape_shapes.csv")
-    png, table, path, text = ui.shipped_results()
-    assert png is table is path is None
-    assert "not shipped" in text and "landscape_shapes.csv" in text and "python -m resnet_lab landscape" in text
+    monkeypatch.setattr(landscape, "SHIPPED_SHARPNESS_CSV", tmp_path / "landscape_shapes_sharpness.csv")
+    shipped = ui.shipped_results()
+    assert set(shipped) == {"note"}
+    assert "not shipped" in shipped["note"] and "python -m resnet_lab landscape" in shipped["note"]
     (tmp_path / "landscape_shapes.csv").write_text("a,b\n1,2\n")
-    png, table, path, text = ui.shipped_results()
-    assert png is table is None and "cannot be read" in text and "missing columns" in text
+    shipped = ui.shipped_results()
+    assert set(shipped) == {"note"} and "cannot be read" in shipped["note"] and "missing columns" in shipped["note"]

@@ -1,5 +1,6 @@
 """Research tab, lesion section: shipped results present and absent, the live run on tiny settings (plot, table,
-CSV and text that match each other, the served model untouched), and errors as messages."""
+CSV and text that match each other, the served model untouched, sized by the cost model on the app's device), and
+errors as messages."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 
 from resnet_lab import resources
-from resnet_lab.research import lesion
+from resnet_lab.research import lesion, memory
 from resnet_lab.resnet import build
 from resnet_lab.shapes import CLASSES
 from resnet_lab.ui.research import _common
@@ -99,6 +100,37 @@ def test_the_live_run_never_touches_the_served_model(tiny, monkeypatch):
     assert seen and seen[0] is not served
     assert all(torch.equal(before[k], v) for k, v in served.state_dict().items())
     assert not any("forward" in vars(b) for _, b in served.blocks())
+
+
+def test_the_live_run_is_sized_and_run_on_the_apps_device(tiny, monkeypatch):
+    """The live settings come from the library's cost model for the chosen arch on the app's device (not its type),
+    the memory check counts for that device, and the study runs there."""
+    from resnet_lab.ui.common import zoo
+
+    device = zoo().device
+    asked, counted, ran = [], [], []
+    monkeypatch.setattr(lesion, "quick_settings", lambda *a, **k: asked.append((a, k)) or dict(TINY))
+    real_memory, real_study = memory.inference_memory, lesion.lesion_study
+    monkeypatch.setattr(memory, "inference_memory", lambda *a, **k: counted.append(k) or real_memory(*a, **k))
+    monkeypatch.setattr(lesion, "lesion_study",
+                        lambda model, data, **k: ran.append((model, data)) or real_study(model, data, **k))
+    ui.run_lesion("resnet20", progress=no_progress)
+    (args, kwargs), = asked
+    assert args[:2] == ("resnet20", ui.LIVE_BUDGET_S) and torch.device(kwargs["device"]) == device
+    assert counted and counted[0]["device"] == str(device)
+    (model, data), = ran
+    assert next(model.parameters()).device == data.x.device == device
+
+
+def test_the_live_settings_fit_the_budget_by_the_cost_model():
+    """Unpatched: the settings the library picks for a twin here, and their estimate within the budget where n is
+    cut above its floor (the estimate itself is checked against a measured run in test_lesion)."""
+    settings = lesion.quick_settings("resnet20", ui.LIVE_BUDGET_S)
+    estimate = lesion.estimate_cost("resnet20", int(settings["n"]), int(settings["draws"]),
+                                    int(settings["k_points"])).seconds
+    assert settings["estimate_s"] == pytest.approx(estimate)
+    assert 100 <= settings["n"] <= lesion.QUICK["n"]
+    assert estimate <= ui.LIVE_BUDGET_S or (settings["n"], settings["draws"]) == (100, 2)
 
 
 def test_bad_choices_and_oversized_runs_are_messages(tiny, monkeypatch):

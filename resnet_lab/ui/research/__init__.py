@@ -8,7 +8,7 @@ exceeds what this process can spare.
 
 from __future__ import annotations
 
-from . import degradation, gradnorms, landscape, lesion
+from . import curvature, degradation, gradnorms, landscape, lesion
 from ._common import MEMORY_SHARE, memory_budget
 from .degradation import _quick_run
 
@@ -21,4 +21,5 @@ def build_tab() -> None:
     gradnorms.build()
     degradation.build()
     landscape.build()
+    curvature.build()
     lesion.build()

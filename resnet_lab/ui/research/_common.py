@@ -3,15 +3,14 @@ run, and durations and sizes as people read them."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from ...paths import ASSETS
-from ...research import landscape, memory
-from ...resnet import REGISTRY, twin_name
+from ...research import memory, study
+from ...resnet import REGISTRY
 
 # A live run may take this share of the memory available now: the loaded models, Gradio and a QUICK job (which
 # runs beside it) live in the rest. ResNet-152 at 224 px with batch 64 needs ~15 GiB (gradflow.estimate_memory):
@@ -59,7 +58,7 @@ def refuse_if_too_big(need: int, budget: int, what: str, smaller: str) -> None:
 
 # --- the trained twins the live runs offer (assets/twins/shapes_<arch>.safetensors + .json, as train writes them) ---
 
-TWINS_DIR = landscape.TWINS_DIR  # assets/twins/, where the landscape CLI finds twins by arch name too
+TWINS_DIR = study.TWINS_DIR  # assets/twins/, where the research CLIs find twins by arch name too
 
 
 def twin_checkpoints(folder: Path | None = None) -> dict[str, Path]:
@@ -72,25 +71,6 @@ def twin_checkpoints(folder: Path | None = None) -> dict[str, Path]:
         if arch in REGISTRY and path.with_suffix(".json").is_file():
             found[arch] = path
     return dict(sorted(found.items(), key=lambda kv: (REGISTRY[kv[0]].depth, REGISTRY[kv[0]].residual, kv[0])))
-
-
-def forward_memory(archs: list[str], n: int, size: int, eval_batch: int, weight_copies: int) -> int:
-    """Estimated peak bytes of evaluating the nets `archs` (loaded together, run one at a time, no gradients) on `n`
-    held-out images: every net's weights, `weight_copies` more of the largest net's (a private copy, the saved
-    weights, directions), the images (rendered as uint8, then one float copy being normalized and one kept), and
-    a forward pass of one batch (four activation-sized buffers at its largest layer: input, output, BN and ReLU
-    temporaries). Counted on meta like the sweeps' estimate (`memory.step_memory`), times the CPU's
-    `ALLOCATOR_OVERHEAD`: an upper bound for refusing what cannot fit."""
-    params, largest = [], 0
-    for arch in archs:
-        residual = REGISTRY[arch].residual
-        name, variant = (arch, "residual") if residual else (twin_name(arch), "plain")
-        p, _, _, big = memory.step_memory(name, variant, max(2, min(n, eval_batch)), size, "eval", 8)
-        params.append(p)
-        largest = max(largest, big)
-    images = n * 3 * size * size
-    peak = sum(params) + weight_copies * max(params) + images * (1 + 4 + 4) + 4 * largest
-    return math.ceil(memory.ALLOCATOR_OVERHEAD["cpu"] * peak)
 
 
 def shipped_note(what: str, files: list[Path], command: str) -> str:

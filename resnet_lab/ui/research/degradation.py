@@ -1,7 +1,9 @@
 """Research section 2: the degradation curves (He et al. 2015, Fig. 1), shipped and as a short re-run.
 
-The re-run is fixed in size and its button says how long it will take, timed on this machine; the text beside the
-curves is the library's reading of them (`degradation.describe_degradation`), as the CLI prints it.
+The re-run is fixed in size; its button says how long it will take, from the one cost model on the app's device
+(`degradation.estimate_cost`), so building the page trains nothing. It is refused when its estimated memory exceeds
+what that device can spare, and runs there. The text beside the curves is the library's reading of them
+(`degradation.describe_degradation`), as the CLI prints it.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ...research import degradation, gradflow
+from ...research import cost, degradation, gradflow
 from ..common import LONG, on_gpu, user_errors, zoo
-from ._common import Untracked, duration
+from ._common import Untracked, duration, memory_budget, refuse_if_too_big
 
 
 def final_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -34,32 +36,21 @@ def shipped_curves() -> tuple[Any, pd.DataFrame | None, str]:
             degradation.describe_degradation(df, f"Shipped run, {steps} steps"))
 
 
-def _probe_degradation() -> dict[str, float]:
-    """Time a 2-step version of the short re-run through its progress reports: setup, one training step of the
-    four nets, one validation of one batch of images (scaled to the re-run's validation set by the caller)."""
-    q = degradation.QUICK
-    marks: list[tuple[str, float]] = [("start", time.perf_counter())]
-    degradation.run_degradation(steps=2, batch_size=q["batch_size"], train_size=2 * q["batch_size"],
-                                val_size=q["batch_size"], evals=1,  # validation at the start and the end only
-                                device=zoo().device,
-                                progress=lambda _f, desc: marks.append((desc, time.perf_counter())))
-    at = dict(marks)
-    return {"setup": at["validating at step 0"] - at["start"],
-            "step": at["step 2/2"] - at["step 1/2"],  # the first step also validates and warms up
-            "validation": at["done"] - at["step 2/2"]}
+def rerun_cost() -> cost.Cost:
+    """The short re-run's seconds and peak bytes on the app's device, from the one cost model (nothing is trained:
+    the model's rate is one timed forward pass, measured once per process)."""
+    return degradation.estimate_cost(device=zoo().device, **degradation.QUICK)
 
 
-def estimate_rerun(t: dict[str, float]) -> float:
-    """Seconds of the short re-run from probe timings: setup + steps x one step + each validation, scaled from
-    one batch of images to the validation set. Rendering its training images is left out (about 2% of the run)."""
-    q = degradation.QUICK
-    return t["setup"] + q["steps"] * t["step"] + (q["evals"] + 1) * t["validation"] * q["val_size"] / q["batch_size"]
-
-
-@functools.lru_cache(maxsize=1)
 def rerun_estimate() -> float:
-    """The short re-run's duration on this server, timed once per process (about a second)."""
-    return estimate_rerun(_probe_degradation())
+    """The short re-run's estimated seconds on this server."""
+    return rerun_cost().seconds
+
+
+def check_memory(need: int) -> None:
+    """Refuse the re-run when its estimated peak exceeds what the app's device can spare for a live run now."""
+    refuse_if_too_big(need, memory_budget(str(zoo().device)), "The short re-run (four nets trained together)",
+                      "Try again when the server is less busy.")
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,12 +72,15 @@ def rerun_label() -> str:
 def rerun_degradation(progress: Any = gr.Progress()) -> tuple[Any, pd.DataFrame, str]:
     """Train the four nets for the short, fixed budget (cached: it is deterministic)."""
     cached = _quick_run.cache_info().currsize > 0
+    estimate = rerun_cost()
+    if not cached:
+        check_memory(estimate.bytes)
     df, seconds = _quick_run(Untracked(progress))
     text = degradation.describe_degradation(df, f"Short re-run, {degradation.QUICK['steps']} steps")
     text += ("\n\nThis short budget shows only the start: in the shipped run the nets leave chance level between "
              "~150 and ~350 steps, and the plain-20 / plain-56 gap opens after that.")
     text += (f"\n\n⏱️ {'Cached: the re-run' if cached else 'This re-run'} trained in {duration(seconds)} "
-             f"on this server (estimated: {duration(rerun_estimate())}).")
+             f"on this server (estimated: {duration(estimate.seconds)}).")
     return degradation.plot_curves(df), final_table(df), text
 
 

@@ -2,8 +2,10 @@
 
 Measured, not asserted: the norms layer by layer under the user's BN mode and init, and the library's reading of
 *these* numbers (`gradflow.describe_gradnorms`), so the text cannot claim vanishing gradients where the plot shows
-growth. A sweep is refused up front when its estimated memory exceeds what this process can spare, naming the
-settings that fit (`gradflow.what_fits`, the same answer the CLI words as flags).
+growth. A sweep is refused up front when its estimated memory exceeds what this process can spare
+(`gradflow.what_fits`, the same answer the CLI words as flags), or when the cost model says it would hold the one
+long-job slot longer than `TIME_BUDGET_S` (`gradflow.time_fits`); each refusal names settings that fit. It runs on
+the app's own device (`zoo().device`, e.g. cuda:1 from RESNET_LAB_DEVICE).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pandas as pd
 from ...research import gradflow
 from ...resnet import REGISTRY, twin_name
 from ..common import LONG, on_gpu, tmp_file, user_errors, zoo
-from ._common import Untracked, memory_budget, refuse_if_too_big
+from ._common import Untracked, duration, memory_budget, refuse_if_too_big
 
 ARCH_CHOICES = [(f"{a} (ImageNet-style)", a) for a in gradflow.IMAGENET_ARCHS] + [
     (f"{a} (CIFAR-style, 32 px)", a) for a in gradflow.CIFAR_ARCHS]
@@ -29,6 +31,7 @@ AUTO_SIZE = "auto"
 SIZE_CHOICES = [("auto: 64 px ImageNet-style, 32 px CIFAR-style", AUTO_SIZE)] + [
     (f"{s} px", str(s)) for s in gradflow.INPUT_SIZES]
 BATCH_RANGE = (2, 64)
+TIME_BUDGET_S = 60.0  # the longest estimated sweep a click may start: it holds the app's one long-job slot
 TABLE_COLUMNS = {
     "log10_ratio": "log10 first/last ‖∂L/∂W‖",
     "growth": "‖∂L/∂W‖ growth per layer toward input (stage 1)",
@@ -45,7 +48,7 @@ def _sweep(cfg: gradflow.GradFlowConfig, progress: Untracked) -> pd.DataFrame:
 def make_config(archs: list[str], bn_mode: str, init: str, batch: int, input_size: Any,
                 seeds: int) -> gradflow.GradFlowConfig:
     """UI values -> a canonical, hashable config (arch order fixed, so ticking order does not miss the cache),
-    run on the app's device (a GPU when the app has one)."""
+    run on the app's own device, index included (cuda:1 when the app runs there)."""
     if not archs:
         raise gr.Error("Pick at least one depth.")
     order = list(REGISTRY)
@@ -53,7 +56,7 @@ def make_config(archs: list[str], bn_mode: str, init: str, batch: int, input_siz
     try:
         return gradflow.GradFlowConfig(archs=tuple(sorted(set(archs), key=order.index)), bn_mode=bn_mode,
                                        zero_init=init == "zero-gamma", batch_size=int(batch), input_size=size,
-                                       seeds=int(seeds), device=zoo().device.type)  # the app's device
+                                       seeds=int(seeds), device=zoo().device)
     except ValueError as e:
         raise gr.Error(str(e)) from e
 
@@ -76,6 +79,29 @@ def check_memory(cfg: gradflow.GradFlowConfig, budget: int | None = None) -> Non
     refuse_if_too_big(fit.need, budget, "This sweep (its largest net's forward and backward pass)",
                       "What fits: " + "; or ".join(options) + "." if options else
                       "Nothing smaller of these settings fits now: try again when the server is less busy.")
+
+
+def check_time(cfg: gradflow.GradFlowConfig, budget: float = TIME_BUDGET_S) -> None:
+    """Refuse a sweep the cost model says would take longer than `budget` seconds on its device, saying what
+    fits (fewer seeds, a smaller batch, a smaller input size, fewer depths: each checked with the same estimate)."""
+    fit = gradflow.time_fits(cfg, budget)
+    if fit is None:
+        return
+    options = []
+    if fit.seeds:
+        options.append(f"{fit.seeds} seed{'s' if fit.seeds > 1 else ''}")
+    if fit.batch and fit.batch >= BATCH_RANGE[0]:
+        options.append(f"batch size {fit.batch}")
+    if fit.input_size:
+        options.append(f"{fit.input_size} px")
+    if fit.archs and len(fit.archs) < len(cfg.archs):
+        options.append("only " + ", ".join(fit.archs))
+    raise gr.Error(f"This sweep ({len(cfg.archs) * len(gradflow.VARIANTS) * cfg.seeds} nets) would take about "
+                   f"{duration(fit.need)} on this server ({cfg.device}), more than the {duration(budget)} one live "
+                   "run may hold the shared long-job queue. "
+                   + ("What fits, the other settings kept: " + "; or ".join(options) + "." if options else
+                      "Nothing smaller of these settings fits: use the command line (python -m resnet_lab "
+                      "gradnorms) for long sweeps."), title="Sweep too long for a live run")
 
 
 def _pm(mean: float, std: float, digits: int) -> str:
@@ -107,6 +133,7 @@ def run_gradnorms(archs: list[str], bn_mode: str = "train", init: str = "default
     """(fig ‖∂L/∂W‖, fig ‖∂L/∂x‖, fig summary, summary table, CSV path, explanation markdown)."""
     cfg = make_config(archs, bn_mode, init, batch, input_size, seeds)
     check_memory(cfg)
+    check_time(cfg)
     df = _sweep(cfg, Untracked(progress))
     summary = gradflow.summarize(df)
     return (gradflow.plot_profile(df, "grad_w"),

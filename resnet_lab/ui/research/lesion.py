@@ -3,9 +3,9 @@
 Shipped: one block deleted at a time and k random blocks at once, for the four trained twins
 (`assets/lesion_shapes.*`), with the library's reading of the numbers (`lesion.describe_lesion`), which says where
 they disagree with the paper. Live: the same study of a chosen net at the library's live settings
-(`lesion.quick_study`, sized to about 25 s on this server), in the LONG queue group, refused up front if it would
-not fit. Each run loads its own copy of the checkpoint: a lesion swaps block `forward`s on the model it is given,
-so it never touches a model the app serves.
+(`lesion.quick_study`, sized by the one cost model to about 25 s on the app's device), in the LONG queue group,
+refused up front if its memory would not fit. Each run loads its own copy of the checkpoint: a lesion swaps block
+`forward`s on the model it is given, so it never touches a model the app serves.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ...research import lesion
+from ...devices import synchronize
+from ...research import lesion, memory
 from ...serving.zoo import SHAPES_CHECKPOINT
 from ...weights import load_checkpoint
 from ..common import LONG, on_gpu, tmp_file, user_errors, zoo
@@ -26,9 +27,8 @@ from . import _common
 
 SHAPES_NET = "app-shapes"  # the app's own Shapes ResNet-20, trained with clutter: offered whether or not twins are
 LIVE_BUDGET_S = 25.0  # the live run's target on this server (`lesion.quick_settings` cuts the images to fit)
-SHIPPED_COMMAND = ("OMP_NUM_THREADS=1 python -m resnet_lab lesion --n 2000 --draws 5 --out assets --model "
-                   "assets/twins/shapes_plain20.safetensors,assets/twins/shapes_resnet20.safetensors,"
-                   "assets/twins/shapes_plain56.safetensors,assets/twins/shapes_resnet56.safetensors")
+SHIPPED_COMMAND = ("OMP_NUM_THREADS=1 python -m resnet_lab lesion --n 2000 --draws 5 --k-points 14 --workers 4 "
+                   "--device cpu --out assets --model plain20,resnet20,plain56,resnet56")
 
 
 def model_choices(twins: dict[str, Path] | None = None) -> list[tuple[str, str]]:
@@ -82,16 +82,18 @@ def shipped_results() -> tuple[str | None, pd.DataFrame | None, str | None, str]
 
 
 def check_memory(arch: str) -> None:
-    """Refuse a live run whose estimated peak exceeds what this server can spare now (at `lesion.QUICK`'s image
-    count, which the live settings only ever cut)."""
-    need = _common.forward_memory([arch], lesion.QUICK["n"], 32, lesion.BATCH_SIZE, weight_copies=0)
-    _common.refuse_if_too_big(need, _common.memory_budget(zoo().device.type), f"This lesion study of {arch}",
+    """Refuse a live run whose estimated peak on the app's device exceeds what it can spare now (at `lesion.QUICK`'s
+    image count, which the live settings only ever cut)."""
+    device = str(zoo().device)
+    need = memory.inference_memory([arch], lesion.QUICK["n"], 32, lesion.BATCH_SIZE, weight_copies=0, device=device)
+    _common.refuse_if_too_big(need, _common.memory_budget(device), f"This lesion study of {arch}",
                               "Try again when the server is less busy.")
 
 
 def run_lesion(choice: str | None, progress: Any = gr.Progress()) -> tuple[Any, pd.DataFrame, str, str]:
     """(plot, single-lesion table, CSV path, text) of a lesion study of the chosen net at the library's live
-    settings (`lesion.quick_study`: images, draws and k points cut to fit `LIVE_BUDGET_S` here and now)."""
+    settings (`lesion.quick_study`: images, draws and k points cut until the cost model's estimate on the app's
+    device fits `LIVE_BUDGET_S`), on that device."""
     path = _checkpoint(choice)
     arch = str(json.loads(path.with_suffix(".json").read_text())["arch"])
     check_memory(arch)
@@ -100,6 +102,7 @@ def run_lesion(choice: str | None, progress: Any = gr.Progress()) -> tuple[Any, 
     loaded = load_checkpoint(path)  # our own copy: the lesions swap its blocks' forwards while they run
     loaded.model.to(zoo().device)
     df = lesion.quick_study(loaded, LIVE_BUDGET_S, progress=progress)
+    synchronize(zoo().device)  # CUDA runs asynchronously: read the clock once its work is done
     seconds = time.perf_counter() - t0
     n, draws = int(df.n.iloc[0]), int(df[df.kind == "random"].draw.nunique())
     csv = tmp_file(".csv", "lesion_", f"lesion_{arch}_n{n}.csv")

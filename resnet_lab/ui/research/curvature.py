@@ -1,0 +1,122 @@
+"""Research section: curvature from the full Hessian (Li et al. 2018, §6; Yao et al. 2020, PyHessian).
+
+Shipped: the eigenvalue density of each twin's Hessian at its minimum, the top eigenvalues, lambda_min,
+|lambda_min / lambda_max|, the trace, and Li et al.'s |lambda_min / lambda_max| map on the landscape's plane
+(`assets/curvature_shapes*`), with the library's reading (`curvature.describe_curvature`). Live: the top eigenvalue
+of a chosen twin's Hessian on its own training images, the image count cut by the cost model to about 25 s on the
+app's device, in the LONG queue group, refused up front if it would not fit in memory.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from ...research import curvature
+from ...research.curvature.hessian import Hessian, top_eigenvalues
+from ...training.heldout import held_out_set
+from ...weights import load_checkpoint
+from ..common import LONG, on_gpu, user_errors, zoo
+from . import _common
+from .landscape import checkpoints, load_arch, pair_choices
+
+LIVE_BUDGET_S = 25.0
+LIVE_TOL = 1e-2
+LIVE_IMAGES = (128, 96, 64, 48, 32, 16)  # the most images first; the first that fits the budget is used
+SPECTRUM_COLUMNS = {"model": "net", "loss": "loss", "lambda_max": "λmax", "lambda_max_std": "± (image sets)",
+                    "lambda_min": "λmin", "ratio": "|λmin/λmax|", "trace": "trace", "trace_se": "± (Hutchinson)"}
+SHIPPED_COMMAND = ("python -m resnet_lab curvature --models plain20,resnet20,plain56,resnet56 --n 128 --resamples 3 "
+                   "--out assets --stem curvature_shapes")
+
+
+def spectrum_table(spec: pd.DataFrame) -> pd.DataFrame:
+    t = curvature.spectrum_table(spec)[list(SPECTRUM_COLUMNS)]
+    for col in t.columns[1:]:
+        t[col] = [f"{v:.4g}" if pd.notna(v) else "–" for v in t[col]]
+    return t.rename(columns=SPECTRUM_COLUMNS)
+
+
+def shipped_results() -> dict[str, Any]:
+    """The shipped figures, table and reading, or a note saying what is missing and how to make it."""
+    stem = curvature.SHIPPED_STEM
+    if not Path(f"{stem}.csv").is_file():
+        return {"note": _common.shipped_note("Curvature", [Path(f"{stem}.csv")], SHIPPED_COMMAND)}
+    try:
+        spec, dens, maps = curvature.read_results(stem)
+        text = curvature.describe_curvature(spec, maps if len(maps) else None)
+        table = spectrum_table(spec)
+    except (ValueError, KeyError) as e:
+        return {"note": f"**The shipped curvature results cannot be read:** {e}"}
+    figures = {k: f"{stem}_{k}.png" if Path(f"{stem}_{k}.png").is_file() else None for k in ("density", "map")}
+    return {**figures, "table": table, "note": f"**Shipped run** ({Path(stem).name}.csv):\n\n{text}"}
+
+
+def live_images(arch: str) -> tuple[int, float]:
+    """(images, estimated seconds) of the live top-eigenvalue run: the most images that fit the budget."""
+    for n in LIVE_IMAGES:
+        cost = curvature.estimate_cost([arch], n, resamples=1, top_k=1, trace_samples=0, density_steps=0,
+                                       device=zoo().device)
+        if cost.seconds <= LIVE_BUDGET_S or n == LIVE_IMAGES[-1]:
+            return n, cost.seconds
+    raise AssertionError("unreachable")
+
+
+def run_top_eigenvalue(choice: str | None, progress: Any = gr.Progress()) -> tuple[pd.DataFrame, str]:
+    """(table, text): the top Hessian eigenvalue of each chosen net on its own training images."""
+    files = checkpoints(choice)
+    rows, notes = [], []
+    for i, f in enumerate(files):
+        arch = load_arch(f)
+        n, estimate = live_images(arch)
+        need = curvature.estimate_cost([arch], n, resamples=1, top_k=1, trace_samples=0, density_steps=0,
+                                       device=zoo().device).bytes
+        _common.refuse_if_too_big(need, _common.memory_budget(zoo().device), f"The Hessian of {arch}",
+                                  "Try again when the server is less busy.")
+        progress(i / len(files), desc=f"{arch}: Hessian on {n} images")
+        w = load_checkpoint(f)
+        net = w.model.to(zoo().device).eval()
+        data = held_out_set(w, n, split="train", device=zoo().device)
+        t = time.perf_counter()
+        h = Hessian(net, data.x, data.y, chunk=64)
+        top = float(top_eigenvalues(h, 1, LIVE_TOL, seed=0)[0])
+        seconds = time.perf_counter() - t
+        rows.append({"net": arch, "images": n, "λmax": f"{top:.4g}", "Hessian-vector products": h.matvecs,
+                     "seconds": f"{seconds:.1f}"})
+        notes.append(f"{arch}: {h.matvecs} products in {_common.duration(seconds)} (estimated "
+                     f"{_common.duration(estimate)})")
+    text = ("Top eigenvalue of the full Hessian of the mean cross-entropy on each net's own first training images "
+            f"(ARPACK, relative tolerance {LIVE_TOL:g}; fewer images than the shipped 128, so expect it to differ "
+            "from the shipped value by the spread between image sets). " + "; ".join(notes) + ".")
+    return pd.DataFrame(rows), text
+
+
+def build() -> None:
+    """The section's components and events, inside the caller's Blocks."""
+    gr.Markdown(
+        "### Curvature: the full Hessian at each minimum\n"
+        "A landscape plot shows two directions out of hundreds of thousands. The Hessian of the loss with respect "
+        "to every parameter says how sharp a minimum is in *all* directions: its top eigenvalue (sharpness), its "
+        "trace (total curvature), its most negative eigenvalue, and Li et al.'s |λmin/λmax| (their §6: near 0 is "
+        "convex). Measured with Hessian-vector products (curvlinops, torch.func) and scipy's Lanczos (ARPACK), as "
+        "PyHessian (Yao et al. 2020) reports them; checked in the tests against a dense Hessian.")
+    shipped = shipped_results()
+    with gr.Row():
+        with gr.Column(scale=3):
+            gr.Image(shipped.get("density"), label="Shipped: eigenvalue density (log scale)", type="filepath",
+                     interactive=False, visible=shipped.get("density") is not None, elem_id="curvature-density")
+            gr.Image(shipped.get("map"), label="Shipped: |λmin/λmax| on the landscape's plane", type="filepath",
+                     interactive=False, visible=shipped.get("map") is not None, elem_id="curvature-map")
+        with gr.Column(scale=2):
+            gr.Markdown(shipped["note"], elem_id="curvature-shipped-text")
+            gr.Dataframe(shipped.get("table"), label="Shipped: the Hessian at each minimum", interactive=False,
+                         wrap=True, visible=shipped.get("table") is not None, elem_id="curvature-shipped-table")
+    choices = pair_choices()
+    pair = gr.Dropdown(choices, value=choices[0][1], label="Nets", elem_id="curvature-pair")
+    run = gr.Button("Top eigenvalue, live (sized to about 25 s on this server)", elem_id="curvature-run")
+    text = gr.Markdown(elem_id="curvature-text")
+    table = gr.Dataframe(label="Live: top eigenvalue", interactive=False, elem_id="curvature-table")
+    run.click(on_gpu(user_errors(run_top_eigenvalue)), [pair], [table, text], api_name="curvature", **LONG)
