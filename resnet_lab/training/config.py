@@ -55,6 +55,8 @@ class TrainConfig:
     pretrained: str | None = None  # fine-tune from a timm tag, weights file, our checkpoint or akamaster:NAME
     freeze: str | None = None  # with pretrained: freeze stem and stages up to this one (None: nothing)
     backbone_lr_scale: float | None = None  # with pretrained: backbone lr = lr * this (None: 0.1); the head gets lr
+    resume: str | None = None  # a state file a run wrote (<out>.step*.state.pt), or "auto": the newest beside out
+    keep: int = 2  # training states kept beside out (the newest)
 
     def __post_init__(self) -> None:
         if self.arch not in REGISTRY:
@@ -72,8 +74,8 @@ class TrainConfig:
                              f"{self.workers})")
         if self.test_seed in self.data_seeds()[:2]:
             raise ValueError(f"test seed {self.test_seed} collides with the training/validation seeds")
-        if min(self.epochs, self.n_val, self.n_test) < 1:
-            raise ValueError("epochs, n_val and n_test must each be at least 1")
+        if min(self.epochs, self.n_val, self.n_test, self.keep) < 1:
+            raise ValueError("epochs, n_val, n_test and keep must each be at least 1")
         if self.data == "shapes" and self.n_train < self.batch_size:
             raise ValueError(f"n_train ({self.n_train}) must be at least one batch ({self.batch_size})")
         if self.pretrained is None and (self.freeze is not None or self.backbone_lr_scale is not None):
@@ -162,3 +164,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cpu, cuda or cuda:N (default: $RESNET_LAB_DEVICE, else cuda when present; under torchrun "
                         "each process takes cuda:LOCAL_RANK)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--resume", default=None, metavar="PATH|auto",
+                   help="continue a run from a state it wrote (<out>.step*.state.pt: model, optimizer, schedule, "
+                        "data order, best so far; written after every epoch and on SIGTERM/SIGINT), or auto: the "
+                        "newest beside --out. The run's other options must be the same")
+    p.add_argument("--keep", type=int, default=d.keep, help="training states kept beside --out (the newest)")

@@ -33,6 +33,17 @@ class Batches:
     device: torch.device
     channels_last: bool = False
     dist: Dist = Dist()
+    generator: torch.Generator | None = None  # the CPU generator of the order and augmentation (training)
+    epoch: int = 0  # epochs begun (a DistributedSampler's reshuffle counter)
+
+    def state_dict(self) -> dict:
+        """Where the draws stand: the generator's state and the epoch count (what `resume` saves)."""
+        return {"generator": None if self.generator is None else self.generator.get_state(), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.generator is not None and state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
+        self.epoch = int(state.get("epoch", 0))
 
     def _share(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
         """This rank's strided share of a global training batch (all of it for a single process)."""
@@ -159,6 +170,7 @@ class LoaderBatches(Batches):
                  generator: torch.Generator | None = None, train: bool = False, channels_last: bool = False,
                  dist: Dist = Dist()) -> None:
         self.device, self.channels_last, self.dist, self.sampler, self.epoch = device, channels_last, dist, None, 0
+        self.generator = generator if train else None
         if train and dist.distributed:
             if generator is None:
                 raise ValueError("distributed training from a DataLoader needs a torch.Generator (the shared order)")
@@ -166,13 +178,16 @@ class LoaderBatches(Batches):
             self.sampler = torch.utils.data.DistributedSampler(dataset, dist.world_size, dist.rank, seed=seed)
             batch_size = per_rank_batch(batch_size, dist)
             generator = torch.Generator().manual_seed(rank_seed(seed, dist))  # workers' augmentation differs per rank
+            self.generator = generator
         elif not train:
             dataset = eval_share(dataset, dist)
         n = len(self.sampler) if self.sampler is not None else len(dataset)
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, shuffle=train and self.sampler is None, sampler=self.sampler,
             drop_last=train and n >= batch_size, generator=generator if train else None, num_workers=workers,
-            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            # training workers start afresh each epoch, seeded from `generator`: the augmentation is then a function
+            # of the generator's state, which a resumed run restores (persistent workers would carry their own RNG)
+            pin_memory=device.type == "cuda", persistent_workers=workers > 0 and not train,
         )
 
     def __len__(self) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from ..resnet import build, init_seed
 from ..scoring import score
 from ..shapes import CLASSES
 from ..weights import WeightsUnavailable, save_checkpoint
-from . import finetune
+from . import finetune, resume
 from .config import TrainConfig
 from .config import add_arguments as add_arguments  # the `train` command's options, where __main__ looks for them
 from .distributed import (
@@ -149,14 +150,34 @@ def accuracy(model: nn.Module, batches: Batches, *, forward: Callable[[torch.Ten
     return all_reduce_score(score(model, batches, forward=forward, dtype=dtype), dist).accuracy
 
 
-def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, report, dist) -> tuple[float, float]:
-    """One pass over the training set; returns (mean loss, accuracy) over it (over all ranks' shares)."""
+STOP_CHECK_EVERY = 8  # under torchrun, steps between agreeing on a stop request (one tiny all-reduce each)
+
+
+@dataclass
+class EpochPass:
+    """One pass over the training set: (mean loss, accuracy) when it ran to the end, else the step it stopped
+    after and its running sums (what a resumed run continues from)."""
+
+    loss: float = math.nan
+    acc: float = math.nan
+    stopped_after: int | None = None
+    sums: tuple[float, int, int] = (0.0, 0, 0)
+
+
+def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, report, dist, *, start: int = 0,
+           sums: tuple[float, int, int] = (0.0, 0, 0), stop: resume.StopRequest | None = None) -> EpochPass:
+    """One pass over the training set (over all ranks' shares). From step `start` on with the running `sums` of
+    a resumed epoch: the steps before it are drawn (order and augmentation, so the generators advance exactly as
+    they did) but not trained on. A `stop` request ends the pass after the current step, on every rank alike."""
     model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=batches.device)
-    correct = torch.zeros((), dtype=torch.int64, device=batches.device)
-    seen = 0
+    loss_sum = torch.tensor(sums[0], dtype=torch.float64, device=batches.device)
+    correct = torch.tensor(sums[1], dtype=torch.int64, device=batches.device)
+    seen = sums[2]
     bar = tqdm(batches, desc=bar_desc, disable=quiet, leave=False, mininterval=1.0, dynamic_ncols=True)
+    next_postfix = 0.0
     for step, (x, y) in enumerate(bar):
+        if step < start:
+            continue
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             logits = forward(x)
             loss = F.cross_entropy(logits.float(), y)
@@ -165,12 +186,26 @@ def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, 
         loss_sum += loss.detach().double() * len(y)  # kept on the device: no sync per step on a GPU
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
-        if not quiet:
+        if not quiet and time.monotonic() >= next_postfix:  # reading the loss syncs a GPU: once a second at most
+            next_postfix = time.monotonic() + 1.0
             bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", lr=f"{sched.get_last_lr()[0]:.3g}")
         report(step + 1, len(batches))
+        if stop is not None and step + 1 < len(batches) and _agree_to_stop(stop, step, dist):
+            totals = all_reduce_sum(torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(seen)]), dist)
+            return EpochPass(stopped_after=step + 1, sums=(totals[0].item(), int(totals[1]), int(totals[2])))
     totals = all_reduce_sum(torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(seen)]), dist)
     loss_sum, correct, seen = totals.tolist()
-    return loss_sum / seen, correct / seen
+    return EpochPass(loss_sum / seen, correct / seen)
+
+
+def _agree_to_stop(stop: resume.StopRequest, step: int, dist: Dist) -> bool:
+    """Whether every rank stops after this step: a request seen by any rank, agreed every few steps under
+    torchrun (at once in one process)."""
+    if not dist.distributed:
+        return bool(stop)
+    if (step + 1) % STOP_CHECK_EVERY:
+        return False
+    return bool(all_reduce_sum(torch.tensor([float(bool(stop))], device=dist.device), dist).item() > 0)
 
 
 def train(config: TrainConfig, progress: Progress | None = None, *, command: str | None = None) -> TrainResult:
@@ -230,7 +265,12 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
             f"(up to {config.freeze or 'nothing'}), backbone lr x{config.lr_scale:g}")
     channels_last = shapes or config.channels_last
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    dtype, precision_record = _precision(config, model, size, dtype, channels_last, dist, log)
+    saved = resume.read(resume.resolve(config.resume, config.out), asdict(config)) if config.resume else None
+    if saved is not None and saved.get("precision"):  # the precision the run chose, not a new probe's choice
+        precision_record = saved["precision"]
+        dtype = DTYPES[precision_record["choice"]]
+    else:
+        dtype, precision_record = _precision(config, model, size, dtype, channels_last, dist, log)
     trained = wrap(model, dist, config.sync_bn)  # DDP under torchrun, else the model itself
     forward = _Forward(maybe_compile(trained, config.compile, log), trained, log)
     # evaluation runs on the bare model: ranks' shares may differ in batch count, and DDP's forward would sync
@@ -239,32 +279,45 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
     sched = make_scheduler(opt, config, config.epochs * len(data.train))
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
-    history: list[dict[str, float]] = []
-    best_acc, best_state, best_epoch, stale = -1.0, None, 0, 0
-    t_train = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        t_epoch = time.perf_counter()
+    run = resume.RunState(precision=precision_record)
+    if saved is not None:
+        run = resume.RunState.restore(saved, unwrap(model), opt, sched, scaler, data.train, dist)
+        log(f"resumed from {config.resume}: epoch {run.epoch}, step {run.step} of {len(data.train)}")
+    stop = resume.StopRequest()
+    t_train = time.perf_counter() - run.train_time
+    with stop.installed():
+        while run.epoch <= config.epochs and not run.done:
+            epoch, t_epoch = run.epoch, time.perf_counter()
+            at_start = data.train.state_dict()  # the epoch's draws, replayed by a run resumed within it
 
-        def report(step: int, steps: int, epoch: int = epoch) -> None:
-            if progress is not None:
-                progress(((epoch - 1) * steps + step) / (config.epochs * steps), f"epoch {epoch}/{config.epochs}")
+            def report(step: int, steps: int, epoch: int = epoch) -> None:
+                if progress is not None:
+                    progress(((epoch - 1) * steps + step) / (config.epochs * steps), f"epoch {epoch}/{config.epochs}")
 
-        loss, acc = _epoch(forward, trained, data.train, opt, sched, scaler, dtype, f"epoch {epoch}/{config.epochs}",
-                           quiet, report, dist)
-        val_acc = accuracy(model, data.val, forward=evaluate, dtype=dtype, dist=dist)  # all ranks agree: so do stops
-        history.append({"epoch": epoch, "train_loss": loss, "train_acc": acc, "val_acc": val_acc,
-                        "lr": sched.get_last_lr()[0], "time_s": time.perf_counter() - t_epoch})
-        log(f"epoch {epoch:3d}  loss {loss:.4f}  train acc {acc:.4f}  val acc {val_acc:.4f}  "
-            f"{history[-1]['time_s']:.1f} s")
-        stale = 0 if val_acc > best_acc else stale + 1
-        if val_acc >= best_acc:  # on a tie, the later (further annealed) weights
-            best_acc, best_epoch = val_acc, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if stale >= config.patience:
-            log(f"early stop: no better val accuracy for {config.patience} epochs")
-            break
+            p = _epoch(forward, trained, data.train, opt, sched, scaler, dtype, f"epoch {epoch}/{config.epochs}",
+                       quiet, report, dist, start=run.step, sums=run.sums if dist.is_main else (0.0, 0, 0),
+                       stop=stop)
+            if p.stopped_after is not None:
+                run.step, run.sums, run.data = p.stopped_after, p.sums, at_start
+                run.train_time = time.perf_counter() - t_train
+                path = run.save(config, unwrap(model), opt, sched, scaler, dist, command)
+                raise resume.Stopped(stop.name, epoch, p.stopped_after, path)
+            val_acc = accuracy(model, data.val, forward=evaluate, dtype=dtype, dist=dist)  # all ranks agree
+            if not math.isfinite(val_acc):
+                raise ValueError("validation accuracy is not a number: the validation set is empty")
+            run.history.append({"epoch": epoch, "train_loss": p.loss, "train_acc": p.acc, "val_acc": val_acc,
+                                "lr": sched.get_last_lr()[0], "time_s": time.perf_counter() - t_epoch})
+            log(f"epoch {epoch:3d}  loss {p.loss:.4f}  train acc {p.acc:.4f}  val acc {val_acc:.4f}  "
+                f"{run.history[-1]['time_s']:.1f} s")
+            run.end_epoch(val_acc, model)
+            if run.stale >= config.patience:
+                log(f"early stop: no better val accuracy for {config.patience} epochs")
+                run.done = True
+            run.data, run.train_time = data.train.state_dict(), time.perf_counter() - t_train
+            run.save(config, unwrap(model), opt, sched, scaler, dist, command)
+    history, best_acc, best_epoch = run.history, run.best_acc, run.best_epoch
     train_time = time.perf_counter() - t_train
-    model.load_state_dict(best_state)
+    model.load_state_dict(run.best_state)
     test_acc = best_acc  # a folder without test/: the val accuracy, said so in the JSON
     if data.test is not None:
         test_acc = accuracy(model, data.test, forward=evaluate, dtype=dtype, dist=dist)
@@ -314,9 +367,13 @@ def run(args: argparse.Namespace) -> int:
     typed = sys.argv[1:2] == ["train"]  # run from the command line, not through main(argv)
     try:
         result = train(config, command=shlex.join(["python", "-m", "resnet_lab", *sys.argv[1:]]) if typed else None)
-    except (DatasetError, WeightsUnavailable) as e:
+    except (DatasetError, WeightsUnavailable, ValueError) as e:  # ResumeError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except resume.Stopped as e:
+        if env_rank() == 0:
+            print(e, file=sys.stderr)
+        return 128 + signal.Signals[e.signal_name].value
     if env_rank() == 0:
         print(f"val acc {result.best_acc:.4f}  test acc {result.test_acc:.4f}  epochs {len(result.history)}")
     return 0 if math.isfinite(result.test_acc) else 1

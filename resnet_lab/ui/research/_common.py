@@ -73,6 +73,11 @@ def twin_checkpoints(folder: Path | None = None) -> dict[str, Path]:
     return dict(sorted(found.items(), key=lambda kv: (REGISTRY[kv[0]].depth, REGISTRY[kv[0]].residual, kv[0])))
 
 
+def shipped_image(path: str | None, label: str, elem_id: str) -> gr.Image:
+    """A shipped figure (a file path), hidden where this copy of the app has none."""
+    return gr.Image(path, label=label, type="filepath", interactive=False, visible=path is not None, elem_id=elem_id)
+
+
 def shipped_note(what: str, files: list[Path], command: str) -> str:
     """The message a section shows where its shipped results are missing: which files, and how to make them."""
     names = ", ".join(f"`{f.relative_to(ASSETS.parent) if f.is_relative_to(ASSETS.parent) else f.name}`"

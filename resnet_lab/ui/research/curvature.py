@@ -106,10 +106,10 @@ def build() -> None:
     shipped = shipped_results()
     with gr.Row():
         with gr.Column(scale=3):
-            gr.Image(shipped.get("density"), label="Shipped: eigenvalue density (log scale)", type="filepath",
-                     interactive=False, visible=shipped.get("density") is not None, elem_id="curvature-density")
-            gr.Image(shipped.get("map"), label="Shipped: |λmin/λmax| on the landscape's plane", type="filepath",
-                     interactive=False, visible=shipped.get("map") is not None, elem_id="curvature-map")
+            _common.shipped_image(shipped.get("density"), "Shipped: eigenvalue density (log scale)",
+                                  "curvature-density")
+            _common.shipped_image(shipped.get("map"), "Shipped: |λmin/λmax| on the landscape's plane",
+                                  "curvature-map")
         with gr.Column(scale=2):
             gr.Markdown(shipped["note"], elem_id="curvature-shipped-text")
             gr.Dataframe(shipped.get("table"), label="Shipped: the Hessian at each minimum", interactive=False,

@@ -178,18 +178,16 @@ def build() -> None:
         "Li et al. 2018, *Visualizing the Loss Landscape of Neural Nets* (their Fig. 5 is theirs; every number "
         "here is ours): the held-out loss at w₀ + α·d₁ + β·d₂ for random directions whose every filter is scaled "
         "to the norm of the same filter of w₀; biases and BN are not moved. The reading is measured, not looked "
-        "at: how far the loss rises a radius r away, over ten direction seeds, with two controls (BatchNorm "
+        "at: how far the loss rises a radius r away, over several direction seeds, with two controls (BatchNorm "
         "re-estimated at each point; each net's logits scaled to the same confidence), and how convex the plotted "
         "surface is inside the basin.")
     shipped = shipped_results()
     with gr.Row():
         with gr.Column(scale=3):
-            gr.Image(shipped.get("contours"), label="Shipped: 2-D loss contours, seed 0 (red dotted: chance loss)",
-                     type="filepath", interactive=False, visible=shipped.get("contours") is not None,
-                     elem_id="landscape-shipped-plot")
-            gr.Image(shipped.get("sharpness"), label="Shipped: loss rise against radius, per control",
-                     type="filepath", interactive=False, visible=shipped.get("sharpness") is not None,
-                     elem_id="landscape-shipped-sharpness")
+            _common.shipped_image(shipped.get("contours"), "Shipped: 2-D loss contours, seed 0 (red dotted: chance "
+                                  "loss)", "landscape-shipped-plot")
+            _common.shipped_image(shipped.get("sharpness"), "Shipped: loss rise against radius, per control",
+                                  "landscape-shipped-sharpness")
         with gr.Column(scale=2):
             gr.Markdown(shipped["note"], elem_id="landscape-shipped-text")
             gr.Dataframe(shipped.get("surface_table"), label="Shipped: the 2-D surfaces (means over seeds)",

@@ -1,0 +1,113 @@
+"""Resume: a run stopped after an epoch, or by a signal within one, and resumed ends bit-identical to a run that was
+never stopped (on the CPU, one thread: the same arithmetic in the same order), for Shapes, CIFAR-format files and
+an image folder read by DataLoader workers; states are written atomically, pruned, and refused with a reason."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import TINY, write_quadrant_cifar10
+
+from resnet_lab.__main__ import main
+from resnet_lab.training import resume
+from resnet_lab.training.train import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _identical(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _stop_at(step: int):
+    """A progress callback that sends this process SIGTERM after `step` steps of the run."""
+    calls = []
+
+    def progress(_fraction: float, _desc: str) -> None:
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return progress
+
+
+def _data(kind: str, tmp_path: Path) -> dict:
+    if kind == "shapes":
+        return dict(TINY, n_train=128, epochs=3)
+    if kind == "cifar":
+        write_quadrant_cifar10(tmp_path / "c", per_batch=40)
+        return dict(data="cifar10", checksum=False, data_dir=str(tmp_path / "c"), epochs=3, batch_size=32,
+                    lr=0.05, seed=1, quiet=True)
+    from test_datasets import write_folder
+
+    write_folder(tmp_path / "imgs", {"horizontal": 20, "vertical": 20})
+    return dict(data=f"folder:{tmp_path / 'imgs'}", epochs=3, batch_size=8, lr=0.05, workers=2, quiet=True)
+
+
+@pytest.mark.filterwarnings("ignore:skipped")
+@pytest.mark.parametrize("kind", ["shapes", "cifar", "folder"])
+def test_a_run_stopped_after_an_epoch_or_by_a_signal_resumes_bit_identical(kind, tmp_path):
+    base = _data(kind, tmp_path)
+    calls = []
+    whole = train(TrainConfig(**base, out=str(tmp_path / "whole" / "m"), keep=5),
+                  progress=lambda f, d: calls.append(f))
+    per_epoch = len(calls) // 3
+    states = resume.states(tmp_path / "whole" / "m")
+    assert len(states) == 3  # one per epoch, kept (keep=5)
+    # resumed from the state after epoch 1: the remaining two epochs give the same weights, bit for bit
+    after_one = train(TrainConfig(**base, resume=str(states[0])))
+    assert _identical(after_one.model, whole.model) and after_one.history == whole.history[:1] + after_one.history[1:]
+    assert [h["train_loss"] for h in after_one.history] == [h["train_loss"] for h in whole.history]
+    # stopped by SIGTERM in the middle of epoch 2, then resumed with --resume auto
+    out = str(tmp_path / "stopped" / "m")
+    with pytest.raises(resume.Stopped) as stopped:
+        train(TrainConfig(**base, out=out), progress=_stop_at(per_epoch + 2))
+    assert stopped.value.epoch == 2 and stopped.value.step == 2 and stopped.value.path == resume.latest(out)
+    assert not Path(out).with_suffix(".safetensors").exists()  # a stopped run writes its state, not a checkpoint
+    again = train(TrainConfig(**base, out=out, resume="auto"))
+    assert _identical(again.model, whole.model)
+    assert [h["train_loss"] for h in again.history] == pytest.approx([h["train_loss"] for h in whole.history],
+                                                                     rel=1e-12)
+    assert again.best_acc == whole.best_acc and again.test_acc == whole.test_acc
+    assert len(resume.states(out)) == 2  # the default keep: the newest two
+
+
+def test_states_are_atomic_pruned_and_read_without_unpickling_code(tmp_path):
+    out = tmp_path / "m"
+    for step in (3, 10, 7):
+        resume.write(resume.state_path(out, step), {"x": torch.tensor([step])})
+    assert [p.name for p in resume.states(out)] == ["m.step000000003.state.pt", "m.step000000007.state.pt",
+                                                   "m.step000000010.state.pt"]
+    assert resume.latest(out).name.endswith("000000010.state.pt") and not list(tmp_path.glob("*.tmp"))
+    resume.prune(out, 2)
+    assert len(resume.states(out)) == 2
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    bad = tmp_path / "evil.state.pt"
+    torch.save({"format": resume.FORMAT, "x": Evil()}, bad)
+    with pytest.raises(resume.ResumeError, match="not a readable training state"):
+        resume.read(bad, {})
+    bad.write_bytes(b"\x00" * 10)
+    with pytest.raises(resume.ResumeError, match="not a readable training state"):
+        resume.read(bad, {})
+
+
+def test_resume_refuses_another_runs_state_and_missing_states_with_a_message(tmp_path, capsys):
+    out = tmp_path / "m"
+    train(TrainConfig(**dict(TINY, n_train=64, epochs=1), out=str(out)))
+    state = resume.latest(out)
+    with pytest.raises(resume.ResumeError, match=r"--lr 0.05 \(now 0.1\)"):
+        train(TrainConfig(**dict(TINY, n_train=64, epochs=1, lr=0.1), resume=str(state)))
+    assert main(["train", "--resume", "auto", "--out", str(tmp_path / "none" / "m"), "--quiet", "--device",
+                 "cpu"]) == 2
+    assert "no m.step*.state.pt" in capsys.readouterr().err
+    assert main(["train", "--resume", "auto", "--quiet"]) == 2
+    assert "give --out too" in capsys.readouterr().err
