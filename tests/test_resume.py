@@ -111,3 +111,61 @@ def test_resume_refuses_another_runs_state_and_missing_states_with_a_message(tmp
     assert "no m.step*.state.pt" in capsys.readouterr().err
     assert main(["train", "--resume", "auto", "--quiet"]) == 2
     assert "give --out too" in capsys.readouterr().err
+
+
+def _train_layout(root: Path, train: dict[str, int], val: dict[str, int]) -> None:
+    """PATH/train/<class>/ and PATH/val/<class>/ with these many images each (a val class may be empty)."""
+    from test_datasets import _image, write_folder
+
+    write_folder(root / "train", train, bad=False)
+    for c, (name, n) in enumerate(val.items()):
+        (root / "val" / name).mkdir(parents=True)
+        for i in range(n):
+            _image(c, i).save(root / "val" / name / f"{i:03d}.png")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty val", "the validation set is empty"),
+    ("small train", "fewer than one batch of 16: lower --batch-size to 8 or less"),
+    ("cifar small", "fewer than one batch of 64"),
+])
+def test_data_that_cannot_train_is_refused_before_any_epoch(case, message, tmp_path, capsys):
+    """One clear sentence naming the folder and the fix, exit code 2, no epoch run (no state written)."""
+    if case == "cifar small":
+        write_quadrant_cifar10(tmp_path / "c", per_batch=10)
+        args = ["--data", "cifar10", "--no-checksum", "--data-dir", str(tmp_path / "c"), "--batch-size", "64"]
+    else:
+        train_n, val_n = ({"a": 6, "b": 6}, {"a": 0, "b": 0}) if case == "empty val" else ({"a": 4, "b": 4},
+                                                                                          {"a": 2, "b": 2})
+        _train_layout(tmp_path / "f", train_n, val_n)
+        args = ["--data", f"folder:{tmp_path / 'f'}", "--batch-size", "4" if case == "empty val" else "16",
+                "--workers", "0"]
+    out = tmp_path / "run" / "m"
+    assert main(["train", *args, "--epochs", "1", "--quiet", "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not resume.states(out) and not out.with_suffix(".safetensors").exists()
+
+
+def test_only_rank_0_tells_of_skipped_files(tmp_path):
+    """Every rank scans the folder; only rank 0 warns (the run's JSON lists the skipped files either way)."""
+    import warnings
+
+    from test_datasets import write_folder
+
+    from resnet_lab.training.distributed import Dist
+    from resnet_lab.training.run_data import make_data
+
+    bad = write_folder(tmp_path / "imgs", {"a": 6, "b": 6})
+    config = TrainConfig(data=f"folder:{tmp_path / 'imgs'}", batch_size=4, workers=0)
+    cfg = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.25,) * 3, "crop_pct": 1.0,
+           "interpolation": "bilinear"}
+    told = {}
+    for rank in (0, 1):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = make_data(config, cfg, torch.device("cpu"), torch.Generator().manual_seed(0), lambda s: None,
+                             Dist(rank=rank, world_size=2))
+        told[rank] = [str(w.message) for w in caught if "skipped" in str(w.message)]
+        assert len(data.record["skipped"]) == len(bad)
+    assert len(told[0]) >= 1 and told[1] == []

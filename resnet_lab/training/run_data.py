@@ -9,8 +9,10 @@ PATH/test exists. Batches come from `loaders`; under torchrun each split is this
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +43,32 @@ class RunData:
     record: dict[str, Any]
 
 
+@contextlib.contextmanager
+def _quiet_unless(speaks: bool) -> Iterator[None]:
+    """Warnings silenced on a rank that does not speak. The filters are process-wide, so on the rank that speaks
+    (and in the app's threads, always rank 0) nothing is touched."""
+    if speaks:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def check_sizes(where: str, n_train: int, n_val: int, config: TrainConfig) -> None:
+    """Refuse, before any epoch runs, a split that cannot train or be judged (every rank sees the same totals, so
+    every rank refuses alike and none waits for the others)."""
+    from .datasets import DatasetError
+
+    if n_val == 0:
+        raise DatasetError(f"{where}: the validation set is empty (no readable image in val/, or --val-fraction "
+                           f"{config.val_fraction} leaves none): add images to val/ or raise --val-fraction; without "
+                           "it no epoch can be judged and no weights kept")
+    if n_train < config.batch_size:
+        raise DatasetError(f"{where}: {n_train} training image(s), fewer than one batch of {config.batch_size}: "
+                           f"lower --batch-size to {max(1, n_train)} or less, or add images")
+
+
 def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch.device,
               generator: torch.Generator, log: Callable[[str], None], dist: Dist = Dist()) -> RunData:
     """The run's batches from `config.data`; `pretrained_cfg` gives mean/std and input size (CIFAR, folders);
@@ -67,6 +95,7 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
         images, labels, classes = load_cifar(config.data, train=True, **kw)
         test_images, test_labels, _ = load_cifar(config.data, train=False, **kw)
         tr, va = stratified_indices(labels, len(classes), config.val_fraction, config.seed)
+        check_sizes(str(cifar_root(config.data_dir)), len(tr), len(va), config)
         log(f"read {config.data}: {len(tr)} train, {len(va)} val, {len(test_labels)} test in "
             f"{time.perf_counter() - t0:.1f} s")
 
@@ -86,11 +115,15 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
 
     path = config.data.removeprefix("folder:")
     side = resize_side(pretrained_cfg)
-    split = image_folder(path, config.val_fraction, config.seed, train_transform(pretrained_cfg),
-                         eval_transform(pretrained_cfg), side)
+    with _quiet_unless(dist.is_main):  # every rank scans; one tells of the skipped files
+        split = image_folder(path, config.val_fraction, config.seed, train_transform(pretrained_cfg),
+                             eval_transform(pretrained_cfg), side)
+    check_sizes(str(split.root), len(split.train), len(split.val), config)
     test_set, test_skipped = None, []
     if (split.root / "test").is_dir():
-        test_set, test_skipped = folder_files(split.root / "test", split.classes, eval_transform(pretrained_cfg), side)
+        with _quiet_unless(dist.is_main):
+            test_set, test_skipped = folder_files(split.root / "test", split.classes, eval_transform(pretrained_cfg),
+                                                  side)
     w = config.workers
     counts = {**split.counts, **({"test": test_set.counts} if test_set is not None else {})}
     log(f"scanned {path}: {counts}; skipped {len(split.skipped) + len(test_skipped)} unreadable file(s)")
