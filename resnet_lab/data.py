@@ -88,6 +88,25 @@ def open_image(src: ImageInput) -> Image.Image:
         raise ImageError(f"{_CORRUPT} ({_reason(e)})") from e
 
 
+def check_header(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) from a file's header alone, no pixel decoded and no more of the file read than the header:
+    `ImageError` for a file PIL cannot identify or one over the pixel limit. What a scan of a large folder can
+    afford per file; a truncated or corrupt body is found when the file is decoded."""
+    try:
+        with Image.open(path) as img:
+            size = img.size
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"the image has too many pixels (limit {MAX_PIXELS:,})") from e
+    except UnidentifiedImageError as e:
+        raise ImageError("this file is not an image we can read (supported: JPEG, PNG, WebP, GIF, BMP, TIFF)") from e
+    except OSError as e:  # the file system's (with an errno), or PIL's on a header cut short
+        raise ImageError(f"cannot read the file: {e.strerror}" if e.errno else f"{_CORRUPT} ({_reason(e)})") from e
+    except Exception as e:  # a plugin choking on a corrupt header
+        raise ImageError(f"{_CORRUPT} ({_reason(e)})") from e
+    check_pixels(*size)
+    return size
+
+
 def check_pixels(w: int, h: int) -> None:
     """Refuse an empty image or one over MAX_PIXELS (a decompression bomb) before any pixel is decoded."""
     if w < 1 or h < 1:

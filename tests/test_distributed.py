@@ -163,22 +163,32 @@ def test_shard_indices_partition_the_range(n, world):
 
 
 def test_torchrun_train_writes_one_checkpoint_equal_to_a_single_process_run(tmp_path):
-    """The real command: two Gloo processes with --sync-bn; rank 0 alone writes, the JSON records the world."""
-    args = ["--epochs", "1", "--n-train", "32", "--n-val", "37", "--n-test", "21", "--batch-size", "16", "--size",
-            "16", "--seed", "2", "--sync-bn", "--device", "cpu", "--quiet"]
+    """The real command: two Gloo processes with --sync-bn; rank 0 alone writes, the JSON records the world; the
+    run resumed under torchrun from its state after epoch 1 ends where the uninterrupted one did."""
+    args = ["--epochs", "2", "--keep", "2", "--n-train", "32", "--n-val", "37", "--n-test", "21", "--batch-size", "16",
+            "--size", "16", "--seed", "2", "--sync-bn", "--device", "cpu", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
-           "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "-m", "resnet_lab", "train", *args,
-           "--out", str(tmp_path / "ddp" / "ck")]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def torchrun(*more: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "-m", "resnet_lab", "train", *args, *more]
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    proc = torchrun("--out", str(tmp_path / "ddp" / "ck"))
     assert proc.stdout.count("val acc") == 1  # rank 0 alone reports
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["ck.json", "ck.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [  # 2 steps an epoch: a state after each
+        "ck.json", "ck.safetensors", "ck.step000000002.state.pt", "ck.step000000004.state.pt"]
+    torchrun("--out", str(tmp_path / "resumed" / "ck"), "--resume",
+             str(tmp_path / "ddp" / "ck.step000000002.state.pt"))
+    resumed = load_checkpoint(tmp_path / "resumed" / "ck.safetensors").model.state_dict()
     meta = json.loads((tmp_path / "ddp" / "ck.json").read_text())
     assert (meta["world_size"], meta["global_batch"], meta["per_rank_batch"]) == (2, 16, 8)
     loaded = load_checkpoint(tmp_path / "ddp" / "ck.safetensors")
     ddp_state = loaded.model.state_dict()
     assert not any(k.startswith("module.") for k in ddp_state)
+    assert _max_diff(ddp_state, resumed) < 1e-6  # every rank loaded the state; each its own share of the data
 
     single = train(TrainConfig(**{**meta["config"], "out": None}))  # the same config in one process
     assert _max_diff(ddp_state, single.model.state_dict()) < 1e-5

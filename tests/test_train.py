@@ -293,3 +293,29 @@ def test_a_compile_that_fails_falls_back_to_eager_with_one_line(monkeypatch, cap
     assert compiled.history[0]["train_loss"] == eager.history[0]["train_loss"]
     for a, b in zip(compiled.model.state_dict().values(), eager.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore:skipped")
+def test_a_file_whose_body_is_corrupt_is_skipped_in_the_worker_and_listed_once(tmp_path):
+    """The scan reads headers only; a JPEG cut off in its pixel data passes it, fails in a DataLoader worker, gives
+    way to the next good sample (the epochs go on) and reaches the run's JSON once, however many epochs met it."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from test_datasets import write_folder
+
+    from resnet_lab.data import check_header
+
+    write_folder(tmp_path / "imgs", {"horizontal": 12, "vertical": 12}, bad=False)
+    noise = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, "JPEG", quality=95)
+    cut = tmp_path / "imgs" / "vertical" / "cut.jpg"
+    cut.write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
+    assert check_header(cut) == (96, 96)  # the header is whole
+    r = train(TrainConfig(data=f"folder:{tmp_path / 'imgs'}", epochs=2, batch_size=8, lr=0.05, workers=2,
+                          quiet=True, out=str(tmp_path / "f")))
+    skipped = json.loads(r.path.with_suffix(".json").read_text())["data"]["skipped"]
+    assert [s["path"] for s in skipped] == [str(cut)] and "truncated or corrupt" in skipped[0]["reason"]
+    assert len(r.history) == 2

@@ -212,15 +212,14 @@ def _load_torchvision(name: str, root: Path, train: bool) -> tuple[torch.Tensor,
 # sub-folder names), read through `data.decode_image` rather than PIL, so a training image obeys the same rules as
 # an upload: pixel limits, EXIF orientation, alpha on white, 16-bit scaled, and one `ImageError` for any bad file.
 #
-# Bad files are found by a scan at construction, not on the fly: a lazy skip inside `__getitem__` would run in the
-# DataLoader's worker processes, where what they record never reaches the caller (nor the run's JSON) and each
-# worker would report the same file again. The scan decodes each file once through `decode_image` at
-# `SCAN_MIN_SIDE` pixels: a JPEG is then decoded in the DCT domain at 1/8 scale (a 4000x3000 JPEG: 31 ms against
-# 118 ms for its full decode, one CPU thread), yet its whole entropy stream is read, so truncation is still caught;
-# the header (format, pixel-count bomb) is checked before any pixel. A file that goes bad after the scan is still
-# skipped in `__getitem__` (the next good sample, deterministically), so an epoch never stops halfway.
+# Nothing is decoded before the first step: the scan at construction lists the files and reads each one's header
+# (`data.check_header`: format and pixel count, no pixel decoded), on `SCAN_THREADS` threads since it waits on the
+# file system; a file whose header is bad is left out, warned about once and listed. A file whose body turns out
+# corrupt (a truncated JPEG) is met where it is decoded, in a DataLoader worker: the next good sample takes its
+# place (the batch goes on, an epoch never stops halfway), and the skip travels back with the batch
+# (`ImageFiles.load`, `loaders.LoaderBatches`), so the run's JSON lists it once, gathered from every rank.
 
-SCAN_MIN_SIDE = 32
+SCAN_THREADS = 8  # header reads wait on the disk, not the CPU
 IMBALANCE_RATIO = 10.0  # largest / smallest class above this: warned about
 
 
@@ -249,19 +248,43 @@ class ImageFiles(torch.utils.data.Dataset):
         return {c: int(k) for c, k in zip(self.classes, n)}
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
+        item, label, skips = self.load(index)
+        for path, reason in skips:  # in this process: kept and warned about once (a worker's copy stays there)
+            if all(p != path for p, _ in self.skipped):
+                self.skipped.append((path, reason))
+                warnings.warn(f"skipped {path}: {reason}", stacklevel=2)
+        return item, label
+
+    def load(self, index: int) -> tuple[Any, int, list[tuple[str, str]]]:
+        """(item, label, [(path, reason) of each file skipped on the way]): a file that fails to decode gives way
+        to the next good sample, and the caller learns which and why (from a worker too, with the batch)."""
         from ..data import ImageError, decode_image
 
+        skips = []
         for step in range(len(self.samples)):
             path, label = self.samples[(index + step) % len(self.samples)]
             try:
                 image = decode_image(path, min_side=self.min_side)
-            except ImageError as e:  # passed the scan but is bad now: skip to the next one, never stop the epoch
-                if all(p != path for p, _ in self.skipped):
-                    self.skipped.append((path, str(e)))
-                    warnings.warn(f"skipped {path}: {e}", stacklevel=2)
+            except ImageError as e:
+                skips.append((path, str(e)))
                 continue
-            return (self.transform(image) if self.transform else image), label
-        raise DatasetError(f"none of the {len(self.samples)} images can be decoded any more")
+            return (self.transform(image) if self.transform else image), label, skips
+        raise DatasetError(f"none of the {len(self.samples)} images can be decoded")
+
+
+class ReportingFiles(torch.utils.data.Dataset):
+    """`ImageFiles` whose items carry the files skipped on the way, as one string ("path\treason" lines, "" for
+    none) that the default collate turns into a list per batch."""
+
+    def __init__(self, files: ImageFiles) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, str]:
+        item, label, skips = self.files.load(index)
+        return item, label, "\n".join(f"{p}\t{r}" for p, r in skips)
 
 
 @dataclass(frozen=True)
@@ -299,18 +322,25 @@ def folder_samples(directory: Path) -> tuple[list[str], list[tuple[str, int]]]:
 
 
 def _scan(samples: list[tuple[str, int]]) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
-    """The samples `decode_image` reads, and (path, reason) for each it refuses, each reported once."""
-    from ..data import ImageError, decode_image
+    """The samples whose header `data.check_header` accepts, and (path, reason) for each it refuses, each warned
+    about once; headers read on `SCAN_THREADS` threads, results in the samples' order."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    good, bad = [], []
-    for path, label in samples:
+    from ..data import ImageError, check_header
+
+    def check(path: str) -> str | None:
         try:
-            decode_image(path, min_side=SCAN_MIN_SIDE)
+            check_header(path)
         except ImageError as e:
-            bad.append((path, str(e)))
-            warnings.warn(f"skipped {path}: {e}", stacklevel=3)
-        else:
-            good.append((path, label))
+            return str(e)
+        return None
+
+    with ThreadPoolExecutor(SCAN_THREADS) as pool:
+        reasons = list(pool.map(check, [p for p, _ in samples], chunksize=256))
+    good = [s for s, r in zip(samples, reasons) if r is None]
+    bad = [(p, r) for (p, _), r in zip(samples, reasons) if r is not None]
+    for path, reason in bad:
+        warnings.warn(f"skipped {path}: {reason}", stacklevel=3)
     return good, bad
 
 
@@ -355,9 +385,10 @@ def image_folder(
     """An ImageFolder tree as train/val datasets whose files are all decodable.
 
     `PATH/train` and `PATH/val` are used when both exist (their class lists must match); otherwise the images in
-    `PATH/<class>/` are split by `stratified_split(val_fraction, seed)`. Every file is scanned once through
-    `decode_image`; each one it refuses is warned about once with its path and reason, listed in `.skipped` and
-    left out. Warns when the largest class outnumbers the smallest by more than `imbalance_ratio`.
+    `PATH/<class>/` are split by `stratified_split(val_fraction, seed)`. Every file's header is read once
+    (`_scan`, nothing decoded); each one refused is warned about once with its path and reason, listed in
+    `.skipped` and left out (a corrupt body is found later, where it is decoded). Warns when the largest class
+    outnumbers the smallest by more than `imbalance_ratio`.
     """
     root = Path(path).expanduser()
     train_dir, val_dir = root / "train", root / "val"

@@ -213,6 +213,12 @@ def wrap(model: nn.Module, d: Dist, sync_bn: bool = False) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
 
 
+def inner(model: nn.Module) -> nn.Module:
+    """The module DDP wraps (the model itself outside DDP), BatchNorms left as they train: for saving and
+    restoring state mid-run (`unwrap` would swap synchronized BatchNorms back to per-rank ones)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside DDP (its state_dict has no `module.` prefix) with plain BatchNorm2d again
     (in place, same parameters): `fuse_bn` and type checks expect nn.BatchNorm2d."""

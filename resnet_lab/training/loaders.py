@@ -17,6 +17,7 @@ per rank): summing correct and seen over ranks gives exactly the single-process 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -171,6 +172,11 @@ class LoaderBatches(Batches):
                  dist: Dist = Dist()) -> None:
         self.device, self.channels_last, self.dist, self.sampler, self.epoch = device, channels_last, dist, None, 0
         self.generator = generator if train else None
+        self.skipped: dict[str, str] = {}  # files that failed to decode in an epoch (a worker's included)
+        from .datasets import ImageFiles, ReportingFiles
+
+        if isinstance(dataset, ImageFiles):
+            dataset = ReportingFiles(dataset)
         if train and dist.distributed:
             if generator is None:
                 raise ValueError("distributed training from a DataLoader needs a torch.Generator (the shared order)")
@@ -197,7 +203,13 @@ class LoaderBatches(Batches):
         if self.sampler is not None:  # a new order each epoch, the same on every rank
             self.sampler.set_epoch(self.epoch)
             self.epoch += 1
-        for x, y in self.loader:
+        for x, y, *skips in self.loader:
+            for line in (line for text in (skips[0] if skips else ()) for line in text.splitlines()):
+                path, _, reason = line.partition("\t")
+                if path not in self.skipped:
+                    self.skipped[path] = reason
+                    if self.dist.is_main:
+                        warnings.warn(f"skipped {path}: {reason}", stacklevel=2)
             yield self._out(x.to(self.device, non_blocking=True), y)
 
 

@@ -69,6 +69,21 @@ def check_sizes(where: str, n_train: int, n_val: int, config: TrainConfig) -> No
                            f"lower --batch-size to {max(1, n_train)} or less, or add images")
 
 
+def with_decode_skips(data: RunData, dist: Dist) -> dict[str, Any]:
+    """The data record with the files that failed to decode during the run (in any rank's workers, each split)
+    added to the scan's `skipped` list, each file once. A collective under torchrun: every rank calls it."""
+    from .distributed import gather_objects
+
+    found: dict[str, str] = {}
+    for batches in (data.train, data.val, data.test):
+        found.update(getattr(batches, "skipped", {}) or {})
+    merged = {s["path"]: s["reason"] for s in data.record.get("skipped", [])}
+    for part in (gather_objects(found, dist) if dist.distributed else [found]):
+        for path, reason in part.items():
+            merged.setdefault(path, reason)
+    return {**data.record, "skipped": [{"path": p, "reason": r} for p, r in merged.items()]}
+
+
 def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch.device,
               generator: torch.Generator, log: Callable[[str], None], dist: Dist = Dist()) -> RunData:
     """The run's batches from `config.data`; `pretrained_cfg` gives mean/std and input size (CIFAR, folders);

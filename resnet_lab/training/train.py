@@ -45,13 +45,14 @@ from .distributed import (
     env_rank,
     env_world_size,
     gather_objects,
+    inner,
     setup,
     unwrap,
     wrap,
 )
 from .loaders import Batches, per_rank_batch
 from .precision_probe import choose_train_precision, optimizer_step, resolve_precision
-from .run_data import make_data, shapes_data_config
+from .run_data import make_data, shapes_data_config, with_decode_skips
 
 
 @dataclass
@@ -281,7 +282,7 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
 
     run = resume.RunState(precision=precision_record)
     if saved is not None:
-        run = resume.RunState.restore(saved, unwrap(model), opt, sched, scaler, data.train, dist)
+        run = resume.RunState.restore(saved, inner(trained), opt, sched, scaler, data.train, dist)
         log(f"resumed from {config.resume}: epoch {run.epoch}, step {run.step} of {len(data.train)}")
     stop = resume.StopRequest()
     t_train = time.perf_counter() - run.train_time
@@ -300,7 +301,7 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
             if p.stopped_after is not None:
                 run.step, run.sums, run.data = p.stopped_after, p.sums, at_start
                 run.train_time = time.perf_counter() - t_train
-                path = run.save(config, unwrap(model), opt, sched, scaler, dist, command)
+                path = run.save(config, inner(trained), opt, sched, scaler, dist, command)
                 raise resume.Stopped(stop.name, epoch, p.stopped_after, path)
             val_acc = accuracy(model, data.val, forward=evaluate, dtype=dtype, dist=dist)  # all ranks agree
             if not math.isfinite(val_acc):
@@ -314,7 +315,7 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
                 log(f"early stop: no better val accuracy for {config.patience} epochs")
                 run.done = True
             run.data, run.train_time = data.train.state_dict(), time.perf_counter() - t_train
-            run.save(config, unwrap(model), opt, sched, scaler, dist, command)
+            run.save(config, inner(trained), opt, sched, scaler, dist, command)
     history, best_acc, best_epoch = run.history, run.best_acc, run.best_epoch
     train_time = time.perf_counter() - t_train
     model.load_state_dict(run.best_state)
@@ -329,7 +330,7 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
         "interpolation": model.pretrained_cfg.get("interpolation", "bilinear")}
     meta = {
         "arch": config.arch, "num_classes": len(data.classes), "classes": data.classes, **data_cfg,
-        "seed": config.seed, "data": data.record,
+        "seed": config.seed, "data": with_decode_skips(data, dist),
         "val_acc": best_acc, "test_acc": test_acc, "test_acc_is_val": data.test is None,
         "best_epoch": best_epoch, "epochs_run": len(history),
         "train_time_s": round(train_time, 1),
