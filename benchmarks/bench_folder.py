@@ -7,7 +7,7 @@ Generates (once, reused on later runs) a folder of small JPEGs (48x48, quality 9
 for each size N takes the first N files (a sub-folder tree of links, so the file system sees N real entries)
 and measures, in one process:
 
-- scan: `datasets.image_folder` (list the files, read each header on `SCAN_THREADS` threads, split): files/s;
+- scan: `folders.image_folder` (list the files, read each header on `SCAN_THREADS` threads, split): files/s;
 - first step: the scan plus building the training batches and drawing the first batch from a DataLoader with two
   workers, what stands between `train` and its first optimizer step;
 - decode (reference, the old scan): `decode_image` of every file at 32 px on one thread, timed on the first 5,000
@@ -29,7 +29,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from resnet_lab.data import check_header, decode_image  # noqa: E402
-from resnet_lab.training.datasets import image_folder, train_transform  # noqa: E402
+from resnet_lab.training.augment import train_transform  # noqa: E402
+from resnet_lab.training.folders import image_folder  # noqa: E402
 from resnet_lab.training.loaders import LoaderBatches  # noqa: E402
 
 CFG = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.25,) * 3, "crop_pct": 1.0, "interpolation": "bilinear"}

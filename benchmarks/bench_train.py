@@ -11,7 +11,7 @@ resnet training steps per second at fp32 / bf16-or-fp16 autocast, contiguous / c
 `--pipeline` answers "does the input pipeline keep the device busy?" (issue 9) in one run: training steps per
 second fed by one synthetic batch already on the device, against the real paths train.py takes: CIFAR-10 written
 to a temporary folder in the official python-pickle format, read by `datasets.load_cifar(checksum=False)` and fed
-by `loaders.TensorBatches`, and a folder of JPEGs read by `datasets.image_folder` through `loaders.LoaderBatches`
+by `loaders.TensorBatches`, and a folder of JPEGs read by `folders.image_folder` through `loaders.LoaderBatches`
 (decoding workers). For fp32 and the half dtype (bf16, or fp16 on GPUs without native bf16), eager and, with
 `--compile`, torch.compile'd. real/synthetic is the ratio of the times per step (target for CIFAR: <= 1.15).
 
@@ -197,7 +197,9 @@ def bench_pipeline(arch: str, n: int, n_folder: int, batch: int, device: torch.d
     """Steps/s fed by synthetic tensors, real CIFAR files and a JPEG folder, per precision and compile; one row each."""
     from resnet_lab.precision import cuda_half_dtype, dtype_name
     from resnet_lab.resnet import CIFAR_MEAN, CIFAR_STD
-    from resnet_lab.training.datasets import image_folder, load_cifar, train_transform
+    from resnet_lab.training.augment import train_transform
+    from resnet_lab.training.datasets import load_cifar
+    from resnet_lab.training.folders import image_folder
     from resnet_lab.training.loaders import LoaderBatches, TensorBatches
     from resnet_lab.training.precision_probe import optimizer_step
     from resnet_lab.training.train import maybe_compile

@@ -13,16 +13,9 @@ import torch
 from PIL import Image
 
 from resnet_lab.data import eval_transform
-from resnet_lab.training.datasets import (
-    DatasetError,
-    FolderSplit,
-    cifar_root,
-    expected_files,
-    image_folder,
-    load_cifar,
-    stratified_split,
-    train_transform,
-)
+from resnet_lab.training.augment import train_transform
+from resnet_lab.training.datasets import DatasetError, cifar_root, expected_files, load_cifar
+from resnet_lab.training.folders import FolderSplit, image_folder, stratified_split
 
 N = 20  # images per batch
 
@@ -336,9 +329,9 @@ def test_empty_or_classless_folder_is_a_clear_error(tmp_path: Path) -> None:
         image_folder(tmp_path, val_fraction=1.0)
 
 
-def test_train_transform_is_random_resized_crop_and_flip_at_input_size() -> None:
-    tf = train_transform(TINY_CFG)
+def test_train_transform_is_random_resized_crop_and_flip_at_input_size_above_64_px() -> None:
+    tf = train_transform({**TINY_CFG, "input_size": (3, 96, 96)})
     names = [type(t).__name__ for t in tf.transforms]
     assert names[:2] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip"]
     assert "ColorJitter" not in names
-    assert tf(_image(0, 0)).shape == (3, 32, 32)
+    assert tf(_image(0, 0)).shape == (3, 96, 96)

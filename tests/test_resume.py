@@ -39,6 +39,8 @@ def _stop_at(step: int):
 def _data(kind: str, tmp_path: Path) -> dict:
     if kind == "shapes":
         return dict(TINY, n_train=128, epochs=3)
+    if kind == "shapes+mixing":  # the batch-mixing generator is saved and restored too
+        return dict(TINY, n_train=128, epochs=3, mixup=0.2, cutmix=1.0, smoothing=0.1)
     if kind == "cifar":
         write_quadrant_cifar10(tmp_path / "c", per_batch=40)
         return dict(data="cifar10", checksum=False, data_dir=str(tmp_path / "c"), epochs=3, batch_size=32,
@@ -50,7 +52,7 @@ def _data(kind: str, tmp_path: Path) -> dict:
 
 
 @pytest.mark.filterwarnings("ignore:skipped")
-@pytest.mark.parametrize("kind", ["shapes", "cifar", "folder"])
+@pytest.mark.parametrize("kind", ["shapes", "shapes+mixing", "cifar", "folder"])
 def test_a_run_stopped_after_an_epoch_or_by_a_signal_resumes_bit_identical(kind, tmp_path):
     base = _data(kind, tmp_path)
     calls = []

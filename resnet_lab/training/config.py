@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from ..precision import PRECISIONS
 from ..resnet import REGISTRY, list_archs
 from . import finetune
+from .augment import Augment
 
 DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05, "adam": 0.0}
 DEFAULT_BACKBONE_LR_SCALE = 0.1  # fine-tuning: the pretrained part moves 10x slower than the new head
@@ -55,6 +56,14 @@ class TrainConfig:
     pretrained: str | None = None  # fine-tune from a timm tag, weights file, our checkpoint or akamaster:NAME
     freeze: str | None = None  # with pretrained: freeze stem and stages up to this one (None: nothing)
     backbone_lr_scale: float | None = None  # with pretrained: backbone lr = lr * this (None: 0.1); the head gets lr
+    hflip: float = 0.5  # augmentation (see `augment`): timm's names and meanings
+    scale: tuple[float, float] | None = None
+    ratio: tuple[float, float] | None = None
+    aa: str | None = None
+    reprob: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    smoothing: float = 0.0
     resume: str | None = None  # a state file a run wrote (<out>.step*.state.pt), or "auto": the newest beside out
     keep: int = 2  # training states kept beside out (the newest)
 
@@ -83,8 +92,19 @@ class TrainConfig:
         if self.freeze is not None and self.freeze not in finetune.arch_parts(self.arch):
             raise ValueError(f"--freeze {self.freeze} is not a part of {self.arch}; choose one of "
                              f"{', '.join(finetune.arch_parts(self.arch))}")
+        image_only = self.augment.image_options()
+        if image_only and not self.data.startswith("folder:"):
+            raise ValueError(f"{' and '.join(image_only)} act on images, so only on folder:PATH data; {self.data} "
+                             "trains from tensors (use --hflip, --mixup, --cutmix or --smoothing there)")
         if not (self.lr_scale >= 0 and math.isfinite(self.lr_scale)):
             raise ValueError(f"--backbone-lr-scale must be a finite number >= 0, not {self.backbone_lr_scale}")
+
+    @property
+    def augment(self) -> Augment:
+        """The run's augmentation (ValueError for values out of range)."""
+        return Augment(self.hflip, tuple(self.scale) if self.scale else None,
+                       tuple(self.ratio) if self.ratio else None, self.aa, self.reprob, self.mixup, self.cutmix,
+                       self.smoothing)
 
     @property
     def image_size(self) -> int:
@@ -113,6 +133,8 @@ class TrainConfig:
                 args += [] if v else ["--no-" + k]
             elif isinstance(v, bool):
                 args += [flag] if v else []
+            elif isinstance(v, (tuple, list)):
+                args += [flag, *map(str, v)]
             elif v is not None:
                 args += [flag, str(v)]
         return shlex.join(args)
@@ -164,6 +186,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cpu, cuda or cuda:N (default: $RESNET_LAB_DEVICE, else cuda when present; under torchrun "
                         "each process takes cuda:LOCAL_RANK)")
     p.add_argument("--quiet", action="store_true")
+    g = p.add_argument_group("augmentation", "timm's names and meanings; defaults suit the data (see README)")
+    g.add_argument("--hflip", type=float, default=d.hflip, help="left-right flip probability (0 for data a mirror "
+                                                                 "changes: digits, text)")
+    g.add_argument("--scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="folders: RandomResizedCrop area range (default: timm's 0.08 1 above 64 px; at 64 px and "
+                        "below pad-and-crop, the CIFAR recipe)")
+    g.add_argument("--ratio", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="folders: RandomResizedCrop aspect range (default 3/4 4/3)")
+    g.add_argument("--aa", default=None, help="folders: AutoAugment/RandAugment policy, e.g. rand-m9-mstd0.5")
+    g.add_argument("--reprob", type=float, default=d.reprob, help="folders: random erasing probability")
+    g.add_argument("--mixup", type=float, default=d.mixup, help="Mixup alpha (0: off)")
+    g.add_argument("--cutmix", type=float, default=d.cutmix, help="CutMix alpha (0: off)")
+    g.add_argument("--smoothing", type=float, default=d.smoothing, help="label smoothing")
     p.add_argument("--resume", default=None, metavar="PATH|auto",
                    help="continue a run from a state it wrote (<out>.step*.state.pt: model, optimizer, schedule, "
                         "data order, best so far; written after every epoch and on SIGTERM/SIGINT), or auto: the "

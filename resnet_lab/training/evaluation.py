@@ -138,7 +138,7 @@ class FolderImages(torch.utils.data.Dataset):
     """(network input, label, reason) for each (path, label) sample, through the app's decoder and eval transform.
 
     A file that cannot be used yields a zero image and the reason ("" for a good one), so the evaluation leaves it
-    out and lists it. `datasets.ImageFiles` instead takes the next good file, right for an epoch but wrong for a
+    out and lists it. `folders.ImageFiles` instead takes the next good file, right for an epoch but wrong for a
     count; and a reason returned with the batch reaches the caller from DataLoader workers, where a list kept in
     the dataset would stay in the worker's process.
     """
@@ -170,7 +170,8 @@ class FolderImages(torch.utils.data.Dataset):
 def folder_dataset(path: str | Path, model_classes: Sequence[str] | None, num_classes: int,
                    pretrained_cfg: dict[str, Any]) -> tuple[FolderImages, ClassMatch, Path]:
     """Every image under PATH/<class>/, labelled with the model's output index for its class (`match_classes`)."""
-    from .datasets import DatasetError, folder_samples
+    from .datasets import DatasetError
+    from .folders import folder_samples
 
     root = Path(path).expanduser()
     found, samples = folder_samples(root)

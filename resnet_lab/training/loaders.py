@@ -75,20 +75,23 @@ def eval_share(dataset: torch.utils.data.Dataset, d: Dist) -> torch.utils.data.D
     return torch.utils.data.Subset(dataset, shard_indices(len(dataset), d)) if d.distributed else dataset
 
 
-def random_flips(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flip each image left-right and/or up-down at random: every Shapes class is mirror-invariant."""
-    h, v = (torch.rand(2, len(x), 1, 1, 1, generator=generator) < 0.5).to(x.device)
+def random_flips(x: torch.Tensor, generator: torch.Generator, hflip: float = 0.5) -> torch.Tensor:
+    """Flip each image left-right (probability `hflip`) and up-down (0.5) at random: every Shapes class is
+    mirror-invariant."""
+    r = torch.rand(2, len(x), 1, 1, 1, generator=generator)
+    h, v = (r[0] < hflip).to(x.device), (r[1] < 0.5).to(x.device)
     x = torch.where(h, x.flip(-1), x)
     return torch.where(v, x.flip(-2), x)
 
 
-def pad_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> tuple[torch.Tensor, ...]:
+def pad_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4,
+                  hflip: float = 0.5) -> tuple[torch.Tensor, ...]:
     """The CIFAR augmentation of He et al. (zero-pad `pad`, random crop back to size, random left-right flip),
     as one gather on x's device. Returns (images, crop offsets [B, 2] as (top, left) into the padded image,
     flipped [B] bool); the draws come from the CPU `generator`."""
     b, _, h, w = x.shape
     offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
-    flipped = torch.rand(b, generator=generator) < 0.5
+    flipped = torch.rand(b, generator=generator) < hflip
     off, flip = offsets.to(x.device), flipped.to(x.device)
     padded = F.pad(x, (pad, pad, pad, pad))
     ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
@@ -103,9 +106,11 @@ class ShapesBatches(Batches):
     """Shapes through the original DataLoader: shuffled with `generator`, flipped from the same generator."""
 
     def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, device: torch.device,
-                 generator: torch.Generator | None = None, train: bool = False, dist: Dist = Dist()) -> None:
+                 generator: torch.Generator | None = None, train: bool = False, dist: Dist = Dist(),
+                 hflip: float = 0.5) -> None:
         from ..shapes import normalize
 
+        self.hflip = hflip
         self.normalize, self.device, self.generator, self.train = normalize, device, generator, train
         self.channels_last, self.dist = True, dist
         if train:
@@ -121,7 +126,7 @@ class ShapesBatches(Batches):
     def __iter__(self) -> Iterator[Batch]:
         for x, y in self.loader:
             if self.train:
-                x, y = self._share(random_flips(x, self.generator), y)
+                x, y = self._share(random_flips(x, self.generator, self.hflip), y)
             yield self._out(self.normalize(x.to(self.device)), y)
 
 
@@ -130,7 +135,8 @@ class TensorBatches(Batches):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
                  batch_size: int, device: torch.device, generator: torch.Generator | None = None,
-                 train: bool = False, channels_last: bool = False, dist: Dist = Dist()) -> None:
+                 train: bool = False, channels_last: bool = False, dist: Dist = Dist(), hflip: float = 0.5) -> None:
+        self.hflip = hflip
         if train:
             per_rank_batch(batch_size, dist)
         elif dist.distributed:
@@ -156,7 +162,7 @@ class TensorBatches(Batches):
             idx = order[sl] if order is not None else sl
             x, y = self.images[idx], self.labels[idx]
             if self.train:
-                x, y = self._share(pad_crop_flip(x, self.generator)[0], y)
+                x, y = self._share(pad_crop_flip(x, self.generator, hflip=self.hflip)[0], y)
             yield self._out((x.float() - self.mean) / self.std, y)
 
 
@@ -173,7 +179,7 @@ class LoaderBatches(Batches):
         self.device, self.channels_last, self.dist, self.sampler, self.epoch = device, channels_last, dist, None, 0
         self.generator = generator if train else None
         self.skipped: dict[str, str] = {}  # files that failed to decode in an epoch (a worker's included)
-        from .datasets import ImageFiles, ReportingFiles
+        from .folders import ImageFiles, ReportingFiles
 
         if isinstance(dataset, ImageFiles):
             dataset = ReportingFiles(dataset)
@@ -214,8 +220,8 @@ class LoaderBatches(Batches):
 
 
 def stratified_indices(labels: torch.Tensor, n_classes: int, fraction: float, seed: int) -> tuple[torch.Tensor, ...]:
-    """(train, val) indices: per class, the same seeded choice `datasets.stratified_split` makes for files."""
-    from .datasets import stratified_split
+    """(train, val) indices: per class, the same seeded choice `folders.stratified_split` makes for files."""
+    from .folders import stratified_split
 
     train, val = stratified_split([(i, int(c)) for i, c in enumerate(labels.tolist())], n_classes, fraction, seed)
     return torch.tensor([i for i, _ in train], dtype=torch.int64), torch.tensor([i for i, _ in val], dtype=torch.int64)

@@ -171,6 +171,7 @@ class RunState:
     done: bool = False  # early-stopped: a resumed run only finishes
     train_time: float = 0.0
     precision: dict[str, Any] = field(default_factory=dict)
+    mixing: torch.Tensor | None = None  # the batch-mixing generator's state, as `data`
 
     def end_epoch(self, val_acc: float, model: torch.nn.Module) -> None:
         """Book an epoch's validation accuracy: best weights (on a tie, the later: further annealed), the
@@ -219,7 +220,7 @@ class RunState:
                               f"{dist.world_size}; resume with the same number")
         if data[dist.rank] is not None:
             batches.load_state_dict(data[dist.rank])
-        fields = {k: state[k] for k in cls.__dataclass_fields__ if k in state and k != "data"}
+        fields = {k: state[k] for k in cls.__dataclass_fields__ if k in state and k not in ("data", "mixing")}
         run = cls(**fields)
         run.sums = tuple(run.sums)  # type: ignore[assignment]
         return run

@@ -97,7 +97,7 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
                 for n, s in ((config.n_train, train_seed), (config.n_val, val_seed), (config.n_test, test_seed))]
         log(f"rendered {len(sets[0])} + {len(sets[1])} images of {size} px in {time.perf_counter() - t0:.1f} s")
         return RunData(
-            ShapesBatches(sets[0], bs, device, generator, train=True, dist=d),
+            ShapesBatches(sets[0], bs, device, generator, train=True, dist=d, hflip=config.hflip),
             ShapesBatches(sets[1], EVAL_BATCH, device, dist=d), ShapesBatches(sets[2], EVAL_BATCH, device, dist=d),
             list(CLASSES),
             {"name": "shapes", "clutter": config.clutter, "train_seed": train_seed, "val_seed": val_seed,
@@ -118,7 +118,7 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
             return dict(zip(classes, torch.bincount(lab, minlength=len(classes)).tolist()))
 
         return RunData(
-            TensorBatches(images[tr], labels[tr], mean, std, bs, device, generator, True, cl, d),
+            TensorBatches(images[tr], labels[tr], mean, std, bs, device, generator, True, cl, d, config.hflip),
             TensorBatches(images[va], labels[va], mean, std, EVAL_BATCH, device, channels_last=cl, dist=d),
             TensorBatches(test_images, test_labels, mean, std, EVAL_BATCH, device, channels_last=cl, dist=d), classes,
             {"name": config.data, "root": str(cifar_root(config.data_dir)), "checksum": config.checksum,
@@ -126,12 +126,13 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
              "counts": {"train": counts(labels[tr]), "val": counts(labels[va]), "test": counts(test_labels)},
              "skipped": []})
     from ..data import eval_transform, resize_side
-    from .datasets import folder_files, image_folder, train_transform
+    from .augment import train_transform
+    from .folders import folder_files, image_folder
 
     path = config.data.removeprefix("folder:")
     side = resize_side(pretrained_cfg)
     with _quiet_unless(dist.is_main):  # every rank scans; one tells of the skipped files
-        split = image_folder(path, config.val_fraction, config.seed, train_transform(pretrained_cfg),
+        split = image_folder(path, config.val_fraction, config.seed, train_transform(pretrained_cfg, config.augment),
                              eval_transform(pretrained_cfg), side)
     check_sizes(str(split.root), len(split.train), len(split.val), config)
     test_set, test_skipped = None, []

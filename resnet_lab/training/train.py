@@ -34,7 +34,7 @@ from ..resnet import build, init_seed
 from ..scoring import score
 from ..shapes import CLASSES
 from ..weights import WeightsUnavailable, save_checkpoint
-from . import finetune, resume
+from . import augment, finetune, resume
 from .config import TrainConfig
 from .config import add_arguments as add_arguments  # the `train` command's options, where __main__ looks for them
 from .distributed import (
@@ -151,6 +151,7 @@ def accuracy(model: nn.Module, batches: Batches, *, forward: Callable[[torch.Ten
     return all_reduce_score(score(model, batches, forward=forward, dtype=dtype), dist).accuracy
 
 
+MIX_SEED = 7_919  # the mixing generator's seed is the run's seed plus this
 STOP_CHECK_EVERY = 8  # under torchrun, steps between agreeing on a stop request (one tiny all-reduce each)
 
 
@@ -166,7 +167,8 @@ class EpochPass:
 
 
 def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, report, dist, *, start: int = 0,
-           sums: tuple[float, int, int] = (0.0, 0, 0), stop: resume.StopRequest | None = None) -> EpochPass:
+           sums: tuple[float, int, int] = (0.0, 0, 0), stop: resume.StopRequest | None = None,
+           loss_of: Callable | None = None) -> EpochPass:
     """One pass over the training set (over all ranks' shares). From step `start` on with the running `sums` of
     a resumed epoch: the steps before it are drawn (order and augmentation, so the generators advance exactly as
     they did) but not trained on. A `stop` request ends the pass after the current step, on every rank alike."""
@@ -180,8 +182,11 @@ def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, 
         if step < start:
             continue
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-            logits = forward(x)
-            loss = F.cross_entropy(logits.float(), y)
+            if loss_of is None:
+                logits = forward(x)
+                loss = F.cross_entropy(logits.float(), y)
+            else:
+                loss, logits = loss_of(forward, x, y)
         optimizer_step(loss, opt, scaler)
         sched.step()
         loss_sum += loss.detach().double() * len(y)  # kept on the device: no sync per step on a GPU
@@ -280,9 +285,13 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
     sched = make_scheduler(opt, config, config.epochs * len(data.train))
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
+    mixing = torch.Generator().manual_seed(config.seed + MIX_SEED)  # batch mixing draws, apart from the data's
+    loss_of = augment.loss_fn(config.augment, len(data.classes), mixing)
     run = resume.RunState(precision=precision_record)
     if saved is not None:
         run = resume.RunState.restore(saved, inner(trained), opt, sched, scaler, data.train, dist)
+        if saved.get("mixing") is not None:
+            mixing.set_state(saved["mixing"])
         log(f"resumed from {config.resume}: epoch {run.epoch}, step {run.step} of {len(data.train)}")
     stop = resume.StopRequest()
     t_train = time.perf_counter() - run.train_time
@@ -297,9 +306,11 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
 
             p = _epoch(forward, trained, data.train, opt, sched, scaler, dtype, f"epoch {epoch}/{config.epochs}",
                        quiet, report, dist, start=run.step, sums=run.sums if dist.is_main else (0.0, 0, 0),
-                       stop=stop)
+                       stop=stop, loss_of=loss_of)
             if p.stopped_after is not None:
-                run.step, run.sums, run.data = p.stopped_after, p.sums, at_start
+                # the data's draws as at the epoch's start (its first steps are drawn again, untrained), the mixing
+                # generator's as now (skipped steps mix nothing)
+                run.step, run.sums, run.data, run.mixing = p.stopped_after, p.sums, at_start, mixing.get_state()
                 run.train_time = time.perf_counter() - t_train
                 path = run.save(config, inner(trained), opt, sched, scaler, dist, command)
                 raise resume.Stopped(stop.name, epoch, p.stopped_after, path)
@@ -314,7 +325,8 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
             if run.stale >= config.patience:
                 log(f"early stop: no better val accuracy for {config.patience} epochs")
                 run.done = True
-            run.data, run.train_time = data.train.state_dict(), time.perf_counter() - t_train
+            run.data, run.mixing = data.train.state_dict(), mixing.get_state()
+            run.train_time = time.perf_counter() - t_train
             run.save(config, inner(trained), opt, sched, scaler, dist, command)
     history, best_acc, best_epoch = run.history, run.best_acc, run.best_epoch
     train_time = time.perf_counter() - t_train
@@ -331,6 +343,8 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
     meta = {
         "arch": config.arch, "num_classes": len(data.classes), "classes": data.classes, **data_cfg,
         "seed": config.seed, "data": with_decode_skips(data, dist),
+        "augment": config.augment.record(size, "shapes" if shapes else "cifar" if config.data.startswith("cifar")
+                                         else "folder"),
         "val_acc": best_acc, "test_acc": test_acc, "test_acc_is_val": data.test is None,
         "best_epoch": best_epoch, "epochs_run": len(history),
         "train_time_s": round(train_time, 1),
