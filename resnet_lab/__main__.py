@@ -37,5 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `resnet-lab` command an installed package puts on PATH: the same as `python -m resnet_lab`."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
