@@ -232,6 +232,8 @@ def train(config: TrainConfig, progress: Progress | None = None, *, command: str
 def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: str | None) -> TrainResult:
     device = dist.device
     dtype = resolve_precision(config.precision, device)
+    # a state that cannot continue this run is refused before any data is made
+    saved = resume.read(resume.resolve(config.resume, config.out), asdict(config)) if config.resume else None
     quiet = config.quiet or not dist.is_main  # one process speaks
     log = (lambda s: None) if quiet else tqdm.write
     shapes = config.data == "shapes"
@@ -271,7 +273,6 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
             f"(up to {config.freeze or 'nothing'}), backbone lr x{config.lr_scale:g}")
     channels_last = shapes or config.channels_last
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    saved = resume.read(resume.resolve(config.resume, config.out), asdict(config)) if config.resume else None
     if saved is not None and saved.get("precision"):  # the precision the run chose, not a new probe's choice
         precision_record = saved["precision"]
         dtype = DTYPES[precision_record["choice"]]

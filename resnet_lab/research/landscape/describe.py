@@ -64,12 +64,15 @@ def _sharpness_sentences(pairs: pd.DataFrame, res: str, plain: str, controls: li
             out.append(f"α = {radius:g}: no consistent difference ({nums}; difference {base['diff']:.2g} ± "
                        f"{base.se:.2g} over {int(base.seeds)} seeds).")
         else:
-            broken = [f"{c} ({'no consistent difference' if w == 'none' else w + ' sharper'}: "
-                      f"{r.rise_residual:.3g} vs {r.rise_plain:.3g})"
-                      for c, w, (_, r) in zip(d.control, d.sharper, d.iterrows()) if c != "none" and w != who]
+            def under(c: str, w: str, r: pd.Series) -> str:
+                what = "no consistent difference" if w == "none" else f"{res if w == 'residual' else plain} the sharper"
+                return f"{c} ({what}: {r.rise_residual:.3g} vs {r.rise_plain:.3g})"
+
+            broken = [under(c, w, r) for c, w, (_, r) in zip(d.control, d.sharper, d.iterrows())
+                      if c != "none" and w != who]
             if who == "none":
-                out.append(f"α = {radius:g}: no consistent difference without controls ({nums}); under "
-                           + "; ".join(broken) + ". Not a reading that holds without its control.")
+                out.append(f"α = {radius:g}: no consistent difference ({nums}); a difference only under "
+                           + "; ".join(broken) + ", so no verdict.")
             else:
                 out.append(f"α = {radius:g}: without controls {sharp} looks sharper ({nums}), but it does **not "
                            f"survive** the controls: " + "; ".join(broken) + ".")

@@ -35,7 +35,10 @@ SURFACE_COLUMNS = {"model": "net", "seeds": "seeds", "nonconvex_basin_mean": "no
                    "nonconvex_all_mean": "non-convex, whole grid", "minima_below_chance_mean": "minima below chance",
                    "dips_above_chance_mean": "dips above chance"}
 SHIPPED_COMMAND = ("python -m resnet_lab landscape --models plain20,resnet20,plain56,resnet56 --dims 2 --grid 21 "
-                   "--span 1.0 --n 256 --seeds 5 --out assets --stem landscape_shapes")
+                   "--span 1.0 --n 256 --out assets --stem landscape_shapes\n"
+                   "python -m resnet_lab landscape --models plain20,resnet20,plain56,resnet56 --radii 0.05,0.1,0.2,0.5 "
+                   "--seeds 5 --n 256 --bn-images 512 --controls none,temperature,bn,bn+temperature --out assets "
+                   "--stem landscape_shapes_sharpness")
 
 
 def pair_choices(twins: dict[str, Path] | None = None) -> list[tuple[str, str]]:
