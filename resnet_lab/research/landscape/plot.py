@@ -79,10 +79,13 @@ def plot_2d(df: pd.DataFrame, num_classes: int = R.SHAPES_CLASSES) -> Figure:
 
 
 def plot_sharpness(df: pd.DataFrame) -> Figure:
-    """Loss rise against radius (log-log), mean and min-max over direction seeds, one panel per control."""
+    """Loss rise against radius (log-log) at the study's radii (`readings.radii_on`: the ones every seed has when a
+    grid is read beside the sharpness study), mean and min-max over direction seeds, one panel per control."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, NullLocator
 
-    table = R.sharpness_table(R.rises(df, sorted({abs(a) for a in df[df.beta == 0].alpha.unique() if a != 0})))
+    radii = R.radii_on(df)
+    table = R.sharpness_table(R.rises(df, radii))
     controls = R.controls_in(df)
     fig = Figure(figsize=(3.6 * len(controls) + 0.6, 3.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(controls), sharey=True))
@@ -95,6 +98,9 @@ def plot_sharpness(df: pd.DataFrame) -> Figure:
                 ax.fill_between(d.radius, d["min"].clip(lower=1e-6), d["max"].clip(lower=1e-6), alpha=0.15,
                                 color=style(model).get("color"))
         ax.set(xscale="log", yscale="log", xlabel="radius r (filter-normalized)", title=f"control: {control}")
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(radii, [f"{r:g}" for r in radii])
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("loss rise at ±r")
     axes[-1].legend(fontsize=7, loc="upper left")
