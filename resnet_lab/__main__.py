@@ -20,6 +20,7 @@ COMMANDS = {
     "evaluate": ("resnet_lab.training.evaluation", "top-1/top-5, per-class accuracy, confusion, calibration"),
     "landscape": ("resnet_lab.research.landscape", "loss landscapes of trained twins (filter-normalized)"),
     "lesion": ("resnet_lab.research.lesion", "delete residual blocks of a trained net, one and many at a time"),
+    "export": ("resnet_lab.export", "a checkpoint in timm's Hugging Face Hub format (and --push it)"),
     "curvature": ("resnet_lab.research.curvature", "full-Hessian curvature of trained twins (spectrum, Li et al. map)"),
 }
 
