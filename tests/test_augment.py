@@ -97,3 +97,43 @@ def test_a_run_records_its_augmentation(tmp_path, one_thread):
     aug = json.loads(r.path.with_suffix(".json").read_text())["augment"]
     assert (aug["mixup"], aug["smoothing"], aug["hflip"], aug["recipe"]) == (0.2, 0.1, 0.0, "flips on both axes")
     assert "--mixup 0.2" in r.meta["command_full"] and "--hflip 0.0" in r.meta["command_full"]
+
+
+@pytest.mark.filterwarnings("ignore:skipped")
+def test_a_small_folder_is_decoded_once_and_trained_from_memory_as_the_app_sees_it(tmp_path, one_thread):
+    """Auto for 32 px: decoded once (a corrupt file listed), held as uint8 and augmented on the device; the
+    validation images are exactly what the eval transform (the app's) gives, to float rounding."""
+    import numpy as np
+    from PIL import Image
+    from test_datasets import write_folder
+
+    from resnet_lab.data import decode_image, eval_transform, resize_side
+    from resnet_lab.training.run_data import make_data
+
+    bad = write_folder(tmp_path / "imgs", {"a": 10, "b": 10})
+    wide = tmp_path / "imgs" / "b" / "wide.png"  # not square: resized by its shorter side and centre-cropped
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 90, 3), dtype=np.uint8)).save(wide)
+    config = TrainConfig(data=f"folder:{tmp_path / 'imgs'}", batch_size=4, workers=0, val_fraction=0.3)
+    data = make_data(config, CFG, torch.device("cpu"), torch.Generator().manual_seed(0), lambda s: None)
+    assert data.record["in_memory"] and {s["path"] for s in data.record["skipped"]} == {str(p) for p in bad}
+    assert type(data.train).__name__ == "TensorBatches" and data.train.pad == 4
+    val = data.val
+    tf = eval_transform(CFG)
+    want = torch.stack([tf(decode_image(p, min_side=resize_side(CFG))) for p, _ in _val_samples(tmp_path, config)])
+    got = torch.cat([x for x, _ in val])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    off = make_data(TrainConfig(**{**config.__dict__, "folder_cache": "off"}), CFG, torch.device("cpu"),
+                    torch.Generator().manual_seed(0), lambda s: None)
+    assert not off.record["in_memory"] and type(off.train).__name__ == "LoaderBatches"
+    with pytest.raises(ValueError, match="--folder-cache on does not keep"):
+        TrainConfig(data="folder:x", aa="rand-m9", folder_cache="on")
+
+
+def _val_samples(tmp_path, config):
+    import warnings
+
+    from resnet_lab.training.folders import image_folder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return image_folder(tmp_path / "imgs", config.val_fraction, config.seed).val.samples

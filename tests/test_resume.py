@@ -48,11 +48,12 @@ def _data(kind: str, tmp_path: Path) -> dict:
     from test_datasets import write_folder
 
     write_folder(tmp_path / "imgs", {"horizontal": 20, "vertical": 20})
-    return dict(data=f"folder:{tmp_path / 'imgs'}", epochs=3, batch_size=8, lr=0.05, workers=2, quiet=True)
+    return dict(data=f"folder:{tmp_path / 'imgs'}", epochs=3, batch_size=8, lr=0.05, workers=2, quiet=True,
+                folder_cache="on" if kind == "folder in memory" else "off")
 
 
 @pytest.mark.filterwarnings("ignore:skipped")
-@pytest.mark.parametrize("kind", ["shapes", "shapes+mixing", "cifar", "folder"])
+@pytest.mark.parametrize("kind", ["shapes", "shapes+mixing", "cifar", "folder", "folder in memory"])
 def test_a_run_stopped_after_an_epoch_or_by_a_signal_resumes_bit_identical(kind, tmp_path):
     base = _data(kind, tmp_path)
     calls = []

@@ -203,7 +203,7 @@ def test_folder_trains_an_epoch_and_lists_the_skipped_file(tmp_path, workers):
 
     bad = write_folder(tmp_path / "imgs", {"horizontal": 12, "vertical": 12})
     r = train(TrainConfig(data=f"folder:{tmp_path / 'imgs'}", epochs=1, batch_size=8, lr=0.05, workers=workers,
-                          quiet=True, out=str(tmp_path / "f")))
+                          quiet=True, out=str(tmp_path / "f"), folder_cache="off"))
     meta = json.loads(r.path.with_suffix(".json").read_text())
     assert {Path(s["path"]) for s in meta["data"]["skipped"]} == set(bad)
     assert meta["classes"] == ["horizontal", "vertical"] and meta["test_acc_is_val"] and r.test_acc == r.best_acc
@@ -315,7 +315,7 @@ def test_a_file_whose_body_is_corrupt_is_skipped_in_the_worker_and_listed_once(t
     cut.write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
     assert check_header(cut) == (96, 96)  # the header is whole
     r = train(TrainConfig(data=f"folder:{tmp_path / 'imgs'}", epochs=2, batch_size=8, lr=0.05, workers=2,
-                          quiet=True, out=str(tmp_path / "f")))
+                          quiet=True, out=str(tmp_path / "f"), folder_cache="off"))
     skipped = json.loads(r.path.with_suffix(".json").read_text())["data"]["skipped"]
     assert [s["path"] for s in skipped] == [str(cut)] and "truncated or corrupt" in skipped[0]["reason"]
     assert len(r.history) == 2

@@ -72,7 +72,8 @@ class Augment:
             recipe = ("RandomResizedCrop" if self.scale is not None or size > SMALL_SIDE else
                       f"pad {pad_for(size)} and random crop (the CIFAR recipe: {size} px <= {SMALL_SIDE})")
         else:
-            recipe = {"cifar": "pad 4 and random crop, on the device", "shapes": "flips on both axes"}[kind]
+            recipe = {"cifar": "pad 4 and random crop, on the device", "shapes": "flips on both axes",
+                      "folder in memory": f"pad {pad_for(size)} and random crop, on the device (decoded once)"}[kind]
         return {**asdict(self), "recipe": recipe}
 
 
@@ -83,8 +84,8 @@ def pad_for(size: int) -> int:
 
 def train_transform(pretrained_cfg: dict[str, Any], aug: Augment = Augment()) -> Callable[[Any], torch.Tensor]:
     """A folder's per-image training transform from timm's factory at the model's input size, mean/std and
-    interpolation (no colour jitter). Small images without `--scale`: resize, pad-and-crop, then timm's pipeline
-    with its crop disabled (scale and ratio 1), so flips, AutoAugment and erasing are still timm's."""
+    interpolation (no colour jitter). Small images without `--scale`: resize and centre-crop, pad-and-crop, then
+    timm's pipeline with its crop disabled (scale and ratio 1), so flips, AutoAugment and erasing are still timm's."""
     from timm.data import create_transform
     from torchvision import transforms as T
 
@@ -98,9 +99,11 @@ def train_transform(pretrained_cfg: dict[str, Any], aug: Augment = Augment()) ->
         std=cfg["std"], color_jitter=None, hflip=aug.hflip, auto_augment=aug.aa, re_prob=aug.reprob,
         scale=(1.0, 1.0) if small else aug.scale, ratio=(1.0, 1.0) if small else aug.ratio,
     )
-    if small:
-        tf.transforms[:0] = [T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR),
-                             T.RandomCrop(size, padding=pad_for(size))]
+    if small:  # the eval transform's shape (shorter side, centre crop at crop_pct 1), then pad-and-crop
+        from timm.data.transforms import str_to_interp_mode
+
+        tf.transforms[:0] = [T.Resize(size, interpolation=str_to_interp_mode(cfg["interpolation"])),
+                             T.CenterCrop(size), T.RandomCrop(size, padding=pad_for(size))]
     return tf
 
 

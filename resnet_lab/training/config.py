@@ -64,6 +64,7 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     smoothing: float = 0.0
+    folder_cache: str = "auto"  # folders: decode once into memory (auto: small images that fit), on, off
     resume: str | None = None  # a state file a run wrote (<out>.step*.state.pt), or "auto": the newest beside out
     keep: int = 2  # training states kept beside out (the newest)
 
@@ -92,7 +93,12 @@ class TrainConfig:
         if self.freeze is not None and self.freeze not in finetune.arch_parts(self.arch):
             raise ValueError(f"--freeze {self.freeze} is not a part of {self.arch}; choose one of "
                              f"{', '.join(finetune.arch_parts(self.arch))}")
+        if self.folder_cache not in ("auto", "on", "off"):
+            raise ValueError(f"--folder-cache takes auto, on or off, not {self.folder_cache!r}")
         image_only = self.augment.image_options()
+        if image_only and self.folder_cache == "on":
+            raise ValueError(f"{' and '.join(image_only)} act on decoded images, which --folder-cache on does not "
+                             "keep (it trains from memory with pad-and-crop): use --folder-cache auto or off")
         if image_only and not self.data.startswith("folder:"):
             raise ValueError(f"{' and '.join(image_only)} act on images, so only on folder:PATH data; {self.data} "
                              "trains from tensors (use --hflip, --mixup, --cutmix or --smoothing there)")
@@ -199,6 +205,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mixup", type=float, default=d.mixup, help="Mixup alpha (0: off)")
     g.add_argument("--cutmix", type=float, default=d.cutmix, help="CutMix alpha (0: off)")
     g.add_argument("--smoothing", type=float, default=d.smoothing, help="label smoothing")
+    p.add_argument("--folder-cache", default=d.folder_cache, choices=["auto", "on", "off"],
+                   help="folders: decode every image once and train from memory on the device, as CIFAR (auto: "
+                        "images of 64 px or less with no image-only augmentation, when they fit a quarter of the "
+                        "free memory); off: stream through the DataLoader")
     p.add_argument("--resume", default=None, metavar="PATH|auto",
                    help="continue a run from a state it wrote (<out>.step*.state.pt: model, optimizer, schedule, "
                         "data order, best so far; written after every epoch and on SIGTERM/SIGINT), or auto: the "

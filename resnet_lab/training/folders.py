@@ -115,6 +115,37 @@ class FolderSplit:
         return {"train": self.train.counts, "val": self.val.counts}
 
 
+def decode_all(files: ImageFiles, size: int, scale_side: int, interpolation: str,
+               threads: int = SCAN_THREADS) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+    """Every image of `files` decoded once (on `threads` threads: PIL decodes without the GIL) and made
+    `size` x `size` as the eval transform makes it (shorter side to `scale_side`, centre crop), as uint8
+    [N, 3, size, size] with its labels: a small folder held like CIFAR. Files that fail to decode are left out
+    and returned as (path, reason)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from timm.data.transforms import str_to_interp_mode
+    from torchvision import transforms as T
+
+    from ..data import ImageError, decode_image
+
+    shape = T.Compose([T.Resize(scale_side, interpolation=str_to_interp_mode(interpolation)), T.CenterCrop(size)])
+
+    def one(path: str) -> np.ndarray | str:
+        try:
+            return np.asarray(shape(decode_image(path, min_side=scale_side)), dtype=np.uint8)
+        except ImageError as e:
+            return str(e)
+
+    with ThreadPoolExecutor(threads) as pool:
+        done = list(pool.map(one, [p for p, _ in files.samples]))
+    keep = [i for i, d in enumerate(done) if not isinstance(d, str)]
+    images = torch.from_numpy(np.stack([done[i] for i in keep])).permute(0, 3, 1, 2).contiguous() if keep else \
+        torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    labels = torch.tensor([files.samples[i][1] for i in keep], dtype=torch.int64)
+    skipped = [(files.samples[i][0], d) for i, d in enumerate(done) if isinstance(d, str)]
+    return images, labels, skipped
+
+
 def folder_samples(directory: Path) -> tuple[list[str], list[tuple[str, int]]]:
     """ImageFolder's classes and (path, index) samples, sorted by path; our errors instead of FileNotFoundError."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset

@@ -135,8 +135,9 @@ class TensorBatches(Batches):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
                  batch_size: int, device: torch.device, generator: torch.Generator | None = None,
-                 train: bool = False, channels_last: bool = False, dist: Dist = Dist(), hflip: float = 0.5) -> None:
-        self.hflip = hflip
+                 train: bool = False, channels_last: bool = False, dist: Dist = Dist(), hflip: float = 0.5,
+                 pad: int = 4) -> None:
+        self.hflip, self.pad = hflip, pad
         if train:
             per_rank_batch(batch_size, dist)
         elif dist.distributed:
@@ -162,7 +163,7 @@ class TensorBatches(Batches):
             idx = order[sl] if order is not None else sl
             x, y = self.images[idx], self.labels[idx]
             if self.train:
-                x, y = self._share(pad_crop_flip(x, self.generator, hflip=self.hflip)[0], y)
+                x, y = self._share(pad_crop_flip(x, self.generator, self.pad, self.hflip)[0], y)
             yield self._out((x.float() - self.mean) / self.std, y)
 
 

@@ -55,6 +55,25 @@ def _quiet_unless(speaks: bool) -> Iterator[None]:
         yield
 
 
+MEMORY_SHARE = 0.25  # of the memory still available: what a folder held in memory may take
+
+
+def _held_in_memory(config: TrainConfig, n: int, pretrained_cfg: dict[str, Any], device: torch.device) -> bool:
+    """Whether a folder is decoded once and trained from memory, as CIFAR is: `--folder-cache on`, or `auto` for
+    images of SMALL_SIDE px or less (the CIFAR recipe, which needs nothing of the original image) with no
+    image-only augmentation, whose uint8 copy fits a share of the memory this device can still allocate."""
+    from ..resources import memory_available
+    from .augment import SMALL_SIDE
+
+    if config.folder_cache != "auto":
+        return config.folder_cache == "on"
+    size = config.image_size
+    if size > SMALL_SIDE or config.augment.image_options():
+        return False
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else memory_available()
+    return n * 3 * size * size <= MEMORY_SHARE * free
+
+
 def check_sizes(where: str, n_train: int, n_val: int, config: TrainConfig) -> None:
     """Refuse, before any epoch runs, a split that cannot train or be judged (every rank sees the same totals, so
     every rank refuses alike and none waits for the others)."""
@@ -143,11 +162,27 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
     w = config.workers
     counts = {**split.counts, **({"test": test_set.counts} if test_set is not None else {})}
     log(f"scanned {path}: {counts}; skipped {len(split.skipped) + len(test_skipped)} unreadable file(s)")
+    record = {"name": "folder", "root": str(split.root), "layout": split.layout, "val_fraction": config.val_fraction,
+              "counts": counts, "test_split": "test/" if test_set is not None else "none: test_acc is the val accuracy",
+              "skipped": [{"path": p, "reason": r} for p, r in split.skipped + test_skipped]}
+    if _held_in_memory(config, len(split.train) + len(split.val), pretrained_cfg, device):
+        from .augment import pad_for
+        from .folders import decode_all
+
+        t1, size, interp = time.perf_counter(), config.image_size, pretrained_cfg.get("interpolation", "bilinear")
+        xt, yt, bad_t = decode_all(split.train, size, size, interp)
+        xv, yv, bad_v = decode_all(split.val, size, side, interp)
+        log(f"decoded {len(yt) + len(yv)} images into memory in {time.perf_counter() - t1:.1f} s")
+        record["in_memory"] = True
+        record["skipped"] += [{"path": p, "reason": r} for p, r in bad_t + bad_v]
+        return RunData(
+            TensorBatches(xt, yt, mean, std, bs, device, generator, True, cl, d, config.hflip, pad_for(size)),
+            TensorBatches(xv, yv, mean, std, EVAL_BATCH, device, channels_last=cl, dist=d),
+            LoaderBatches(test_set, EVAL_BATCH, device, w, channels_last=cl, dist=d) if test_set is not None else None,
+            list(split.classes), record)
+    record["in_memory"] = False
     return RunData(
         LoaderBatches(split.train, bs, device, w, generator, train=True, channels_last=cl, dist=d),
         LoaderBatches(split.val, EVAL_BATCH, device, w, channels_last=cl, dist=d),
         LoaderBatches(test_set, EVAL_BATCH, device, w, channels_last=cl, dist=d) if test_set is not None else None,
-        list(split.classes),
-        {"name": "folder", "root": str(split.root), "layout": split.layout, "val_fraction": config.val_fraction,
-         "counts": counts, "test_split": "test/" if test_set is not None else "none: test_acc is the val accuracy",
-         "skipped": [{"path": p, "reason": r} for p, r in split.skipped + test_skipped]})
+        list(split.classes), record)

@@ -345,7 +345,7 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
         "arch": config.arch, "num_classes": len(data.classes), "classes": data.classes, **data_cfg,
         "seed": config.seed, "data": with_decode_skips(data, dist),
         "augment": config.augment.record(size, "shapes" if shapes else "cifar" if config.data.startswith("cifar")
-                                         else "folder"),
+                                         else "folder in memory" if data.record.get("in_memory") else "folder"),
         "val_acc": best_acc, "test_acc": test_acc, "test_acc_is_val": data.test is None,
         "best_epoch": best_epoch, "epochs_run": len(history),
         "train_time_s": round(train_time, 1),
