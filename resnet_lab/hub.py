@@ -147,6 +147,34 @@ def hub_file(repo_id: str, filename: str = "model.safetensors", what: str = "") 
         raise WeightsUnavailable(f"{failed}: {_hub_failure(e, filename)}. {LOCAL_ALTERNATIVE}") from e
 
 
+HF_HUB_PREFIX = "hf-hub:"  # timm's prefix for a Hub repo holding its format (what `export` writes)
+
+
+def load_hf_hub(tag: str, arch: str | None = None) -> LoadedWeights:
+    """Our model with the weights of a Hub repo in timm's format (`hf-hub:USER/NAME`: `config.json` naming the
+    architecture, classes and preprocessing, `model.safetensors`), with the repo's own class names. Refused,
+    with what to do, when the repo holds an arch we do not build or another arch than `arch`."""
+    import json
+
+    repo = tag.removeprefix(HF_HUB_PREFIX)
+    try:
+        config = json.loads(Path(hub_file(repo, "config.json", what=tag)).read_text())
+    except ValueError as e:
+        raise WeightsUnavailable(f"{tag}: its config.json is not JSON ({first_line(e)})") from e
+    found, n = config.get("architecture"), config.get("num_classes")
+    if found not in REGISTRY or not isinstance(n, int) or n < 1:
+        raise WeightsUnavailable(f"{tag}: architecture {found!r} with {n!r} classes is not a net of ours")
+    if arch is not None and found != arch:
+        raise WeightsUnavailable(f"{tag} holds a {found}, not a {arch}: choose the {found} model for it")
+    cfg = dict(config.get("pretrained_cfg") or {})
+    labels = config.get("label_names") or cfg.get("label_names")
+    path = hub_file(repo, "model.safetensors", what=tag)
+    model = build(found, num_classes=n, seed=0)  # overwritten by the weights
+    load_into(model, read_state_dict(path), f"hub weights {tag!r}")
+    meta = {"arch": found, "classes": [str(c) for c in labels][:n] if labels else None}
+    return LoadedWeights(model.eval(), f"hub:{repo}", cfg, meta=meta, path=Path(path))
+
+
 def load_pretrained(tag: str) -> LoadedWeights:
     """Our model with timm's weights for `tag` and timm's `pretrained_cfg` (mean, std, crop, ...)."""
     arch, cfg = resolve_tag(tag)

@@ -23,10 +23,12 @@ from .checkpoints import (
 )
 from .hub import (
     DEFAULT_TAGS,
+    HF_HUB_PREFIX,
     hub_file,
     hub_reachable,
     is_headless,
     list_tags,
+    load_hf_hub,
     load_pretrained,
     resolve_tag,
     tcp_reachable,
@@ -34,9 +36,10 @@ from .hub import (
 from .resnet import build
 
 __all__ = [
-    "AKAMASTER_PREFIX", "DEFAULT_TAGS", "LoadedWeights", "WeightsUnavailable", "hub_file", "hub_reachable",
-    "is_headless", "list_tags", "load_akamaster", "load_checkpoint", "load_pretrained", "load_weights", "meta_path",
-    "read_state_dict", "resolve_tag", "save_checkpoint", "scrub_paths", "shown_path", "tcp_reachable",
+    "AKAMASTER_PREFIX", "DEFAULT_TAGS", "HF_HUB_PREFIX", "LoadedWeights", "WeightsUnavailable", "hub_file",
+    "hub_reachable", "is_headless", "list_tags", "load_akamaster", "load_checkpoint", "load_hf_hub",
+    "load_pretrained", "load_weights", "meta_path", "read_state_dict", "resolve_tag", "save_checkpoint",
+    "scrub_paths", "shown_path", "tcp_reachable",
 ]
 
 
@@ -45,6 +48,8 @@ def load_weights(spec: str | None, arch: str | None = None) -> LoadedWeights:
 
     `akamaster:resnet20` (or any `.th` file) goes to `load_akamaster`.
     """
+    if spec and spec.startswith(HF_HUB_PREFIX):
+        return load_hf_hub(spec, arch)
     if spec and (spec.startswith(AKAMASTER_PREFIX) or Path(spec).suffix == ".th"):
         return load_akamaster(spec, arch)
     if spec and (os.path.sep in spec or Path(spec).suffix in (".safetensors", ".pth", ".bin", ".pt")):

@@ -86,3 +86,47 @@ def test_a_push_that_cannot_reach_the_hub_fails_in_one_line_without_the_token(tr
     assert proc.returncode == 1 and "--push someone/r18 failed" in proc.stderr
     assert token not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
     assert (tmp_path / "x" / "model.safetensors").is_file()  # the export itself is kept
+
+
+ZOO = """
+import json, sys, torch
+from resnet_lab.serving.zoo import ModelZoo
+zoo = ModelZoo(device="cpu")
+out = {}
+entry = zoo.get("ResNet-18", sys.argv[1])
+x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    out["logits"] = entry.weights.model.eval()(x).tolist()
+out["labels"] = list(entry.classifier.labels)
+out["source"] = entry.weights.source
+for model, tag in (("ResNet-50", sys.argv[1]), ("ResNet-18", "hf-hub:someone/missing")):
+    try:
+        zoo.get(model, tag)
+    except ValueError as e:
+        out[model + " " + tag] = str(e)
+print(json.dumps(out))
+"""
+
+
+def test_the_app_loads_an_export_by_its_hub_tag_with_its_own_class_names(trained, tmp_path):
+    from hub_server import FakeHub
+
+    assert main(["export", "--model", str(trained), "--out", str(tmp_path / "x")]) == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    with FakeHub() as hub:
+        for f in ("config.json", "model.safetensors"):
+            hub.add("someone/shapes-r18", f, (tmp_path / "x" / f).read_bytes())
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1",
+                   PYTHONPATH=str(HERE.parent), RESNET_LAB_WEIGHTS=str(tmp_path / "none"))
+        proc = subprocess.run([sys.executable, "-c", ZOO, "hf-hub:someone/shapes-r18"], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.splitlines()[-1])
+    ours = load_checkpoint(trained)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = ours.model.eval()(x)
+    torch.testing.assert_close(torch.tensor(got["logits"]), want, rtol=0, atol=1e-5)
+    assert got["labels"] == ours.meta["classes"] and got["source"] == "hub:someone/shapes-r18"
+    assert "holds a resnet18, not a resnet50: choose the resnet18 model" in got["ResNet-50 hf-hub:someone/shapes-r18"]
+    assert "HTTP 404" in got["ResNet-18 hf-hub:someone/missing"]

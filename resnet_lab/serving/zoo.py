@@ -26,6 +26,7 @@ from ..precision import dtype_name
 from ..resources import memory_limit
 from ..weights import (
     DEFAULT_TAGS,
+    HF_HUB_PREFIX,
     LoadedWeights,
     WeightsUnavailable,
     is_headless,
@@ -180,7 +181,8 @@ def _not_offered(model: str, tag: str, tags: list[str]) -> str:
     if tag.startswith(f"{IMAGENET_MODELS.get(model)}.") and is_headless(tag):
         return (f"{model}: the weights {tag!r} have no classifier head (a feature extractor), so they cannot "
                 f"classify; choose other weights, e.g. {tags[0]!r}")
-    return f"{model} has no weights {tag!r}; choose one of {', '.join(tags)}"
+    return (f"{model} has no weights {tag!r}; choose one of {', '.join(tags)} (or type hf-hub:USER/NAME for an "
+            "export in timm's format)")
 
 
 @dataclass
@@ -269,6 +271,11 @@ class ModelZoo:
             return weights, ""
         if model == SHAPES_MODEL:
             source, arch = str(SHAPES_CHECKPOINT), "resnet20"
+        elif tag.startswith(HF_HUB_PREFIX):  # an export of someone's (typed): its weights or its reason, never random
+            try:
+                return load_weights(tag, IMAGENET_MODELS[model]), ""
+            except WeightsUnavailable as e:
+                raise ValueError(str(e)) from e
         else:
             arch = IMAGENET_MODELS[model]
             local = self.local_file(arch, tag)
@@ -284,7 +291,7 @@ class ModelZoo:
             raise ValueError(f"unknown model {model!r}; choose one of {', '.join(self.models)}")
         tags = self.tags_for(model)
         tag = tag or tags[0]
-        if tag not in tags:
+        if tag not in tags and not (tag.startswith(HF_HUB_PREFIX) and model in IMAGENET_MODELS):
             raise ValueError(_not_offered(model, tag, tags))
         key = (model, tag)
         with self._lock:

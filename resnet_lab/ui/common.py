@@ -146,7 +146,7 @@ def model_picker(default: str) -> tuple[gr.Dropdown, gr.Dropdown]:
     built-in models (their one tag is "local")."""
     tags = zoo().tags_for(default)
     model = gr.Dropdown(zoo().models, value=default, label="Model", scale=2)
-    tag = gr.Dropdown(tags, value=tags[0], label="Weights (timm tag)", scale=3,
+    tag = gr.Dropdown(tags, value=tags[0], label="Weights (timm tag, or hf-hub:USER/NAME)", scale=3,
                       allow_custom_value=True)  # the API may name any model's tags; the zoo validates
     return model, tag
 

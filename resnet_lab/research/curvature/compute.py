@@ -6,7 +6,7 @@ al. 2018, §6), the trace (Hutchinson) and the eigenvalue density (stochastic La
 difference between twins can be weighed against the spread from the images the Hessian is taken on.
 
 On the plane of the landscape's directions (`ratio_map`): lambda_max, lambda_min and |lambda_min / lambda_max| of
-the full Hessian at each point of a coarse grid, as Li et al.'s Fig. 7, with the eigensolver tolerance they used
+the full Hessian at each point of a coarse grid, as in Li et al.'s §6, with the eigensolver tolerance they used
 (1e-2). The directions are the landscape's (`landscape.directions`, same seeds), so the map lies on the plane its
 contours are drawn on.
 

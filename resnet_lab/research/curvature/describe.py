@@ -111,7 +111,7 @@ def describe_curvature(spec: pd.DataFrame, maps: pd.DataFrame | None = None, num
             else:
                 more = plain if rb > ra else res
                 lines.append(f"- Map: median basin ratio {ra:.3f} against {rb:.3f}: **{more}'s basin has more negative "
-                             "curvature** on this plane (one plane: Li et al.'s Fig. 7 reading, not averaged over "
+                             "curvature** on this plane (one plane, as in Li et al.'s §6, not averaged over "
                              "directions).")
     return "\n".join(lines)
 
