@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, nargs="+", default=[10_000, 30_000, 100_000])
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--out", default="/tmp/bench_folder")
+    ap.add_argument("--repeats", type=int, default=3, help="timed scans per size (the median is reported)")
     ap.add_argument("--epoch", type=int, default=0, help="also time an epoch of N images held in memory vs CIFAR")
     args = ap.parse_args()
     out = Path(args.out)
@@ -124,7 +125,7 @@ def main() -> None:
     for n in sorted(args.files):
         root = subset(paths, n, out / f"first{n}")
         times, firsts = [], []
-        for _ in range(3):
+        for _ in range(args.repeats):
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

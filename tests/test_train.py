@@ -70,12 +70,24 @@ def test_every_kind_of_arch_trains(tmp_path):
         assert load_checkpoint(r.path).pretrained_cfg["input_size"] == (3, size or 32, size or 32)
 
 
-def test_early_stopping_keeps_the_best_epoch():
+def test_early_stopping_keeps_the_best_epoch(tmp_path):
+    """The returned (and saved) weights are the best epoch's, not the last one's: checked against the weights the
+    run's own training states recorded for both."""
+    from resnet_lab.training import resume
+
     seen = []
-    r = train(TrainConfig(**{**TINY, "epochs": 6, "patience": 1, "lr": 1e-6}), progress=lambda f, d: seen.append(f))
+    out = tmp_path / "m"
+    r = train(TrainConfig(**{**TINY, "epochs": 6, "patience": 2, "lr": 0.5, "out": str(out), "keep": 10}),
+              progress=lambda f, d: seen.append(f))
     vals = [h["val_acc"] for h in r.history]
-    assert len(vals) < 6 and r.best_acc == max(vals)  # a learning rate this small cannot keep improving
-    assert seen == sorted(seen) and 0 < seen[-1] <= 1
+    assert r.best_acc == max(vals) and seen == sorted(seen) and 0 < seen[-1] <= 1
+    last = torch.load(resume.latest(out), weights_only=True)
+    best_epoch = r.meta["best_epoch"]
+    assert best_epoch < len(vals)  # this run's best is not its last epoch (else the test could not tell them apart)
+    best = torch.load(resume.states(out)[best_epoch - 1], weights_only=True)["model"]
+    kept = r.model.state_dict()
+    assert all(torch.equal(kept[k], best[k]) for k in kept)
+    assert not all(torch.equal(kept[k], last["model"][k]) for k in kept)
 
 
 class _Always(nn.Module):
