@@ -128,6 +128,7 @@ def test_compute_curvature_spectrum_and_map_restore_the_weights():
     # the map alone (no spectrum: how the shipped maps are made) reads the same images at the same points
     spec0, _, maps0 = K.compute_curvature([w], n=8, resamples=0, tol=1e-2, map_points=points[1:], map_n=8, chunk=8)
     assert spec0.empty and maps0.loss.tolist() == off.loss.tolist()
+    assert "Li et al.'s map" in K.describe_curvature(spec0, maps0)  # a map-only run is described (and saved)
     with pytest.raises(ValueError, match="nothing to compute"):
         K.compute_curvature([w], n=8, resamples=0)
 

@@ -11,6 +11,9 @@ import pandas as pd
 from ...resnet import REGISTRY, twin_name
 from ..landscape.readings import paired
 
+SPECTRUM_TABLE = ["model", "loss", "accuracy", "lambda_max", "top_k", "lambda_min", "ratio", "trace", "trace_se",
+                  "sets", "lambda_max_mean", "lambda_max_std", "trace_mean", "trace_std", "matvecs", "seconds"]
+
 
 def spectrum_table(spec: pd.DataFrame) -> pd.DataFrame:
     """One row per net: set 0's numbers, and lambda_max and the trace as mean and std over the image sets."""
@@ -30,7 +33,7 @@ def spectrum_table(spec: pd.DataFrame) -> pd.DataFrame:
                      "trace_mean": float(tr.mean()), "trace_std": float(tr.std(ddof=1)) if len(tr) > 1 else math.nan,
                      "matvecs": float(d[d.quantity == "matvecs"].value.sum()),
                      "seconds": float(d[d.quantity == "seconds"].value.sum())})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=SPECTRUM_TABLE)
 
 
 def map_table(maps: pd.DataFrame, num_classes: int = 8) -> pd.DataFrame:
@@ -75,7 +78,7 @@ def describe_curvature(spec: pd.DataFrame, maps: pd.DataFrame | None = None, num
     """Per net the full-Hessian numbers at w0, then per twin pair what differs beyond the spread or tolerance."""
     t = spectrum_table(spec)
     lines = ["Full Hessian of the mean cross-entropy at the trained weights (every parameter; BN on its running "
-             "statistics):"]
+             "statistics):"] if len(t) else []
     for _, r in t.iterrows():
         spread = f" (± {r.lambda_max_std:.3g} over {r.sets} image sets)" if r.sets > 1 else ""
         lines.append(f"- {r.model}: loss {r.loss:.3g} ({r.accuracy:.1%}); λmax {r.lambda_max:.4g}{spread}; top "
