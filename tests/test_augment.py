@@ -23,9 +23,9 @@ def _names(tf) -> list[str]:
 
 def test_small_images_get_the_cifar_recipe_large_ones_timms_and_options_mean_what_timm_says():
     small = A.train_transform(CFG)
-    assert _names(small)[:3] == ["Resize", "RandomCrop", "RandomResizedCropAndInterpolation"]
-    crop = small.transforms[1]
-    assert crop.padding == 4 and small.transforms[2].scale == (1.0, 1.0)  # timm's crop made a no-op resize
+    assert _names(small)[:4] == ["Resize", "CenterCrop", "RandomCrop", "RandomResizedCropAndInterpolation"]
+    crop = small.transforms[2]  # after the eval transform's shape: shorter side to 32, centre crop
+    assert crop.padding == 4 and small.transforms[3].scale == (1.0, 1.0)  # timm's crop made a no-op resize
     large = A.train_transform({**CFG, "input_size": (3, 96, 96)})
     assert _names(large)[:2] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip"]
     assert large.transforms[0].scale == (0.08, 1.0)
