@@ -80,8 +80,9 @@ def describe_curvature(spec: pd.DataFrame, maps: pd.DataFrame | None = None, num
     lines = ["Full Hessian of the mean cross-entropy at the trained weights (every parameter; BN on its running "
              "statistics):"] if len(t) else []
     for _, r in t.iterrows():
-        spread = f" (± {r.lambda_max_std:.3g} over {r.sets} image sets)" if r.sets > 1 else ""
-        lines.append(f"- {r.model}: loss {r.loss:.3g} ({r.accuracy:.1%}); λmax {r.lambda_max:.4g}{spread}; top "
+        sets = (f"λmax {r.lambda_max_mean:.4g} ± {r.lambda_max_std:.3g} and trace {r.trace_mean:.4g} ± "
+                f"{r.trace_std:.3g} over {r.sets} image sets; on set 0: " if r.sets > 1 else "")
+        lines.append(f"- {r.model}: loss {r.loss:.3g} ({r.accuracy:.1%}); {sets}λmax {r.lambda_max:.4g}, top "
                      f"{len(r.top_k)}: {', '.join(f'{v:.3g}' for v in r.top_k)}; λmin {r.lambda_min:.3g}; "
                      f"|λmin/λmax| {r.ratio:.3f}; trace {r.trace:.4g} ± {r.trace_se:.2g} (Hutchinson).")
     m = map_table(maps, num_classes).set_index("model") if maps is not None and len(maps) else None

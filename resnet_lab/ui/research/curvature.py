@@ -27,8 +27,9 @@ from .landscape import checkpoints, load_arch, pair_choices
 LIVE_BUDGET_S = 25.0
 LIVE_TOL = 1e-2
 LIVE_IMAGES = (128, 96, 64, 48, 32, 16)  # the most images first; the first that fits the budget is used
-SPECTRUM_COLUMNS = {"model": "net", "loss": "loss", "lambda_max": "λmax", "lambda_max_std": "± (image sets)",
-                    "lambda_min": "λmin", "ratio": "|λmin/λmax|", "trace": "trace", "trace_se": "± (Hutchinson)"}
+SPECTRUM_COLUMNS = {"model": "net", "loss": "loss", "lambda_max_mean": "λmax (mean of image sets)",
+                    "lambda_max_std": "± (sets)", "trace_mean": "trace (mean of sets)", "trace_std": "± (sets) ",
+                    "lambda_min": "λmin (set 0)", "ratio": "|λmin/λmax| (set 0)"}
 SHIPPED_COMMAND = ("python -m resnet_lab curvature --models plain20,resnet20,plain56,resnet56 --n 64 --resamples 3 "
                    "--top-k 5 --trace-samples 20 --density-steps 40 --map-grid 5 --map-span 0.5 --map-n 16 "
                    "--out assets --stem curvature_shapes")
