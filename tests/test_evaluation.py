@@ -433,3 +433,24 @@ def test_tensor_data_shards_cover_the_set_once(tmp_path: Path) -> None:
     assert (merged.n, merged.correct_top1, merged.correct_topk) == (whole.n, whole.correct_top1, whole.correct_topk)
     np.testing.assert_array_equal(merged.confusion, whole.confusion)
     assert merged.ece == pytest.approx(whole.ece, abs=1e-9)
+
+
+def test_an_error_on_one_rank_ends_every_rank_at_once_and_is_printed_once(tmp_path: Path, red_blue) -> None:
+    """Rank 1 fails; rank 0, done with its share, must not wait in the gather for a rank that left."""
+    import os
+    import subprocess
+    import sys
+
+    root, _, _ = red_blue
+    ckpt = _checkpoint(tmp_path, "resnet20", ["red", "blue"], 2, "rb")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+         str(Path(__file__).with_name("one_rank_fails.py")), "evaluate", "--model", str(ckpt), "--data",
+         f"folder:{root}", "--workers", "0", "--device", "cpu"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,  # a hang would be the collective's minutes
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.count("evaluate: rank 1: this rank's share cannot be read") == 1, proc.stderr[-2000:]
+    assert proc.stderr.count("this rank's share cannot be read") == 1  # said once, by rank 0; no traceback of ours

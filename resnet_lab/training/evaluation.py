@@ -294,23 +294,27 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         return fail(str(e))
     try:
+        # every rank reaches the gather, failed or not, so one rank's error never leaves the others waiting there
+        # (until a collective timeout); the error is then every rank's exit code, printed once by rank 0
+        result, skipped, data, error = None, [], {}, None
         try:
             loaded = load_weights(args.model)
-        except (WeightsUnavailable, ValueError) as e:
-            return fail(str(e))
-        loaded.model.to(dist.device)
-        progress, close = tqdm_progress(100, "evaluate") if dist.is_main else (None, lambda: None)
-        try:
-            result, skipped, data = _shard(args, loaded, folder, dist, progress)
-        except (DatasetError, ValueError) as e:
-            return fail(str(e))
-        finally:
-            close()
-        parts = distributed.gather_objects((result, skipped), dist)
+            loaded.model.to(dist.device)
+            progress, close = tqdm_progress(100, "evaluate") if dist.is_main else (None, lambda: None)
+            try:
+                result, skipped, data = _shard(args, loaded, folder, dist, progress)
+            finally:
+                close()
+        except (WeightsUnavailable, DatasetError, ValueError) as e:
+            error = str(e) if dist.world_size == 1 else f"rank {dist.rank}: {e}"
+        parts = distributed.gather_objects((result, skipped, error), dist)
+        errors = [e for _, _, e in parts if e]
+        if errors:
+            return fail(errors[0]) if dist.is_main else 2
         if not dist.is_main:
             return 0
-        result = functools.reduce(EvaluationResult.merge, [r for r, _ in parts])
-        skipped = sorted(s for _, found in parts for s in found)
+        result = functools.reduce(EvaluationResult.merge, [r for r, _, _ in parts])
+        skipped = sorted(s for _, found, _ in parts for s in found)
         for path, reason in skipped:
             print(f"evaluate: skipped {path}: {reason}", file=sys.stderr)
         if folder:
