@@ -205,6 +205,15 @@ def eval_transform(pretrained_cfg: dict[str, Any]) -> Callable[[Image.Image], to
     return create_transform(**eval_config(pretrained_cfg), is_training=False)
 
 
+def eval_shape(size: int, scale_side: int, interpolation: str) -> Callable[[Image.Image], Image.Image]:
+    """The eval transform's geometry alone (shorter side to `scale_side`, centre crop to `size`), PIL in and out:
+    what a folder held in memory stores, and where the small-image training recipe starts."""
+    from timm.data.transforms import str_to_interp_mode
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize(scale_side, interpolation=str_to_interp_mode(interpolation)), T.CenterCrop(size)])
+
+
 def resize_side(pretrained_cfg: dict[str, Any]) -> int:
     """The shorter side timm's eval transform resizes to, floor(crop / crop_pct): the `min_side` to decode at."""
     cfg = eval_config(pretrained_cfg)

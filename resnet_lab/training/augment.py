@@ -89,7 +89,7 @@ def train_transform(pretrained_cfg: dict[str, Any], aug: Augment = Augment()) ->
     from timm.data import create_transform
     from torchvision import transforms as T
 
-    from ..data import eval_config
+    from ..data import eval_config, eval_shape
 
     cfg = eval_config(pretrained_cfg)
     size = int(cfg["input_size"][-1])
@@ -100,10 +100,8 @@ def train_transform(pretrained_cfg: dict[str, Any], aug: Augment = Augment()) ->
         scale=(1.0, 1.0) if small else aug.scale, ratio=(1.0, 1.0) if small else aug.ratio,
     )
     if small:  # the eval transform's shape (shorter side, centre crop at crop_pct 1), then pad-and-crop
-        from timm.data.transforms import str_to_interp_mode
-
-        tf.transforms[:0] = [T.Resize(size, interpolation=str_to_interp_mode(cfg["interpolation"])),
-                             T.CenterCrop(size), T.RandomCrop(size, padding=pad_for(size))]
+        tf.transforms[:0] = [*eval_shape(size, size, cfg["interpolation"]).transforms,
+                             T.RandomCrop(size, padding=pad_for(size))]
     return tf
 
 

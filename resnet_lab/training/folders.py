@@ -123,12 +123,9 @@ def decode_all(files: ImageFiles, size: int, scale_side: int, interpolation: str
     and returned as (path, reason)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from timm.data.transforms import str_to_interp_mode
-    from torchvision import transforms as T
+    from ..data import ImageError, decode_image, eval_shape
 
-    from ..data import ImageError, decode_image
-
-    shape = T.Compose([T.Resize(scale_side, interpolation=str_to_interp_mode(interpolation)), T.CenterCrop(size)])
+    shape = eval_shape(size, scale_side, interpolation)
 
     def one(path: str) -> np.ndarray | str:
         try:

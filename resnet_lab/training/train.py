@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
@@ -168,7 +167,7 @@ class EpochPass:
 
 def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, report, dist, *, start: int = 0,
            sums: tuple[float, int, int] = (0.0, 0, 0), stop: resume.StopRequest | None = None,
-           loss_of: Callable | None = None) -> EpochPass:
+           loss_of: Callable) -> EpochPass:
     """One pass over the training set (over all ranks' shares). From step `start` on with the running `sums` of
     a resumed epoch: the steps before it are drawn (order and augmentation, so the generators advance exactly as
     they did) but not trained on. A `stop` request ends the pass after the current step, on every rank alike."""
@@ -182,11 +181,7 @@ def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, 
         if step < start:
             continue
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-            if loss_of is None:
-                logits = forward(x)
-                loss = F.cross_entropy(logits.float(), y)
-            else:
-                loss, logits = loss_of(forward, x, y)
+            loss, logits = loss_of(forward, x, y)  # `augment.loss_fn`: plain, smoothed or mixed cross-entropy
         optimizer_step(loss, opt, scaler)
         sched.step()
         loss_sum += loss.detach().double() * len(y)  # kept on the device: no sync per step on a GPU
