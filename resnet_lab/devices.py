@@ -68,3 +68,12 @@ def synchronize(device: str | torch.device) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def free_memory(device: str | torch.device) -> int | None:
+    """Bytes the driver can still give on a CUDA device (`cudaMemGetInfo`), None off CUDA (the CPU's memory is
+    the cgroup's business: `resources.memory_available`)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.mem_get_info(device)[0])

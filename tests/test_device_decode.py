@@ -13,6 +13,7 @@ reduce first) the gap is that reduction's (up to 0.85 at 512 px), top-1 unchange
 from __future__ import annotations
 
 import glob
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,57 @@ def test_nvjpeg_path_matches_the_pil_path(jpegs, monkeypatch):
             full = cpu.transform(decode_image(raw))
             assert x.is_cuda and float((x.cpu() - full).abs().max()) <= 0.1, name
             assert cpu.logits(torch.stack([x.cpu(), full])).argmax(1).unique().numel() == 1, name
+
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_truncated_and_corrupt_jpegs_give_the_cpu_message_on_every_device(photo, monkeypatch, device):
+    """A file cut short never reaches the device decoder (nvjpeg may fill the rest with grey where libjpeg-turbo
+    refuses): its end marker is checked on the CPU and the PIL path words the error, the same on every device.
+    A file corrupt inside, with its end marker, is decoded or refused by both paths alike."""
+    w = load_weights(None, "resnet50")
+    dev, cpu = Classifier(w, device=device, fuse=True, device_decode=True), Classifier(w, device="cpu", fuse=True)
+    good = encode(photo, "JPEG", quality=90)
+    cut = {"half": good[: len(good) // 2], "last byte": good[:-1], "no end marker": good[:-2]}
+    sent: list[bytes] = []
+    real = decode_jpegs
+    monkeypatch.setattr("resnet_lab.serving.inference.decode_jpegs",
+                        lambda d, dv: sent.extend(bytes(t.numpy()) for t in d) or real(d, dv))
+    for name, raw in cut.items():
+        assert read_jpeg_header(raw) is None, name
+        got = dev.prepare_many([raw])[0]
+        with pytest.raises(ImageError) as want:
+            cpu.prepare(raw)
+        assert isinstance(got, ImageError) and str(got) == str(want.value), name
+    assert not sent  # none of them went to the device decoder
+    padded = good + b"\x00" * 16  # padding after the end marker: still whole, still decoded on the device
+    assert read_jpeg_header(padded) is not None and isinstance(dev.prepare_many([padded])[0], torch.Tensor)
+    rng = np.random.default_rng(0)
+    corrupt = bytearray(good)
+    corrupt[len(good) // 2: len(good) // 2 + 200] = rng.integers(0, 256, 200, dtype=np.uint8).tobytes()
+    got, ok = dev.prepare_many([bytes(corrupt)])[0], None
+    try:
+        ok = cpu.prepare(bytes(corrupt))
+    except ImageError as e:
+        assert isinstance(got, ImageError) and str(got) == str(e)
+    if ok is not None:  # both decode it (libjpeg warns "corrupt data" and goes on): the same picture within bounds
+        assert isinstance(got, torch.Tensor) and got.shape == ok.shape
+
+
+def test_a_device_decode_fallback_is_warned_once_and_shown(shapes, photo, monkeypatch, caplog):
+    """When the device decoder refuses a file the CPU decoder takes, the upload is still served, one WARNING says
+    so (not a DEBUG line), and the status line says what runs."""
+    w = load_weights(str(SHAPES_CHECKPOINT), "resnet20")
+    dev = Classifier(w, device="cpu", fuse=True, device_decode=True)
+    monkeypatch.setattr("resnet_lab.serving.inference.decode_jpegs",
+                        lambda d, dv: [RuntimeError("nvjpeg: unsupported sampling")] * len(d))
+    good = encode(photo, "JPEG", quality=90)
+    with caplog.at_level(logging.INFO, logger="resnet_lab"):
+        for _ in range(3):
+            assert all(isinstance(x, torch.Tensor) for x in dev.prepare_many([good, good]))
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "nvjpeg: unsupported sampling" in warned[0].getMessage()
+    assert any("CPU for uploads the device decoder refused" in s and "unsupported sampling" in s for s in dev.runs())
+    assert not any("CPU for uploads" in s for s in shapes[0].runs())  # another model is unaffected

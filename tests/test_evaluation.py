@@ -185,6 +185,8 @@ def test_cli_on_the_shipped_shapes_model(tmp_path: Path, capsys: pytest.CaptureF
         preds, labels = model.eval()(dataset.normalized()).argmax(1), dataset.labels
     assert summary["top1"] == pytest.approx(float((preds == labels).double().mean()), abs=1e-12)
     assert summary["model"] == f"file:{SHAPES_MODEL.relative_to(ROOT).as_posix()}"  # never the server's path
+    recorded = json.dumps({k: v for k, v in summary.items() if k != "command"})  # the command is what was typed
+    assert str(ROOT) not in recorded and str(tmp_path) not in recorded
     assert summary["command"].startswith("python -m resnet_lab evaluate --model")
     assert len(summary["reliability"]) == 15 and 0 <= summary["ece"] < 1
     rows = _read_csv(out / "per_class.csv")

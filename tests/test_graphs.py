@@ -3,7 +3,10 @@ injected capture that behaves like a graph (one static input shape, one static o
 
 from __future__ import annotations
 
+import gc
 import logging
+import threading
+import weakref
 
 import pytest
 import torch
@@ -24,7 +27,7 @@ class FakeGraphs:
         self.replayed: list[int] = []
         self.fail_at, self.wrong = fail_at, wrong
 
-    def __call__(self, fn, example):
+    def __call__(self, fn, example, pool=None):
         if len(example) == self.fail_at:
             raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
         self.captured.append(tuple(example.shape))
@@ -64,8 +67,12 @@ def test_padding_and_slicing_equal_eager(shapes_weights):
     shapes, and the results are copies (a second call does not change the first result)."""
     model = Classifier(shapes_weights, device="cpu", fuse=True)
     fake = FakeGraphs()
-    run = bucketed(model._forward, (3, 32, 32), torch.device("cpu"), torch.channels_last, capture=fake)
-    assert run is not None and run.buckets == list(BUCKETS)
+    graphed, failure = bucketed(model._forward, (3, 32, 32), torch.device("cpu"), torch.channels_last, capture=fake)
+    assert graphed is not None and failure == "" and graphed.buckets == list(BUCKETS)
+
+    def run(x):
+        return graphed(x, model._forward)
+
     assert [s[0] for s in fake.captured] == list(BUCKETS)
     fake.replayed.clear()
     with torch.inference_mode():
@@ -104,6 +111,8 @@ def test_a_failed_or_wrong_capture_falls_back_to_eager_with_one_log_line(shapes_
     assert len(lines) == 1 and lines[0].levelno == logging.WARNING
     assert "running eagerly" in lines[0].getMessage()
     assert ("stream is capturing" if fake.fail_at else "disagrees with the eager model") in lines[0].getMessage()
+    shown = [s for s in clf.runs() if "CUDA graphs off, running eagerly" in s]  # the status line says what runs
+    assert len(shown) == 1 and ("stream is capturing" if fake.fail_at else "disagrees") in shown[0]
     x = _batch(3)
     torch.testing.assert_close(clf.logits(x), Classifier(shapes_weights, device="cpu", fuse=True).logits(x))
 
@@ -144,3 +153,106 @@ def test_real_cuda_graphs_equal_eager(shapes_weights):
     for n in (1, 3, 16, 20):
         x = _batch(n)
         torch.testing.assert_close(clf.logits(x), eager.logits(x), rtol=1e-2, atol=1e-2)
+
+
+# ----------------------------------------------------------------------------- the CPU stand-in, cycles, scoping
+
+
+def test_the_stand_in_replays_the_new_input_not_the_captured_one(shapes_weights):
+    """`capture_on_cpu` shares `static_runner` with the real capture: each call copies its batch into the static
+    input before the replay. A runner that forgot the copy would return the captured example's logits here."""
+    clf = Classifier(shapes_weights, device="cpu", fuse=True)
+    with torch.inference_mode():
+        example, other = _batch(4, seed=1), _batch(4, seed=2)
+        run = graphs.capture_on_cpu(clf._forward, example)
+        got = run(other)
+        torch.testing.assert_close(got, clf._forward(other), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(got, clf._forward(example), atol=1e-3)
+        with pytest.raises(RuntimeError, match="only the shape it captured"):
+            run(_batch(2))
+
+
+def test_a_runner_that_replays_stale_input_is_refused_at_capture(shapes_weights, caplog):
+    """The check at capture feeds each graph a batch other than the one it captured."""
+    clf = Classifier(shapes_weights, device="cpu", fuse=True)
+
+    def stale(fn, example, pool=None):
+        out = fn(example).clone()
+        return lambda x: out  # never looks at x
+
+    assert clf.use_cuda_graphs(capture=stale) is False
+    assert "disagrees with the eager model" in clf.fallbacks["CUDA graphs off, running eagerly"]
+    assert any("CUDA graphs off, running eagerly" in s for s in clf.runs())
+
+
+def test_a_graphed_classifier_is_freed_without_the_cycle_collector(shapes_weights):
+    """No reference cycle between a classifier and its graphs: dropping the last reference frees it (weights and,
+    on CUDA, its graph pool) at once, with the cycle collector off as it may well be when the zoo evicts."""
+    clf = Classifier(shapes_weights, device="cpu", fuse=True)
+    assert clf.use_cuda_graphs(capture=graphs.capture_on_cpu)
+    gone, model_gone = weakref.ref(clf), weakref.ref(clf.model)
+    gc.collect()
+    gc.disable()
+    try:
+        del clf
+        assert gone() is None and model_gone() is None
+    finally:
+        gc.enable()
+
+
+def test_cudnn_autotuning_is_scoped_to_serving_forwards():
+    """On while any serving forward runs (threads overlap), back to what it was when the last one leaves; a
+    classifier no longer sets it for the whole process."""
+    before = torch.backends.cudnn.benchmark
+    Classifier(load_weights(str(SHAPES_CHECKPOINT), "resnet20"), device="cpu", fuse=True)
+    assert torch.backends.cudnn.benchmark == before
+    inside, leave = threading.Event(), threading.Event()
+
+    def other_thread():
+        with graphs.cudnn_benchmark():
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=other_thread)
+    with graphs.cudnn_benchmark():
+        t.start()
+        inside.wait(10)
+        assert torch.backends.cudnn.benchmark is True
+    assert torch.backends.cudnn.benchmark is True  # the other forward is still running
+    leave.set()
+    t.join()
+    assert torch.backends.cudnn.benchmark == before
+
+
+def test_captures_are_serialized_process_wide(monkeypatch):
+    """Two models loading at once never capture at the same time: `capture_cuda_graph` holds `CAPTURE_LOCK`
+    (checked here on its CPU-testable part: the lock is held around the capture's body)."""
+    held = []
+
+    class Spy:
+        def __enter__(self):
+            held.append(graphs.CAPTURE_LOCK.locked())
+            raise RuntimeError("stop here: no CUDA")
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.setattr(graphs.torch.cuda, "device", lambda d: Spy())
+    with pytest.raises(RuntimeError, match="no CUDA"):
+        graphs.capture_cuda_graph(lambda x: x, torch.zeros(1))
+    assert held == [True] and not graphs.CAPTURE_LOCK.locked()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_concurrent_real_captures_all_succeed(shapes_weights):
+    """Four classifiers capturing in four threads at once: every one gets graphs, equal to eager."""
+    clfs = [Classifier(shapes_weights, device="cuda", fuse=True) for _ in range(4)]
+    threads = [threading.Thread(target=c.use_cuda_graphs) for c in clfs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(c.graphed is not None and not c.fallbacks for c in clfs)
+    x = _batch(3)
+    for c in clfs:
+        torch.testing.assert_close(c.logits(x), clfs[0].logits(x), rtol=1e-2, atol=1e-2)

@@ -188,9 +188,22 @@ def test_cpu_default_is_fp32_without_measuring(tiny):
 
 
 def test_time_train_steps_really_trains_a_copy(tiny):
-    """The timed step is a real SGD step on the copy (loss goes through backward and the update), real seconds."""
-    sec, steps = probe.time_train_steps(tiny, (3, 16, 16), 2, "cpu", [None], steps=1, warmup=1, rounds=1)
-    assert set(sec) == {"fp32"} and sec["fp32"] > 0 and steps == 1
+    """The timed step is a real SGD step (forward, backward, update) on one copy shared by every dtype: the weights
+    a forward sees change from step to step, one module object serves all dtypes (one copy at a time in memory),
+    the caller's model is untouched, and the seconds are real."""
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    seen: list[tuple[int, torch.Tensor]] = []
+    handle = tiny.fc.register_forward_hook(lambda m, i, o: seen.append((id(m), m.weight.detach().clone())))
+    try:
+        sec, steps = probe.time_train_steps(tiny, (3, 16, 16), 2, "cpu", [None, torch.bfloat16], steps=2,
+                                            warmup=1, rounds=1, budget_s=1e9)
+    finally:
+        handle.remove()
+    assert set(sec) == {"fp32", "bf16"} and all(v > 0 for v in sec.values()) and steps == 2
+    assert len(seen) == 2 * (1 + 1 + 2)  # per dtype: warm-up, the sizing step, then one round of 2
+    assert len({i for i, _ in seen}) == 1 and seen[0][0] != id(tiny.fc)  # one copy, never the caller's model
+    assert all(not torch.equal(a, b) for (_, a), (_, b) in zip(seen, seen[1:]))  # every step updated the weights
+    assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())
 
 
 def test_timed_steps_shrink_to_the_budget(tiny):

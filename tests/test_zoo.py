@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import gc
+import random
 import threading
+import weakref
 
 import pytest
+import torch
 from safetensors.torch import save_file
 
 from resnet_lab import build
+from resnet_lab.serving import graphs
 from resnet_lab.serving import zoo as zoo_mod
 from resnet_lab.serving.zoo import IMAGENET_MODELS, SHAPES_MODEL, ModelZoo, model_bytes, tags_for
 from resnet_lab.weights import load_weights
@@ -178,3 +184,57 @@ def test_a_failed_load_does_not_wedge_its_model():
     with pytest.raises(RuntimeError, match="disk full"):
         zoo.get("ResNet-18")
     assert zoo.get("ResNet-18").model == "ResNet-18"
+
+
+# ----------------------------------------------------------------------------- memory: what eviction really frees
+
+
+def test_the_budget_comes_from_the_device_the_models_live_on(monkeypatch):
+    """On CUDA the zoo's share of the GPU memory free now (not the container's RAM); on the CPU the cgroup's."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * GiB, 80 * GiB))
+    monkeypatch.setattr(zoo_mod, "memory_limit", lambda: 4 * GiB)
+    assert zoo_mod.zoo_budget("cuda") == int(zoo_mod.ZOO_SHARE * 10 * GiB)
+    assert zoo_mod.zoo_budget("cpu") == int(zoo_mod.ZOO_SHARE * (4 * GiB - zoo_mod.RUNTIME_BYTES))
+    sizes = [model_bytes(m) for m in zoo_mod.MODELS]
+    assert zoo_mod._default_max_models(sizes, "cuda") == len(sizes)  # 5 GiB of a card holds all six
+    assert zoo_mod._default_max_models(sizes, "cpu") == 2  # a 4 GiB Space holds two ResNet-152s
+
+
+def test_peak_memory_never_exceeds_the_budget_over_random_orders(monkeypatch):
+    """A fake device-memory counter: each model the zoo loads holds its `model_bytes` until it is really freed
+    (a finalizer, with the cycle collector off, as it may be at any eviction), with graphs captured (the CPU
+    stand-in). Over 50 random orders of requests the counter never exceeds the zoo's budget: an evicted model is
+    freed when evicted, not when the cycle collector happens to run."""
+    worst = max(model_bytes(m) for m in zoo_mod.MODELS)
+    budget = int(3.5 * worst)  # room for three of the largest
+    monkeypatch.setattr(zoo_mod, "zoo_budget", lambda device="cpu": budget)
+    monkeypatch.setattr(graphs, "graphs_off_reason", lambda device: None)
+    monkeypatch.setattr(graphs, "capture_cuda_graph", graphs.capture_on_cpu)
+    monkeypatch.setattr(graphs, "BUCKETS", (1, 2))
+    template = load_weights(None, "resnet20")
+    used, peak = [0], [0]
+
+    def load(model, tag):
+        weights = copy.deepcopy(template)
+        used[0] += model_bytes(model)
+        peak[0] = max(peak[0], used[0])
+        weakref.finalize(weights.model, lambda n=model_bytes(model): used.__setitem__(0, used[0] - n))
+        return weights, ""
+
+    rng = random.Random(0)
+    tags_for("ResNet-18")  # imports timm now: an import's error kept by a module would keep the frames below alive
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(50):
+            zoo = ModelZoo(weights_path="", device="cpu")
+            assert zoo.max_models == 3
+            zoo._load = load
+            for model in rng.choices(zoo_mod.MODELS, k=8):
+                assert zoo.get(model).classifier.graphed is not None
+                assert used[0] <= budget
+            del zoo
+            assert used[0] == 0  # the zoo gone, every model is gone
+    finally:
+        gc.enable()
+    assert 2 * worst < peak[0] <= budget

@@ -48,7 +48,8 @@ def read_jpeg_header(src: ImageInput) -> JpegUpload | None:
     """The upload's JPEG header, checked as `decode_image` checks it, without decoding a pixel.
 
     None for what is not for the device decoder (a PIL image or array, another format, CMYK, an
-    unreadable path or EXIF block): `decode_image` handles it and says what is wrong. `ImageError`
+    unreadable path or EXIF block, a file cut short before its end marker): `decode_image` handles it and says
+    what is wrong. `ImageError`
     for what the CPU decoder would refuse from the header alone (empty, not an image, too many pixels).
     """
     if isinstance(src, bytes):
@@ -62,7 +63,7 @@ def read_jpeg_header(src: ImageInput) -> JpegUpload | None:
     else:
         return None
     img = open_image(data)  # lazy: the header only; ImageError as the CPU path raises it
-    if img.format not in JPEG_FORMATS or img.mode not in DEVICE_MODES:
+    if img.format not in JPEG_FORMATS or img.mode not in DEVICE_MODES or not ends_with_eoi(data):
         return None
     check_pixels(*img.size)
     try:
@@ -72,6 +73,13 @@ def read_jpeg_header(src: ImageInput) -> JpegUpload | None:
     w, h = img.size
     size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     return JpegUpload(torch.frombuffer(bytearray(data), dtype=torch.uint8), size, orientation)
+
+
+def ends_with_eoi(data: bytes) -> bool:
+    """Whether the file ends with JPEG's end-of-image marker (after trailing padding). A truncated upload does
+    not; libjpeg-turbo refuses it, but whether nvjpeg does or fills the rest with grey is the card's library's
+    business. Sent to the CPU path instead, it gets the CPU path's clear message on every device."""
+    return data.rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9")
 
 
 def decode_jpegs(uploads: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | Exception]:

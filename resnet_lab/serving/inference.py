@@ -3,8 +3,10 @@ device)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from ..data import (
     resize_side,
 )
 from ..devices import resolve_device
-from ..precision import serving_dtype
+from ..precision import dtype_name, serving_dtype
 from ..weights import LoadedWeights
 from . import graphs
 from .device_decode import DeviceTransform, JpegUpload, decode_jpegs, orient, read_jpeg_header
@@ -84,7 +86,7 @@ class Classifier:
 
     It autocasts to `precision.serving_dtype` (RESNET_LAB_PRECISION; auto: native
     bf16 on CUDA, else fp16; on the CPU bf16 only where it is native and measured to
-    agree with fp32), channels_last with cudnn autotuning on CUDA. `fuse=True` is the
+    agree with fp32), channels_last with cudnn autotuning on CUDA (during its own forward only). `fuse=True` is the
     fast path: a copy with each BN folded into its conv (eval only; its logits
     equal the unfused model's within 1e-5 of their scale), in-place ReLU/add (no
     one hooks this copy) and channels_last on the CPU too, where oneDNN's NHWC
@@ -104,8 +106,6 @@ class Classifier:
         self.device = resolve_device(device)
         model = set_inplace(fuse_bn(weights.model), True) if fuse else weights.model.eval()
         self.channels_last = fuse or self.device.type == "cuda"
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
         self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else None)
         self.amp_dtype = serving_dtype(self.device)
         self.transform = eval_transform(weights.pretrained_cfg)
@@ -116,6 +116,8 @@ class Classifier:
         self.device_transform = DeviceTransform(weights.pretrained_cfg, self.device) if device_decode and supported \
             else None
         self.graphed: graphs.BucketedGraphs | None = None
+        self.fallbacks: dict[str, str] = {}  # what runs instead of the fast path, and why (`fallback`)
+        self._fallback_lock = threading.Lock()
         classes = weights.meta.get("classes")
         n = weights.model.num_classes
         self.labels: Sequence[str] = classes or (imagenet_labels() if n == 1000 else [f"class {i}" for i in range(n)])
@@ -124,6 +126,26 @@ class Classifier:
     def name(self) -> str:
         """The arch and where its weights came from, for log lines."""
         return f"{self.weights.pretrained_cfg.get('architecture', 'model')} ({self.weights.source})"
+
+    def fallback(self, kind: str, reason: str) -> None:
+        """Record that `kind` (e.g. "CUDA graphs off") runs instead of the fast path, and why: one WARNING per kind
+        per model, and the status line (`runs`) says it from then on."""
+        with self._fallback_lock:
+            first = kind not in self.fallbacks
+            self.fallbacks[kind] = reason
+        if first:
+            log.warning("%s: %s: %s", self.name, kind, reason)
+
+    def runs(self) -> list[str]:
+        """What actually runs, for the status line: autocast, GPU decode, CUDA graphs, and each fallback with its
+        reason. Off CUDA the graphs' absence is no fallback (they need CUDA) and is not listed."""
+        out = [f"{dtype_name(self.amp_dtype)} autocast"] if self.amp_dtype else []
+        if self.device_decode:
+            out.append("JPEG decode on the GPU" if self.device.type == "cuda" else "JPEG decode on the device path")
+        out += ["CUDA graphs"] if self.graphed is not None else []
+        with self._fallback_lock:
+            out += [f"⚠️ {kind}: {reason}" for kind, reason in self.fallbacks.items()]
+        return out
 
     @property
     def device_decode(self) -> bool:
@@ -167,8 +189,8 @@ class Classifier:
                 except ImageError as e:
                     out[i] = e
                     continue
-                except Exception:  # the PIL path judges this upload
-                    log.debug("JPEG header check failed; using the CPU decoder", exc_info=True)
+                except Exception as e:  # a bug or a file nobody foresaw: the PIL path judges this upload
+                    self.fallback("JPEG header check failed, CPU decoder used", f"{type(e).__name__}: {e}")
             out[i] = self._prepare_cpu(image)
         for chunk in _pixel_chunks(jpegs):
             decoded = decode_jpegs([jpegs[i].data for i in chunk], self.device_transform.device)
@@ -180,8 +202,11 @@ class Classifier:
                         continue
                     except Exception as e:  # out of device memory, say: the CPU path still works
                         img = e
-                log.debug("device decode refused an upload (%s); using the CPU decoder", img)
                 out[i] = self._prepare_cpu(images[i])
+                if isinstance(out[i], torch.Tensor):  # the CPU decoder took what the device refused: a fallback
+                    where = "GPU" if self.device.type == "cuda" else "device"
+                    self.fallback(f"JPEG decode on the CPU for uploads the {where} decoder refused",
+                                  f"{type(img).__name__}: {' '.join(str(img).split())[:200]}")
         if self.device_transform is not None:
             out = [x.to(self.device) if isinstance(x, torch.Tensor) else x for x in out]
         return out  # type: ignore[return-value]  # every slot is filled
@@ -201,11 +226,12 @@ class Classifier:
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """The eager forward pass, under autocast (its cast cache off: CUDA-graph capture forbids it, and a
         single forward reuses no cast)."""
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None,
-                            cache_enabled=False):
+        bench = graphs.cudnn_benchmark() if self.device.type == "cuda" else contextlib.nullcontext()
+        with bench, torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None,
+                                   cache_enabled=False):
             return self.model(batch)
 
-    def use_cuda_graphs(self, capture: graphs.Capture | None = None, buckets: Sequence[int] = graphs.BUCKETS) -> bool:
+    def use_cuda_graphs(self, capture: graphs.Capture | None = None, buckets: Sequence[int] | None = None) -> bool:
         """Capture the forward pass for each batch-size bucket (warm-up included); True when graphs are on.
 
         Off (False) where `graphs.graphs_off_reason` says so; a failed capture logs one line and stays eager.
@@ -216,12 +242,16 @@ class Classifier:
         if self.model is self.weights.model:
             reason = "the unfused model is the one explanations hook: it stays eager"
         if reason is not None:
-            log.log(logging.DEBUG if self.device.type != "cuda" else logging.INFO, "CUDA graphs off: %s", reason)
+            if self.device.type == "cuda":  # on CUDA this is what runs: say it (off CUDA graphs cannot run at all)
+                self.fallback("CUDA graphs off", reason)
             return False
         sample = tuple(eval_config(self.weights.pretrained_cfg)["input_size"])
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.graphed = graphs.bucketed(self._forward, sample, self.device, fmt, buckets,
-                                       capture or graphs.capture_cuda_graph, name=self.name)
+        self.graphed, failure = graphs.bucketed(self._forward, sample, self.device, fmt, buckets or graphs.BUCKETS,
+                                                capture or graphs.capture_cuda_graph, name=self.name)
+        if failure:
+            with self._fallback_lock:  # `bucketed` logged it once already
+                self.fallbacks["CUDA graphs off, running eagerly"] = failure
         return self.graphed is not None
 
     @torch.inference_mode()
@@ -230,7 +260,7 @@ class Classifier:
         batch = batch.to(self.device, non_blocking=True)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        logits = (self.graphed or self._forward)(batch)
+        logits = self.graphed(batch, self._forward) if self.graphed is not None else self._forward(batch)
         return logits.float().cpu()
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:

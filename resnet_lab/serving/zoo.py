@@ -20,9 +20,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..devices import resolve_device
+import torch
+
+from ..devices import free_memory, resolve_device
 from ..paths import ASSETS
-from ..precision import dtype_name
 from ..resources import memory_limit
 from ..weights import (
     DEFAULT_TAGS,
@@ -81,7 +82,6 @@ def _user_model(path: Path) -> UserModel | None:
 
 def _check_tensors(path: Path, arch: str, num_classes: int) -> None:
     """The file's header (read without its tensors) names exactly the arch's tensors with their shapes."""
-    import torch
     from safetensors import safe_open
 
     from ..resnet import build
@@ -157,8 +157,6 @@ def arch_bytes(arch: str, num_classes: int | None = None) -> int:
 
     Counted from the arch's state dict built on the meta device (no memory, no RNG), with `ALLOCATOR_MARGIN`.
     """
-    import torch
-
     from ..resnet import build
 
     with torch.device("meta"):
@@ -167,13 +165,21 @@ def arch_bytes(arch: str, num_classes: int | None = None) -> int:
     return int(2 * weights * ALLOCATOR_MARGIN)
 
 
-def _default_max_models(sizes: list[int] | None = None) -> int:
-    """As many of the largest model as fit in `ZOO_SHARE` of the memory this process may use (the container's
-    limit, not the host's RAM) after `RUNTIME_BYTES`: all six from ~8 GiB, two on a 4 GiB Space, at least one.
-    `sizes`: every offered model's `model_bytes` (default: the built-in ones)."""
+def zoo_budget(device: str | torch.device = "cpu") -> int:
+    """Bytes the cached models may hold on the device they live on: `ZOO_SHARE` of the GPU memory free now on
+    CUDA (the card, not the container's RAM, is what runs out), else of the memory this process may use (the
+    container's limit, not the host's RAM) after `RUNTIME_BYTES`."""
+    free = free_memory(device)
+    if free is not None:
+        return int(ZOO_SHARE * free)
+    return int(ZOO_SHARE * (memory_limit() - RUNTIME_BYTES))
+
+
+def _default_max_models(sizes: list[int] | None = None, device: str | torch.device = "cpu") -> int:
+    """As many of the largest model as fit in `zoo_budget(device)`: on the CPU all six from ~8 GiB of container,
+    two on a 4 GiB Space; at least one. `sizes`: every offered model's `model_bytes` (default: the built-in ones)."""
     sizes = sizes or [model_bytes(m) for m in MODELS]
-    budget = ZOO_SHARE * (memory_limit() - RUNTIME_BYTES)
-    return max(1, min(len(sizes), int(budget // max(sizes))))
+    return max(1, min(len(sizes), int(zoo_budget(device) // max(sizes))))
 
 
 def _not_offered(model: str, tag: str, tags: list[str]) -> str:
@@ -204,9 +210,7 @@ class Entry:
         if self.weights.is_random:
             text = (f"⚠️ **{self.model}: random weights, predictions and heatmaps are meaningless.** "
                     f"{self.warning} · device: `{self.classifier.device}`")
-        extras = [f"{dtype_name(self.classifier.amp_dtype)} autocast"] if self.classifier.amp_dtype else []
-        extras += [name for name, on in (("JPEG decode on the GPU", self.classifier.device_decode),
-                                        ("CUDA graphs", self.classifier.graphed is not None)) if on]
+        extras = self.classifier.runs()
         return text + (f" ({', '.join(extras)})" if extras else "")
 
 
@@ -217,7 +221,7 @@ class ModelZoo:
         self.weights_path = weights_path if weights_path is not None else os.environ.get("RESNET_LAB_WEIGHTS")
         self.device = resolve_device(device)
         self.user_models = discover_user_models(self.weights_path)
-        self.max_models = max_models or _default_max_models([self.model_bytes(m) for m in self.models])
+        self.max_models = max_models or _default_max_models([self.model_bytes(m) for m in self.models], self.device)
         self._cache: OrderedDict[tuple[str, str], Entry] = OrderedDict()
         self._lock = threading.Lock()  # guards _cache and _loading; never held while a model loads
         self._loading: dict[tuple[str, str], threading.Lock] = {}  # one per key being loaded
@@ -304,7 +308,8 @@ class ModelZoo:
             with self._lock:
                 if (entry := self._cached(key)) is not None:
                     return entry
-                self._evict(self.max_models - 1)  # make room first: peak memory stays at max_models
+                evicted = self._evict(self.max_models - 1)  # make room first: peak memory stays at max_models
+            self._release(evicted)
             weights, warning = self._load(model, tag)
             weights.model.to(self.device)
             classifier = Classifier(weights, self.device, fuse=True)
@@ -313,7 +318,8 @@ class ModelZoo:
             with self._lock:
                 self._cache[key] = entry
                 self._loading.pop(key, None)
-                self._evict(self.max_models)
+                evicted = self._evict(self.max_models)
+            self._release(evicted)
             return entry
 
     def _cached(self, key: tuple[str, str]) -> Entry | None:
@@ -323,10 +329,22 @@ class ModelZoo:
             self._cache.move_to_end(key)
         return entry
 
-    def _evict(self, keep: int) -> None:
-        """Drop least recently used entries down to `keep` (call with `_lock` held)."""
+    def _evict(self, keep: int) -> int:
+        """Drop least recently used entries down to `keep` (call with `_lock` held); how many were dropped.
+
+        Nothing else holds an entry (its classifier and graphs form no reference cycle), so its memory is freed
+        here, unless a request still running holds it, which then frees it when done."""
+        dropped = 0
         while len(self._cache) > max(keep, 0):
             self._cache.popitem(last=False)
+            dropped += 1
+        return dropped
+
+    def _release(self, evicted: int) -> None:
+        """After an eviction on CUDA, hand the cached blocks (weights, graph pools) back to the driver, so the
+        next model and other processes on the card can have them."""
+        if evicted and self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def imagenet_weights_available(self) -> bool:
         """Whether real ImageNet weights can be had now: a local file, or the hub answers."""

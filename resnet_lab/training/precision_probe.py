@@ -2,7 +2,7 @@
 
 Half precision does not always train faster. ResNet-20 at 32 px trains at ~19,900 images/s in fp32/TF32 on an
 H100 and ~10,600 under bf16 autocast (its tiny convs are launch- and cast-bound), while ResNet-50 at 224 px goes
-from ~2,400 to ~3,700. So `--precision auto` on CUDA times a few SGD steps of the run's own model on copies
+from ~2,400 to ~3,700. So `--precision auto` on CUDA times a few SGD steps of the run's own model on one copy
 (`choose_train_precision`); on the CPU it is fp32 without measuring. The serving side (the app's dtype) stays in
 `resnet_lab.precision`, which needs nothing from training. The timed step is `optimizer_step`, the one the
 training loop takes, so what is measured is what runs.
@@ -64,9 +64,11 @@ def time_train_steps(
 ) -> tuple[dict[str, float], int]:
     """({dtype_name: seconds per SGD step (forward, backward, update)} of `model` at each of `dtypes`, steps timed).
 
-    Each dtype trains its own deep copy (the caller's model, its BN statistics and any optimizer are untouched) on
-    one synthetic batch drawn from a local generator (torch's global RNG is not used). After `warmup` steps each
-    (cudnn autotuning, lazy init), `rounds` rounds of `steps` steps alternate between the dtypes so that clock or
+    All dtypes train one deep copy with one optimizer, taking turns (the caller's model, its BN statistics and any
+    optimizer are untouched): one copy beside the live model, not one per dtype, so near the memory limit the
+    choice is still made by speed (a second copy that does not fit would have ruled a dtype out by memory). The
+    batch is drawn from a local generator (torch's global RNG is not used). After `warmup` steps each (cudnn
+    autotuning, lazy init), `rounds` rounds of `steps` steps alternate between the dtypes so that clock or
     neighbour drift hits all alike; the median round counts. `steps` shrinks (to 1 at least) where one more
     untimed step per dtype says the rounds would take longer than `budget_s`: a big net at a big batch stays cheap.
     A dtype whose steps fail (no kernel, out of memory) is left out of the result.
@@ -75,15 +77,15 @@ def time_train_steps(
     g = torch.Generator().manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch_size, *input_shape, generator=g).to(device).contiguous(memory_format=fmt)
+    m = copy.deepcopy(model).to(device, memory_format=fmt).train()
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
+    state: dict[str, torch.Tensor] = {}
     runs: dict[str, Callable[[int], None]] = {}
     estimate = 0.0
     for dtype in dict.fromkeys(dtypes):
-        m = copy.deepcopy(model).to(device, memory_format=fmt).train()
-        opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
         scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-        state: dict[str, torch.Tensor] = {}
 
-        def run(n: int, m=m, opt=opt, scaler=scaler, dtype=dtype, state=state) -> None:
+        def run(n: int, scaler=scaler, dtype=dtype) -> None:
             for _ in range(n):
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     out = m(x).float()
@@ -98,6 +100,7 @@ def time_train_steps(
             run(1)
             estimate += time.perf_counter() - t
         except (RuntimeError, NotImplementedError) as e:
+            opt.zero_grad(set_to_none=True)
             warnings.warn(f"{dtype_name(dtype)} training steps failed ({type(e).__name__}: {e}); not a candidate",
                           stacklevel=2)
             continue
@@ -127,7 +130,7 @@ def choose_train_precision(
     """(autocast dtype or None for fp32, a record for the checkpoint JSON) for `--precision auto`.
 
     On CUDA (or with `measure=True`) it times up to `steps` SGD steps x 3 rounds, after 4 untimed steps, at fp32 and the
-    device's half dtype (CUDA: `cuda_half_dtype`; CPU: bf16) on copies of `model` (see `time_train_steps`) and picks
+    device's half dtype (CUDA: `cuda_half_dtype`; CPU: bf16) on one copy of `model` (see `time_train_steps`) and picks
     the faster; a tie goes to fp32, the safer numerics. The rounds are sized to ~1.5 s (see `time_train_steps`).
     Eager steps: under --compile half precision gains more (casts fuse), so a choice of fp32 is the cautious one.
     On a CPU it returns fp32 without measuring: CPU bf16 autocast trains slower than fp32 on CPUs without AMX, and
