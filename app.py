@@ -24,7 +24,7 @@ import gradio as gr  # noqa: E402
 from resnet_lab.devices import resolve_device  # noqa: E402
 from resnet_lab.precision import serving_choice  # noqa: E402
 from resnet_lab.serving.zoo import ASSETS  # noqa: E402
-from resnet_lab.ui import classify, common, gradcam, research  # noqa: E402
+from resnet_lab.ui import classify, common, gradcam, playground, research  # noqa: E402
 from resnet_lab.ui.common import user_errors  # noqa: E402
 
 PHOTOS = [str(ASSETS / f) for f in ("chelsea.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg")]
@@ -53,6 +53,8 @@ def build_demo() -> gr.Blocks:
             classify.build_tab(model, tag, examples)
         with gr.Tab("Grad-CAM"):
             gradcam.build_tab(model, tag, examples, default)
+        with gr.Tab("Playground: train twins live"):
+            playground.build_tab()
         with gr.Tab("Research: why residuals train"):
             research.build_tab()
         # The status line loads the model (seconds for a large one): real work, so it queues with the quick jobs,

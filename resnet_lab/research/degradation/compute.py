@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,35 @@ def eval_steps(steps: int, evals: int) -> list[int]:
     return sorted({0, *np.linspace(0, steps, evals + 1).round().astype(int)[1:].tolist()})
 
 
+class Watch(Protocol):
+    """What looks at a run while it trains (the Playground's live view): called inside the one lockstep loop, so
+    the live run trains exactly as `run_degradation` does."""
+
+    def before_update(self, arch: str, net: nn.Module, step: int) -> None:
+        """After the backward pass, before the optimizer step: the gradients of this step are in `.grad`."""
+
+    def after_update(self, arch: str, net: nn.Module, step: int, loss: float, acc: float) -> None:
+        """After the optimizer step."""
+
+    def validated(self, arch: str, step: int, loss: float, acc: float) -> None:
+        """Held-out loss and accuracy at `step` (before that step's update)."""
+
+    def keep_going(self, step: int) -> bool:
+        """After every net took step `step`: False stops the run there (then validated once more)."""
+
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's), or Adam (decoupled weight decay: AdamW) for the Playground's choice."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {name!r}")
+
+
 def run_degradation(
     steps: int,
     batch_size: int,
@@ -61,16 +91,24 @@ def run_degradation(
     clutter: bool = False,
     until: int | None = None,
     device: str | torch.device = "cpu",
+    norm: str = "bn",
+    zero_init: bool = False,
+    optimizer: str = "sgd",
+    watch: Watch | None = None,
 ) -> pd.DataFrame:
     """Train `archs` in lockstep on identical batches; return the tidy curves.
 
     `progress(fraction, desc)` is called as training advances (the UI passes Gradio's progress, the CLI a tqdm
     bar). `until` stops after that many steps of the `steps`-step schedule (no final validation): the start of a
     long run, exactly as the long run had it, for checking shipped curves. `device` runs the nets and holds the
-    images there; the batch order is drawn on the CPU either way, so it is the same everywhere.
+    images there; the batch order is drawn on the CPU either way, so it is the same everywhere. `norm` ("bn" or
+    "none"), `zero_init` (each block's last BN gamma zeroed) and `optimizer` (`OPTIMIZERS`) are the Playground's
+    knobs; `watch` sees every step (`Watch`) and may stop the run early.
     """
-    if steps < 1 or batch_size < 2:
-        raise ValueError("need steps >= 1 and batch_size >= 2 (train-mode BatchNorm)")
+    if steps < 1 or batch_size < 1:
+        raise ValueError("need steps >= 1 and batch_size >= 1")
+    if batch_size < 2 and norm == "bn":
+        raise ValueError("train-mode BatchNorm needs a batch of at least 2")
     if until is not None and not 1 <= until <= steps:
         raise ValueError(f"until must be within 1..steps ({steps}), not {until}")
     unknown = [a for a in archs if a not in REGISTRY]
@@ -86,9 +124,9 @@ def run_degradation(
 
     nets: dict[str, nn.Module] = {}
     for arch in archs:  # one init seed for all: each ResNet starts from its plain twin's weights
-        nets[arch] = build(arch, num_classes=num_classes, seed=init_seed(seed)).to(device).train()
-    opts = {a: torch.optim.SGD(n.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-            for a, n in nets.items()}
+        nets[arch] = build(arch, num_classes=num_classes, norm=norm, zero_init_last=zero_init,
+                           seed=init_seed(seed)).to(device).train()
+    opts = {a: make_optimizer(optimizer, n.parameters(), lr, momentum, weight_decay) for a, n in nets.items()}
     warmup = max(1, steps // 20)
     validate_at = eval_steps(steps, evals)
 
@@ -105,8 +143,11 @@ def run_degradation(
             s = score(net, chunks(x_val, y_val, EVAL_BATCH))
             record(arch, step, "val_loss", s.loss)
             record(arch, step, "val_acc", s.accuracy)
+            if watch is not None:
+                watch.validated(arch, step, s.loss, s.accuracy)
 
-    for step in range(steps if until is None else until):
+    last = steps if until is None else until
+    for step in range(last):
         if step in validate_at:
             report(step / steps, f"validating at step {step}")
             validate(step)
@@ -121,12 +162,20 @@ def run_degradation(
             loss = F.cross_entropy(logits, yb)
             opts[arch].zero_grad(set_to_none=True)
             loss.backward()
+            if watch is not None:
+                watch.before_update(arch, net, step)
             opts[arch].step()
-            record(arch, step, "train_loss", loss.item())
-            record(arch, step, "train_acc", (logits.argmax(1) == yb).float().mean().item())
+            loss_value, acc = loss.item(), (logits.argmax(1) == yb).float().mean().item()
+            record(arch, step, "train_loss", loss_value)
+            record(arch, step, "train_acc", acc)
+            if watch is not None:
+                watch.after_update(arch, net, step, loss_value, acc)
         report((step + 1) / steps, f"step {step + 1}/{steps}")
-    if until is None or until == steps:
-        validate(steps)
+        if watch is not None and not watch.keep_going(step):
+            last = step + 1
+            break
+    if until is None or until == steps or last < until:
+        validate(last)
     report(1.0, "done")
     return add_smoothing(pd.DataFrame(rows, columns=COLUMNS), window=max(1, steps // 25))
 

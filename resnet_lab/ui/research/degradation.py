@@ -1,9 +1,9 @@
 """Research section 2: the degradation curves (He et al. 2015, Fig. 1), shipped and as a short re-run.
 
 The re-run is fixed in size; its button says how long it will take, from the one cost model on the app's device
-(`degradation.estimate_cost`), so building the page trains nothing. It is refused when its estimated memory exceeds
-what that device can spare, and runs there. The text beside the curves is the library's reading of them
-(`degradation.describe_degradation`), as the CLI prints it.
+(`degradation.estimate_cost`), computed when the page loads, so building the page trains and times nothing. It is
+refused when its estimated memory exceeds what that device can spare, and runs there. The text beside the curves
+is the library's reading of them (`degradation.describe_degradation`), as the CLI prints it.
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ def build() -> None:
         with gr.Column(scale=2):
             deg_text = gr.Markdown(note)
             deg_table = gr.Dataframe(final, label="Final metrics", interactive=False, elem_id="degradation-table")
-            rerun = gr.Button(rerun_label())
+            rerun = gr.Button(f"Re-run a short version ({degradation.QUICK['steps']} steps; estimating the time here…)")
+    # The estimate times this server (the cost model's probe): on page load, never while the page is built.
+    gr.on(None, rerun_label, None, rerun, queue=False, api_visibility="private")
     rerun.click(on_gpu(user_errors(rerun_degradation)), None, [deg_plot, deg_table, deg_text],
                 api_name="degradation", **LONG).then(rerun_label, None, rerun, queue=False, api_visibility="private")

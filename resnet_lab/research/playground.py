@@ -1,0 +1,222 @@
+"""The Playground: a plain net and its ResNet twin trained side by side, watched live.
+
+TensorFlow Playground for convolutional nets with and without shortcuts: the user picks the depth, BatchNorm,
+init, optimizer, learning rate, batch size and steps, and watches both nets learn on Shapes. The training is the
+degradation study's lockstep loop (`degradation.compute.run_degradation`: identical batches, one init seed for
+both, the same schedule), so what the Playground shows is what the study measures; `LiveWatch` only looks:
+
+- training loss and accuracy every step, held-out loss and accuracy at `evals` points;
+- a layers x steps map of each main-path conv's weight-gradient norm (the gradient study, over training rather
+  than at initialization), kept for at most `MAX_COLUMNS` steps (evenly thinned beyond);
+- per-stage weight-update ratios ||W_after - W_before|| / ||W_before|| every `ratio_every` steps.
+
+`snapshot()` copies what has been seen so far for the UI, which polls it a few times a second from another
+thread; `stop()` ends the run after the step in flight, keeping what was trained. The cost comes from the one cost
+model (`degradation.estimate_cost`), so a run is sized and refused before it starts.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..resnet import REGISTRY, list_archs, twin_name
+from . import cost as C
+from .degradation import estimate_cost
+from .degradation.compute import OPTIMIZERS, run_degradation
+from .gradflow.compute import conv_layers
+
+DEPTHS = tuple(REGISTRY[a].depth for a in list_archs("cifar") if a.startswith("resnet"))  # 20, 32, 44, 56, 110
+INITS = ("he", "zero-gamma")
+MAX_COLUMNS = 400  # steps kept in the gradient map (thinned to every k-th beyond): the image stays small
+TIME_LIMIT_S = 300.0  # the longest estimated run a click may start: it holds the app's one long-job slot
+
+
+@dataclass(frozen=True)
+class PlaygroundConfig:
+    """One Playground run. Defaults: the 56-layer pair, where plain-56 trains visibly worse within ~2 minutes on
+    two CPU cores (see `benchmarks/bench_playground.py`)."""
+
+    depth: int = 56
+    batchnorm: bool = True
+    init: str = "he"  # "he" | "zero-gamma" (each block's last BN gamma zeroed, Goyal et al. 2017)
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9) | "adam" (AdamW)
+    lr: float = 0.05
+    batch_size: int = 32
+    steps: int = 400
+    seed: int = 0
+    evals: int = 8
+    val_size: int = 256
+    ratio_every: int = 5
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.depth not in DEPTHS:
+            raise ValueError(f"depth must be one of {', '.join(map(str, DEPTHS))} (6n+2), not {self.depth}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, not {self.init!r}")
+        if self.init == "zero-gamma" and not self.batchnorm:
+            raise ValueError("zero-gamma init zeroes a BatchNorm weight: it needs BatchNorm on")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= 10):
+            raise ValueError(f"learning rate must be in (0, 10], not {self.lr}")
+        if self.steps < 1 or self.batch_size < (2 if self.batchnorm else 1):
+            raise ValueError("need at least 1 step and a batch of at least 2 with BatchNorm (1 without)")
+
+    @property
+    def archs(self) -> tuple[str, str]:
+        """(plain, residual) registry names of the pair."""
+        residual = next(a for a in list_archs("cifar") if a.startswith("resnet") and REGISTRY[a].depth == self.depth)
+        return twin_name(residual), residual
+
+    def cost(self) -> C.Cost:
+        """Seconds and peak bytes on `device` now, from the one cost model."""
+        return estimate_cost(self.steps, self.batch_size, self.archs, train_size=self.steps * self.batch_size,
+                             val_size=self.val_size, evals=self.evals, device=self.device)
+
+
+def what_fits(cfg: PlaygroundConfig, seconds: float = TIME_LIMIT_S) -> PlaygroundConfig | None:
+    """The same run with as many steps as fit in `seconds` on this server now (None when even 10 do not).
+
+    Bisected on the cost model (building the nets and the held-out checks cost the same at any step count, so
+    the time is not proportional to the steps)."""
+    def with_steps(n: int) -> PlaygroundConfig:
+        return PlaygroundConfig(**{**asdict(cfg), "steps": n})
+
+    if cfg.cost().seconds <= seconds:
+        return cfg
+    lo, hi = 10, cfg.steps  # lo fits (checked next), hi does not
+    if with_steps(lo).cost().seconds > seconds:
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if with_steps(mid).cost().seconds <= seconds else (lo, mid)
+    return with_steps(lo)
+
+
+@dataclass
+class Snapshot:
+    """What the run has shown so far (copies: the run goes on meanwhile)."""
+
+    step: int  # steps done
+    steps: int
+    seconds: float
+    curves: pd.DataFrame  # net, step, metric (train_loss, train_acc, val_loss, val_acc), value
+    grad_maps: dict[str, np.ndarray]  # net -> (layers, columns) log10 gradient norms, NaN where not yet seen
+    grad_steps: list[int]  # the step of each column
+    ratios: pd.DataFrame  # net, step, stage, ratio
+    done: bool
+    stopped: bool
+    error: str = ""
+
+
+@dataclass
+class LiveWatch:
+    """Looks at a `run_degradation` run of one twin pair (see the module docstring). Thread-safe reads."""
+
+    steps: int
+    ratio_every: int = 5
+    _rows: list[tuple[str, int, str, float]] = field(default_factory=list)
+    _grads: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    _grad_steps: list[int] = field(default_factory=list)
+    _ratios: list[tuple[str, int, str, float]] = field(default_factory=list)
+    _before: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    _done_steps: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _t0: float = field(default_factory=time.perf_counter)
+    nets: dict[str, nn.Module] = field(default_factory=dict)  # the trained pair, by label, for the caller
+    done: bool = False
+    error: str = ""
+
+    def __post_init__(self) -> None:
+        self._every = max(1, math.ceil(self.steps / MAX_COLUMNS))  # keep every k-th step's gradients
+
+    @staticmethod
+    def label(arch: str) -> str:
+        return f"{'ResNet' if REGISTRY[arch].residual else 'plain'}-{REGISTRY[arch].depth}"
+
+    def stop(self) -> None:
+        """End the run after the step in flight; what was trained is kept."""
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def before_update(self, arch: str, net: nn.Module, step: int) -> None:
+        if step % self._every == 0:
+            grads = [c.weight.grad for _, _, short, c in conv_layers(net) if not short]
+            norms = torch.stack([g.norm() if g is not None else g.new_zeros(()) for g in grads]).cpu()
+            with self._lock:
+                self._grads.setdefault(arch, []).append(norms)
+                if not self._grad_steps or self._grad_steps[-1] != step:
+                    self._grad_steps.append(step)
+        if step % self.ratio_every == 0:
+            self._before[arch] = [p.detach().clone() for _, stage in net.stages() for p in stage.parameters()]
+
+    def after_update(self, arch: str, net: nn.Module, step: int, loss: float, acc: float) -> None:
+        ratios = []
+        if step % self.ratio_every == 0 and arch in self._before:
+            before = iter(self._before.pop(arch))
+            for name, stage in net.stages():
+                num = den = 0.0
+                for p in stage.parameters():
+                    b = next(before)
+                    num += float((p.detach() - b).pow(2).sum())
+                    den += float(b.pow(2).sum())
+                ratios.append((self.label(arch), step, name, math.sqrt(num / den) if den > 0 else math.nan))
+        with self._lock:
+            self.nets.setdefault(self.label(arch), net)
+            self._rows += [(self.label(arch), step, "train_loss", loss), (self.label(arch), step, "train_acc", acc)]
+            self._ratios += ratios
+
+    def validated(self, arch: str, step: int, loss: float, acc: float) -> None:
+        with self._lock:
+            self._rows += [(self.label(arch), step, "val_loss", loss), (self.label(arch), step, "val_acc", acc)]
+
+    def keep_going(self, step: int) -> bool:
+        with self._lock:
+            self._done_steps = step + 1
+        return not self._stop.is_set()
+
+    def snapshot(self) -> Snapshot:
+        """A copy of everything seen so far."""
+        with self._lock:
+            rows, ratios, steps = list(self._rows), list(self._ratios), list(self._grad_steps)
+            grads = {a: list(v) for a, v in self._grads.items()}
+            done_steps = self._done_steps
+        maps = {}
+        for arch, cols in grads.items():
+            m = torch.stack(cols, 1).numpy() if cols else np.zeros((0, 0))
+            with np.errstate(divide="ignore"):
+                maps[self.label(arch)] = np.log10(m)
+        return Snapshot(done_steps, self.steps, time.perf_counter() - self._t0,
+                        pd.DataFrame(rows, columns=["net", "step", "metric", "value"]), maps, steps,
+                        pd.DataFrame(ratios, columns=["net", "step", "stage", "ratio"]), self.done, self.stopped,
+                        self.error)
+
+
+def run_playground(cfg: PlaygroundConfig, watch: LiveWatch | None = None) -> LiveWatch:
+    """Train the pair of `cfg` with `watch` looking (made here when not given); the watch then holds the trained
+    nets (`watch.nets`, by label). An error is kept in `watch.error` (the UI shows it) and raised."""
+    watch = watch or LiveWatch(cfg.steps, cfg.ratio_every)
+    try:
+        run_degradation(cfg.steps, cfg.batch_size, cfg.archs, cfg.seed, lr=cfg.lr,
+                        train_size=cfg.steps * cfg.batch_size, val_size=cfg.val_size, evals=cfg.evals,
+                        device=cfg.device, norm="bn" if cfg.batchnorm else "none",
+                        zero_init=cfg.init == "zero-gamma", optimizer=cfg.optimizer, watch=watch)
+    except Exception as e:
+        watch.error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        watch.done = True
+    return watch

@@ -1,0 +1,235 @@
+"""The Playground tab: a plain net and its ResNet twin train side by side, live (`research.playground`).
+
+Train streams a few updates a second: loss and accuracy curves (drawn in the browser, `gr.LinePlot`, so the server
+renders nothing), each net's layers x steps map of gradient norms (a colormapped array, no matplotlib figure per
+update) and per-stage update ratios. Stop ends the run after the step in flight and keeps what was trained; the
+run's curves and both checkpoints then download. The run is sized by the one cost model before it starts and
+refused (with what fits) when it would take longer than `playground.TIME_LIMIT_S` or more memory than the server
+can spare; it runs in the app's one long-job group, on the app's device. Nothing of one user's run is visible to
+another: the run is found by a key held in that user's session only.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from ..checkpoints import save_checkpoint
+from ..research import playground as pg
+from ..shapes import CLASSES
+from ..training.run_data import shapes_data_config
+from .common import LONG, tmp_file, user_errors, zoo
+from .research._common import duration, memory_budget, refuse_if_too_big
+
+LONG_FREE = {"queue": False}  # an estimate never waits behind a long job
+UPDATE_S = 0.4  # seconds between live updates: a few a second, and the view costs the training little
+MAP_HEIGHT = 240  # pixels of a gradient map (layers stretched to it)
+_runs: dict[str, pg.LiveWatch] = {}  # session key -> its running watch (only while it runs)
+_runs_lock = threading.Lock()
+
+
+def config(depth: float, batchnorm: bool, init: str, optimizer: str, lr: float, batch_size: float, steps: float,
+           seed: float) -> pg.PlaygroundConfig:
+    """The run the controls describe, on the app's device (ValueError, shown to the user, for what cannot run)."""
+    return pg.PlaygroundConfig(depth=int(depth), batchnorm=bool(batchnorm), init=init, optimizer=optimizer,
+                               lr=float(lr), batch_size=int(batch_size), steps=int(steps), seed=int(seed),
+                               device=str(zoo().device))
+
+
+def estimate_text(*controls: Any) -> str:
+    """How long these settings take on this server now (the cost model), or why they cannot run."""
+    try:
+        cfg = config(*controls)
+    except ValueError as e:
+        return f"⚠️ {e}"
+    cost = cfg.cost()
+    plain, residual = (pg.LiveWatch.label(a) for a in cfg.archs)
+    text = (f"{plain} and {residual}, {cfg.steps} steps of {cfg.batch_size} Shapes images: about "
+            f"**{duration(cost.seconds)}** on this server (`{cfg.device}`).")
+    if cost.seconds > pg.TIME_LIMIT_S:
+        fits = pg.what_fits(cfg)
+        text += (f" Longer than a live run may take ({duration(pg.TIME_LIMIT_S)}): "
+                 + (f"{fits.steps} steps fit." if fits else "choose a smaller depth or batch."))
+    return text
+
+
+def refuse(cfg: pg.PlaygroundConfig) -> None:
+    """A `gr.Error` for a run that would not fit in time or memory, saying what fits."""
+    cost = cfg.cost()
+    if cost.seconds > pg.TIME_LIMIT_S:
+        fits = pg.what_fits(cfg)
+        hint = f"{fits.steps} steps with these settings fit." if fits else "Choose a smaller depth or batch size."
+        raise gr.Error(f"These settings take about {duration(cost.seconds)} here; a live run may take "
+                       f"{duration(pg.TIME_LIMIT_S)}. {hint}", title="Too long for a live run")
+    refuse_if_too_big(cost.bytes, memory_budget(cfg.device), "This run", "Choose a smaller depth or batch size.")
+
+
+def curves(snap: pg.Snapshot, metric: str) -> pd.DataFrame:
+    """Long-form rows for a `gr.LinePlot`: each net's training `metric` (a trailing mean over ~1/25 of the run, the
+    per-step value is one batch's) and its held-out value, one series each."""
+    df = snap.curves
+    out = []
+    for net, rows in df[df.metric == f"train_{metric}"].groupby("net", sort=False):
+        window = max(1, snap.steps // 25)
+        out.append(pd.DataFrame({"step": rows.step, "value": rows.value.rolling(window, min_periods=1).mean(),
+                                 "series": f"{net} train"}))
+    for net, rows in df[df.metric == f"val_{metric}"].groupby("net", sort=False):
+        out.append(pd.DataFrame({"step": rows.step, "value": rows.value, "series": f"{net} held-out"}))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame({"step": [], "value": [], "series": []})
+
+
+def ratios(snap: pg.Snapshot) -> pd.DataFrame:
+    df = snap.ratios.dropna()
+    return pd.DataFrame({"step": df.step, "value": np.log10(df.ratio.clip(lower=1e-12)),
+                         "series": df.net + " " + df.stage})
+
+
+def gradient_maps(snap: pg.Snapshot) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """Both nets' maps as RGB images on one shared color scale (viridis: dark small, bright large), and the scale."""
+    from matplotlib import colormaps
+
+    maps = [m for net, m in sorted(snap.grad_maps.items(), key=lambda kv: not kv[0].startswith("plain"))]
+    finite = np.concatenate([m[np.isfinite(m)] for m in maps if m.size]) if maps else np.array([])
+    if not finite.size:
+        return None, None, ""
+    lo, hi = float(finite.min()), float(finite.max())
+    images = []
+    for m in maps:
+        width = m.shape[1]
+        norm = np.clip((m - lo) / max(hi - lo, 1e-9), 0, 1)
+        rgb = (colormaps["viridis"](np.nan_to_num(norm, nan=0.0))[..., :3] * 255).astype(np.uint8)
+        rows = np.linspace(0, m.shape[0] - 1, MAP_HEIGHT).round().astype(int)  # layers stretched to the height
+        cols = np.repeat(np.arange(width), max(1, 400 // max(width, 1)))
+        images.append(rgb[rows][:, cols])
+    images += [None] * (2 - len(images))
+    return images[0], images[1], f"log10 ‖∂L/∂W‖ per conv (rows: first layer at the top), from {lo:.1f} to {hi:.1f}"
+
+
+def status(snap: pg.Snapshot) -> str:
+    if snap.error:
+        return f"⚠️ The run failed: {snap.error}"
+    last = snap.curves[snap.curves.metric == "val_acc"].groupby("net", sort=False).value.last()
+    held = ", ".join(f"{net} {acc:.1%}" for net, acc in last.items())
+    state = "stopped" if snap.stopped and snap.done else "done" if snap.done else "training"
+    return (f"**{state}**: step {snap.step} of {snap.steps} in {duration(snap.seconds)}"
+            + (f" · held-out accuracy: {held}" if held else ""))
+
+
+def views(snap: pg.Snapshot, files: list[str] | None = None) -> tuple:
+    plain_map, res_map, scale = gradient_maps(snap)
+    return (status(snap), curves(snap, "loss"), curves(snap, "acc"), plain_map, res_map, scale, ratios(snap),
+            files)
+
+
+def save(watch: pg.LiveWatch, cfg: pg.PlaygroundConfig) -> list[str]:
+    """The run's curves (CSV) and both trained nets (`.safetensors` + JSON, loadable by `load_checkpoint`)."""
+    snap = watch.snapshot()
+    csv = tmp_file(".csv", name="playground_curves.csv")
+    snap.curves.to_csv(csv, index=False)
+    files = [str(csv)]
+    for arch in cfg.archs:
+        net = watch.nets.get(pg.LiveWatch.label(arch))
+        if net is None:
+            continue
+        meta = {"arch": arch, "num_classes": len(CLASSES), "classes": list(CLASSES), **shapes_data_config(32),
+                "playground": asdict(cfg), "steps_trained": snap.step}
+        path = save_checkpoint(net.cpu().eval(), csv.parent / f"playground_{arch}", meta)
+        files += [str(path), str(path.with_suffix(".json"))]
+    return files
+
+
+def train(*args: Any) -> Iterator[tuple]:
+    """Start the run and stream its views until it ends (Stop, the last step, or an error)."""
+    *controls, key = args
+    cfg = config(*controls)
+    refuse(cfg)
+    watch = pg.LiveWatch(cfg.steps, cfg.ratio_every)
+    with _runs_lock:
+        _runs[key] = watch
+    thread = threading.Thread(target=_run, args=(cfg, watch), daemon=True, name="playground")
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(UPDATE_S)
+            yield views(watch.snapshot())
+        if watch.error:
+            raise gr.Error(watch.error, title="The Playground run failed")
+        yield views(watch.snapshot(), save(watch, cfg))
+    finally:
+        watch.stop()  # a closed tab (the generator closed) stops its run too
+        with _runs_lock:
+            _runs.pop(key, None)
+
+
+def _run(cfg: pg.PlaygroundConfig, watch: pg.LiveWatch) -> None:
+    try:
+        pg.run_playground(cfg, watch)
+    except Exception:  # kept in watch.error, shown by the stream
+        pass
+
+
+def stop(key: str) -> str:
+    """Stop this session's run (nobody else's) after the step in flight."""
+    with _runs_lock:
+        watch = _runs.get(key)
+    if watch is None:
+        return "Nothing is training."
+    watch.stop()
+    return "Stopping after this step…"
+
+
+def build_tab() -> None:
+    """The Playground's components and events, inside the caller's `gr.Tab`."""
+    gr.Markdown(
+        "### Train a plain net and its ResNet twin, side by side\n"
+        "Both start from the same weights (the ResNet only adds the shortcuts), see the same Shapes batches in the "
+        "same order, and follow the same schedule. Watch the deeper plain net fall behind (He et al. 2015's "
+        "degradation), and how the gradients reach its first layers, or do not.")
+    key = gr.State(lambda: uuid.uuid4().hex)  # this session's run, and only this session's
+    defaults = pg.PlaygroundConfig()
+    with gr.Row():
+        depth = gr.Dropdown(list(pg.DEPTHS), value=defaults.depth, label="Depth (6n+2 layers)")
+        batchnorm = gr.Checkbox(defaults.batchnorm, label="BatchNorm")
+        init = gr.Radio(list(pg.INITS), value=defaults.init, label="Init")
+        optimizer = gr.Radio(list(pg.OPTIMIZERS), value=defaults.optimizer, label="Optimizer")
+    with gr.Row():
+        lr = gr.Number(defaults.lr, label="Learning rate", minimum=1e-5, maximum=10)
+        batch_size = gr.Slider(2, 128, value=defaults.batch_size, step=2, label="Batch size")
+        steps = gr.Slider(20, 2000, value=defaults.steps, step=10, label="Steps")
+        seed = gr.Number(defaults.seed, label="Seed", precision=0)
+    controls = [depth, batchnorm, init, optimizer, lr, batch_size, steps, seed]
+    estimate = gr.Markdown("Estimating how long these settings take here… (change a setting to re-estimate)",
+                           elem_id="playground-estimate")
+    with gr.Row():
+        start = gr.Button("Train both", variant="primary", elem_id="playground-train")
+        halt = gr.Button("Stop", elem_id="playground-stop")
+    state = gr.Markdown(elem_id="playground-status")
+    with gr.Row():
+        loss = gr.LinePlot(x="step", y="value", color="series", label="Loss (train: trailing mean; held-out: dots)",
+                           elem_id="playground-loss", height=280)
+        acc = gr.LinePlot(x="step", y="value", color="series", label="Accuracy", elem_id="playground-acc",
+                          height=280)
+    scale = gr.Markdown(elem_id="playground-scale")
+    with gr.Row():
+        plain_map = gr.Image(label="Plain net: gradient norm, layers x steps", type="numpy", interactive=False,
+                             elem_id="playground-map-plain", elem_classes="pixelated")
+        res_map = gr.Image(label="ResNet: gradient norm, layers x steps", type="numpy", interactive=False,
+                           elem_id="playground-map-resnet", elem_classes="pixelated")
+    update = gr.LinePlot(x="step", y="value", color="series", label="log10 update ratio ‖ΔW‖/‖W‖ per stage",
+                         elem_id="playground-ratios", height=240)
+    files = gr.File(label="The run's curves and both trained nets", file_count="multiple", interactive=False,
+                    elem_id="playground-files")
+    outputs = [state, loss, acc, plain_map, res_map, scale, update, files]
+    # On page load and on every change, not while the page is built: the first estimate times this server (the
+    # cost model's probe), which must not delay serving the app.
+    gr.on(None, estimate_text, controls, estimate, api_visibility="private", **LONG_FREE)
+    start.click(user_errors(train), [*controls, key], outputs, api_name="playground", **LONG)
+    halt.click(stop, key, state, queue=False, api_visibility="private")
+

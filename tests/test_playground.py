@@ -1,0 +1,141 @@
+"""The Playground (research/playground.py, ui/playground.py): the twins train exactly as the degradation study
+trains them, what the live view shows is what an independent computation gives, Stop keeps what was trained, and
+building the page trains and times nothing."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from resnet_lab.research import playground as pg
+from resnet_lab.research.degradation.compute import run_degradation
+from resnet_lab.resnet import build, init_seed
+from resnet_lab.shapes import ShapesDataset
+
+SMALL = {"depth": 20, "steps": 6, "batch_size": 8, "evals": 2, "val_size": 32, "ratio_every": 1}
+
+
+def test_watching_changes_nothing_the_nets_learn():
+    """The live view only looks: the same curves as the study's loop without it, bit for bit."""
+    cfg = pg.PlaygroundConfig(**SMALL)
+    watch = pg.run_playground(cfg)
+    alone = run_degradation(cfg.steps, cfg.batch_size, cfg.archs, cfg.seed, lr=cfg.lr, train_size=48,
+                            val_size=cfg.val_size, evals=cfg.evals)
+    seen = watch.snapshot().curves
+    for arch, label in zip(cfg.archs, ("plain-20", "ResNet-20")):
+        for metric in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            want = alone[(alone.arch == arch) & (alone.metric == metric)].value.tolist()
+            got = seen[(seen.net == label) & (seen.metric == metric)].value.tolist()
+            assert got == want, (label, metric)
+    assert set(watch.nets) == {"plain-20", "ResNet-20"} and watch.done and not watch.error
+
+
+def test_the_gradient_map_and_update_ratio_match_an_independent_first_step():
+    """Column 0 of each map is log10 of every main-path conv's gradient norm on the first batch, recomputed here
+    from a fresh net; the stage update ratio of step 0 is SGD's first step, lr_0 * ||g + wd W|| / ||W||."""
+    cfg = pg.PlaygroundConfig(**SMALL)
+    snap = pg.run_playground(cfg).snapshot()
+    data = ShapesDataset(cfg.steps * cfg.batch_size, cfg.seed, 32, clutter=False)  # as the study renders them
+    x, y = data.normalized(), data.labels
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.batch_size]
+    lr0 = cfg.lr * 0.1  # the warm-up's first step
+    for arch, label in zip(cfg.archs, ("plain-20", "ResNet-20")):
+        net = build(arch, num_classes=8, seed=init_seed(cfg.seed)).train()
+        F.cross_entropy(net(x[idx]), y[idx]).backward()
+        convs = [m for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d) and ".downsample." not in n]
+        want = torch.stack([c.weight.grad.norm() for c in convs]).log10().numpy()
+        got = snap.grad_maps[label][:, 0]
+        assert got.shape == want.shape and abs(got - want).max() < 1e-4, label
+        for name, stage in net.stages():
+            num = sum(float((lr0 * (p.grad + 5e-4 * p.detach())).pow(2).sum()) for p in stage.parameters())
+            den = sum(float(p.detach().pow(2).sum()) for p in stage.parameters())
+            row = snap.ratios[(snap.ratios.net == label) & (snap.ratios.step == 0) & (snap.ratios.stage == name)]
+            assert row.ratio.item() == pytest.approx(math.sqrt(num / den), rel=1e-3), (label, name)
+
+
+def test_stop_ends_after_the_step_in_flight_and_keeps_what_was_trained():
+    cfg = pg.PlaygroundConfig(**{**SMALL, "steps": 50})
+
+    class StopAt3(pg.LiveWatch):
+        def keep_going(self, step: int) -> bool:
+            if step == 2:
+                self.stop()
+            return super().keep_going(step)
+
+    watch = pg.run_playground(cfg, StopAt3(cfg.steps, cfg.ratio_every))
+    snap = watch.snapshot()
+    assert snap.step == 3 and snap.stopped and snap.done
+    assert snap.curves[snap.curves.metric == "train_loss"].step.max() == 2
+    assert sorted(snap.curves[snap.curves.metric == "val_acc"].step.unique()) == [0, 3]  # validated where it stopped
+    assert all(m.shape[1] == 3 for m in snap.grad_maps.values()) and len(watch.nets) == 2
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"depth": 21}, "depth must be one of"), ({"init": "zero-gamma", "batchnorm": False}, "needs BatchNorm"),
+    ({"optimizer": "lbfgs"}, "optimizer must be"), ({"lr": 0.0}, "learning rate"), ({"batch_size": 1}, "batch"),
+])
+def test_settings_that_cannot_run_are_refused_with_the_reason(bad, message):
+    with pytest.raises(ValueError, match=message):
+        pg.PlaygroundConfig(**{**SMALL, **bad})
+
+
+def test_without_batchnorm_and_with_adam_and_zero_gamma_it_trains():
+    for extra in ({"batchnorm": False, "batch_size": 1}, {"optimizer": "adam", "lr": 1e-3}, {"init": "zero-gamma"}):
+        watch = pg.run_playground(pg.PlaygroundConfig(**{**SMALL, "steps": 2, **extra}))
+        assert not watch.error and watch.snapshot().step == 2, extra
+    net = watch.nets["ResNet-20"]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and float(m.weight.detach().abs().max()) > 0.1
+                   for n, m in net.named_modules() if n.endswith("bn2"))  # the last BN of each block started at 0
+
+
+def test_what_fits_cuts_the_steps_to_the_time_limit():
+    cfg = pg.PlaygroundConfig(depth=110, steps=2000, batch_size=128)
+    assert cfg.cost().seconds > pg.TIME_LIMIT_S
+    fits = pg.what_fits(cfg)
+    assert fits is not None and 10 <= fits.steps < 2000 and fits.cost().seconds <= pg.TIME_LIMIT_S
+    assert pg.PlaygroundConfig(**{**vars(fits), "steps": fits.steps + 1}).cost().seconds > pg.TIME_LIMIT_S
+
+
+# ----------------------------------------------------------------------------- the tab
+
+
+def test_the_tab_streams_views_saves_the_pair_and_stops_only_its_own_run(monkeypatch):
+    from resnet_lab.checkpoints import load_checkpoint
+    from resnet_lab.ui import playground as ui
+
+    controls = (20, True, "he", "sgd", 0.05, 8, 30, 0)
+    assert "about" in ui.estimate_text(*controls) and "⚠️" in ui.estimate_text(21, *controls[1:])
+    monkeypatch.setattr(ui, "UPDATE_S", 0.05)
+    stream = ui.train(*controls, "me")
+    first = next(stream)
+    assert ui._runs.get("me") is not None and ui.stop("someone else") == "Nothing is training."
+    assert ui.stop("me").startswith("Stopping")
+    views = [first, *stream]
+    status, loss, acc, plain_map, res_map, scale, ratios, files = views[-1]
+    assert "stopped" in status and "me" not in ui._runs
+    assert isinstance(loss, pd.DataFrame) and {"plain-20 train", "ResNet-20 train"} <= set(loss.series)
+    assert plain_map is not None and plain_map.ndim == 3 and res_map.shape == plain_map.shape and "log10" in scale
+    assert [f.rsplit(".", 1)[-1] for f in files] == ["csv", "safetensors", "json", "safetensors", "json"]
+    loaded = load_checkpoint(files[3])
+    assert loaded.meta["arch"] == "resnet20" and loaded.meta["steps_trained"] < 30
+
+
+def test_building_the_page_trains_and_times_nothing(monkeypatch):
+    """Every estimate (the cost model's timed probes) and every run waits for the page to be served: building it
+    with the probes and the training loop made to fail still works."""
+    import app
+    from resnet_lab.research import cost
+    from resnet_lab.research.degradation import compute
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("building the page measured or trained something")
+
+    for name in ("_measured_rates", "_measured_build"):
+        monkeypatch.setattr(cost, name, forbidden)
+    monkeypatch.setattr(compute, "run_degradation", forbidden)
+    monkeypatch.setattr(torch.optim.SGD, "step", forbidden)
+    app.build_demo()
