@@ -12,6 +12,19 @@ from conftest import CHROMIUM, CHROMIUM_FLAGS, SHOTS, require_chromium
 from playwright.sync_api import expect, sync_playwright
 
 
+@pytest.fixture(scope="module", autouse=True)
+def short_live_runs():
+    """The live runs cut to a few seconds: here the page is under test (buttons, figures, tables, text); what the
+    runs compute is tested against the library at full size in tests/test_ui_research_*.py."""
+    from resnet_lab.ui.research import curvature, landscape, lesion
+
+    mp = pytest.MonkeyPatch()
+    for module in (curvature, landscape, lesion):
+        mp.setattr(module, "LIVE_BUDGET_S", 4.0)
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="module")
 def page(request):
     require_chromium()

@@ -110,14 +110,17 @@ def test_shipped_curves_are_what_the_shipped_command_produces():
     ship = degradation.read_csv(SHIPPED_CSV)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
+    # Two of the four nets, one of each depth and kind: each net of a lockstep run sees the same batches from the
+    # same init seed whatever else trains beside it, so their rows are the full run's (and the test is half as long).
+    archs = ("plain56", "resnet20")
     try:  # the README's command: --steps 1500 --batch-size 32, everything else at its default
-        again = run_degradation(1500, 32, until=3)
+        again = run_degradation(1500, 32, archs, until=3)
     finally:
         torch.set_num_threads(threads)
     keys = ["arch", "variant", "depth", "step", "metric"]
-    first = ship[ship.step < 3]
+    first = ship[(ship.step < 3) & ship.arch.isin(archs)]
     both = first.merge(again, on=keys, suffixes=("_shipped", "_now"), validate="one_to_one")
-    assert len(both) == len(first) == len(again) == 56
+    assert len(both) == len(first) == len(again) == 28
     printed = both.value_now.map(lambda v: float(f"{v:.6g}"))  # as the CLI writes it
     rel = (printed - both.value_shipped).abs() / both.value_shipped.abs().clip(lower=1e-12)
     chaotic = (both.arch == "plain56") & (both.step > 0)

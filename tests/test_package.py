@@ -18,15 +18,15 @@ def test_a_wheel_installs_into_a_fresh_venv_and_runs_from_anywhere(tmp_path):
                     str(wheels), str(ROOT)], check=True, capture_output=True, timeout=300)
     wheel = next(wheels.glob("resnet_lab-*.whl"))
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
+    venv.create(env_dir, with_pip=False)  # this environment's pip installs into it (`--python`): no ensurepip
     bin_dir = env_dir / "bin"
     # the dependencies (torch, timm, ...) come from this environment through a .pth file: the fresh venv gets
     # only our wheel installed, which is what is being tested
     purelib = subprocess.run([bin_dir / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
     Path(purelib, "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    subprocess.run([bin_dir / "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install", "--no-deps",
+                    "--no-index", "-q", str(wheel)], check=True, capture_output=True, timeout=300)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
