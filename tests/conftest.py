@@ -13,6 +13,10 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning threads starve a shared 2-core box
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N (the default, pyproject.toml): the cores shared, not each
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))  # worker taking all of them
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // _workers)))  # before torch loads; subprocesses too
 
 # Browser tests: Debian's Chromium driven by Playwright (`playwright install` cannot download browsers here)
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

@@ -96,7 +96,8 @@ def test_gradcam_bad_input(client, tmp_path):
 QUICK_FNS = {"classify_batch", "explain_event", "status_text"}
 LONG_FNS = {"compare_depths", "recompute_faithfulness", "run_gradnorms", "rerun_degradation", "run_landscape",
             "run_lesion", "run_top_eigenvalue"}
-CHEAP_FNS = {"on_model_change", "shapes_sample", "<lambda>", "rerun_label", "load_example"}  # UI updates, ms
+# UI updates (ms), and the two estimates shown on load (the cost model: a probe of ~1 s once per process, then ms)
+CHEAP_FNS = {"on_model_change", "shapes_sample", "<lambda>", "rerun_label", "load_example", "estimate_text"}
 
 
 def test_one_concurrency_model(served_app, app):

@@ -65,12 +65,15 @@ def test_gradcam_heatmap_appears_in_the_browser(page):
 
 def test_research_tab_shows_shipped_curves_and_measures_a_sweep(page):
     page.get_by_role("tab", name="Research: why residuals train").click()
+    page.get_by_role("tab", name="Degradation", exact=True).click()
     expect(page.locator("#degradation-plot img")).to_be_visible(timeout=30_000)  # the shipped curves, on load
     table = page.locator("#degradation-table")
     for arch in ("plain20", "plain56", "resnet20", "resnet56"):
         expect(table).to_contain_text(arch)
-    expect(page.get_by_role("button", name="Re-run a short version")).to_contain_text("on this server")
+    expect(page.get_by_role("button", name="Re-run a short version")).to_contain_text("on this server",
+                                                                                       timeout=30_000)  # on load
 
+    page.get_by_role("tab", name="Gradients", exact=True).click()
     depths = page.locator("#research-archs")  # the smallest sweep: ResNet-20 and its twin, one seed, at 32 px
     for name in ("resnet56 (CIFAR-style, 32 px)", "resnet110 (CIFAR-style, 32 px)"):
         depths.get_by_label(name, exact=True).uncheck()
@@ -92,23 +95,55 @@ def test_research_landscape_curvature_and_lesion_sections(page):
     """The shipped landscape, curvature and lesion results are on the page, and the live runs draw, tabulate and
     explain."""
     page.get_by_role("tab", name="Research: why residuals train").click()
-    for plot in ("#landscape-shipped-plot img", "#landscape-shipped-sharpness img", "#curvature-density img",
-                 "#lesion-shipped-plot img"):  # lazy images: they load when scrolled to
-        page.locator(plot).scroll_into_view_if_needed()
-        expect(page.locator(plot)).to_be_visible(timeout=30_000)
-    for section in ("#landscape-shipped-text", "#curvature-shipped-text", "#lesion-shipped-text"):
+    for tab, plots in (("Landscape", ("#landscape-shipped-plot img", "#landscape-shipped-sharpness img")),
+                       ("Curvature", ("#curvature-density img", "#curvature-map img")),
+                       ("Lesion", ("#lesion-shipped-plot img",))):
+        page.get_by_role("tab", name=tab, exact=True).click()
+        for plot in plots:  # lazy images: they load when scrolled to
+            page.locator(plot).scroll_into_view_if_needed()
+            expect(page.locator(plot)).to_be_visible(timeout=30_000)
+        section = f"#{tab.lower()}-shipped-text"
         expect(page.locator(section)).not_to_contain_text("not shipped")
+        page.screenshot(path=str(SHOTS / f"research_{tab.lower()}.png"), full_page=True)
+    expect(page.locator("#landscape-shipped-text")).not_to_be_visible()  # one section at a time
+    page.get_by_role("tab", name="Landscape", exact=True).click()
     expect(page.locator("#landscape-shipped-text")).to_contain_text("direction seeds")
-    expect(page.locator("#curvature-shipped-text")).to_contain_text("λmax")
     page.locator("#landscape-run").click()
     expect(page.locator("#landscape-plot img")).to_be_visible(timeout=120_000)
     expect(page.locator("#landscape-text")).to_contain_text("Loss rise", timeout=30_000)
     expect(page.locator("#landscape-table")).to_contain_text("resnet20")
+    page.get_by_role("tab", name="Curvature", exact=True).click()
+    expect(page.locator("#curvature-shipped-text")).to_contain_text("λmax")
     page.locator("#curvature-run").click()
     expect(page.locator("#curvature-text")).to_contain_text("products in", timeout=180_000)  # the run's own words
     expect(page.locator("#curvature-table")).to_contain_text("resnet20")
+    page.get_by_role("tab", name="Lesion", exact=True).click()
     page.locator("#lesion-run").click()
     expect(page.locator("#lesion-plot img")).to_be_visible(timeout=120_000)
     expect(page.locator("#lesion-table")).to_contain_text("none (intact)", timeout=30_000)
     expect(page.locator("#lesion-text")).to_contain_text("intact accuracy")
     page.screenshot(path=str(SHOTS / "research_landscape_curvature_lesion.png"), full_page=True)
+
+
+def test_playground_trains_both_nets_live_stops_and_offers_the_pair(page):
+    """Start the default pair, see the status and curves advance while it trains, Stop, and get the trained nets."""
+    import re
+
+    page.get_by_role("tab", name="Playground: train twins live").click()
+    expect(page.locator("#playground-estimate")).to_contain_text("on this server", timeout=60_000)  # after load
+    page.locator("#playground-train").click()
+    status = page.locator("#playground-status")
+    expect(status).to_contain_text(re.compile(r"training\*?\*?: step [1-9]"), timeout=120_000)
+    first = int(re.search(r"step (\d+)", status.inner_text()).group(1))
+    expect(page.locator("#playground-loss canvas, #playground-loss svg").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#playground-map-plain img")).to_be_visible(timeout=30_000)
+    expect(page.locator("#playground-map-resnet img")).to_be_visible()
+    page.wait_for_function("(n) => { const m = document.querySelector('#playground-status')?.innerText.match("
+                           "/step (\\d+)/); return m && +m[1] >= n + 3; }", arg=first, timeout=60_000)  # it grows
+    page.screenshot(path=str(SHOTS / "playground.png"), full_page=True)
+    page.locator("#playground-stop").click()
+    expect(status).to_contain_text("stopped", timeout=60_000)
+    files = page.locator("#playground-files")
+    expect(files).to_contain_text("playground_resnet56.safetensors", timeout=30_000)
+    expect(files).to_contain_text("playground_plain56.safetensors")
+    expect(files).to_contain_text("playground_curves.csv")

@@ -118,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
     if args.from_csv:
         try:
             parts = [read_results(stem) for stem in split_list(args.from_csv)]
-            spec, dens, maps = (pd.concat([p[i] for p in parts], ignore_index=True) for i in range(3))
+            # a spectrum-only run has no map file and a map-only run no spectrum: empty parts are left out, so the
+            # columns keep their numeric types
+            spec, dens, maps = (pd.concat([p[i] for p in parts if len(p[i])] or [parts[0][i]], ignore_index=True)
+                                for i in range(3))
         except (OSError, ValueError, pd.errors.ParserError) as e:
             return fail("curvature", f"--from-csv: {e}")
         return report(spec, dens, maps, args, from_csv_record(args))

@@ -48,7 +48,7 @@ def plot_map(maps: pd.DataFrame, num_classes: int = 8) -> Figure:
 
     models = list(dict.fromkeys(maps.model))
     top = float(np.nanmax(maps.ratio)) if len(maps) else 1.0
-    norm = Normalize(0, max(top, 0.05))
+    norm = Normalize(0, min(max(top, 0.05), 1.0))  # capped at 1: one far corner must not wash out the basin
     fig = Figure(figsize=(3.3 * len(models) + 1.2, 3.7), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(models), sharey=True))
     chance = math.log(num_classes)
@@ -67,5 +67,7 @@ def plot_map(maps: pd.DataFrame, num_classes: int = 8) -> Figure:
         ax.set_xlabel("α")
     axes[0].set_ylabel("β")
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap="viridis"), ax=list(axes), shrink=0.85,
-                 label="|λmin/λmax| (full Hessian); red dotted: loss = ln C")
+                 label="|λmin/λmax|", extend="max" if top > 1.0 else "neither")
+    fig.suptitle("|λmin/λmax| of the full Hessian on the landscape's plane\nred dotted: loss = ln C (the basin's "
+                 "edge)", fontsize=9)
     return fig

@@ -8,6 +8,8 @@ exceeds what this process can spare.
 
 from __future__ import annotations
 
+import gradio as gr
+
 from . import curvature, degradation, gradnorms, landscape, lesion
 from ._common import MEMORY_SHARE, memory_budget
 from .degradation import _quick_run
@@ -16,10 +18,14 @@ from .degradation import _quick_run
 __all__ = ["MEMORY_SHARE", "_quick_run", "build_tab", "memory_budget"]
 
 
+SECTIONS = (("Gradients", gradnorms), ("Degradation", degradation), ("Landscape", landscape),
+            ("Curvature", curvature), ("Lesion", lesion))
+
+
 def build_tab() -> None:
-    """The tab's sections, inside the caller's `gr.Blocks` and `gr.Tab`."""
-    gradnorms.build()
-    degradation.build()
-    landscape.build()
-    curvature.build()
-    lesion.build()
+    """The tab's sections, one sub-tab each (the page was one ~7,000 px report), inside the caller's `gr.Blocks` and
+    `gr.Tab`."""
+    with gr.Tabs(elem_id="research-sections"):
+        for name, section in SECTIONS:
+            with gr.Tab(name, elem_id=f"research-{name.lower()}"):
+                section.build()
