@@ -143,3 +143,15 @@ def test_building_the_page_trains_and_times_nothing(monkeypatch):
     monkeypatch.setattr(compute, "run_degradation", forbidden)
     monkeypatch.setattr(torch.optim.SGD, "step", forbidden)
     app.build_demo()
+
+
+def test_a_run_that_does_not_fit_is_refused_with_what_fits(monkeypatch):
+    import gradio as gr
+
+    from resnet_lab.ui import playground as ui
+
+    cfg = ui.config(56, True, "he", "sgd", 0.05, 32, 400, 0)
+    monkeypatch.setattr(pg, "TIME_LIMIT_S", pg.PlaygroundConfig(**{**vars(cfg), "steps": 100}).cost().seconds)
+    with pytest.raises(gr.Error, match="100 steps with these settings fit"):
+        ui.refuse(cfg)
+    assert "100 steps fit" in ui.estimate_text(56, True, "he", "sgd", 0.05, 32, 400, 0)

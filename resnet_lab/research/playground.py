@@ -83,14 +83,16 @@ class PlaygroundConfig:
                              val_size=self.val_size, evals=self.evals, device=self.device)
 
 
-def what_fits(cfg: PlaygroundConfig, seconds: float = TIME_LIMIT_S) -> PlaygroundConfig | None:
-    """The same run with as many steps as fit in `seconds` on this server now (None when even 10 do not).
+def what_fits(cfg: PlaygroundConfig, seconds: float | None = None) -> PlaygroundConfig | None:
+    """The same run with as many steps as fit in `seconds` (default `TIME_LIMIT_S`, read now) on this server now
+    (None when even 10 do not).
 
     Bisected on the cost model (building the nets and the held-out checks cost the same at any step count, so
     the time is not proportional to the steps)."""
     def with_steps(n: int) -> PlaygroundConfig:
         return PlaygroundConfig(**{**asdict(cfg), "steps": n})
 
+    seconds = TIME_LIMIT_S if seconds is None else seconds
     if cfg.cost().seconds <= seconds:
         return cfg
     lo, hi = 10, cfg.steps  # lo fits (checked next), hi does not

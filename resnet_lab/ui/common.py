@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import inspect
 import os
 import shutil
 import sys
@@ -90,7 +91,19 @@ def open_upload(src: Any, min_side: int | None = None, cfg: dict[str, Any] | Non
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn library errors a user can act on into `gr.Error`; anything else is a bug and propagates."""
+    """Turn library errors a user can act on into `gr.Error`; anything else is a bug and propagates. A generator
+    function (a streaming event) stays one, so Gradio still streams it."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except (ImageError, WeightsUnavailable, ValueError) as e:
+                raise gr.Error(str(e)) from e
+
+        return stream
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

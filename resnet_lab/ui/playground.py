@@ -202,7 +202,7 @@ def build_tab() -> None:
     with gr.Row():
         lr = gr.Number(defaults.lr, label="Learning rate", minimum=1e-5, maximum=10)
         batch_size = gr.Slider(2, 128, value=defaults.batch_size, step=2, label="Batch size")
-        steps = gr.Slider(20, 2000, value=defaults.steps, step=10, label="Steps")
+        steps = gr.Slider(20, 2000, value=defaults.steps, step=10, label="Steps", elem_id="playground-steps")
         seed = gr.Number(defaults.seed, label="Seed", precision=0)
     controls = [depth, batchnorm, init, optimizer, lr, batch_size, steps, seed]
     estimate = gr.Markdown("Estimating how long these settings take here… (change a setting to re-estimate)",
