@@ -201,3 +201,14 @@ def test_cost_estimate_is_of_the_order_of_a_measured_run():
     print(f"measured {measured:.1f} s, predicted {predicted:.1f} s, {int(mv)} products")
     assert 0.25 < measured / predicted < 4
     assert K.estimate_cost(["resnet56"], 64).seconds > 2.5 * K.estimate_cost(["resnet20"], 64).seconds
+
+
+def test_a_map_difference_on_one_plane_is_no_verdict():
+    """One plane of one direction seed has no spread: a difference beyond the solver's resolution is reported as
+    such, not as a verdict (bold) on the pair."""
+    spec = _spectrum({"resnet20": [40, 42, 41], "plain20": [100, 110, 104]})
+    rows = [(m, 0, a, b, 0.01, 1.0, 10.0, -r * 10, r, 40, 1.0) for m, r in (("resnet20", 0.2), ("plain20", 0.03))
+            for a in (-0.2, 0.0, 0.2) for b in (-0.2, 0.0, 0.2)]
+    maps = pd.DataFrame(rows, columns=K.compute.MAP_COLUMNS)
+    text = K.describe_curvature(spec, maps)
+    assert "larger for resnet20 on this plane" in text and "no verdict" in text and "**resnet20's basin" not in text

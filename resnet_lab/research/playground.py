@@ -50,7 +50,7 @@ class PlaygroundConfig:
     optimizer: str = "sgd"  # "sgd" (momentum 0.9) | "adam" (AdamW)
     lr: float = 0.05
     batch_size: int = 32
-    steps: int = 400
+    steps: int = 150
     seed: int = 0
     evals: int = 8
     val_size: int = 256

@@ -114,9 +114,14 @@ def describe_curvature(spec: pd.DataFrame, maps: pd.DataFrame | None = None, num
                              f"({tol:.2f}): as convex as each other by the full Hessian on this plane.")
             else:
                 more = plain if rb > ra else res
-                lines.append(f"- Map: median basin ratio {ra:.3f} against {rb:.3f}: **{more}'s basin has more negative "
-                             "curvature** on this plane (one plane, as in Li et al.'s §6, not averaged over "
-                             "directions).")
+                planes = maps.groupby("model").seed.nunique().loc[[res, plain]].min()
+                if planes < 2:  # one plane: no spread to hold a difference against, so no verdict
+                    lines.append(f"- Map: median basin ratio {ra:.3f} against {rb:.3f} (resolution {tol:.2f}): larger "
+                                 f"for {more} on this plane, but one plane of one direction seed has no spread to "
+                                 "hold the difference against: no verdict (Li et al.'s §6 reads one plane too).")
+                else:
+                    lines.append(f"- Map: median basin ratio {ra:.3f} against {rb:.3f} over {planes} planes: "
+                                 f"**{more}'s basin has more negative curvature**.")
     return "\n".join(lines)
 
 
