@@ -95,9 +95,10 @@ def test_gradcam_bad_input(client, tmp_path):
 # What each event runs (its function's name): every one that loads a model or computes is in a shared group.
 QUICK_FNS = {"classify_batch", "explain_event", "status_text"}
 LONG_FNS = {"compare_depths", "recompute_faithfulness", "run_gradnorms", "rerun_degradation", "run_landscape",
-            "run_lesion", "run_top_eigenvalue"}
+            "run_lesion", "run_top_eigenvalue", "train"}  # train: the Playground's run
 # UI updates (ms), and the two estimates shown on load (the cost model: a probe of ~1 s once per process, then ms)
-CHEAP_FNS = {"on_model_change", "shapes_sample", "<lambda>", "rerun_label", "load_example", "estimate_text"}
+CHEAP_FNS = {"on_model_change", "shapes_sample", "<lambda>", "rerun_label", "load_example", "estimate_text",
+             "stop"}  # stop: the Playground's Stop sets an event (queue=False: it never waits behind the run)
 
 
 def test_one_concurrency_model(served_app, app):
