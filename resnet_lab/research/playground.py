@@ -131,6 +131,7 @@ class LiveWatch:
     _grad_steps: list[int] = field(default_factory=list)
     _ratios: list[tuple[str, int, str, float]] = field(default_factory=list)
     _before: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    _convs: dict[str, list[nn.Conv2d]] = field(default_factory=dict)
     _done_steps: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -156,8 +157,10 @@ class LiveWatch:
 
     def before_update(self, arch: str, net: nn.Module, step: int) -> None:
         if step % self._every == 0:
-            grads = [c.weight.grad for _, _, short, c in conv_layers(net) if not short]
-            norms = torch.stack([g.norm() if g is not None else g.new_zeros(()) for g in grads]).cpu()
+            if arch not in self._convs:  # the main-path convs, found once per net (not on every step)
+                self._convs[arch] = [c for _, _, short, c in conv_layers(net) if not short]
+            norms = torch.stack([c.weight.grad.norm() if c.weight.grad is not None else c.weight.new_zeros(())
+                                 for c in self._convs[arch]]).cpu()
             with self._lock:
                 self._grads.setdefault(arch, []).append(norms)
                 if not self._grad_steps or self._grad_steps[-1] != step:
