@@ -24,7 +24,7 @@ import gradio as gr  # noqa: E402
 from resnet_lab.devices import resolve_device  # noqa: E402
 from resnet_lab.precision import serving_choice  # noqa: E402
 from resnet_lab.serving.zoo import ASSETS  # noqa: E402
-from resnet_lab.ui import classify, common, gradcam, playground, research  # noqa: E402
+from resnet_lab.ui import classify, common, gradcam, playground, research, session_nets  # noqa: E402
 from resnet_lab.ui.common import user_errors  # noqa: E402
 
 PHOTOS = [str(ASSETS / f) for f in ("chelsea.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg")]
@@ -54,9 +54,12 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("Grad-CAM"):
             gradcam.build_tab(model, tag, examples, default)
         with gr.Tab("Playground: train twins live"):
-            playground.build_tab()
+            runs = playground.build_tab()
         with gr.Tab("Research: why residuals train"):
-            research.build_tab()
+            pickers = research.build_tab()
+        # A finished Playground run's nets join this session's pickers (and only this session's: see session_nets)
+        runs.change(session_nets.offer_runs(research.offer), runs, [model, *pickers], api_visibility="private",
+                    queue=False)
         # The status line loads the model (seconds for a large one): real work, so it queues with the quick jobs,
         # and a typed unknown tag gets our message. Callable as /status for API users; not listed.
         status_text = user_errors(common.status_text)

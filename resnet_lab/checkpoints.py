@@ -147,7 +147,8 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> LoadedW
     state = read_state_dict(path)
     if "fc.weight" not in state:
         raise WeightsUnavailable(f"{path.name} has no classifier head (no fc.weight): it cannot classify")
-    model = build(arch, num_classes=meta.get("num_classes") or state["fc.weight"].shape[0], seed=0)
+    norm = meta.get("norm", "bn")  # a net trained without BatchNorm (the Playground's switch) has no BN tensors
+    model = build(arch, num_classes=meta.get("num_classes") or state["fc.weight"].shape[0], norm=norm, seed=0)
     load_into(model, state, path.name)
     cfg = dict(model.pretrained_cfg)
     cfg.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in meta.items() if k in cfg})

@@ -5,16 +5,18 @@ building the page trains and times nothing."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
+from resnet_lab.paths import ASSETS
 from resnet_lab.research import playground as pg
 from resnet_lab.research.degradation.compute import run_degradation
 from resnet_lab.resnet import build, init_seed
-from resnet_lab.shapes import ShapesDataset
+from resnet_lab.shapes import CLASSES, ShapesDataset
 
 SMALL = {"depth": 20, "steps": 6, "batch_size": 8, "evals": 2, "val_size": 32, "ratio_every": 1}
 
@@ -114,18 +116,58 @@ def test_the_tab_streams_views_saves_the_pair_and_stops_only_its_own_run(monkeyp
     controls = (20, True, "he", "sgd", 0.05, 8, 30, 0)
     assert "about" in ui.estimate_text(*controls) and "⚠️" in ui.estimate_text(21, *controls[1:])
     monkeypatch.setattr(ui, "UPDATE_S", 0.05)
-    stream = ui.train(*controls, "me")
+    stream = ui.train(*controls, None, "me", ["an-earlier-run"])
     first = next(stream)
     assert ui._runs.get("me") is not None and ui.stop("someone else") == "Nothing is training."
     assert ui.stop("me").startswith("Stopping")
     views = [first, *stream]
-    status, loss, acc, plain_map, res_map, scale, ratios, files = views[-1]
+    status, loss, acc, plain_map, res_map, scale, ratios, files, runs = views[-1]
     assert "stopped" in status and "me" not in ui._runs
     assert isinstance(loss, pd.DataFrame) and {"plain-20 train", "ResNet-20 train"} <= set(loss.series)
     assert plain_map is not None and plain_map.ndim == 3 and res_map.shape == plain_map.shape and "log10" in scale
     assert [f.rsplit(".", 1)[-1] for f in files] == ["csv", "safetensors", "json", "safetensors", "json"]
     loaded = load_checkpoint(files[3])
     assert loaded.meta["arch"] == "resnet20" and loaded.meta["steps_trained"] < 30
+    assert runs[0] == "an-earlier-run" and len(runs) == 2  # this run's token added to the session's list
+
+
+def test_the_trained_pair_is_this_sessions_own_in_every_tab(tmp_path, monkeypatch):
+    """After a run, its nets load by name in Classify and Grad-CAM (the zoo) and by value in the Research
+    sections, for the session that holds the token; nobody else's pickers list them, an unknown token is refused,
+    and a run whose files were pruned says so. A net trained without BatchNorm loads as one."""
+    import gradio as gr
+
+    from resnet_lab.serving.zoo import ModelZoo
+    from resnet_lab.ui import common, research, session_nets
+    from resnet_lab.ui import playground as ui
+    from resnet_lab.ui.research import landscape, lesion
+
+    monkeypatch.setattr(common, "_ZOO", ModelZoo(weights_path=str(tmp_path / "none"), device="cpu"))
+    monkeypatch.setattr(ui, "UPDATE_S", 0.05)
+    *_, last = ui.train(20, False, "he", "sgd", 0.05, 8, 3, 0, None, "me", [])
+    files, runs = last[-2], last[-1]
+    token = runs[0]
+    names = session_nets.model_names(runs)
+    assert len(names) == 2 and all(token in n for n in names)
+    assert not set(names) & set(common.zoo().models)  # never listed for everyone
+    entry = common.zoo().get(names[0])
+    pred = entry.classifier.predict([str(ASSETS / "shapes_circle.png")])[0]
+    assert entry.weights.meta["norm"] == "none" and {label for label, _ in pred.topk} <= set(CLASSES)
+    model_update, *pickers = session_nets.offer_runs(research.offer)(runs)
+    assert set(names) <= set(model_update["choices"])
+    want = (f"ResNet-20 vs plain-20 (your Playground run {token[:4]})", f"playground:{token}")
+    assert pickers[0]["choices"][0] == want
+    assert [str(p) for p in landscape.checkpoints(f"playground:{token}")] == [files[3], files[1]]
+    assert str(lesion._checkpoint(f"playground:{token}:plain20")) == files[1]
+    assert session_nets.offer_runs(research.offer)([])[1]["choices"] == landscape.pair_choices()  # another session
+    with pytest.raises(ValueError, match="gone"):
+        landscape.checkpoints("playground:0123456789ab")
+    for f in files[1:]:
+        Path(f).unlink()
+    with pytest.raises(ValueError, match="gone"):
+        common.zoo().get(names[1])
+    with pytest.raises(gr.Error):
+        lesion._checkpoint("not-offered")
 
 
 def test_building_the_page_trains_and_times_nothing(monkeypatch):

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..resnet import REGISTRY, list_archs, twin_name
+from ..training.zipdata import ZipImages
 from . import cost as C
 from .degradation import estimate_cost
 from .degradation.compute import OPTIMIZERS, run_degradation
@@ -210,15 +211,18 @@ class LiveWatch:
                         self.error)
 
 
-def run_playground(cfg: PlaygroundConfig, watch: LiveWatch | None = None) -> LiveWatch:
-    """Train the pair of `cfg` with `watch` looking (made here when not given); the watch then holds the trained
-    nets (`watch.nets`, by label). An error is kept in `watch.error` (the UI shows it) and raised."""
+def run_playground(cfg: PlaygroundConfig, watch: LiveWatch | None = None, images: ZipImages | None = None
+                   ) -> LiveWatch:
+    """Train the pair of `cfg` with `watch` looking (made here when not given) on Shapes, or on `images` (an
+    uploaded zip's); the watch then holds the trained nets (`watch.nets`, by label). An error is kept in
+    `watch.error` (the UI shows it) and raised."""
     watch = watch or LiveWatch(cfg.steps, cfg.ratio_every)
+    data = None if images is None else (images.x_train, images.y_train, images.x_val, images.y_val)
     try:
         run_degradation(cfg.steps, cfg.batch_size, cfg.archs, cfg.seed, lr=cfg.lr,
                         train_size=cfg.steps * cfg.batch_size, val_size=cfg.val_size, evals=cfg.evals,
                         device=cfg.device, norm="bn" if cfg.batchnorm else "none",
-                        zero_init=cfg.init == "zero-gamma", optimizer=cfg.optimizer, watch=watch)
+                        zero_init=cfg.init == "zero-gamma", optimizer=cfg.optimizer, watch=watch, data=data)
     except Exception as e:
         watch.error = f"{type(e).__name__}: {e}"
         raise

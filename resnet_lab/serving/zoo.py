@@ -45,6 +45,7 @@ SHAPES_CHECKPOINT = ASSETS / "shapes_resnet20.safetensors"
 IMAGENET_MODELS = {f"ResNet-{d}": f"resnet{d}" for d in (18, 34, 50, 101, 152)}
 MODELS = [SHAPES_MODEL, *IMAGENET_MODELS]
 USER_TAG = "local"  # the one weight tag of a user checkpoint: its file is its weights
+MAX_PRIVATE = 256  # sessions' own nets remembered at once (names and paths only; weights load on demand)
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,14 @@ def _user_model(path: Path) -> UserModel | None:
         raise ValueError(f"unknown arch {arch!r}")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise ValueError("'classes' is not a non-empty list of names")
-    _check_tensors(path, arch, len(classes))
+    norm = meta.get("norm", "bn")
+    if norm not in ("bn", "none"):
+        raise ValueError(f"unknown norm {norm!r}")
+    _check_tensors(path, arch, len(classes), norm)
     return UserModel(f"{path.stem} ({arch}, {len(classes)} classes)", path, arch, tuple(classes))
 
 
-def _check_tensors(path: Path, arch: str, num_classes: int) -> None:
+def _check_tensors(path: Path, arch: str, num_classes: int, norm: str = "bn") -> None:
     """The file's header (read without its tensors) names exactly the arch's tensors with their shapes."""
     from safetensors import safe_open
 
@@ -92,7 +96,8 @@ def _check_tensors(path: Path, arch: str, num_classes: int) -> None:
     except Exception as e:  # SafetensorError, OSError: a truncated or foreign file
         raise ValueError(f"not a readable .safetensors file ({type(e).__name__})") from e
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in build(arch, num_classes=num_classes, seed=0).state_dict().items()}
+        net = build(arch, num_classes=num_classes, norm=norm, seed=0)
+        expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     if shapes != expected:
         wrong = sorted(set(shapes) ^ set(expected)) or sorted(k for k in shapes if shapes[k] != expected[k])
         raise ValueError(f"its tensors do not fit {arch} with {num_classes} classes (e.g. {wrong[0]!r})")
@@ -221,6 +226,9 @@ class ModelZoo:
         self.weights_path = weights_path if weights_path is not None else os.environ.get("RESNET_LAB_WEIGHTS")
         self.device = resolve_device(device)
         self.user_models = discover_user_models(self.weights_path)
+        # Nets one session made (the Playground's): found by their names, which carry an unguessable token, and
+        # never listed in `models`, so no other session is offered them.
+        self.private_models: dict[str, UserModel] = {}
         self.max_models = max_models or _default_max_models([self.model_bytes(m) for m in self.models], self.device)
         self._cache: OrderedDict[tuple[str, str], Entry] = OrderedDict()
         self._lock = threading.Lock()  # guards _cache and _loading; never held while a model loads
@@ -231,13 +239,28 @@ class ModelZoo:
         """Every model offered: the built-in ones, then the user's checkpoints."""
         return [*MODELS, *self.user_models]
 
+    def _user(self, model: str) -> UserModel | None:
+        return self.user_models.get(model) or self.private_models.get(model)
+
+    def add_private(self, path: Path) -> UserModel:
+        """Offer the checkpoint at `path` (with its JSON) to the session that knows its name only; `path`'s stem
+        must carry a token nobody can guess. At most `MAX_PRIVATE` are kept, the oldest forgotten first."""
+        user = _user_model(path)
+        if user is None:
+            raise ValueError(f"{path.name} has no JSON with its arch and classes")
+        with self._lock:
+            self.private_models[user.name] = user
+            while len(self.private_models) > MAX_PRIVATE:
+                self.private_models.pop(next(iter(self.private_models)))
+        return user
+
     def tags_for(self, model: str) -> list[str]:
         """`tags_for`, also for the user's checkpoints (one tag, "local")."""
-        return [USER_TAG] if model in self.user_models else tags_for(model)
+        return [USER_TAG] if self._user(model) else tags_for(model)
 
     def describe(self, model: str) -> tuple[list[str], list[str]]:
         """`describe`, also for the user's checkpoints: stages from their arch, classes from their JSON."""
-        user = self.user_models.get(model)
+        user = self._user(model)
         if user is None:
             return describe(model)
         from ..resnet import REGISTRY
@@ -246,7 +269,7 @@ class ModelZoo:
 
     def model_bytes(self, model: str) -> int:
         """`model_bytes`, also for the user's checkpoints (their arch with their class count)."""
-        user = self.user_models.get(model)
+        user = self._user(model)
         return arch_bytes(user.arch, len(user.classes)) if user else model_bytes(model)
 
     def local_file(self, arch: str, tag: str) -> Path | None:
@@ -269,7 +292,10 @@ class ModelZoo:
     def _load(self, model: str, tag: str) -> tuple[LoadedWeights, str]:
         """Real weights if they can be had; else random ones and the reason, for the status line.
         A user checkpoint is its file or nothing: random weights for its classes would mean nothing."""
-        if (user := self.user_models.get(model)) is not None:
+        if (user := self._user(model)) is not None:
+            if not user.path.is_file():  # a session's net outlived its files (outputs are kept an hour)
+                raise ValueError(f"{model}: its checkpoint is gone (a Playground run's nets are kept an hour); "
+                                 "train it again")
             weights = load_checkpoint(user.path, user.arch)
             weights.source = f"file:{user.path.name}"  # its name only: the folder is the server's business
             return weights, ""
@@ -291,7 +317,7 @@ class ModelZoo:
 
     def get(self, model: str, tag: str | None = None) -> Entry:
         """The entry for `model` with weights `tag` (default: the calibrated default), loading it if needed."""
-        if model not in self.models:
+        if model not in self.models and model not in self.private_models:
             raise ValueError(f"unknown model {model!r}; choose one of {', '.join(self.models)}")
         tags = self.tags_for(model)
         tag = tag or tags[0]

@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -23,8 +24,11 @@ import pandas as pd
 
 from ..checkpoints import save_checkpoint
 from ..research import playground as pg
+from ..research.degradation.compute import VAL_SEED_OFFSET
 from ..shapes import CLASSES
 from ..training.run_data import shapes_data_config
+from ..training.zipdata import ZipImages, load_zip
+from . import session_nets
 from .common import LONG, tmp_file, user_errors, zoo
 from .research._common import duration, memory_budget, refuse_if_too_big
 
@@ -122,55 +126,82 @@ def status(snap: pg.Snapshot) -> str:
             + (f" · held-out accuracy: {held}" if held else ""))
 
 
-def views(snap: pg.Snapshot, files: list[str] | None = None) -> tuple:
+def views(snap: pg.Snapshot, files: list[str] | None = None, note: str = "") -> tuple:
     plain_map, res_map, scale = gradient_maps(snap)
-    return (status(snap), curves(snap, "loss"), curves(snap, "acc"), plain_map, res_map, scale, ratios(snap),
-            files)
+    return (status(snap) + (f"  \n{note}" if note else ""), curves(snap, "loss"), curves(snap, "acc"), plain_map,
+            res_map, scale, ratios(snap), files)
 
 
-def save(watch: pg.LiveWatch, cfg: pg.PlaygroundConfig) -> list[str]:
-    """The run's curves (CSV) and both trained nets (`.safetensors` + JSON, loadable by `load_checkpoint`)."""
+def save(watch: pg.LiveWatch, cfg: pg.PlaygroundConfig, images: ZipImages | None = None,
+         zip_name: str = "") -> tuple[list[str], str]:
+    """The run's curves (CSV) and both trained nets (`.safetensors` + JSON, loadable by `load_checkpoint`), the
+    nets registered as this session's own (`session_nets`); the files and the run's token."""
     snap = watch.snapshot()
     csv = tmp_file(".csv", name="playground_curves.csv")
     snap.curves.to_csv(csv, index=False)
-    files = [str(csv)]
+    files, token = [str(csv)], session_nets.new_token()
+    if images is None:
+        data = {"name": "shapes", "clutter": False, "train_seed": cfg.seed,
+                "test_seed": cfg.seed + VAL_SEED_OFFSET, "n_train": cfg.steps * cfg.batch_size}
+        meta = {"classes": list(CLASSES), **shapes_data_config(32)}
+    else:
+        data = images.record(zip_name)
+        meta = {"classes": images.classes, **shapes_data_config(32), "mean": list(images.mean),
+                "std": list(images.std)}
     for arch in cfg.archs:
         net = watch.nets.get(pg.LiveWatch.label(arch))
         if net is None:
             continue
-        meta = {"arch": arch, "num_classes": len(CLASSES), "classes": list(CLASSES), **shapes_data_config(32),
-                "playground": asdict(cfg), "steps_trained": snap.step}
-        path = save_checkpoint(net.cpu().eval(), csv.parent / f"playground_{arch}", meta)
+        meta.update({"arch": arch, "num_classes": len(meta["classes"]), "norm": "bn" if cfg.batchnorm else "none",
+                     "data": data, "playground": asdict(cfg), "steps_trained": snap.step})
+        path = save_checkpoint(net.cpu().eval(), csv.parent / session_nets.stem(token, arch), meta)
+        zoo().add_private(path)
         files += [str(path), str(path.with_suffix(".json"))]
-    return files
+    return files, token
 
 
 def train(*args: Any) -> Iterator[tuple]:
-    """Start the run and stream its views until it ends (Stop, the last step, or an error)."""
-    *controls, key = args
+    """Start the run and stream its views until it ends (Stop, the last step, or an error); at the end, the
+    session's list of runs with this one added (its nets are then offered in this session's pickers)."""
+    *controls, upload, key, runs = args
     cfg = config(*controls)
     refuse(cfg)
+    images, note = None, ""
+    if upload:
+        images = load_zip(upload, size=32, seed=cfg.seed)
+        note = skipped_note(images)
     watch = pg.LiveWatch(cfg.steps, cfg.ratio_every)
     with _runs_lock:
         _runs[key] = watch
-    thread = threading.Thread(target=_run, args=(cfg, watch), daemon=True, name="playground")
+    thread = threading.Thread(target=_run, args=(cfg, watch, images), daemon=True, name="playground")
     thread.start()
     try:
         while thread.is_alive():
             thread.join(UPDATE_S)
-            yield views(watch.snapshot())
+            yield (*views(watch.snapshot(), note=note), gr.skip())
         if watch.error:
             raise gr.Error(watch.error, title="The Playground run failed")
-        yield views(watch.snapshot(), save(watch, cfg))
+        files, token = save(watch, cfg, images, Path(upload).name if upload else "")
+        yield (*views(watch.snapshot(), files, note), [*(runs or []), token])
     finally:
         watch.stop()  # a closed tab (the generator closed) stops its run too
         with _runs_lock:
             _runs.pop(key, None)
 
 
-def _run(cfg: pg.PlaygroundConfig, watch: pg.LiveWatch) -> None:
+def skipped_note(images: ZipImages) -> str:
+    """What the uploaded zip gave: images per split and class, and the files skipped, each with its reason."""
+    text = (f"Your images: {len(images.y_train)} to train on, {len(images.y_val)} held out, "
+            f"{len(images.classes)} classes ({', '.join(images.classes[:8])}{' …' if len(images.classes) > 8 else ''})")
+    if images.skipped:
+        shown = "; ".join(f"`{name}`: {why}" for name, why in images.skipped[:5])
+        text += f". Skipped {len(images.skipped)} file(s): {shown}{' …' if len(images.skipped) > 5 else ''}"
+    return text + "."
+
+
+def _run(cfg: pg.PlaygroundConfig, watch: pg.LiveWatch, images: ZipImages | None = None) -> None:
     try:
-        pg.run_playground(cfg, watch)
+        pg.run_playground(cfg, watch, images)
     except Exception:  # kept in watch.error, shown by the stream
         pass
 
@@ -185,8 +216,9 @@ def stop(key: str) -> str:
     return "Stopping after this step…"
 
 
-def build_tab() -> None:
-    """The Playground's components and events, inside the caller's `gr.Tab`."""
+def build_tab() -> gr.State:
+    """The Playground's components and events, inside the caller's `gr.Tab`; the session's finished runs (a
+    `gr.State` of tokens, see `session_nets`), for the app to offer their nets in the other tabs."""
     gr.Markdown(
         "### Train a plain net and its ResNet twin, side by side\n"
         "Both start from the same weights (the ResNet only adds the shortcuts), see the same Shapes batches in the "
@@ -205,6 +237,9 @@ def build_tab() -> None:
         steps = gr.Slider(20, 2000, value=defaults.steps, step=10, label="Steps", elem_id="playground-steps")
         seed = gr.Number(defaults.seed, label="Seed", precision=0)
     controls = [depth, batchnorm, init, optimizer, lr, batch_size, steps, seed]
+    upload = gr.File(label="Or train on your own images: a .zip of <class>/<image> folders (empty: Shapes)",
+                     file_types=[".zip"], type="filepath", height=90, elem_id="playground-zip")
+    runs = gr.State([])  # this session's finished runs (tokens), newest last
     estimate = gr.Markdown("Estimating how long these settings take here… (change a setting to re-estimate)",
                            elem_id="playground-estimate")
     with gr.Row():
@@ -226,10 +261,11 @@ def build_tab() -> None:
                          elem_id="playground-ratios", height=240)
     files = gr.File(label="The run's curves and both trained nets", file_count="multiple", interactive=False,
                     elem_id="playground-files")
-    outputs = [state, loss, acc, plain_map, res_map, scale, update, files]
+    outputs = [state, loss, acc, plain_map, res_map, scale, update, files, runs]
     # On page load and on every change, not while the page is built: the first estimate times this server (the
     # cost model's probe), which must not delay serving the app.
     gr.on(None, estimate_text, controls, estimate, api_visibility="private", **LONG_FREE)
-    start.click(user_errors(train), [*controls, key], outputs, api_name="playground", **LONG)
+    start.click(user_errors(train), [*controls, upload, key, runs], outputs, api_name="playground", **LONG)
     halt.click(stop, key, state, queue=False, api_visibility="private")
+    return runs
 

@@ -24,6 +24,7 @@ from ...shapes import ShapesDataset
 
 DEFAULT_ARCHS = ("plain20", "plain56", "resnet20", "resnet56")
 COLUMNS = ["arch", "variant", "depth", "step", "metric", "value"]
+VAL_SEED_OFFSET = 100_003  # the held-out images' Shapes seed is the run's seed plus this
 EVAL_BATCH = 256  # held-out images per forward pass when validating
 
 
@@ -95,6 +96,7 @@ def run_degradation(
     zero_init: bool = False,
     optimizer: str = "sgd",
     watch: Watch | None = None,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> pd.DataFrame:
     """Train `archs` in lockstep on identical batches; return the tidy curves.
 
@@ -103,7 +105,8 @@ def run_degradation(
     long run, exactly as the long run had it, for checking shipped curves. `device` runs the nets and holds the
     images there; the batch order is drawn on the CPU either way, so it is the same everywhere. `norm` ("bn" or
     "none"), `zero_init` (each block's last BN gamma zeroed) and `optimizer` (`OPTIMIZERS`) are the Playground's
-    knobs; `watch` sees every step (`Watch`) and may stop the run early.
+    knobs; `watch` sees every step (`Watch`) and may stop the run early. `data` (normalized x_train, y_train, x_val,
+    y_val: the Playground's uploaded images) replaces the rendered Shapes images.
     """
     if steps < 1 or batch_size < 1:
         raise ValueError("need steps >= 1 and batch_size >= 1")
@@ -115,10 +118,13 @@ def run_degradation(
     if unknown:
         raise ValueError(f"unknown archs: {', '.join(unknown)}")
     report = progress or (lambda _f, _d: None)
-    report(0.0, "rendering Shapes images")
     device = torch.device(device)
-    x_train, y_train = _images(min(train_size, steps * batch_size), seed, image_size, clutter)
-    x_val, y_val = _images(val_size, seed + 100_003, image_size, clutter)  # another seed: unseen images
+    if data is None:
+        report(0.0, "rendering Shapes images")
+        x_train, y_train = _images(min(train_size, steps * batch_size), seed, image_size, clutter)
+        x_val, y_val = _images(val_size, seed + VAL_SEED_OFFSET, image_size, clutter)  # another seed: unseen images
+    else:
+        x_train, y_train, x_val, y_val = data
     num_classes = int(max(y_train.max(), y_val.max())) + 1
     x_train, y_train, x_val, y_val = (t.to(device) for t in (x_train, y_train, x_val, y_val))
 
@@ -151,7 +157,7 @@ def run_degradation(
         if step in validate_at:
             report(step / steps, f"validating at step {step}")
             validate(step)
-        if len(order) < batch_size:  # a fresh permutation per epoch, the same for every net
+        while len(order) < batch_size:  # a fresh permutation per epoch, the same for every net
             order = torch.cat([order, torch.randperm(len(x_train), generator=g)])
         idx, order = order[:batch_size], order[batch_size:]
         xb, yb = x_train[idx.to(device)], y_train[idx.to(device)]

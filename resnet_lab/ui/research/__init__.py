@@ -10,22 +10,34 @@ from __future__ import annotations
 
 import gradio as gr
 
+from .. import session_nets
 from . import curvature, degradation, gradnorms, landscape, lesion
 from ._common import MEMORY_SHARE, memory_budget
 from .degradation import _quick_run
 
 # MEMORY_SHARE, memory_budget and _quick_run are named here for tests/test_resources.py and test_concurrency.py
-__all__ = ["MEMORY_SHARE", "_quick_run", "build_tab", "memory_budget"]
+__all__ = ["MEMORY_SHARE", "_quick_run", "build_tab", "memory_budget", "offer"]
 
 
 SECTIONS = (("Gradients", gradnorms), ("Degradation", degradation), ("Landscape", landscape),
             ("Curvature", curvature), ("Lesion", lesion))
 
 
-def build_tab() -> None:
+def build_tab() -> list[gr.Dropdown]:
     """The tab's sections, one sub-tab each (the page was one ~7,000 px report), inside the caller's `gr.Blocks` and
-    `gr.Tab`."""
+    `gr.Tab`; the pickers of the sections that run on trained nets, in the order `offer` updates them."""
+    pickers = {}
     with gr.Tabs(elem_id="research-sections"):
         for name, section in SECTIONS:
             with gr.Tab(name, elem_id=f"research-{name.lower()}"):
-                section.build()
+                pickers[section] = section.build()
+    return [pickers[landscape], pickers[curvature], pickers[lesion]]
+
+
+def offer(runs: list[str]) -> list[dict]:
+    """Updates for `build_tab`'s pickers: the shipped choices, then the session's own Playground runs (`runs`, their
+    tokens), newest first. Each session's dropdowns are its own, so no other session is offered them."""
+    pairs = session_nets.pair_choices(runs or [])
+    nets = session_nets.net_choices(runs or [])
+    return [gr.update(choices=pairs + landscape.pair_choices()), gr.update(choices=pairs + landscape.pair_choices()),
+            gr.update(choices=nets + lesion.model_choices())]

@@ -96,8 +96,9 @@ def run_top_eigenvalue(choice: str | None, progress: Any = gr.Progress()) -> tup
     return pd.DataFrame(rows), text
 
 
-def build() -> None:
-    """The section's components and events, inside the caller's Blocks."""
+def build() -> gr.Dropdown:
+    """The section's components and events, inside the caller's Blocks; the nets picker (the app adds the
+    session's own Playground pairs to it)."""
     gr.Markdown(
         "### Curvature: the full Hessian at each minimum\n"
         "A landscape plot shows two directions out of hundreds of thousands. The Hessian of the loss with respect "
@@ -122,3 +123,4 @@ def build() -> None:
     text = gr.Markdown(elem_id="curvature-text")
     table = gr.Dataframe(label="Live: top eigenvalue", interactive=False, elem_id="curvature-table")
     run.click(on_gpu(user_errors(run_top_eigenvalue)), [pair], [table, text], api_name="curvature", **LONG)
+    return pair

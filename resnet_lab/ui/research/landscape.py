@@ -23,6 +23,7 @@ from ...research import landscape
 from ...resnet import REGISTRY, twin_name
 from ...serving.zoo import SHAPES_CHECKPOINT
 from ...weights import load_checkpoint
+from .. import session_nets
 from ..common import LONG, on_gpu, tmp_file, user_errors, zoo
 from . import _common
 
@@ -60,6 +61,8 @@ def pair_choices(twins: dict[str, Path] | None = None) -> list[tuple[str, str]]:
 
 def checkpoints(choice: str | None) -> list[Path]:
     """The files behind a choice, or a message naming the offered ones (an API user may send anything)."""
+    if choice and choice.startswith(session_nets.PREFIX):  # the session's own Playground pair
+        return session_nets.resolve(choice)
     offered = dict((v, k) for k, v in pair_choices())
     if choice not in offered:
         raise gr.Error(f"Pick one of the offered nets: {'; '.join(offered.values())}.", title="Unknown choice")
@@ -174,8 +177,9 @@ def load_arch(path: Path) -> str:
     return str(json.loads(path.with_suffix(".json").read_text())["arch"])
 
 
-def build() -> None:
-    """The section's components and events, inside the caller's Blocks."""
+def build() -> gr.Dropdown:
+    """The section's components and events, inside the caller's Blocks; the nets picker (the app adds the
+    session's own Playground pairs to it)."""
     gr.Markdown(
         "### Loss landscape: what the shortcuts do to the surface a solver walks on\n"
         "Li et al. 2018, *Visualizing the Loss Landscape of Neural Nets* (their Fig. 5 is theirs; every number "
@@ -219,3 +223,4 @@ def build() -> None:
             out_csv = gr.File(label="Live slice (CSV)", elem_id="landscape-csv")
     run.click(on_gpu(user_errors(run_landscape)), [pair, span, seed], [plot, out_table, out_csv, text],
               api_name="landscape", **LONG)
+    return pair

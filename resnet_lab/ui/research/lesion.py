@@ -22,6 +22,7 @@ from ...devices import synchronize
 from ...research import lesion, memory
 from ...serving.zoo import SHAPES_CHECKPOINT
 from ...weights import load_checkpoint
+from .. import session_nets
 from ..common import LONG, on_gpu, tmp_file, user_errors, zoo
 from . import _common
 
@@ -39,6 +40,8 @@ def model_choices(twins: dict[str, Path] | None = None) -> list[tuple[str, str]]
 
 
 def _checkpoint(choice: str | None) -> Path:
+    if choice and choice.startswith(session_nets.PREFIX):  # one of the session's own Playground nets
+        return session_nets.resolve(choice)[0]
     offered = dict((v, k) for k, v in model_choices())
     if choice not in offered:
         raise gr.Error(f"Pick one of the offered nets: {'; '.join(offered.values())}.", title="Unknown choice")
@@ -113,8 +116,9 @@ def run_lesion(choice: str | None, progress: Any = gr.Progress()) -> tuple[Any, 
     return lesion.plot_lesion(df), single_table(df), str(csv), text
 
 
-def build() -> None:
-    """The section's components and events, inside the caller's Blocks."""
+def build() -> gr.Dropdown:
+    """The section's components and events, inside the caller's Blocks; the net picker (the app adds the
+    session's own Playground nets to it)."""
     gr.Markdown(
         "### Lesion study: a trained ResNet behaves like an ensemble of shallower nets\n"
         "Veit et al. 2016, *Residual Networks Behave Like Ensembles of Relatively Shallow Networks*, Figs. 3 and 5: "
@@ -147,3 +151,4 @@ def build() -> None:
                                      wrap=True, elem_id="lesion-table")
             out_csv = gr.File(label="Live study (CSV)", elem_id="lesion-csv")
     run.click(on_gpu(user_errors(run_lesion)), net, [plot, out_table, out_csv, text], api_name="lesion", **LONG)
+    return net
