@@ -32,7 +32,9 @@ SHAPES = sorted(str(p) for p in ASSETS.glob("shapes_*.png"))
 MAX_FILE_SIZE = "20mb"
 MAX_QUEUE = 32
 # Shapes images are 32 px: show them enlarged, pixels sharp
-CSS = ".pixelated img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
+CSS = (".pixelated img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }\n"
+       ".verdict { font-size: 1.05em; border-left: 4px solid var(--color-accent); padding-left: 0.8em; }\n"
+       ".figure-caption p { margin-bottom: 0; }")
 LAUNCH = {"max_file_size": MAX_FILE_SIZE, "allowed_paths": [str(ASSETS)], "css": CSS}  # serve assets/, nothing else
 # Gradio copies every upload and every returned file or image into its cache and, unless told, never deletes them.
 # Every quarter of an hour delete what is older than our own outputs live (an hour): nothing outlives 75 minutes.

@@ -98,7 +98,7 @@ LONG_FNS = {"compare_depths", "recompute_faithfulness", "run_gradnorms", "rerun_
             "run_lesion", "run_top_eigenvalue", "train"}  # train: the Playground's run
 # UI updates (ms), and the two estimates shown on load (the cost model: a probe of ~1 s once per process, then ms)
 CHEAP_FNS = {"on_model_change", "shapes_sample", "<lambda>", "rerun_label", "load_example", "estimate_text",
-             "stop"}  # stop: the Playground's Stop sets an event (queue=False: it never waits behind the run)
+             "stop", "_rerun_verdict", "offer"}  # stop: the Playground's Stop sets an event (queue=False)
 
 
 def test_one_concurrency_model(served_app, app):

@@ -65,16 +65,55 @@ def test_gradcam_heatmap_appears_in_the_browser(page):
     page.screenshot(path=str(SHOTS / "gradcam.png"), full_page=True)
 
 
+def _not_blank(locator, name: str) -> None:
+    """A screenshot of the element, checked for content: a blank or single-colour figure has ~no spread."""
+    import numpy as np
+    from PIL import Image
+
+    path = SHOTS / name
+    locator.screenshot(path=str(path))
+    pixels = np.asarray(Image.open(path).convert("L"), dtype=float)
+    assert pixels.std() > 20 and pixels.shape[0] > 150, (name, pixels.shape, pixels.std())
+
+
+SECTIONS = {"Gradients": "#gradnorms-shipped-plot", "Degradation": "#degradation-plot",
+            "Landscape": "#landscape-shipped-plot", "Curvature": "#curvature-density", "Lesion": "#lesion-shipped-plot"}
+LIVE = {"Gradients": "#gradnorms-table", "Degradation": None, "Landscape": "#landscape-table",
+        "Curvature": "#curvature-table", "Lesion": "#lesion-table"}
+
+
+def test_each_research_section_opens_on_its_figure_and_verdict(page):
+    """Every sub-tab: its shipped figure drawn (a screenshot of it is not blank), its verdict beside it, the full
+    reading closed, and no empty live table before a run."""
+    page.get_by_role("tab", name="Research: why residuals train").click()
+    for tab, figure in SECTIONS.items():
+        page.get_by_role("tab", name=tab, exact=True).click()
+        fig = page.locator(f"{figure} img")
+        fig.scroll_into_view_if_needed()
+        expect(fig).to_be_visible(timeout=30_000)
+        page.wait_for_function("(sel) => { const i = document.querySelector(sel); return i && i.complete && "
+                               "i.naturalWidth > 0; }", arg=f"{figure} img", timeout=30_000)
+        _not_blank(fig, f"figure_{tab.lower()}.png")
+        verdict = page.locator(f"#{tab.lower() if tab != 'Gradients' else 'gradnorms'}-verdict")
+        expect(verdict).to_contain_text("At a glance")
+        assert len(verdict.inner_text().split(". ")) <= 5  # a few sentences, not the report
+        expect(page.get_by_text("The full reading: method, every number, the tables").first).to_be_visible()
+        if LIVE[tab]:
+            expect(page.locator(LIVE[tab])).not_to_be_visible()  # nothing to show before a run
+        page.screenshot(path=str(SHOTS / f"research_{tab.lower()}.png"), full_page=True)
+
+
 def test_research_tab_shows_shipped_curves_and_measures_a_sweep(page):
     page.get_by_role("tab", name="Research: why residuals train").click()
     page.get_by_role("tab", name="Degradation", exact=True).click()
     expect(page.locator("#degradation-plot img")).to_be_visible(timeout=30_000)  # the shipped curves, on load
+    expect(page.locator("#degradation-verdict")).to_contain_text("plain56")
+    page.get_by_text("The full reading: method, every number, the tables").locator("visible=true").first.click()
     table = page.locator("#degradation-table")
     for arch in ("plain20", "plain56", "resnet20", "resnet56"):
         expect(table).to_contain_text(arch)
     expect(page.get_by_role("button", name="Re-run a short version")).to_contain_text("on this server",
                                                                                        timeout=30_000)  # on load
-
     page.get_by_role("tab", name="Gradients", exact=True).click()
     depths = page.locator("#research-archs")  # the smallest sweep: ResNet-20 and its twin, one seed, at 32 px
     for name in ("resnet56 (CIFAR-style, 32 px)", "resnet110 (CIFAR-style, 32 px)"):
@@ -89,24 +128,19 @@ def test_research_tab_shows_shipped_curves_and_measures_a_sweep(page):
     expect(result).to_contain_text("plain20", timeout=60_000)
     expect(result).to_contain_text("resnet20")
     expect(result).not_to_contain_text("resnet56")
-    expect(page.get_by_text("Gradients grow; they do not vanish")).to_be_visible()
+    expect(page.locator("#gradnorms-text")).to_contain_text("Gradients grow; they do not vanish")
     page.screenshot(path=str(SHOTS / "research.png"), full_page=True)
 
 
 def test_research_landscape_curvature_and_lesion_sections(page):
-    """The shipped landscape, curvature and lesion results are on the page, and the live runs draw, tabulate and
-    explain."""
+    """The full reading opens with its figures and numbers, and the live runs draw, tabulate and explain."""
     page.get_by_role("tab", name="Research: why residuals train").click()
-    for tab, plots in (("Landscape", ("#landscape-shipped-plot img", "#landscape-shipped-sharpness img")),
-                       ("Curvature", ("#curvature-density img", "#curvature-map img")),
-                       ("Lesion", ("#lesion-shipped-plot img",))):
+    for tab, plot in (("Landscape", "#landscape-shipped-sharpness img"), ("Curvature", "#curvature-map img")):
         page.get_by_role("tab", name=tab, exact=True).click()
-        for plot in plots:  # lazy images: they load when scrolled to
-            page.locator(plot).scroll_into_view_if_needed()
-            expect(page.locator(plot)).to_be_visible(timeout=30_000)
-        section = f"#{tab.lower()}-shipped-text"
-        expect(page.locator(section)).not_to_contain_text("not shipped")
-        page.screenshot(path=str(SHOTS / f"research_{tab.lower()}.png"), full_page=True)
+        page.get_by_text("The full reading: method, every number, the tables").locator("visible=true").first.click()
+        page.locator(plot).scroll_into_view_if_needed()
+        expect(page.locator(plot)).to_be_visible(timeout=30_000)
+        expect(page.locator(f"#{tab.lower()}-shipped-text")).not_to_contain_text("not shipped")
     expect(page.locator("#landscape-shipped-text")).not_to_be_visible()  # one section at a time
     page.get_by_role("tab", name="Landscape", exact=True).click()
     expect(page.locator("#landscape-shipped-text")).to_contain_text("direction seeds")
@@ -128,13 +162,16 @@ def test_research_landscape_curvature_and_lesion_sections(page):
 
 
 def test_playground_trains_both_nets_live_stops_and_offers_the_pair(page):
-    """Start the default pair, see the status and curves advance while it trains, Stop, and get the trained nets."""
+    """Start a pair, see the status and curves advance while it trains, Stop, get the trained nets, and pick one
+    in Classify and in the Research sections (this session's own)."""
     import re
 
     page.get_by_role("tab", name="Playground: train twins live").click()
     expect(page.locator("#playground-estimate")).to_contain_text("on this server", timeout=60_000)  # after load
+    page.locator("#playground-depth").click()
+    page.get_by_role("option", name="20", exact=True).click()
     steps = page.locator("#playground-steps input[type='number']")
-    steps.fill("60")
+    steps.fill("300")
     steps.press("Enter")
     page.locator("#playground-train").click()
     status = page.locator("#playground-status")
@@ -149,6 +186,21 @@ def test_playground_trains_both_nets_live_stops_and_offers_the_pair(page):
     page.locator("#playground-stop").click()
     expect(status).to_contain_text("stopped", timeout=60_000)
     files = page.locator("#playground-files")
-    for name in ("playground_resnet56", "playground_plain56", "playground_curves"):  # Gradio splits off suffixes
+    for name in ("resnet20", "plain20", "playground_curves"):  # Gradio splits off suffixes
         expect(files).to_contain_text(name, timeout=30_000)
     expect(files).to_contain_text(".safetensors")
+
+    page.get_by_role("tab", name="Classify").click()  # the trained ResNet, picked and used
+    page.get_by_label("Model").click()
+    option = page.get_by_role("option", name=re.compile(r"playground-[0-9a-f]{12}-resnet20"))
+    expect(option).to_be_visible(timeout=30_000)
+    option.click()
+    expect(page.locator("#status")).to_contain_text("playground-", timeout=60_000)
+    page.locator("img[src*='shapes_circle']").first.click()
+    page.get_by_role("button", name="Classify", exact=True).click()
+    expect(page.locator("[data-testid='label-output-value']").first).to_be_visible(timeout=60_000)
+    page.get_by_role("tab", name="Research: why residuals train").click()
+    page.get_by_role("tab", name="Lesion", exact=True).click()
+    page.locator("#lesion-model").click()
+    expect(page.get_by_role("option", name=re.compile("your Playground run")).first).to_be_visible(timeout=30_000)
+    page.keyboard.press("Escape")

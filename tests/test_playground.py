@@ -113,7 +113,7 @@ def test_the_tab_streams_views_saves_the_pair_and_stops_only_its_own_run(monkeyp
     from resnet_lab.checkpoints import load_checkpoint
     from resnet_lab.ui import playground as ui
 
-    controls = (20, True, "he", "sgd", 0.05, 8, 30, 0)
+    controls = (20, True, "he", "sgd", 0.05, 8, 30, 0, 32)
     assert "about" in ui.estimate_text(*controls) and "⚠️" in ui.estimate_text(21, *controls[1:])
     monkeypatch.setattr(ui, "UPDATE_S", 0.05)
     stream = ui.train(*controls, None, "me", ["an-earlier-run"])
@@ -144,7 +144,7 @@ def test_the_trained_pair_is_this_sessions_own_in_every_tab(tmp_path, monkeypatc
 
     monkeypatch.setattr(common, "_ZOO", ModelZoo(weights_path=str(tmp_path / "none"), device="cpu"))
     monkeypatch.setattr(ui, "UPDATE_S", 0.05)
-    *_, last = ui.train(20, False, "he", "sgd", 0.05, 8, 3, 0, None, "me", [])
+    *_, last = ui.train(20, False, "he", "sgd", 0.05, 8, 3, 0, 32, None, "me", [])
     files, runs = last[-2], last[-1]
     token = runs[0]
     names = session_nets.model_names(runs)

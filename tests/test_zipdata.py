@@ -152,7 +152,7 @@ def test_the_playground_trains_on_an_uploaded_zip_and_lists_what_it_skipped(tmp_
     members["red/broken.png"] = b"junk"
     z = _zip(tmp_path / "mine.zip", members)
     monkeypatch.setattr(ui, "UPDATE_S", 0.05)
-    *_, last = ui.train(20, True, "he", "sgd", 0.05, 4, 3, 0, str(z), "zip-session", [])
+    *_, last = ui.train(20, True, "he", "sgd", 0.05, 4, 3, 0, 16, str(z), "zip-session", [])
     status, files = last[0], last[7]
     assert "8 to train on, 2 held out, 2 classes (blue, red)" in status and "`red/broken.png`" in status
     from resnet_lab.checkpoints import load_checkpoint

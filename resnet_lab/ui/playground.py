@@ -40,11 +40,11 @@ _runs_lock = threading.Lock()
 
 
 def config(depth: float, batchnorm: bool, init: str, optimizer: str, lr: float, batch_size: float, steps: float,
-           seed: float) -> pg.PlaygroundConfig:
+           seed: float, image_size: float = 32) -> pg.PlaygroundConfig:
     """The run the controls describe, on the app's device (ValueError, shown to the user, for what cannot run)."""
     return pg.PlaygroundConfig(depth=int(depth), batchnorm=bool(batchnorm), init=init, optimizer=optimizer,
                                lr=float(lr), batch_size=int(batch_size), steps=int(steps), seed=int(seed),
-                               device=str(zoo().device))
+                               image_size=int(image_size), device=str(zoo().device))
 
 
 def estimate_text(*controls: Any) -> str:
@@ -55,7 +55,7 @@ def estimate_text(*controls: Any) -> str:
         return f"⚠️ {e}"
     cost = cfg.cost()
     plain, residual = (pg.LiveWatch.label(a) for a in cfg.archs)
-    text = (f"{plain} and {residual}, {cfg.steps} steps of {cfg.batch_size} Shapes images: about "
+    text = (f"{plain} and {residual}, {cfg.steps} steps of {cfg.batch_size} images of {cfg.image_size} px: about "
             f"**{duration(cost.seconds)}** on this server (`{cfg.device}`).")
     if cost.seconds > pg.TIME_LIMIT_S:
         fits = pg.what_fits(cfg)
@@ -143,10 +143,10 @@ def save(watch: pg.LiveWatch, cfg: pg.PlaygroundConfig, images: ZipImages | None
     if images is None:
         data = {"name": "shapes", "clutter": False, "train_seed": cfg.seed,
                 "test_seed": cfg.seed + VAL_SEED_OFFSET, "n_train": cfg.steps * cfg.batch_size}
-        meta = {"classes": list(CLASSES), **shapes_data_config(32)}
+        meta = {"classes": list(CLASSES), **shapes_data_config(cfg.image_size)}
     else:
         data = images.record(zip_name)
-        meta = {"classes": images.classes, **shapes_data_config(32), "mean": list(images.mean),
+        meta = {"classes": images.classes, **shapes_data_config(cfg.image_size), "mean": list(images.mean),
                 "std": list(images.std)}
     for arch in cfg.archs:
         net = watch.nets.get(pg.LiveWatch.label(arch))
@@ -168,7 +168,7 @@ def train(*args: Any) -> Iterator[tuple]:
     refuse(cfg)
     images, note = None, ""
     if upload:
-        images = load_zip(upload, size=32, seed=cfg.seed)
+        images = load_zip(upload, size=cfg.image_size, seed=cfg.seed)
         note = skipped_note(images)
     watch = pg.LiveWatch(cfg.steps, cfg.ratio_every)
     with _runs_lock:
@@ -227,7 +227,8 @@ def build_tab() -> gr.State:
     key = gr.State(lambda: uuid.uuid4().hex)  # this session's run, and only this session's
     defaults = pg.PlaygroundConfig()
     with gr.Row():
-        depth = gr.Dropdown(list(pg.DEPTHS), value=defaults.depth, label="Depth (6n+2 layers)")
+        depth = gr.Dropdown(list(pg.DEPTHS), value=defaults.depth, label="Depth (6n+2 layers)",
+                            elem_id="playground-depth")
         batchnorm = gr.Checkbox(defaults.batchnorm, label="BatchNorm")
         init = gr.Radio(list(pg.INITS), value=defaults.init, label="Init")
         optimizer = gr.Radio(list(pg.OPTIMIZERS), value=defaults.optimizer, label="Optimizer")
@@ -236,7 +237,8 @@ def build_tab() -> gr.State:
         batch_size = gr.Slider(2, 128, value=defaults.batch_size, step=2, label="Batch size")
         steps = gr.Slider(20, 2000, value=defaults.steps, step=10, label="Steps", elem_id="playground-steps")
         seed = gr.Number(defaults.seed, label="Seed", precision=0)
-    controls = [depth, batchnorm, init, optimizer, lr, batch_size, steps, seed]
+        image_size = gr.Radio(list(pg.IMAGE_SIZES), value=defaults.image_size, label="Image size (px)")
+    controls = [depth, batchnorm, init, optimizer, lr, batch_size, steps, seed, image_size]
     upload = gr.File(label="Or train on your own images: a .zip of <class>/<image> folders (empty: Shapes)",
                      file_types=[".zip"], type="filepath", height=90, elem_id="playground-zip")
     runs = gr.State([])  # this session's finished runs (tokens), newest last

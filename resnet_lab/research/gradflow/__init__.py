@@ -30,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ...paths import ASSETS
 from ...progress import tqdm_progress
 from ...resnet import REGISTRY, twin_name
 from .. import cost as C
@@ -61,6 +62,10 @@ __all__ = ["BN_MODES", "CIFAR_ARCHS", "COLUMNS", "DEFAULT_INPUT_SIZE", "HE_2015"
            "plot_summary", "read_csv", "run_sweep", "summarize", "time_fits", "to_csv", "what_fits"]
 
 INPUT_SIZES = (32, 48, 64, 96, 112, 128, 160, 224)  # the input sizes a refusal may offer (and the app lists)
+SHIPPED_CSV = ASSETS / "gradnorms_cifar.csv"  # and .png beside it: the sweep the app opens on
+SHIPPED_COMMAND = ("python -m resnet_lab gradnorms --archs resnet20,resnet56,resnet110 --seeds 5 "
+                   "--out assets/gradnorms_cifar.csv --plot assets/gradnorms_cifar.png")
+SHIPPED_CONFIG = GradFlowConfig(archs=("resnet20", "resnet56", "resnet110"), seeds=5)  # what that command runs
 FLOAT_FORMAT = "%.9g"  # norms span ten orders of magnitude: keep significant digits, not decimals
 
 

@@ -74,8 +74,28 @@ def twin_checkpoints(folder: Path | None = None) -> dict[str, Path]:
 
 
 def shipped_image(path: str | None, label: str, elem_id: str) -> gr.Image:
-    """A shipped figure (a file path), hidden where this copy of the app has none."""
-    return gr.Image(path, label=label, type="filepath", interactive=False, visible=path is not None, elem_id=elem_id)
+    """A shipped figure (a file path) under its caption, hidden where this copy of the app has none. The caption is
+    text above the image, not Gradio's label badge, which sits on the figure and covered its first panel title."""
+    with gr.Column(visible=path is not None, min_width=0):
+        gr.Markdown(f"**{label}**", elem_classes="figure-caption")
+        return gr.Image(path, show_label=False, type="filepath", interactive=False, elem_id=elem_id)
+
+
+def at_a_glance(verdict: str, elem_id: str) -> gr.Markdown:
+    """The study's verdict in two or three sentences (`research.verdicts`), beside its shipped figure."""
+    return gr.Markdown(f"**At a glance.** {verdict}", elem_id=elem_id, elem_classes="verdict")
+
+
+def full_reading() -> gr.Accordion:
+    """The accordion holding the method, the full reading and the tables: one click away, closed on opening."""
+    return gr.Accordion("The full reading: method, every number, the tables", open=False)
+
+
+def live_results(button: gr.Button) -> gr.Column:
+    """A column for a live run's outputs, hidden until the run is asked for: no empty tables or figures before."""
+    column = gr.Column(visible=False)
+    button.click(lambda: gr.update(visible=True), None, column, queue=False, api_visibility="private")
+    return column
 
 
 def shipped_note(what: str, files: list[Path], command: str) -> str:

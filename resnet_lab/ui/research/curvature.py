@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ...research import curvature
+from ...research import curvature, verdicts
 from ...research.curvature.hessian import Hessian, top_eigenvalues
 from ...training.heldout import held_out_set
 from ...weights import load_checkpoint
@@ -50,11 +50,12 @@ def shipped_results() -> dict[str, Any]:
     try:
         spec, dens, maps = curvature.read_results(stem)
         text = curvature.describe_curvature(spec, maps if len(maps) else None)
-        table = spectrum_table(spec)
+        table, verdict = spectrum_table(spec), verdicts.curvature(spec)
     except (ValueError, KeyError) as e:
         return {"note": f"**The shipped curvature results cannot be read:** {e}"}
     figures = {k: f"{stem}_{k}.png" if Path(f"{stem}_{k}.png").is_file() else None for k in ("density", "map")}
-    return {**figures, "table": table, "note": f"**Shipped run** ({Path(stem).name}.csv):\n\n{text}"}
+    return {**figures, "table": table, "note": f"**Shipped run** ({Path(stem).name}.csv):\n\n{text}",
+            "verdict": verdict}
 
 
 def live_images(arch: str) -> tuple[int, float]:
@@ -99,28 +100,35 @@ def run_top_eigenvalue(choice: str | None, progress: Any = gr.Progress()) -> tup
 def build() -> gr.Dropdown:
     """The section's components and events, inside the caller's Blocks; the nets picker (the app adds the
     session's own Playground pairs to it)."""
-    gr.Markdown(
-        "### Curvature: the full Hessian at each minimum\n"
-        "A landscape plot shows two directions out of hundreds of thousands. The Hessian of the loss with respect "
-        "to every parameter says how sharp a minimum is in *all* directions: its top eigenvalue (sharpness), its "
-        "trace (total curvature), its most negative eigenvalue, and Li et al.'s |λmin/λmax| (their §6: near 0 is "
-        "convex). Measured with Hessian-vector products (curvlinops, torch.func) and scipy's Lanczos (ARPACK), as "
-        "PyHessian (Yao et al. 2020) reports them; checked in the tests against a dense Hessian.")
+    gr.Markdown("### Curvature: the full Hessian at each minimum")
     shipped = shipped_results()
     with gr.Row():
         with gr.Column(scale=3):
             _common.shipped_image(shipped.get("density"), "Shipped: eigenvalue density (log scale)",
                                   "curvature-density")
-            _common.shipped_image(shipped.get("map"), "Shipped: |λmin/λmax| on the landscape's plane",
-                                  "curvature-map")
         with gr.Column(scale=2):
-            gr.Markdown(shipped["note"], elem_id="curvature-shipped-text")
-            gr.Dataframe(shipped.get("table"), label="Shipped: the Hessian at each minimum", interactive=False,
-                         wrap=True, visible=shipped.get("table") is not None, elem_id="curvature-shipped-table")
+            _common.at_a_glance(shipped.get("verdict", shipped["note"]), "curvature-verdict")
+    with _common.full_reading():
+        gr.Markdown(
+            "A landscape plot shows two directions out of hundreds of thousands. The Hessian of the loss with respect "
+            "to every parameter says how sharp a minimum is in *all* directions: its top eigenvalue (sharpness), its "
+            "trace (total curvature), its most negative eigenvalue, and Li et al.'s |λmin/λmax| (their §6: near 0 is "
+            "convex). Measured with Hessian-vector products (curvlinops, torch.func) and scipy's Lanczos (ARPACK), as "
+            "PyHessian (Yao et al. 2020) reports them; checked in the tests against a dense Hessian.")
+        with gr.Row():
+            with gr.Column(scale=3):
+                _common.shipped_image(shipped.get("map"), "Shipped: |λmin/λmax| on the landscape's plane",
+                                      "curvature-map")
+            with gr.Column(scale=2):
+                gr.Markdown(shipped["note"], elem_id="curvature-shipped-text")
+        gr.Dataframe(shipped.get("table"), label="Shipped: the Hessian at each minimum", interactive=False,
+                     wrap=True, visible=shipped.get("table") is not None, elem_id="curvature-shipped-table")
+    gr.Markdown("#### Live: the top eigenvalue of a pair of your choice")
     choices = pair_choices()
     pair = gr.Dropdown(choices, value=choices[0][1], label="Nets", elem_id="curvature-pair")
     run = gr.Button("Top eigenvalue, live (sized to about 25 s on this server)", elem_id="curvature-run")
-    text = gr.Markdown(elem_id="curvature-text")
-    table = gr.Dataframe(label="Live: top eigenvalue", interactive=False, elem_id="curvature-table")
+    with _common.live_results(run):
+        text = gr.Markdown(elem_id="curvature-text")
+        table = gr.Dataframe(label="Live: top eigenvalue", interactive=False, elem_id="curvature-table")
     run.click(on_gpu(user_errors(run_top_eigenvalue)), [pair], [table, text], api_name="curvature", **LONG)
     return pair

@@ -15,8 +15,9 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ...research import cost, degradation, gradflow
+from ...research import cost, degradation, gradflow, verdicts
 from ..common import LONG, on_gpu, user_errors, zoo
+from . import _common
 from ._common import Untracked, duration, memory_budget, refuse_if_too_big
 
 
@@ -86,22 +87,44 @@ def rerun_degradation(progress: Any = gr.Progress()) -> tuple[Any, pd.DataFrame,
 
 def build() -> None:
     """The section's components and events, inside the caller's Blocks."""
-    gr.Markdown(
-        "### Degradation: deeper plain nets train worse\n"
-        f"{gradflow.HE_2015}, Fig. 1 and 6: plain-20, plain-56, ResNet-20 and ResNet-56 trained on the same Shapes "
-        "batches from the same seed with the same SGD schedule. Lines: smoothed training loss and accuracy; "
-        "dots: held-out accuracy. Plain nets dashed, ResNets solid. A higher *training* loss for the deeper plain "
-        "net is not overfitting: the solver fails to find what the shallower net proves exists. The budget is ~2% "
-        "of He et al.'s schedule, so read the ordering at the end of this run, not of a full training.")
+    gr.Markdown("### Degradation: deeper plain nets train worse")
     fig, final, note = shipped_curves()
     with gr.Row():
         with gr.Column(scale=3):
-            deg_plot = gr.Plot(fig, label="Training curves", format="png", elem_id="degradation-plot")
+            deg_plot = gr.Plot(fig, label="Training curves (plain dashed, ResNets solid; dots: held-out accuracy)",
+                               format="png", elem_id="degradation-plot")
         with gr.Column(scale=2):
-            deg_text = gr.Markdown(note)
-            deg_table = gr.Dataframe(final, label="Final metrics", interactive=False, elem_id="degradation-table")
+            glance = _common.at_a_glance(_verdict() or note, "degradation-verdict")
             rerun = gr.Button(f"Re-run a short version ({degradation.QUICK['steps']} steps; estimating the time here…)")
+    with _common.full_reading():
+        gr.Markdown(
+            f"{gradflow.HE_2015}, Fig. 1 and 6: plain-20, plain-56, ResNet-20 and ResNet-56 trained on the same Shapes "
+            "batches from the same seed with the same SGD schedule. Lines: smoothed training loss and accuracy; "
+            "dots: held-out accuracy. Plain nets dashed, ResNets solid. A higher *training* loss for the deeper plain "
+            "net is not overfitting: the solver fails to find what the shallower net proves exists. The budget is ~2% "
+            "of He et al.'s schedule, so read the ordering at the end of this run, not of a full training.")
+        deg_text = gr.Markdown(note)
+        deg_table = gr.Dataframe(final, label="Final metrics", interactive=False, elem_id="degradation-table")
     # The estimate times this server (the cost model's probe): on page load, never while the page is built.
     gr.on(None, rerun_label, None, rerun, queue=False, api_visibility="private")
     rerun.click(on_gpu(user_errors(rerun_degradation)), None, [deg_plot, deg_table, deg_text],
-                api_name="degradation", **LONG).then(rerun_label, None, rerun, queue=False, api_visibility="private")
+                api_name="degradation", **LONG).then(rerun_label, None, rerun, queue=False, api_visibility="private"
+                                                     ).then(_rerun_verdict, None, glance, queue=False,
+                                                            api_visibility="private")
+
+
+def _verdict(df: pd.DataFrame | None = None) -> str | None:
+    """The shipped run (or `df`) at a glance; None where the shipped curves are missing."""
+    if df is None:
+        if not degradation.SHIPPED_CSV.exists():
+            return None
+        df = degradation.read_csv(degradation.SHIPPED_CSV)
+    return verdicts.degradation(df)
+
+
+def _rerun_verdict() -> str:
+    """After a re-run: its verdict, beside its curves (the cached run; the click just made it)."""
+    if not _quick_run.cache_info().currsize:
+        return f"**At a glance.** {_verdict() or ''}"
+    df, _ = _quick_run(Untracked(None))
+    return f"**At a glance (your short re-run).** {verdicts.degradation(df)}"

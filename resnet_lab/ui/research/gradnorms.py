@@ -17,9 +17,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ...research import gradflow
+from ...research import gradflow, verdicts
 from ...resnet import REGISTRY, twin_name
 from ..common import LONG, on_gpu, tmp_file, user_errors, zoo
+from . import _common
 from ._common import Untracked, duration, memory_budget, refuse_if_too_big
 
 ARCH_CHOICES = [(f"{a} (ImageNet-style)", a) for a in gradflow.IMAGENET_ARCHS] + [
@@ -142,14 +143,42 @@ def run_gradnorms(archs: list[str], bn_mode: str = "train", init: str = "default
             gradflow.describe_gradnorms(cfg, summary))
 
 
+def shipped_results() -> dict[str, Any]:
+    """The shipped sweep (`gradflow.SHIPPED_CSV`, its figure, the reading and the verdict), or a note on what is
+    missing and how to make it."""
+    csv, png = gradflow.SHIPPED_CSV, gradflow.SHIPPED_CSV.with_suffix(".png")
+    if not csv.is_file():
+        return {"note": _common.shipped_note("Gradient norms", [csv], gradflow.SHIPPED_COMMAND)}
+    try:
+        summary = gradflow.summarize(gradflow.read_csv(str(csv)))
+        return {"figure": str(png) if png.is_file() else None, "table": display_table(summary),
+                "verdict": verdicts.gradients(summary),
+                "note": f"**Shipped sweep** ({csv.name}: {gradflow.SHIPPED_COMMAND.split(' gradnorms ')[1]}):\n\n"
+                        + gradflow.describe_gradnorms(gradflow.SHIPPED_CONFIG, summary)}
+    except (ValueError, KeyError) as e:
+        return {"note": f"**The shipped gradient norms cannot be read:** {e}"}
+
+
 def build() -> None:
     """The section's components and events, inside the caller's Blocks."""
-    gr.Markdown(
-        "### Why can a ResNet be 152 layers deep?\n"
-        "One batch, one backward pass, at initialization: the norm of the gradient of every conv's weights and at "
-        "every block's output, layer by layer, for each chosen depth and its **plain twin** (the same net without "
-        "shortcuts, built from the same seed, so every shared weight is identical). Bands show the spread "
-        "over seeds; the y axes are logarithmic.")
+    gr.Markdown("### Why can a ResNet be 152 layers deep? The gradient at initialization, layer by layer")
+    shipped = shipped_results()
+    with gr.Row():
+        with gr.Column(scale=3):
+            _common.shipped_image(shipped.get("figure"), "Shipped: CIFAR nets, plain twins against ResNets, 5 seeds",
+                                  "gradnorms-shipped-plot")
+        with gr.Column(scale=2):
+            _common.at_a_glance(shipped.get("verdict", shipped["note"]), "gradnorms-verdict")
+    with _common.full_reading():
+        gr.Markdown(
+            "One batch, one backward pass, at initialization: the norm of the gradient of every conv's weights and at "
+            "every block's output, layer by layer, for each chosen depth and its **plain twin** (the same net without "
+            "shortcuts, built from the same seed, so every shared weight is identical). Bands show the spread over "
+            "seeds; the y axes are logarithmic.")
+        gr.Markdown(shipped["note"], elem_id="gradnorms-shipped-text")
+        gr.Dataframe(shipped.get("table"), label="Shipped: summary (mean ± std over seeds)", interactive=False,
+                     wrap=True, visible=shipped.get("table") is not None, elem_id="gradnorms-shipped-table")
+    gr.Markdown("#### Live: measure at the depths and settings of your choice (a few seconds on a CPU)")
     archs = gr.CheckboxGroup(ARCH_CHOICES, value=DEFAULT_ARCHS, label="Depths (each with its plain twin)",
                              elem_id="research-archs")
     with gr.Row(equal_height=True):
@@ -158,18 +187,18 @@ def build() -> None:
         size = gr.Dropdown(SIZE_CHOICES, value=AUTO_SIZE, label="Input size", scale=2)
         batch = gr.Slider(*BATCH_RANGE, 8, step=1, label="Batch size", scale=1)
         seeds = gr.Slider(1, 10, 3, step=1, label="Seeds (mean and spread)", scale=1, elem_id="research-seeds")
-    run = gr.Button("Measure", variant="primary")
-    with gr.Row():
-        with gr.Column(scale=3):
-            fig_w = gr.Plot(label="‖∂L/∂W‖ per conv, input → output", format="png", elem_id="gradnorms-plot")
-            fig_x = gr.Plot(label="‖∂L/∂x‖ at each block output", format="png")
-        with gr.Column(scale=2):
-            text = gr.Markdown("Press **Measure**: the default (three CIFAR depths, 3 seeds) takes a few seconds "
-                               "on a CPU.")
-            fig_s = gr.Plot(label="First/last conv gradient ratio against depth", format="png")
-    with gr.Row():
-        table = gr.Dataframe(label="Summary (mean ± std over seeds)", interactive=False, wrap=True, scale=4,
-                             elem_id="gradnorms-table")
-        csv = gr.File(label="Per-layer results (CSV)", scale=1)
+    run = gr.Button("Measure", variant="primary", elem_id="gradnorms-run")
+    with _common.live_results(run):
+        with gr.Row():
+            with gr.Column(scale=3):
+                fig_w = gr.Plot(label="‖∂L/∂W‖ per conv, input → output", format="png", elem_id="gradnorms-plot")
+                fig_x = gr.Plot(label="‖∂L/∂x‖ at each block output", format="png")
+            with gr.Column(scale=2):
+                text = gr.Markdown(elem_id="gradnorms-text")
+                fig_s = gr.Plot(label="First/last conv gradient ratio against depth", format="png")
+        with gr.Row():
+            table = gr.Dataframe(label="Summary (mean ± std over seeds)", interactive=False, wrap=True, scale=4,
+                                 elem_id="gradnorms-table")
+            csv = gr.File(label="Per-layer results (CSV)", scale=1)
     run.click(on_gpu(user_errors(run_gradnorms)), [archs, bn, init, batch, size, seeds],
               [fig_w, fig_x, fig_s, table, csv, text], api_name="gradnorms", **LONG)

@@ -19,7 +19,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ...research import landscape
+from ...research import landscape, verdicts
 from ...resnet import REGISTRY, twin_name
 from ...serving.zoo import SHAPES_CHECKPOINT
 from ...weights import load_checkpoint
@@ -117,7 +117,7 @@ def shipped_results() -> dict[str, Any]:
             draw(landscape.read_csv(str(csv))).savefig(png, dpi=100)
         figures.append(str(png) if png.is_file() else None)
     return {"contours": figures[0], "sharpness": figures[1], "sharpness_table": tables[0],
-            "surface_table": tables[1], "csvs": [str(p) for p in csvs],
+            "surface_table": tables[1], "csvs": [str(p) for p in csvs], "verdict": verdicts.landscape(df),
             "note": f"**Shipped runs** ({', '.join(p.name for p in csvs)}):\n\n{text}"}
 
 
@@ -180,31 +180,36 @@ def load_arch(path: Path) -> str:
 def build() -> gr.Dropdown:
     """The section's components and events, inside the caller's Blocks; the nets picker (the app adds the
     session's own Playground pairs to it)."""
-    gr.Markdown(
-        "### Loss landscape: what the shortcuts do to the surface a solver walks on\n"
-        "Li et al. 2018, *Visualizing the Loss Landscape of Neural Nets* (their Fig. 5 is theirs; every number "
-        "here is ours): the held-out loss at w₀ + α·d₁ + β·d₂ for random directions whose every filter is scaled "
-        "to the norm of the same filter of w₀; biases and BN are not moved. The reading is measured, not looked "
-        "at: how far the loss rises a radius r away, over several direction seeds, with two controls (BatchNorm "
-        "re-estimated at each point; each net's logits scaled to the same confidence), and how convex the plotted "
-        "surface is inside the basin.")
+    gr.Markdown("### Loss landscape: what the shortcuts do to the surface a solver walks on")
     shipped = shipped_results()
     with gr.Row():
         with gr.Column(scale=3):
             _common.shipped_image(shipped.get("contours"), "Shipped: 2-D loss contours, seed 0 (red dotted: chance "
                                   "loss)", "landscape-shipped-plot")
-            _common.shipped_image(shipped.get("sharpness"), "Shipped: loss rise against radius, per control",
-                                  "landscape-shipped-sharpness")
         with gr.Column(scale=2):
-            gr.Markdown(shipped["note"], elem_id="landscape-shipped-text")
-            gr.Dataframe(shipped.get("surface_table"), label="Shipped: the 2-D surfaces (means over seeds)",
-                         interactive=False, wrap=True, visible=shipped.get("surface_table") is not None,
-                         elem_id="landscape-shipped-table")
-            gr.Dataframe(shipped.get("sharpness_table"), label="Shipped: loss rise at each radius",
-                         interactive=False, wrap=True, visible=shipped.get("sharpness_table") is not None,
-                         max_height=320)
-            gr.File(shipped.get("csvs"), label="Shipped results (CSV)", file_count="multiple",
-                    visible=bool(shipped.get("csvs")), elem_id="landscape-shipped-csv")
+            _common.at_a_glance(shipped.get("verdict", shipped["note"]), "landscape-verdict")
+    with _common.full_reading():
+        gr.Markdown(
+            "Li et al. 2018, *Visualizing the Loss Landscape of Neural Nets* (their Fig. 5 is theirs; every number "
+            "here is ours): the held-out loss at w₀ + α·d₁ + β·d₂ for random directions whose every filter is scaled "
+            "to the norm of the same filter of w₀; biases and BN are not moved. The reading is measured, not looked "
+            "at: how far the loss rises a radius r away, over several direction seeds, with two controls (BatchNorm "
+            "re-estimated at each point; each net's logits scaled to the same confidence), and how convex the "
+            "plotted surface is inside the basin.")
+        with gr.Row():
+            with gr.Column(scale=3):
+                _common.shipped_image(shipped.get("sharpness"), "Shipped: loss rise against radius, per control",
+                                      "landscape-shipped-sharpness")
+            with gr.Column(scale=2):
+                gr.Markdown(shipped["note"], elem_id="landscape-shipped-text")
+        gr.Dataframe(shipped.get("surface_table"), label="Shipped: the 2-D surfaces (means over seeds)",
+                     interactive=False, wrap=True, visible=shipped.get("surface_table") is not None,
+                     elem_id="landscape-shipped-table")
+        gr.Dataframe(shipped.get("sharpness_table"), label="Shipped: loss rise at each radius", interactive=False,
+                     wrap=True, visible=shipped.get("sharpness_table") is not None, max_height=320)
+        gr.File(shipped.get("csvs"), label="Shipped results (CSV)", file_count="multiple",
+                visible=bool(shipped.get("csvs")), elem_id="landscape-shipped-csv")
+    gr.Markdown("#### Live: a 1-D slice through a pair of your choice")
     choices = pair_choices()
     with gr.Row(equal_height=True):
         pair = gr.Dropdown(choices, value=choices[0][1], label="Nets (a trained twin pair where shipped)", scale=3,
@@ -212,7 +217,7 @@ def build() -> gr.Dropdown:
         span = gr.Slider(*SPAN_RANGE, 1.0, step=0.1, label="Span: α from −span to span", scale=2)
         seed = gr.Number(0, precision=0, minimum=0, label="Direction seed", scale=1)
     run = gr.Button("Compute a 1-D slice live (sized to about 25 s on this server)", elem_id="landscape-run")
-    with gr.Row():
+    with _common.live_results(run), gr.Row():
         with gr.Column(scale=3):
             plot = gr.Plot(label="Live: loss and accuracy along one direction", format="png",
                            elem_id="landscape-plot")

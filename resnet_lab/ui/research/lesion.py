@@ -19,7 +19,7 @@ import gradio as gr
 import pandas as pd
 
 from ...devices import synchronize
-from ...research import lesion, memory
+from ...research import lesion, memory, verdicts
 from ...serving.zoo import SHAPES_CHECKPOINT
 from ...weights import load_checkpoint
 from .. import session_nets
@@ -119,29 +119,32 @@ def run_lesion(choice: str | None, progress: Any = gr.Progress()) -> tuple[Any, 
 def build() -> gr.Dropdown:
     """The section's components and events, inside the caller's Blocks; the net picker (the app adds the
     session's own Playground nets to it)."""
-    gr.Markdown(
-        "### Lesion study: a trained ResNet behaves like an ensemble of shallower nets\n"
-        "Veit et al. 2016, *Residual Networks Behave Like Ensembles of Relatively Shallow Networks*, Figs. 3 and 5: "
-        "delete blocks of a trained net at test time. In a residual block only the branch goes and the shortcut "
-        "stays; a plain block becomes the identity where shapes allow (a plain downsampling block cannot go). "
-        "Left: accuracy with one block deleted (squares: downsampling blocks). Right: accuracy with k random "
-        "blocks deleted, mean ± std over random deletion orders.")
+    gr.Markdown("### Lesion study: a trained ResNet behaves like an ensemble of shallower nets")
     png, table, csv, note = shipped_results()
     with gr.Row():
         with gr.Column(scale=3):
-            gr.Image(png, label="Shipped: the four trained twins", type="filepath", interactive=False,
-                     visible=png is not None, elem_id="lesion-shipped-plot")
+            _common.shipped_image(png, "Shipped: the four trained twins, one block deleted | k random blocks deleted",
+                                  "lesion-shipped-plot")
         with gr.Column(scale=2):
-            gr.Markdown(note, elem_id="lesion-shipped-text")
-            gr.Dataframe(table, label="Shipped: accuracy (%) with one block deleted (↓ downsampling)",
-                         interactive=False, wrap=True, visible=table is not None, elem_id="lesion-shipped-table")
-            gr.File(csv, label="Shipped study (CSV)", visible=csv is not None, elem_id="lesion-shipped-csv")
+            _common.at_a_glance(_verdict(csv) or note, "lesion-verdict")
+    with _common.full_reading():
+        gr.Markdown(
+            "Veit et al. 2016, *Residual Networks Behave Like Ensembles of Relatively Shallow Networks*, Figs. 3 and "
+            "5: delete blocks of a trained net at test time. In a residual block only the branch goes and the "
+            "shortcut stays; a plain block becomes the identity where shapes allow (a plain downsampling block "
+            "cannot go). Left: accuracy with one block deleted (squares: downsampling blocks). Right: accuracy with "
+            "k random blocks deleted, mean ± std over random deletion orders.")
+        gr.Markdown(note, elem_id="lesion-shipped-text")
+        gr.Dataframe(table, label="Shipped: accuracy (%) with one block deleted (↓ downsampling)",
+                     interactive=False, wrap=True, visible=table is not None, elem_id="lesion-shipped-table")
+        gr.File(csv, label="Shipped study (CSV)", visible=csv is not None, elem_id="lesion-shipped-csv")
+    gr.Markdown("#### Live: a lesion study of a net of your choice")
     choices = model_choices()
     with gr.Row(equal_height=True):
         net = gr.Dropdown(choices, value=choices[0][1], label="Net", scale=3, elem_id="lesion-model")
         run = gr.Button(f"Run a lesion study live (about {_common.duration(LIVE_BUDGET_S)} on this server)",
                         scale=2, elem_id="lesion-run")
-    with gr.Row():
+    with _common.live_results(run), gr.Row():
         with gr.Column(scale=3):
             plot = gr.Plot(label="Live: one block deleted | k random blocks deleted", format="png",
                            elem_id="lesion-plot")
@@ -152,3 +155,11 @@ def build() -> gr.Dropdown:
             out_csv = gr.File(label="Live study (CSV)", elem_id="lesion-csv")
     run.click(on_gpu(user_errors(run_lesion)), net, [plot, out_table, out_csv, text], api_name="lesion", **LONG)
     return net
+
+
+def _verdict(csv: str | None) -> str | None:
+    """The shipped study at a glance, None where it is missing or unreadable (the note then says why)."""
+    try:
+        return verdicts.lesion(lesion.read_csv(csv)) if csv else None
+    except (ValueError, KeyError, IndexError):
+        return None
