@@ -97,7 +97,8 @@ def test_each_research_section_opens_on_its_figure_and_verdict(page):
         verdict = page.locator(f"#{tab.lower() if tab != 'Gradients' else 'gradnorms'}-verdict")
         expect(verdict).to_contain_text("At a glance")
         assert len(verdict.inner_text().split(". ")) <= 5  # a few sentences, not the report
-        expect(page.get_by_text("The full reading: method, every number, the tables").first).to_be_visible()
+        reading = page.get_by_text("The full reading: method, every number, the tables")
+        expect(reading.locator("visible=true")).to_have_count(1)  # closed, one click away
         if LIVE[tab]:
             expect(page.locator(LIVE[tab])).not_to_be_visible()  # nothing to show before a run
         page.screenshot(path=str(SHOTS / f"research_{tab.lower()}.png"), full_page=True)
@@ -168,7 +169,7 @@ def test_playground_trains_both_nets_live_stops_and_offers_the_pair(page):
 
     page.get_by_role("tab", name="Playground: train twins live").click()
     expect(page.locator("#playground-estimate")).to_contain_text("on this server", timeout=60_000)  # after load
-    page.locator("#playground-depth").click()
+    page.get_by_label("Depth (6n+2 layers)").click()
     page.get_by_role("option", name="20", exact=True).click()
     steps = page.locator("#playground-steps input[type='number']")
     steps.fill("300")
@@ -201,6 +202,6 @@ def test_playground_trains_both_nets_live_stops_and_offers_the_pair(page):
     expect(page.locator("[data-testid='label-output-value']").first).to_be_visible(timeout=60_000)
     page.get_by_role("tab", name="Research: why residuals train").click()
     page.get_by_role("tab", name="Lesion", exact=True).click()
-    page.locator("#lesion-model").click()
+    page.locator("#lesion-model input").click()
     expect(page.get_by_role("option", name=re.compile("your Playground run")).first).to_be_visible(timeout=30_000)
     page.keyboard.press("Escape")

@@ -171,3 +171,24 @@ def test_a_gradient_sweeps_measured_time_is_within_3x_of_its_estimate(fresh_rate
             break
     else:
         pytest.fail(f"(measured, before, after) outside 3x in every try: {tries}")
+
+
+def test_measured_rates_are_forgotten_after_their_time_to_live(monkeypatch):
+    """A probe timed while the server was busy (another user's training) must not price every later run: the
+    rates are measured again each `RATES_TTL_S`, and reused within it."""
+    from resnet_lab.research import cost
+
+    made = []
+    monkeypatch.setattr(cost, "_probe_timer", lambda device: None)
+    monkeypatch.setattr(cost, "_param_timer", lambda device: None)
+    monkeypatch.setattr(cost, "measure_rates", lambda *timers: made.append(len(made)) or len(made))
+    now = [1e6]
+    monkeypatch.setattr(cost.time, "monotonic", lambda: now[0])
+    cost._measured_rates.cache_clear()
+    try:
+        first = cost.rates("cpu")
+        assert cost.rates("cpu") == first and len(made) == 1  # cached within the period
+        now[0] += cost.RATES_TTL_S
+        assert cost.rates("cpu") != first and len(made) == 2  # measured afresh after it
+    finally:
+        cost._measured_rates.cache_clear()

@@ -18,7 +18,8 @@ from resnet_lab.research.degradation.compute import run_degradation
 from resnet_lab.resnet import build, init_seed
 from resnet_lab.shapes import CLASSES, ShapesDataset
 
-SMALL = {"depth": 20, "steps": 6, "batch_size": 8, "evals": 2, "val_size": 32, "ratio_every": 1}
+SMALL = {"depth": 20, "steps": 6, "batch_size": 8, "evals": 2, "val_size": 32, "ratio_every": 1, "optimizer": "sgd",
+         "lr": 0.05, "image_size": 32}  # SGD at 32 px: the study's loop as the shipped runs use it
 
 
 def test_watching_changes_nothing_the_nets_learn():

@@ -226,15 +226,23 @@ def measure_rates(forward: Callable[[int], float], step: Callable[[], float] | N
     return solve_rates(small, large, statistics.median(steps) if steps else None)
 
 
+RATES_TTL_S = 600.0  # measured rates are kept this long: a probe timed while the server was busy is not kept forever
+
+
+def _period() -> int:
+    """The current `RATES_TTL_S` period: part of the rate caches' keys, so each period measures afresh."""
+    return int(time.monotonic() // RATES_TTL_S)
+
+
 @functools.lru_cache(maxsize=16)
-def _measured_rates(device: str, threads: int) -> Rates:
+def _measured_rates(device: str, threads: int, period: int = 0) -> Rates:
     return measure_rates(_probe_timer(device), _param_timer(device))
 
 
 def rates(device: str | torch.device = "cpu") -> Rates:
     """Seconds per giga-MAC and per layer call of forward passes on `device` with this process's thread count,
-    measured on first use."""
-    return _measured_rates(str(torch.device(device)), torch.get_num_threads())
+    measured on first use and again every `RATES_TTL_S` (a long-running server's load comes and goes)."""
+    return _measured_rates(str(torch.device(device)), torch.get_num_threads(), _period())
 
 
 def rate(device: str | torch.device = "cpu") -> float:
@@ -272,13 +280,14 @@ def measure_build(device: str) -> BuildRates:
 
 
 @functools.lru_cache(maxsize=16)
-def _measured_build(device: str, threads: int) -> BuildRates:
+def _measured_build(device: str, threads: int, period: int = 0) -> BuildRates:
     return measure_build(device)
 
 
 def build_rates(device: str | torch.device = "cpu") -> BuildRates:
-    """Seconds per module and per parameter of building a net for `device` now, measured on first use."""
-    return _measured_build(str(torch.device(device)), torch.get_num_threads())
+    """Seconds per module and per parameter of building a net for `device` now, measured on first use and again
+    every `RATES_TTL_S`."""
+    return _measured_build(str(torch.device(device)), torch.get_num_threads(), _period())
 
 
 def remeasure() -> None:

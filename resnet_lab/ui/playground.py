@@ -11,6 +11,7 @@ another: the run is found by a key held in that user's session only.
 
 from __future__ import annotations
 
+import math
 import threading
 import uuid
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from .research._common import duration, memory_budget, refuse_if_too_big
 
 LONG_FREE = {"queue": False}  # an estimate never waits behind a long job
 UPDATE_S = 0.4  # seconds between live updates: a few a second, and the view costs the training little
+LOSS_CAP = 1.5  # a loss curve is drawn up to this times the largest training loss seen (see `curves`)
 MAP_HEIGHT = 240  # pixels of a gradient map (layers stretched to it)
 _runs: dict[str, pg.LiveWatch] = {}  # session key -> its running watch (only while it runs)
 _runs_lock = threading.Lock()
@@ -77,7 +79,9 @@ def refuse(cfg: pg.PlaygroundConfig) -> None:
 
 def curves(snap: pg.Snapshot, metric: str) -> pd.DataFrame:
     """Long-form rows for a `gr.LinePlot`: each net's training `metric` (a trailing mean over ~1/25 of the run, the
-    per-step value is one batch's) and its held-out value, one series each."""
+    per-step value is one batch's) and its held-out value, one series each. A loss is capped at `LOSS_CAP` times
+    the largest training value so far: a held-out loss of thousands (BatchNorm's running statistics before they
+    settle) would flatten every other curve to the floor; the cap is said in the plot's label."""
     df = snap.curves
     out = []
     for net, rows in df[df.metric == f"train_{metric}"].groupby("net", sort=False):
@@ -86,7 +90,14 @@ def curves(snap: pg.Snapshot, metric: str) -> pd.DataFrame:
                                  "series": f"{net} train"}))
     for net, rows in df[df.metric == f"val_{metric}"].groupby("net", sort=False):
         out.append(pd.DataFrame({"step": rows.step, "value": rows.value, "series": f"{net} held-out"}))
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame({"step": [], "value": [], "series": []})
+    if not out:
+        return pd.DataFrame({"step": [], "value": [], "series": []})
+    frame = pd.concat(out, ignore_index=True)
+    if metric == "loss":
+        train = df[df.metric == "train_loss"].value
+        cap = LOSS_CAP * float(train.max()) if len(train) else math.inf
+        frame["value"] = frame.value.clip(upper=cap)
+    return frame
 
 
 def ratios(snap: pg.Snapshot) -> pd.DataFrame:
@@ -249,18 +260,20 @@ def build_tab() -> gr.State:
         halt = gr.Button("Stop", elem_id="playground-stop")
     state = gr.Markdown(elem_id="playground-status")
     with gr.Row():
-        loss = gr.LinePlot(x="step", y="value", color="series", label="Loss (train: trailing mean; held-out: dots)",
-                           elem_id="playground-loss", height=280)
-        acc = gr.LinePlot(x="step", y="value", color="series", label="Accuracy", elem_id="playground-acc",
-                          height=280)
+        loss = gr.LinePlot(x="step", y="value", color="series", color_title="net",
+                           label=f"Loss (train: trailing mean; held-out at checkpoints; drawn up to {LOSS_CAP:g}x the "
+                                 "largest training loss)", elem_id="playground-loss", height=340)
+        acc = gr.LinePlot(x="step", y="value", color="series", color_title="net", label="Accuracy",
+                          elem_id="playground-acc", height=340, y_lim=[0, 1])
     scale = gr.Markdown(elem_id="playground-scale")
     with gr.Row():
         plain_map = gr.Image(label="Plain net: gradient norm, layers x steps", type="numpy", interactive=False,
                              elem_id="playground-map-plain", elem_classes="pixelated")
         res_map = gr.Image(label="ResNet: gradient norm, layers x steps", type="numpy", interactive=False,
                            elem_id="playground-map-resnet", elem_classes="pixelated")
-    update = gr.LinePlot(x="step", y="value", color="series", label="log10 update ratio ‖ΔW‖/‖W‖ per stage",
-                         elem_id="playground-ratios", height=240)
+    update = gr.LinePlot(x="step", y="value", color="series", color_title="net and stage",
+                         label="log10 update ratio ‖ΔW‖/‖W‖ per stage",
+                         elem_id="playground-ratios", height=320)
     files = gr.File(label="The run's curves and both trained nets", file_count="multiple", interactive=False,
                     elem_id="playground-files")
     outputs = [state, loss, acc, plain_map, res_map, scale, update, files, runs]
