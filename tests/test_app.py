@@ -134,9 +134,9 @@ def test_gradio_cache_is_pruned(app, monkeypatch):
     Grad-CAM request left in the cache are seen to go (the examples, kept by Gradio, stay).
     """
     assert app.DELETE_CACHE == (common.KEEP_OUTPUTS_S // 4, common.KEEP_OUTPUTS_S)  # as old as our own outputs
-    assert app.build_demo().delete_cache == app.DELETE_CACHE
     monkeypatch.setattr(app, "DELETE_CACHE", (1, 3))  # every second, what is older than 3 s
     demo = app.build_demo()
+    assert demo.delete_cache == (1, 3)  # the app's setting is the one its Blocks use
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -6,7 +6,9 @@ update) and per-stage update ratios. Stop ends the run after the step in flight 
 run's curves and both checkpoints then download. The run is sized by the one cost model before it starts and
 refused (with what fits) when it would take longer than `playground.TIME_LIMIT_S` or more memory than the server
 can spare; it runs in the app's one long-job group, on the app's device. Nothing of one user's run is visible to
-another: the run is found by a key held in that user's session only.
+another: the run is found by a key held in that user's session only, and its trained nets are offered in that
+session's pickers only (`session_nets`). Instead of Shapes it trains on an uploaded zip of `<class>/<image>`
+folders (`training.zipdata`: read in memory, refused whole when unsafe, bad images skipped and listed).
 """
 
 from __future__ import annotations

@@ -1,0 +1,64 @@
+"""Each study at a glance (research/verdicts.py): the sentences follow the numbers, so the shipped results give the
+shipped verdicts and altered numbers turn them around. Read from the shipped CSVs and from copies the tests change."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from resnet_lab.research import curvature, degradation, gradflow, landscape, lesion
+from resnet_lab.research import verdicts as V
+
+
+def test_degradation_verdict_follows_the_final_losses():
+    df = degradation.read_csv()
+    final = degradation.final_metrics(df).set_index("arch")
+    text = V.degradation(df)
+    assert f"{final.loc['plain56', 'train_loss_smooth']:.2f} (chance level)" in text
+    assert f"{final.loc['resnet56', 'val_acc']:.0%}" in text and "degradation, as in He et al. 2015" in text
+    same = df.copy()  # plain56 made to train exactly as plain20 did: no degradation to report
+    for metric in same.metric.unique():
+        src = same[(same.arch == "plain20") & (same.metric == metric)].value.to_numpy()
+        same.loc[(same.arch == "plain56") & (same.metric == metric), "value"] = src
+    assert "does not show degradation" in V.degradation(same)
+
+
+def test_gradient_verdict_follows_the_first_to_last_ratios():
+    summary = gradflow.summarize(gradflow.read_csv(str(gradflow.SHIPPED_CSV)))
+    text = V.gradients(summary)
+    res = summary[(summary.variant == "residual") & (summary.arch == "resnet110")].iloc[0]
+    plain = summary[(summary.variant == "plain") & (summary.arch == "resnet110")].iloc[0]
+    assert f"10^{plain.log10_ratio_mean:.1f}" in text and f"10^{res.log10_ratio_mean:.1f}" in text
+    assert f"10^{plain.log10_ratio_mean - res.log10_ratio_mean:.1f} times closer" in text
+    flat = summary.copy()
+    flat.loc[flat.variant == "plain", "log10_ratio_mean"] = flat[flat.variant == "residual"].log10_ratio_mean.values
+    assert "make no difference" in V.gradients(flat)
+
+
+def test_landscape_verdict_counts_what_survives_every_control():
+    df = landscape.combine([landscape.read_csv(str(p)) for p in (landscape.SHIPPED_CSV,
+                                                                 landscape.SHIPPED_SHARPNESS_CSV)])
+    text = V.landscape(df)
+    assert text.startswith("Of 8 comparisons") and "2 survive every control" in text
+    assert "resnet20 is the sharper at α = 0.5" in text and "plain56 is the sharper at α = 0.1" in text
+    assert "no rule that ResNets sit in flatter minima" in text  # one each way
+    one_way = df[~((df.model == "resnet20") | (df.model == "plain20"))]
+    assert "the ResNet is the flatter" in V.landscape(one_way)
+
+
+def test_curvature_verdict_names_the_flatter_net_only_where_every_image_set_agrees():
+    spec, _, _ = curvature.read_results(curvature.SHIPPED_STEM)
+    text = V.curvature(spec)
+    assert "resnet56 sits in the flatter minimum" in text and "resnet20 and plain20: no consistent difference" in text
+    worst = curvature.spectrum_table(spec).ratio.max()
+    assert f"at most {worst:.3f}" in text
+
+
+def test_lesion_verdict_compares_what_one_deletion_costs():
+    df = lesion.read_csv(lesion.SHIPPED_CSV)
+    text = V.lesion(df)
+    assert "0 of 27 deletions leave it at chance" in text and "20 of 25" in text and "Veit et al. 2016" in text
+    broken = df.copy()  # every single deletion of the ResNet sends it to chance: no ensemble to report
+    rows = (broken.model == "resnet56") & (broken.kind == "single")
+    broken.loc[rows, "accuracy"] = broken.loc[rows, "chance"]
+    assert "Veit" not in V.lesion(broken)
+    assert isinstance(V.lesion(pd.DataFrame(df[df.model == "plain20"])), str)
