@@ -86,6 +86,15 @@ def at_a_glance(verdict: str, elem_id: str) -> gr.Markdown:
     return gr.Markdown(f"**At a glance.** {verdict}", elem_id=elem_id, elem_classes="verdict")
 
 
+def opening(figure: str | None, caption: str, figure_id: str, verdict: str, verdict_id: str) -> gr.Markdown:
+    """What a section opens on: its shipped figure (left, wide) and its verdict (right); the verdict component."""
+    with gr.Row():
+        with gr.Column(scale=3):
+            shipped_image(figure, caption, figure_id)
+        with gr.Column(scale=2):
+            return at_a_glance(verdict, verdict_id)
+
+
 def full_reading() -> gr.Accordion:
     """The accordion holding the method, the full reading and the tables: one click away, closed on opening."""
     return gr.Accordion("The full reading: method, every number, the tables", open=False)

@@ -102,12 +102,8 @@ def build() -> gr.Dropdown:
     session's own Playground pairs to it)."""
     gr.Markdown("### Curvature: the full Hessian at each minimum")
     shipped = shipped_results()
-    with gr.Row():
-        with gr.Column(scale=3):
-            _common.shipped_image(shipped.get("density"), "Shipped: eigenvalue density (log scale)",
-                                  "curvature-density")
-        with gr.Column(scale=2):
-            _common.at_a_glance(shipped.get("verdict", shipped["note"]), "curvature-verdict")
+    _common.opening(shipped.get("density"), "Shipped: eigenvalue density (log scale)", "curvature-density",
+                    shipped.get("verdict", shipped["note"]), "curvature-verdict")
     with _common.full_reading():
         gr.Markdown(
             "A landscape plot shows two directions out of hundreds of thousands. The Hessian of the loss with respect "

@@ -163,12 +163,8 @@ def build() -> None:
     """The section's components and events, inside the caller's Blocks."""
     gr.Markdown("### Why can a ResNet be 152 layers deep? The gradient at initialization, layer by layer")
     shipped = shipped_results()
-    with gr.Row():
-        with gr.Column(scale=3):
-            _common.shipped_image(shipped.get("figure"), "Shipped: CIFAR nets, plain twins against ResNets, 5 seeds",
-                                  "gradnorms-shipped-plot")
-        with gr.Column(scale=2):
-            _common.at_a_glance(shipped.get("verdict", shipped["note"]), "gradnorms-verdict")
+    _common.opening(shipped.get("figure"), "Shipped: CIFAR nets, plain twins against ResNets, 5 seeds",
+                    "gradnorms-shipped-plot", shipped.get("verdict", shipped["note"]), "gradnorms-verdict")
     with _common.full_reading():
         gr.Markdown(
             "One batch, one backward pass, at initialization: the norm of the gradient of every conv's weights and at "

@@ -182,12 +182,8 @@ def build() -> gr.Dropdown:
     session's own Playground pairs to it)."""
     gr.Markdown("### Loss landscape: what the shortcuts do to the surface a solver walks on")
     shipped = shipped_results()
-    with gr.Row():
-        with gr.Column(scale=3):
-            _common.shipped_image(shipped.get("contours"), "Shipped: 2-D loss contours, seed 0 (red dotted: chance "
-                                  "loss)", "landscape-shipped-plot")
-        with gr.Column(scale=2):
-            _common.at_a_glance(shipped.get("verdict", shipped["note"]), "landscape-verdict")
+    _common.opening(shipped.get("contours"), "Shipped: 2-D loss contours, seed 0 (red dotted: chance loss)",
+                    "landscape-shipped-plot", shipped.get("verdict", shipped["note"]), "landscape-verdict")
     with _common.full_reading():
         gr.Markdown(
             "Li et al. 2018, *Visualizing the Loss Landscape of Neural Nets* (their Fig. 5 is theirs; every number "

@@ -121,12 +121,8 @@ def build() -> gr.Dropdown:
     session's own Playground nets to it)."""
     gr.Markdown("### Lesion study: a trained ResNet behaves like an ensemble of shallower nets")
     png, table, csv, note = shipped_results()
-    with gr.Row():
-        with gr.Column(scale=3):
-            _common.shipped_image(png, "Shipped: the four trained twins, one block deleted | k random blocks deleted",
-                                  "lesion-shipped-plot")
-        with gr.Column(scale=2):
-            _common.at_a_glance(_verdict(csv) or note, "lesion-verdict")
+    _common.opening(png, "Shipped: the four trained twins, one block deleted | k random blocks deleted",
+                    "lesion-shipped-plot", _verdict(csv) or note, "lesion-verdict")
     with _common.full_reading():
         gr.Markdown(
             "Veit et al. 2016, *Residual Networks Behave Like Ensembles of Relatively Shallow Networks*, Figs. 3 and "
