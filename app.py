@@ -23,6 +23,7 @@ import gradio as gr  # noqa: E402
 
 from resnet_lab.devices import resolve_device  # noqa: E402
 from resnet_lab.precision import serving_choice  # noqa: E402
+from resnet_lab.research import cost as research_cost  # noqa: E402
 from resnet_lab.serving.zoo import ASSETS  # noqa: E402
 from resnet_lab.ui import classify, common, gradcam, playground, research, session_nets  # noqa: E402
 from resnet_lab.ui.common import user_errors  # noqa: E402
@@ -95,7 +96,12 @@ def main() -> None:
         print("precision:", serving_choice(resolve_device())[1])
     except (ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
-    build_demo().launch(server_name=args.host, server_port=args.port, **LAUNCH)
+    demo = build_demo()
+    demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, **LAUNCH)
+    # Serving first, then time this server for the estimates (the cost model's probes) while it is idle: timed at
+    # the first page load instead, beside that load's own work, they priced the Playground's defaults 4x too slow.
+    research_cost.warm_up(resolve_device())
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -145,7 +145,7 @@ def test_the_trained_pair_is_this_sessions_own_in_every_tab(tmp_path, monkeypatc
 
     monkeypatch.setattr(common, "_ZOO", ModelZoo(weights_path=str(tmp_path / "none"), device="cpu"))
     monkeypatch.setattr(ui, "UPDATE_S", 0.05)
-    *_, last = ui.train(20, False, "he", "sgd", 0.05, 8, 3, 0, 32, None, "me", [])
+    *_, last = ui.train(20, False, "he", "sgd", 0.05, 8, 3, 0, 16, None, "me", [])
     files, runs = last[-2], last[-1]
     token = runs[0]
     names = session_nets.model_names(runs)
@@ -154,6 +154,10 @@ def test_the_trained_pair_is_this_sessions_own_in_every_tab(tmp_path, monkeypatc
     entry = common.zoo().get(names[0])
     pred = entry.classifier.predict([str(ASSETS / "shapes_circle.png")])[0]
     assert entry.weights.meta["norm"] == "none" and {label for label, _ in pred.topk} <= set(CLASSES)
+    from resnet_lab.ui import gradcam
+
+    ex = gradcam.explain_image(str(ASSETS / "shapes_circle.png"), names[0], "local", "layer3")
+    assert ex.heatmap.shape == (16, 16) and names[0] in ex.info  # Grad-CAM on the session's own net, at 16 px
     model_update, *pickers = session_nets.offer_runs(research.offer)(runs)
     assert set(names) <= set(model_update["choices"])
     want = (f"ResNet-20 vs plain-20 (your Playground run {token[:4]})", f"playground:{token}")

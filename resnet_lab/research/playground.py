@@ -38,7 +38,8 @@ DEPTHS = tuple(REGISTRY[a].depth for a in list_archs("cifar") if a.startswith("r
 INITS = ("he", "zero-gamma")
 IMAGE_SIZES = (16, 32)  # Shapes rendered at 16 px train ~1.5x faster per step and are still told apart
 MAX_COLUMNS = 400  # steps kept in the gradient map (thinned to every k-th beyond): the image stays small
-TIME_LIMIT_S = 300.0  # the longest estimated run a click may start: it holds the app's one long-job slot
+TIME_LIMIT_S = 600.0  # the longest estimated run a click may start (it holds the app's one long-job slot); the
+# estimate of the defaults ranged 92-250 s on a shared 2-core machine for runs of 118-126 s: ~5 min of training
 
 
 @dataclass(frozen=True)
