@@ -110,7 +110,7 @@ def shipped_results() -> dict[str, Any]:
         return {"note": f"**The shipped landscape results cannot be read:** {e}"}
     figures = []
     for csv, suffix, draw in ((landscape.SHIPPED_CSV, "_2d", landscape.plot_2d),
-                              (landscape.SHIPPED_SHARPNESS_CSV, "_sharpness", landscape.plot_sharpness)):
+                              (landscape.SHIPPED_SHARPNESS_CSV, "", landscape.plot_sharpness)):
         png = csv.with_name(csv.stem + suffix + ".png")
         if not png.is_file() and csv in csvs:
             png = Path(tmp_file(".png", "landscape_", png.name))
