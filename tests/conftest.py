@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -72,23 +73,48 @@ def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="session")
-def served_app():
-    """The real app, launched in-process on a free port; yields its URL."""
+@contextlib.contextmanager
+def launched_app():
+    """The real app (as `build_demo` makes it, with the zoo the caller set), launched in-process on a free port;
+    yields (demo, URL) and closes it."""
     import socket
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import app
-    from resnet_lab.serving.zoo import ModelZoo
-    from resnet_lab.ui import common
 
-    common.set_zoo(ModelZoo(weights_path="", device="cpu"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo = app.build_demo()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **app.LAUNCH)
-    yield demo, f"http://127.0.0.1:{port}/"
-    demo.close()
+    try:
+        yield demo, f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@contextlib.contextmanager
+def browser_page(url: str):
+    """A Chromium page (1400 x 1100) on `url`, loaded; screenshots go to `SHOTS`."""
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(url, wait_until="load", timeout=60_000)
+        yield page
+        browser.close()
+
+
+@pytest.fixture(scope="session")
+def served_app():
+    """The real app, launched in-process on a free port; yields (demo, URL)."""
+    from resnet_lab.serving.zoo import ModelZoo
+    from resnet_lab.ui import common
+
+    common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+    with launched_app() as served:
+        yield served

@@ -8,8 +8,8 @@ with the reason, except under CI (`CI` set), where a missing browser is a failur
 from __future__ import annotations
 
 import pytest
-from conftest import CHROMIUM, CHROMIUM_FLAGS, SHOTS, require_chromium
-from playwright.sync_api import expect, sync_playwright
+from conftest import SHOTS, browser_page, launched_app, require_chromium
+from playwright.sync_api import expect
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,32 +31,13 @@ def short_live_runs():
 def page():
     """A page of an app of its own (not the session's shared `served_app`: what other test files did to that
     server's queue and zoo cannot reach the browser), launched only once Chromium is known to be there."""
-    import socket
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    import app
     from resnet_lab.serving.zoo import ModelZoo
     from resnet_lab.ui import common
 
     require_chromium()
-    SHOTS.mkdir(parents=True, exist_ok=True)
     common.set_zoo(ModelZoo(weights_path="", device="cpu"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = app.build_demo()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **app.LAUNCH)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="load", timeout=60_000)
-            yield page
-            browser.close()
-    finally:
-        demo.close()
+    with launched_app() as (_, url), browser_page(url) as page:
+        yield page
 
 
 def test_classify_an_example_in_the_browser(page):

@@ -8,17 +8,14 @@ except under CI (`CI` set), where a missing browser is a failure.
 
 from __future__ import annotations
 
-import socket
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CHROMIUM, CHROMIUM_FLAGS, SHOTS, require_chromium
+from conftest import SHOTS, browser_page, launched_app, require_chromium
 from PIL import Image
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-ROOT = Path(__file__).resolve().parent.parent
 COLOURS = {"scarlet": (220, 30, 30), "ultramarine": (30, 40, 210)}  # names no built-in model knows
 NAME = "mine (resnet20, 2 classes)"  # the picker's name for <weights>/mine.safetensors
 
@@ -45,29 +42,16 @@ def trained(tmp_path_factory, one_thread) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def page(trained):
     require_chromium()
-    sys.path.insert(0, str(ROOT))
-    import app
     from resnet_lab.serving.zoo import ModelZoo
     from resnet_lab.ui import common
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RESNET_LAB_WEIGHTS", str(trained[0]))
         common.set_zoo(ModelZoo(device="cpu"))  # reads RESNET_LAB_WEIGHTS, as the app started with it would
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = app.build_demo()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **app.LAUNCH)
-    SHOTS.mkdir(parents=True, exist_ok=True)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="load", timeout=60_000)
+        with launched_app() as (_, url), browser_page(url) as page:
             yield page
-            browser.close()
     finally:
-        demo.close()
         common.set_zoo(ModelZoo(weights_path="", device="cpu"))
 
 

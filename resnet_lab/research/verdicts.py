@@ -11,7 +11,7 @@ import math
 
 import pandas as pd
 
-from ..resnet import REGISTRY, twin_name
+from ..resnet import REGISTRY
 from .degradation.describe import final_metrics
 from .gradflow.describe import _direction
 from .landscape import readings as LR
@@ -20,9 +20,8 @@ from .lesion.describe import NEAR_CHANCE, k_curve
 
 
 def _pairs(models: list[str]) -> list[tuple[str, str]]:
-    """(residual, plain) twin pairs among `models`, deepest first."""
-    pairs = [(m, twin_name(m)) for m in models if m in REGISTRY and REGISTRY[m].residual and twin_name(m) in models]
-    return sorted(pairs, key=lambda p: -REGISTRY[p[0]].depth)
+    """(residual, plain) twin pairs among `models` (`readings._pairs`), deepest first."""
+    return sorted(LR._pairs(models), key=lambda p: -REGISTRY[p[0]].depth)
 
 
 def degradation(df: pd.DataFrame, num_classes: int = 8) -> str:
@@ -102,18 +101,15 @@ def landscape(df: pd.DataFrame) -> str:
 def curvature(spec: pd.DataFrame, resolution: float = 0.02) -> str:
     """Top eigenvalue and trace of each twin pair's Hessian: who is the sharper where every image set agrees; and
     how convex the minima are, against the eigensolver's resolution (as `describe_curvature` reads them)."""
-    from .curvature.describe import spectrum_table
+    from .curvature.describe import paired_sets, spectrum_table
 
     out = []
     for res, plain in _pairs(list(dict.fromkeys(spec.model))):
         said, larger = [], set()
-        for quantity, index, what in (("eigenvalue", 1, "top eigenvalue"), ("trace", 0, "trace")):
-            rows = spec[(spec.quantity == quantity) & (spec["index"] == index)]
-            a, b = (rows[rows.model == m].set_index("images").value for m in (res, plain))
-            sets = a.index.intersection(b.index)
-            who = LR.paired(a[sets].to_numpy(), b[sets].to_numpy())[3]
+        for quantity, what in (("eigenvalue", "top eigenvalue"), ("trace", "trace")):
+            mean_a, mean_b, _, _, who = paired_sets(spec, res, plain, quantity)
             if who in ("a", "b"):
-                said.append(f"{what} {a[sets].mean():.0f} against {b[sets].mean():.0f}")
+                said.append(f"{what} {mean_a:.0f} against {mean_b:.0f}")
                 larger.add(res if who == "a" else plain)
         if len(larger) == 1:
             flatter = plain if larger == {res} else res

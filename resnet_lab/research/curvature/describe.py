@@ -56,14 +56,21 @@ def _pairs(models: list[str]) -> list[tuple[str, str]]:
     return [(m, twin_name(m)) for m in models if m in REGISTRY and REGISTRY[m].residual and twin_name(m) in models]
 
 
-def _compare(spec: pd.DataFrame, res: str, plain: str, quantity: str, what: str) -> str:
-    """A sentence on a quantity measured per image set, paired by set."""
+def paired_sets(spec: pd.DataFrame, res: str, plain: str, quantity: str) -> tuple[float, float, int, float, str]:
+    """A quantity measured per image set (the top eigenvalue, or the trace), paired by set: (mean for `res`, mean
+    for `plain`, sets, share of sets agreeing, `readings.paired`'s verdict: "a" when `res`'s is the larger)."""
     index = 1 if quantity == "eigenvalue" else 0
     rows = spec[(spec.quantity == quantity) & (spec["index"] == index)]
     a, b = (rows[rows.model == m].set_index("images").value for m in (res, plain))
     sets = a.index.intersection(b.index)
-    mean, se, agree, who = paired(a[sets].to_numpy(), b[sets].to_numpy())
-    nums = f"{a[sets].mean():.4g} for {res} against {b[sets].mean():.4g} for {plain}, over {len(sets)} image set(s)"
+    _, _, agree, who = paired(a[sets].to_numpy(), b[sets].to_numpy())
+    return float(a[sets].mean()), float(b[sets].mean()), len(sets), agree, who
+
+
+def _compare(spec: pd.DataFrame, res: str, plain: str, quantity: str, what: str) -> str:
+    """A sentence on a quantity measured per image set, paired by set."""
+    mean_a, mean_b, sets, agree, who = paired_sets(spec, res, plain, quantity)
+    nums = f"{mean_a:.4g} for {res} against {mean_b:.4g} for {plain}, over {sets} image set(s)"
     if who == "one seed":
         return f"{what}: {nums}; one image set, so no spread to weigh the difference against."
     if who == "none":

@@ -37,7 +37,6 @@ def build_tab() -> list[gr.Dropdown]:
 def offer(runs: list[str]) -> list[dict]:
     """Updates for `build_tab`'s pickers: the shipped choices, then the session's own Playground runs (`runs`, their
     tokens), newest first. Each session's dropdowns are its own, so no other session is offered them."""
-    pairs = session_nets.pair_choices(runs or [])
-    nets = session_nets.net_choices(runs or [])
-    return [gr.update(choices=pairs + landscape.pair_choices()), gr.update(choices=pairs + landscape.pair_choices()),
-            gr.update(choices=nets + lesion.model_choices())]
+    pairs = session_nets.pair_choices(runs or []) + landscape.pair_choices()  # Landscape's and Curvature's
+    nets = session_nets.net_choices(runs or []) + lesion.model_choices()
+    return [gr.update(choices=pairs), gr.update(choices=pairs), gr.update(choices=nets)]
