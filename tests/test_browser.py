@@ -44,6 +44,8 @@ def test_classify_an_example_in_the_browser(page):
     expect(page.locator("#status")).to_contain_text("weights", timeout=60_000)
     page.get_by_role("tab", name="Classify").click()
     page.locator("img[src*='chelsea']").first.click()  # the example thumbnail
+    # filling the image is its own event: classifying before it lands classifies nothing (a race on a busy machine)
+    expect(page.locator("#classify-image img[src*='chelsea']")).to_be_visible(timeout=60_000)
     page.get_by_role("button", name="Classify", exact=True).click()
     label = page.locator("[data-testid='label-output-value']").first
     expect(label).to_be_visible(timeout=60_000)
@@ -193,6 +195,7 @@ def test_playground_trains_both_nets_live_stops_and_offers_the_pair(page):
     option.click()
     expect(page.locator("#status")).to_contain_text("playground-", timeout=60_000)
     page.locator("img[src*='shapes_circle']").first.click()
+    expect(page.locator("#classify-image img[src*='shapes_circle']")).to_be_visible(timeout=60_000)
     page.get_by_role("button", name="Classify", exact=True).click()
     expect(page.locator("[data-testid='label-output-value']").first).to_be_visible(timeout=60_000)
     page.get_by_role("tab", name="Research: why residuals train").click()

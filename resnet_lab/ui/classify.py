@@ -132,7 +132,8 @@ def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str]) -> None
     """The tab's components and events, inside the caller's `gr.Tab`."""
     with gr.Row():
         with gr.Column():
-            image = UploadImage(label="Image", sources=["upload", "webcam", "clipboard"], height=320)
+            image = UploadImage(label="Image", sources=["upload", "webcam", "clipboard"], height=320,
+                                elem_id="classify-image")
             gr.Examples(examples, inputs=image, label="Examples")
             run = gr.Button("Classify", variant="primary")
         with gr.Column():
