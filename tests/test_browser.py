@@ -203,3 +203,5 @@ def test_playground_trains_both_nets_live_stops_and_offers_the_pair(page):
     page.locator("#lesion-model input").click()
     expect(page.get_by_role("option", name=re.compile("your Playground run")).first).to_be_visible(timeout=30_000)
     page.keyboard.press("Escape")
+    page.get_by_role("tab", name="Playground: train twins live").click()
+    expect(status).to_contain_text("stopped")  # still: Stop's own late reply once overwrote it with "Stopping…"

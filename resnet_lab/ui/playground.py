@@ -134,7 +134,8 @@ def status(snap: pg.Snapshot) -> str:
         return f"⚠️ The run failed: {snap.error}"
     last = snap.curves[snap.curves.metric == "val_acc"].groupby("net", sort=False).value.last()
     held = ", ".join(f"{net} {acc:.1%}" for net, acc in last.items())
-    state = "stopped" if snap.stopped and snap.done else "done" if snap.done else "training"
+    state = ("stopped" if snap.done else "stopping after this step") if snap.stopped else (
+        "done" if snap.done else "training")
     return (f"**{state}**: step {snap.step} of {snap.steps} in {duration(snap.seconds)}"
             + (f" · held-out accuracy: {held}" if held else ""))
 
@@ -219,14 +220,14 @@ def _run(cfg: pg.PlaygroundConfig, watch: pg.LiveWatch, images: ZipImages | None
         pass
 
 
-def stop(key: str) -> str:
-    """Stop this session's run (nobody else's) after the step in flight."""
+def stop(key: str) -> None:
+    """Stop this session's run (nobody else's) after the step in flight. It writes nothing itself: the run's
+    stream owns the status line and says "stopping", then "stopped" (a second writer raced the stream: on a busy
+    server its reply came after the stream's last update and left "Stopping…" showing for good)."""
     with _runs_lock:
         watch = _runs.get(key)
-    if watch is None:
-        return "Nothing is training."
-    watch.stop()
-    return "Stopping after this step…"
+    if watch is not None:
+        watch.stop()
 
 
 def build_tab() -> gr.State:
@@ -283,6 +284,6 @@ def build_tab() -> gr.State:
     # cost model's probe), which must not delay serving the app.
     gr.on(None, estimate_text, controls, estimate, api_visibility="private", **LONG_FREE)
     start.click(user_errors(train), [*controls, upload, key, runs], outputs, api_name="playground", **LONG)
-    halt.click(stop, key, state, queue=False, api_visibility="private")
+    halt.click(stop, key, None, queue=False, api_visibility="private")
     return runs
 
