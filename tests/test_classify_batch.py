@@ -105,8 +105,10 @@ def test_a_corrupt_and_a_good_file_batched_by_the_real_server(served_app, files,
     client = Client(served_app[1], verbose=False)
     for _ in range(5):  # with more than one classify slot (a bigger machine) they may still split: try again
         first = client.submit(handle_file(str(blocker)), MODEL, TAG, api_name="/classify")
+        deadline = time.monotonic() + 120  # a bound for a stuck queue (fail, not hang CI), not a measurement
         while first.status().code in (Status.STARTING, Status.JOINING_QUEUE, Status.QUEUE_FULL, Status.IN_QUEUE,
                                       Status.SENDING_DATA):
+            assert time.monotonic() < deadline, "the first request never started: the server's queue is stuck"
             time.sleep(0.02)
         jobs = [client.submit(handle_file(files[k]), MODEL, TAG, api_name="/classify") for k in ("truncated", "good")]
         first.result(timeout=120)

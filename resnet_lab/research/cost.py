@@ -237,9 +237,13 @@ def measure_rates(forward: Callable[[int], float], step: Callable[[], float] | N
 RATES_TTL_S = 600.0  # measured rates are kept this long: a probe timed while the server was busy is not kept forever
 
 
+_clock = time.monotonic  # the period's clock; tests replace this, never `time.monotonic` itself (that is every
+# thread's clock: the served app's asyncio loop then scheduled its queue's wake-ups 11 days ahead and hung CI)
+
+
 def _period() -> int:
     """The current `RATES_TTL_S` period: part of the rate caches' keys, so each period measures afresh."""
-    return int(time.monotonic() // RATES_TTL_S)
+    return int(_clock() // RATES_TTL_S)
 
 
 @functools.lru_cache(maxsize=16)
