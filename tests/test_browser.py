@@ -178,6 +178,9 @@ def test_playground_trains_both_nets_live_stops_and_offers_the_pair(page):
     expect(page.locator("#playground-loss canvas, #playground-loss svg").first).to_be_visible(timeout=30_000)
     expect(page.locator("#playground-map-plain img")).to_be_visible(timeout=30_000)
     expect(page.locator("#playground-map-resnet img")).to_be_visible()
+    for plot, entry in (("loss", "plain-20 held-out"), ("acc", "ResNet-20 train"), ("ratios", "ResNet-20 layer3")):
+        legend = page.locator(f"#playground-{plot} svg .role-legend").first  # Vega draws SVG: labels are text
+        expect(legend).to_contain_text(entry, timeout=30_000)  # the series' entries, not just the title
     page.wait_for_function("(n) => { const m = document.querySelector('#playground-status')?.innerText.match("
                            "/step (\\d+)/); return m && +m[1] >= n + 3; }", arg=first, timeout=60_000)  # it grows
     page.screenshot(path=str(SHOTS / "playground.png"), full_page=True)

@@ -125,9 +125,25 @@ def test_the_tab_streams_views_saves_the_pair_and_stops_only_its_own_run(monkeyp
     ui.stop("me")
     assert watch.stopped
     views = [first, *stream]
+    named: dict[int, list[str]] = {}  # each plot's legend: the series named for it (once, all of them at once)
+    for k, view in enumerate(views):
+        for i in ui.Legends.PLOTS:
+            if k == 0:
+                assert view[i] is None or "colors_in_legend" in view[i]  # an earlier run's chart cleared
+            elif i not in named:
+                assert isinstance(view[i], dict)  # nothing drawn before all series are there
+            else:
+                assert isinstance(view[i], pd.DataFrame)
+            if isinstance(view[i], dict) and "colors_in_legend" in view[i]:
+                assert i not in named
+                named[i] = view[i]["colors_in_legend"]
+    views = [[v["value"] if isinstance(v, dict) and "value" in v else v for v in view] for view in views]
     status, loss, acc, plain_map, res_map, scale, ratios, files, runs = views[-1]
     assert "stopped" in status and "me" not in ui._runs
     assert isinstance(loss, pd.DataFrame) and {"plain-20 train", "ResNet-20 train"} <= set(loss.series)
+    for i in ui.Legends.PLOTS:  # every series of every plot has its legend entry by the end
+        assert sorted(named[i]) == sorted(set(views[-1][i].series)), i
+    assert named[1] == ["plain-20 train", "ResNet-20 train", "plain-20 held-out", "ResNet-20 held-out"]
     assert plain_map is not None and plain_map.ndim == 3 and res_map.shape == plain_map.shape and "log10" in scale
     assert [f.rsplit(".", 1)[-1] for f in files] == ["csv", "safetensors", "json", "safetensors", "json"]
     loaded = load_checkpoint(files[3])
@@ -138,6 +154,8 @@ def test_the_tab_streams_views_saves_the_pair_and_stops_only_its_own_run(monkeyp
 def test_the_status_line_is_the_streams_alone_and_says_each_state():
     """Stop writes nothing to the page: the stream says "stopping", then "stopped" (a second writer of the line
     raced the stream's last update in CI and left "Stopping…" showing after the run had ended)."""
+    import gradio as gr
+
     from resnet_lab.ui import playground as ui
 
     empty = pd.DataFrame(columns=["net", "step", "metric", "value"])
@@ -149,6 +167,9 @@ def test_the_status_line_is_the_streams_alone_and_says_each_state():
         states.append(ui.status(snap).split("**")[1])
     assert states == ["training", "stopping after this step", "stopped", "done"]
     assert ui.stop("no such session") is None  # nothing to stop: nothing happens, nothing is written
+    plot = gr.LinePlot(x="step", y="value", color="series")  # an empty frame's names stay names, not numbers
+    assert plot.postprocess(ui.curves(snap, "loss")).datatypes == {"step": "quantitative", "value": "quantitative",
+                                                                   "series": "nominal"}
 
 
 def test_the_trained_pair_is_this_sessions_own_in_every_tab(tmp_path, monkeypatch):

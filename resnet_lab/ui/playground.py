@@ -28,6 +28,7 @@ import pandas as pd
 from ..checkpoints import save_checkpoint
 from ..research import playground as pg
 from ..research.degradation.compute import VAL_SEED_OFFSET
+from ..resnet import REGISTRY
 from ..shapes import CLASSES
 from ..training.run_data import shapes_data_config
 from ..training.zipdata import ZipImages, load_zip
@@ -93,7 +94,8 @@ def curves(snap: pg.Snapshot, metric: str) -> pd.DataFrame:
     for net, rows in df[df.metric == f"val_{metric}"].groupby("net", sort=False):
         out.append(pd.DataFrame({"step": rows.step, "value": rows.value, "series": f"{net} held-out"}))
     if not out:
-        return pd.DataFrame({"step": [], "value": [], "series": []})
+        return pd.DataFrame({"step": pd.Series(dtype=int), "value": pd.Series(dtype=float),
+                             "series": pd.Series(dtype=object)})  # typed: `[]` would make the names numbers
     frame = pd.concat(out, ignore_index=True)
     if metric == "loss":
         train = df[df.metric == "train_loss"].value
@@ -146,6 +148,35 @@ def views(snap: pg.Snapshot, files: list[str] | None = None, note: str = "") -> 
             res_map, scale, ratios(snap), files)
 
 
+class Legends:
+    """Gradio's LinePlot draws its chart from the first data it gets and then only swaps the data: the columns'
+    types and the colour scale's series, so the legend's entries, stay those of that first frame. An empty first
+    frame (whose text column pandas types as numbers) gave lines without colour and a legend from -Infinity to
+    Infinity. So a plot gets nothing until all its series have arrived, then a frame that names them
+    (`colors_in_legend`: a new setting makes the plot draw its chart anew, also over an earlier run's), then frames
+    as they come."""
+
+    PLOTS = (1, 2, 6)  # the LinePlots among `views`'s outputs: loss, accuracy, update ratios
+
+    def __init__(self, cfg: pg.PlaygroundConfig) -> None:
+        nets = [pg.LiveWatch.label(a) for a in cfg.archs]  # plain first
+        curves = [f"{net} {kind}" for kind in ("train", "held-out") for net in nets]
+        stages = [f"{net} layer{i + 1}" for net in nets for i in range(len(REGISTRY[cfg.archs[0]].layers))]
+        self._waiting = {1: curves, 2: curves, 6: stages}  # the plots not drawn yet, and their series
+        self._cleared = False
+
+    def __call__(self, outputs: tuple) -> tuple:
+        out = list(outputs)
+        for i, series in list(self._waiting.items()):
+            if set(series) <= set(out[i].series):
+                out[i] = gr.update(value=out[i], colors_in_legend=series)
+                del self._waiting[i]
+            else:  # an earlier run's chart is cleared first: the next frame then draws a new one
+                out[i] = gr.skip() if self._cleared else None
+        self._cleared = True
+        return tuple(out)
+
+
 def save(watch: pg.LiveWatch, cfg: pg.PlaygroundConfig, images: ZipImages | None = None,
          zip_name: str = "") -> tuple[list[str], str]:
     """The run's curves (CSV) and both trained nets (`.safetensors` + JSON, loadable by `load_checkpoint`), the
@@ -189,14 +220,15 @@ def train(*args: Any) -> Iterator[tuple]:
         _runs[key] = watch
     thread = threading.Thread(target=_run, args=(cfg, watch, images), daemon=True, name="playground")
     thread.start()
+    legends = Legends(cfg)
     try:
         while thread.is_alive():
             thread.join(UPDATE_S)
-            yield (*views(watch.snapshot(), note=note), gr.skip())
+            yield (*legends(views(watch.snapshot(), note=note)), gr.skip())
         if watch.error:
             raise gr.Error(watch.error, title="The Playground run failed")
         files, token = save(watch, cfg, images, Path(upload).name if upload else "")
-        yield (*views(watch.snapshot(), files, note), [*(runs or []), token])
+        yield (*legends(views(watch.snapshot(), files, note)), [*(runs or []), token])
     finally:
         watch.stop()  # a closed tab (the generator closed) stops its run too
         with _runs_lock:
@@ -265,9 +297,9 @@ def build_tab() -> gr.State:
     with gr.Row():
         loss = gr.LinePlot(x="step", y="value", color="series", color_title="net",
                            label=f"Loss (train: trailing mean; held-out at checkpoints; drawn up to {LOSS_CAP:g}x the "
-                                 "largest training loss)", elem_id="playground-loss", height=340)
+                                 "largest training loss)", elem_id="playground-loss")
         acc = gr.LinePlot(x="step", y="value", color="series", color_title="net", label="Accuracy",
-                          elem_id="playground-acc", height=340, y_lim=[0, 1])
+                          elem_id="playground-acc", y_lim=[0, 1])
     scale = gr.Markdown(elem_id="playground-scale")
     with gr.Row():
         plain_map = gr.Image(label="Plain net: gradient norm, layers x steps", type="numpy", interactive=False,
@@ -276,7 +308,7 @@ def build_tab() -> gr.State:
                            elem_id="playground-map-resnet", elem_classes="pixelated")
     update = gr.LinePlot(x="step", y="value", color="series", color_title="net and stage",
                          label="log10 update ratio ‖ΔW‖/‖W‖ per stage",
-                         elem_id="playground-ratios", height=320)
+                         elem_id="playground-ratios")
     files = gr.File(label="The run's curves and both trained nets", file_count="multiple", interactive=False,
                     elem_id="playground-files")
     outputs = [state, loss, acc, plain_map, res_map, scale, update, files, runs]
