@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import launched_app
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -147,16 +146,8 @@ def test_gradcam_on_a_target_class_given_by_name(zoo, image):
 @pytest.fixture
 def served(zoo):
     """The app launched with the fruit checkpoint's folder; yields its URL."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    import app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = app.build_demo()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **app.LAUNCH)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    with launched_app() as (_, url):
+        yield url
 
 
 def test_served_app_classifies_with_the_user_model(served, image):
