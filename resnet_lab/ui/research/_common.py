@@ -3,6 +3,8 @@ run, and durations and sizes as people read them."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +88,20 @@ def at_a_glance(verdict: str, elem_id: str) -> gr.Markdown:
     return gr.Markdown(f"**At a glance.** {verdict}", elem_id=elem_id, elem_classes="verdict")
 
 
-def opening(figure: str | None, caption: str, figure_id: str, verdict: str, verdict_id: str) -> gr.Markdown:
-    """What a section opens on: its shipped figure (left, wide) and its verdict (right); the verdict component."""
+@contextlib.contextmanager
+def beside_figure(figure: str | None, caption: str, figure_id: str) -> Iterator[None]:
+    """A shipped figure (left, wide) and, to its right, what the caller's `with` block puts there (its words)."""
     with gr.Row():
         with gr.Column(scale=3):
             shipped_image(figure, caption, figure_id)
         with gr.Column(scale=2):
-            return at_a_glance(verdict, verdict_id)
+            yield
+
+
+def opening(figure: str | None, caption: str, figure_id: str, verdict: str, verdict_id: str) -> gr.Markdown:
+    """What a section opens on: its shipped figure and its verdict beside it; the verdict component."""
+    with beside_figure(figure, caption, figure_id):
+        return at_a_glance(verdict, verdict_id)
 
 
 def full_reading() -> gr.Accordion:
@@ -105,6 +114,20 @@ def live_results(button: gr.Button) -> gr.Column:
     column = gr.Column(visible=False)
     button.click(lambda: gr.update(visible=True), None, column, queue=False, api_visibility="private")
     return column
+
+
+def live_figure(button: gr.Button, name: str, plot_label: str, table_label: str, csv_label: str
+                ) -> tuple[gr.Plot, gr.Dataframe, gr.File, gr.Markdown]:
+    """A live run's outputs, shown once `button` is pressed: its figure (left, wide), its reading, table and CSV
+    (right); the components, ids `<name>-plot`, `-table`, `-csv`, `-text`."""
+    with live_results(button), gr.Row():
+        with gr.Column(scale=3):
+            plot = gr.Plot(label=plot_label, format="png", elem_id=f"{name}-plot")
+        with gr.Column(scale=2):
+            text = gr.Markdown(elem_id=f"{name}-text")
+            table = gr.Dataframe(label=table_label, interactive=False, wrap=True, elem_id=f"{name}-table")
+            csv = gr.File(label=csv_label, elem_id=f"{name}-csv")
+    return plot, table, csv, text
 
 
 def shipped_note(what: str, files: list[Path], command: str) -> str:

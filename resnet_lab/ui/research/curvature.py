@@ -111,12 +111,9 @@ def build() -> gr.Dropdown:
             "trace (total curvature), its most negative eigenvalue, and Li et al.'s |λmin/λmax| (their §6: near 0 is "
             "convex). Measured with Hessian-vector products (curvlinops, torch.func) and scipy's Lanczos (ARPACK), as "
             "PyHessian (Yao et al. 2020) reports them; checked in the tests against a dense Hessian.")
-        with gr.Row():
-            with gr.Column(scale=3):
-                _common.shipped_image(shipped.get("map"), "Shipped: |λmin/λmax| on the landscape's plane",
-                                      "curvature-map")
-            with gr.Column(scale=2):
-                gr.Markdown(shipped["note"], elem_id="curvature-shipped-text")
+        with _common.beside_figure(shipped.get("map"), "Shipped: |λmin/λmax| on the landscape's plane",
+                                   "curvature-map"):
+            gr.Markdown(shipped["note"], elem_id="curvature-shipped-text")
         gr.Dataframe(shipped.get("table"), label="Shipped: the Hessian at each minimum", interactive=False,
                      wrap=True, visible=shipped.get("table") is not None, elem_id="curvature-shipped-table")
     gr.Markdown("#### Live: the top eigenvalue of a pair of your choice")

@@ -192,12 +192,9 @@ def build() -> gr.Dropdown:
             "at: how far the loss rises a radius r away, over several direction seeds, with two controls (BatchNorm "
             "re-estimated at each point; each net's logits scaled to the same confidence), and how convex the "
             "plotted surface is inside the basin.")
-        with gr.Row():
-            with gr.Column(scale=3):
-                _common.shipped_image(shipped.get("sharpness"), "Shipped: loss rise against radius, per control",
-                                      "landscape-shipped-sharpness")
-            with gr.Column(scale=2):
-                gr.Markdown(shipped["note"], elem_id="landscape-shipped-text")
+        with _common.beside_figure(shipped.get("sharpness"), "Shipped: loss rise against radius, per control",
+                                   "landscape-shipped-sharpness"):
+            gr.Markdown(shipped["note"], elem_id="landscape-shipped-text")
         gr.Dataframe(shipped.get("surface_table"), label="Shipped: the 2-D surfaces (means over seeds)",
                      interactive=False, wrap=True, visible=shipped.get("surface_table") is not None,
                      elem_id="landscape-shipped-table")
@@ -213,15 +210,9 @@ def build() -> gr.Dropdown:
         span = gr.Slider(*SPAN_RANGE, 1.0, step=0.1, label="Span: α from −span to span", scale=2)
         seed = gr.Number(0, precision=0, minimum=0, label="Direction seed", scale=1)
     run = gr.Button("Compute a 1-D slice live (sized to about 25 s on this server)", elem_id="landscape-run")
-    with _common.live_results(run), gr.Row():
-        with gr.Column(scale=3):
-            plot = gr.Plot(label="Live: loss and accuracy along one direction", format="png",
-                           elem_id="landscape-plot")
-        with gr.Column(scale=2):
-            text = gr.Markdown(elem_id="landscape-text")
-            out_table = gr.Dataframe(label="Live: the rise at each radius on the slice", interactive=False,
-                                     wrap=True, elem_id="landscape-table")
-            out_csv = gr.File(label="Live slice (CSV)", elem_id="landscape-csv")
+    plot, out_table, out_csv, text = _common.live_figure(
+        run, "landscape", "Live: loss and accuracy along one direction", "Live: the rise at each radius on the slice",
+        "Live slice (CSV)")
     run.click(on_gpu(user_errors(run_landscape)), [pair, span, seed], [plot, out_table, out_csv, text],
               api_name="landscape", **LONG)
     return pair

@@ -140,15 +140,9 @@ def build() -> gr.Dropdown:
         net = gr.Dropdown(choices, value=choices[0][1], label="Net", scale=3, elem_id="lesion-model")
         run = gr.Button(f"Run a lesion study live (about {_common.duration(LIVE_BUDGET_S)} on this server)",
                         scale=2, elem_id="lesion-run")
-    with _common.live_results(run), gr.Row():
-        with gr.Column(scale=3):
-            plot = gr.Plot(label="Live: one block deleted | k random blocks deleted", format="png",
-                           elem_id="lesion-plot")
-        with gr.Column(scale=2):
-            text = gr.Markdown(elem_id="lesion-text")
-            out_table = gr.Dataframe(label="Live: accuracy (%) with one block deleted", interactive=False,
-                                     wrap=True, elem_id="lesion-table")
-            out_csv = gr.File(label="Live study (CSV)", elem_id="lesion-csv")
+    plot, out_table, out_csv, text = _common.live_figure(
+        run, "lesion", "Live: one block deleted | k random blocks deleted", "Live: accuracy (%) with one block deleted",
+        "Live study (CSV)")
     run.click(on_gpu(user_errors(run_lesion)), net, [plot, out_table, out_csv, text], api_name="lesion", **LONG)
     return net
 
