@@ -166,10 +166,27 @@ def test_the_status_line_is_the_streams_alone_and_says_each_state():
         snap.done, snap.stopped = done, stopped
         states.append(ui.status(snap).split("**")[1])
     assert states == ["training", "stopping after this step", "stopped", "done"]
-    assert ui.stop("no such session") is None  # nothing to stop: nothing happens, nothing is written
+    ui.stop("no such session")  # nothing to stop: nothing happens (that it writes nothing: the browser test)
+    one = pd.DataFrame({"step": [0], "value": [1.0], "series": ["plain-20 layer1"]})
+    legends = ui.Legends(pg.PlaygroundConfig(depth=20))  # a plot whose series never all came: drawn at the end
+    assert legends((None, one, one, None, None, "", one, None))[6] is None  # cleared
+    assert legends((None, one, one, None, None, "", one, None))[6] == {"__type__": "update"}  # waits
+    assert legends((None, one, one, None, None, "", one, None), final=True)[6]["colors_in_legend"] == [
+        "plain-20 layer1"]
     plot = gr.LinePlot(x="step", y="value", color="series")  # an empty frame's names stay names, not numbers
     assert plot.postprocess(ui.curves(snap, "loss")).datatypes == {"step": "quantitative", "value": "quantitative",
                                                                    "series": "nominal"}
+
+
+def test_a_stop_while_the_run_is_sized_ends_it_after_its_first_step(monkeypatch):
+    """Stop clicked while the run is still being sized (the cost probe) or its zip read is not lost."""
+    from resnet_lab.ui import playground as ui
+
+    sized = ui.refuse
+    monkeypatch.setattr(ui, "refuse", lambda cfg: (sized(cfg), ui.stop("early")))  # the click lands meanwhile
+    monkeypatch.setattr(ui, "UPDATE_S", 0.05)
+    *_, last = ui.train(20, True, "he", "sgd", 0.05, 8, 30, 0, 16, None, "early", [])
+    assert "**stopped**: step 1 of 30" in last[0] and "early" not in ui._runs
 
 
 def test_the_trained_pair_is_this_sessions_own_in_every_tab(tmp_path, monkeypatch):

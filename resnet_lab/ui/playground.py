@@ -165,11 +165,14 @@ class Legends:
         self._waiting = {1: curves, 2: curves, 6: stages}  # the plots not drawn yet, and their series
         self._cleared = False
 
-    def __call__(self, outputs: tuple) -> tuple:
+    def __call__(self, outputs: tuple, final: bool = False) -> tuple:
+        """`outputs` (`views`'s) as this plot is to get them; at the `final` update a plot still waiting is drawn
+        with the series it has (a series that never came, e.g. a ratio that was NaN, is then left out)."""
         out = list(outputs)
         for i, series in list(self._waiting.items()):
-            if set(series) <= set(out[i].series):
-                out[i] = gr.update(value=out[i], colors_in_legend=series)
+            present = list(dict.fromkeys(out[i].series))
+            if set(series) <= set(present) or (final and present):
+                out[i] = gr.update(value=out[i], colors_in_legend=[s for s in series if s in present])
                 del self._waiting[i]
             else:  # an earlier run's chart is cleared first: the next frame then draws a new one
                 out[i] = gr.skip() if self._cleared else None
@@ -210,25 +213,25 @@ def train(*args: Any) -> Iterator[tuple]:
     session's list of runs with this one added (its nets are then offered in this session's pickers)."""
     *controls, upload, key, runs = args
     cfg = config(*controls)
-    refuse(cfg)
-    images, note = None, ""
-    if upload:
-        images = load_zip(upload, size=cfg.image_size, seed=cfg.seed)
-        note = skipped_note(images)
     watch = pg.LiveWatch(cfg.steps, cfg.ratio_every)
-    with _runs_lock:
+    with _runs_lock:  # registered first: a Stop while the run is sized or the zip read ends it after its first step
         _runs[key] = watch
-    thread = threading.Thread(target=_run, args=(cfg, watch, images), daemon=True, name="playground")
-    thread.start()
-    legends = Legends(cfg)
     try:
+        refuse(cfg)
+        images, note = None, ""
+        if upload:
+            images = load_zip(upload, size=cfg.image_size, seed=cfg.seed)
+            note = skipped_note(images)
+        thread = threading.Thread(target=_run, args=(cfg, watch, images), daemon=True, name="playground")
+        thread.start()
+        legends = Legends(cfg)
         while thread.is_alive():
             thread.join(UPDATE_S)
             yield (*legends(views(watch.snapshot(), note=note)), gr.skip())
         if watch.error:
             raise gr.Error(watch.error, title="The Playground run failed")
         files, token = save(watch, cfg, images, Path(upload).name if upload else "")
-        yield (*legends(views(watch.snapshot(), files, note)), [*(runs or []), token])
+        yield (*legends(views(watch.snapshot(), files, note), final=True), [*(runs or []), token])
     finally:
         watch.stop()  # a closed tab (the generator closed) stops its run too
         with _runs_lock:
