@@ -11,7 +11,7 @@ and projection shortcuts, as kuangliu/pytorch-cifar's ResNet-18: the usual
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -105,6 +105,11 @@ def twin_name(arch: str) -> str:
     if arch.startswith("plain"):
         return "resnet" + arch[len("plain"):]
     return arch
+
+
+def twin_pairs(models: Sequence[str]) -> list[tuple[str, str]]:
+    """(residual, plain) twins both among `models`, residual first, in the order the residual nets appear."""
+    return [(m, twin_name(m)) for m in models if m in REGISTRY and REGISTRY[m].residual and twin_name(m) in models]
 
 
 def default_pretrained_cfg(cfg: ResNetConfig, num_classes: int) -> dict:

@@ -11,7 +11,7 @@ import math
 
 import pandas as pd
 
-from ..resnet import REGISTRY
+from ..resnet import REGISTRY, twin_pairs
 from .degradation.describe import final_metrics
 from .gradflow.describe import _direction
 from .landscape import readings as LR
@@ -20,8 +20,8 @@ from .lesion.describe import NEAR_CHANCE, k_curve
 
 
 def _pairs(models: list[str]) -> list[tuple[str, str]]:
-    """(residual, plain) twin pairs among `models` (`readings._pairs`), deepest first."""
-    return sorted(LR._pairs(models), key=lambda p: -REGISTRY[p[0]].depth)
+    """(residual, plain) twin pairs among `models` (`twin_pairs`), deepest first."""
+    return sorted(twin_pairs(models), key=lambda p: -REGISTRY[p[0]].depth)
 
 
 def degradation(df: pd.DataFrame, num_classes: int = 8) -> str:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ...resnet import REGISTRY, twin_name
+from ...resnet import twin_pairs
 from ..landscape.readings import paired
 
 SPECTRUM_TABLE = ["model", "loss", "accuracy", "lambda_max", "top_k", "lambda_min", "ratio", "trace", "trace_se",
@@ -50,10 +50,6 @@ def map_table(maps: pd.DataFrame, num_classes: int = 8) -> pd.DataFrame:
                      "median_ratio_all": float(d.ratio.median()), "ratio_w0": float(centre.ratio.iloc[0])
                      if len(centre) else math.nan, "matvecs": int(d.matvecs.sum()), "seconds": float(d.seconds.sum())})
     return pd.DataFrame(rows)
-
-
-def _pairs(models: list[str]) -> list[tuple[str, str]]:
-    return [(m, twin_name(m)) for m in models if m in REGISTRY and REGISTRY[m].residual and twin_name(m) in models]
 
 
 def paired_sets(spec: pd.DataFrame, res: str, plain: str, quantity: str) -> tuple[float, float, int, float, str]:
@@ -101,7 +97,7 @@ def describe_curvature(spec: pd.DataFrame, maps: pd.DataFrame | None = None, num
             lines.append(f"- {model}: median {r.median_ratio_basin:.3f} (largest {r.max_ratio_basin:.3f}) over its "
                          f"{int(r.basin_points)} basin points; median {r.median_ratio_all:.3f} over all.")
     resolution = 2 * min_tol  # lambda_min from a solve to relative tolerance tol: the ratio is good to ~tol/2 each
-    for res, plain in _pairs(list(t.model)):
+    for res, plain in twin_pairs(list(t.model)):
         a, b = t.set_index("model").loc[res], t.set_index("model").loc[plain]
         lines.append(f"\n**{res} vs {plain}:**")
         lines.append("- " + _compare(spec, res, plain, "eigenvalue", "Top eigenvalue (sharpness)"))

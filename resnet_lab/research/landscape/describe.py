@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ...resnet import REGISTRY
+from ...resnet import REGISTRY, twin_pairs
 from . import readings as R
 
 SHALLOW_DEPTH = 20  # Li et al. Fig. 5: at this depth plain and residual nets both look smooth
@@ -133,7 +133,7 @@ def describe_landscape(df: pd.DataFrame, num_classes: int = R.SHAPES_CLASSES) ->
             text += (". It is not at a trained minimum (guessing scores loss "
                      f"{chance_loss:.3g}), so its landscape is not the papers' figure")
         lines.append(text + ".")
-    for res, plain in R._pairs(models):
+    for res, plain in twin_pairs(models):
         if {res, plain} & off:
             lines.append(f"\n{res} vs {plain}: not compared ({' and '.join(sorted({res, plain} & off))} did not "
                          "train to a minimum; a net on the plateau rises less because it starts high).")

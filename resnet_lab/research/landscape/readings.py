@@ -21,18 +21,13 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ...resnet import REGISTRY, twin_name
+from ...resnet import twin_pairs
 from .compute import CONTROLS, RADII
 
 NONCONVEX_RATIO = 0.01  # a point is non-convex when -lambda_min exceeds this share of its largest |lambda|
 CONSISTENT_SE = 2.0  # a paired mean difference of more than this many standard errors ...
 CONSISTENT_AGREE = 0.8  # ... with at least this share of the seeds agreeing in sign, is a consistent difference
 SHAPES_CLASSES = 8
-
-
-def _pairs(models: Sequence[str]) -> list[tuple[str, str]]:
-    """(residual, plain) twins both present, residual first, in the order the residual nets appear."""
-    return [(m, twin_name(m)) for m in models if m in REGISTRY and REGISTRY[m].residual and twin_name(m) in models]
 
 
 # ----------------------------------------------------------------------------- sharpness
@@ -97,7 +92,7 @@ def pair_sharpness(r: pd.DataFrame) -> pd.DataFrame:
     columns = ["residual", "plain", "control", "radius", "seeds", "rise_residual", "rise_plain", "diff", "se",
                "agree", "sharper"]
     rows = []
-    for res, plain in _pairs(list(dict.fromkeys(r.model))):
+    for res, plain in twin_pairs(list(dict.fromkeys(r.model))):
         for (control, radius), d in r.groupby(["control", "radius"], sort=False):
             a = d[d.model == res].set_index("seed").rise
             b = d[d.model == plain].set_index("seed").rise
@@ -194,7 +189,7 @@ def pair_convexity(s: pd.DataFrame) -> pd.DataFrame:
     """Per twin pair: the paired difference of basin non-convex shares over seeds and who is consistently the less
     convex ("residual", "plain" or "none")."""
     rows = []
-    for res, plain in _pairs(list(dict.fromkeys(s.model))):
+    for res, plain in twin_pairs(list(dict.fromkeys(s.model))):
         a = s[s.model == res].set_index("seed").nonconvex_basin
         b = s[s.model == plain].set_index("seed").nonconvex_basin
         seeds = a.index.intersection(b.index)
