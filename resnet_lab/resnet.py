@@ -47,6 +47,11 @@ class ResNetConfig:
         per_block = 3 if self.block is Bottleneck else 2
         return 1 + per_block * sum(self.layers) + 1
 
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """The stages' module names, input to output (`layer1`, ...): known without building the net."""
+        return tuple(f"layer{i + 1}" for i in range(len(self.layers)))
+
 
 def _imagenet(block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...]) -> ResNetConfig:
     return ResNetConfig(block=block, layers=layers)
@@ -223,11 +228,9 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if config.stem == "imagenet" else nn.Identity()
 
         self.inplanes = widths[0]
-        self.stage_names: list[str] = []
-        for i, (planes, blocks) in enumerate(zip(widths, config.layers)):
-            name = f"layer{i + 1}"
+        self.stage_names: list[str] = list(config.stage_names)
+        for i, (name, planes, blocks) in enumerate(zip(self.stage_names, widths, config.layers)):
             self.add_module(name, self._make_layer(planes, blocks, stride=1 if i == 0 else 2))
-            self.stage_names.append(name)
         self.num_features = self.inplanes
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.num_features, self.num_classes)

@@ -139,7 +139,7 @@ def describe(model: str) -> tuple[list[str], list[str]]:
     from ..resnet import REGISTRY
 
     arch = "resnet20" if model == SHAPES_MODEL else IMAGENET_MODELS[model]
-    stages = [f"layer{i + 1}" for i in range(len(REGISTRY[arch].layers))]
+    stages = list(REGISTRY[arch].stage_names)
     if model != SHAPES_MODEL:
         return stages, list(imagenet_labels())
     meta = SHAPES_CHECKPOINT.with_suffix(".json")
@@ -265,7 +265,7 @@ class ModelZoo:
             return describe(model)
         from ..resnet import REGISTRY
 
-        return [f"layer{i + 1}" for i in range(len(REGISTRY[user.arch].layers))], list(user.classes)
+        return list(REGISTRY[user.arch].stage_names), list(user.classes)
 
     def model_bytes(self, model: str) -> int:
         """`model_bytes`, also for the user's checkpoints (their arch with their class count)."""

@@ -147,7 +147,7 @@ def parts(model: ResNet) -> list[str]:
 
 def arch_parts(arch: str) -> list[str]:
     """`parts` of a registered arch without building it (for checking a config up front)."""
-    return [NOTHING, STEM, *(f"layer{i + 1}" for i in range(len(REGISTRY[arch].layers)))]
+    return [NOTHING, STEM, *REGISTRY[arch].stage_names]
 
 
 def _frozen_names(model: ResNet, upto: str) -> list[str]:

@@ -161,7 +161,7 @@ class Legends:
     def __init__(self, cfg: pg.PlaygroundConfig) -> None:
         nets = [pg.LiveWatch.label(a) for a in cfg.archs]  # plain first
         curves = [f"{net} {kind}" for kind in ("train", "held-out") for net in nets]
-        stages = [f"{net} layer{i + 1}" for net in nets for i in range(len(REGISTRY[cfg.archs[0]].layers))]
+        stages = [f"{net} {stage}" for net in nets for stage in REGISTRY[cfg.archs[0]].stage_names]
         self._waiting = {1: curves, 2: curves, 6: stages}  # the plots not drawn yet, and their series
         self._cleared = False
 
