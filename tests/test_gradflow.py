@@ -283,9 +283,10 @@ def test_memory_estimate_bounds_a_measured_peak():
     """The process's peak resident memory over one `measure` (fresh subprocess, VmHWM) vs the estimate.
 
     Measured on 2 shared CPU cores: the resident peak is 0.95-1.27x the tensor count
-    (`net_memory` + batch) over six configs, so `estimate_memory` (x1.8, for the worse
-    overheads of multi-step training) bounds it: measured/estimate 0.53-0.71. Leaving
-    out the saved activations (most of it) would give ~5x the count.
+    (`net_memory` + batch) over six configs, so `estimate_memory` (x2.2, for the worse
+    overheads of multi-step training and evaluation) bounds it: measured/estimate 0.46-0.49
+    here (0.43-0.58 in earlier sessions). Leaving out the saved activations (most of it)
+    would give ~5x the count.
     """
     from peak_memory import added_peak
 
@@ -298,7 +299,7 @@ def test_memory_estimate_bounds_a_measured_peak():
         f'gradflow.GradFlowConfig(archs=({arch!r},), input_size={size}, batch_size={batch}))')
     tensors = gradflow.net_memory(arch, "residual", cfg) + batch * 3 * size * size * 4
     assert 0.8 < added / tensors < 1.35, (added, tensors)
-    assert 0.45 < added / gradflow.estimate_memory(cfg) <= 1.0
+    assert 0.35 < added / gradflow.estimate_memory(cfg) <= 1.0
 
 
 @pytest.mark.parametrize("arch,bn_mode", [("resnet20", "train"), ("resnet50", "train"), ("resnet50", "eval"),
@@ -318,7 +319,7 @@ def test_meta_count_equals_what_a_real_forward_saves(arch, bn_mode):
 def test_estimate_is_affine_in_the_batch_and_refuses_what_does_not_fit(monkeypatch, capsys):
     big = GradFlowConfig(archs=("resnet20", "resnet152"), input_size=224, batch_size=64)
     need = gradflow.estimate_memory(big)
-    assert 26 * 2**30 < need < 30 * 2**30  # the issue's "about 18 GB" sweep: tensors 15.8 GB, x1.8 for the process
+    assert 32 * 2**30 < need < 37 * 2**30  # the issue's "about 18 GB" sweep: tensors 15.8 GB, x2.2 for the process
     budget = 3 * 2**30
     fits = gradflow.largest_batch(big, budget)
     assert fits is not None and 2 <= fits < 64

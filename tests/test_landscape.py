@@ -403,14 +403,15 @@ L.compute_landscape(models, grid=5, dims=1, n=8)
 
 def test_memory_estimate_bounds_a_measured_peak():
     """Peak resident memory of a run (fresh subprocess, after a warm-up) against the cost model's bytes: measured
-    169-291 MiB (it varies with the machine's load) against 377 MiB estimated for two 20-layer nets on 512 images;
-    leaving out the activations would give an estimate of ~30 MiB."""
+    84-197 MiB over 16 runs, two at a time (glibc's heap keeps a varying number of freed activation-sized blocks;
+    the live tensors peak at ~87 MiB), against 252 MiB estimated for two 20-layer nets on 512 images; leaving out
+    the activations would give an estimate of ~41 MiB."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from peak_memory import added_peak
 
     added = added_peak(_MEMORY_SETUP, "L.compute_landscape(models, grid=5, dims=1, n=512)")
     estimate = L.estimate_cost(["plain20", "resnet20"], 5, 512).bytes
-    assert 0.4 < added / estimate <= 1.0
+    assert 0.25 < added / estimate <= 1.0, (added, estimate)
 
 
 def test_the_shipped_grid_is_what_the_shipped_command_computes():

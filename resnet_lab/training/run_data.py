@@ -18,12 +18,11 @@ from typing import Any
 
 import torch
 
+from ..scoring import EVAL_BATCH
 from ..shapes import CLASSES, MEAN, STD, ShapesDataset
 from .config import TrainConfig
 from .distributed import Dist
 from .loaders import Batches, LoaderBatches, ShapesBatches, TensorBatches, stratified_indices
-
-EVAL_BATCH = 256
 
 
 def shapes_data_config(size: int) -> dict[str, Any]:

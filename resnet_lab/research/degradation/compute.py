@@ -19,13 +19,12 @@ from torch import nn
 
 from ...progress import Progress
 from ...resnet import REGISTRY, build, init_seed
-from ...scoring import chunks, score
+from ...scoring import EVAL_BATCH, chunks, score
 from ...shapes import ShapesDataset
 
 DEFAULT_ARCHS = ("plain20", "plain56", "resnet20", "resnet56")
 COLUMNS = ["arch", "variant", "depth", "step", "metric", "value"]
 VAL_SEED_OFFSET = 100_003  # the held-out images' Shapes seed is the run's seed plus this
-EVAL_BATCH = 256  # held-out images per forward pass when validating
 
 
 def _images(n: int, seed: int, size: int, clutter: bool) -> tuple[torch.Tensor, torch.Tensor]:

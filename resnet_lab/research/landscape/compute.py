@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...progress import Progress
-from ...scoring import Score, chunks, score
+from ...scoring import EVAL_BATCH, Score, chunks, score
 from ..study import model_labels
 from .directions import grid_points, moving, random_direction
 
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 COLUMNS = ["model", "seed", "alpha", "beta", "control", "loss", "accuracy"]
 CONTROLS = ("none", "temperature", "bn", "bn+temperature")
 RADII = (0.05, 0.1, 0.2, 0.5)
-EVAL_BATCH = 500
 RECAL_BATCH = 128  # the twins' training batch: statistics of batches the size they were trained with
 
 
