@@ -4,13 +4,12 @@ landscape's plane, the reading, the CLI."""
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_landscape import SIZE, _bitwise_equal, _loaded, _state
+from test_landscape import _bitwise_equal, _loaded, _state
 from torch import nn
 from torch.func import functional_call
 
@@ -113,9 +112,10 @@ def test_compute_curvature_spectrum_and_map_restore_the_weights():
     w = _small()
     before = _state(w.model)
     points = [(0.0, 0.0), (0.2, -0.1)]
-    spec, dens, maps = K.compute_curvature([w], n=8, resamples=2, top_k=1, tol=1e-2, trace_samples=2,
-                                           density_steps=8, map_points=points, map_n=8, chunk=8)
+    settings = dict(n=8, resamples=2, top_k=1, trace_samples=2, density_steps=8)
+    spec, dens, maps = K.compute_curvature([w], tol=1e-2, map_points=points, map_n=8, chunk=8, **settings)
     assert _bitwise_equal(_state(w.model), before)
+    _the_estimate_charges_at_least_the_products_made(spec, maps, settings, len(points))
     q = spec.groupby("images").quantity.apply(set)
     assert {"loss", "eigenvalue", "lambda_min", "ratio", "trace", "trace_se"} <= q["set0"]
     assert "lambda_min" not in q["set1"] and "eigenvalue" in q["set1"]
@@ -131,6 +131,23 @@ def test_compute_curvature_spectrum_and_map_restore_the_weights():
     assert "Li et al.'s map" in K.describe_curvature(spec0, maps0)  # a map-only run is described (and saved)
     with pytest.raises(ValueError, match="nothing to compute"):
         K.compute_curvature([w], n=8, resamples=0)
+
+
+def _the_estimate_charges_at_least_the_products_made(spec: pd.DataFrame, maps: pd.DataFrame, settings: dict,
+                                                    points: int) -> None:
+    """The estimate charges each Hessian-vector product at the one cost model's rate; how good that rate is, timed
+    against real products side by side, is `benchmarks/bench_cost.py`'s (a timed assertion here failed on a loaded
+    CI machine, 4.5x off). What a test can hold the estimate to is the work: the products a run made, counted by
+    the operator, against those the estimate charges for the same settings: at least as many (it sizes what the app
+    refuses), at most 4x (ARPACK is charged EIGSH_MATVECS a solve; it converges in fewer)."""
+    from resnet_lab.research import cost
+
+    made = settings["n"] * (spec[spec.quantity == "matvecs"].value.sum() + maps.matvecs.sum())  # image-products
+    charged = K.estimate_cost(["resnet20"], **settings, map_points=points, map_n=settings["n"]).seconds / \
+        cost.seconds([("resnet20", 1)], "hvp")  # seconds are linear in the images at a fixed batch
+    print(f"image-products made {made:.0f}, charged {charged:.0f}")
+    assert made <= charged <= 4 * made, (made, charged)
+    assert K.estimate_cost(["resnet56"], 64).seconds > 2.5 * K.estimate_cost(["resnet20"], 64).seconds
 
 
 def _spectrum(values: dict[str, list[float]]) -> pd.DataFrame:
@@ -181,26 +198,6 @@ def test_cli_writes_everything_refuses_a_map_of_three_and_re_reads(tmp_path, cap
     assert [r["n"] for r in runs] == [8] and "--resamples 1" in runs[0]["command"]  # the source run, recorded
     assert main(["curvature", "--from-csv", f"{tmp_path / 'c'},{tmp_path / 'again' / 'c'}", "--quiet"]) == 0
     assert "resnet20" in capsys.readouterr().out  # several stems are concatenated
-
-
-N_COST = 16  # images per product: between the cost model's two probe batches (2 and 32)
-
-
-def test_cost_estimate_is_of_the_order_of_a_measured_run():
-    """The one cost model (each Hessian-vector product worth WORK["hvp"] forward passes at the rates measured now)
-    against a real spectrum run of a small net: within 4x either way on a shared machine (the rates are measured
-    under the same load)."""
-    w = _loaded("resnet20")
-    t = time.perf_counter()
-    spec, _, _ = K.compute_curvature([w], n=N_COST, resamples=1, top_k=1, tol=1e-2, trace_samples=2,
-                                     density_steps=0, chunk=N_COST)
-    measured = time.perf_counter() - t
-    mv = spec[spec.quantity == "matvecs"].value.sum()
-    from resnet_lab.research import cost
-    predicted = cost.seconds([("resnet20", int(mv) * N_COST)], "hvp", size=SIZE, batch=N_COST)
-    print(f"measured {measured:.1f} s, predicted {predicted:.1f} s, {int(mv)} products")
-    assert 0.25 < measured / predicted < 4
-    assert K.estimate_cost(["resnet56"], 64).seconds > 2.5 * K.estimate_cost(["resnet20"], 64).seconds
 
 
 def test_a_map_difference_on_one_plane_is_no_verdict():
