@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 
 import gradio as gr
 import pandas as pd
@@ -26,14 +25,11 @@ def no_progress(*_args, **_kwargs) -> None:
 @pytest.fixture(scope="module")
 def small():
     """ResNet-20 and its twin, one seed, BN in train mode (also primes the cache)."""
-    t0 = time.perf_counter()
-    out = gradnorms.run_gradnorms(["resnet20"], "train", "default", 4, "auto", 1)  # the default gr.Progress()
-    return out, time.perf_counter() - t0
+    return gradnorms.run_gradnorms(["resnet20"], "train", "default", 4, "auto", 1)  # the default gr.Progress()
 
 
 def test_run_gradnorms_returns_figures_table_csv_and_text(small):
-    (fig_w, fig_x, fig_s, table, csv, text), seconds = small
-    assert seconds < 30  # seconds on a 2-core CPU; generous for a shared machine
+    fig_w, fig_x, fig_s, table, csv, text = small
     assert all(isinstance(f, Figure) for f in (fig_w, fig_x, fig_s))
     assert fig_w.axes[0].get_yscale() == "log" and fig_x.axes[0].get_yscale() == "log"
     assert isinstance(table, pd.DataFrame) and list(table.net) == ["plain20", "resnet20"]
@@ -52,7 +48,7 @@ def test_results_are_cached_per_settings(small):
 
 def test_explanation_follows_the_measurement(small):
     """BN train: growth, never 'vanishing'; no BN: shrinking plain nets and a forward blow-up; zero-gamma: zeros."""
-    train = small[0][5]
+    train = small[5]
     assert "**grows** toward the input" in train and "vanishes" not in train and "shrinks" not in train
     none = gradnorms.run_gradnorms(["resnet56"], "none", "default", 4, "auto", 1, progress=no_progress)[5]
     assert "**shrinks** mildly toward the input" in none and "blows up in the forward pass" in none
@@ -135,7 +131,7 @@ def test_cli_prints_the_same_reading_the_tab_shows(small, capsys):
 
     assert main(["gradnorms", "--archs", "resnet20", "--batch-size", "4", "--input-size", "32"]) == 0
     out = capsys.readouterr().out
-    assert out.rstrip().endswith(small[0][5].rstrip())
+    assert out.rstrip().endswith(small[5].rstrip())
 
 
 def test_what_fits_is_one_answer_for_the_cli_and_the_tab(monkeypatch, capsys):
