@@ -183,13 +183,13 @@ def test_playground_trains_both_nets_live_stops_and_offers_the_pair(page):
         expect(legend).to_contain_text(entry, timeout=30_000)  # the series' entries, not just the title
     page.wait_for_function("(n) => { const m = document.querySelector('#playground-status')?.innerText.match("
                            "/step (\\d+)/); return m && +m[1] >= n + 3; }", arg=first, timeout=60_000)  # it grows
-    page.screenshot(path=str(SHOTS / "playground.png"), full_page=True)
     page.locator("#playground-stop").click()
     expect(status).to_contain_text("stopped", timeout=60_000)
     files = page.locator("#playground-files")
     for name in ("resnet20", "plain20", "playground_curves"):  # Gradio splits off suffixes
         expect(files).to_contain_text(name, timeout=30_000)
     expect(files).to_contain_text(".safetensors")
+    page.screenshot(path=str(SHOTS / "playground.png"), full_page=True)  # after Stop: a full-page shot relays out
 
     page.get_by_role("tab", name="Classify").click()  # the trained ResNet, picked and used
     page.get_by_label("Model").click()

@@ -10,7 +10,7 @@ both, the same schedule), so what the Playground shows is what the study measure
   than at initialization), kept for at most `MAX_COLUMNS` steps (evenly thinned beyond);
 - per-stage weight-update ratios ||W_after - W_before|| / ||W_before|| every `ratio_every` steps.
 
-`snapshot()` copies what has been seen so far for the UI, which polls it a few times a second from another
+`snapshot()` copies what has been seen so far for the UI, which polls it once a second from another
 thread; `stop()` ends the run after the step in flight, keeping what was trained. The cost comes from the one cost
 model (`degradation.estimate_cost`), so a run is sized and refused before it starts.
 """

@@ -37,7 +37,9 @@ from .common import LONG, tmp_file, user_errors, zoo
 from .research._common import duration, memory_budget, refuse_if_too_big
 
 LONG_FREE = {"queue": False}  # an estimate never waits behind a long job
-UPDATE_S = 0.4  # seconds between live updates: a few a second, and the view costs the training little
+# Seconds between live updates. Each redraws three Vega charts and two images in the browser: at 0.4 s a loaded
+# 2-core CI machine's renderer fell behind for over 30 s (Stop could not be clicked); once a second stays live.
+UPDATE_S = 1.0
 LOSS_CAP = 1.5  # a loss curve is drawn up to this times the largest training loss seen (see `curves`)
 MAP_HEIGHT = 240  # pixels of a gradient map (layers stretched to it)
 _runs: dict[str, pg.LiveWatch] = {}  # session key -> its running watch (only while it runs)
