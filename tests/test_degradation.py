@@ -154,13 +154,9 @@ def test_memory_estimate_bounds_a_measured_peak():
     sessions: 0.92-1.07 for small runs, 0.92 for plain/resnet110 at batch 128, 0.72 for
     the shipped run). Leaving out the training step's activations would give ~3.
     """
-    from peak_memory import added_peak
+    from benchmarks.bench_memory import CASES, measure
 
-    added = added_peak(
-        'from resnet_lab.research import degradation\n'
-        'degradation.run_degradation(2, 2, ("plain20",), train_size=4, val_size=4, evals=1)',  # warm-up
-        'degradation.run_degradation(30, 64, ("plain20", "resnet32"), train_size=256, val_size=128, until=2)')
-    estimate = degradation.estimate_memory(30, 64, ("plain20", "resnet32"), train_size=256, val_size=128)
+    added, estimate = measure("degradation"), CASES["degradation"][2]()
     assert 0.5 < added / estimate <= 1.0, (added, estimate)
 
 

@@ -288,15 +288,11 @@ def test_memory_estimate_bounds_a_measured_peak():
     here (0.43-0.58 in earlier sessions). Leaving out the saved activations (most of it)
     would give ~5x the count.
     """
-    from peak_memory import added_peak
+    from benchmarks.bench_memory import measure
 
-    arch, size, batch = "resnet18", 128, 16
+    arch, size, batch = "resnet18", 128, 16  # bench_memory's case
     cfg = GradFlowConfig(archs=(arch,), input_size=size, batch_size=batch)
-    added = added_peak(
-        'from resnet_lab.research import gradflow\n'
-        'gradflow.measure("resnet20", "residual", 0, gradflow.GradFlowConfig(archs=("resnet20",), batch_size=2))',
-        f'gradflow.measure({arch!r}, "residual", 0, '
-        f'gradflow.GradFlowConfig(archs=({arch!r},), input_size={size}, batch_size={batch}))')
+    added = measure("gradflow")
     tensors = gradflow.net_memory(arch, "residual", cfg) + batch * 3 * size * size * 4
     assert 0.8 < added / tensors < 1.35, (added, tensors)
     assert 0.35 < added / gradflow.estimate_memory(cfg) <= 1.0

@@ -386,31 +386,14 @@ def test_quick_settings_fit_their_budget_and_shrink_for_deeper_nets():
     assert one > 2.5 * L.estimate_cost(["resnet20"], 11, 100).seconds
 
 
-_MEMORY_SETUP = """
-import torch
-from resnet_lab.research import landscape as L
-from resnet_lab.resnet import build
-from resnet_lab.shapes import MEAN, STD
-from resnet_lab.weights import LoadedWeights
-def loaded(arch):
-    net = build(arch, num_classes=8, seed=0).eval()
-    cfg = {**net.pretrained_cfg, "input_size": (3, 32, 32), "mean": MEAN, "std": STD}
-    return LoadedWeights(net, "random", cfg, {"arch": arch, "data": {"name": "shapes", "clutter": False}})
-models = [loaded("plain20"), loaded("resnet20")]
-L.compute_landscape(models, grid=5, dims=1, n=8)
-"""
-
-
 def test_memory_estimate_bounds_a_measured_peak():
     """Peak resident memory of a run (fresh subprocess, after a warm-up) against the cost model's bytes: measured
-    84-197 MiB over 16 runs, two at a time (glibc's heap keeps a varying number of freed activation-sized blocks;
+    84-204 MiB over 24 runs, two at a time (glibc's heap keeps a varying number of freed activation-sized blocks;
     the live tensors peak at ~87 MiB), against 252 MiB estimated for two 20-layer nets on 512 images; leaving out
     the activations would give an estimate of ~41 MiB."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from peak_memory import added_peak
+    from benchmarks.bench_memory import CASES, measure
 
-    added = added_peak(_MEMORY_SETUP, "L.compute_landscape(models, grid=5, dims=1, n=512)")
-    estimate = L.estimate_cost(["plain20", "resnet20"], 5, 512).bytes
+    added, estimate = measure("landscape"), CASES["landscape"][2]()
     assert 0.25 < added / estimate <= 1.0, (added, estimate)
 
 

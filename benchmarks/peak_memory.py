@@ -1,4 +1,4 @@
-"""Peak resident memory of one piece of work, measured in a fresh Python process.
+"""Peak resident memory of one piece of work, measured in a fresh Python process (the tests and bench_memory).
 
 `ru_maxrss` is useless here: a child inherits pytest's resident set. Linux's
 VmHWM can be reset to the current RSS by writing 5 to /proc/self/clear_refs,
