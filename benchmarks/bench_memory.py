@@ -17,52 +17,68 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.peak_memory import added_peak  # noqa: E402
+
+if TYPE_CHECKING:
+    from resnet_lab.research.gradflow import GradFlowConfig
+
+
+# Each case's settings, written once: its work and its estimate are both made from them.
+LANDSCAPE = {"archs": ("plain20", "resnet20"), "grid": 5, "n": 512}
+DEGRADATION = {"steps": 30, "batch_size": 64, "archs": ("plain20", "resnet32"), "train_size": 256, "val_size": 128}
+GRADFLOW = {"archs": ("resnet18",), "input_size": 128, "batch_size": 16}
 
 
 def _landscape() -> int:
     from resnet_lab.research import landscape
 
-    return landscape.estimate_cost(["plain20", "resnet20"], 5, 512).bytes
+    return landscape.estimate_cost(list(LANDSCAPE["archs"]), LANDSCAPE["grid"], LANDSCAPE["n"]).bytes
 
 
 def _degradation() -> int:
     from resnet_lab.research import degradation
 
-    return degradation.estimate_memory(30, 64, ("plain20", "resnet32"), train_size=256, val_size=128)
+    return degradation.estimate_memory(**DEGRADATION)
+
+
+def gradflow_config() -> GradFlowConfig:
+    """GRADFLOW as the study's config (resnet_lab is imported only when a case runs)."""
+    from resnet_lab.research import gradflow
+
+    return gradflow.GradFlowConfig(**GRADFLOW)
 
 
 def _gradflow() -> int:
     from resnet_lab.research import gradflow
 
-    return gradflow.estimate_memory(gradflow.GradFlowConfig(archs=("resnet18",), input_size=128, batch_size=16))
+    return gradflow.estimate_memory(gradflow_config())
 
 
 # name: (warm-up code, the work, its estimate in bytes)
 CASES: dict[str, tuple[str, str, Callable[[], int]]] = {
-    "landscape": ("""
+    "landscape": (f"""
 from resnet_lab.research import landscape as L
 from resnet_lab.resnet import build
 from resnet_lab.shapes import MEAN, STD
 from resnet_lab.weights import LoadedWeights
 def loaded(arch):
     net = build(arch, num_classes=8, seed=0).eval()
-    cfg = {**net.pretrained_cfg, "input_size": (3, 32, 32), "mean": MEAN, "std": STD}
-    return LoadedWeights(net, "random", cfg, {"arch": arch, "data": {"name": "shapes", "clutter": False}})
-models = [loaded("plain20"), loaded("resnet20")]
-L.compute_landscape(models, grid=5, dims=1, n=8)
-""", "L.compute_landscape(models, grid=5, dims=1, n=512)", _landscape),
+    cfg = {{**net.pretrained_cfg, "input_size": (3, 32, 32), "mean": MEAN, "std": STD}}
+    return LoadedWeights(net, "random", cfg, {{"arch": arch, "data": {{"name": "shapes", "clutter": False}}}})
+models = [loaded(a) for a in {LANDSCAPE["archs"]!r}]
+L.compute_landscape(models, grid={LANDSCAPE["grid"]}, dims=1, n=8)
+""", f"L.compute_landscape(models, grid={LANDSCAPE['grid']}, dims=1, n={LANDSCAPE['n']})", _landscape),
     "degradation": ('from resnet_lab.research import degradation\n'
                     'degradation.run_degradation(2, 2, ("plain20",), train_size=4, val_size=4, evals=1)',
-                    'degradation.run_degradation(30, 64, ("plain20", "resnet32"), train_size=256, val_size=128, '
-                    'until=2)', _degradation),
+                    f"degradation.run_degradation(**{DEGRADATION!r}, until=2)", _degradation),
     "gradflow": ('from resnet_lab.research import gradflow\n'
                  'gradflow.measure("resnet20", "residual", 0, gradflow.GradFlowConfig(archs=("resnet20",), '
                  'batch_size=2))',
-                 'gradflow.measure("resnet18", "residual", 0, gradflow.GradFlowConfig(archs=("resnet18",), '
-                 'input_size=128, batch_size=16))', _gradflow),
+                 f"gradflow.measure({GRADFLOW['archs'][0]!r}, 'residual', 0, gradflow.GradFlowConfig(**{GRADFLOW!r}))",
+                 _gradflow),
 }
 
 

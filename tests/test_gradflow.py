@@ -288,12 +288,11 @@ def test_memory_estimate_bounds_a_measured_peak():
     here (0.43-0.58 in earlier sessions). Leaving out the saved activations (most of it)
     would give ~5x the count.
     """
-    from benchmarks.bench_memory import measure
+    from benchmarks.bench_memory import gradflow_config, measure
 
-    arch, size, batch = "resnet18", 128, 16  # bench_memory's case
-    cfg = GradFlowConfig(archs=(arch,), input_size=size, batch_size=batch)
+    cfg = gradflow_config()
     added = measure("gradflow")
-    tensors = gradflow.net_memory(arch, "residual", cfg) + batch * 3 * size * size * 4
+    tensors = gradflow.net_memory(cfg.archs[0], "residual", cfg) + cfg.batch_size * 3 * cfg.input_size ** 2 * 4
     assert 0.8 < added / tensors < 1.35, (added, tensors)
     assert 0.35 < added / gradflow.estimate_memory(cfg) <= 1.0
 
