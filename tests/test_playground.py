@@ -96,7 +96,8 @@ def test_the_time_limit_ends_a_run_after_the_step_in_flight_and_keeps_what_was_t
     snap = watch.snapshot()
     assert snap.step == 3 and snap.stopped and snap.timed_out and snap.done and len(watch.nets) == 2
     assert sorted(snap.curves[snap.curves.metric == "val_acc"].step.unique()) == [0, 3]  # validated where it ended
-    assert "**stopped**: step 3 of 50" in ui.status(snap) and "live-run limit of 10.0 min; what was trained is kept" in ui.status(snap)
+    text = ui.status(snap)
+    assert "**stopped**: step 3 of 50" in text and "live-run limit of 10.0 min; what was trained is kept" in text
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -243,7 +243,12 @@ def train(*args: Any) -> Iterator[tuple]:
     """Start the run and stream its views until it ends (Stop, the last step, the time limit, or an error); at the
     end, the session's list of runs with this one added (its nets are then offered in this session's pickers)."""
     *controls, upload, key, runs = args
-    cfg = config(*controls)
+    try:
+        cfg = config(*controls)
+    except ValueError:
+        with _runs_lock:  # a queued click that cannot run leaves no Stop behind for a later run
+            _queued.pop(key, None)
+        raise
     watch = pg.LiveWatch(cfg.steps, cfg.ratio_every)
     with _runs_lock:  # registered first: a Stop while the run is sized or the zip read ends it after its first step
         queued = _queued.pop(key, None)
