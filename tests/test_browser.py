@@ -172,6 +172,7 @@ def test_playground_trains_both_nets_live_stops_and_offers_the_pair(page):
     steps.fill("300")
     steps.press("Enter")
     page.locator("#playground-train").click()
+    expect(page.locator("#playground-train")).to_be_disabled()  # from the click until the run has ended
     status = page.locator("#playground-status")
     expect(status).to_contain_text(re.compile(r"training\*?\*?: step [1-9]"), timeout=120_000)
     first = int(re.search(r"step (\d+)", status.inner_text()).group(1))
@@ -185,6 +186,7 @@ def test_playground_trains_both_nets_live_stops_and_offers_the_pair(page):
                            "/step (\\d+)/); return m && +m[1] >= n + 3; }", arg=first, timeout=60_000)  # it grows
     page.locator("#playground-stop").click()
     expect(status).to_contain_text("stopped", timeout=60_000)
+    expect(page.locator("#playground-train")).to_be_enabled(timeout=30_000)
     files = page.locator("#playground-files")
     for name in ("resnet20", "plain20", "playground_curves"):  # Gradio splits off suffixes
         expect(files).to_contain_text(name, timeout=30_000)

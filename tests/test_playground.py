@@ -5,6 +5,7 @@ building the page trains and times nothing."""
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -75,6 +76,28 @@ def test_stop_ends_after_the_step_in_flight_and_keeps_what_was_trained():
     assert snap.curves[snap.curves.metric == "train_loss"].step.max() == 2
     assert sorted(snap.curves[snap.curves.metric == "val_acc"].step.unique()) == [0, 3]  # validated where it stopped
     assert all(m.shape[1] == 3 for m in snap.grad_maps.values()) and len(watch.nets) == 2
+
+
+def test_the_time_limit_ends_a_run_after_the_step_in_flight_and_keeps_what_was_trained(monkeypatch):
+    """Whatever the estimate said, a run ends once `TIME_LIMIT_S` of wall clock have passed, as Stop ends it, and
+    says why. The run's clock is the module's (`pg._clock`, a fake here), never the process's."""
+    from resnet_lab.ui import playground as ui
+
+    now = [0.0]
+    monkeypatch.setattr(pg, "_clock", lambda: now[0])
+    cfg = pg.PlaygroundConfig(**{**SMALL, "steps": 50})
+
+    class LateAfter3(pg.LiveWatch):
+        def keep_going(self, step: int) -> bool:
+            now[0] = {1: pg.TIME_LIMIT_S - 1, 2: pg.TIME_LIMIT_S}.get(step, now[0])  # the third step ends at it
+            return super().keep_going(step)
+
+    watch = pg.run_playground(cfg, LateAfter3(cfg.steps, cfg.ratio_every))
+    snap = watch.snapshot()
+    assert snap.step == 3 and snap.stopped and snap.timed_out and snap.done and len(watch.nets) == 2
+    assert sorted(snap.curves[snap.curves.metric == "val_acc"].step.unique()) == [0, 3]  # validated where it ended
+    text = ui.status(snap)
+    assert "**stopped**: step 3 of 50" in text and "live-run limit of 10.0 min; what was trained is kept" in text
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -233,20 +256,20 @@ def test_the_trained_pair_is_this_sessions_own_in_every_tab(tmp_path, monkeypatc
 
 
 def test_building_the_page_trains_and_times_nothing(monkeypatch):
-    """Every estimate (the cost model's timed probes) and every run waits for the page to be served: building it
-    with the probes and the training loop made to fail still works."""
+    """Every estimate (the cost model's timed probes) and every run waits for the page to be served: the probes,
+    the Playground's estimate and its training loop, by the names it calls them, are counted while the page is
+    built (counted, not made to raise: an error caught on the way would hide the call), and none is called."""
     import app
     from resnet_lab.research import cost
-    from resnet_lab.research.degradation import compute
+    from resnet_lab.ui import playground as ui
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("building the page measured or trained something")
-
-    for name in ("_measured_rates", "_measured_build"):
-        monkeypatch.setattr(cost, name, forbidden)
-    monkeypatch.setattr(compute, "run_degradation", forbidden)
-    monkeypatch.setattr(torch.optim.SGD, "step", forbidden)
-    app.build_demo()
+    calls: list[str] = []
+    for module, name in ((cost, "_measured_rates"), (cost, "_measured_build"), (pg, "run_degradation"),
+                         (pg, "run_playground"), (ui, "estimate_text"), (pg.PlaygroundConfig, "cost")):
+        monkeypatch.setattr(module, name, lambda *a, _name=name, **k: calls.append(_name))
+    demo = app.build_demo()
+    assert any(fn.api_name == "playground" for fn in demo.fns.values())  # the tab was built
+    assert calls == []
 
 
 def test_a_run_that_does_not_fit_is_refused_with_what_fits(monkeypatch):
@@ -259,3 +282,104 @@ def test_a_run_that_does_not_fit_is_refused_with_what_fits(monkeypatch):
     with pytest.raises(gr.Error, match="100 steps with these settings fit"):
         ui.refuse(cfg)
     assert "100 steps fit" in ui.estimate_text(56, True, "he", "sgd", 0.05, 32, 400, 0)
+
+
+def _fake_runs(monkeypatch, on_start=lambda seed: None):
+    """`run_playground` replaced by a run that starts, waits for its Stop, then for `release` (its step in flight),
+    and ends: what the stream and its thread do around a run, with no training and no timing. The log holds
+    ("start" | "end", seed)."""
+    from resnet_lab.ui import playground as ui
+
+    log, release = [], threading.Event()
+
+    def run(cfg, watch, images=None):
+        log.append(("start", cfg.seed))
+        on_start(cfg.seed)
+        watch._stop.wait(60)  # reached only if nothing stops it: a failure, never a measurement
+        release.wait(60)
+        log.append(("end", cfg.seed))
+        watch.done = True
+        return watch
+
+    monkeypatch.setattr(pg, "run_playground", run)
+    monkeypatch.setattr(ui, "UPDATE_S", 0.01)
+    return log, release
+
+
+def test_a_stop_while_the_run_is_queued_means_it_never_starts(monkeypatch):
+    """The click disables Train both and remembers its Stop at once; a Stop while the run waits in the long-job
+    queue ends it when its turn comes, before anything trains. A Stop with nothing queued stops no later run."""
+    from resnet_lab.ui import playground as ui
+
+    log, release = _fake_runs(monkeypatch)
+    assert ui.queue_run("queued") == {"__type__": "update", "interactive": False}
+    ui.stop("queued")  # clicked while another job holds the slot
+    views = list(ui.train(20, True, "he", "sgd", 0.05, 8, 30, 0, 16, None, "queued", []))
+    assert len(views) == 1 and "before it started" in views[0][0] and log == []
+    assert "queued" not in ui._runs and "queued" not in ui._queued
+    assert ui.ready() == {"__type__": "update", "interactive": True}
+
+    ui.stop("idle")  # nothing queued or running for this session: remembered nowhere
+    ui.queue_run("idle")
+    stream = ui.train(20, True, "he", "sgd", 0.05, 8, 30, 0, 16, None, "idle", [])
+    assert "training" in next(stream)[0]
+    ui.stop("idle")
+    release.set()
+    assert "stopped" in list(stream)[-1][0] and log == [("start", 0), ("end", 0)]
+
+
+def test_a_closed_page_stops_its_run_and_the_next_run_waits_for_it_to_end(monkeypatch):
+    """Gradio frees the slot of a closed page, then closes its stream on its event loop: the run is stopped there
+    (no join: it would block the loop) and the next run, in the freed slot, starts only once the closed one's
+    thread has ended. Whether the next run waits is seen at the lock it waits on, not timed."""
+    from resnet_lab.ui import playground as ui
+
+    reached = threading.Event()  # the next run waits at the lock, or (without one) has started its thread
+    log, release = _fake_runs(monkeypatch, on_start=lambda seed: seed == 1 and reached.set())
+
+    class Lock:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+
+        def acquire(self, timeout: float = -1) -> bool:
+            if self.lock.locked():
+                reached.set()
+            return self.lock.acquire(timeout=timeout)
+
+        def release(self) -> None:
+            self.lock.release()
+
+    monkeypatch.setattr(ui, "_training", Lock(), raising=False)
+    closed = ui.train(20, True, "he", "sgd", 0.05, 8, 30, 0, 16, None, "closed", [])
+    next(closed)
+    watch = ui._runs["closed"]
+    closed.close()  # the page closed
+    assert watch.stopped and "closed" not in ui._runs
+    nxt = ui.train(20, True, "he", "sgd", 0.05, 8, 30, 1, 16, None, "next", [])
+    first = threading.Thread(target=next, args=(nxt,))
+    first.start()
+    assert reached.wait(60)  # reached only if neither happens: a failure, never a measurement
+    release.set()  # the closed run's step in flight ends
+    first.join(60)
+    ui.stop("next")
+    assert "stopped" in list(nxt)[-1][0]
+    assert log[:2] == [("start", 0), ("end", 0)] and log[2:] == [("start", 1), ("end", 1)]
+
+
+def test_train_both_is_disabled_from_the_click_until_the_run_has_ended(monkeypatch):
+    """The click first disables the button and remembers the run (unqueued: at once, even while another run holds
+    the slot), then the run waits its turn, then the button is enabled again, also after a refusal or an error."""
+    import gradio as gr
+
+    from resnet_lab.ui import playground as ui
+
+    with gr.Blocks() as demo:
+        ui.build_tab()
+    start = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "playground-train")
+    fns = list(demo.fns.values())
+    click = next(f for f in fns if (start._id, "click") in [(t[0], t[1]) for t in f.targets])
+    run = next(f for f in fns if f.trigger_after == click._id)
+    after = next(f for f in fns if f.trigger_after == run._id)
+    assert click.fn is ui.queue_run and not click.queue and [o._id for o in click.outputs] == [start._id]
+    assert run.api_name == "playground" and run.concurrency_id == "long" and not run.trigger_only_on_success
+    assert after.fn is ui.ready and [o._id for o in after.outputs] == [start._id] and not after.queue

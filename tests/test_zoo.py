@@ -156,8 +156,8 @@ def test_concurrent_first_requests_for_one_model_load_it_once():
     assert len(results) == n and all(r is results[0] for r in results)
 
 
-def test_lru_bound_holds_and_room_is_made_before_loading():
-    zoo = ModelZoo(weights_path="", device="cpu", max_models=2)
+def test_lru_bound_counts_the_load_in_flight_and_evicts_the_least_recently_used_after_it():
+    zoo = ModelZoo(weights_path="", device="cpu", max_models=3)
     cached_while_loading = []
 
     def load(model, tag):
@@ -165,25 +165,86 @@ def test_lru_bound_holds_and_room_is_made_before_loading():
         return _tiny()
 
     zoo._load = load
-    for model in (SHAPES_MODEL, "ResNet-18", "ResNet-34", SHAPES_MODEL):
+    for model in (SHAPES_MODEL, "ResNet-18", SHAPES_MODEL, "ResNet-34", SHAPES_MODEL):
         zoo.get(model)
-    assert cached_while_loading == [0, 1, 1, 1]  # never max_models + 1 models in memory
+    assert cached_while_loading == [0, 1, 2]  # with the one loading, never more than max_models in memory
+    # ResNet-18 was the least recently used (first in, Shapes, was asked again): evicted when ResNet-34 came in
     assert list(zoo._cache) == [("ResNet-34", tags_for("ResNet-34")[0]), (SHAPES_MODEL, "shipped")]
 
 
-def test_a_failed_load_does_not_wedge_its_model():
-    zoo = ModelZoo(weights_path="", device="cpu")
-    failures = [RuntimeError("disk full")]
+def test_a_failed_load_evicts_nothing_and_is_not_remembered(tmp_path):
+    """A load that fails (a mistyped hf-hub tag anyone can type, a pruned Playground net, an unreadable file)
+    leaves the cached model where it was and its key nowhere: a visitor cannot empty other users' cache, and the
+    model loads when asked again. With `max_models=1` the one cached model is the one a load would have evicted."""
+    from resnet_lab.checkpoints import save_checkpoint
+
+    zoo = ModelZoo(weights_path=str(tmp_path / "none"), device="cpu", max_models=1)
+    real_load, failures = zoo._load, [OSError("disk full"), ValueError("no such export on the Hub")]
 
     def load(model, tag):
-        if failures:
+        if model == "ResNet-18" and failures:
             raise failures.pop()
         return _tiny()
 
     zoo._load = load
-    with pytest.raises(RuntimeError, match="disk full"):
+    cached = zoo.get(SHAPES_MODEL)
+    with pytest.raises(ValueError, match="no such export"):  # the hub's reason, as `_load` says it
+        zoo.get("ResNet-18", "hf-hub:someone/mistyped")
+    with pytest.raises(ValueError, match=r"ResNet-18: its weights could not be read \(OSError\)"):
         zoo.get("ResNet-18")
-    assert zoo.get("ResNet-18").model == "ResNet-18"
+    assert list(zoo._cache.values()) == [cached] and not zoo._loading
+
+    path = save_checkpoint(build("resnet20", num_classes=2, seed=0), tmp_path / "playground-0123abcd-resnet20",
+                           {"arch": "resnet20", "classes": ["a", "b"], "num_classes": 2})
+    pruned = zoo.add_private(path).name
+    path.unlink()  # a Playground run's files are pruned after an hour
+    zoo._load = real_load
+    with pytest.raises(ValueError, match="its checkpoint is gone"):
+        zoo.get(pruned)
+    assert zoo.get(SHAPES_MODEL) is cached and not zoo._loading  # still cached, not reloaded
+
+    zoo._load = load
+    assert zoo.get("ResNet-18").model == "ResNet-18"  # loads when asked again, and only then evicts
+    assert list(zoo._cache) == [("ResNet-18", tags_for("ResNet-18")[0])] and not zoo._loading
+
+
+def test_concurrent_first_loads_stay_within_max_models():
+    """Three different models asked for at once with `max_models=2` and one cached: each load (held at a gate)
+    counts the models in memory, cached and loading. The gate opens when a second load gets in (a zoo that lets
+    them pile up) or when a load waits for room (this one), so no timing decides the outcome."""
+    zoo = ModelZoo(weights_path="", device="cpu", max_models=2)
+    zoo._load = _tiny
+    zoo.get(SHAPES_MODEL)
+    gate, lock, inside, held = threading.Event(), threading.Lock(), [0], []
+
+    class Room(threading.Condition):
+        def wait(self, timeout=None):
+            gate.set()  # a load waits for room: let the one inside finish
+            return super().wait(timeout)
+
+    zoo._room = Room(zoo._lock)
+
+    def load(model, tag):
+        with lock:
+            inside[0] += 1
+            held.append(len(zoo._cache) + inside[0])
+            if inside[0] == 2:
+                gate.set()
+        gate.wait(60)  # reached only if nothing ever opens the gate: a failure, never a measurement
+        with lock:
+            inside[0] -= 1
+        return _tiny()
+
+    zoo._load = load
+    models, results = ["ResNet-18", "ResNet-34", "ResNet-50"], {}
+    threads = [threading.Thread(target=lambda m=m: results.__setitem__(m, zoo.get(m))) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == models and all(results[m].model == m for m in models)
+    assert len(held) == 3 and max(held) <= 2, held  # one cached and one loading, never three
+    assert len(zoo._cache) == 1 and not zoo._loading and zoo._in_flight == 0
 
 
 # ----------------------------------------------------------------------------- memory: what eviction really frees

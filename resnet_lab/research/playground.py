@@ -11,8 +11,9 @@ both, the same schedule), so what the Playground shows is what the study measure
 - per-stage weight-update ratios ||W_after - W_before|| / ||W_before|| every `ratio_every` steps.
 
 `snapshot()` copies what has been seen so far for the UI, which polls it once a second from another
-thread; `stop()` ends the run after the step in flight, keeping what was trained. The cost comes from the one cost
-model (`degradation.estimate_cost`), so a run is sized and refused before it starts.
+thread; `stop()` ends the run after the step in flight, keeping what was trained, and so does the clock at
+`TIME_LIMIT_S`. The cost comes from the one cost model (`degradation.estimate_cost`), so a run is sized and refused
+before it starts.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ DEPTHS = tuple(REGISTRY[a].depth for a in list_archs("cifar") if a.startswith("r
 INITS = ("he", "zero-gamma")
 IMAGE_SIZES = (16, 32)  # Shapes rendered at 16 px train ~1.5x faster per step and are still told apart
 MAX_COLUMNS = 400  # steps kept in the gradient map (thinned to every k-th beyond): the image stays small
-TIME_LIMIT_S = 600.0  # the longest estimated run a click may start (it holds the app's one long-job slot); the
-# estimate of the defaults ranged 92-250 s on a shared 2-core machine for runs of 118-126 s: ~5 min of training
+TIME_LIMIT_S = 600.0  # the longest estimated run a click may start (it holds the app's one long-job slot), and the
+# longest a run may go on, whatever the estimate said (it then ends after the step in flight, keeping what was
+# trained); the estimate of the defaults ranged 92-250 s on a shared 2-core machine for runs of 118-126 s
+_clock = time.monotonic  # a run's clock; tests replace this, never `time.monotonic` itself (every thread's clock:
+# the served app's asyncio loop then schedules its queue's wake-ups at the fake time and hangs; see `cost._clock`)
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,7 @@ class Snapshot:
     done: bool
     stopped: bool
     error: str = ""
+    timed_out: bool = False  # stopped by `TIME_LIMIT_S`, not by the user
 
 
 @dataclass
@@ -143,10 +148,12 @@ class LiveWatch:
     _done_steps: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _t0: float = field(default_factory=time.perf_counter)
+    _t0: float = field(default_factory=lambda: _clock())
+    time_limit_s: float = field(default_factory=lambda: TIME_LIMIT_S)  # from the watch's start
     nets: dict[str, nn.Module] = field(default_factory=dict)  # the trained pair, by label, for the caller
     done: bool = False
     error: str = ""
+    timed_out: bool = False
 
     def __post_init__(self) -> None:
         self._every = max(1, math.ceil(self.steps / MAX_COLUMNS))  # keep every k-th step's gradients
@@ -197,8 +204,12 @@ class LiveWatch:
             self._rows += [(self.label(arch), step, "val_loss", loss), (self.label(arch), step, "val_acc", acc)]
 
     def keep_going(self, step: int) -> bool:
+        """Go on unless stopped or past `time_limit_s` (then stopped here: the run keeps what it trained)."""
         with self._lock:
             self._done_steps = step + 1
+        if not self._stop.is_set() and _clock() - self._t0 >= self.time_limit_s:
+            self.timed_out = True
+            self._stop.set()
         return not self._stop.is_set()
 
     def snapshot(self) -> Snapshot:
@@ -212,10 +223,10 @@ class LiveWatch:
             m = torch.stack(cols, 1).numpy() if cols else np.zeros((0, 0))
             with np.errstate(divide="ignore"):
                 maps[self.label(arch)] = np.log10(m)
-        return Snapshot(done_steps, self.steps, time.perf_counter() - self._t0,
+        return Snapshot(done_steps, self.steps, _clock() - self._t0,
                         pd.DataFrame(rows, columns=["net", "step", "metric", "value"]), maps, steps,
                         pd.DataFrame(ratios, columns=["net", "step", "stage", "ratio"]), self.done, self.stopped,
-                        self.error)
+                        self.error, self.timed_out)
 
 
 def run_playground(cfg: PlaygroundConfig, watch: LiveWatch | None = None, images: ZipImages | None = None

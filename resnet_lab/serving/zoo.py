@@ -182,7 +182,9 @@ def zoo_budget(device: str | torch.device = "cpu") -> int:
 
 def _default_max_models(sizes: list[int] | None = None, device: str | torch.device = "cpu") -> int:
     """As many of the largest model as fit in `zoo_budget(device)`: on the CPU all six from ~8 GiB of container,
-    two on a 4 GiB Space; at least one. `sizes`: every offered model's `model_bytes` (default: the built-in ones)."""
+    two on a 4 GiB Space; at least one. They count the model being loaded: one fewer stay cached between loads, so
+    a load needs no eviction before it succeeds. `sizes`: every offered model's `model_bytes` (default: the
+    built-in ones)."""
     sizes = sizes or [model_bytes(m) for m in MODELS]
     return max(1, min(len(sizes), int(zoo_budget(device) // max(sizes))))
 
@@ -219,8 +221,19 @@ class Entry:
         return text + (f" ({', '.join(extras)})" if extras else "")
 
 
+@dataclass
+class _Pending:
+    """A key being loaded: its lock (one load per key) and how many requests wait for it (to forget it after)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    waiters: int = 0
+
+
 class ModelZoo:
-    """Lazily loaded, LRU-bounded cache of `Entry`s, safe to call from Gradio's worker threads."""
+    """Lazily loaded, LRU-bounded cache of `Entry`s, safe to call from Gradio's worker threads.
+
+    `max_models` bounds the models in memory at any moment, those being loaded included (at least one cached and
+    one loading): concurrent first loads wait for room instead of piling up."""
 
     def __init__(self, weights_path: str | None = None, device: str | None = None, max_models: int | None = None):
         self.weights_path = weights_path if weights_path is not None else os.environ.get("RESNET_LAB_WEIGHTS")
@@ -231,8 +244,10 @@ class ModelZoo:
         self.private_models: dict[str, UserModel] = {}
         self.max_models = max_models or _default_max_models([self.model_bytes(m) for m in self.models], self.device)
         self._cache: OrderedDict[tuple[str, str], Entry] = OrderedDict()
-        self._lock = threading.Lock()  # guards _cache and _loading; never held while a model loads
-        self._loading: dict[tuple[str, str], threading.Lock] = {}  # one per key being loaded
+        self._lock = threading.Lock()  # guards _cache, _loading and _in_flight; never held while a model loads
+        self._room = threading.Condition(self._lock)  # notified when a load ends: room for a waiting load
+        self._loading: dict[tuple[str, str], _Pending] = {}  # the keys requested and not cached yet
+        self._in_flight = 0  # loads running now: their models are in memory too
 
     @property
     def models(self) -> list[str]:
@@ -316,7 +331,11 @@ class ModelZoo:
             return load_weights(None, arch), str(e)
 
     def get(self, model: str, tag: str | None = None) -> Entry:
-        """The entry for `model` with weights `tag` (default: the calibrated default), loading it if needed."""
+        """The entry for `model` with weights `tag` (default: the calibrated default), loading it if needed.
+
+        A load that fails (a mistyped `hf-hub:` tag, a pruned Playground net) raises its reason as one sentence
+        (ValueError or `WeightsUnavailable`, which the UI shows) and leaves the cache as it was: nothing is evicted
+        before a load has succeeded."""
         if model not in self.models and model not in self.private_models:
             raise ValueError(f"unknown model {model!r}; choose one of {', '.join(self.models)}")
         tags = self.tags_for(model)
@@ -327,26 +346,62 @@ class ModelZoo:
         with self._lock:
             if (entry := self._cached(key)) is not None:
                 return entry
-            key_lock = self._loading.setdefault(key, threading.Lock())
-        # A slow load (a hub download) holds only its own key: cached models and other keys are served meanwhile,
-        # and concurrent first requests for this key wait for the one load instead of repeating it.
-        with key_lock:
+            pending = self._loading.setdefault(key, _Pending())
+            pending.waiters += 1
+        try:
+            # A slow load (a hub download) holds only its own key: cached models and other keys are served
+            # meanwhile, and concurrent first requests for this key wait for the one load instead of repeating it.
+            with pending.lock:
+                with self._room:
+                    if (entry := self._cached(key)) is not None:
+                        return entry
+                    # Models in memory, loads included, stay within max_models: a load waits for room that
+                    # another load's eviction makes, and evicts nothing itself before it has succeeded.
+                    self._room.wait_for(lambda: len(self._cache) + self._in_flight < self._limit)
+                    self._in_flight += 1
+                try:
+                    entry = self._build(model, tag)
+                except BaseException:
+                    with self._room:
+                        self._in_flight -= 1
+                        self._room.notify_all()
+                    raise
+                with self._room:
+                    self._in_flight -= 1
+                    self._cache[key] = entry
+                    evicted = self._evict(self._keep)  # only now: the least recently used make room for the next
+                    self._room.notify_all()
+                self._release(evicted)
+                return entry
+        finally:
             with self._lock:
-                if (entry := self._cached(key)) is not None:
-                    return entry
-                evicted = self._evict(self.max_models - 1)  # make room first: peak memory stays at max_models
-            self._release(evicted)
+                pending.waiters -= 1
+                if not pending.waiters:  # the last request for this key: a failed key is not remembered
+                    self._loading.pop(key, None)
+
+    @property
+    def _limit(self) -> int:
+        """Models in memory at once, loads in flight included: `max_models`, but at least one cached and one
+        loading (a failed load must not cost the one cached model)."""
+        return max(self.max_models, 2)
+
+    @property
+    def _keep(self) -> int:
+        """Models kept cached after a load: room is left for the next load, which evicts only once it succeeds."""
+        return self._limit - 1
+
+    def _build(self, model: str, tag: str) -> Entry:
+        """Load `model`'s weights and make its entry (no lock held). A file that vanishes or cannot be read while
+        loading is said as one sentence, like the other reasons a load fails."""
+        try:
             weights, warning = self._load(model, tag)
-            weights.model.to(self.device)
-            classifier = Classifier(weights, self.device, fuse=True)
-            classifier.use_cuda_graphs()  # on CUDA: captured and warmed up now, not on a user's first request
-            entry = Entry(model, tag, weights, classifier, warning)
-            with self._lock:
-                self._cache[key] = entry
-                self._loading.pop(key, None)
-                evicted = self._evict(self.max_models)
-            self._release(evicted)
-            return entry
+        except OSError as e:
+            raise ValueError(f"{model}: its weights could not be read ({type(e).__name__}); try again or choose "
+                             "another model") from e
+        weights.model.to(self.device)
+        classifier = Classifier(weights, self.device, fuse=True)
+        classifier.use_cuda_graphs()  # on CUDA: captured and warmed up now, not on a user's first request
+        return Entry(model, tag, weights, classifier, warning)
 
     def _cached(self, key: tuple[str, str]) -> Entry | None:
         """The cached entry, marked most recently used (call with `_lock` held)."""

@@ -2,10 +2,12 @@
 
 Train streams a few updates a second: loss and accuracy curves (drawn in the browser, `gr.LinePlot`, so the server
 renders nothing), each net's layers x steps map of gradient norms (a colormapped array, no matplotlib figure per
-update) and per-stage update ratios. Stop ends the run after the step in flight and keeps what was trained; the
-run's curves and both checkpoints then download. The run is sized by the one cost model before it starts and
-refused (with what fits) when it would take longer than `playground.TIME_LIMIT_S` or more memory than the server
-can spare; it runs in the app's one long-job group, on the app's device. Nothing of one user's run is visible to
+update) and per-stage update ratios. Stop ends the run after the step in flight and keeps what was trained (and so does
+`playground.TIME_LIMIT_S` of wall clock); a Stop while the run waits for its turn means it never starts; Train both
+is disabled while the run is queued or in flight. The run's curves and both checkpoints then download. The run is
+sized by the one cost model before it starts and refused (with what fits) when it would take longer than
+`playground.TIME_LIMIT_S` or more memory than the server can spare; it runs in the app's one long-job group, on the
+app's device. Nothing of one user's run is visible to
 another: the run is found by a key held in that user's session only, and its trained nets are offered in that
 session's pickers only (`session_nets`). Instead of Shapes it trains on an uploaded zip of `<class>/<image>`
 folders (`training.zipdata`: read in memory, refused whole when unsafe, bad images skipped and listed).
@@ -43,7 +45,14 @@ UPDATE_S = 1.0
 LOSS_CAP = 1.5  # a loss curve is drawn up to this times the largest training loss seen (see `curves`)
 MAP_HEIGHT = 240  # pixels of a gradient map (layers stretched to it)
 _runs: dict[str, pg.LiveWatch] = {}  # session key -> its running watch (only while it runs)
+_queued: dict[str, threading.Event] = {}  # session key -> its Stop, for a run clicked and waiting for its turn
+MAX_QUEUED = 256  # queued runs remembered (a session closed while queued never collects its entry)
 _runs_lock = threading.Lock()
+# Held by a run's training thread from before it starts until it has ended. Gradio frees the long-job slot of a
+# closed page before it closes the stream, and closes it on its event loop (where no join may block): the closed
+# run is stopped there and ends after its step in flight, and the next run waits here for that, in its slot.
+_training = threading.Lock()
+JOIN_S = 60.0  # the longest a run waits for a closed run's last step and validation (depth 110: ~10 s)
 
 
 def config(depth: float, batchnorm: bool, init: str, optimizer: str, lr: float, batch_size: float, steps: float,
@@ -140,7 +149,9 @@ def status(snap: pg.Snapshot) -> str:
     held = ", ".join(f"{net} {acc:.1%}" for net, acc in last.items())
     state = ("stopped" if snap.done else "stopping after this step") if snap.stopped else (
         "done" if snap.done else "training")
-    return (f"**{state}**: step {snap.step} of {snap.steps} in {duration(snap.seconds)}"
+    limit = (f" · it reached the live-run limit of {duration(pg.TIME_LIMIT_S)}; what was trained is kept"
+             if snap.timed_out else "")
+    return (f"**{state}**: step {snap.step} of {snap.steps} in {duration(snap.seconds)}{limit}"
             + (f" · held-out accuracy: {held}" if held else ""))
 
 
@@ -210,22 +221,57 @@ def save(watch: pg.LiveWatch, cfg: pg.PlaygroundConfig, images: ZipImages | None
     return files, token
 
 
+STOPPED_QUEUED = "**stopped** before it started: Stop was pressed while the run waited for its turn; nothing trained."
+
+
+def queue_run(key: str) -> dict:
+    """On the click, before the run waits in the long-job queue: its Stop is remembered from now on (`stop`), and
+    Train both is disabled until the run has ended (`ready`), so a second click is not silently dropped."""
+    with _runs_lock:
+        _queued[key] = threading.Event()
+        while len(_queued) > MAX_QUEUED:
+            _queued.pop(next(iter(_queued)))
+    return gr.update(interactive=False)
+
+
+def ready() -> dict:
+    """Train both enabled again, after the run has ended whichever way (done, stopped, refused, failed)."""
+    return gr.update(interactive=True)
+
+
 def train(*args: Any) -> Iterator[tuple]:
-    """Start the run and stream its views until it ends (Stop, the last step, or an error); at the end, the
-    session's list of runs with this one added (its nets are then offered in this session's pickers)."""
+    """Start the run and stream its views until it ends (Stop, the last step, the time limit, or an error); at the
+    end, the session's list of runs with this one added (its nets are then offered in this session's pickers)."""
     *controls, upload, key, runs = args
-    cfg = config(*controls)
+    try:
+        cfg = config(*controls)
+    except ValueError:
+        with _runs_lock:  # a queued click that cannot run leaves no Stop behind for a later run
+            _queued.pop(key, None)
+        raise
     watch = pg.LiveWatch(cfg.steps, cfg.ratio_every)
     with _runs_lock:  # registered first: a Stop while the run is sized or the zip read ends it after its first step
-        _runs[key] = watch
+        queued = _queued.pop(key, None)
+        if queued is None or not queued.is_set():
+            _runs[key] = watch
+    if queued is not None and queued.is_set():  # stopped while it waited in the queue: it never starts
+        yield (STOPPED_QUEUED, *[gr.skip()] * 8)
+        return
     try:
         refuse(cfg)
         images, note = None, ""
         if upload:
             images = load_zip(upload, size=cfg.image_size, seed=cfg.seed)
             note = skipped_note(images)
+        if not _training.acquire(timeout=JOIN_S):
+            raise gr.Error("The previous Playground run is still ending its last step; try again in a minute.",
+                           title="The Playground is busy")
         thread = threading.Thread(target=_run, args=(cfg, watch, images), daemon=True, name="playground")
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:
+            _training.release()
+            raise
         legends = Legends(cfg)
         while thread.is_alive():
             thread.join(UPDATE_S)
@@ -235,7 +281,9 @@ def train(*args: Any) -> Iterator[tuple]:
         files, token = save(watch, cfg, images, Path(upload).name if upload else "")
         yield (*legends(views(watch.snapshot(), files, note), final=True), [*(runs or []), token])
     finally:
-        watch.stop()  # a closed tab (the generator closed) stops its run too
+        # A closed tab (the generator closed, on Gradio's event loop) stops its run after the step in flight;
+        # joining here would block that loop, so the next run waits for it instead (`_training`).
+        watch.stop()
         with _runs_lock:
             _runs.pop(key, None)
 
@@ -251,18 +299,24 @@ def skipped_note(images: ZipImages) -> str:
 
 
 def _run(cfg: pg.PlaygroundConfig, watch: pg.LiveWatch, images: ZipImages | None = None) -> None:
+    """The training thread: `_training` (taken by `train`) is released when it has really ended."""
     try:
         pg.run_playground(cfg, watch, images)
     except Exception:  # kept in watch.error, shown by the stream
         pass
+    finally:
+        _training.release()
 
 
 def stop(key: str) -> None:
-    """Stop this session's run (nobody else's) after the step in flight. It writes nothing itself: the run's
-    stream owns the status line and says "stopping", then "stopped" (a second writer raced the stream: on a busy
-    server its reply came after the stream's last update and left "Stopping…" showing for good)."""
+    """Stop this session's run (nobody else's) after the step in flight, or before it starts when it still waits
+    for its turn. It writes nothing itself: the run's stream owns the status line and says "stopping", then
+    "stopped" (a second writer raced the stream: on a busy server its reply came after the stream's last update and
+    left "Stopping…" showing for good)."""
     with _runs_lock:
-        watch = _runs.get(key)
+        watch, queued = _runs.get(key), _queued.get(key)
+        if queued is not None:
+            queued.set()
     if watch is not None:
         watch.stop()
 
@@ -320,7 +374,9 @@ def build_tab() -> gr.State:
     # On page load and on every change, not while the page is built: the first estimate times this server (the
     # cost model's probe), which must not delay serving the app.
     gr.on(None, estimate_text, controls, estimate, api_visibility="private", **LONG_FREE)
-    start.click(user_errors(train), [*controls, upload, key, runs], outputs, api_name="playground", **LONG)
+    start.click(queue_run, key, start, queue=False, api_visibility="private").then(
+        user_errors(train), [*controls, upload, key, runs], outputs, api_name="playground", **LONG).then(
+        ready, None, start, queue=False, api_visibility="private")
     halt.click(stop, key, None, queue=False, api_visibility="private")
     return runs
 
