@@ -81,13 +81,13 @@ def test_a_run_stopped_after_an_epoch_or_by_a_signal_resumes_bit_identical(kind,
 
 
 def test_states_are_atomic_pruned_and_read_without_unpickling_code(tmp_path):
-    out = tmp_path / "m"
+    out, run = tmp_path / "m", "0123abcd-456789"
     for step in (3, 10, 7):
-        resume.write(resume.state_path(out, step), {"x": torch.tensor([step])})
-    assert [p.name for p in resume.states(out)] == ["m.step000000003.state.pt", "m.step000000007.state.pt",
-                                                   "m.step000000010.state.pt"]
+        resume.write(resume.state_path(out, run, step), {"x": torch.tensor([step])})
+    assert [p.name for p in resume.states(out)] == [f"m.{run}.step00000000{i}.state.pt" for i in (3, 7)] + [
+        f"m.{run}.step000000010.state.pt"]
     assert resume.latest(out).name.endswith("000000010.state.pt") and not list(tmp_path.glob("*.tmp"))
-    resume.prune(out, 2)
+    resume.prune(out, run, 2)
     assert len(resume.states(out)) == 2
 
     class Evil:
@@ -111,7 +111,7 @@ def test_resume_refuses_another_runs_state_and_missing_states_with_a_message(tmp
         train(TrainConfig(**dict(TINY, n_train=64, epochs=1, lr=0.1), resume=str(state)))
     assert main(["train", "--resume", "auto", "--out", str(tmp_path / "none" / "m"), "--quiet", "--device",
                  "cpu"]) == 2
-    assert "no m.step*.state.pt" in capsys.readouterr().err
+    assert "no state of a run with these settings (m." in capsys.readouterr().err
     assert main(["train", "--resume", "auto", "--quiet"]) == 2
     assert "give --out too" in capsys.readouterr().err
 
