@@ -177,7 +177,7 @@ def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, 
     correct = torch.tensor(sums[1], dtype=torch.int64, device=batches.device)
     seen = sums[2]
     bar = tqdm(batches, desc=bar_desc, disable=quiet, leave=False, mininterval=1.0, dynamic_ncols=True)
-    next_postfix = 0.0
+    next_postfix, stopped_after = 0.0, None
     for step, (x, y) in enumerate(bar if start < len(batches) else ()):
         if step < start:
             continue
@@ -194,9 +194,12 @@ def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, 
         report(step + 1, len(batches))
         last = step + 1 == len(batches)  # ranks agree there too: a signal in an epoch's last step is not lost
         if stop is not None and _agree_to_stop(stop, dist, check=last or (step + 1) % STOP_CHECK_EVERY == 0):
-            totals = all_reduce_sum(torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(seen)]), dist)
-            return EpochPass(stopped_after=step + 1, sums=(totals[0].item(), int(totals[1]), int(totals[2])))
+            stopped_after = step + 1
+            if not last:  # after the last step the loop ends by itself: the sampler's closing draws are made
+                break
     totals = all_reduce_sum(torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(seen)]), dist)
+    if stopped_after is not None:
+        return EpochPass(stopped_after=stopped_after, sums=(totals[0].item(), int(totals[1]), int(totals[2])))
     loss_sum, correct, seen = totals.tolist()
     return EpochPass(loss_sum / seen, correct / seen)
 
