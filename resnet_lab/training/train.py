@@ -234,7 +234,8 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
     dtype = resolve_precision(config.precision, device)
     # a state that cannot continue this run is refused before any data is made
     settings = asdict(config)
-    saved = resume.read(resume.resolve(config.resume, settings), settings) if config.resume else None
+    source = resume.resolve(config.resume, settings) if config.resume else None
+    saved = resume.read(source, settings) if source else None
     quiet = config.quiet or not dist.is_main  # one process speaks
     log = (lambda s: None) if quiet else tqdm.write
     run_id = resume.run_id(settings, saved)  # its states' names: pruning and --resume auto see no other run's
@@ -297,7 +298,7 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
         run = resume.RunState.restore(saved, inner(trained), opt, sched, scaler, data.train, dist)
         if saved.get("mixing") is not None:
             mixing.set_state(saved["mixing"])
-        log(f"resumed from {config.resume}: epoch {run.epoch}, step {run.step} of {len(data.train)}")
+        log(f"resumed from {source}: epoch {run.epoch}, step {run.step} of {len(data.train)}")
     run.run = run_id
     stop = resume.StopRequest()
     t_train = time.perf_counter() - run.train_time
@@ -316,9 +317,8 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
             if p.stopped_after is not None:
                 # the data's draws as at the epoch's start (its first steps are drawn again, untrained), or as now
                 # after its last step (nothing left to draw); the mixing generator's as now (skipped steps mix nothing)
-                ended = p.stopped_after == len(data.train)
                 run.step, run.sums, run.mixing = p.stopped_after, p.sums, mixing.get_state()
-                run.data = data.train.state_dict() if ended else at_start
+                run.data = data.train.state_dict() if p.stopped_after == len(data.train) else at_start
                 run.train_time = time.perf_counter() - t_train
                 path = run.save(config, inner(trained), opt, sched, scaler, dist, command)
                 raise resume.Stopped(stop.name, epoch, p.stopped_after, path)
