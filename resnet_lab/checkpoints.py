@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .files import replacing
 from .paths import PROJECT_ROOT
 from .resnet import ResNet, build
 
@@ -119,14 +120,15 @@ def meta_path(path: str | os.PathLike) -> Path:
 
 
 def save_checkpoint(model: ResNet, path: str | os.PathLike, meta: dict[str, Any]) -> Path:
-    """Write `<path>.safetensors` and a `<path>.json` beside it (arch, classes, mean/std, ...)."""
+    """Write `<path>.safetensors` and a `<path>.json` beside it (arch, classes, mean/std, ...), each atomically
+    (`files.replacing`): a run killed while saving leaves the previous checkpoint, not a truncated one."""
     from safetensors.torch import save_file
 
     path = Path(path).with_suffix(".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path))
-    path.chmod(0o644)  # safetensors writes 0600: a shipped checkpoint must be readable by other users
-    meta_path(path).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    with replacing(path, mode=0o644) as tmp:  # 0644: a shipped checkpoint must be readable by other users
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+    with replacing(meta_path(path), mode=0o644) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return path
 
 

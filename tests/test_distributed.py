@@ -21,6 +21,7 @@ from resnet_lab.resnet import build
 from resnet_lab.scoring import score
 from resnet_lab.shapes import ShapesDataset
 from resnet_lab.training import distributed as D
+from resnet_lab.training import resume
 from resnet_lab.training.loaders import LoaderBatches, ShapesBatches, TensorBatches
 from resnet_lab.training.train import TrainConfig, train
 from resnet_lab.weights import load_checkpoint
@@ -178,10 +179,11 @@ def test_torchrun_train_writes_one_checkpoint_equal_to_a_single_process_run(tmp_
 
     proc = torchrun("--out", str(tmp_path / "ddp" / "ck"))
     assert proc.stdout.count("val acc") == 1  # rank 0 alone reports
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [  # 2 steps an epoch: a state after each
-        "ck.json", "ck.safetensors", "ck.step000000002.state.pt", "ck.step000000004.state.pt"]
-    torchrun("--out", str(tmp_path / "resumed" / "ck"), "--resume",
-             str(tmp_path / "ddp" / "ck.step000000002.state.pt"))
+    states = resume.states(tmp_path / "ddp" / "ck")  # 2 steps an epoch: a state after each
+    assert [p.name.split(".", 2)[2] for p in states] == ["step000000002.state.pt", "step000000004.state.pt"]
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(["ck.json", "ck.safetensors",
+                                                                           *(p.name for p in states)])
+    torchrun("--out", str(tmp_path / "resumed" / "ck"), "--resume", str(states[0]))
     resumed = load_checkpoint(tmp_path / "resumed" / "ck.safetensors").model.state_dict()
     meta = json.loads((tmp_path / "ddp" / "ck.json").read_text())
     assert (meta["world_size"], meta["global_batch"], meta["per_rank_batch"]) == (2, 16, 8)

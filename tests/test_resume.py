@@ -81,13 +81,13 @@ def test_a_run_stopped_after_an_epoch_or_by_a_signal_resumes_bit_identical(kind,
 
 
 def test_states_are_atomic_pruned_and_read_without_unpickling_code(tmp_path):
-    out = tmp_path / "m"
+    out, run = tmp_path / "m", "0123abcd-456789"
     for step in (3, 10, 7):
-        resume.write(resume.state_path(out, step), {"x": torch.tensor([step])})
-    assert [p.name for p in resume.states(out)] == ["m.step000000003.state.pt", "m.step000000007.state.pt",
-                                                   "m.step000000010.state.pt"]
+        resume.write(resume.state_path(out, run, step), {"x": torch.tensor([step])})
+    assert [p.name for p in resume.states(out)] == [f"m.{run}.step00000000{i}.state.pt" for i in (3, 7)] + [
+        f"m.{run}.step000000010.state.pt"]
     assert resume.latest(out).name.endswith("000000010.state.pt") and not list(tmp_path.glob("*.tmp"))
-    resume.prune(out, 2)
+    resume.prune(out, run, 2)
     assert len(resume.states(out)) == 2
 
     class Evil:
@@ -111,7 +111,7 @@ def test_resume_refuses_another_runs_state_and_missing_states_with_a_message(tmp
         train(TrainConfig(**dict(TINY, n_train=64, epochs=1, lr=0.1), resume=str(state)))
     assert main(["train", "--resume", "auto", "--out", str(tmp_path / "none" / "m"), "--quiet", "--device",
                  "cpu"]) == 2
-    assert "no m.step*.state.pt" in capsys.readouterr().err
+    assert "no state of a run with these settings (m." in capsys.readouterr().err
     assert main(["train", "--resume", "auto", "--quiet"]) == 2
     assert "give --out too" in capsys.readouterr().err
 
@@ -172,3 +172,166 @@ def test_only_rank_0_tells_of_skipped_files(tmp_path):
         told[rank] = [str(w.message) for w in caught if "skipped" in str(w.message)]
         assert len(data.record["skipped"]) == len(bad)
     assert len(told[0]) >= 1 and told[1] == []
+
+
+# ----------------------------------------------------------------------------- whose states (issue 24)
+
+
+def test_a_second_run_into_the_same_out_neither_prunes_nor_picks_the_first_runs_states(tmp_path, capsys):
+    """The user's case: a longer run (--seed 1) left states in --out; a second run (--seed 2) into the same --out
+    keeps its own (the first's higher step numbers used to prune them away as they were written), says in one line
+    what it found, is stopped by SIGTERM, and `--resume auto` continues it, not the other run."""
+    out = str(tmp_path / "m")
+    base = dict(TINY, n_train=128)  # 4 steps an epoch
+    train(TrainConfig(**{**base, "seed": 1}, epochs=3, out=out))
+    first = resume.states(out)
+    assert len(first) == 2
+    capsys.readouterr()
+    with pytest.raises(resume.Stopped) as stopped:
+        train(TrainConfig(**{**base, "quiet": False, "seed": 2}, epochs=2, out=out), progress=_stop_at(6))
+    said = [line for line in capsys.readouterr().out.splitlines() if "left as they are" in line]
+    assert len(said) == 1 and "2 training states of 1 other run" in said[0], said
+    assert "--epochs 3 (now 2)" in said[0] and "--seed 1 (now 2)" in said[0]
+    assert stopped.value.path.is_file() and all(p.is_file() for p in first)
+    again = train(TrainConfig(**{**base, "seed": 2}, epochs=2, out=out, resume="auto"))
+    assert len(again.history) == 2 and again.meta["config"]["seed"] == 2
+    assert all(p.is_file() for p in first)  # still the first run's, untouched
+    assert len(resume.states(out)) == 4  # two of each run (--keep 2)
+
+
+def _fake_state(out: Path, run: str, step: int, config: dict, written: int) -> Path:
+    """A state file of run `run` with `config`, its time of writing set to `written` (seconds)."""
+    path = resume.write(resume.state_path(out, run, step), {"config": config})
+    os.utime(path, (written, written))
+    return path
+
+
+def test_auto_picks_the_newest_run_of_this_commands_settings_and_prune_keeps_to_its_own_run(tmp_path):
+    from dataclasses import asdict
+
+    out = tmp_path / "exp"
+    one, two = asdict(TrainConfig(seed=1, epochs=6)), asdict(TrainConfig(seed=2, epochs=3))
+    a, b, c = (f"{resume.settings_key(cfg)}-{tail}" for cfg, tail in ((one, "aaaaaa"), (two, "bbbbbb"),
+                                                                        (two, "cccccc")))
+    assert a[:8] != b[:8] == c[:8]  # the key names the settings
+    foreign = [_fake_state(out, a, s, one, 1_000 + s) for s in (80, 120)]
+    _fake_state(out, b, 40, two, 2_000)  # an earlier run of the same settings, written last...
+    mine = _fake_state(out, c, 20, two, 1_500)  # ...so auto continues it, not this one
+    assert resume.resolve("auto", {**two, "out": str(out)}).name == f"exp.{b}.step000000040.state.pt"
+    os.utime(mine, (3_000, 3_000))
+    assert resume.resolve("auto", {**two, "out": str(out)}) == mine
+    _fake_state(out, c, 30, two, 3_100)
+    resume.prune(out, c, 1)
+    assert resume.states(out, c) == [resume.state_path(out, c, 30)] and all(p.is_file() for p in foreign)
+    assert len(resume.states(out)) == 4
+    line = resume.others(out, c, two)
+    assert line.startswith(f"{tmp_path}/ holds 3 training states of 2 other runs") and "the same settings" in line
+    with pytest.raises(resume.ResumeError, match=r"no state of a run with these settings .*--seed 2 \(now 3\)"):
+        resume.resolve("auto", {**asdict(TrainConfig(seed=3, epochs=6)), "out": str(out)})
+
+
+def test_a_run_resumed_from_an_earlier_state_of_its_run_branches_off_under_a_new_id(tmp_path):
+    """Its states would otherwise overwrite the later ones of the run it left, or be pruned by them."""
+    from dataclasses import asdict
+
+    config = {**asdict(TrainConfig()), "out": str(tmp_path / "m")}
+    run = f"{resume.settings_key(config)}-abcdef"
+    _fake_state(tmp_path / "m", run, 8, config, 1_000)
+    assert resume.run_id(config, {"run": run, "scheduler": {"last_epoch": 8}}) == run  # the newest: goes on
+    branch = resume.run_id(config, {"run": run, "scheduler": {"last_epoch": 4}})
+    assert branch != run and branch.startswith(run[:8] + "-")
+    assert resume.run_id(config) != resume.run_id(config)  # a new run: a new id
+
+
+def test_every_option_must_match_on_resume_unless_the_config_declares_it_may_differ(tmp_path):
+    """MUST_MATCH is derived from TrainConfig's declaration: a field is either declared `may_differ` with a reason
+    or must match, so an option added later cannot be forgotten; a state from other settings is refused."""
+    from dataclasses import asdict, fields
+
+    from resnet_lab.training.config import RESUME_MAY_DIFFER
+
+    names = [f.name for f in fields(TrainConfig)]
+    assert sorted(resume.MUST_MATCH + tuple(RESUME_MAY_DIFFER)) == sorted(names)
+    assert not set(resume.MUST_MATCH) & set(RESUME_MAY_DIFFER) and all(RESUME_MAY_DIFFER.values())
+    assert {"hflip", "mixup", "cutmix", "smoothing", "aa", "reprob", "scale", "ratio", "precision", "sync_bn",
+            "n_test", "folder_cache", "epochs", "seed", "lr"} <= set(resume.MUST_MATCH)
+    path = resume.write(tmp_path / "s.state.pt", {"config": asdict(TrainConfig(mixup=0.2, smoothing=0.1))})
+    with pytest.raises(resume.ResumeError, match=r"--mixup 0.2 \(now 0.0\), --smoothing 0.1 \(now 0.0\)"):
+        resume.read(path, asdict(TrainConfig()))
+    default = asdict(TrainConfig())
+    for name in names:  # each field changed alone: refused iff it must match, and the key follows it
+        resume.write(path, {"config": {**default, name: "changed"}})
+        if name in resume.MUST_MATCH:
+            with pytest.raises(resume.ResumeError, match=f"--{name.replace('_', '-')} changed"):
+                resume.read(path, default)
+            assert resume.settings_key({**default, name: "changed"}) != resume.settings_key(default), name
+        else:
+            resume.read(path, default)
+            assert resume.settings_key({**default, name: "changed"}) == resume.settings_key(default), name
+    # a CLI list and a tuple, an int and a float, are the same setting; an option a state predates is its default
+    assert resume.settings_key({**default, "scale": [0.5, 1]}) == resume.settings_key({**default, "scale": (0.5, 1.0)})
+    assert resume.settings_key({k: v for k, v in default.items() if k != "mixup"}) == resume.settings_key(default)
+
+
+def test_an_out_with_glob_characters_finds_its_states(tmp_path):
+    out = tmp_path / "exp[1]" / "m[0]*"
+    run = "0123abcd-456789"
+    for step in (4, 8, 12):
+        resume.write(resume.state_path(out, run, step), {"config": {}})
+    assert [p.name[-22:] for p in resume.states(out)] == [f"step0000000{s:02d}.state.pt" for s in (4, 8, 12)]
+    resume.prune(out, run, 2)
+    assert len(resume.states(out, run)) == 2 and resume.latest(out, run) == resume.state_path(out, run, 12)
+
+
+def test_the_final_checkpoint_is_written_atomically(tmp_path, monkeypatch):
+    """A save that fails midway (a full disk, a kill) leaves the previous checkpoint whole, and no temporary file."""
+    import safetensors.torch
+
+    from resnet_lab.resnet import build
+    from resnet_lab.weights import load_checkpoint, save_checkpoint
+
+    first = build("resnet20", num_classes=8, seed=1)
+    path = save_checkpoint(first, tmp_path / "m", {"arch": "resnet20", "num_classes": 8})
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(build("resnet20", num_classes=8, seed=2), tmp_path / "m", {"arch": "resnet20"})
+    assert _identical(load_checkpoint(path).model, first) and sorted(p.name for p in tmp_path.iterdir()) == [
+        "m.json", "m.safetensors"]
+
+
+@pytest.mark.parametrize("when", ["an epoch's last step", "one step per epoch", "validation"])
+def test_a_signal_in_an_epochs_last_step_or_during_validation_stops_the_run(when, tmp_path, monkeypatch):
+    """Acted on at once (the run used to go on: the last step was never checked, so a run of one step per epoch
+    never stopped), with a state that resumes to the uninterrupted run's result."""
+    from resnet_lab.training import train as train_module
+
+    base = dict(TINY, n_train=32 if when == "one step per epoch" else 128, epochs=3 if when == "one step per epoch"
+                else 2)
+    whole = train(TrainConfig(**base))
+    out = str(tmp_path / "m")
+    progress = None
+    if when == "validation":
+        accuracy = train_module.accuracy
+
+        def signalled(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return accuracy(*args, **kwargs)
+
+        monkeypatch.setattr(train_module, "accuracy", signalled)
+    else:
+        progress = _stop_at(2 if when == "one step per epoch" else 4)
+    with pytest.raises(resume.Stopped) as stopped:
+        train(TrainConfig(**base, out=out), progress=progress)
+    monkeypatch.undo()
+    expected = (2, 1) if when == "one step per epoch" else (1, 4)
+    assert (stopped.value.epoch, stopped.value.step) == expected and stopped.value.path == resume.latest(out)
+    again = train(TrainConfig(**base, out=out, resume="auto"))
+    assert len(again.history) == len(whole.history)
+    # the same trajectory (a wrong replay of the data draws differs by orders of magnitude more than this)
+    sa, sb = again.model.state_dict(), whole.model.state_dict()
+    assert all(torch.allclose(sa[k].double(), sb[k].double(), rtol=1e-4, atol=1e-6) for k in sa)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from ..precision import PRECISIONS
 from ..resnet import REGISTRY, list_archs
@@ -19,6 +20,12 @@ from .augment import Augment
 
 DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05, "adam": 0.0}
 DEFAULT_BACKBONE_LR_SCALE = 0.1  # fine-tuning: the pretrained part moves 10x slower than the new head
+
+
+def may_differ(default: Any, why: str) -> Any:
+    """A field that a resumed run may change from the state's (`why`: why it is still the same run). Every other
+    field must match (`RESUME_MUST_MATCH`), so an option added later is refused on a change until declared here."""
+    return field(default=default, metadata={"resume": why})
 
 
 @dataclass
@@ -36,22 +43,23 @@ class TrainConfig:
     opt: str = "sgd"
     sched: str = "onecycle"
     wd: float | None = None  # None: 5e-4 for SGD, 0.05 for AdamW
-    patience: int = 5
+    patience: int = may_differ(5, "when to stop early; the state keeps the counter")
     seed: int = 0
     test_seed: int = 999
     size: int | None = None  # None: 32 for the CIFAR nets, 64 for the ImageNet ones
     clutter: bool = True
-    out: str | None = None
-    device: str | None = None
-    quiet: bool = False
-    data_dir: str | None = None
-    download: bool = False
-    checksum: bool = True
+    out: str | None = may_differ(None, "where states and the checkpoint go: a run may be continued elsewhere")
+    device: str | None = may_differ(None, "where the same arithmetic runs (another device: close, not bit-identical)")
+    quiet: bool = may_differ(False, "what is printed")
+    data_dir: str | None = may_differ(None, "where the data set --data names is found (moved to another machine)")
+    download: bool = may_differ(False, "whether missing files may be fetched, not which")
+    checksum: bool = may_differ(True, "whether the files are verified, not which")
     val_fraction: float = 0.1
     precision: str = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    workers: int = 2
+    channels_last: bool = may_differ(False, "a memory layout of the same model")
+    compile: bool = may_differ(False, "how the same model is run")
+    workers: int = may_differ(2, "how many processes decode (a folder's augmentation draws follow the count: then "
+                                 "close, not bit-identical)")
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each rank's share
     pretrained: str | None = None  # fine-tune from a timm tag, weights file, our checkpoint or akamaster:NAME
     freeze: str | None = None  # with pretrained: freeze stem and stages up to this one (None: nothing)
@@ -65,8 +73,9 @@ class TrainConfig:
     cutmix: float = 0.0
     smoothing: float = 0.0
     folder_cache: str = "auto"  # folders: decode once into memory (auto: small images that fit), on, off
-    resume: str | None = None  # a state file a run wrote (<out>.step*.state.pt), or "auto": the newest beside out
-    keep: int = 2  # training states kept beside out (the newest)
+    # a state file a run wrote (<out>.<run>.step*.state.pt), or "auto": the newest of this run's settings beside out
+    resume: str | None = may_differ(None, "the state to continue from")
+    keep: int = may_differ(2, "how many of the run's states are kept beside out (the newest)")
 
     def __post_init__(self) -> None:
         if self.arch not in REGISTRY:
@@ -146,6 +155,13 @@ class TrainConfig:
         return shlex.join(args)
 
 
+# what a state must share with the run that continues it, derived from the declaration above (one place)
+RESUME_MAY_DIFFER: dict[str, str] = {f.name: f.metadata["resume"] for f in fields(TrainConfig)
+                                     if "resume" in f.metadata}
+RESUME_MUST_MATCH: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig) if "resume" not in f.metadata)
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig)}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The `train` command's options: one per `TrainConfig` field, with the same defaults."""
     d = TrainConfig()
@@ -210,7 +226,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "images of 64 px or less with no image-only augmentation, when they fit a quarter of the "
                         "free memory); off: stream through the DataLoader")
     p.add_argument("--resume", default=None, metavar="PATH|auto",
-                   help="continue a run from a state it wrote (<out>.step*.state.pt: model, optimizer, schedule, "
-                        "data order, best so far; written after every epoch and on SIGTERM/SIGINT), or auto: the "
-                        "newest beside --out. The run's other options must be the same")
+                   help="continue a run from a state it wrote (<out>.<run>.step*.state.pt: model, optimizer, "
+                        "schedule, data order, best so far; written after every epoch and on SIGTERM/SIGINT), or "
+                        "auto: the newest beside --out of a run with these settings. Options that change the run "
+                        "must be the same (all but --out, --device, --workers, --patience, --keep and a few more)")
     p.add_argument("--keep", type=int, default=d.keep, help="training states kept beside --out (the newest)")

@@ -9,16 +9,21 @@ to a temporary file in the same folder and renamed over the target (a crash mid-
 read back with `torch.load(weights_only=True)`: tensors, numbers, strings and containers only, nothing unpickled
 that could run code.
 
-Files are `<out>.step<global step>.state.pt` beside the run's `<out>.safetensors`; `latest(out)` finds the newest,
-`prune(out, keep)` keeps the last `keep`.
+Files are `<out>.<run>.step<global step>.state.pt` beside the run's `<out>.safetensors`. `<run>` is
+`<settings key>-<random>`: the key names the options that must match (`config.RESUME_MUST_MATCH`: all but a declared
+few), so `--resume auto` finds the states of the command's own settings and no other's; the random part tells apart
+runs of the same settings, so pruning (`prune`, the newest `--keep`) only ever touches the run's own states. A
+resumed run keeps its state's id; a run started beside other runs' states says so (`others`) and leaves them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
+import secrets
 import signal
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,46 +33,147 @@ from typing import Any
 
 import torch
 
+from ..files import replacing
+from .config import DEFAULTS, RESUME_MUST_MATCH
+
 FORMAT = "resnet-lab train state 1"
 SUFFIX = ".state.pt"
-# options that must match for a state to continue a run: anything that changes the model, the data, the steps
-# or the optimizer's meaning (epochs sets the schedule's length; patience, out, quiet and device may change)
-MUST_MATCH = ("arch", "data", "n_train", "n_val", "batch_size", "lr", "opt", "sched", "wd", "seed", "test_seed",
-              "size", "clutter", "val_fraction", "epochs", "pretrained", "freeze", "backbone_lr_scale")
+MUST_MATCH = RESUME_MUST_MATCH  # every option of the config but those it declares `may_differ`
+_RUN = r"[0-9a-f]{8}-[0-9a-f]{6}"
 
 
 class ResumeError(ValueError):
     """A state that cannot continue this run (missing, unreadable, another run's), with what to do about it."""
 
 
-def state_path(out: str | Path, global_step: int) -> Path:
-    return Path(f"{out}.step{global_step:09d}{SUFFIX}")
+@dataclass(frozen=True)
+class StateFile:
+    path: Path
+    run: str | None  # None: written before states carried a run id
+    step: int  # the global step it was written after
 
 
-def states(out: str | Path) -> list[Path]:
-    """The run's state files, oldest first (by the global step in their names)."""
+def _norm(v: Any) -> Any:
+    """A value as compared and hashed: a CLI list and a tuple alike, 1 and 1.0 alike."""
+    if isinstance(v, (tuple, list)):
+        return [_norm(x) for x in v]
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+def _shown(v: Any) -> str:
+    return " ".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
+
+
+def differences(theirs: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The must-match options in which a state's config differs from this run's, as `--opt THEIRS (now OURS)`
+    (an option the state predates counts as its default)."""
+    return [f"--{k.replace('_', '-')} {_shown(theirs.get(k, DEFAULTS[k]))} (now {_shown(config.get(k, DEFAULTS[k]))})"
+            for k in MUST_MATCH if _norm(theirs.get(k, DEFAULTS[k])) != _norm(config.get(k, DEFAULTS[k]))]
+
+
+def settings_key(config: dict[str, Any]) -> str:
+    """8 hex digits naming the must-match settings; only those off their defaults are hashed, so an option added
+    later, at its default, leaves the keys of existing states alone."""
+    chosen = {k: _norm(config.get(k, DEFAULTS[k])) for k in MUST_MATCH}
+    chosen = {k: v for k, v in chosen.items() if v != _norm(DEFAULTS[k])}
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def run_id(config: dict[str, Any], saved: dict[str, Any] | None = None) -> str:
+    """The id the run's states carry. A resumed run keeps its state's, unless `--out` already holds later states
+    of that run (resumed from an earlier one: a branch, which must neither overwrite them nor be pruned by them);
+    any other run gets a new one."""
+    run = str(saved.get("run") or "") if saved else ""
+    if re.fullmatch(_RUN, run):
+        step = int((saved or {}).get("scheduler", {}).get("last_epoch", 0))
+        if not config.get("out") or not any(s.run == run and s.step > step for s in scan(config["out"])):
+            return run
+    return f"{settings_key(config)}-{secrets.token_hex(3)}"
+
+
+def state_path(out: str | Path, run: str, global_step: int) -> Path:
+    return Path(f"{out}.{run}.step{global_step:09d}{SUFFIX}")
+
+
+def scan(out: str | Path) -> list[StateFile]:
+    """Every state beside `out`, any run's, by run and step. The folder is listed and the names parsed (a glob
+    would read `[`, `*` or `?` in `--out` as patterns and find nothing)."""
     out = Path(out)
-    pattern = re.compile(re.escape(out.name) + r"\.step(\d+)" + re.escape(SUFFIX) + "$")
-    found = [(int(m.group(1)), p) for p in out.parent.glob(f"{out.name}.step*{SUFFIX}")
-             if (m := pattern.match(p.name))] if out.parent.is_dir() else []
-    return [p for _, p in sorted(found)]
+    pattern = re.compile(re.escape(out.name) + rf"\.(?:({_RUN})\.)?step(\d+)" + re.escape(SUFFIX))
+    try:
+        names = os.listdir(out.parent)
+    except OSError:  # no folder yet
+        return []
+    found = [StateFile(out.parent / n, m.group(1), int(m.group(2))) for n in names if (m := pattern.fullmatch(n))]
+    return sorted(found, key=lambda s: (s.run or "", s.step))
 
 
-def latest(out: str | Path) -> Path | None:
-    found = states(out)
+def states(out: str | Path, run: str | None = None) -> list[Path]:
+    """The states of run `run` beside `out` (of any run if None), oldest first (by global step)."""
+    return [s.path for s in sorted(scan(out), key=lambda s: s.step) if run is None or s.run == run]
+
+
+def latest(out: str | Path, run: str | None = None) -> Path | None:
+    found = states(out, run)
     return found[-1] if found else None
 
 
-def resolve(resume: str, out: str | None) -> Path:
-    """`--resume PATH`, or `--resume auto`: the newest state of `--out`."""
+def _newest(found: list[StateFile]) -> StateFile:
+    """The state written last (by time, then step): a folder's runs do not share a step count."""
+
+    def written(s: StateFile) -> tuple[int, int]:
+        try:
+            return s.path.stat().st_mtime_ns, s.step
+        except OSError:
+            return 0, s.step
+
+    return max(found, key=written)
+
+
+def _peek_config(path: Path) -> dict[str, Any] | None:
+    """A state's config without reading its tensors (memory-mapped), or None if it cannot be read."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return state.get("config") if isinstance(state, dict) else None
+    except Exception:  # truncated or not a state: said as such, it is only being described
+        return None
+
+
+def _describe(found: list[StateFile], config: dict[str, Any]) -> str:
+    """'N training states of M runs (newest NAME: how its settings differ)'."""
+    newest = _newest(found)
+    theirs = _peek_config(newest.path)
+    how = "unreadable" if theirs is None else ", ".join(differences(theirs, config)) or "the same settings"
+    runs = len({s.run for s in found})
+    return (f"{len(found)} training state{'s' * (len(found) > 1)} of {runs} other run{'s' * (runs > 1)} "
+            f"(newest {newest.path.name}: {how})")
+
+
+def others(out: str | Path, run: str, config: dict[str, Any]) -> str | None:
+    """One line for a run starting beside other runs' states: what is there; they are left as they are."""
+    found = [s for s in scan(out) if s.run != run]
+    if not found:
+        return None
+    return (f"{Path(out).parent}/ holds {_describe(found, config)}, left as they are; this run's are "
+            f"{Path(out).name}.{run}.step*{SUFFIX}")
+
+
+def resolve(resume: str, config: dict[str, Any]) -> Path:
+    """`--resume PATH`, or `--resume auto`: the newest state of the most recently written run beside `--out`
+    whose settings are this run's (no other run's state is ever picked)."""
+    out = config.get("out")
     if resume == "auto":
         if not out:
             raise ResumeError("--resume auto looks for the newest state beside --out: give --out too")
-        path = latest(out)
-        if path is None:
-            raise ResumeError(f"--resume auto: no {Path(out).name}.step*{SUFFIX} in {Path(out).parent}/ (a run "
-                              "writes one after every epoch; start without --resume)")
-        return path
+        key, found = settings_key(config), scan(out)
+        mine = [s for s in found if s.run and s.run.startswith(key + "-")]
+        if not mine:
+            there = f"; it holds {_describe(found, config)}" if found else ""
+            raise ResumeError(f"--resume auto: no state of a run with these settings ({Path(out).name}.{key}-*.step*"
+                              f"{SUFFIX}) in {Path(out).parent}/{there}. A run writes one after every epoch: start "
+                              "without --resume, or continue another run with --resume PATH and its options")
+        run = _newest([max((s for s in mine if s.run == r), key=lambda s: s.step) for r in {s.run for s in mine}])
+        return run.path
     path = Path(resume)
     if not path.is_file():
         raise ResumeError(f"--resume: {path} is not a file (give a {SUFFIX} file a run wrote, or auto)")
@@ -75,18 +181,9 @@ def resolve(resume: str, out: str | None) -> Path:
 
 
 def write(path: Path, state: dict[str, Any]) -> Path:
-    """`state` at `path`, atomically: a temporary file in the same folder, then a rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """`state` at `path`, atomically (`files.replacing`): a crash mid-write leaves the previous state."""
+    with replacing(path) as tmp:
+        torch.save({"format": FORMAT, **state}, tmp)
     return path
 
 
@@ -98,18 +195,16 @@ def read(path: Path, config: dict[str, Any]) -> dict[str, Any]:
         raise ResumeError(f"--resume: {path} is not a readable training state ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ResumeError(f"--resume: {path} is not a resnet-lab training state")
-    theirs = state.get("config", {})
-    differ = [f"--{k.replace('_', '-')} {theirs.get(k)} (now {config.get(k)})" for k in MUST_MATCH
-              if theirs.get(k) != config.get(k)]
+    differ = differences(state.get("config", {}), config)
     if differ:
         raise ResumeError(f"--resume: {path.name} was written by a run with other settings: " + ", ".join(differ)
                           + ". Resume with the same options, or start a new run.")
     return state
 
 
-def prune(out: str | Path, keep: int) -> None:
-    """Keep the newest `keep` states of the run (at least one)."""
-    for old in states(out)[:-max(1, keep)]:
+def prune(out: str | Path, run: str, keep: int) -> None:
+    """Keep the newest `keep` states of run `run` (at least one); other runs' states are not this run's to delete."""
+    for old in states(out, run)[:-max(1, keep)]:
         old.unlink(missing_ok=True)
 
 
@@ -159,10 +254,12 @@ class RunState:
     """Where a run stands between steps: the loop's own counters and records, saved beside the model's,
     optimizer's, scheduler's and scaler's states (`save`) and put back (`restore`)."""
 
+    run: str = ""  # the id in its states' names (`run_id`)
     epoch: int = 1  # the epoch under way (or the next one, at step 0)
-    step: int = 0  # steps of it done
+    step: int = 0  # steps of it done (all of them: stopped after its last step, before validation)
     sums: tuple[float, int, int] = (0.0, 0, 0)  # (loss sum, correct, seen) of those steps, over all ranks
-    data: list[dict] | dict | None = None  # the training batches' draws at the start of `epoch` (per rank)
+    # the training batches' draws (per rank) at the start of `epoch`, or at its end once all its steps are done
+    data: list[dict] | dict | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     best_acc: float = -1.0
     best_state: dict[str, torch.Tensor] | None = None
@@ -184,7 +281,7 @@ class RunState:
 
     def save(self, config: Any, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
              scaler: torch.amp.GradScaler | None, dist: Any, command: str | None) -> Path | None:
-        """Every rank's draws gathered, then rank 0 writes the state beside `config.out` and keeps the newest
+        """Every rank's draws gathered, then rank 0 writes the state beside `config.out` and keeps the run's newest
         `config.keep` (nothing is written without `--out`)."""
         from dataclasses import asdict
 
@@ -197,8 +294,8 @@ class RunState:
         state = {**asdict(self), "data": data, "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
                  "config": asdict(config), "command": command or config.cli()}
-        path = write(state_path(config.out, steps), state)
-        prune(config.out, config.keep)
+        path = write(state_path(config.out, self.run, steps), state)
+        prune(config.out, self.run, config.keep)
         return path
 
     @staticmethod

@@ -170,14 +170,15 @@ def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, 
            loss_of: Callable) -> EpochPass:
     """One pass over the training set (over all ranks' shares). From step `start` on with the running `sums` of
     a resumed epoch: the steps before it are drawn (order and augmentation, so the generators advance exactly as
-    they did) but not trained on. A `stop` request ends the pass after the current step, on every rank alike."""
+    they did) but not trained on; from the end (stopped after its last step) nothing is drawn. A `stop` request
+    ends the pass after the current step, the last one included, on every rank alike."""
     model.train()
     loss_sum = torch.tensor(sums[0], dtype=torch.float64, device=batches.device)
     correct = torch.tensor(sums[1], dtype=torch.int64, device=batches.device)
     seen = sums[2]
     bar = tqdm(batches, desc=bar_desc, disable=quiet, leave=False, mininterval=1.0, dynamic_ncols=True)
-    next_postfix = 0.0
-    for step, (x, y) in enumerate(bar):
+    next_postfix, stopped_after = 0.0, None
+    for step, (x, y) in enumerate(bar if start < len(batches) else ()):
         if step < start:
             continue
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
@@ -191,20 +192,24 @@ def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, 
             next_postfix = time.monotonic() + 1.0
             bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", lr=f"{sched.get_last_lr()[0]:.3g}")
         report(step + 1, len(batches))
-        if stop is not None and step + 1 < len(batches) and _agree_to_stop(stop, step, dist):
-            totals = all_reduce_sum(torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(seen)]), dist)
-            return EpochPass(stopped_after=step + 1, sums=(totals[0].item(), int(totals[1]), int(totals[2])))
+        last = step + 1 == len(batches)  # ranks agree there too: a signal in an epoch's last step is not lost
+        if stop is not None and _agree_to_stop(stop, dist, check=last or (step + 1) % STOP_CHECK_EVERY == 0):
+            stopped_after = step + 1
+            if not last:  # after the last step the loop ends by itself: the sampler's closing draws are made
+                break
     totals = all_reduce_sum(torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(seen)]), dist)
+    if stopped_after is not None:
+        return EpochPass(stopped_after=stopped_after, sums=(totals[0].item(), int(totals[1]), int(totals[2])))
     loss_sum, correct, seen = totals.tolist()
     return EpochPass(loss_sum / seen, correct / seen)
 
 
-def _agree_to_stop(stop: resume.StopRequest, step: int, dist: Dist) -> bool:
-    """Whether every rank stops after this step: a request seen by any rank, agreed every few steps under
-    torchrun (at once in one process)."""
+def _agree_to_stop(stop: resume.StopRequest, dist: Dist, check: bool = True) -> bool:
+    """Whether every rank stops here: a request seen by any rank, agreed under torchrun where `check` (every few
+    steps, an epoch's last, after a state is saved: the same points on every rank), at once in one process."""
     if not dist.distributed:
         return bool(stop)
-    if (step + 1) % STOP_CHECK_EVERY:
+    if not check:
         return False
     return bool(all_reduce_sum(torch.tensor([float(bool(stop))], device=dist.device), dist).item() > 0)
 
@@ -228,9 +233,14 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
     device = dist.device
     dtype = resolve_precision(config.precision, device)
     # a state that cannot continue this run is refused before any data is made
-    saved = resume.read(resume.resolve(config.resume, config.out), asdict(config)) if config.resume else None
+    settings = asdict(config)
+    source = resume.resolve(config.resume, settings) if config.resume else None
+    saved = resume.read(source, settings) if source else None
     quiet = config.quiet or not dist.is_main  # one process speaks
     log = (lambda s: None) if quiet else tqdm.write
+    run_id = resume.run_id(settings, saved)  # its states' names: pruning and --resume auto see no other run's
+    if config.out and dist.is_main and (found := resume.others(config.out, run_id, settings)):
+        log(found)
     shapes = config.data == "shapes"
     loaded = finetune.load_for(config.pretrained, config.arch) if config.pretrained else None
     size = config.image_size
@@ -288,7 +298,8 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
         run = resume.RunState.restore(saved, inner(trained), opt, sched, scaler, data.train, dist)
         if saved.get("mixing") is not None:
             mixing.set_state(saved["mixing"])
-        log(f"resumed from {config.resume}: epoch {run.epoch}, step {run.step} of {len(data.train)}")
+        log(f"resumed from {source}: epoch {run.epoch}, step {run.step} of {len(data.train)}")
+    run.run = run_id
     stop = resume.StopRequest()
     t_train = time.perf_counter() - run.train_time
     with stop.installed():
@@ -304,9 +315,10 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
                        quiet, report, dist, start=run.step, sums=run.sums if dist.is_main else (0.0, 0, 0),
                        stop=stop, loss_of=loss_of)
             if p.stopped_after is not None:
-                # the data's draws as at the epoch's start (its first steps are drawn again, untrained), the mixing
-                # generator's as now (skipped steps mix nothing)
-                run.step, run.sums, run.data, run.mixing = p.stopped_after, p.sums, at_start, mixing.get_state()
+                # the data's draws as at the epoch's start (its first steps are drawn again, untrained), or as now
+                # after its last step (nothing left to draw); the mixing generator's as now (skipped steps mix nothing)
+                run.step, run.sums, run.mixing = p.stopped_after, p.sums, mixing.get_state()
+                run.data = data.train.state_dict() if p.stopped_after == len(data.train) else at_start
                 run.train_time = time.perf_counter() - t_train
                 path = run.save(config, inner(trained), opt, sched, scaler, dist, command)
                 raise resume.Stopped(stop.name, epoch, p.stopped_after, path)
@@ -323,7 +335,9 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
                 run.done = True
             run.data, run.mixing = data.train.state_dict(), mixing.get_state()
             run.train_time = time.perf_counter() - t_train
-            run.save(config, inner(trained), opt, sched, scaler, dist, command)
+            path = run.save(config, inner(trained), opt, sched, scaler, dist, command)
+            if _agree_to_stop(stop, dist):  # a signal during validation or the save: the state just written
+                raise resume.Stopped(stop.name, epoch, len(data.train), path)
     history, best_acc, best_epoch = run.history, run.best_acc, run.best_epoch
     train_time = time.perf_counter() - t_train
     model.load_state_dict(run.best_state)
