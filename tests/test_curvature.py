@@ -185,14 +185,26 @@ def test_cli_writes_everything_refuses_a_map_of_three_and_re_reads(tmp_path, cap
     assert "λmax" in out and "|λmin/λmax|" in out
     for f in ("c.csv", "c_density.csv", "c_density.png", "c.json"):
         assert (tmp_path / f).stat().st_size > 0
-    spec, dens, _ = K.read_results(tmp_path / "c")
-    maps = pd.DataFrame([("resnet20", 0, a, b, 0.1 + a * a, 1.0, 10.0, -0.1 * a, 0.01 * a, 40, 1.0)
-                         for a in (-0.2, 0.0, 0.2) for b in (-0.2, 0.0, 0.2)], columns=K.compute.MAP_COLUMNS)
-    maps.to_csv(tmp_path / "c_map.csv", index=False)  # a map beside it: read back, described and drawn
+    raw = pd.read_csv(tmp_path / "c.csv")  # the run's numbers, read here without the library
+    at = lambda q, i=0: float(raw[(raw.images == "set0") & (raw.quantity == q) & (raw["index"] == i)].value.iloc[0])  # noqa: E731
+    lmax, lmin, ratio = at("eigenvalue", 1), at("lambda_min"), at("ratio")
+    assert ratio == (pytest.approx(-lmin / lmax, rel=1e-5) if lmin < 0 else 0.0)  # stored in float32
+    said = (f"- resnet20: loss {at('loss'):.3g} ({at('accuracy'):.1%}); λmax {lmax:.4g}, top 1: {lmax:.3g}; λmin "
+            f"{lmin:.3g}; |λmin/λmax| {ratio:.3f}; trace {at('trace'):.4g} ± {at('trace_se'):.2g} (Hutchinson).")
+    assert said in out
+    # a map beside it, read back, described and drawn: loss 0.5 + 50 a^2 puts a = +-0.2 above ln 8 (outside the
+    # basin); ratio 0.1 + a^2 + b/10 is 0.08, 0.10, 0.12 inside (median 0.100, largest 0.120) and its median over
+    # all nine 0.120
+    maps = pd.DataFrame([("resnet20", 0, a, b, 0.5 + 50 * a * a, 1.0, 10.0, -1.0 * (0.1 + a * a + b / 10),
+                          0.1 + a * a + b / 10, 40, 1.0) for a in (-0.2, 0.0, 0.2) for b in (-0.2, 0.0, 0.2)],
+                        columns=K.compute.MAP_COLUMNS)
+    maps.to_csv(tmp_path / "c_map.csv", index=False)
     assert main(["curvature", "--from-csv", str(tmp_path / "c"), "--out", str(tmp_path / "again"),
                  "--stem", "c"]) == 0
     again = capsys.readouterr().out
-    assert K.describe_curvature(spec, maps) in again and "Li et al.'s map" in again
+    assert said in again  # the re-read states the run's numbers as the run did
+    assert "direction seed 0, 9 points" in again
+    assert "- resnet20: median 0.100 (largest 0.120) over its 3 basin points; median 0.120 over all." in again
     assert (tmp_path / "again" / "c_map.png").stat().st_size > 0
     runs = json.loads((tmp_path / "again" / "c.json").read_text())["runs"]
     assert [r["n"] for r in runs] == [8] and "--resamples 1" in runs[0]["command"]  # the source run, recorded

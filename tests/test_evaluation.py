@@ -63,6 +63,28 @@ def test_always_wrong_at_confidence_point_nine() -> None:
     assert math.isnan(r.reliability()[0]["accuracy"])  # empty bins say so, not 0
 
 
+def test_a_confidence_on_an_edge_falls_in_the_bin_below() -> None:
+    """Bins are (lo, hi]: with 4 bins, confidence 0.25 is bin 0's and 0.5 is bin 1's (not bins 1 and 2, as [lo, hi)
+    would have them). Ties among equal logits give exactly 1/4 and 1/2; -1000 is exactly 0 after softmax."""
+    off = -1000.0
+    logits = torch.tensor([
+        [0, 0, 0, 0, off, off, off, off],  # confidence 1/4, label 7: wrong
+        [0, 0, off, off, off, off, off, off],  # 1/2, wrong
+        [0.5, 0, 0, 0, off, off, off, off],  # e^.5 / (e^.5 + 3) = 0.3547, label 0: right
+        [0, off, off, off, off, off, off, off],  # 1, right
+    ], dtype=torch.float64)
+    labels = torch.tensor([7, 7, 0, 0])
+    assert logits.log_softmax(1).exp().max(1).values[:2].tolist() == [0.25, 0.5]  # the edges are hit exactly
+    r = EvaluationResult.from_logits(logits, labels, list("abcdefgh"), bins=4)
+    np.testing.assert_array_equal(r.bin_count, [1, 2, 0, 1])  # [lo, hi) gives [0, 2, 1, 1]
+    np.testing.assert_array_equal(r.bin_correct, [0, 1, 0, 1])
+    p = math.exp(0.5) / (math.exp(0.5) + 3)
+    rows = r.reliability()
+    assert rows[0]["confidence"] == 0.25 and rows[1]["confidence"] == pytest.approx((0.5 + p) / 2, abs=1e-12)
+    # bin 0: |0 - 1/4|; bin 1: 2 |1/2 - (1/2 + p) / 2| = 1/2 - p; bin 3: |1 - 1| ([lo, hi): 3/4 - p + 1/2)
+    assert r.ece == pytest.approx((0.25 + 0.5 - p) / 4, abs=1e-12)
+
+
 def test_top5_counts_the_label_anywhere_in_the_five_highest() -> None:
     # 7 classes; the label of row i ranks i-th (0-based) by logit: ranks 0..4 are top-5 hits, 5 and 6 are not
     logits = torch.tensor([[7.0, 6, 5, 4, 3, 2, 1]]).repeat(7, 1)

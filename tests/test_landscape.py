@@ -32,7 +32,9 @@ SIZE = 16
 
 
 def _loaded(arch: str = "resnet20", seed: int = 0, **kw) -> LoadedWeights:
-    """A small Shapes 'checkpoint' in memory: random weights and BN statistics that are not the identity."""
+    """A small Shapes 'checkpoint' in memory: random weights, BN statistics that are not the identity, and BN's
+    batch counter where training leaves it (a fresh net's 0 would let a re-estimation that skipped the reset pass:
+    with momentum None its first batch replaces the statistics whatever they were)."""
     net = build(arch, num_classes=len(CLASSES), seed=seed, **kw)
     g = torch.Generator().manual_seed(seed + 7)
     with torch.no_grad():
@@ -42,6 +44,7 @@ def _loaded(arch: str = "resnet20", seed: int = 0, **kw) -> LoadedWeights:
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.num_batches_tracked.fill_(1000)
     cfg = {**net.pretrained_cfg, "input_size": (3, SIZE, SIZE), "mean": MEAN, "std": STD}
     meta = {"arch": arch, "num_classes": len(CLASSES), "classes": list(CLASSES), "input_size": [3, SIZE, SIZE],
             "mean": list(MEAN), "std": list(STD),
@@ -155,8 +158,10 @@ def test_compute_landscape_leaves_the_callers_model_and_the_global_rng_alone(res
 
 def test_bn_re_estimation_is_the_average_of_batch_statistics_and_is_undone(res20):
     """The first BN's re-estimated running mean/var equal the mean over batches of its input's per-batch mean and
-    unbiased variance, computed here from conv1 by hand; the stored statistics come back afterwards."""
+    unbiased variance, computed here from conv1 by hand; the stored statistics come back afterwards. The net's BNs
+    have counted 1000 training batches: without the reset, the stored statistics would keep a 1000/1003 share."""
     net = res20.model
+    assert all(int(m.num_batches_tracked) == 1000 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
     x = held_out_set(res20, 20, split="train").x
     before = _state(net)
     with compute.bn_statistics_kept(net):

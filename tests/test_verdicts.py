@@ -53,12 +53,27 @@ def test_curvature_verdict_names_the_flatter_net_only_where_every_image_set_agre
     assert f"at most {worst:.3f}" in text
 
 
+def _lesion_clause(df: pd.DataFrame, model: str) -> str:
+    """What the verdict must say of `model`, from its rows: the intact accuracy is the mean of the k = 0 draws,
+    a deletion's cost is that less its accuracy, and within 10 points of chance counts as chance."""
+    d = df[df.model == model]
+    intact = d[(d.kind == "random") & (d.k == 0)].accuracy.mean()
+    single = d[(d.kind == "single") & d.removable]
+    cost = intact - single.accuracy
+    at_chance = (single.accuracy <= d.chance.iloc[0] + 0.10).sum()
+    return (f"deleting one block of {model} costs a median {100 * cost.median():.1f} points (at most "
+            f"{100 * cost.max():.1f}; {at_chance} of {len(single)} deletions leave it at chance)")
+
+
 def test_lesion_verdict_compares_what_one_deletion_costs():
     df = lesion.read_csv(lesion.SHIPPED_CSV)
     text = V.lesion(df)
     assert "0 of 27 deletions leave it at chance" in text and "20 of 25" in text and "Veit et al. 2016" in text
+    assert text.startswith(f"Trained on Shapes, {_lesion_clause(df, 'resnet56')}; {_lesion_clause(df, 'plain56')}.")
+    shallow = df[df.model.isin(["resnet20", "plain20"])]  # the deepest pair present is the one read
+    assert f"{_lesion_clause(df, 'resnet20')}; {_lesion_clause(df, 'plain20')}." in V.lesion(shallow)
     broken = df.copy()  # every single deletion of the ResNet sends it to chance: no ensemble to report
     rows = (broken.model == "resnet56") & (broken.kind == "single")
     broken.loc[rows, "accuracy"] = broken.loc[rows, "chance"]
     assert "Veit" not in V.lesion(broken)
-    assert isinstance(V.lesion(pd.DataFrame(df[df.model == "plain20"])), str)
+    assert V.lesion(pd.DataFrame(df[df.model == "plain20"])) == "No twin pair in this study."

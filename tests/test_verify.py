@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from resnet_lab import build
 from resnet_lab.__main__ import main
-from resnet_lab.verify import TOLERANCE, compare, randomize_bn, reference_model, verify_arch
+from resnet_lab.verify import TOLERANCE, compare, randomize_bn, reference_model, twin_nets, verify_arch
 
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -36,6 +39,29 @@ def test_comparison_catches_a_wrong_branch():
     assert d["eval_logits"] > 10 * TOLERANCE
     assert d["train_logits"] > 10 * TOLERANCE
     assert d["grads"] > 10 * TOLERANCE
+
+
+@pytest.mark.parametrize("ignored", ["weight", "bias", "running_mean", "running_var"])
+def test_a_net_whose_bn_ignores_one_of_its_tensors_is_a_mismatch(ignored):
+    """Each of BN's four tensors is randomized, so a net of ours whose BN uses the default in its place (1 for the
+    weight and the variance, 0 for the bias and the mean) differs from the reference: left at its default, that
+    tensor's use would go unchecked. The eval logits use all four; train mode the affine two."""
+    ours, ref = twin_nets("resnet18")
+    defaults = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
+
+    def forward(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+        t = {k: getattr(bn, k) for k in defaults}
+        t[ignored] = t[ignored] * 0 + defaults[ignored]  # still in the graph: a gradient (of zeros) to compare
+        return F.batch_norm(x, t["running_mean"], t["running_var"], t["weight"], t["bias"],
+                            bn.training, 0.0, bn.eps)  # momentum 0: train mode leaves the statistics alone
+
+    for m in ours.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.forward = functools.partial(forward, m)
+    d = compare(ours, ref, torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert d["eval_logits"] > 100 * TOLERANCE, d
+    if ignored in ("weight", "bias"):
+        assert d["train_logits"] > 100 * TOLERANCE, d
 
 
 def test_timm_default_init_would_hide_a_missing_branch():
@@ -71,8 +97,6 @@ def test_cli_defaults_cover_the_five_imagenet_nets():
 def test_weights_come_from_the_seed_not_the_global_rng():
     """A thread reseeding torch's global RNG changes nothing, and verify never reseeds it for everyone else."""
     import threading
-
-    from resnet_lab.verify import twin_nets
 
     stop = threading.Event()
 
