@@ -93,8 +93,17 @@ def test_a_small_folder_run_records_its_recipe(tmp_path):
     from test_datasets import write_folder
 
     write_folder(tmp_path / "imgs", {"h": 12, "v": 12}, bad=False)
-    r = train(TrainConfig(data=f"folder:{tmp_path / 'imgs'}", steps=7, batch_size=8, lr=0.05, workers=0, quiet=True,
-                          out=str(tmp_path / "run")))
+    r = train(
+        TrainConfig(
+            data=f"folder:{tmp_path / 'imgs'}",
+            steps=7,
+            batch_size=8,
+            lr=0.05,
+            workers=0,
+            quiet=True,
+            out=str(tmp_path / "run"),
+        )
+    )
     meta = json.loads(r.path.with_suffix(".json").read_text())
     rec = meta["recipe"]
     spe = rec["steps_per_epoch"]  # 22 training images at batch 8

@@ -60,10 +60,18 @@ class Recipe:
 
     def record(self) -> dict[str, Any]:
         """What the checkpoint's JSON keeps under `recipe`."""
-        return {"small_set": self.small, "small_set_below": SMALL_SET, "epochs": self.epochs,
-                "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
-                "patience": self.patience, "smoothing": self.augment.smoothing, "ema_decay": self.ema_decay,
-                "weight_decay_on": "conv and linear weights (not BatchNorm, not biases)", "why": self.why}
+        return {
+            "small_set": self.small,
+            "small_set_below": SMALL_SET,
+            "epochs": self.epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "patience": self.patience,
+            "smoothing": self.augment.smoothing,
+            "ema_decay": self.ema_decay,
+            "weight_decay_on": "conv and linear weights (not BatchNorm, not biases)",
+            "why": self.why,
+        }
 
 
 def resolve(config: TrainConfig, n_train: int, steps_per_epoch: int) -> Recipe:
@@ -76,8 +84,9 @@ def resolve(config: TrainConfig, n_train: int, steps_per_epoch: int) -> Recipe:
         epochs, why["epochs"] = config.epochs, "--epochs"
     elif steps is not None:
         epochs = max(1, math.ceil(steps / steps_per_epoch))
-        why["epochs"] = (f"ceil(steps {steps} / {steps_per_epoch} steps an epoch): "
-                         + ("--steps" if config.steps is not None else f"the step budget of {kind}"))
+        why["epochs"] = f"ceil(steps {steps} / {steps_per_epoch} steps an epoch): " + (
+            "--steps" if config.steps is not None else f"the step budget of {kind}"
+        )
     else:
         epochs, why["epochs"] = EPOCHS, kind
     budget = config.epochs is None and steps is not None
