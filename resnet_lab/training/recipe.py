@@ -32,9 +32,9 @@ if TYPE_CHECKING:
     from .config import TrainConfig
 
 SMALL_SET = 10_000  # training images below which a folder gets the small-data recipe
-SMALL_STEPS = 1_500  # a small folder's default step budget (see the README's small-data benchmark)
+SMALL_STEPS = 800  # a small folder's default step budget (README, "Small folders"; ~100 epochs of 1,000 images)
 SMALL_SMOOTHING = 0.1  # timm's and torchvision's label smoothing
-SMALL_EMA_DECAY = 0.995  # per step: averages over ~200 steps, a sixth of the default budget
+SMALL_EMA_DECAY = 0.99  # per step: averages over ~100 steps, an eighth of the default budget
 EPOCHS = 15  # Shapes, CIFAR and large folders
 PATIENCE = 5  # epochs without a better validation accuracy, on an epoch count
 
