@@ -116,3 +116,33 @@ def test_a_small_folder_run_records_its_recipe(tmp_path):
     assert meta["val_acc"] == pytest.approx(max(best["val_acc"], best["val_acc_ema"]))
     assert (rec["kept"] == "EMA") == (best["ema_kept"] == 1.0)
     assert meta["config"]["steps"] == 7 and meta["config"]["ema_decay"] is None  # as typed, beside the resolved
+
+
+def test_a_resumed_run_continues_the_weights_ema(tmp_path):
+    """The EMA is part of a training state: a run resumed after its first epoch ends with the same average."""
+    from test_datasets import write_folder
+
+    from resnet_lab.training import resume
+
+    write_folder(tmp_path / "imgs", {"h": 12, "v": 12}, bad=False)
+    base = dict(
+        data=f"folder:{tmp_path / 'imgs'}",
+        epochs=3,
+        batch_size=8,
+        lr=0.05,
+        workers=0,
+        quiet=True,
+        keep=5,
+        ema_decay=0.9,
+    )
+    train(TrainConfig(**base, out=str(tmp_path / "whole" / "m")))
+    first = resume.states(tmp_path / "whole" / "m")[0]
+    train(TrainConfig(**base, out=str(tmp_path / "again" / "m"), resume=str(first)))
+
+    def ema(out: str) -> dict:
+        return torch.load(resume.latest(tmp_path / out / "m"), weights_only=True)["ema"]
+
+    whole, again = ema("whole"), ema("again")
+    assert whole["updates"] == again["updates"] == 3 * 2  # 22 training images at batch 8: 2 steps an epoch
+    assert whole["state"].keys() == again["state"].keys()
+    assert all(torch.equal(whole["state"][k], again["state"][k]) for k in whole["state"])
