@@ -34,7 +34,7 @@ from ...progress import tqdm_progress
 from ...resnet import REGISTRY, twin_name
 from ...shapes import CLASSES
 from .. import cost as C
-from ..memory import ALLOCATOR_OVERHEAD, BACKWARD_WORKSPACE, available_memory, largest_fitting, step_memory
+from ..memory import ALLOCATOR_OVERHEAD, BACKWARD_WORKSPACE, available_memory, largest_fitting, refusal, step_memory
 from ..study import Timer, fail, run_record, session, split_list, write_outputs
 from ..tables import read_checked_csv
 from .compute import COLUMNS, DEFAULT_ARCHS, EVAL_BATCH, add_smoothing, eval_steps, lr_at, run_degradation
@@ -135,9 +135,8 @@ def _memory_refusal(args: argparse.Namespace, archs: list[str], need: int, devic
     fits = largest_fitting(lambda b: estimate_memory(args.steps, b, archs, train_size=args.train_size,
                                                      val_size=args.val_size, device=device),
                            2, args.batch_size - 1, budget)
-    hint = f"--batch-size {fits} fits" if fits else "fewer or shallower --archs, or a smaller --train-size"
-    return (f"this run needs about {need / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} GiB free for it "
-            f"now; {hint}.")
+    return refusal(need, budget, f"--batch-size {fits} fits" if fits else
+                   "fewer or shallower --archs, or a smaller --train-size")
 
 
 def run(args: argparse.Namespace) -> int:
