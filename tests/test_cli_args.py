@@ -229,3 +229,22 @@ def test_defaults_and_a_from_csv_rereading_parse():
     for command in ("curvature", "landscape", "lesion"):
         got, err = _parse([command, "--from-csv", "saved"])
         assert not isinstance(got, int), (command, err)
+
+
+@pytest.mark.parametrize("argv, work", [
+    (["landscape", "--models", "resnet20", "--grid", "5", "--n", "64", "--quiet", "--device", "cpu"],
+     "resnet_lab.research.landscape.compute_landscape"),
+    (["curvature", "--models", "resnet20", "--n", "64", "--quiet", "--device", "cpu"],
+     "resnet_lab.research.curvature.compute_curvature"),
+    (["lesion", "--model", "resnet20", "--n", "64", "--device", "cpu"], "resnet_lab.research.lesion._study_all"),
+])
+def test_landscape_curvature_and_lesion_refuse_what_does_not_fit_before_starting(argv, work, monkeypatch, capsys):
+    """As the degradation run and the gradient study do: one sentence with the need and what is free, exit 2,
+    and the work never started."""
+    from resnet_lab import resources
+
+    monkeypatch.setattr(work, lambda *a, **k: pytest.fail("the work started"))
+    monkeypatch.setattr(resources, "memory_available", lambda: 2**20)  # 1 MiB free
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "this run needs about" in err and "0.0 GiB free for it now" in err, err
