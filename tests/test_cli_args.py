@@ -55,10 +55,13 @@ def one_of(*allowed: str, convert=str):
     return (lambda text: text in allowed), convert
 
 
+def _items(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
 def listed(*allowed: str, convert=str):
     def accepts(text: str) -> bool:
-        items = [s.strip() for s in text.split(",") if s.strip()]
-        return bool(items) and all(s in allowed for s in items)
+        return bool(_items(text)) and all(s in allowed for s in _items(text))
 
     return accepts, convert
 
@@ -85,7 +88,8 @@ RESNETS = [a for a in REGISTRY if REGISTRY[a].residual]  # the gradient study me
 OPTIONS = {
     "curvature": (["--models", "resnet20"], {
         "--n": COUNT, "--resamples": (*ints(0), ["--map-grid", "5"]), "--top-k": COUNT,
-        "--density-steps": ((lambda t: _int(t) is not None and (_int(t) == 0 or _int(t) >= 2)), _int), "--tol": TOL, "--min-tol": TOL,
+        "--density-steps": ((lambda t: _int(t) is not None and (_int(t) == 0 or _int(t) >= 2)), _int),
+        "--tol": TOL, "--min-tol": TOL,
         "--trace-samples": COUNT, "--density-runs": COUNT, "--seed": SEED, "--map-tol": TOL,
         "--direction-seed": SEED, "--chunk": COUNT, "--split": one_of("train", "test"),
         "--map-grid": odd_grid(zero=True),
@@ -109,7 +113,7 @@ OPTIONS = {
     "gradnorms": ([], {
         "--batch-size": (*COUNT, ["--bn", "eval"]), "--input-size": ints(8, 1024), "--seeds": ints(1, 1000),
         "--num-classes": ints(2, 100_000), "--bn": one_of("train", "eval", "none"),
-        "--data": one_of("noise", "shapes"), "--archs": listed(*RESNETS, convert=lambda t: tuple(s.strip() for s in t.split(",") if s.strip())),
+        "--data": one_of("noise", "shapes"), "--archs": listed(*RESNETS, convert=_items),
     }),
     "evaluate": ([], {
         "--n": COUNT, "--seed": SEED, "--batch-size": COUNT, "--workers": ints(0, 64),
