@@ -161,7 +161,7 @@ def _parse(argv: list[str]) -> tuple[object, str]:
 
 
 @pytest.mark.parametrize("command, option", CASES)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(value=VALUES)
 def test_every_option_parses_what_it_accepts_and_refuses_the_rest_in_one_line(command, option, value):
     base, options = OPTIONS[command]
