@@ -1,5 +1,6 @@
 """Option types for every command's parser: a bad value is refused by argparse itself, before any work starts,
-in one line naming the option and the accepted range (`argument --tol: must be a number > 0 and < 1 (got -1)`).
+in one line naming the option and the accepted range (`argument --tol: must be a finite number > 0 and < 1
+(got -1)`).
 
 Each factory returns an argparse `type=` callable; argparse puts "argument --OPTION: " in front of the message.
 Checks that join two options (`--map-n` with `--map-grid`) are each command's `check_arguments(args)`, which
@@ -22,12 +23,17 @@ def shown_value(text: str) -> str:
     return text if text.isprintable() and len(text) <= 40 else repr(text[:40]) + ("..." if len(text) > 40 else "")
 
 
+def _num(v: float) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"
+
+
 def _range(lo: float | None, hi: float | None, lo_open: bool = False, hi_open: bool = False) -> str:
+    """"from 0 to 1", "> 0 and < 1", ">= 2": the accepted range as the message says it."""
     if lo is not None and hi is not None and not (lo_open or hi_open):
-        return f"from {lo:{'d' if isinstance(lo, int) else 'g'}} to {hi:{'d' if isinstance(hi, int) else 'g'}}"
-    low = None if lo is None else f"{'>' if lo_open else '>='} {lo:{'d' if isinstance(lo, int) else 'g'}}"
-    high = None if hi is None else f"{'<' if hi_open else '<='} {hi:{'d' if isinstance(hi, int) else 'g'}}"
-    return " and ".join(b for b in (low, high) if b) or "finite"
+        return f"from {_num(lo)} to {_num(hi)}"
+    low = None if lo is None else f"{'>' if lo_open else '>='} {_num(lo)}"
+    high = None if hi is None else f"{'<' if hi_open else '<='} {_num(hi)}"
+    return " and ".join(b for b in (low, high) if b)
 
 
 def int_in(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
