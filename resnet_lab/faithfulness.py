@@ -376,15 +376,19 @@ def measure_faithfulness(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli_args import names, positive_int, seed
+    from .explain import METHODS
+
     p.add_argument("--model", default="assets/shapes_resnet20.safetensors", help="a checkpoint trained on Shapes")
-    p.add_argument("--methods", default="gradcam,guided_gradcam,integrated_gradients,occlusion")
+    p.add_argument("--methods", type=names(METHODS, "methods"),
+                   default="gradcam,guided_gradcam,integrated_gradients,occlusion")
     p.add_argument("--stages", default=None, help="comma-separated stages or blocks (default: every stage)")
-    p.add_argument("--n", type=int, default=500, help="images scored")
-    p.add_argument("--n-random", type=int, default=100, help="images for the randomization check")
-    p.add_argument("--steps", type=int, default=STEPS, help="deletion/insertion steps")
-    p.add_argument("--data-seed", type=int, default=None, help="Shapes seed (default: the checkpoint's test seed)")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0, help="random maps, tie-breaks and re-initialization")
+    p.add_argument("--n", type=positive_int, default=500, help="images scored")
+    p.add_argument("--n-random", type=positive_int, default=100, help="images for the randomization check")
+    p.add_argument("--steps", type=positive_int, default=STEPS, help="deletion/insertion steps")
+    p.add_argument("--data-seed", type=seed, default=None, help="Shapes seed (default: the checkpoint's test seed)")
+    p.add_argument("--batch-size", type=positive_int, default=50)
+    p.add_argument("--seed", type=seed, default=0, help="random maps, tie-breaks and re-initialization")
     p.add_argument("--out", default=None, help="write the table as CSV here")
 
 
