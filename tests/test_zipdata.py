@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import stat
+import struct
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from resnet_lab import data
 from resnet_lab.training import zipdata
 from resnet_lab.training.datasets import DatasetError
 
@@ -31,6 +33,29 @@ def _zip(path: Path, members: dict[str, bytes], **infos: zipfile.ZipInfo) -> Pat
         for info in infos.values():
             zf.writestr(info, b"x")
     return path
+
+
+def _one_bit(side: int) -> bytes:
+    """A black 1-bit PNG of side x side: a few KB whatever the side (the pixel bomb of the issue)."""
+    buf = io.BytesIO()
+    Image.new("1", (side, side)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def decoded(monkeypatch) -> list[tuple[int, int]]:
+    """The size of every image whose pixels are decoded from here on (PIL's `ImageFile.load`)."""
+    from PIL import ImageFile
+
+    seen, load = [], ImageFile.ImageFile.load
+
+    def spy(self):
+        if self.tile:  # pixels still to decode (a loaded image's load() returns at once)
+            seen.append(self.size)
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    return seen
 
 
 def _good(top: str = "") -> dict[str, bytes]:
@@ -56,6 +81,8 @@ def test_a_good_zip_gives_normalized_tensors_and_a_held_out_part_per_class(tmp_p
     assert sorted(tmp_path.iterdir()) == before + [z]  # nothing extracted beside it
     again = zipdata.load_zip(z, size=16, seed=3)
     assert torch.equal(again.x_val, images.x_val)  # the split comes from its own generator
+    scan = zipdata.scan_zip(z)  # what the upload shows, from the headers: what the run then gets
+    assert scan.counts == {"blue": 5, "red": 5} and (scan.n_train, scan.n_val) == (8, 2)
 
 
 def test_a_corrupt_image_is_skipped_and_listed_and_the_rest_is_used(tmp_path):
@@ -91,6 +118,73 @@ def test_a_zip_bomb_is_refused_before_anything_is_read(tmp_path):
         zipdata.load_zip(z)
 
 
+def test_a_pixel_bomb_zip_is_refused_from_its_headers_before_any_pixel_is_decoded(tmp_path, decoded):
+    """The issue's upload: a 1-bit PNG of 8000x8000 (64 MP, at the per-image limit) is 7.8 KB and took 0.3 s to
+    decode; stored in a zip (1x: no ratio to catch), 400 of them held the app's long-job slot for 3 minutes. A zip
+    whose images hold more than MAX_TOTAL_PIXELS is refused on their headers, naming the limit and an image."""
+    bomb = _one_bit(8000)
+    assert len(bomb) < 10_000 and Image.open(io.BytesIO(bomb)).size == (8000, 8000)
+    z = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(zipdata.MAX_TOTAL_PIXELS // data.MAX_PIXELS + 1):
+            zf.writestr(f"{('red', 'blue')[i % 2]}/{i}.png", bomb)
+    for read in (zipdata.load_zip, zipdata.scan_zip):
+        with pytest.raises(DatasetError, match=f"more than {zipdata.MAX_TOTAL_PIXELS:,} pixels in all .*8000x8000"):
+            read(z)
+    assert decoded == []
+
+
+def test_an_image_over_the_pixel_limit_is_skipped_from_its_header_when_the_zip_is_uploaded(tmp_path, decoded):
+    """Each image's header is read on upload (`scan_zip`): one over `data.MAX_PIXELS` is skipped with the limit,
+    nothing decoded; the scan counts each kind's pixels for the estimate (JPEG and 16-bit decode at other rates)."""
+    huge = _one_bit(9000)
+    assert len(huge) < 20_000
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 20)).save(buf, format="JPEG")
+    deep = io.BytesIO()
+    Image.fromarray(np.full((10, 30), 4000, np.uint16)).save(deep, format="PNG")
+    z = _zip(tmp_path / "z.zip", {**_good(), "red/huge.png": huge, "blue/5.jpg": buf.getvalue(),
+                                  "red/5.png": deep.getvalue()})
+    scan = zipdata.scan_zip(z)
+    assert scan.skipped == [("red/huge.png", f"the image is 9000x9000 = 81,000,000 pixels, more than the limit of "
+                                             f"{data.MAX_PIXELS:,}; downscale it and try again")]
+    assert scan.counts == {"blue": 6, "red": 6} and scan.pixels == {"jpeg": 1000, "wide": 300, "8-bit": 12_000}
+    assert decoded == []
+    images = zipdata.load_zip(z, size=16)
+    assert (9000, 9000) not in decoded and images.skipped == scan.skipped and len(decoded) == 12
+
+
+def test_a_class_with_one_image_is_refused_saying_how_many_each_class_needs(tmp_path):
+    """One image per class gave an empty held-out set (and the visitor a RuntimeError from torch's max()); a
+    class left with one image once the others failed to decode is refused too."""
+    one_each = _zip(tmp_path / "one.zip", {"red/a.png": _png((200, 0, 0)), "blue/b.png": _png((0, 0, 200))})
+    for read in (zipdata.load_zip, zipdata.scan_zip):
+        with pytest.raises(DatasetError, match="each class needs at least 2 usable images, one to train on and one "
+                                               "to hold out, but 'blue' has 1, 'red' has 1"):
+            read(one_each)
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(noise, "PNG")
+    cut = noise.getvalue()[:len(noise.getvalue()) // 2]  # the header reads, the pixels do not
+    members = {**{k: v for k, v in _good().items() if not k.startswith("red/")}, "red/a.png": _png((200, 0, 0)),
+               "red/cut.png": cut}
+    z = _zip(tmp_path / "cut.zip", members)
+    assert zipdata.scan_zip(z).counts == {"blue": 5, "red": 2}
+    with pytest.raises(DatasetError, match="'red' has 1; skipped: red/cut.png"):
+        zipdata.load_zip(z)
+
+
+def test_stop_is_honoured_between_images_while_the_zip_is_read(tmp_path, decoded):
+    asked = []
+
+    def stop() -> bool:
+        asked.append(True)
+        return len(asked) > 3
+
+    with pytest.raises(zipdata.ReadStopped, match="after reading 3 of the zip's 10 images"):
+        zipdata.load_zip(_zip(tmp_path / "z.zip", _good()), stop=stop)
+    assert len(decoded) == 3
+
+
 def test_too_many_files_or_too_many_bytes_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(zipdata, "MAX_FILES", 6)
     with pytest.raises(DatasetError, match="at most 6"):
@@ -101,13 +195,42 @@ def test_too_many_files_or_too_many_bytes_are_refused(tmp_path, monkeypatch):
         zipdata.load_zip(_zip(tmp_path / "big.zip", _good()))
 
 
-def test_a_member_longer_than_its_header_says_is_a_bad_file_not_a_bomb(tmp_path):
-    z = _zip(tmp_path / "z.zip", _good())
+def _lie_about_size(path: Path, name: str, size: int) -> None:
+    """Rewrite the uncompressed size `name`'s local header and central directory entry declare (as a bomb would)."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        struct.pack_into("<I", data, zf.getinfo(name).header_offset + 22, size)
+    at = next(i for i in range(len(data)) if data[i:i + 4] == b"PK\x01\x02"
+              and data[i + 46:i + 46 + len(name)] == name.encode())
+    struct.pack_into("<I", data, at + 24, size)
+    path.write_bytes(bytes(data))
+
+
+def test_a_member_that_expands_past_its_declared_size_is_never_held_past_it(tmp_path):
+    """A bomb that lies: a PNG whose entry declares 100,000 bytes (so the ratio check passes, and its header is
+    read) while its deflate stream goes on to 64 MiB. Reading stops at the declared size: the member is a damaged
+    file (its CRC cannot match), the rest is used, and the 64 MiB never exist in memory (zlib's output is counted
+    by tracemalloc)."""
+    import tracemalloc
+
+    z = tmp_path / "liar.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in _good().items():
+            zf.writestr(name, data)
+        zf.writestr("red/bomb.png", _png((9, 9, 9)) + b"\0" * (64 * 2**20))
+    _lie_about_size(z, "red/bomb.png", 100_000)
     with zipfile.ZipFile(z) as zf:
-        info = zf.getinfo("red/0.png")
-        info.file_size = 10  # a lying header: read no further than it declares
-        with pytest.raises(zipfile.BadZipFile, match="CRC"):  # zipfile stops at the declared size, then checks
-            zipdata._read(zf, info)
+        info = zf.getinfo("red/bomb.png")
+        assert info.file_size == 100_000 and info.compress_size * 200 > 100_000  # the whole-zip checks see no bomb
+    tracemalloc.start()
+    try:
+        images = zipdata.load_zip(z, size=16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(images.y_train) + len(images.y_val) == 10
+    assert images.skipped == [("red/bomb.png", "damaged in the zip (BadZipFile)")]
+    assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MiB held while reading"
 
 
 @pytest.mark.parametrize("content, message", [
