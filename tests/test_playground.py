@@ -183,7 +183,7 @@ def test_a_stop_while_the_run_is_sized_ends_it_after_its_first_step(monkeypatch)
     from resnet_lab.ui import playground as ui
 
     sized = ui.refuse
-    monkeypatch.setattr(ui, "refuse", lambda cfg: (sized(cfg), ui.stop("early")))  # the click lands meanwhile
+    monkeypatch.setattr(ui, "refuse", lambda *a: (sized(*a), ui.stop("early")))  # the click lands meanwhile
     monkeypatch.setattr(ui, "UPDATE_S", 0.05)
     *_, last = ui.train(20, True, "he", "sgd", 0.05, 8, 30, 0, 16, None, "early", [])
     assert "**stopped**: step 1 of 30" in last[0] and "early" not in ui._runs
@@ -242,7 +242,7 @@ def test_building_the_page_trains_and_times_nothing(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("building the page measured or trained something")
 
-    for name in ("_measured_rates", "_measured_build"):
+    for name in ("_measured_rates", "_measured_build", "_measured_decode"):
         monkeypatch.setattr(cost, name, forbidden)
     monkeypatch.setattr(compute, "run_degradation", forbidden)
     monkeypatch.setattr(torch.optim.SGD, "step", forbidden)

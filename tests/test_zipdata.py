@@ -283,3 +283,59 @@ def test_the_playground_trains_on_an_uploaded_zip_and_lists_what_it_skipped(tmp_
     loaded = load_checkpoint(files[1])
     assert loaded.meta["classes"] == ["blue", "red"] and loaded.meta["data"]["name"] == "zip"
     assert loaded.model.fc.out_features == 2
+
+
+def test_the_playground_checks_a_zip_on_upload_and_counts_its_reading_in_the_estimate(tmp_path, monkeypatch):
+    """The upload runs the header check at once (the estimate's event listens to the zip too): its classes and
+    counts, or the one-sentence refusal; the time to read the images is in the estimate and in the refusal of a
+    run too long for the live slot (it was left out: 187 s of reading went uncounted)."""
+    import gradio as gr
+
+    from resnet_lab.research import cost
+    from resnet_lab.ui import playground as ui
+
+    with gr.Blocks() as demo:
+        ui.build_tab()
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    zip_box, estimate = by_id["playground-zip"], by_id["playground-estimate"]
+    assert any((zip_box._id, "change") in [(t[0], t[1]) for t in fn.targets] and estimate in fn.outputs
+               for fn in demo.fns.values())
+
+    controls = (20, True, "he", "sgd", 0.05, 4, 30, 0, 16)
+    z = _zip(tmp_path / "mine.zip", {**_good(), "red/notes.txt": b"hi"})
+    text = ui.estimate_text(*controls, upload=str(z))
+    assert text.startswith("Your zip: 2 classes (images: blue 5, red 5), 8 to train on, 2 held out. Skipped 1 ")
+    assert "reading your images" in text and "⚠️" not in text
+    one_each = _zip(tmp_path / "one.zip", {"red/a.png": _png((200, 0, 0)), "blue/b.png": _png((0, 0, 200))})
+    assert ui.estimate_text(*controls, upload=str(one_each)).startswith("⚠️ each class needs at least 2 usable images")
+
+    monkeypatch.setattr(cost, "_measured_decode", lambda period=0: dict.fromkeys(("jpeg", "wide", "8-bit"), 0.1))
+    assert "Longer than a live run may take" in ui.estimate_text(*controls, upload=str(z))  # 10 x 1200 px x 0.1 s
+    with pytest.raises(gr.Error, match=r"reading your images 20\.0 min"):
+        next(ui.train(*controls, str(z), "slow-zip", []))
+
+
+def test_a_batch_larger_than_the_zips_training_images_says_which_is_used(tmp_path, monkeypatch):
+    from resnet_lab.checkpoints import load_checkpoint
+    from resnet_lab.ui import playground as ui
+
+    z = _zip(tmp_path / "mine.zip", _good())  # 8 to train on
+    controls = (20, True, "he", "sgd", 0.05, 32, 3, 0, 16)
+    said = "Batch size 8 is used: your zip gives 8 images to train on, fewer than the batch size of 32."
+    assert said in ui.estimate_text(*controls, upload=str(z)) and "3 steps of 8 images" in ui.estimate_text(
+        *controls, upload=str(z))
+    monkeypatch.setattr(ui, "UPDATE_S", 0.05)
+    *_, last = ui.train(*controls, str(z), "batch-session", [])
+    assert said in last[0]
+    assert load_checkpoint(last[7][1]).meta["playground"]["batch_size"] == 8
+
+
+def test_a_stop_while_the_zip_is_read_ends_the_run_before_it_trains(tmp_path, monkeypatch):
+    from resnet_lab.ui import playground as ui
+
+    sized = ui.refuse
+    monkeypatch.setattr(ui, "refuse", lambda *a: (sized(*a), ui.stop("zip-stop")))
+    *_, last = ui.train(20, True, "he", "sgd", 0.05, 4, 30, 0, 16, str(_zip(tmp_path / "z.zip", _good())),
+                        "zip-stop", [])
+    assert last[0] == ("**stopped** while reading your zip (stopped after reading 0 of the zip's 10 images): "
+                       "nothing was trained.") and "zip-stop" not in ui._runs
