@@ -97,7 +97,7 @@ QUICK_FNS = {"classify_batch", "explain_event", "status_text"}
 LONG_FNS = {"compare_depths", "recompute_faithfulness", "run_gradnorms", "rerun_degradation", "run_landscape",
             "run_lesion", "run_top_eigenvalue", "train"}  # train: the Playground's run
 # UI updates (ms), and the two estimates shown on load (the cost model: a probe of ~1 s once per process, then ms)
-CHEAP_FNS = {"on_model_change", "shapes_sample", "<lambda>", "rerun_label", "load_example", "estimate_text",
+CHEAP_FNS = {"on_model_change", "shapes_sample", "<lambda>", "rerun_label", "load_example", "_estimate",
              "stop", "_rerun_verdict", "offer"}  # stop: the Playground's Stop sets an event (queue=False)
 
 

@@ -206,7 +206,7 @@ def test_a_stop_while_the_run_is_sized_ends_it_after_its_first_step(monkeypatch)
     from resnet_lab.ui import playground as ui
 
     sized = ui.refuse
-    monkeypatch.setattr(ui, "refuse", lambda cfg: (sized(cfg), ui.stop("early")))  # the click lands meanwhile
+    monkeypatch.setattr(ui, "refuse", lambda *a: (sized(*a), ui.stop("early")))  # the click lands meanwhile
     monkeypatch.setattr(ui, "UPDATE_S", 0.05)
     *_, last = ui.train(20, True, "he", "sgd", 0.05, 8, 30, 0, 16, None, "early", [])
     assert "**stopped**: step 1 of 30" in last[0] and "early" not in ui._runs
@@ -264,8 +264,9 @@ def test_building_the_page_trains_and_times_nothing(monkeypatch):
     from resnet_lab.ui import playground as ui
 
     calls: list[str] = []
-    for module, name in ((cost, "_measured_rates"), (cost, "_measured_build"), (pg, "run_degradation"),
-                         (pg, "run_playground"), (ui, "estimate_text"), (pg.PlaygroundConfig, "cost")):
+    for module, name in ((cost, "_measured_rates"), (cost, "_measured_build"), (cost, "_measured_decode"),
+                         (pg, "run_degradation"), (pg, "run_playground"), (ui, "_estimate"), (ui, "estimate_text"),
+                         (pg.PlaygroundConfig, "cost")):
         monkeypatch.setattr(module, name, lambda *a, _name=name, **k: calls.append(_name))
     demo = app.build_demo()
     assert any(fn.api_name == "playground" for fn in demo.fns.values())  # the tab was built

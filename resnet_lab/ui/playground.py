@@ -10,7 +10,8 @@ sized by the one cost model before it starts and refused (with what fits) when i
 app's device. Nothing of one user's run is visible to
 another: the run is found by a key held in that user's session only, and its trained nets are offered in that
 session's pickers only (`session_nets`). Instead of Shapes it trains on an uploaded zip of `<class>/<image>`
-folders (`training.zipdata`: read in memory, refused whole when unsafe, bad images skipped and listed).
+folders (`training.zipdata`: checked from its headers on upload, read in memory, refused whole when unsafe, bad
+images skipped and listed; reading it is in the estimate and Stop ends it).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..research.degradation.compute import VAL_SEED_OFFSET
 from ..resnet import REGISTRY
 from ..shapes import CLASSES
 from ..training.run_data import shapes_data_config
-from ..training.zipdata import ZipImages, load_zip
+from ..training.zipdata import ReadStopped, ZipImages, ZipScan, load_zip, scan_zip
 from . import session_nets
 from .common import LONG, tmp_file, user_errors, zoo
 from .research._common import duration, memory_budget, refuse_if_too_big
@@ -63,31 +64,56 @@ def config(depth: float, batchnorm: bool, init: str, optimizer: str, lr: float, 
                                image_size=int(image_size), device=str(zoo().device))
 
 
-def estimate_text(*controls: Any) -> str:
-    """How long these settings take on this server now (the cost model), or why they cannot run."""
+def sized(cfg: pg.PlaygroundConfig, upload: str | None) -> tuple[pg.PlaygroundConfig, ZipScan | None, float, str]:
+    """The run `cfg` becomes on the uploaded zip, which is checked from its headers (`DatasetError`, shown to the
+    user, for one that cannot be used): the run, the zip's scan, the seconds reading it takes, the batch's note."""
+    if not upload:
+        return cfg, None, 0.0, ""
+    scan = scan_zip(upload)
+    cfg, note = pg.on_images(cfg, scan.n_train, scan.n_val)
+    return cfg, scan, pg.read_seconds(scan), note
+
+
+def estimate_text(*controls: Any, upload: str | None = None) -> str:
+    """How long these settings take on this server now (the cost model, reading the zip included), or why they
+    cannot run; with what the uploaded zip holds (its check on upload)."""
     try:
-        cfg = config(*controls)
+        cfg, scan, read_s, note = sized(config(*controls), upload)
     except ValueError as e:
         return f"⚠️ {e}"
-    cost = cfg.cost()
+    seconds = cfg.cost().seconds + read_s
     plain, residual = (pg.LiveWatch.label(a) for a in cfg.archs)
     text = (f"{plain} and {residual}, {cfg.steps} steps of {cfg.batch_size} images of {cfg.image_size} px: about "
-            f"**{duration(cost.seconds)}** on this server (`{cfg.device}`).")
-    if cost.seconds > pg.TIME_LIMIT_S:
-        fits = pg.what_fits(cfg)
+            f"**{duration(seconds)}** on this server (`{cfg.device}`)"
+            + (f", reading your images {duration(read_s)} of it." if scan else "."))
+    if seconds > pg.TIME_LIMIT_S:
+        fits = pg.what_fits(cfg, pg.TIME_LIMIT_S - read_s)
         text += (f" Longer than a live run may take ({duration(pg.TIME_LIMIT_S)}): "
                  + (f"{fits.steps} steps fit." if fits else "choose a smaller depth or batch."))
-    return text
+    if scan is None:
+        return text
+    classes = ", ".join(f"{name} {n}" for name, n in list(scan.counts.items())[:8])
+    return (f"Your zip: {len(scan.counts)} classes (images: {classes}{' …' if len(scan.counts) > 8 else ''}), "
+            f"{scan.n_train} to train on, {scan.n_val} held out{_skips(scan.skipped)}." + (f" {note}" if note else "")
+            + f"  \n{text}")
 
 
-def refuse(cfg: pg.PlaygroundConfig) -> None:
-    """A `gr.Error` for a run that would not fit in time or memory, saying what fits."""
+def _estimate(*inputs: Any) -> str:
+    """`estimate_text` of the controls and the zip (the last input): on page load and every change, an upload's."""
+    return estimate_text(*inputs[:-1], upload=inputs[-1])
+
+
+def refuse(cfg: pg.PlaygroundConfig, read_s: float = 0.0) -> None:
+    """A `gr.Error` for a run that would not fit in time (reading its zip, `read_s`, included) or memory, saying
+    what fits."""
     cost = cfg.cost()
-    if cost.seconds > pg.TIME_LIMIT_S:
-        fits = pg.what_fits(cfg)
+    seconds = cost.seconds + read_s
+    if seconds > pg.TIME_LIMIT_S:
+        fits = pg.what_fits(cfg, pg.TIME_LIMIT_S - read_s)
         hint = f"{fits.steps} steps with these settings fit." if fits else "Choose a smaller depth or batch size."
-        raise gr.Error(f"These settings take about {duration(cost.seconds)} here; a live run may take "
-                       f"{duration(pg.TIME_LIMIT_S)}. {hint}", title="Too long for a live run")
+        raise gr.Error(f"These settings take about {duration(seconds)} here"
+                       + (f" (reading your images {duration(read_s)})" if read_s else "")
+                       + f"; a live run may take {duration(pg.TIME_LIMIT_S)}. {hint}", title="Too long for a live run")
     refuse_if_too_big(cost.bytes, memory_budget(cfg.device), "This run", "Choose a smaller depth or batch size.")
 
 
@@ -258,11 +284,19 @@ def train(*args: Any) -> Iterator[tuple]:
         yield (STOPPED_QUEUED, *[gr.skip()] * 8)
         return
     try:
-        refuse(cfg)
+        asked = cfg
+        cfg, scan, read_s, _ = sized(asked, upload)  # checked again: what the page said on upload is not trusted
+        refuse(cfg, read_s)
         images, note = None, ""
         if upload:
-            images = load_zip(upload, size=cfg.image_size, seed=cfg.seed)
-            note = skipped_note(images)
+            yield (f"Reading your {len(scan.images)} images (about {duration(read_s)})…", *[gr.skip()] * 8)
+            try:
+                images = load_zip(upload, size=cfg.image_size, seed=cfg.seed, stop=lambda: watch.stopped)
+            except ReadStopped as e:
+                yield (f"**stopped** while reading your zip ({e}): nothing was trained.", *[gr.skip()] * 8)
+                return
+            cfg, batch = pg.on_images(asked, len(images.y_train), len(images.y_val))  # as decoded
+            note = skipped_note(images) + (f" {batch}" if batch else "")
         if not _training.acquire(timeout=JOIN_S):
             raise gr.Error("The previous Playground run is still ending its last step; try again in a minute.",
                            title="The Playground is busy")
@@ -290,12 +324,16 @@ def train(*args: Any) -> Iterator[tuple]:
 
 def skipped_note(images: ZipImages) -> str:
     """What the uploaded zip gave: images per split and class, and the files skipped, each with its reason."""
-    text = (f"Your images: {len(images.y_train)} to train on, {len(images.y_val)} held out, "
-            f"{len(images.classes)} classes ({', '.join(images.classes[:8])}{' …' if len(images.classes) > 8 else ''})")
-    if images.skipped:
-        shown = "; ".join(f"`{name}`: {why}" for name, why in images.skipped[:5])
-        text += f". Skipped {len(images.skipped)} file(s): {shown}{' …' if len(images.skipped) > 5 else ''}"
-    return text + "."
+    return (f"Your images: {len(images.y_train)} to train on, {len(images.y_val)} held out, "
+            f"{len(images.classes)} classes ({', '.join(images.classes[:8])}{' …' if len(images.classes) > 8 else ''})"
+            f"{_skips(images.skipped)}.")
+
+
+def _skips(skipped: list[tuple[str, str]]) -> str:
+    if not skipped:
+        return ""
+    shown = "; ".join(f"`{name}`: {why}" for name, why in skipped[:5])
+    return f". Skipped {len(skipped)} file(s): {shown}{' …' if len(skipped) > 5 else ''}"
 
 
 def _run(cfg: pg.PlaygroundConfig, watch: pg.LiveWatch, images: ZipImages | None = None) -> None:
@@ -373,7 +411,8 @@ def build_tab() -> gr.State:
     outputs = [state, loss, acc, plain_map, res_map, scale, update, files, runs]
     # On page load and on every change, not while the page is built: the first estimate times this server (the
     # cost model's probe), which must not delay serving the app.
-    gr.on(None, estimate_text, controls, estimate, api_visibility="private", **LONG_FREE)
+    # The zip too: an upload is checked from its headers at once (classes, counts, or why it is refused).
+    gr.on(None, _estimate, [*controls, upload], estimate, api_visibility="private", **LONG_FREE)
     start.click(queue_run, key, start, queue=False, api_visibility="private").then(
         user_errors(train), [*controls, upload, key, runs], outputs, api_name="playground", **LONG).then(
         ready, None, start, queue=False, api_visibility="private")
