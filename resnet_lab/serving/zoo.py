@@ -223,10 +223,12 @@ class Entry:
 
 @dataclass
 class _Pending:
-    """A key being loaded: its lock (one load per key) and how many requests wait for it (to forget it after)."""
+    """A key being loaded: its lock (one load per key), how many requests wait for it (to forget it after) and
+    the reason its load failed, which the requests that waited for it share instead of each loading in turn."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     waiters: int = 0
+    error: Exception | None = None
 
 
 class ModelZoo:
@@ -334,8 +336,8 @@ class ModelZoo:
         """The entry for `model` with weights `tag` (default: the calibrated default), loading it if needed.
 
         A load that fails (a mistyped `hf-hub:` tag, a pruned Playground net) raises its reason as one sentence
-        (ValueError or `WeightsUnavailable`, which the UI shows) and leaves the cache as it was: nothing is evicted
-        before a load has succeeded."""
+        (ValueError or `WeightsUnavailable`, which the UI shows), to every request that waited for that load, and
+        leaves the cache as it was: nothing is evicted before a load has succeeded."""
         if model not in self.models and model not in self.private_models:
             raise ValueError(f"unknown model {model!r}; choose one of {', '.join(self.models)}")
         tags = self.tags_for(model)
@@ -352,6 +354,8 @@ class ModelZoo:
             # A slow load (a hub download) holds only its own key: cached models and other keys are served
             # meanwhile, and concurrent first requests for this key wait for the one load instead of repeating it.
             with pending.lock:
+                if pending.error is not None:  # the load this request waited for failed: its reason, once loaded
+                    raise pending.error
                 with self._room:
                     if (entry := self._cached(key)) is not None:
                         return entry
@@ -361,10 +365,12 @@ class ModelZoo:
                     self._in_flight += 1
                 try:
                     entry = self._build(model, tag)
-                except BaseException:
+                except BaseException as e:
                     with self._room:
                         self._in_flight -= 1
                         self._room.notify_all()
+                    if isinstance(e, Exception):
+                        pending.error = e
                     raise
                 with self._room:
                     self._in_flight -= 1
