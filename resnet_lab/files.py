@@ -36,9 +36,9 @@ def check_writable(path: str | os.PathLike, option: str) -> None:
     """ValueError naming `option` unless a file can be written at `path` (its folder made if missing): checked
     before the work, so an hour's training does not end in a traceback at its first save. A folder is refused:
     `path` names files (`path.safetensors`, `path.<run>...`), which would land beside the folder, not in it."""
+    if str(path).endswith(("/", os.sep)) or Path(path).is_dir():  # Path() drops a trailing slash: read it first
+        raise ValueError(f"{option} {path} is a folder; give a name for the files in it, e.g. {Path(path) / 'model'}")
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{option} {path} is a folder; give a name for the files in it, e.g. {path / 'model'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)

@@ -360,17 +360,22 @@ def test_an_out_with_a_dot_gets_its_checkpoint_beside_its_states(tmp_path):
     assert checkpoint_path(tmp_path / "y.safetensors") == tmp_path / "y.safetensors"
 
 
-@pytest.mark.parametrize("case", ["a file where its folder should be", "an existing folder"])
+@pytest.mark.parametrize("case", ["a file where its folder should be", "an existing folder", "a trailing slash",
+                                  "empty"])
 def test_an_out_that_cannot_take_files_is_refused_before_any_epoch(case, tmp_path, capsys):
-    """One sentence naming --out and exit code 2 before any data is made, not a traceback after the first epoch."""
-    (tmp_path / "taken").write_text("") if case.startswith("a file") else (tmp_path / "taken").mkdir()
-    out = tmp_path / "taken" / "m" if case.startswith("a file") else tmp_path / "taken"
+    """One sentence naming --out and exit code 2 before any data is made, not a traceback after the first epoch
+    (or, empty, a run that saves nothing)."""
+    taken = tmp_path / "taken"
+    taken.write_text("") if case.startswith("a file") else taken.mkdir() if case == "an existing folder" else None
+    out = {"a file where its folder should be": str(taken / "m"), "an existing folder": str(taken),
+           "a trailing slash": f"{tmp_path / 'new'}/", "empty": ""}[case]
+    before = sorted(tmp_path.rglob("*"))
     calls = []
     with pytest.raises(ValueError, match="^--out "):
-        train(TrainConfig(**dict(TINY, n_train=32, epochs=1), out=str(out)), progress=lambda f, d: calls.append(f))
+        train(TrainConfig(**dict(TINY, n_train=32, epochs=1), out=out), progress=lambda f, d: calls.append(f))
     assert not calls
     assert main(["train", "--n-train", "32", "--batch-size", "32", "--epochs", "1", "--quiet", "--device", "cpu",
-                 "--out", str(out)]) == 2
+                 "--out", out]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --out ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["taken"]
+    assert sorted(tmp_path.rglob("*")) == before

@@ -102,6 +102,8 @@ class TrainConfig:
         if self.freeze is not None and self.freeze not in finetune.arch_parts(self.arch):
             raise ValueError(f"--freeze {self.freeze} is not a part of {self.arch}; choose one of "
                              f"{', '.join(finetune.arch_parts(self.arch))}")
+        if self.out is not None and not self.out.strip():  # `--out "$OUT"` with OUT unset: a run that saves nothing
+            raise ValueError("--out is empty: give a path for the run's files (e.g. runs/mine), or leave it out")
         if self.folder_cache not in ("auto", "on", "off"):
             raise ValueError(f"--folder-cache takes auto, on or off, not {self.folder_cache!r}")
         image_only = self.augment.image_options()
