@@ -205,7 +205,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=None, help="image side (default 32 for CIFAR nets, 64 for ImageNet)")
     p.add_argument("--no-clutter", dest="clutter", action="store_false")
     p.add_argument("--out", default=None,
-                   help="checkpoint path without suffix (.safetensors + .json); under torchrun rank 0 writes it")
+                   help="where the run's files go: OUT.safetensors + OUT.json (the suffix added: runs/x.v2 gives "
+                        "runs/x.v2.safetensors) and its states OUT.<run>.step*.state.pt; under torchrun rank 0 "
+                        "writes them")
     p.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: $RESNET_LAB_DEVICE, else cuda when present; under torchrun "
                         "each process takes cuda:LOCAL_RANK)")
