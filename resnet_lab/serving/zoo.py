@@ -302,6 +302,7 @@ class ModelZoo:
                 pending.waiters -= 1
                 if not pending.waiters:  # the last request for this key: a failed key is not remembered
                     self._loading.pop(key, None)
+                    pending.error = None  # nor its error, whose traceback holds this frame (and a half-built model)
 
     @property
     def _limit(self) -> int:
