@@ -30,3 +30,19 @@ def replacing(path: str | os.PathLike, mode: int | None = None) -> Iterator[Path
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: str | os.PathLike, option: str) -> None:
+    """ValueError naming `option` unless a file can be written at `path` (its folder made if missing): checked
+    before the work, so an hour's training does not end in a traceback at its first save. A folder is refused:
+    `path` names files (`path.safetensors`, `path.<run>...`), which would land beside the folder, not in it."""
+    if str(path).endswith(("/", os.sep)) or Path(path).is_dir():  # Path() drops a trailing slash: read it first
+        raise ValueError(f"{option} {path} is a folder; give a name for the files in it, e.g. {Path(path) / 'model'}")
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise ValueError(f"{option} {path}: cannot write in {path.parent}/ ({e.strerror or e})") from e

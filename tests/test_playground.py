@@ -329,6 +329,33 @@ def test_a_stop_while_the_run_is_queued_means_it_never_starts(monkeypatch):
     assert "stopped" in list(stream)[-1][0] and log == [("start", 0), ("end", 0)]
 
 
+def test_one_stop_ends_every_click_of_the_page_waiting_in_the_queue_and_no_later_one(monkeypatch):
+    """A double click that reached the server queues two runs; one Stop while they wait means neither starts (the
+    second click's Stop replaced the first's, so the first was stopped and the second trained). A click after the
+    Stop is a new run, which that Stop does not end."""
+    from resnet_lab.ui import playground as ui
+
+    log, release = _fake_runs(monkeypatch)
+    args = (20, True, "he", "sgd", 0.05, 8, 30, 0, 16, None, "twice", [])
+    ui.queue_run("twice")
+    ui.queue_run("twice")
+    ui.stop("twice")
+    for _ in range(2):
+        views = list(ui.train(*args))
+        assert len(views) == 1 and "before it started" in views[0][0]
+    assert log == [] and "twice" not in ui._queued and "twice" not in ui._runs
+
+    ui.queue_run("twice")
+    ui.stop("twice")
+    ui.queue_run("twice")  # clicked again after the Stop: this one runs
+    assert "before it started" in list(ui.train(*args))[-1][0]
+    stream = ui.train(*args)
+    assert "training" in next(stream)[0]
+    ui.stop("twice")
+    release.set()
+    assert "stopped" in list(stream)[-1][0] and log == [("start", 0), ("end", 0)] and "twice" not in ui._queued
+
+
 def test_a_closed_page_stops_its_run_and_the_next_run_waits_for_it_to_end(monkeypatch):
     """Gradio frees the slot of a closed page, then closes its stream on its event loop: the run is stopped there
     (no join: it would block the loop) and the next run, in the freed slot, starts only once the closed one's

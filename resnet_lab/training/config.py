@@ -103,6 +103,8 @@ class TrainConfig:
         if self.freeze is not None and self.freeze not in finetune.arch_parts(self.arch):
             raise ValueError(f"--freeze {self.freeze} is not a part of {self.arch}; choose one of "
                              f"{', '.join(finetune.arch_parts(self.arch))}")
+        if self.out is not None and not self.out.strip():  # `--out "$OUT"` with OUT unset: a run that saves nothing
+            raise ValueError("--out is empty: give a path for the run's files (e.g. runs/mine), or leave it out")
         if self.folder_cache not in ("auto", "on", "off"):
             raise ValueError(f"--folder-cache takes auto, on or off, not {self.folder_cache!r}")
         image_only = self.augment.image_options()
@@ -206,7 +208,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="image side (default 32 for CIFAR nets, 64 for ImageNet)")
     p.add_argument("--no-clutter", dest="clutter", action="store_false")
     p.add_argument("--out", default=None,
-                   help="checkpoint path without suffix (.safetensors + .json); under torchrun rank 0 writes it")
+                   help="where the run's files go: OUT.safetensors + OUT.json (the suffix added: runs/x.v2 gives "
+                        "runs/x.v2.safetensors) and its states OUT.<run>.step*.state.pt; under torchrun rank 0 "
+                        "writes them")
     p.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: $RESNET_LAB_DEVICE, else cuda when present; under torchrun "
                         "each process takes cuda:LOCAL_RANK)")

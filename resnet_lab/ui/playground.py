@@ -46,8 +46,10 @@ UPDATE_S = 1.0
 LOSS_CAP = 1.5  # a loss curve is drawn up to this times the largest training loss seen (see `curves`)
 MAP_HEIGHT = 240  # pixels of a gradient map (layers stretched to it)
 _runs: dict[str, pg.LiveWatch] = {}  # session key -> its running watch (only while it runs)
-_queued: dict[str, threading.Event] = {}  # session key -> its Stop, for a run clicked and waiting for its turn
-MAX_QUEUED = 256  # queued runs remembered (a session closed while queued never collects its entry)
+# session key -> a Stop per run clicked and waiting for its turn, oldest first (a double click that reached the
+# server queues two: one Stop must end both)
+_queued: dict[str, list[threading.Event]] = {}
+MAX_QUEUED = 256  # sessions with queued runs remembered (a session closed while queued never collects its entry)
 _runs_lock = threading.Lock()
 # Held by a run's training thread from before it starts until it has ended. Gradio frees the long-job slot of a
 # closed page before it closes the stream, and closes it on its event loop (where no join may block): the closed
@@ -254,7 +256,7 @@ def queue_run(key: str) -> dict:
     """On the click, before the run waits in the long-job queue: its Stop is remembered from now on (`stop`), and
     Train both is disabled until the run has ended (`ready`), so a second click is not silently dropped."""
     with _runs_lock:
-        _queued[key] = threading.Event()
+        _queued.setdefault(key, []).append(threading.Event())
         while len(_queued) > MAX_QUEUED:
             _queued.pop(next(iter(_queued)))
     return gr.update(interactive=False)
@@ -273,11 +275,11 @@ def train(*args: Any) -> Iterator[tuple]:
         cfg = config(*controls)
     except ValueError:
         with _runs_lock:  # a queued click that cannot run leaves no Stop behind for a later run
-            _queued.pop(key, None)
+            _dequeue(key)
         raise
     watch = pg.LiveWatch(cfg.steps, cfg.ratio_every)
     with _runs_lock:  # registered first: a Stop while the run is sized or the zip read ends it after its first step
-        queued = _queued.pop(key, None)
+        queued = _dequeue(key)
         if queued is None or not queued.is_set():
             _runs[key] = watch
     if queued is not None and queued.is_set():  # stopped while it waited in the queue: it never starts
@@ -322,6 +324,17 @@ def train(*args: Any) -> Iterator[tuple]:
             _runs.pop(key, None)
 
 
+def _dequeue(key: str) -> threading.Event | None:
+    """The Stop of this session's oldest queued click, forgotten (call with `_runs_lock` held)."""
+    waiting = _queued.get(key)
+    if not waiting:
+        return None
+    queued = waiting.pop(0)
+    if not waiting:
+        del _queued[key]
+    return queued
+
+
 def skipped_note(images: ZipImages) -> str:
     """What the uploaded zip gave: images per split and class, and the files skipped, each with its reason."""
     return (f"Your images: {len(images.y_train)} to train on, {len(images.y_val)} held out, "
@@ -352,8 +365,8 @@ def stop(key: str) -> None:
     "stopped" (a second writer raced the stream: on a busy server its reply came after the stream's last update and
     left "Stopping…" showing for good)."""
     with _runs_lock:
-        watch, queued = _runs.get(key), _queued.get(key)
-        if queued is not None:
+        watch = _runs.get(key)
+        for queued in _queued.get(key, ()):  # every click of this page still waiting: a click after this is new
             queued.set()
     if watch is not None:
         watch.stop()
