@@ -98,7 +98,8 @@ LONG_FNS = {"compare_depths", "recompute_faithfulness", "run_gradnorms", "rerun_
             "run_lesion", "run_top_eigenvalue", "train"}  # train: the Playground's run
 # UI updates (ms), and the two estimates shown on load (the cost model: a probe of ~1 s once per process, then ms)
 CHEAP_FNS = {"on_model_change", "shapes_sample", "<lambda>", "rerun_label", "load_example", "_estimate",
-             "stop", "_rerun_verdict", "offer"}  # stop: the Playground's Stop sets an event (queue=False)
+             "stop", "_rerun_verdict", "offer",  # stop: the Playground's Stop sets an event (queue=False)
+             "queue_run", "ready"}  # the Playground's Train both disabled on the click, enabled at the end
 
 
 def test_one_concurrency_model(served_app, app):
