@@ -42,6 +42,8 @@ def shipped() -> dict[str, Callable[[int | None], Figure]]:
     if csvs:  # read together, as the study's --from-csv re-reading that wrote them
         land = landscape.combine([landscape.read_csv(str(p)) for p in csvs])
         stem = landscape.SHIPPED_CSV.stem
+        if land.alpha.nunique() > 7 or land.beta.nunique() > 1:
+            out[f"{stem}_1d.png"] = lambda cols: landscape.plot_1d(land, cols=cols)
         if land.beta.nunique() > 1:
             out[f"{stem}_2d.png"] = lambda cols: landscape.plot_2d(land, cols=cols)
         if land.seed.nunique() > 1 or land.control.nunique() > 1:

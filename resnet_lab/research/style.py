@@ -75,6 +75,7 @@ def legend_outside(fig: Figure, axes: list[Axes], cols: int | None = None, **kw:
     for ax in axes:
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
+    wide = kw.pop("ncols", 4)
     if handles:
-        ncols = 2 if cols == 1 else min(len(handles), kw.pop("ncols", 4))
+        ncols = 2 if cols == 1 else min(len(handles), wide)
         fig.legend(handles.values(), handles.keys(), loc="outside upper center", ncols=ncols, fontsize=8, **kw)
