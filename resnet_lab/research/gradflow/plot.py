@@ -77,8 +77,10 @@ def plot_profile(df: pd.DataFrame, quantity: str = "grad_w", ylabel: str = r"$\|
     return fig
 
 
-def plot_summary(summary: pd.DataFrame, parent: Figure | SubFigure | None = None) -> Figure | SubFigure:
-    """log10(first conv / last conv ||dL/dW||) against total depth, plain vs residual, +-1 std over seeds."""
+def plot_summary(summary: pd.DataFrame, parent: Figure | SubFigure | None = None,
+                 cols: int = 2) -> Figure | SubFigure:
+    """log10(first conv / last conv ||dL/dW||) against total depth, plain vs residual, +-1 std over seeds; the
+    legend in `cols` columns above the axes (1 on a phone)."""
     fig, (ax,) = _panels(1, parent, panel_size=(5.5, 3.6))
     for variant in VARIANTS:
         ls = LINES[variant]
@@ -100,7 +102,7 @@ def plot_summary(summary: pd.DataFrame, parent: Figure | SubFigure | None = None
     ax.set_ylabel("log10 (first conv ‖∂L/∂W‖ / last conv's)\n0: even; 7: first is 10^7 times larger", fontsize=8)
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        fig.legend(loc="outside upper center", ncols=2, fontsize=7)  # above the axes: never over a curve
+        fig.legend(loc="outside upper center", ncols=cols, fontsize=7)  # above the axes: never over a curve
     return fig
 
 
@@ -120,5 +122,5 @@ def plot_all(df: pd.DataFrame, cols: int = 3) -> Figure:
     top.suptitle("‖∂L/∂W‖: the gradient of each conv's weights", fontsize=10)
     plot_profile(df, "grad_x", r"$\|\partial L/\partial x\|$ at block output", parent=middle, cols=cols)
     middle.suptitle("‖∂L/∂x‖: the gradient at each block's output", fontsize=10)
-    plot_summary(summarize(df), parent=bottom)
+    plot_summary(summarize(df), parent=bottom, cols=1 if cols == 1 else 2)
     return top.figure
