@@ -36,7 +36,7 @@ MAX_QUEUE = 32
 CSS = (".pixelated img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }\n"
        ".verdict { font-size: 1.05em; border-left: 4px solid var(--color-accent); padding-left: 0.8em; }\n"
        ".verdict .verdict { border-left: none; padding-left: 0; }\n"
-       ".figure-caption p { margin-bottom: 0; }")
+       ".figure-caption p { margin-bottom: 0; }\n" + research.CSS)
 LAUNCH = {"max_file_size": MAX_FILE_SIZE, "allowed_paths": [str(ASSETS)], "css": CSS}  # serve assets/, nothing else
 # Gradio copies every upload and every returned file or image into its cache and, unless told, never deletes them.
 # Every quarter of an hour delete what is older than our own outputs live (an hour): nothing outlives 75 minutes.

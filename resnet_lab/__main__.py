@@ -26,6 +26,7 @@ COMMANDS = {
     "lesion": ("resnet_lab.research.lesion", "delete residual blocks of a trained net, one and many at a time"),
     "export": ("resnet_lab.export", "a checkpoint in timm's Hugging Face Hub format (and --push it)"),
     "curvature": ("resnet_lab.research.curvature", "full-Hessian curvature of trained twins (spectrum, Li et al. map)"),
+    "figures": ("resnet_lab.research.figures", "redraw the shipped Research figures from the shipped CSVs"),
 }
 
 
