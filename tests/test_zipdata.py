@@ -421,3 +421,24 @@ def test_an_encrypted_member_is_skipped_saying_so(tmp_path):
     z.write_bytes(bytes(data))
     assert zipdata.scan_zip(z).skipped == [("red/secret.png", "the file is encrypted in the zip; zip it again "
                                                               "without a password")]
+
+
+def test_a_long_thin_image_is_cropped_before_it_is_resized(tmp_path, monkeypatch):
+    """`_square` resized the shorter side to the image size, then cropped: a 1-bit PNG of 200,000x1 (a few hundred
+    bytes, 0.2 MP, far under every limit) became a 6,400,000x32 RGB image (614 MB) at 32 px, and one of
+    64,000,000x1 would ask for 196 GB. Only the centre square is resampled, so nothing larger than the net's
+    input is made."""
+    thin = io.BytesIO()
+    Image.new("1", (100_000, 1), 1).save(thin, format="PNG")
+    made, resize = [], Image.Image.resize
+
+    def spy(self, size, *args, **kwargs):
+        made.append(size[0] * size[1])
+        return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    images = zipdata.load_zip(_zip(tmp_path / "z.zip", {**_good(), "red/thin.png": thin.getvalue()}), size=32)
+    assert len(images.y_train) + len(images.y_val) == 11 and max(made) <= 32 * 32
+    white = (torch.tensor([1.0, 1.0, 1.0]) - torch.tensor(images.mean)) / torch.tensor(images.std)
+    x = torch.cat([images.x_train, images.x_val])
+    assert any(torch.allclose(img, white.view(3, 1, 1).expand(3, 32, 32), atol=1e-4) for img in x)  # its white
