@@ -134,24 +134,27 @@ def check_pixels(w: int, h: int) -> None:
 def _to_8bit(img: Image.Image) -> Image.Image:
     """A 16-bit, 32-bit or float image as 8-bit L: integers over 255 scaled from 0..65535 (I;16 always), floats
     stretched from their minimum to their maximum. Strip by strip: the float64 working copies hold `_STRIP_PIXELS`
-    at a time, not 8 bytes for every pixel (a 64 MP 16-bit image took 0.5 GB a copy, several at once)."""
+    at a time, not 8 bytes for every pixel (a 64 MP 16-bit image took 0.5 GB a copy, several at once); a strip is
+    also cut into blocks of columns (one row of a 30,000,000x1 image was a strip: 888 MB at the peak)."""
     w, h = img.size
-    rows = max(1, _STRIP_PIXELS // w)
+    cols = min(w, _STRIP_PIXELS)
+    rows = max(1, _STRIP_PIXELS // cols)
 
-    def strips() -> Iterator[tuple[int, np.ndarray]]:
+    def strips() -> Iterator[tuple[int, int, np.ndarray]]:
         for y in range(0, h, rows):
-            yield y, np.asarray(img.crop((0, y, w, min(h, y + rows))), dtype=np.float64)
+            for x in range(0, w, cols):
+                yield y, x, np.asarray(img.crop((x, y, min(w, x + cols), min(h, y + rows))), dtype=np.float64)
 
     if img.mode == "F":
-        lo = float(np.min([s.min() for _, s in strips()]))  # a NaN anywhere makes the image black, as it did
-        hi = float(np.max([s.max() for _, s in strips()]))
+        lo = float(np.min([s.min() for *_, s in strips()]))  # a NaN anywhere makes the image black, as it did
+        hi = float(np.max([s.max() for *_, s in strips()]))
         span, offset = (hi - lo if hi > lo else math.inf), lo
     else:
-        wide = img.mode.startswith("I;16") or max(float(s.max()) for _, s in strips()) > 255
+        wide = img.mode.startswith("I;16") or max(float(s.max()) for *_, s in strips()) > 255
         span, offset = (65535.0 if wide else 255.0), 0.0
     out = np.empty((h, w), np.uint8)
-    for y, strip in strips():
-        out[y:y + rows] = np.clip(np.round(np.nan_to_num((strip - offset) / span * 255.0)), 0, 255)
+    for y, x, strip in strips():
+        out[y:y + rows, x:x + cols] = np.clip(np.round(np.nan_to_num((strip - offset) / span * 255.0)), 0, 255)
     return Image.fromarray(out, "L")
 
 
