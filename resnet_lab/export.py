@@ -109,8 +109,10 @@ def _repo_id(text: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli_args import writable
+
     p.add_argument("--model", required=True, help="a checkpoint of ours (.safetensors with its JSON)")
-    p.add_argument("--out", required=True, help="folder to write the export into")
+    p.add_argument("--out", type=writable("folder"), required=True, help="folder to write the export into")
     p.add_argument("--push", type=_repo_id, default=None, metavar="USER/NAME",
                    help="then upload the files this export wrote (and nothing else in --out) to this Hub repo")
     p.add_argument("--private", action="store_true", help="with --push: create the repo private")

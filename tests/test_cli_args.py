@@ -252,3 +252,53 @@ def test_landscape_curvature_and_lesion_refuse_what_does_not_fit_before_starting
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "this run needs about" in err and "0.0 GiB free for it now" in err, err
+
+
+@pytest.mark.parametrize("command, option, base", [
+    ("train", "--out", []), ("evaluate", "--out", []), ("faithfulness", "--out", []),
+    ("gradnorms", "--out", []), ("gradnorms", "--plot", []), ("degradation", "--out", []),
+    ("degradation", "--plot", []), ("landscape", "--out", ["--models", "resnet20"]),
+    ("curvature", "--out", ["--models", "resnet20"]), ("lesion", "--out", ["--model", "resnet20"]),
+    ("export", "--out", ["--model", "m"]),
+])
+def test_a_place_nothing_can_be_written_is_refused_while_parsing(command, option, base, tmp_path):
+    """`degradation --out /proc/x.csv` ran the whole study, then ended in a FileNotFoundError traceback (train,
+    gradnorms --plot, faithfulness: the same after their work). Every output path is tried while parsing: empty,
+    a file where a folder goes (or the reverse), or a folder that takes no new file is one line naming the option."""
+    (tmp_path / "file").write_text("x")
+    for bad in ("", "/proc/x/y", str(tmp_path / "file" / "under")):
+        got, err = _parse([command, *base, f"{option}={bad}"])
+        assert got == 2 and err.count("\n") == 1 and f"argument {option}" in err, (bad, err)
+    makes_folders = option != "--plot" and command != "faithfulness"  # savefig and to_csv make none
+    got, err = _parse([command, *base, f"{option}={tmp_path / 'new' / 'place'}"])
+    assert not isinstance(got, int) if makes_folders else "does not exist; make it first" in err, err
+    got, err = _parse([command, *base, f"{option}={tmp_path / 'place'}"])
+    assert not isinstance(got, int), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the check leaves nothing behind
+
+
+def test_train_refuses_shapes_that_do_not_fit_in_memory_before_rendering(monkeypatch, capsys):
+    """`train --n-train 999999999999` (or `--size 1024`: 58.6 GiB) ended in numpy's ArrayMemoryError traceback."""
+    from resnet_lab import resources
+    from resnet_lab.training import run_data
+
+    monkeypatch.setattr(run_data, "ShapesDataset", lambda *a, **k: pytest.fail("the work started"))
+    monkeypatch.setattr(resources, "memory_available", lambda: 2**20)  # 1 MiB free
+    assert main(["train", "--n-train", "1000", "--n-val", "100", "--n-test", "100", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "this run needs about" in err and "--n-train" in err, err
+
+
+def test_faithfulness_refuses_a_checkpoint_or_stage_it_cannot_use_before_the_work(monkeypatch, capsys, tmp_path):
+    """`faithfulness --model /etc/passwd` ended in a WeightsUnavailable traceback; `--stages 9` rendered the images
+    and scored the net before the stage was looked up."""
+    from resnet_lab import faithfulness
+
+    monkeypatch.setattr(faithfulness, "measure_faithfulness", lambda *a, **k: pytest.fail("the work started"))
+    (tmp_path / "junk").write_text("not weights")
+    assert main(["faithfulness", "--model", str(tmp_path / "junk"), "--n", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "junk" in err, err
+    assert main(["faithfulness", "--stages", "layer1,9", "--n", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--stages" in err and "'9'" in err, err

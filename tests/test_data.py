@@ -74,6 +74,27 @@ def test_16bit_and_float_images_become_8_bits_in_strips_not_whole_float64_copies
     assert peak < w * h + 8 * 8 * data._STRIP_PIXELS, f"{peak / (w * h):.1f} bytes a pixel"
 
 
+
+@pytest.mark.parametrize("mode", ["I;16", "F"])
+def test_a_row_longer_than_a_strip_is_scaled_in_blocks_of_columns(mode):
+    """A strip was whole rows, so one row of a 30,000,000x1 16-bit PNG (58 KB, under every pixel limit) was a
+    float64 strip with its working copies: 888 MB at the peak. Measured on `_to_8bit` alone (PIL's TIFF reader
+    holds a one-strip file's bytes in Python while decoding, which is not this function's)."""
+    import tracemalloc
+
+    w = 8 * data._STRIP_PIXELS
+    ramp = np.linspace(0, 1, w).reshape(1, w)
+    img = Image.fromarray((ramp * 65535).astype(np.uint16) if mode == "I;16" else ramp.astype(np.float32))
+    assert img.mode == mode
+    tracemalloc.start()
+    try:
+        out = data._to_8bit(img)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.mode == "L" and np.asarray(out)[0, [0, -1]].tolist() == [0, 255]  # scaled, not clipped
+    assert peak < w + 8 * 8 * data._STRIP_PIXELS, f"{peak / w:.1f} bytes a pixel"
+
 def test_exif_orientation_is_applied(photo):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 CW on display

@@ -339,3 +339,106 @@ def test_a_stop_while_the_zip_is_read_ends_the_run_before_it_trains(tmp_path, mo
                         "zip-stop", [])
     assert last[0] == ("**stopped** while reading your zip (stopped after reading 0 of the zip's 10 images): "
                        "nothing was trained.") and "zip-stop" not in ui._runs
+
+
+def _ico(png: bytes, side: int = 16) -> bytes:
+    """An ICO whose directory declares `side` x `side` and whose one entry is `png` (any size)."""
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", side, side, 0, 0, 1, 32, len(png), 22) + png
+
+
+def test_an_image_in_a_format_we_do_not_read_is_skipped_from_its_header_with_no_pixel_decoded(tmp_path, decoded):
+    """PIL's ICO reader decodes its embedded PNG while the file is opened, at the PNG's size, not the 16x16 its
+    header declares: a 20 KB `icon.png` of 12000x12000 took 144 MB and 0.4 s at each upload's header scan (up to
+    PIL's own bomb limit, 179 MP). Only the formats the messages name (JPEG, PNG, WebP, GIF, BMP, TIFF) are opened."""
+    other = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(other, format="PPM")
+    z = _zip(tmp_path / "z.zip", {**_good(), "red/icon.png": _ico(_one_bit(2000)), "blue/x.png": other.getvalue()})
+    scan = zipdata.scan_zip(z)
+    assert decoded == []
+    assert dict(scan.skipped) == {n: "this file is not an image we can read (supported: JPEG, PNG, WebP, GIF, BMP, "
+                                     "TIFF)" for n in ("red/icon.png", "blue/x.png")}
+    with pytest.raises(data.ImageError, match="not an image we can read"):
+        data.decode_image(_ico(_one_bit(2000)))
+    assert decoded == []
+
+
+def _tiff_with_far_tags(tags: int, size: int) -> bytes:
+    """A valid 4x4 TIFF of `size` bytes whose first IFD holds `tags` extra tags, each pointing at data at its end
+    (an IFD reader seeks there and back for every one). Every 100th byte random: it compresses ~100x, under
+    MAX_RATIO."""
+    body = bytearray(size)
+    body[::100] = np.random.default_rng(0).integers(0, 256, len(body[::100]), dtype=np.uint8).tobytes()
+    far = size - 64
+    short = [(256, 4), (257, 4), (258, 8), (259, 1), (262, 1), (278, 4)]
+    entries = [(t, 3, 1, struct.pack("<HH", v, 0)) for t, v in short]
+    entries += [(273, 4, 1, struct.pack("<I", far)), (279, 4, 1, struct.pack("<I", 16))]
+    entries += [(40000 + i, 1, 16, struct.pack("<I", far + 16)) for i in range(tags)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI4s", *e) for e in sorted(entries))
+    head = b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+    body[:len(head)] = head
+    return bytes(body)
+
+
+def test_a_header_that_seeks_back_and_forth_reads_its_member_once(tmp_path, monkeypatch):
+    """zipfile re-inflates a member from its start on every backward seek, and PIL's TIFF reader seeks to each
+    tag's data and back: a 1.7 MB zip with one 64 MiB TIFF of 100 far tags took 23 s of the upload's header scan
+    (time ~ tags x size, unbounded by any limit). The header is read from the bytes inflated so far, kept, so a
+    member is inflated at most once, whatever its header does."""
+    tif = _tiff_with_far_tags(40, 2**20)
+    assert Image.open(io.BytesIO(tif)).size == (4, 4)
+    z = _zip(tmp_path / "z.zip", {**_good(), "red/far.tif": tif})
+    inflated, read = [], zipfile.ZipExtFile.read
+
+    def counting(self, n=-1):
+        out = read(self, n)
+        inflated.append(len(out))
+        return out
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting)
+    scan = zipdata.scan_zip(z)
+    assert scan.counts == {"blue": 5, "red": 6}
+    with zipfile.ZipFile(z) as zf:
+        total = sum(i.file_size for i in zf.infolist())
+    assert sum(inflated) <= total, f"{sum(inflated) / 2**20:.0f} MiB inflated for {total / 2**20:.1f} MiB of members"
+
+
+def test_a_zip_made_with_backslashes_reads_its_classes(tmp_path):
+    """Some Windows tools write `red\\0.png`: the same folders (`_unsafe` already reads `\\` as a separator)."""
+    z = _zip(tmp_path / "z.zip", {name.replace("/", "\\"): d for name, d in _good("photos/").items()})
+    assert zipdata.scan_zip(z).counts == {"blue": 5, "red": 5}
+    assert zipdata.load_zip(z, size=16).classes == ["blue", "red"]
+
+
+def test_an_encrypted_member_is_skipped_saying_so(tmp_path):
+    """A password-protected member was listed as 'damaged in the zip (RuntimeError)'."""
+    z = _zip(tmp_path / "z.zip", {**_good(), "red/secret.png": _png((9, 9, 9))})
+    data = bytearray(z.read_bytes())
+    with zipfile.ZipFile(z) as zf:
+        data[zf.getinfo("red/secret.png").header_offset + 6] |= 1  # the local header's "encrypted" flag
+    at = data.rindex(b"red/secret.png") - 46  # its central directory entry (after the members)
+    assert data[at:at + 4] == b"PK\x01\x02"
+    data[at + 8] |= 1
+    z.write_bytes(bytes(data))
+    assert zipdata.scan_zip(z).skipped == [("red/secret.png", "the file is encrypted in the zip; zip it again "
+                                                              "without a password")]
+
+
+def test_a_long_thin_image_is_cropped_before_it_is_resized(tmp_path, monkeypatch):
+    """`_square` resized the shorter side to the image size, then cropped: a 1-bit PNG of 200,000x1 (a few hundred
+    bytes, 0.2 MP, far under every limit) became a 6,400,000x32 RGB image (614 MB) at 32 px, and one of
+    64,000,000x1 would ask for 196 GB. Only the centre square is resampled, so nothing larger than the net's
+    input is made."""
+    thin = io.BytesIO()
+    Image.new("1", (100_000, 1), 1).save(thin, format="PNG")
+    made, resize = [], Image.Image.resize
+
+    def spy(self, size, *args, **kwargs):
+        made.append(size[0] * size[1])
+        return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    images = zipdata.load_zip(_zip(tmp_path / "z.zip", {**_good(), "red/thin.png": thin.getvalue()}), size=32)
+    assert len(images.y_train) + len(images.y_val) == 11 and max(made) <= 32 * 32
+    white = (torch.tensor([1.0, 1.0, 1.0]) - torch.tensor(images.mean)) / torch.tensor(images.std)
+    x = torch.cat([images.x_train, images.x_val])
+    assert any(torch.allclose(img, white.view(3, 1, 1).expand(3, 32, 32), atol=1e-4) for img in x)  # its white

@@ -13,7 +13,7 @@ import shlex
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..cli_args import int_in, number, positive_int, seed
+from ..cli_args import int_in, number, positive_int, seed, writable
 from ..precision import PRECISIONS
 from ..resnet import REGISTRY, list_archs
 from . import finetune
@@ -207,7 +207,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int_in(8, 1024), default=None,
                    help="image side (default 32 for CIFAR nets, 64 for ImageNet)")
     p.add_argument("--no-clutter", dest="clutter", action="store_false")
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", type=writable("file"), default=None,
                    help="where the run's files go: OUT.safetensors + OUT.json (the suffix added: runs/x.v2 gives "
                         "runs/x.v2.safetensors) and its states OUT.<run>.step*.state.pt; under torchrun rank 0 "
                         "writes them")

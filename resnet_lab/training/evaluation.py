@@ -208,7 +208,7 @@ def evaluate_folder(model: nn.Module, dataset: FolderImages, classes: Sequence[s
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli_args import int_in, positive_int, seed
+    from ..cli_args import int_in, positive_int, seed, writable
 
     p.add_argument("--model", default="assets/shapes_resnet20.safetensors", help="a checkpoint file or a timm tag")
     p.add_argument("--data", type=_data_option, default="shapes",
@@ -220,7 +220,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CIFAR: the folder holding cifar-10-batches-py/ or cifar-100-python/")
     p.add_argument("--no-checksum", dest="checksum", action="store_false",
                    help="CIFAR: read files in torchvision's layout without the md5 check of the official ones")
-    p.add_argument("--out", default=None, help="write summary.json, per_class.csv, confusion.png, reliability.png here")
+    p.add_argument("--out", type=writable("folder"), default=None,
+                   help="write summary.json, per_class.csv, confusion.png, reliability.png here")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--workers", type=int_in(0, 64), default=2, help="folders: DataLoader processes decoding images")
     p.add_argument("--device", default=None,

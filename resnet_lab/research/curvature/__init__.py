@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
-from ...cli_args import int_in, number, positive_int, seed
+from ...cli_args import int_in, number, positive_int, seed, writable
 from ...paths import ASSETS
 from ...progress import tqdm_progress
 from .. import cost as C
@@ -104,7 +104,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the landscape's direction seed of the map's plane")
     p.add_argument("--chunk", type=positive_int, default=64, help="images per Hessian-vector product chunk (memory)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", type=writable("folder"), default=None)
     p.add_argument("--stem", default="curvature")
     p.add_argument("--quiet", action="store_true")
 

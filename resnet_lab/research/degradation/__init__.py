@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ...cli_args import int_in, names, number, positive_int, seed
+from ...cli_args import int_in, names, number, positive_int, seed, writable
 from ...paths import ASSETS
 from ...progress import tqdm_progress
 from ...resnet import REGISTRY, twin_name
@@ -124,8 +124,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-size", type=positive_int, default=1000)
     p.add_argument("--evals", type=positive_int, default=5, help="validation points after step 0")
     p.add_argument("--clutter", action="store_true", help="Shapes with clutter (harder: needs a longer budget)")
-    p.add_argument("--out", help="write the curves as CSV (and the run's record as JSON beside it)")
-    p.add_argument("--plot", help="write the curves as PNG")
+    p.add_argument("--out", type=writable("file"),
+                   help="write the curves as CSV (and the run's record as JSON beside it)")
+    p.add_argument("--plot", type=writable("file", makes_folders=False), help="write the curves as PNG")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ...cli_args import int_in, names, positive_int
+from ...cli_args import int_in, names, positive_int, writable
 from ...paths import ASSETS
 from ...progress import tqdm_progress
 from ...resnet import REGISTRY, twin_name
@@ -232,8 +232,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", choices=["noise", "shapes"], default="noise")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present; the init is "
                                                   "drawn on the CPU either way)")
-    p.add_argument("--out", help="write the tidy per-layer results as CSV (and the run's record as JSON beside it)")
-    p.add_argument("--plot", help="write the plots as one PNG")
+    p.add_argument("--out", type=writable("file"),
+                   help="write the tidy per-layer results as CSV (and the run's record as JSON beside it)")
+    p.add_argument("--plot", type=writable("file", makes_folders=False), help="write the plots as one PNG")
 
 
 def check_arguments(args: argparse.Namespace) -> str | None:

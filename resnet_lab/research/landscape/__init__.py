@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from ...cli_args import SEED_MAX, int_in, names, number, numbers, positive_int, seed, shown_value
+from ...cli_args import SEED_MAX, int_in, names, number, numbers, positive_int, seed, shown_value, writable
 from ...paths import ASSETS
 from ...progress import tqdm_progress
 from .. import cost as C
@@ -103,7 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bn-images", type=positive_int, default=512, help="training images BatchNorm is re-estimated on")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present; a rank's own "
                                                   "GPU under torchrun)")
-    p.add_argument("--out", default=None, help="folder for <stem>.csv, .json and the figures")
+    p.add_argument("--out", type=writable("folder"), default=None, help="folder for <stem>.csv, .json and the figures")
     p.add_argument("--stem", default="landscape", help="file name stem in --out (e.g. landscape_shapes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

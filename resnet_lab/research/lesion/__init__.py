@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from ...checkpoints import meta_path
-from ...cli_args import int_in, positive_int, seed
+from ...cli_args import int_in, positive_int, seed, writable
 from ...devices import synchronize
 from ...paths import ASSETS
 from ...progress import Progress, tqdm_progress
@@ -155,7 +155,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Shapes: test-set seed (default: the checkpoint's test seed)")
     p.add_argument("--data-dir", default=None, help="CIFAR checkpoints: the folder holding the CIFAR test files")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
-    p.add_argument("--out", default=None, help="write lesion_<name>.csv, .png and .json here")
+    p.add_argument("--out", type=writable("folder"), default=None, help="write lesion_<name>.csv, .png and .json here")
     p.add_argument("--name", default="shapes", help="file name part: lesion_<name>.csv")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--workers", type=int_in(1, 64), default=1,
