@@ -98,7 +98,10 @@ LONG_FNS = {"compare_depths", "recompute_faithfulness", "run_gradnorms", "rerun_
             "run_lesion", "run_top_eigenvalue", "train"}  # train: the Playground's run
 # UI updates (ms), and the two estimates shown on load (the cost model: a probe of ~1 s once per process, then ms)
 CHEAP_FNS = {"on_model_change", "shapes_sample", "<lambda>", "rerun_label", "load_example", "estimate_text",
-             "stop", "_rerun_verdict", "offer"}  # stop: the Playground's Stop sets an event (queue=False)
+             "stop", "_rerun_verdict", "offer", "shown_examples", "clear_result",
+             "pick_example"}  # stop: the Playground's Stop
+# sets an event (queue=False); shown_examples: the examples offered for a model; clear_result: a new input;
+# pick_example: an example fills the image
 
 
 def test_one_concurrency_model(served_app, app):

@@ -10,6 +10,7 @@ from conftest import encode
 from PIL import Image
 
 from resnet_lab.data import crop_box
+from resnet_lab.explain import colorbar_width
 from resnet_lab.serving.zoo import SHAPES_CHECKPOINT, SHAPES_MODEL, ModelZoo
 from resnet_lab.ui import classify, common, gradcam
 
@@ -176,7 +177,7 @@ def test_phone_photo_overlay_paints_exactly_the_crop_and_downloads_at_display_si
     overlay, npy, stages, _, png, _ = gradcam.explain_event(
         path, "ResNet-18", None, "layer4", "top-1 prediction", "jet", 0.0, False, "none", None)
     overlay = Image.open(overlay)
-    assert overlay.size == (w + 70, h) and Image.open(png).size == overlay.size
+    assert overlay.size == (w + colorbar_width(h), h) and Image.open(png).size == overlay.size
     assert np.load(npy).shape == (224, 224)  # the raw map stays at the network's resolution
     assert all(im.size == (512, round(512 * h / w)) for im, _ in stages)  # gallery tiles
     # opacity 0: the upload shows unchanged where the network looked, dimmed where it did not
