@@ -54,7 +54,7 @@ def _classify_group(entry: Entry, images: list, ids: list[int], n: int, labels: 
     note = result_note(entry)
     for i, pred in zip(inputs, preds):
         labels[i] = pred.as_dict()
-        timing = (f"Forward pass **{pred.forward_ms:.1f} ms** (batch of {pred.batch_size}; {n} request"
+        timing = (f"Time: forward pass **{pred.forward_ms:.1f} ms** (batch of {pred.batch_size}; {n} request"
                   f"{'s' if n > 1 else ''} in this queue batch)")
         infos[i] = "  \n".join(filter(None, [note, timing]))
 
