@@ -99,9 +99,10 @@ LONG_FNS = {"compare_depths", "recompute_faithfulness", "run_gradnorms", "rerun_
 # UI updates (ms), and the two estimates shown on load (the cost model: a probe of ~1 s once per process, then ms)
 CHEAP_FNS = {"on_model_change", "shapes_sample", "<lambda>", "rerun_label", "load_example", "estimate_text",
              "stop", "_rerun_verdict", "offer", "shown_examples", "clear_result",
-             "pick_example", "queue_run"}  # stop: the Playground's Stop
+             "pick_example", "queue_run", "ready"}  # stop: the Playground's Stop
 # sets an event (queue=False); shown_examples: the examples offered for a model; clear_result: a new input;
-# pick_example: an example fills the image; queue_run: the Playground marks a run queued (queue=False)
+# pick_example: an example fills the image; queue_run / ready: the Playground's
+# Train both disabled / enabled again (queue=False)
 
 
 def test_one_concurrency_model(served_app, app):
