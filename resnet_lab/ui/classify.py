@@ -52,11 +52,13 @@ def _classify_group(entry: Entry, images: list, ids: list[int], n: int, labels: 
             infos[i] = _unexpected(f"running {entry.model}", e)
         return
     note = result_note(entry)
+    # where the weights came from, for API users too; random weights are said once, at the top of the page
+    source = "" if entry.weights.is_random else entry.status
     for i, pred in zip(inputs, preds):
         labels[i] = pred.as_dict()
         timing = (f"Time: forward pass **{pred.forward_ms:.1f} ms** (batch of {pred.batch_size}; {n} request"
                   f"{'s' if n > 1 else ''} in this queue batch)")
-        infos[i] = "  \n".join(filter(None, [note, timing]))
+        infos[i] = "  \n".join(filter(None, [note, source, timing]))
 
 
 def classify_batch(images: list, models: list[str], tags: list[str]) -> tuple[list, list[str]]:
