@@ -189,7 +189,7 @@ def status_text(model: str, tag: str | None) -> str:
 # Examples, captioned with what they show; each model is offered those it was trained for (see `shown_examples`)
 PHOTO_EXAMPLES = {"chelsea.jpg": "cat", "coffee.jpg": "coffee", "astronaut.jpg": "astronaut", "rocket.jpg": "rocket"}
 IMAGENET_CLASSES = 1000
-SHAPE_CAPTIONS = {"square": "square (turned)", "diamond": "diamond (a flat rhombus)"}  # both can look alike
+SHAPE_CAPTIONS = {"square": "square (turned)", "diamond": "diamond (flat)"}  # both can look alike
 
 
 class ExampleGallery:
