@@ -43,10 +43,9 @@ def page():
 def test_classify_an_example_in_the_browser(page):
     expect(page.locator("#status")).to_contain_text("weights", timeout=60_000)
     page.get_by_role("tab", name="Classify").click()
-    page.locator("img[src*='chelsea']").first.click()  # the example thumbnail
-    # filling the image is its own event: classifying before it lands classifies nothing (a race on a busy machine)
-    expect(page.locator("#classify-image img[src*='chelsea']")).to_be_visible(timeout=60_000)
-    page.get_by_role("button", name="Classify", exact=True).click()
+    # offline the Shapes net is the default, and it is offered Shapes samples; a click fills the image and runs
+    page.locator(".examples").locator("visible=true").get_by_text("star", exact=True).first.click()
+    expect(page.locator("#classify-image img[src*='shapes_star']")).to_be_visible(timeout=60_000)
     label = page.locator("[data-testid='label-output-value']").first
     expect(label).to_be_visible(timeout=60_000)
     expect(page.get_by_text("forward pass")).to_be_visible(timeout=60_000)
@@ -87,7 +86,7 @@ LIVE = {"Gradients": "#gradnorms-table", "Degradation": None, "Landscape": "#lan
 def test_each_research_section_opens_on_its_figure_and_verdict(page):
     """Every sub-tab: its shipped figure drawn (a screenshot of it is not blank), its verdict beside it, the full
     reading closed, and no empty live table before a run."""
-    page.get_by_role("tab", name="Research: why residuals train").click()
+    page.get_by_role("tab", name="Research", exact=True).click()
     for tab, figure in SECTIONS.items():
         page.get_by_role("tab", name=tab, exact=True).click()
         fig = page.locator(f"{figure} img")
@@ -107,7 +106,7 @@ def test_each_research_section_opens_on_its_figure_and_verdict(page):
 
 
 def test_research_tab_shows_shipped_curves_and_measures_a_sweep(page):
-    page.get_by_role("tab", name="Research: why residuals train").click()
+    page.get_by_role("tab", name="Research", exact=True).click()
     page.get_by_role("tab", name="Degradation", exact=True).click()
     expect(page.locator("#degradation-plot img")).to_be_visible(timeout=30_000)  # the shipped curves, on load
     expect(page.locator("#degradation-verdict")).to_contain_text("plain56")
@@ -138,7 +137,7 @@ def test_research_tab_shows_shipped_curves_and_measures_a_sweep(page):
 def test_research_full_reading_and_a_live_lesion_run(page):
     """The full reading opens with its figures and numbers, and a live run draws, tabulates and explains (one live
     run here: the others' results are tested against the library in tests/test_ui_research_*.py)."""
-    page.get_by_role("tab", name="Research: why residuals train").click()
+    page.get_by_role("tab", name="Research", exact=True).click()
     for tab, plot in (("Landscape", "#landscape-shipped-sharpness img"), ("Curvature", "#curvature-map img")):
         page.get_by_role("tab", name=tab, exact=True).click()
         page.get_by_text("The full reading: method, every number, the tables").locator("visible=true").first.click()
@@ -164,7 +163,7 @@ def test_playground_trains_both_nets_live_stops_and_offers_the_pair(page):
     in Classify and in the Research sections (this session's own)."""
     import re
 
-    page.get_by_role("tab", name="Playground: train twins live").click()
+    page.get_by_role("tab", name="Playground", exact=True).click()
     expect(page.locator("#playground-estimate")).to_contain_text("on this server", timeout=60_000)  # after load
     page.get_by_label("Depth (6n+2 layers)").click()
     page.get_by_role("option", name="20", exact=True).click()
@@ -203,10 +202,10 @@ def test_playground_trains_both_nets_live_stops_and_offers_the_pair(page):
     expect(page.locator("#classify-image img[src*='shapes_circle']")).to_be_visible(timeout=60_000)
     page.get_by_role("button", name="Classify", exact=True).click()
     expect(page.locator("[data-testid='label-output-value']").first).to_be_visible(timeout=60_000)
-    page.get_by_role("tab", name="Research: why residuals train").click()
+    page.get_by_role("tab", name="Research", exact=True).click()
     page.get_by_role("tab", name="Lesion", exact=True).click()
     page.locator("#lesion-model input").click()
     expect(page.get_by_role("option", name=re.compile("your Playground run")).first).to_be_visible(timeout=30_000)
     page.keyboard.press("Escape")
-    page.get_by_role("tab", name="Playground: train twins live").click()
+    page.get_by_role("tab", name="Playground", exact=True).click()
     expect(status).to_contain_text("stopped")  # still: Stop's own late reply once overwrote it with "Stopping…"

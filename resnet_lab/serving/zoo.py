@@ -131,14 +131,19 @@ class Entry:
 
     @property
     def status(self) -> str:
+        """The status line, for a visitor: where the weights came from. Random weights are said in one plain
+        sentence; the technical reason (for whoever runs the server) is folded away under "Details"."""
+        extras = self.classifier.runs()
+        device = f"device: `{self.classifier.device}`" + (f" ({', '.join(extras)})" if extras else "")
+        if self.weights.is_random:
+            why = "downloaded (this server may be offline)" if "Hugging Face Hub" in self.warning else "read"
+            return (f"**{self.model} has random weights here: its answers and heatmaps mean nothing, however "
+                    f"confident they look.** Its trained weights could not be {why}. Choose **{SHAPES_MODEL}**, "
+                    "which ships with the app, for answers that mean something.\n\n"
+                    f"<details><summary>Details</summary>\n\n{self.warning} · {device}\n\n</details>")
         src = self.weights.source
         where = {"hub": "Hugging Face Hub", "file": "local file"}.get(src.split(":")[0], "")
-        text = f"**{self.model}** · weights: {where} `{src.split(':', 1)[-1]}` · device: `{self.classifier.device}`"
-        if self.weights.is_random:
-            text = (f"⚠️ **{self.model}: random weights, predictions and heatmaps are meaningless.** "
-                    f"{self.warning} · device: `{self.classifier.device}`")
-        extras = self.classifier.runs()
-        return text + (f" ({', '.join(extras)})" if extras else "")
+        return f"**{self.model}** · weights: {where} `{src.split(':', 1)[-1]}` · {device}"
 
 
 @dataclass
