@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import tempfile
 from collections.abc import Callable, Iterable
-from pathlib import Path
+
+from .files import unwritable
 
 # One range for every seed: numpy refuses negative ones, and 32 signed bits leave room for the offsets the studies
 # add (seed + 1 for a second start vector, seed + r per run, seed .. seed + N - 1 for N direction seeds).
@@ -119,34 +119,17 @@ def numbers(lo: float | None = None, *, lo_open: bool = False) -> Callable[[str]
 
 def writable(what: str = "file", makes_folders: bool = True) -> Callable[[str], str]:
     """A path to write a `what` ("file" or "folder") at, tried now rather than after the work (`degradation --out
-    /proc/x.csv` ran the study, then ended in a traceback): not empty, not a folder where a file goes nor a file
-    where a folder goes, and the folder it is written in takes a new file (a temporary one, removed at once). With
-    `makes_folders` (the command makes the missing folders) that is the nearest one that exists; without, the
-    file's own folder must exist. Returned as typed."""
+    /proc/x.csv` ran the study, then ended in a traceback): `files.unwritable` says why not. Returned as typed."""
 
     def parse(text: str) -> str:
-        if not text.strip():
-            raise argparse.ArgumentTypeError(f"must be a {what} path (got an empty one)")
-        path = Path(text).expanduser()
-        if what == "folder" and path.exists() and not path.is_dir():
-            raise argparse.ArgumentTypeError(f"{shown_value(text)} is a file; give a folder")
-        if what == "file" and path.is_dir():
-            raise argparse.ArgumentTypeError(f"{shown_value(text)} is a folder; give a file path")
-        where = path if what == "folder" else path.parent
-        while makes_folders and not where.exists() and where != where.parent:
-            where = where.parent
-        if not where.exists():
-            raise argparse.ArgumentTypeError(f"its folder {where} does not exist; make it first")
-        try:
-            with tempfile.TemporaryFile(dir=where):
-                pass
-        except OSError as e:
-            raise argparse.ArgumentTypeError(f"cannot write a {what} there: {where} takes no new file "
-                                             f"({e.strerror or type(e).__name__})") from None
+        reason = unwritable(text, what, makes_folders)
+        if reason:
+            raise argparse.ArgumentTypeError(reason.replace(text, shown_value(text), 1) if text else reason)
         return text
 
     parse.__name__ = f"a writable {what} path"
     return parse
+
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose refusal is one line, `prog: message`, exit code 2 (no usage block: the message
