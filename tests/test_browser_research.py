@@ -1,18 +1,17 @@
 """The Research tab at a desktop's width (1400 px) and a phone's (390 px), in a real browser (Debian's Chromium):
 every section reachable without an overflow menu, nothing drawn over a figure (no label badge, no toolbar), table
-headers broken only between words, and a screenshot of every section at both widths in docs/ (README shows them).
+headers broken only between words, and a screenshot of every section at both widths in `SHOTS` (out/browser;
+`RESNET_LAB_SCREENSHOTS=docs` retakes the ones README shows).
 One app for the module; skipped where Chromium is missing (a failure under CI, as tests/test_browser.py)."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
-from conftest import browser_page, launched_app, require_chromium
+from conftest import SHOTS, browser_page, launched_app, require_chromium
 from playwright.sync_api import expect
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
 SECTIONS = ("Gradients", "Degradation", "Landscape", "Curvature", "Lesion")
 WIDTHS = {"desktop": {"width": 1400, "height": 1000}, "phone": {"width": 390, "height": 844}}
 # what may sit on a figure: Gradio's label badge and its toolbar (download, share, fullscreen)
@@ -108,7 +107,7 @@ def test_every_research_section_is_reachable_unobstructed_and_shot(page, size):
                                timeout=30_000)
         if size == "phone":  # the one-column figure, as wide as the screen, not a four-panel row shrunk to it
             assert figure.first.bounding_box()["width"] <= width
-        section.screenshot(path=str(DOCS / f"research_{name.lower()}_{size}.png"))
+        section.screenshot(path=str(SHOTS / f"research_{name.lower()}_{size}.png"))
         # open the full reading and the referee's verdict: their figures and tables are checked too
         for opener in ("The referee's reading", "The full reading"):
             acc = section.get_by_text(opener).locator("visible=true").first
