@@ -1,8 +1,9 @@
 """The Playground tab: a plain net and its ResNet twin train side by side, live (`research.playground`).
 
-Train streams a few updates a second: loss and accuracy curves (drawn in the browser, `gr.LinePlot`, so the server
-renders nothing), each net's layers x steps map of gradient norms (a colormapped array, no matplotlib figure per
-update) and per-stage update ratios. Stop ends the run after the step in flight and keeps what was trained (and so does
+Train streams an update a second: loss and accuracy curves, each net's layers x steps map of gradient norms and
+per-stage update ratios (Vega-Lite specs drawn in the browser, `playground_plots`, so the server renders nothing).
+At the end, and after Stop, a verdict says what the run showed against chance (`research.playground_verdict`),
+the referee's detail one click away. Stop ends the run after the step in flight and keeps what was trained (and so does
 `playground.TIME_LIMIT_S` of wall clock); a Stop while the run waits for its turn means it never starts; Train both
 is disabled while the run is queued or in flight. The run's curves and both checkpoints then download. The run is
 sized by the one cost model before it starts and refused (with what fits) when it would take longer than
@@ -16,7 +17,6 @@ images skipped and listed; reading it is in the estimate and Stop ends it).
 
 from __future__ import annotations
 
-import math
 import threading
 import uuid
 from collections.abc import Iterator
@@ -25,26 +25,23 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import numpy as np
-import pandas as pd
 
 from ..checkpoints import save_checkpoint
 from ..research import playground as pg
 from ..research.degradation.compute import VAL_SEED_OFFSET
-from ..resnet import REGISTRY
+from ..research.playground_verdict import Verdict, from_curves
 from ..shapes import CLASSES
 from ..training.run_data import shapes_data_config
 from ..training.zipdata import ReadStopped, ZipImages, ZipScan, load_zip, scan_zip
+from . import playground_plots as plots
 from . import session_nets
 from .common import LONG, tmp_file, user_errors, zoo
 from .research._common import duration, memory_budget, refuse_if_too_big
 
 LONG_FREE = {"queue": False}  # an estimate never waits behind a long job
-# Seconds between live updates. Each redraws three Vega charts and two images in the browser: at 0.4 s a loaded
-# 2-core CI machine's renderer fell behind for over 30 s (Stop could not be clicked); once a second stays live.
+# Seconds between live updates. Each redraws five Vega charts in the browser: at 0.4 s a loaded 2-core CI
+# machine's renderer fell behind for over 30 s (Stop could not be clicked); once a second stays live.
 UPDATE_S = 1.0
-LOSS_CAP = 1.5  # a loss curve is drawn up to this times the largest training loss seen (see `curves`)
-MAP_HEIGHT = 240  # pixels of a gradient map (layers stretched to it)
 _runs: dict[str, pg.LiveWatch] = {}  # session key -> its running watch (only while it runs)
 _queued: dict[str, threading.Event] = {}  # session key -> its Stop, for a run clicked and waiting for its turn
 MAX_QUEUED = 256  # queued runs remembered (a session closed while queued never collects its entry)
@@ -83,7 +80,9 @@ def estimate_text(*controls: Any, upload: str | None = None) -> str:
         return f"⚠️ {e}"
     seconds = cfg.cost().seconds + read_s
     plain, residual = (pg.LiveWatch.label(a) for a in cfg.archs)
-    text = (f"{plain} and {residual}, {cfg.steps} steps of {cfg.batch_size} images of {cfg.image_size} px: about "
+    data = "your zip's images" if scan else "Shapes"
+    text = (f"{plain} and {residual} on {data}, {cfg.steps} steps of {cfg.batch_size} images of {cfg.image_size} px: "
+            "about "
             f"**{duration(seconds)}** on this server (`{cfg.device}`)"
             + (f", reading your images {duration(read_s)} of it." if scan else "."))
     if seconds > pg.TIME_LIMIT_S:
@@ -117,57 +116,6 @@ def refuse(cfg: pg.PlaygroundConfig, read_s: float = 0.0) -> None:
     refuse_if_too_big(cost.bytes, memory_budget(cfg.device), "This run", "Choose a smaller depth or batch size.")
 
 
-def curves(snap: pg.Snapshot, metric: str) -> pd.DataFrame:
-    """Long-form rows for a `gr.LinePlot`: each net's training `metric` (a trailing mean over ~1/25 of the run, the
-    per-step value is one batch's) and its held-out value, one series each. A loss is capped at `LOSS_CAP` times
-    the largest training value so far: a held-out loss of thousands (BatchNorm's running statistics before they
-    settle) would flatten every other curve to the floor; the cap is said in the plot's label."""
-    df = snap.curves
-    out = []
-    for net, rows in df[df.metric == f"train_{metric}"].groupby("net", sort=False):
-        window = max(1, snap.steps // 25)
-        out.append(pd.DataFrame({"step": rows.step, "value": rows.value.rolling(window, min_periods=1).mean(),
-                                 "series": f"{net} train"}))
-    for net, rows in df[df.metric == f"val_{metric}"].groupby("net", sort=False):
-        out.append(pd.DataFrame({"step": rows.step, "value": rows.value, "series": f"{net} held-out"}))
-    if not out:
-        return pd.DataFrame({"step": pd.Series(dtype=int), "value": pd.Series(dtype=float),
-                             "series": pd.Series(dtype=object)})  # typed: `[]` would make the names numbers
-    frame = pd.concat(out, ignore_index=True)
-    if metric == "loss":
-        train = df[df.metric == "train_loss"].value
-        cap = LOSS_CAP * float(train.max()) if len(train) else math.inf
-        frame["value"] = frame.value.clip(upper=cap)
-    return frame
-
-
-def ratios(snap: pg.Snapshot) -> pd.DataFrame:
-    df = snap.ratios.dropna()
-    return pd.DataFrame({"step": df.step, "value": np.log10(df.ratio.clip(lower=1e-12)),
-                         "series": df.net + " " + df.stage})
-
-
-def gradient_maps(snap: pg.Snapshot) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-    """Both nets' maps as RGB images on one shared color scale (viridis: dark small, bright large), and the scale."""
-    from matplotlib import colormaps
-
-    maps = [m for net, m in sorted(snap.grad_maps.items(), key=lambda kv: not kv[0].startswith("plain"))]
-    finite = np.concatenate([m[np.isfinite(m)] for m in maps if m.size]) if maps else np.array([])
-    if not finite.size:
-        return None, None, ""
-    lo, hi = float(finite.min()), float(finite.max())
-    images = []
-    for m in maps:
-        width = m.shape[1]
-        norm = np.clip((m - lo) / max(hi - lo, 1e-9), 0, 1)
-        rgb = (colormaps["viridis"](np.nan_to_num(norm, nan=0.0))[..., :3] * 255).astype(np.uint8)
-        rows = np.linspace(0, m.shape[0] - 1, MAP_HEIGHT).round().astype(int)  # layers stretched to the height
-        cols = np.repeat(np.arange(width), max(1, 400 // max(width, 1)))
-        images.append(rgb[rows][:, cols])
-    images += [None] * (2 - len(images))
-    return images[0], images[1], f"log10 ‖∂L/∂W‖ per conv (rows: first layer at the top), from {lo:.1f} to {hi:.1f}"
-
-
 def status(snap: pg.Snapshot) -> str:
     if snap.error:
         return f"⚠️ The run failed: {snap.error}"
@@ -181,42 +129,35 @@ def status(snap: pg.Snapshot) -> str:
             + (f" · held-out accuracy: {held}" if held else ""))
 
 
-def views(snap: pg.Snapshot, files: list[str] | None = None, note: str = "") -> tuple:
-    plain_map, res_map, scale = gradient_maps(snap)
-    return (status(snap) + (f"  \n{note}" if note else ""), curves(snap, "loss"), curves(snap, "acc"), plain_map,
-            res_map, scale, ratios(snap), files)
+def views(snap: pg.Snapshot, files: list[str] | None = None, note: str = "",
+          judged: tuple[int, int] | None = None) -> tuple:
+    """What the page shows of `snap`: the status line, the loss and accuracy figures, both gradient maps, the
+    verdict (at the end only: `judged` is then the run's classes and held-out images), the update ratios and the
+    run's files."""
+    classes, held_out = judged or (len(CLASSES), 0)
+    plain_map, res_map = plots.map_plots(snap)
+    return (status(snap) + (f"  \n{note}" if note else ""), plots.curve_plot(snap, "loss", classes),
+            plots.curve_plot(snap, "acc", classes), plain_map, res_map, verdict(snap, classes, held_out),
+            plots.ratio_plot(snap), files)
 
 
-class Legends:
-    """Gradio's LinePlot draws its chart from the first data it gets and then only swaps the data: the columns'
-    types and the colour scale's series, so the legend's entries, stay those of that first frame. An empty first
-    frame (whose text column pandas types as numbers) gave lines without colour and a legend from -Infinity to
-    Infinity. So a plot gets nothing until all its series have arrived, then a frame that names them
-    (`colors_in_legend`: a new setting makes the plot draw its chart anew, also over an earlier run's), then frames
-    as they come."""
+def _found(snap: pg.Snapshot, classes: int, held_out: int) -> Verdict | None:
+    """The run's verdict once it has ended (done, stopped or out of time) with both nets checked, else None."""
+    if not snap.done or snap.error or held_out < 1:
+        return None
+    return from_curves(snap.curves, classes, held_out, snap.step, snap.steps)
 
-    PLOTS = (1, 2, 6)  # the LinePlots among `views`'s outputs: loss, accuracy, update ratios
 
-    def __init__(self, cfg: pg.PlaygroundConfig) -> None:
-        nets = [pg.LiveWatch.label(a) for a in cfg.archs]  # plain first
-        curves = [f"{net} {kind}" for kind in ("train", "held-out") for net in nets]
-        stages = [f"{net} {stage}" for net in nets for stage in REGISTRY[cfg.archs[0]].stage_names]
-        self._waiting = {1: curves, 2: curves, 6: stages}  # the plots not drawn yet, and their series
-        self._cleared = False
+def verdict(snap: pg.Snapshot, classes: int, held_out: int) -> str:
+    """The verdict's sentences, "" before there is one."""
+    found = _found(snap, classes, held_out)
+    return f"**What this run showed.** {found.headline}" if found else ""
 
-    def __call__(self, outputs: tuple, final: bool = False) -> tuple:
-        """`outputs` (`views`'s) as this plot is to get them; at the `final` update a plot still waiting is drawn
-        with the series it has (a series that never came, e.g. a ratio that was NaN, is then left out)."""
-        out = list(outputs)
-        for i, series in list(self._waiting.items()):
-            present = list(dict.fromkeys(out[i].series))
-            if set(series) <= set(present) or (final and present):
-                out[i] = gr.update(value=out[i], colors_in_legend=[s for s in series if s in present])
-                del self._waiting[i]
-            else:  # an earlier run's chart is cleared first: the next frame then draws a new one
-                out[i] = gr.skip() if self._cleared else None
-        self._cleared = True
-        return tuple(out)
+
+def referee(snap: pg.Snapshot, classes: int, held_out: int) -> tuple[dict, str]:
+    """The referee's detail behind the verdict: its accordion shown (closed) with the detail, hidden before."""
+    found = _found(snap, classes, held_out)
+    return gr.update(visible=found is not None, open=False), found.detail if found else ""
 
 
 def save(watch: pg.LiveWatch, cfg: pg.PlaygroundConfig, images: ZipImages | None = None,
@@ -281,7 +222,7 @@ def train(*args: Any) -> Iterator[tuple]:
         if queued is None or not queued.is_set():
             _runs[key] = watch
     if queued is not None and queued.is_set():  # stopped while it waited in the queue: it never starts
-        yield (STOPPED_QUEUED, *[gr.skip()] * 8)
+        yield said(STOPPED_QUEUED)
         return
     try:
         asked = cfg
@@ -289,14 +230,15 @@ def train(*args: Any) -> Iterator[tuple]:
         refuse(cfg, read_s)
         images, note = None, ""
         if upload:
-            yield (f"Reading your {len(scan.images)} images (about {duration(read_s)})…", *[gr.skip()] * 8)
+            yield said(f"Reading your {len(scan.images)} images (about {duration(read_s)})…")
             try:
                 images = load_zip(upload, size=cfg.image_size, seed=cfg.seed, stop=lambda: watch.stopped)
             except ReadStopped as e:
-                yield (f"**stopped** while reading your zip ({e}): nothing was trained.", *[gr.skip()] * 8)
+                yield said(f"**stopped** while reading your zip ({e}): nothing was trained.")
                 return
             cfg, batch = pg.on_images(asked, len(images.y_train), len(images.y_val))  # as decoded
             note = skipped_note(images) + (f" {batch}" if batch else "")
+        classes = len(images.classes) if images is not None else len(CLASSES)
         if not _training.acquire(timeout=JOIN_S):
             raise gr.Error("The previous Playground run is still ending its last step; try again in a minute.",
                            title="The Playground is busy")
@@ -306,20 +248,29 @@ def train(*args: Any) -> Iterator[tuple]:
         except BaseException:
             _training.release()
             raise
-        legends = Legends(cfg)
+        hidden = (gr.update(visible=False), "")
         while thread.is_alive():
             thread.join(UPDATE_S)
-            yield (*legends(views(watch.snapshot(), note=note)), gr.skip())
+            yield (*views(watch.snapshot(), note=note, judged=(classes, 0)), *hidden, gr.skip())
         if watch.error:
+            yield (*views(watch.snapshot(), note=note, judged=(classes, 0)), *hidden, gr.skip())
             raise gr.Error(watch.error, title="The Playground run failed")
         files, token = save(watch, cfg, images, Path(upload).name if upload else "")
-        yield (*legends(views(watch.snapshot(), files, note), final=True), [*(runs or []), token])
+        snap = watch.snapshot()
+        yield (*views(snap, files, note, (classes, cfg.val_size)), *referee(snap, classes, cfg.val_size),
+               [*(runs or []), token])
     finally:
         # A closed tab (the generator closed, on Gradio's event loop) stops its run after the step in flight;
         # joining here would block that loop, so the next run waits for it instead (`_training`).
         watch.stop()
         with _runs_lock:
             _runs.pop(key, None)
+
+
+def said(text: str) -> tuple:
+    """The outputs for a run that has nothing to draw (yet): `text` in the status line, the figures, verdict and
+    detail of an earlier run cleared, the files and the session's runs left as they are."""
+    return (text, None, None, None, None, "", None, gr.skip(), gr.update(visible=False), "", gr.skip())
 
 
 def skipped_note(images: ZipImages) -> str:
@@ -382,8 +333,8 @@ def build_tab() -> gr.State:
         seed = gr.Number(defaults.seed, label="Seed", precision=0)
         image_size = gr.Radio(list(pg.IMAGE_SIZES), value=defaults.image_size, label="Image size (px)")
     controls = [depth, batchnorm, init, optimizer, lr, batch_size, steps, seed, image_size]
-    upload = gr.File(label="Or train on your own images: a .zip of <class>/<image> folders (empty: Shapes)",
-                     file_types=[".zip"], type="filepath", height=90, elem_id="playground-zip")
+    upload = gr.File(label="Or your own images: a .zip of class folders",  # one line on a phone
+                     file_types=[".zip"], type="filepath", height=150, elem_id="playground-zip")
     runs = gr.State([])  # this session's finished runs (tokens), newest last
     estimate = gr.Markdown("Estimating how long these settings take here… (change a setting to re-estimate)",
                            elem_id="playground-estimate")
@@ -391,31 +342,36 @@ def build_tab() -> gr.State:
         start = gr.Button("Train both", variant="primary", elem_id="playground-train")
         halt = gr.Button("Stop", elem_id="playground-stop")
     state = gr.Markdown(elem_id="playground-status")
+    found = gr.Markdown(elem_id="playground-verdict")
+    with gr.Accordion("The referee's detail: chance, noise, every number", open=False,
+                      visible=False, elem_id="playground-referee-box") as referee_box:
+        detail = gr.Markdown(elem_id="playground-referee")
+    # Two figures a row, each at least `FIGURE_MIN_PX` wide: on a phone they stack in one column.
     with gr.Row():
-        loss = gr.LinePlot(x="step", y="value", color="series", color_title="net",
-                           label=f"Loss (train: trailing mean; held-out at checkpoints; drawn up to {LOSS_CAP:g}x the "
-                                 "largest training loss)", elem_id="playground-loss")
-        acc = gr.LinePlot(x="step", y="value", color="series", color_title="net", label="Accuracy",
-                          elem_id="playground-acc", y_lim=[0, 1])
-    scale = gr.Markdown(elem_id="playground-scale")
+        loss = _figure("playground-loss")
+        acc = _figure("playground-acc")
     with gr.Row():
-        plain_map = gr.Image(label="Plain net: gradient norm, layers x steps", type="numpy", interactive=False,
-                             elem_id="playground-map-plain", elem_classes="pixelated")
-        res_map = gr.Image(label="ResNet: gradient norm, layers x steps", type="numpy", interactive=False,
-                           elem_id="playground-map-resnet", elem_classes="pixelated")
-    update = gr.LinePlot(x="step", y="value", color="series", color_title="net and stage",
-                         label="log10 update ratio ‖ΔW‖/‖W‖ per stage",
-                         elem_id="playground-ratios")
+        plain_map = _figure("playground-map-plain")
+        res_map = _figure("playground-map-resnet")
+    update = _figure("playground-ratios")
     files = gr.File(label="The run's curves and both trained nets", file_count="multiple", interactive=False,
                     elem_id="playground-files")
-    outputs = [state, loss, acc, plain_map, res_map, scale, update, files, runs]
+    outputs = [state, loss, acc, plain_map, res_map, found, update, files, referee_box, detail, runs]
     # On page load and on every change, not while the page is built: the first estimate times this server (the
     # cost model's probe), which must not delay serving the app.
     # The zip too: an upload is checked from its headers at once (classes, counts, or why it is refused).
     gr.on(None, _estimate, [*controls, upload], estimate, api_visibility="private", **LONG_FREE)
+    # Progress and errors show on the status line only: a red "Error" badge stayed on every figure until the next run.
     start.click(queue_run, key, start, queue=False, api_visibility="private").then(
-        user_errors(train), [*controls, upload, key, runs], outputs, api_name="playground", **LONG).then(
-        ready, None, start, queue=False, api_visibility="private")
+        user_errors(train), [*controls, upload, key, runs], outputs, api_name="playground", show_progress_on=state,
+        **LONG).then(ready, None, start, queue=False, api_visibility="private")
     halt.click(stop, key, None, queue=False, api_visibility="private")
     return runs
 
+
+FIGURE_MIN_PX = 340  # a figure narrower than this is unreadable: below it, a row's figures stack
+
+
+def _figure(elem_id: str) -> gr.Plot:
+    """A live figure: its title and legends are drawn inside it (a label badge would sit on the drawing)."""
+    return gr.Plot(show_label=False, elem_id=elem_id, min_width=FIGURE_MIN_PX)
