@@ -296,7 +296,9 @@ def test_a_stop_while_the_run_is_queued_means_it_never_starts(monkeypatch):
     from resnet_lab.ui import playground as ui
 
     log, release = _fake_runs(monkeypatch)
-    assert ui.queue_run("queued") == {"__type__": "update", "interactive": False}
+    clicked = ui.queue_run("queued")
+    assert clicked[0] == {"__type__": "update", "interactive": False} and "starting" in clicked[1]
+    assert clicked[2:] == (None, None, None, None, "", None, {"__type__": "update", "visible": False}, "")
     ui.stop("queued")  # clicked while another job holds the slot
     views = list(ui.train(20, True, "he", "sgd", 0.05, 8, 30, 0, 16, None, "queued", []))
     assert len(views) == 1 and "before it started" in views[0][0] and log == []
@@ -365,7 +367,10 @@ def test_train_both_is_disabled_from_the_click_until_the_run_has_ended(monkeypat
     click = next(f for f in fns if (start._id, "click") in [(t[0], t[1]) for t in f.targets])
     run = next(f for f in fns if f.trigger_after == click._id)
     after = next(f for f in fns if f.trigger_after == run._id)
-    assert click.fn is ui.queue_run and not click.queue and [o._id for o in click.outputs] == [start._id]
+    by_id = {b.elem_id: b._id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert click.fn is ui.queue_run and not click.queue and [o._id for o in click.outputs] == [by_id[f"playground-{n}"]
+        for n in ("train", "status", "loss", "acc", "map-plain", "map-resnet", "verdict", "ratios", "referee-box",
+                  "referee")]  # an earlier run's status, figures and verdict cleared at the click
     assert run.api_name == "playground" and run.concurrency_id == "long" and not run.trigger_only_on_success
     assert after.fn is ui.ready and [o._id for o in after.outputs] == [start._id] and not after.queue
     # progress and errors on the status line only: a failed or refused run left a red "Error" badge on every figure
@@ -408,6 +413,9 @@ def test_chance_and_its_noise_come_from_the_classes_and_the_held_out_images():
     text = found.headline.replace("\u00a0", " ")
     assert "plain-20 stayed at chance (60.0 %, chance is 50.0 %)" in text  # 2 se on 20 images: 22.4 points
     assert "K = 2 classes" in found.detail and "20 held-out images" in found.detail
+    tiny = verdict(("plain-20", 1.0), ("ResNet-20", 1.0), 2, 4, 40, 40).headline.replace("\u00a0", " ")
+    assert tiny.startswith("Too few held-out images to judge: on 4 of them a net that only guesses (50.0 %) can score "
+                           "anything up to 100.0 % by luck")  # not "neither net is above chance (100 %)"
     with pytest.raises(ValueError, match="at least 2 classes"):
         chance(1, 10)
 
@@ -465,7 +473,10 @@ def test_every_figure_colours_the_net_the_same_way_and_names_its_axes(one_thread
              and r["curve"] == "held-out"]
     assert shown == pytest.approx([100 * a for a in held], abs=0.01)  # percent
     ratio = _layers(ratios)[0]["encoding"]
-    assert ratio["y"]["scale"] == {"type": "log"} and ratio["strokeDash"]["field"] == "stage"
+    assert ratio["y"]["scale"]["type"] == "log" and ratio["strokeDash"]["field"] == "stage"
+    low, high = ratio["y"]["scale"]["domain"]  # whole decades around every ratio
+    assert low <= snap.ratios.ratio.min() and snap.ratios.ratio.max() <= high
+    assert [math.log10(x) for x in (low, high)] == pytest.approx([round(math.log10(x)) for x in (low, high)])
 
     plain, resnet = plots.map_plots(snap)
     for figure, net in ((plain, "plain-20"), (resnet, "ResNet-20")):

@@ -60,7 +60,11 @@ def verdict(plain: tuple[str, float], resnet: tuple[str, float], classes: int, h
     depth = rn.rsplit("-", 1)[-1]
     diff_se = math.sqrt(pa * (1 - pa) / held_out + ra * (1 - ra) / held_out)
     gap = ra - pa
-    if sp != "above" and sr != "above":
+    if p + Z * se >= 1:
+        head = (f"Too few held-out images to judge: on {held_out} of them a net that only guesses ({_pct(p)}) can "
+                f"score anything up to {_pct(min(1.0, p + Z * se))} by luck, so even a perfect score proves nothing "
+                f"({pn} {_pct(pa)}, {rn} {_pct(ra)}). Add images: a fifth of each class is held out.")
+    elif sp != "above" and sr != "above":
         if steps_done < MIN_STEPS:
             head = (f"Too early to say: after {_steps(steps_done)} neither net is above chance yet ({pn} "
                     f"{_pct(pa)}, {rn} {_pct(ra)}; {at}). Train a few hundred steps to see whether they part.")

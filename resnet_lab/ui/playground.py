@@ -191,14 +191,18 @@ def save(watch: pg.LiveWatch, cfg: pg.PlaygroundConfig, images: ZipImages | None
 STOPPED_QUEUED = "**stopped** before it started: Stop was pressed while the run waited for its turn; nothing trained."
 
 
-def queue_run(key: str) -> dict:
-    """On the click, before the run waits in the long-job queue: its Stop is remembered from now on (`stop`), and
-    Train both is disabled until the run has ended (`ready`), so a second click is not silently dropped."""
+STARTING = "**starting**… (while another long job holds the server, the run waits here for its turn)"
+
+
+def queue_run(key: str) -> tuple:
+    """On the click, before the run waits in the long-job queue: its Stop is remembered from now on (`stop`), Train
+    both is disabled until the run has ended (`ready`), so a second click is not silently dropped, and an earlier
+    run's status, figures and verdict are cleared (a refused run left them showing, as if they were its own)."""
     with _runs_lock:
         _queued[key] = threading.Event()
         while len(_queued) > MAX_QUEUED:
             _queued.pop(next(iter(_queued)))
-    return gr.update(interactive=False)
+    return gr.update(interactive=False), *cleared(STARTING)
 
 
 def ready() -> dict:
@@ -267,10 +271,16 @@ def train(*args: Any) -> Iterator[tuple]:
             _runs.pop(key, None)
 
 
+def cleared(text: str) -> tuple:
+    """`text` in the status line with an earlier run's figures, verdict and detail cleared: the outputs of `train`
+    from the status line to the detail, less the files (an earlier run's downloads stay)."""
+    return text, None, None, None, None, "", None, gr.update(visible=False), ""
+
+
 def said(text: str) -> tuple:
-    """The outputs for a run that has nothing to draw (yet): `text` in the status line, the figures, verdict and
-    detail of an earlier run cleared, the files and the session's runs left as they are."""
-    return (text, None, None, None, None, "", None, gr.skip(), gr.update(visible=False), "", gr.skip())
+    """All of `train`'s outputs for a run with nothing to draw (yet): `cleared`, the files and runs left as they are."""
+    text, *figures, box, detail = cleared(text)
+    return (text, *figures, gr.skip(), box, detail, gr.skip())
 
 
 def skipped_note(images: ZipImages) -> str:
@@ -317,7 +327,8 @@ def build_tab() -> gr.State:
         "### Train a plain net and its ResNet twin, side by side\n"
         "Both start from the same weights (the ResNet only adds the shortcuts), see the same Shapes batches in the "
         "same order, and follow the same schedule. Watch the deeper plain net fall behind (He et al. 2015's "
-        "degradation), and how the gradients reach its first layers, or do not.")
+        "degradation), and how the gradients reach its first layers, or do not. To train on your own images "
+        "instead of Shapes, upload a .zip of `<class>/<image>` folders.")
     key = gr.State(lambda: uuid.uuid4().hex)  # this session's run, and only this session's
     defaults = pg.PlaygroundConfig()
     with gr.Row():
@@ -362,7 +373,8 @@ def build_tab() -> gr.State:
     # The zip too: an upload is checked from its headers at once (classes, counts, or why it is refused).
     gr.on(None, _estimate, [*controls, upload], estimate, api_visibility="private", **LONG_FREE)
     # Progress and errors show on the status line only: a red "Error" badge stayed on every figure until the next run.
-    start.click(queue_run, key, start, queue=False, api_visibility="private").then(
+    start.click(queue_run, key, [start, *outputs[:7], referee_box, detail], queue=False,
+                api_visibility="private").then(
         user_errors(train), [*controls, upload, key, runs], outputs, api_name="playground", show_progress_on=state,
         **LONG).then(ready, None, start, queue=False, api_visibility="private")
     halt.click(stop, key, None, queue=False, api_visibility="private")

@@ -154,8 +154,12 @@ def ratio_plot(snap: pg.Snapshot) -> AltairPlotData | None:
     nets, stages = list(dict.fromkeys(net[ok])), list(dict.fromkeys(stage[ok]))
     tooltip = [{"field": "net"}, {"field": "stage"}, {"field": "step", "type": "quantitative"},
                {"field": "ratio", "type": "quantitative", "title": "‖ΔW‖/‖W‖", "format": ".2e"}]
-    y = {"field": "ratio", "type": "quantitative", "title": "‖ΔW‖ / ‖W‖ (log scale)", "scale": {"type": "log"},
-         "axis": {"format": ".0e"}}
+    r = ratio[ok].astype(float)
+    decades = [10.0 ** k for k in range(math.floor(math.log10(r.min())), math.ceil(math.log10(r.max())) + 1)]
+    if len(decades) == 1:
+        decades.append(decades[0] * 10)
+    y = {"field": "ratio", "type": "quantitative", "title": "‖ΔW‖ / ‖W‖ (log scale)",  # ticks at whole decades
+         "scale": {"type": "log", "domain": [decades[0], decades[-1]]}, "axis": {"format": ".0e", "values": decades}}
     layers = [
         {"mark": {"type": "line", "strokeWidth": 2},
          "encoding": {"x": _x(snap.steps), "y": y,
