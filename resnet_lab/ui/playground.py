@@ -2,40 +2,35 @@
 
 Train streams an update a second: loss and accuracy curves, each net's layers x steps map of gradient norms and
 per-stage update ratios (Vega-Lite specs drawn in the browser, `playground_plots`, so the server renders nothing).
-At the end, and after Stop, a verdict says what the run showed against chance (`research.playground_verdict`),
-the referee's detail one click away. Stop ends the run after the step in flight and keeps what was trained (and so does
-`playground.TIME_LIMIT_S` of wall clock); a Stop while the run waits for its turn means it never starts; Train both
-is disabled while the run is queued or in flight. The run's curves and both checkpoints then download. The run is
-sized by the one cost model before it starts and refused (with what fits) when it would take longer than
+When the run ends, and after Stop, a verdict says what it showed against chance (`research.playground_verdict`),
+the referee's detail one click away. Stop ends the run after the step in flight and keeps what was trained (and so
+does `playground.TIME_LIMIT_S` of wall clock); a Stop while the run waits for its turn means it never starts; Train
+both is disabled while the run is queued or in flight. The run's curves and both checkpoints then download. The run
+is sized by the one cost model before it starts and refused (with what fits) when it would take longer than
 `playground.TIME_LIMIT_S` or more memory than the server can spare; it runs in the app's one long-job group, on the
-app's device. Nothing of one user's run is visible to
-another: the run is found by a key held in that user's session only, and its trained nets are offered in that
-session's pickers only (`session_nets`). Instead of Shapes it trains on an uploaded zip of `<class>/<image>`
-folders (`training.zipdata`: checked from its headers on upload, read in memory, refused whole when unsafe, bad
-images skipped and listed; reading it is in the estimate and Stop ends it).
-"""
+app's device. Nothing of one user's run is visible to another: the run is found by a key held in that user's
+session only, and its trained nets are offered in that session's pickers only (`session_nets`). Instead of Shapes
+it trains on an uploaded zip of `<class>/<image>` folders (`training.zipdata`: checked from its headers on upload,
+read in memory, refused whole when unsafe, bad images skipped and listed; reading it is in the estimate and Stop
+ends it)."""
 
 from __future__ import annotations
 
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from ..checkpoints import save_checkpoint
 from ..research import playground as pg
-from ..research.degradation.compute import VAL_SEED_OFFSET
 from ..research.playground_verdict import Verdict, from_curves
 from ..shapes import CLASSES
-from ..training.run_data import shapes_data_config
 from ..training.zipdata import ReadStopped, ZipImages, ZipScan, load_zip, scan_zip
+from . import playground_files
 from . import playground_plots as plots
-from . import session_nets
-from .common import LONG, tmp_file, user_errors, zoo
+from .common import LONG, user_errors, zoo
 from .research._common import duration, memory_budget, refuse_if_too_big
 
 LONG_FREE = {"queue": False}  # an estimate never waits behind a long job
@@ -129,12 +124,11 @@ def status(snap: pg.Snapshot) -> str:
             + (f" · held-out accuracy: {held}" if held else ""))
 
 
-def views(snap: pg.Snapshot, files: list[str] | None = None, note: str = "",
-          judged: tuple[int, int] | None = None) -> tuple:
-    """What the page shows of `snap`: the status line, the loss and accuracy figures, both gradient maps, the
-    verdict (at the end only: `judged` is then the run's classes and held-out images), the update ratios and the
-    run's files."""
-    classes, held_out = judged or (len(CLASSES), 0)
+def views(snap: pg.Snapshot, files: list[str] | None = None, note: str = "", classes: int = len(CLASSES),
+          held_out: int = 0) -> tuple:
+    """What the page shows of `snap`: the status line, the loss and accuracy figures (chance: 1/`classes`), both
+    gradient maps, the verdict (at the end only: `held_out`, the run's held-out images, is then given), the update
+    ratios and the run's files."""
     plain_map, res_map = plots.map_plots(snap)
     return (status(snap) + (f"  \n{note}" if note else ""), plots.curve_plot(snap, "loss", classes),
             plots.curve_plot(snap, "acc", classes), plain_map, res_map, verdict(snap, classes, held_out),
@@ -158,34 +152,6 @@ def referee(snap: pg.Snapshot, classes: int, held_out: int) -> tuple[dict, str]:
     """The referee's detail behind the verdict: its accordion shown (closed) with the detail, hidden before."""
     found = _found(snap, classes, held_out)
     return gr.update(visible=found is not None, open=False), found.detail if found else ""
-
-
-def save(watch: pg.LiveWatch, cfg: pg.PlaygroundConfig, images: ZipImages | None = None,
-         zip_name: str = "") -> tuple[list[str], str]:
-    """The run's curves (CSV) and both trained nets (`.safetensors` + JSON, loadable by `load_checkpoint`), the
-    nets registered as this session's own (`session_nets`); the files and the run's token."""
-    snap = watch.snapshot()
-    csv = tmp_file(".csv", name="playground_curves.csv")
-    snap.curves.to_csv(csv, index=False)
-    files, token = [str(csv)], session_nets.new_token()
-    if images is None:
-        data = {"name": "shapes", "clutter": False, "train_seed": cfg.seed,
-                "test_seed": cfg.seed + VAL_SEED_OFFSET, "n_train": cfg.steps * cfg.batch_size}
-        meta = {"classes": list(CLASSES), **shapes_data_config(cfg.image_size)}
-    else:
-        data = images.record(zip_name)
-        meta = {"classes": images.classes, **shapes_data_config(cfg.image_size), "mean": list(images.mean),
-                "std": list(images.std)}
-    for arch in cfg.archs:
-        net = watch.nets.get(pg.LiveWatch.label(arch))
-        if net is None:
-            continue
-        meta.update({"arch": arch, "num_classes": len(meta["classes"]), "norm": "bn" if cfg.batchnorm else "none",
-                     "data": data, "playground": asdict(cfg), "steps_trained": snap.step})
-        path = save_checkpoint(net.cpu().eval(), csv.parent / session_nets.stem(token, arch), meta)
-        zoo().add_private(path)
-        files += [str(path), str(path.with_suffix(".json"))]
-    return files, token
 
 
 STOPPED_QUEUED = "**stopped** before it started: Stop was pressed while the run waited for its turn; nothing trained."
@@ -255,13 +221,13 @@ def train(*args: Any) -> Iterator[tuple]:
         hidden = (gr.update(visible=False), "")
         while thread.is_alive():
             thread.join(UPDATE_S)
-            yield (*views(watch.snapshot(), note=note, judged=(classes, 0)), *hidden, gr.skip())
+            yield (*views(watch.snapshot(), note=note, classes=classes), *hidden, gr.skip())
         if watch.error:
-            yield (*views(watch.snapshot(), note=note, judged=(classes, 0)), *hidden, gr.skip())
+            yield (*views(watch.snapshot(), note=note, classes=classes), *hidden, gr.skip())
             raise gr.Error(watch.error, title="The Playground run failed")
-        files, token = save(watch, cfg, images, Path(upload).name if upload else "")
+        files, token = playground_files.save(watch, cfg, images, Path(upload).name if upload else "")
         snap = watch.snapshot()
-        yield (*views(snap, files, note, (classes, cfg.val_size)), *referee(snap, classes, cfg.val_size),
+        yield (*views(snap, files, note, classes, cfg.val_size), *referee(snap, classes, cfg.val_size),
                [*(runs or []), token])
     finally:
         # A closed tab (the generator closed, on Gradio's event loop) stops its run after the step in flight;
