@@ -504,3 +504,14 @@ def test_a_huge_held_out_loss_is_drawn_on_the_top_edge_and_hovers_its_value():
     assert plots.curve_plot(pg.Snapshot(0, 10, 0.0, pd.DataFrame(columns=["net", "step", "metric", "value"]), {},
                                         [], pd.DataFrame(columns=["net", "step", "stage", "ratio"]), False, False),
                             "acc", 8) is None  # nothing yet: the figure is cleared, not drawn empty
+
+
+def test_the_estimate_names_what_it_trains_on_shapes_or_the_uploaded_zip(tmp_path):
+    from test_zipdata import _good, _zip
+
+    from resnet_lab.ui import playground as ui
+
+    controls = (20, True, "he", "sgd", 0.05, 4, 30, 0, 16)
+    assert "plain-20 and ResNet-20 on Shapes, 30 steps" in ui.estimate_text(*controls)
+    mine = ui.estimate_text(*controls, upload=str(_zip(tmp_path / "mine.zip", _good())))
+    assert "plain-20 and ResNet-20 on your zip's images, 30 steps" in mine and "Shapes" not in mine

@@ -6,7 +6,8 @@ error, sqrt(p (1 - p) / n) with p = 1/K. So a net is said to be "at chance" only
 "above chance" only beyond them: on 256 images that is 12.5 % +- 4.1 points, so 13.7 % is chance and 44.9 % is
 learning. Two nets that both learned are compared the same way (the standard error of a difference of two
 proportions). A run that stopped before `MIN_STEPS` with neither net above chance is "too early to say": a net that
-has not left chance yet may still leave it.
+has not left chance yet may still leave it. A held-out set so small that even a perfect score is within `Z` standard
+errors of chance (4 images of 2 classes) is said to be too small to judge.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def chance(classes: int, held_out: int) -> tuple[float, float]:
 
 
 def standing(accuracy: float, classes: int, held_out: int) -> str:
-    """"above", "at" or "below" chance, by more than `Z` standard errors or not."""
+    """Where `accuracy` stands against chance: "above" or "below" it by more than `Z` standard errors, else "at"."""
     p, se = chance(classes, held_out)
     return "above" if accuracy > p + Z * se else "below" if accuracy < p - Z * se else "at"
 
