@@ -220,7 +220,8 @@ def test_the_trained_pair_is_this_sessions_own_in_every_tab(tmp_path, monkeypatc
     from resnet_lab.ui import gradcam
 
     ex = gradcam.explain_image(str(ASSETS / "shapes_circle.png"), names[0], "local", "layer3")
-    assert ex.heatmap.shape == (16, 16) and names[0] in ex.info  # Grad-CAM on the session's own net, at 16 px
+    # Grad-CAM on the session's own net, at 16 px (the shipped Shapes net is 32 px and "knows 8 shapes")
+    assert ex.heatmap.shape == (16, 16) and "only knows 8 classes" in ex.info
     model_update, *pickers = session_nets.offer_runs(research.offer)(runs)
     assert set(names) <= set(model_update["choices"])
     want = (f"ResNet-20 vs plain-20 (your Playground run {token[:4]})", f"playground:{token}")
