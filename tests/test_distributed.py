@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import near_ties
 
 from resnet_lab.__main__ import main
 from resnet_lab.devices import DeviceError, resolve_device
@@ -176,15 +177,6 @@ def test_shard_indices_partition_the_range(n, world):
 SPREAD = 2e-3
 
 
-def _near_ties(models: list[torch.nn.Module], batches, delta: float) -> int:
-    """Images whose two highest logits lie within `delta` in any of `models`: noise of that size may flip their
-    prediction, so two runs' correct counts may differ by this many images and no more."""
-    margins: list[list[torch.Tensor]] = [[] for _ in models]
-    for model, out in zip(models, margins):
-        score(model, batches, on_logits=lambda z, _y, out=out: out.append(z.topk(2).values.diff(dim=1).abs()))
-    return int((torch.stack([torch.cat(m).flatten() for m in margins]) < delta).any(0).sum())
-
-
 def _logit_gap(a: torch.nn.Module, b: torch.nn.Module, batches) -> float:
     """The largest difference between two nets' logits on `batches`."""
     logits: list[list[torch.Tensor]] = [[], []]
@@ -206,7 +198,7 @@ def test_torchrun_train_writes_one_checkpoint_equal_to_a_single_process_run(tmp_
     measured, this run in one process and under torchrun, ATEN_CPU_CAPABILITY avx512, avx2 and default, 1 and 2
     threads, ends with weights and BN statistics at most 2.6e-4 apart. `SPREAD` allows 8x that; each rank's own BN
     statistics (no --sync-bn) are 0.17 off, and gradients summed instead of averaged (twice the lr) 2.8e-2.
-    Accuracies are counted in images: they may differ by the images near a tie (`_near_ties`), here usually none.
+    Accuracies are counted in images: they may differ by the images near a tie (`near_ties`), here usually none.
     """
     args = ["--epochs", "2", "--keep", "2", "--n-train", "32", "--n-val", "37", "--n-test", "21", "--batch-size", "16",
             "--size", "16", "--seed", "2", "--lr", "0.01", "--sync-bn", "--device", "cpu", "--quiet"]
@@ -245,7 +237,7 @@ def test_torchrun_train_writes_one_checkpoint_equal_to_a_single_process_run(tmp_
                                      (meta["test_acc"], single.test_acc, data.test)):
         delta = 10 * _logit_gap(*nets, batches) + 1e-4  # the weights' difference, and the sharded evaluation's
         n = sum(len(y) for _, y in batches)
-        assert abs(round(acc * n) - round(acc_single * n)) <= _near_ties(nets, batches, delta)
+        assert abs(round(acc * n) - round(acc_single * n)) <= sum(near_ties(net, batches, delta) for net in nets)
 
 
 def test_global_batch_must_divide_over_the_processes(monkeypatch, capsys):
