@@ -192,8 +192,8 @@ def test_torchrun_train_writes_one_checkpoint_equal_to_a_single_process_run(tmp_
     arithmetic: equal); and one process gives the same run up to float noise.
 
     Two processes and one sum the gradients and SyncBN's statistics in other orders, and training amplifies that
-    noise. At the default --lr 0.1 this tiny run is chaotic (its loss rises 2.23 -> 2.51): an AVX-512 Xeon's single
-    process at 1 and at 2 threads ended 4e-4 apart, ATEN_CPU_CAPABILITY=default 2.5e-2 from avx2. At --lr 0.01 the
+    noise. At the default --lr 0.1 this tiny run is chaotic (its loss rises 2.23 -> 2.51): on an AVX-512 Xeon one
+    process on 1 thread ended 3.9e-4 from torchrun, ATEN_CPU_CAPABILITY=default 2.5e-2 from avx2. At --lr 0.01 the
     loss falls (2.23 -> 2.08) and the noise grows with the learning rate alone (4.6e-5 at 0.003, 1.4e-5 at 0.001):
     measured, this run in one process and under torchrun, ATEN_CPU_CAPABILITY avx512, avx2 and default, 1 and 2
     threads, ends with weights and BN statistics at most 2.6e-4 apart. `SPREAD` allows 8x that; each rank's own BN
