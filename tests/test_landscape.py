@@ -340,9 +340,9 @@ def test_cli_writes_csv_json_plots_and_prints_the_text(checkpoints, tmp_path, ca
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--n", "0"], "must be at least 1"),
-    (["--span", "nan"], "--span must be a positive number"),
-    (["--controls", "none,bogus"], "--controls takes"),
+    (["--n", "0"], "argument --n/--images: must be an integer >= 1 (got 0)"),
+    (["--span", "nan"], "argument --span: must be a finite number > 0 (got nan)"),
+    (["--controls", "none,bogus"], "argument --controls: unknown controls bogus"),
     (["--models", "nowhere.safetensors"], "not found"),
 ])
 def test_cli_refuses_bad_input_with_a_message(checkpoints, capsys, args, message):
