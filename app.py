@@ -28,39 +28,52 @@ from resnet_lab.serving.zoo import ASSETS  # noqa: E402
 from resnet_lab.ui import classify, common, gradcam, playground, research, session_nets  # noqa: E402
 from resnet_lab.ui.common import user_errors  # noqa: E402
 
-PHOTOS = [str(ASSETS / f) for f in ("chelsea.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg")]
-SHAPES = sorted(str(p) for p in ASSETS.glob("shapes_*.png"))
 MAX_FILE_SIZE = "20mb"
 MAX_QUEUE = 32
 # Shapes images are 32 px: show them enlarged, pixels sharp
 CSS = (".pixelated img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }\n"
        ".verdict { font-size: 1.05em; border-left: 4px solid var(--color-accent); padding-left: 0.8em; }\n"
        ".verdict .verdict { border-left: none; padding-left: 0; }\n"
-       ".figure-caption p { margin-bottom: 0; }")
+       ".figure-caption p { margin-bottom: 0; }\n"
+       "#faithfulness-table { overflow-x: auto; }\n"  # a wide table scrolls inside its box, not off the page
+       # galleries of a few tiles (examples, every stage) as tall as their tiles, not Gradio's 450 px minimum
+       ".examples .grid-wrap.fixed-height, #gradcam-stages .grid-wrap.fixed-height "
+       "{ min-height: 0 !important; max-height: none !important; }\n"
+       # as many columns as fit (a phone gets 3), never a column cut off at the right; captions wrap, not "..."
+       ".examples .grid-container { grid-template-columns: repeat(auto-fit, minmax(84px, 1fr)) !important; }\n"
+       "#gradcam-stages .grid-container { grid-template-columns: repeat(auto-fit, minmax(120px, 1fr)) !important; }\n"
+       ".examples .caption-label { white-space: normal !important; max-width: 95% !important; }\n" + research.CSS)
 LAUNCH = {"max_file_size": MAX_FILE_SIZE, "allowed_paths": [str(ASSETS)], "css": CSS}  # serve assets/, nothing else
 # Gradio copies every upload and every returned file or image into its cache and, unless told, never deletes them.
 # Every quarter of an hour delete what is older than our own outputs live (an hour): nothing outlives 75 minutes.
 DELETE_CACHE = (common.KEEP_OUTPUTS_S // 4, common.KEEP_OUTPUTS_S)
 
 
+START_HERE = """# resnet-lab
+Why do residual connections let deep networks train? **Start here:** open the **Playground** tab and press
+**Train both**. In about two minutes a 56-layer plain network stays at chance while its ResNet twin (the same
+network plus skip connections) learns. Then **Classify** an image, see with **Grad-CAM** where a network looked,
+and read the measured reasons in **Research**."""
+
+
 def build_demo() -> gr.Blocks:
     """The whole app. Loading the default model's metadata is the only work done here; weights load lazily."""
     default = common.zoo().default_model()
-    examples = PHOTOS + SHAPES
     with gr.Blocks(title="resnet-lab", delete_cache=DELETE_CACHE) as demo:
-        gr.Markdown("# resnet-lab\nResNet-18 … 152 built from our own blocks, proven identical to timm's. "
-                    "Classify a photo, see where each network looked, and see why residual connections train.")
+        gr.Markdown(START_HERE, elem_id="start-here")
         with gr.Row():
             model, tag = common.model_picker(default)
         status = gr.Markdown(elem_id="status")
-        with gr.Tab("Classify"):
-            classify.build_tab(model, tag, examples)
-        with gr.Tab("Grad-CAM"):
-            gradcam.build_tab(model, tag, examples, default)
-        with gr.Tab("Playground: train twins live"):
-            runs = playground.build_tab()
-        with gr.Tab("Research: why residuals train"):
-            pickers = research.build_tab()
+        # Short names, and wrapping rather than Gradio's "..." menu: on a 390 px phone all four stay in sight
+        with gr.Tabs(overflow_behavior="wrap", elem_id="top-tabs"):
+            with gr.Tab("Classify"):
+                classify.build_tab(model, tag, default)
+            with gr.Tab("Grad-CAM"):
+                gradcam.build_tab(model, tag, default)
+            with gr.Tab("Playground"):
+                runs = playground.build_tab()
+            with gr.Tab("Research"):
+                pickers = research.build_tab()
         # A finished Playground run's nets join this session's pickers (and only this session's: see session_nets)
         runs.change(session_nets.offer_runs(research.offer), runs, [model, *pickers], api_visibility="private",
                     queue=False)

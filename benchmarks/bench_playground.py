@@ -3,8 +3,8 @@
     python benchmarks/bench_playground.py [--steps 120] [--repeats 3] [--defaults]
 
 Streaming overhead: the same run (the default pair, `--steps` steps) trained alone and trained while a second
-thread does what the tab's generator does every `ui.playground.UPDATE_S` seconds: a snapshot, the views (curve
-frames, the gradient maps as images) and Gradio's postprocessing of them (what is serialized to the browser).
+thread does what the tab's generator does every `ui.playground.UPDATE_S` seconds: a snapshot, the views (the
+five figures' Vega-Lite specs, the gradient maps as small PNGs inside them) and Gradio's postprocessing of them.
 Alternated, `--repeats` times each, in one process; the median steps/s and their ratio are printed.
 
 `--defaults`: one full run at `PlaygroundConfig()`'s defaults, printed as the tab would show it at the end (time,
@@ -33,7 +33,7 @@ def timed_run(cfg: pg.PlaygroundConfig, stream: bool) -> tuple[float, int]:
     """(steps per second of the training, views made meanwhile)."""
     watch = pg.LiveWatch(cfg.steps, cfg.ratio_every)
     thread = threading.Thread(target=pg.run_playground, args=(cfg, watch))
-    line, image = gr.LinePlot(x="step", y="value", color="series"), gr.Image(type="numpy")
+    plot = gr.Plot()
     made = 0
     t = time.perf_counter()
     thread.start()
@@ -41,11 +41,8 @@ def timed_run(cfg: pg.PlaygroundConfig, stream: bool) -> tuple[float, int]:
         thread.join(ui.UPDATE_S)
         if stream:
             status, loss, acc, plain_map, res_map, _, ratios, _ = ui.views(watch.snapshot())
-            for df in (loss, acc, ratios):
-                line.postprocess(df)
-            for img in (plain_map, res_map):
-                if img is not None:
-                    image.postprocess(img)
+            for figure in (loss, acc, plain_map, res_map, ratios):
+                plot.postprocess(figure)
             made += 1
     return cfg.steps / (time.perf_counter() - t), made
 

@@ -1,7 +1,9 @@
 """`python -m resnet_lab <command>`: each command lives beside the code it drives.
 
-A command module exposes `add_arguments(parser)` and `run(args) -> int`; only
-the module of the command being run is imported.
+A command module exposes `add_arguments(parser)` and `run(args) -> int`, and may
+expose `check_arguments(args) -> str | None` for checks that join options; only
+the module of the command being run is imported. Every value is checked while
+parsing (`cli_args`), so a bad one is one line and exit code 2 before any work.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import argparse
 import importlib
 import shlex
 import sys
+
+from .cli_args import Parser
 
 COMMANDS = {
     "verify": ("resnet_lab.verify", "prove our ResNets equal timm's and torchvision's"),
@@ -22,19 +26,35 @@ COMMANDS = {
     "lesion": ("resnet_lab.research.lesion", "delete residual blocks of a trained net, one and many at a time"),
     "export": ("resnet_lab.export", "a checkpoint in timm's Hugging Face Hub format (and --push it)"),
     "curvature": ("resnet_lab.research.curvature", "full-Hessian curvature of trained twins (spectrum, Li et al. map)"),
+    "figures": ("resnet_lab.research.figures", "redraw the shipped Research figures from the shipped CSVs"),
 }
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command's options, every value and every joint constraint checked; a bad one is SystemExit(2) after
+    one line on stderr naming the option and what it accepts (nothing has been loaded or computed yet)."""
+    parser = Parser(prog="python -m resnet_lab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    commands = {}
+    for name, (module, help_) in COMMANDS.items():
+        commands[name] = sub.add_parser(name, help=help_, description=help_)
+        if name in argv[:1]:
+            importlib.import_module(module).add_arguments(commands[name])
+    args = parser.parse_args(argv)
+    check = getattr(importlib.import_module(COMMANDS[args.command][0]), "check_arguments", None)
+    problem = check(args) if check else None
+    if problem:
+        commands[args.command].error(problem)
+    args.command_line = shlex.join(["python", "-m", "resnet_lab", *argv])  # recorded in results as how to redo them
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m resnet_lab", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for name, (module, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        if name in argv[:1]:
-            importlib.import_module(module).add_arguments(p)
-    args = parser.parse_args(argv)
-    args.command_line = shlex.join(["python", "-m", "resnet_lab", *argv])  # recorded in results as how to redo them
+    try:
+        args = parse(argv)
+    except SystemExit as e:  # a refused option (2) or --help (0): the exit code, as for any other refusal
+        return e.code if isinstance(e.code, int) else 2
     return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
 
 

@@ -119,12 +119,19 @@ def meta_path(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
 
 
+def checkpoint_path(out: str | os.PathLike) -> Path:
+    """`<out>.safetensors`: the suffix added, not swapped (`--out runs/x.v2` is `runs/x.v2.safetensors`, beside
+    its states `runs/x.v2.<run>...`, not `runs/x.safetensors`); an `out` already ending in it is kept."""
+    out = Path(out)
+    return out if out.suffix == ".safetensors" else Path(f"{out}.safetensors")
+
+
 def save_checkpoint(model: ResNet, path: str | os.PathLike, meta: dict[str, Any]) -> Path:
     """Write `<path>.safetensors` and a `<path>.json` beside it (arch, classes, mean/std, ...), each atomically
     (`files.replacing`): a run killed while saving leaves the previous checkpoint, not a truncated one."""
     from safetensors.torch import save_file
 
-    path = Path(path).with_suffix(".safetensors")
+    path = checkpoint_path(path)
     with replacing(path, mode=0o644) as tmp:  # 0644: a shipped checkpoint must be readable by other users
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
     with replacing(meta_path(path), mode=0o644) as tmp:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,13 @@ _TRANSPOSE = {
 # (whose RGB scaling depends on their extremes) go to RGB first
 _REDUCE_FIRST = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
 _CORRUPT = "the image file is truncated or corrupt"
+WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})  # more than 8 bits a pixel: scaled by `_to_8bit`
+_STRIP_PIXELS = 2**18  # pixels `_to_8bit` scales at a time (2 MB of float64)
+# the formats PIL may open (JPEG's reader opens MPO, phones' multi-frame JPEG, too), not every one it knows:
+# its ICO reader decodes the embedded PNG while opening, at that PNG's size whatever the header says (a
+# 12000x12000 PNG behind a 16x16 icon: 144 MB before any size check)
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_UNSUPPORTED = "this file is not an image we can read (supported: JPEG, PNG, WebP, GIF, BMP, TIFF)"
 
 
 class ImageError(ValueError):
@@ -77,34 +84,40 @@ def open_image(src: ImageInput) -> Image.Image:
     if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in data[:4096].lower()):
         raise ImageError("SVG is a vector format and is not supported: export it as PNG or JPEG first")
     try:
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as e:
         raise ImageError(f"the image has too many pixels (limit {MAX_PIXELS:,})") from e
     except UnidentifiedImageError as e:
-        raise ImageError("this file is not an image we can read (supported: JPEG, PNG, WebP, GIF, BMP, TIFF)") from e
+        raise ImageError(_UNSUPPORTED) from e
     except MemoryError as e:
         raise ImageError("the image header asks for more memory than a photo needs; the file is corrupt") from e
     except Exception as e:  # a plugin choking on a corrupt header (struct.error, ValueError, ...)
         raise ImageError(f"{_CORRUPT} ({_reason(e)})") from e
 
 
-def check_header(path: str | os.PathLike) -> tuple[int, int]:
+def check_header(path: str | os.PathLike | IO[bytes]) -> tuple[int, int]:
     """(width, height) from a file's header alone, no pixel decoded and no more of the file read than the header:
-    `ImageError` for a file PIL cannot identify or one over the pixel limit. What a scan of a large folder can
-    afford per file; a truncated or corrupt body is found when the file is decoded."""
+    `ImageError` for a file PIL cannot identify or one over the pixel limit. What a scan of a large folder (or a
+    zip's members, as open file objects) can afford per file; a truncated or corrupt body is found when the file
+    is decoded."""
+    return read_header(path)[:2]
+
+
+def read_header(src: str | os.PathLike | IO[bytes]) -> tuple[int, int, str, str]:
+    """(width, height, format, mode) from the header alone, as `check_header` (which see)."""
     try:
-        with Image.open(path) as img:
-            size = img.size
+        with Image.open(src, formats=FORMATS) as img:
+            size, info = img.size, (img.format or "", img.mode)
     except Image.DecompressionBombError as e:
         raise ImageError(f"the image has too many pixels (limit {MAX_PIXELS:,})") from e
     except UnidentifiedImageError as e:
-        raise ImageError("this file is not an image we can read (supported: JPEG, PNG, WebP, GIF, BMP, TIFF)") from e
+        raise ImageError(_UNSUPPORTED) from e
     except OSError as e:  # the file system's (with an errno), or PIL's on a header cut short
         raise ImageError(f"cannot read the file: {e.strerror}" if e.errno else f"{_CORRUPT} ({_reason(e)})") from e
     except Exception as e:  # a plugin choking on a corrupt header
         raise ImageError(f"{_CORRUPT} ({_reason(e)})") from e
     check_pixels(*size)
-    return size
+    return (*size, *info)
 
 
 def check_pixels(w: int, h: int) -> None:
@@ -118,17 +131,37 @@ def check_pixels(w: int, h: int) -> None:
         )
 
 
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float image as 8-bit L: integers over 255 scaled from 0..65535 (I;16 always), floats
+    stretched from their minimum to their maximum. Strip by strip: the float64 working copies hold `_STRIP_PIXELS`
+    at a time, not 8 bytes for every pixel (a 64 MP 16-bit image took 0.5 GB a copy, several at once); a strip is
+    also cut into blocks of columns (one row of a 30,000,000x1 image was a strip: 888 MB at the peak)."""
+    w, h = img.size
+    cols = min(w, _STRIP_PIXELS)
+    rows = max(1, _STRIP_PIXELS // cols)
+
+    def strips() -> Iterator[tuple[int, int, np.ndarray]]:
+        for y in range(0, h, rows):
+            for x in range(0, w, cols):
+                yield y, x, np.asarray(img.crop((x, y, min(w, x + cols), min(h, y + rows))), dtype=np.float64)
+
+    if img.mode == "F":
+        lo = float(np.min([s.min() for *_, s in strips()]))  # a NaN anywhere makes the image black, as it did
+        hi = float(np.max([s.max() for *_, s in strips()]))
+        span, offset = (hi - lo if hi > lo else math.inf), lo
+    else:
+        wide = img.mode.startswith("I;16") or max(float(s.max()) for *_, s in strips()) > 255
+        span, offset = (65535.0 if wide else 255.0), 0.0
+    out = np.empty((h, w), np.uint8)
+    for y, x, strip in strips():
+        out[y:y + rows, x:x + cols] = np.clip(np.round(np.nan_to_num((strip - offset) / span * 255.0)), 0, 255)
+    return Image.fromarray(out, "L")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB that looks like the original: alpha on white, 16-bit scaled, not clipped."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img).astype(np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(np.round(arr * 255.0 / top), 0, 255).astype(np.uint8), "L")
-    elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-        img = Image.fromarray(np.round(arr * 255).astype(np.uint8), "L")
+    if img.mode in WIDE_MODES:
+        img = _to_8bit(img)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -153,6 +186,8 @@ def _decode(img: Image.Image, min_side: int | None, own: bool) -> Image.Image:
         img.draft(None, (min_side, min_side))
     img.load()
     orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    if img.mode in WIDE_MODES:
+        img = _to_8bit(img)  # L, reduced before it becomes RGB (three equal channels: the same pixels, 1/3 the work)
     if img.mode in _REDUCE_FIRST:
         img = _to_rgb(_reduce(img, min_side))
     else:

@@ -167,18 +167,30 @@ def colorize(scaled: np.ndarray, cmap: str = "jet", signed: bool = False, as_byt
     return colormaps[cmap if not signed else "RdBu_r"](values, bytes=as_bytes)[..., :3]
 
 
-def _colorbar(height: int, cmap: str, signed: bool, top: float) -> Image.Image:
-    width, bar = 70, 16
-    grad = np.linspace(1, -1 if signed else 0, height)[:, None].repeat(bar, 1)
-    strip = Image.fromarray((colorize(grad, cmap, signed) * 255).astype(np.uint8))
+def colorbar_width(height: int) -> int:
+    """Width of the colour bar beside an overlay `height` px tall: it grows with the overlay, so its labels stay
+    legible when the app shows a photo-sized overlay shrunk to the page."""
+    return max(70, height // 5)
+
+
+def _colorbar(height: int, cmap: str, signed: bool) -> Image.Image:
+    """The colour scale with its ticks, as shares of the map's largest value (1, 0.5, 0; signed: 1, 0, -1).
+
+    The top of the bar starts below the corner where the app's image toolbar sits (it hid the top label), and
+    each label is centred on its tick."""
+    width = colorbar_width(height)
+    font_px = max(10, height // 22)
+    font = ImageFont.load_default(size=font_px)
+    top, bottom = round(0.14 * height), height - font_px // 2 - 2
+    bar, tick = max(12, width // 5), max(4, font_px // 4)
+    grad = np.linspace(1, -1 if signed else 0, bottom - top)[:, None].repeat(bar, 1)
     canvas = Image.new("RGB", (width, height), "white")
-    canvas.paste(strip, (4, 0))
+    canvas.paste(Image.fromarray((colorize(grad, cmap, signed) * 255).astype(np.uint8)), (4, top))
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=max(10, height // 30))
-    draw.text((bar + 8, 0), f"{top:.3g}", fill="black", font=font)
-    draw.text((bar + 8, height // 2 - 6), "0" if signed else "", fill="black", font=font)
-    bottom_label = f"{-top:.3g}" if signed else "0"
-    draw.text((bar + 8, height - max(12, height // 25)), bottom_label, fill="black", font=font)
+    ticks = ("1", "0", "-1") if signed else ("1", "0.5", "0")
+    for label, y in zip(ticks, (top, (top + bottom) // 2, bottom - 1)):
+        draw.line((4 + bar, y, 4 + bar + tick, y), fill="black", width=max(1, font_px // 10))
+        draw.text((6 + bar + 2 * tick, y), label, fill="black", font=font, anchor="lm")
     return canvas
 
 
@@ -203,7 +215,7 @@ def overlay(
     left, top, right, bottom = box or (0, 0, w, h)
     size = (max(1, round(right - left)), max(1, round(bottom - top)))
     resized = np.asarray(Image.fromarray(heat.astype(np.float32), "F").resize(size, Image.Resampling.BILINEAR))
-    scaled, vmax = scale_map(resized, signed)
+    scaled, _ = scale_map(resized, signed)
     half_grey = image.convert("L", (1 / 6, 1 / 6, 1 / 6, 0))  # half the mean of the channels
     result = Image.blend(image, Image.merge("RGB", [half_grey] * 3), 0.65)  # outside the crop: dimmed, desaturated
     x0, y0 = round(left), round(top)
@@ -211,9 +223,9 @@ def overlay(
     result.paste(Image.blend(image.crop((x0, y0, x0 + size[0], y0 + size[1])), patch, alpha), (x0, y0))
     if not colorbar:
         return result
-    canvas = Image.new("RGB", (w + 70, h), "white")
+    canvas = Image.new("RGB", (w + colorbar_width(h), h), "white")
     canvas.paste(result, (0, 0))
-    canvas.paste(_colorbar(h, cmap, signed, vmax), (w, 0))
+    canvas.paste(_colorbar(h, cmap, signed), (w, 0))
     return canvas
 
 

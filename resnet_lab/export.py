@@ -8,8 +8,11 @@ size, crop and interpolation, and written by timm's `save_for_hf`: `config.json`
 `label_names`, `pretrained_cfg`) and `model.safetensors`, so `timm.create_model("hf-hub:USER/NAME",
 pretrained=True)` builds it with nothing of ours installed. For archs timm does not have (the CIFAR nets, the plain
 twins) the export says so and writes our own format (`model.safetensors` + `model.json`, loaded by
-`weights.load_checkpoint`). `--push` uploads the folder with huggingface_hub's client; the token comes from where
-huggingface_hub looks (HF_TOKEN, `huggingface-cli login`) and is never printed.
+`weights.load_checkpoint`); that JSON keeps only what describes the model (`published_meta`), not the training
+run's command, config or data paths, which name folders on the trainer's disk. `--push` uploads exactly the files
+this export wrote, in one commit (never whatever else lies in `--out`: an earlier export's files, notes), with
+huggingface_hub's client; the token comes from where huggingface_hub looks (HF_TOKEN, `huggingface-cli login`) and
+is never printed.
 """
 
 from __future__ import annotations
@@ -21,15 +24,38 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import WeightsUnavailable, load_checkpoint, meta_path
+from .checkpoints import WeightsUnavailable, load_checkpoint
 
 CFG_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation")
+# What a published model.json keeps, field by field: what loads the model and what it was trained on and scored,
+# never where (the run's `command`, `command_full` and `config` hold --out, --data folder:PATH and --data-dir;
+# `data` holds the data's root and the skipped files' paths; `pretrained.spec` a weights file's path).
+PUBLISHED = ("arch", "num_classes", "classes", "norm", *CFG_KEYS, "seed", "val_acc", "test_acc", "test_acc_is_val",
+             "best_epoch", "epochs_run", "global_batch", "precision", "torch_version", "augment", "history")
+PUBLISHED_DATA = ("name", "clutter", "train_seed", "val_seed", "test_seed", "n_train", "n_val", "n_test", "checksum",
+                  "val_fraction", "layout", "counts", "test_split", "in_memory")
+PUBLISHED_PRETRAINED = ("head", "pretrained_num_classes", "pretrained_classes", "freeze", "frozen_params",
+                        "backbone_lr_scale")
 
 
 def timm_has(arch: str) -> bool:
     import timm
 
     return arch in timm.list_models()
+
+
+def published_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint JSON's fields that describe the model (`PUBLISHED`), without any that name the trainer's
+    disk; a pretrained start keeps its source only when it is a hub tag or a named net, not a file."""
+    out = {k: meta[k] for k in PUBLISHED if k in meta}
+    if isinstance(meta.get("data"), dict):
+        out["data"] = {k: v for k, v in meta["data"].items() if k in PUBLISHED_DATA}
+    if isinstance(meta.get("pretrained"), dict):
+        start = meta["pretrained"]
+        out["pretrained"] = {k: v for k, v in start.items() if k in PUBLISHED_PRETRAINED}
+        if not str(start.get("source", "file:")).startswith("file:"):
+            out["pretrained"]["source"] = start["source"]
+    return out
 
 
 def export(model_path: str | Path, out: str | Path) -> dict[str, Any]:
@@ -41,7 +67,7 @@ def export(model_path: str | Path, out: str | Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if not timm_has(arch):
         shutil.copyfile(model_path, out / "model.safetensors")
-        shutil.copyfile(meta_path(model_path), out / "model.json")
+        (out / "model.json").write_text(json.dumps(published_meta(loaded.meta), indent=2, sort_keys=True) + "\n")
         return {"format": "resnet-lab", "arch": arch, "files": ["model.safetensors", "model.json"],
                 "why": f"timm has no {arch} (a net of this project's own); load it with "
                        "resnet_lab.weights.load_checkpoint"}
@@ -58,20 +84,37 @@ def export(model_path: str | Path, out: str | Path) -> dict[str, Any]:
             "num_classes": loaded.model.num_classes}
 
 
-def push(folder: str | Path, repo_id: str, private: bool = False) -> str:
-    """Upload `folder` to the Hub repo `repo_id` (created if missing); returns the repo's URL."""
-    from huggingface_hub import HfApi
+def push(folder: str | Path, repo_id: str, files: list[str], private: bool = False) -> str:
+    """Upload `files` (names in `folder`, the ones the export wrote) to the Hub repo `repo_id` (created if missing),
+    in one commit; nothing else in `folder` is sent. Returns the repo's URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     api = HfApi()
     api.create_repo(repo_id, exist_ok=True, private=private)
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="export from resnet-lab")
+    api.create_commit(repo_id=repo_id, commit_message="export from resnet-lab",
+                      operations=[CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(Path(folder) / name))
+                                  for name in files])
     return f"{api.endpoint}/{repo_id}"
 
 
+def _repo_id(text: str) -> str:
+    """--push's type: a Hub repo id (USER/NAME), checked by huggingface_hub's own rules before anything is written."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError as e:
+        raise argparse.ArgumentTypeError(f"not a Hub repo id, USER/NAME ({str(e).splitlines()[0][:200]})") from None
+    return text
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli_args import writable
+
     p.add_argument("--model", required=True, help="a checkpoint of ours (.safetensors with its JSON)")
-    p.add_argument("--out", required=True, help="folder to write the export into")
-    p.add_argument("--push", default=None, metavar="USER/NAME", help="then upload the folder to this Hub repo")
+    p.add_argument("--out", type=writable("folder"), required=True, help="folder to write the export into")
+    p.add_argument("--push", type=_repo_id, default=None, metavar="USER/NAME",
+                   help="then upload the files this export wrote (and nothing else in --out) to this Hub repo")
     p.add_argument("--private", action="store_true", help="with --push: create the repo private")
 
 
@@ -86,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({**done, "out": str(args.out)}))
     if args.push:
         try:
-            url = push(args.out, args.push, args.private)
+            url = push(args.out, args.push, done["files"], args.private)
         except Exception as e:  # no token, no network, no rights: the client's own words, never the token
             print(f"export: --push {args.push} failed ({type(e).__name__}: {str(e).splitlines()[0][:300]})",
                   file=sys.stderr)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -376,24 +377,40 @@ def measure_faithfulness(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli_args import names, positive_int, seed, writable
+    from .explain import METHODS
+
     p.add_argument("--model", default="assets/shapes_resnet20.safetensors", help="a checkpoint trained on Shapes")
-    p.add_argument("--methods", default="gradcam,guided_gradcam,integrated_gradients,occlusion")
+    p.add_argument("--methods", type=names(METHODS, "methods"),
+                   default="gradcam,guided_gradcam,integrated_gradients,occlusion")
     p.add_argument("--stages", default=None, help="comma-separated stages or blocks (default: every stage)")
-    p.add_argument("--n", type=int, default=500, help="images scored")
-    p.add_argument("--n-random", type=int, default=100, help="images for the randomization check")
-    p.add_argument("--steps", type=int, default=STEPS, help="deletion/insertion steps")
-    p.add_argument("--data-seed", type=int, default=None, help="Shapes seed (default: the checkpoint's test seed)")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0, help="random maps, tie-breaks and re-initialization")
-    p.add_argument("--out", default=None, help="write the table as CSV here")
+    p.add_argument("--n", type=positive_int, default=500, help="images scored")
+    p.add_argument("--n-random", type=positive_int, default=100, help="images for the randomization check")
+    p.add_argument("--steps", type=positive_int, default=STEPS, help="deletion/insertion steps")
+    p.add_argument("--data-seed", type=seed, default=None, help="Shapes seed (default: the checkpoint's test seed)")
+    p.add_argument("--batch-size", type=positive_int, default=50)
+    p.add_argument("--seed", type=seed, default=0, help="random maps, tie-breaks and re-initialization")
+    p.add_argument("--out", type=writable("file", makes_folders=False), default=None,
+                   help="write the table as CSV here")
 
 
 def run(args: argparse.Namespace) -> int:
     from .scoring import chunks, score
-    from .weights import load_checkpoint
+    from .weights import WeightsUnavailable, load_checkpoint
 
-    loaded = load_checkpoint(args.model)
+    try:
+        loaded = load_checkpoint(args.model)
+    except WeightsUnavailable as e:
+        print(f"faithfulness: {e}", file=sys.stderr)
+        return 2
     model, meta = loaded.model, loaded.meta
+    known = [*model.stage_names, *(name for name, _ in model.blocks())]
+    unknown = [s.strip() for s in (args.stages or "").split(",") if s.strip() and s.strip() not in known]
+    if unknown:
+        print(f"faithfulness: --stages: {', '.join(map(repr, unknown))} is not a stage or block of this net "
+              f"(its stages: {', '.join(model.stage_names)}; blocks: {known[len(model.stage_names)]} ...)",
+              file=sys.stderr)
+        return 2
     data = meta.get("data", {})
     seed = args.data_seed if args.data_seed is not None else data.get("test_seed", 999)
     dataset = ShapesDataset(args.n, seed, int(loaded.pretrained_cfg["input_size"][-1]), data.get("clutter", True))

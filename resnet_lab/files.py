@@ -30,3 +30,39 @@ def replacing(path: str | os.PathLike, mode: int | None = None) -> Iterator[Path
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def unwritable(path: str | os.PathLike, what: str = "file", makes_folders: bool = True) -> str | None:
+    """Why no `what` ("file" or "folder") can be written at `path`, or None; tried before the work, without leaving
+    anything behind, so an hour's run does not end in a traceback at its first save. Refused: an empty path, a
+    folder where a file goes (a trailing slash included) or a file where a folder goes, and a place whose folder
+    takes no new file (a temporary one is made and removed). With `makes_folders` (the caller makes the missing
+    folders) the nearest folder that exists is tried; without, the file's own folder must exist."""
+    text = os.fspath(path)
+    if not text.strip():
+        return f"must be a {what} path (got an empty one)"
+    path = Path(text).expanduser()
+    if what == "file" and (text.endswith(("/", os.sep)) or path.is_dir()):  # Path() drops a trailing slash
+        return f"{text} is a folder; give a name for the file(s) in it, e.g. {path / 'model'}"
+    if what == "folder" and path.exists() and not path.is_dir():
+        return f"{text} is a file; give a folder"
+    where = path if what == "folder" else path.parent
+    while makes_folders and not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.exists():
+        return f"its folder {where} does not exist; make it first"
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as e:
+        return f"cannot write a {what} there: {where} takes no new file ({e.strerror or type(e).__name__})"
+    return None
+
+
+def check_writable(path: str | os.PathLike, option: str) -> None:
+    """ValueError naming `option` unless files can be written at `path` (`unwritable`), then its folder made:
+    `path` names files (`path.safetensors`, `path.<run>...`), which would land beside a folder, not in it."""
+    reason = unwritable(path)
+    if reason:
+        raise ValueError(f"{option} {reason}")
+    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)

@@ -123,14 +123,17 @@ def table(results: list[VerifyResult]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli_args import int_in, seed
+
     archs = [a for a in list_archs("imagenet") if a.startswith("resnet")]  # the ones timm/torchvision have
     p.add_argument("--arch", nargs="+", default=archs, choices=archs)
     p.add_argument("--reference", nargs="+", default=["timm", "torchvision"], choices=["timm", "torchvision"])
     p.add_argument("--pretrained", metavar="TAG", help="compare with real timm weights (needs the hub), e.g. "
                    "resnet50.tv2_in1k; the arch comes from the tag")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int_in(32, 512), default=224)
+    p.add_argument("--batch", type=int_in(2, 64), default=2,
+                   help="at least 2: train-mode BatchNorm on the last 1x1 feature map needs two images")
+    p.add_argument("--seed", type=seed, default=0)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -97,8 +97,12 @@ QUICK_FNS = {"classify_batch", "explain_event", "status_text"}
 LONG_FNS = {"compare_depths", "recompute_faithfulness", "run_gradnorms", "rerun_degradation", "run_landscape",
             "run_lesion", "run_top_eigenvalue", "train"}  # train: the Playground's run
 # UI updates (ms), and the two estimates shown on load (the cost model: a probe of ~1 s once per process, then ms)
-CHEAP_FNS = {"on_model_change", "shapes_sample", "<lambda>", "rerun_label", "load_example", "estimate_text",
-             "stop", "_rerun_verdict", "offer"}  # stop: the Playground's Stop sets an event (queue=False)
+CHEAP_FNS = {"on_model_change", "shapes_sample", "<lambda>", "rerun_label", "load_example", "_estimate",
+             "stop", "_rerun_verdict", "offer", "shown_examples", "clear_result",
+             "pick_example", "queue_run", "ready"}  # stop: the Playground's Stop
+# sets an event (queue=False); shown_examples: the examples offered for a model; clear_result: a new input;
+# pick_example: an example fills the image; queue_run / ready: the Playground's
+# Train both disabled / enabled again (queue=False)
 
 
 def test_one_concurrency_model(served_app, app):
@@ -200,3 +204,14 @@ def test_a_wrong_precision_setting_stops_the_app_with_its_message(app, monkeypat
     with pytest.raises(Launched):
         app.main()
     assert "precision: RESNET_LAB_PRECISION=fp32" in capsys.readouterr().out
+
+
+def test_a_user_error_logs_one_line_and_no_traceback(client, tmp_path, capfd, caplog):
+    """A visitor's empty upload is no fault of the app's: one line in the server's log, not Gradio's traceback."""
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with caplog.at_level("WARNING", logger="resnet_lab.ui.common"), pytest.raises(AppError, match="empty"):
+        classify(client, str(empty))
+    said = [r.getMessage() for r in caplog.records if r.name == "resnet_lab.ui.common"]
+    assert len(said) == 1 and "empty" in said[0] and "\n" not in said[0], said
+    assert "Traceback" not in capfd.readouterr().err

@@ -83,7 +83,8 @@ def test_mixing_is_timms_definition_and_repeats_from_the_generator():
 @pytest.mark.parametrize("args, message", [
     (["--aa", "rand-m9"], "--aa act on images, so only on folder:PATH data"),
     (["--scale", "0.5", "1", "--data", "cifar10"], "--scale act on images"),
-    (["--hflip", "1.5"], "augmentation out of range: --hflip 1.5"),
+    (["--hflip", "1.5"], "argument --hflip: must be a finite number from 0 to 1 (got 1.5)"),
+    (["--mixup", "nan"], "argument --mixup: must be a finite number >= 0 (got nan)"),
     (["--scale", "0.5", "2", "--data", "folder:x"], "--scale 0.5 2.0 (an area share: at most 1)"),
 ])
 def test_options_that_cannot_act_are_refused_with_the_reason(args, message, capsys):

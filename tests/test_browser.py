@@ -43,10 +43,9 @@ def page():
 def test_classify_an_example_in_the_browser(page):
     expect(page.locator("#status")).to_contain_text("weights", timeout=60_000)
     page.get_by_role("tab", name="Classify").click()
-    page.locator("img[src*='chelsea']").first.click()  # the example thumbnail
-    # filling the image is its own event: classifying before it lands classifies nothing (a race on a busy machine)
-    expect(page.locator("#classify-image img[src*='chelsea']")).to_be_visible(timeout=60_000)
-    page.get_by_role("button", name="Classify", exact=True).click()
+    # offline the Shapes net is the default, and it is offered Shapes samples; a click fills the image and runs
+    page.locator(".examples").locator("visible=true").get_by_text("star", exact=True).first.click()
+    expect(page.locator("#classify-image img[src*='shapes_star']")).to_be_visible(timeout=60_000)
     label = page.locator("[data-testid='label-output-value']").first
     expect(label).to_be_visible(timeout=60_000)
     expect(page.get_by_text("forward pass")).to_be_visible(timeout=60_000)
@@ -87,7 +86,7 @@ LIVE = {"Gradients": "#gradnorms-table", "Degradation": None, "Landscape": "#lan
 def test_each_research_section_opens_on_its_figure_and_verdict(page):
     """Every sub-tab: its shipped figure drawn (a screenshot of it is not blank), its verdict beside it, the full
     reading closed, and no empty live table before a run."""
-    page.get_by_role("tab", name="Research: why residuals train").click()
+    page.get_by_role("tab", name="Research", exact=True).click()
     for tab, figure in SECTIONS.items():
         page.get_by_role("tab", name=tab, exact=True).click()
         fig = page.locator(f"{figure} img")
@@ -107,7 +106,7 @@ def test_each_research_section_opens_on_its_figure_and_verdict(page):
 
 
 def test_research_tab_shows_shipped_curves_and_measures_a_sweep(page):
-    page.get_by_role("tab", name="Research: why residuals train").click()
+    page.get_by_role("tab", name="Research", exact=True).click()
     page.get_by_role("tab", name="Degradation", exact=True).click()
     expect(page.locator("#degradation-plot img")).to_be_visible(timeout=30_000)  # the shipped curves, on load
     expect(page.locator("#degradation-verdict")).to_contain_text("plain56")
@@ -138,7 +137,7 @@ def test_research_tab_shows_shipped_curves_and_measures_a_sweep(page):
 def test_research_full_reading_and_a_live_lesion_run(page):
     """The full reading opens with its figures and numbers, and a live run draws, tabulates and explains (one live
     run here: the others' results are tested against the library in tests/test_ui_research_*.py)."""
-    page.get_by_role("tab", name="Research: why residuals train").click()
+    page.get_by_role("tab", name="Research", exact=True).click()
     for tab, plot in (("Landscape", "#landscape-shipped-sharpness img"), ("Curvature", "#curvature-map img")):
         page.get_by_role("tab", name=tab, exact=True).click()
         page.get_by_text("The full reading: method, every number, the tables").locator("visible=true").first.click()
@@ -159,43 +158,92 @@ def test_research_full_reading_and_a_live_lesion_run(page):
     page.screenshot(path=str(SHOTS / "research_lesion_live.png"), full_page=True)
 
 
+FIGURES = ("loss", "acc", "map-plain", "map-resnet", "ratios")
+# Anything of a figure's block drawn over its drawing (a label badge, a toolbar, a status badge): the drawing's
+# own elements and the boxes that hold it are not counted.
+COVERING = """(sel) => {
+    const block = document.querySelector(sel), canvas = block.querySelector('canvas');
+    const c = canvas.getBoundingClientRect();
+    return [...block.querySelectorAll('*')].filter(el => {
+        if (el.contains(canvas) || el.closest('.vega-embed')) return false;
+        const r = el.getBoundingClientRect(), st = getComputedStyle(el);
+        if (!r.width || !r.height || st.visibility === 'hidden' || st.display === 'none') return false;
+        if (+st.opacity === 0) return false;
+        return r.left < c.right && r.right > c.left && r.top < c.bottom && r.bottom > c.top;
+    }).map(el => el.outerHTML.slice(0, 120));
+}"""
+
+
+def _figures_drawn_and_uncovered(page) -> None:
+    for figure in FIGURES:
+        canvas = page.locator(f"#playground-{figure} canvas")
+        expect(canvas).to_be_visible(timeout=30_000)
+        assert page.evaluate(COVERING, f"#playground-{figure}") == [], figure
+
+
+def _verdict_names_chance_and_both_nets(page, depth: int) -> None:
+    verdict = page.locator("#playground-verdict")
+    expect(verdict).to_contain_text("chance", timeout=60_000)
+    for net in (f"plain-{depth}", f"ResNet-{depth}"):
+        expect(verdict).to_contain_text(net)
+    assert len(verdict.inner_text().split(". ")) <= 4  # a sentence or two, not the report
+    page.get_by_text("The referee's detail").click()  # one click away
+    expect(page.locator("#playground-referee")).to_contain_text("1/K = 12.5", timeout=10_000)
+
+
 def test_playground_trains_both_nets_live_stops_and_offers_the_pair(page):
-    """Start a pair, see the status and curves advance while it trains, Stop, get the trained nets, and pick one
-    in Classify and in the Research sections (this session's own)."""
+    """A short run to its end, then a longer one: see the status and figures advance while it trains, Stop, read
+    the verdict (after the end and after Stop), get the trained nets, and pick one in Classify and in the Research
+    sections (this session's own). Figures: nothing drawn over them, one column on a phone."""
     import re
 
-    page.get_by_role("tab", name="Playground: train twins live").click()
-    expect(page.locator("#playground-estimate")).to_contain_text("on this server", timeout=60_000)  # after load
+    page.get_by_role("tab", name="Playground", exact=True).click()
+    expect(page.locator("#playground-estimate")).to_contain_text("on Shapes", timeout=60_000)  # after load
+    expect(page.locator("#playground-referee-box")).not_to_be_visible()  # no verdict before a run
     page.get_by_label("Depth (6n+2 layers)").click()
     page.get_by_role("option", name="20", exact=True).click()
     steps = page.locator("#playground-steps input[type='number']")
+    steps.fill("20")
+    steps.press("Enter")
+    page.locator("#playground-train").click()
+    status = page.locator("#playground-status")
+    expect(status).to_contain_text("done", timeout=180_000)
+    _verdict_names_chance_and_both_nets(page, 20)  # after a run that ran to its end
+
     steps.fill("300")
     steps.press("Enter")
     page.locator("#playground-train").click()
     expect(page.locator("#playground-train")).to_be_disabled()  # from the click until the run has ended
-    status = page.locator("#playground-status")
+    expect(page.locator("#playground-verdict")).to_have_text("")  # the last run's verdict cleared at the click
     expect(status).to_contain_text(re.compile(r"training\*?\*?: step [1-9]"), timeout=120_000)
     first = int(re.search(r"step (\d+)", status.inner_text()).group(1))
-    expect(page.locator("#playground-loss canvas, #playground-loss svg").first).to_be_visible(timeout=30_000)
-    expect(page.locator("#playground-map-plain img")).to_be_visible(timeout=30_000)
-    expect(page.locator("#playground-map-resnet img")).to_be_visible()
-    for plot, entry in (("loss", "plain-20 held-out"), ("acc", "ResNet-20 train"), ("ratios", "ResNet-20 layer3")):
-        legend = page.locator(f"#playground-{plot} svg .role-legend").first  # Vega draws SVG: labels are text
-        expect(legend).to_contain_text(entry, timeout=30_000)  # the series' entries, not just the title
     page.wait_for_function("(n) => { const m = document.querySelector('#playground-status')?.innerText.match("
                            "/step (\\d+)/); return m && +m[1] >= n + 3; }", arg=first, timeout=60_000)  # it grows
+    _figures_drawn_and_uncovered(page)  # while it streams
     page.locator("#playground-stop").click()
     expect(status).to_contain_text("stopped", timeout=60_000)
     expect(page.locator("#playground-train")).to_be_enabled(timeout=30_000)
+    expect(page.locator("#playground-verdict")).to_contain_text("Stopped at step")
+    _verdict_names_chance_and_both_nets(page, 20)  # after Stop
+    _figures_drawn_and_uncovered(page)
     files = page.locator("#playground-files")
     for name in ("resnet20", "plain20", "playground_curves"):  # Gradio splits off suffixes
         expect(files).to_contain_text(name, timeout=30_000)
     expect(files).to_contain_text(".safetensors")
     page.screenshot(path=str(SHOTS / "playground.png"), full_page=True)  # after Stop: a full-page shot relays out
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: the figures in one column, each on the screen
+    page.wait_for_function("() => { const c = document.querySelector('#playground-acc canvas'); "
+                           "return c && c.getBoundingClientRect().right <= 390; }", timeout=30_000)
+    boxes = [page.locator(f"#playground-{figure}").bounding_box() for figure in FIGURES]
+    for above, below in zip(boxes, boxes[1:]):
+        assert below["y"] >= above["y"] + above["height"] - 1 and below["x"] + below["width"] <= 390
+    _figures_drawn_and_uncovered(page)
+    page.screenshot(path=str(SHOTS / "playground_phone.png"), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 1100})
 
     page.get_by_role("tab", name="Classify").click()  # the trained ResNet, picked and used
     page.get_by_label("Model").click()
-    option = page.get_by_role("option", name=re.compile(r"playground-[0-9a-f]{12}-resnet20"))
+    option = page.get_by_role("option", name=re.compile(r"playground-[0-9a-f]{12}-resnet20")).last  # 2 runs: newest
     expect(option).to_be_visible(timeout=30_000)
     option.click()
     expect(page.locator("#status")).to_contain_text("playground-", timeout=60_000)
@@ -203,10 +251,10 @@ def test_playground_trains_both_nets_live_stops_and_offers_the_pair(page):
     expect(page.locator("#classify-image img[src*='shapes_circle']")).to_be_visible(timeout=60_000)
     page.get_by_role("button", name="Classify", exact=True).click()
     expect(page.locator("[data-testid='label-output-value']").first).to_be_visible(timeout=60_000)
-    page.get_by_role("tab", name="Research: why residuals train").click()
+    page.get_by_role("tab", name="Research", exact=True).click()
     page.get_by_role("tab", name="Lesion", exact=True).click()
     page.locator("#lesion-model input").click()
     expect(page.get_by_role("option", name=re.compile("your Playground run")).first).to_be_visible(timeout=30_000)
     page.keyboard.press("Escape")
-    page.get_by_role("tab", name="Playground: train twins live").click()
+    page.get_by_role("tab", name="Playground", exact=True).click()
     expect(status).to_contain_text("stopped")  # still: Stop's own late reply once overwrote it with "Stopping…"

@@ -23,11 +23,11 @@ from gradio_client import Client, handle_file
 from resnet_lab import faithfulness
 from resnet_lab.research import degradation, gradflow
 from resnet_lab.serving.zoo import ASSETS, SHAPES_MODEL, ModelZoo
-from resnet_lab.ui import common, research
+from resnet_lab.ui import common, gradcam, research
 
 SHAPE = str(ASSETS / "shapes_star.png")
 GRADCAM_ARGS = ("layer3", "top-1 prediction", "jet", 0.5, False, "Guided Grad-CAM")
-FAITHFULNESS_TABLE = pd.DataFrame({"method": ["probe"], "pointing": [1.0]})
+FAITHFULNESS_TABLE = pd.read_csv(gradcam.FAITHFULNESS_CSV).head(1)  # a real row: the UI renames its columns
 TINY_DEGRADATION = {"steps": 2, "batch_size": 4, "train_size": 8, "val_size": 8, "evals": 1}
 WAIT_S = 60  # only reached when something hangs: a failure, never a measurement
 
@@ -152,7 +152,7 @@ def test_gradcam_finishes_while_a_recompute_runs(served_app, tabs, tiny_long_job
     finally:
         release.set()
     table, _note = recompute.result(timeout=WAIT_S)
-    assert table["data"] == [["probe", 1.0]]
+    assert [row[:2] for row in table["data"]] == [["Grad-CAM", "layer1"], [gradcam.CHANCE, ""]]  # the stub's row, shown
 
 
 def test_classify_requests_that_wait_together_share_one_forward_pass(served_app, tabs, monkeypatch):

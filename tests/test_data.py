@@ -51,6 +51,50 @@ def test_16bit_is_scaled_not_clipped(photo):
     assert np.array_equal(out[..., 0], gray8)  # PIL's own convert("L") would make this almost white
 
 
+@pytest.mark.parametrize("mode", ["I;16", "F"])
+def test_16bit_and_float_images_become_8_bits_in_strips_not_whole_float64_copies(mode):
+    """They went through float64 copies of the whole image, ~24 bytes a pixel at the peak (1.5 GB for a 64 MP
+    16-bit PNG); now strip by strip: the 8-bit result and a few strips' working copies. numpy reports its arrays
+    to tracemalloc, so the peak counts them (PIL's own decoded image, in C, is not counted either way)."""
+    import tracemalloc
+
+    w, h = 3000, 2000
+    ramp = np.linspace(0, 1, w * h).reshape(h, w)
+    img = Image.fromarray((ramp * 65535).astype(np.uint16) if mode == "I;16" else ramp.astype(np.float32))
+    src = encode(img, "PNG" if mode == "I;16" else "TIFF")
+    assert Image.open(io.BytesIO(src)).mode == mode
+    tracemalloc.start()
+    try:
+        decoded = decode_image(src)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    out = np.asarray(decoded)  # after the count: this copies the RGB result
+    assert out[0, 0].tolist() == [0, 0, 0] and out[-1, -1].tolist() == [255, 255, 255]  # still scaled, not clipped
+    assert peak < w * h + 8 * 8 * data._STRIP_PIXELS, f"{peak / (w * h):.1f} bytes a pixel"
+
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F"])
+def test_a_row_longer_than_a_strip_is_scaled_in_blocks_of_columns(mode):
+    """A strip was whole rows, so one row of a 30,000,000x1 16-bit PNG (58 KB, under every pixel limit) was a
+    float64 strip with its working copies: 888 MB at the peak. Measured on `_to_8bit` alone (PIL's TIFF reader
+    holds a one-strip file's bytes in Python while decoding, which is not this function's)."""
+    import tracemalloc
+
+    w = 8 * data._STRIP_PIXELS
+    ramp = np.linspace(0, 1, w).reshape(1, w)
+    img = Image.fromarray((ramp * 65535).astype(np.uint16) if mode == "I;16" else ramp.astype(np.float32))
+    assert img.mode == mode
+    tracemalloc.start()
+    try:
+        out = data._to_8bit(img)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.mode == "L" and np.asarray(out)[0, [0, -1]].tolist() == [0, 255]  # scaled, not clipped
+    assert peak < w + 8 * 8 * data._STRIP_PIXELS, f"{peak / w:.1f} bytes a pixel"
+
 def test_exif_orientation_is_applied(photo):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 CW on display

@@ -130,3 +130,104 @@ def test_the_app_loads_an_export_by_its_hub_tag_with_its_own_class_names(trained
     assert got["labels"] == ours.meta["classes"] and got["source"] == "hub:someone/shapes-r18"
     assert "holds a resnet18, not a resnet50: choose the resnet18 model" in got["ResNet-50 hf-hub:someone/shapes-r18"]
     assert "HTTP 404" in got["ResNet-18 hf-hub:someone/missing"]
+
+
+@pytest.fixture
+def uploads(monkeypatch) -> dict[str, dict[str, bytes]]:
+    """huggingface_hub.HfApi replaced by one that records, per repo, every file each upload sends (its path in the
+    repo and its bytes), whichever upload method the push uses; nothing leaves the machine."""
+    import fnmatch
+
+    import huggingface_hub
+
+    sent: dict[str, dict[str, bytes]] = {}
+
+    def read(src) -> bytes:
+        return Path(src).read_bytes() if isinstance(src, (str, Path)) else bytes(src)
+
+    class RecordingApi:
+        endpoint = "https://hub.invalid"
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            sent.setdefault(repo_id, {})
+
+        def create_commit(self, repo_id, operations, **kwargs):
+            for op in operations:
+                sent.setdefault(repo_id, {})[op.path_in_repo] = read(op.path_or_fileobj)
+
+        def upload_file(self, *, path_or_fileobj, path_in_repo, repo_id, **kwargs):
+            sent.setdefault(repo_id, {})[path_in_repo] = read(path_or_fileobj)
+
+        def upload_folder(self, *, repo_id, folder_path, path_in_repo=None, allow_patterns=None, ignore_patterns=None,
+                          **kwargs):
+            allow = [allow_patterns] if isinstance(allow_patterns, str) else allow_patterns
+            ignore = [ignore_patterns] if isinstance(ignore_patterns, str) else ignore_patterns or []
+            for f in Path(folder_path).rglob("*"):
+                name = f.relative_to(folder_path).as_posix()
+                if f.is_file() and (allow is None or any(fnmatch.fnmatch(name, p) for p in allow)) and not any(
+                        fnmatch.fnmatch(name, p) for p in ignore):
+                    sent.setdefault(repo_id, {})[f"{path_in_repo}/{name}" if path_in_repo else name] = f.read_bytes()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    return sent
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_a_push_sends_exactly_the_files_written_and_no_path_of_the_trainers_disk(uploads, tmp_path, capsys):
+    """Our own format: a stale config.json and notes.txt in --out stay home, and the published model.json keeps
+    what describes the model, not the run's command, config or data paths (which name folders on this disk)."""
+    shipped = HERE.parent / "assets" / "twins" / "shapes_resnet20.safetensors"
+    home = tmp_path / "home" / "someone"
+    ckpt = home / "runs" / "r20.safetensors"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(shipped.read_bytes())
+    meta = json.loads(shipped.with_suffix(".json").read_text())
+    meta["command"] = f"python -m resnet_lab train --data folder:{home}/pets --out {home}/runs/r20"
+    meta["command_full"] = meta["command"]
+    meta["config"] = {**meta["config"], "out": str(home / "runs" / "r20"), "data_dir": str(home / "data")}
+    meta["data"] = {**meta["data"], "root": str(home / "data"), "skipped": [{"path": str(home / "x.png"),
+                                                                               "reason": "unreadable"}]}
+    meta["pretrained"] = {"spec": str(home / "w.pth"), "source": "file:w.pth", "head": "new", "freeze": "nothing"}
+    ckpt.with_suffix(".json").write_text(json.dumps(meta))
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "config.json").write_text('{"architecture": "resnet50", "stale": true}')
+    (out / "notes.txt").write_text(f"my notes in {home}")
+
+    assert main(["export", "--model", str(ckpt), "--out", str(out), "--push", "someone/r20"]) == 0
+    assert "pushed to https://hub.invalid/someone/r20" in capsys.readouterr().out
+    assert set(uploads["someone/r20"]) == {"model.safetensors", "model.json"}
+    assert uploads["someone/r20"]["model.safetensors"] == shipped.read_bytes()
+    published = json.loads(uploads["someone/r20"]["model.json"])
+    for s in _strings(published):
+        assert not s.startswith(("/", "~")) and str(tmp_path) not in s and str(Path.home()) not in s, s
+    assert {"command", "command_full", "config"}.isdisjoint(published)
+    assert published["data"]["test_seed"] == meta["data"]["test_seed"] and "root" not in published["data"]
+    assert published["pretrained"] == {"head": "new", "freeze": "nothing"}
+    again = load_checkpoint(out / "model.safetensors")  # what was published still loads as the same net
+    assert again.meta["arch"] == "resnet20" and again.meta["classes"] == meta["classes"]
+
+
+def test_a_timm_export_pushes_its_config_and_weights_only(trained, uploads, tmp_path):
+    out = tmp_path / "x"
+    out.mkdir()
+    for stale in ("model.json", "notes.txt"):
+        (out / stale).write_text("from an earlier export")
+    assert main(["export", "--model", str(trained), "--out", str(out), "--push", "someone/r18"]) == 0
+    assert set(uploads["someone/r18"]) == {"config.json", "model.safetensors"}
+    assert uploads["someone/r18"]["config.json"] == (out / "config.json").read_bytes()
+    assert str(tmp_path) not in uploads["someone/r18"]["config.json"].decode()

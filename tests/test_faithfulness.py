@@ -185,6 +185,7 @@ def test_measure_faithfulness_table_and_cli(tmp_path):
     assert pd.read_csv(out).shape[0] == 1
 
 
+@pytest.mark.numerics
 def test_shipped_table_is_reproduced_by_a_recomputed_slice():
     """The shipped CSV's Grad-CAM @ layer3 row, recomputed rather than re-read: the pointing game and the mass in the
     mask on all 500 images of its command (data seed 999, the checkpoint's test seed), deletion and insertion AUC on

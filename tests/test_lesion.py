@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import near_ties
 from torch import nn
 
 from resnet_lab.blocks import Bottleneck, projection
@@ -59,10 +60,13 @@ def test_no_deletion_gives_the_evaluators_accuracy_exactly():
         assert score(loaded.model, chunks(data.x, data.y, 16)).accuracy == top1
 
 
+@pytest.mark.numerics
 def test_recomputed_lesions_give_the_shipped_numbers_exactly():
     """Lesions of the shipped twins on their 2000 held-out images, recomputed through the one held-out set and the
     one evaluation loop, give the accuracies in assets/lesion_shapes.csv exactly: a residual block's deletion (a
-    downsampling one: the shortcut path) and k = 3 random deletions in a plain twin (the identities)."""
+    downsampling one: the shortcut path) and k = 3 random deletions in a plain twin (the identities). Exactly in
+    images but for those near a tie (`near_ties`), which another CPU may call either way: none here (the closest
+    top-2 gaps are 3.6e-3 and 2.5e-4; ATEN_CPU_CAPABILITY=default moves the logits by 3e-6 at most)."""
     shipped = lesion.read_csv(lesion.SHIPPED_CSV)
     single = shipped[(shipped.model == "resnet20") & (shipped.block == "layer2.0")].iloc[0]
     random_k = shipped[(shipped.model == "plain20") & (shipped.kind == "random") & (shipped.draw == 1)
@@ -71,8 +75,11 @@ def test_recomputed_lesions_give_the_shipped_numbers_exactly():
         loaded = load_checkpoint(TWIN.format(arch))
         deleted = row.deleted.split(";")
         assert frozenset(deleted) in lesion.lesion_sets(loaded.model, 5, 0, 14)  # one of the study's own sets
-        got = lesion.lesion_accuracy(loaded.model, held_out_set(loaded, int(row.n)), deleted)
-        assert got == row.accuracy, (arch, deleted, got, row.accuracy)
+        data = held_out_set(loaded, int(row.n))
+        got = lesion.lesion_accuracy(loaded.model, data, deleted)
+        with lesion.lesioned(loaded.model, deleted):
+            ties = near_ties(loaded.model, chunks(data.x, data.y, 256))
+        assert abs(round(got * row.n) - round(row.accuracy * row.n)) <= ties, (arch, deleted, got, row.accuracy)
 
 
 @pytest.mark.parametrize("block", ["layer1.1", "layer2.0"])  # identity shortcut; option-A downsampling shortcut

@@ -8,6 +8,7 @@ import math
 import threading
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -134,11 +135,14 @@ def test_what_fits_cuts_the_steps_to_the_time_limit():
 
 
 def test_the_tab_streams_views_saves_the_pair_and_stops_only_its_own_run(monkeypatch):
+    import gradio as gr
+
     from resnet_lab.checkpoints import load_checkpoint
     from resnet_lab.ui import playground as ui
+    from resnet_lab.ui import playground_plots as plots
 
     controls = (20, True, "he", "sgd", 0.05, 8, 30, 0, 32)
-    assert "about" in ui.estimate_text(*controls) and "⚠️" in ui.estimate_text(21, *controls[1:])
+    assert "on Shapes" in ui.estimate_text(*controls) and "⚠️" in ui.estimate_text(21, *controls[1:])
     monkeypatch.setattr(ui, "UPDATE_S", 0.05)
     stream = ui.train(*controls, None, "me", ["an-earlier-run"])
     first = next(stream)
@@ -148,26 +152,16 @@ def test_the_tab_streams_views_saves_the_pair_and_stops_only_its_own_run(monkeyp
     ui.stop("me")
     assert watch.stopped
     views = [first, *stream]
-    named: dict[int, list[str]] = {}  # each plot's legend: the series named for it (once, all of them at once)
-    for k, view in enumerate(views):
-        for i in ui.Legends.PLOTS:
-            if k == 0:
-                assert view[i] is None or "colors_in_legend" in view[i]  # an earlier run's chart cleared
-            elif i not in named:
-                assert isinstance(view[i], dict)  # nothing drawn before all series are there
-            else:
-                assert isinstance(view[i], pd.DataFrame)
-            if isinstance(view[i], dict) and "colors_in_legend" in view[i]:
-                assert i not in named
-                named[i] = view[i]["colors_in_legend"]
-    views = [[v["value"] if isinstance(v, dict) and "value" in v else v for v in view] for view in views]
-    status, loss, acc, plain_map, res_map, scale, ratios, files, runs = views[-1]
+    for view in views[:-1]:  # while it runs: no verdict, its detail hidden, the session's runs untouched
+        assert view[5] == "" and view[8] == {"__type__": "update", "visible": False} and view[10] == gr.skip()
+    status, loss, acc, plain_map, res_map, verdict, ratios, files, box, detail, runs = views[-1]
     assert "stopped" in status and "me" not in ui._runs
-    assert isinstance(loss, pd.DataFrame) and {"plain-20 train", "ResNet-20 train"} <= set(loss.series)
-    for i in ui.Legends.PLOTS:  # every series of every plot has its legend entry by the end
-        assert sorted(named[i]) == sorted(set(views[-1][i].series)), i
-    assert named[1] == ["plain-20 train", "ResNet-20 train", "plain-20 held-out", "ResNet-20 held-out"]
-    assert plain_map is not None and plain_map.ndim == 3 and res_map.shape == plain_map.shape and "log10" in scale
+    for figure in (loss, acc, plain_map, res_map, ratios):  # every figure drawn by the end
+        assert plots.spec(figure)["layer"], figure
+    assert {(r["net"], r["curve"]) for r in plots.spec(loss)["data"]["values"]} == {
+        (net, curve) for net in ("plain-20", "ResNet-20") for curve in ("train", "held-out")}
+    assert "plain-20" in verdict and "ResNet-20" in verdict and "chance" in verdict  # after Stop too
+    assert box == {"__type__": "update", "visible": True, "open": False} and "1/K = 12.5" in detail
     assert [f.rsplit(".", 1)[-1] for f in files] == ["csv", "safetensors", "json", "safetensors", "json"]
     loaded = load_checkpoint(files[3])
     assert loaded.meta["arch"] == "resnet20" and loaded.meta["steps_trained"] < 30
@@ -177,8 +171,6 @@ def test_the_tab_streams_views_saves_the_pair_and_stops_only_its_own_run(monkeyp
 def test_the_status_line_is_the_streams_alone_and_says_each_state():
     """Stop writes nothing to the page: the stream says "stopping", then "stopped" (a second writer of the line
     raced the stream's last update in CI and left "Stopping…" showing after the run had ended)."""
-    import gradio as gr
-
     from resnet_lab.ui import playground as ui
 
     empty = pd.DataFrame(columns=["net", "step", "metric", "value"])
@@ -190,15 +182,6 @@ def test_the_status_line_is_the_streams_alone_and_says_each_state():
         states.append(ui.status(snap).split("**")[1])
     assert states == ["training", "stopping after this step", "stopped", "done"]
     ui.stop("no such session")  # nothing to stop: nothing happens (that it writes nothing: the browser test)
-    one = pd.DataFrame({"step": [0], "value": [1.0], "series": ["plain-20 layer1"]})
-    legends = ui.Legends(pg.PlaygroundConfig(depth=20))  # a plot whose series never all came: drawn at the end
-    assert legends((None, one, one, None, None, "", one, None))[6] is None  # cleared
-    assert legends((None, one, one, None, None, "", one, None))[6] == {"__type__": "update"}  # waits
-    assert legends((None, one, one, None, None, "", one, None), final=True)[6]["colors_in_legend"] == [
-        "plain-20 layer1"]
-    plot = gr.LinePlot(x="step", y="value", color="series")  # an empty frame's names stay names, not numbers
-    assert plot.postprocess(ui.curves(snap, "loss")).datatypes == {"step": "quantitative", "value": "quantitative",
-                                                                   "series": "nominal"}
 
 
 def test_a_stop_while_the_run_is_sized_ends_it_after_its_first_step(monkeypatch):
@@ -206,7 +189,7 @@ def test_a_stop_while_the_run_is_sized_ends_it_after_its_first_step(monkeypatch)
     from resnet_lab.ui import playground as ui
 
     sized = ui.refuse
-    monkeypatch.setattr(ui, "refuse", lambda cfg: (sized(cfg), ui.stop("early")))  # the click lands meanwhile
+    monkeypatch.setattr(ui, "refuse", lambda *a: (sized(*a), ui.stop("early")))  # the click lands meanwhile
     monkeypatch.setattr(ui, "UPDATE_S", 0.05)
     *_, last = ui.train(20, True, "he", "sgd", 0.05, 8, 30, 0, 16, None, "early", [])
     assert "**stopped**: step 1 of 30" in last[0] and "early" not in ui._runs
@@ -226,7 +209,7 @@ def test_the_trained_pair_is_this_sessions_own_in_every_tab(tmp_path, monkeypatc
     monkeypatch.setattr(common, "_ZOO", ModelZoo(weights_path=str(tmp_path / "none"), device="cpu"))
     monkeypatch.setattr(ui, "UPDATE_S", 0.05)
     *_, last = ui.train(20, False, "he", "sgd", 0.05, 8, 3, 0, 16, None, "me", [])
-    files, runs = last[-2], last[-1]
+    files, runs = last[7], last[-1]
     token = runs[0]
     names = session_nets.model_names(runs)
     assert len(names) == 2 and all(token in n for n in names)
@@ -237,7 +220,8 @@ def test_the_trained_pair_is_this_sessions_own_in_every_tab(tmp_path, monkeypatc
     from resnet_lab.ui import gradcam
 
     ex = gradcam.explain_image(str(ASSETS / "shapes_circle.png"), names[0], "local", "layer3")
-    assert ex.heatmap.shape == (16, 16) and names[0] in ex.info  # Grad-CAM on the session's own net, at 16 px
+    # Grad-CAM on the session's own net, at 16 px (the shipped Shapes net is 32 px and "knows 8 shapes")
+    assert ex.heatmap.shape == (16, 16) and "only knows 8 classes" in ex.info
     model_update, *pickers = session_nets.offer_runs(research.offer)(runs)
     assert set(names) <= set(model_update["choices"])
     want = (f"ResNet-20 vs plain-20 (your Playground run {token[:4]})", f"playground:{token}")
@@ -264,8 +248,9 @@ def test_building_the_page_trains_and_times_nothing(monkeypatch):
     from resnet_lab.ui import playground as ui
 
     calls: list[str] = []
-    for module, name in ((cost, "_measured_rates"), (cost, "_measured_build"), (pg, "run_degradation"),
-                         (pg, "run_playground"), (ui, "estimate_text"), (pg.PlaygroundConfig, "cost")):
+    for module, name in ((cost, "_measured_rates"), (cost, "_measured_build"), (cost, "_measured_decode"),
+                         (pg, "run_degradation"), (pg, "run_playground"), (ui, "_estimate"), (ui, "estimate_text"),
+                         (pg.PlaygroundConfig, "cost")):
         monkeypatch.setattr(module, name, lambda *a, _name=name, **k: calls.append(_name))
     demo = app.build_demo()
     assert any(fn.api_name == "playground" for fn in demo.fns.values())  # the tab was built
@@ -312,10 +297,13 @@ def test_a_stop_while_the_run_is_queued_means_it_never_starts(monkeypatch):
     from resnet_lab.ui import playground as ui
 
     log, release = _fake_runs(monkeypatch)
-    assert ui.queue_run("queued") == {"__type__": "update", "interactive": False}
+    clicked = ui.queue_run("queued")
+    assert clicked[0] == {"__type__": "update", "interactive": False} and "starting" in clicked[1]
+    assert clicked[2:] == (None, None, None, None, "", None, {"__type__": "update", "visible": False}, "")
     ui.stop("queued")  # clicked while another job holds the slot
     views = list(ui.train(20, True, "he", "sgd", 0.05, 8, 30, 0, 16, None, "queued", []))
     assert len(views) == 1 and "before it started" in views[0][0] and log == []
+    assert views[0][1:7] == (None, None, None, None, "", None)  # an earlier run's figures and verdict cleared
     assert "queued" not in ui._runs and "queued" not in ui._queued
     assert ui.ready() == {"__type__": "update", "interactive": True}
 
@@ -326,6 +314,33 @@ def test_a_stop_while_the_run_is_queued_means_it_never_starts(monkeypatch):
     ui.stop("idle")
     release.set()
     assert "stopped" in list(stream)[-1][0] and log == [("start", 0), ("end", 0)]
+
+
+def test_one_stop_ends_every_click_of_the_page_waiting_in_the_queue_and_no_later_one(monkeypatch):
+    """A double click that reached the server queues two runs; one Stop while they wait means neither starts (the
+    second click's Stop replaced the first's, so the first was stopped and the second trained). A click after the
+    Stop is a new run, which that Stop does not end."""
+    from resnet_lab.ui import playground as ui
+
+    log, release = _fake_runs(monkeypatch)
+    args = (20, True, "he", "sgd", 0.05, 8, 30, 0, 16, None, "twice", [])
+    ui.queue_run("twice")
+    ui.queue_run("twice")
+    ui.stop("twice")
+    for _ in range(2):
+        views = list(ui.train(*args))
+        assert len(views) == 1 and "before it started" in views[0][0]
+    assert log == [] and "twice" not in ui._queued and "twice" not in ui._runs
+
+    ui.queue_run("twice")
+    ui.stop("twice")
+    ui.queue_run("twice")  # clicked again after the Stop: this one runs
+    assert "before it started" in list(ui.train(*args))[-1][0]
+    stream = ui.train(*args)
+    assert "training" in next(stream)[0]
+    ui.stop("twice")
+    release.set()
+    assert "stopped" in list(stream)[-1][0] and log == [("start", 0), ("end", 0)] and "twice" not in ui._queued
 
 
 def test_a_closed_page_stops_its_run_and_the_next_run_waits_for_it_to_end(monkeypatch):
@@ -380,6 +395,151 @@ def test_train_both_is_disabled_from_the_click_until_the_run_has_ended(monkeypat
     click = next(f for f in fns if (start._id, "click") in [(t[0], t[1]) for t in f.targets])
     run = next(f for f in fns if f.trigger_after == click._id)
     after = next(f for f in fns if f.trigger_after == run._id)
-    assert click.fn is ui.queue_run and not click.queue and [o._id for o in click.outputs] == [start._id]
+    by_id = {b.elem_id: b._id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert click.fn is ui.queue_run and not click.queue and [o._id for o in click.outputs] == [by_id[f"playground-{n}"]
+        for n in ("train", "status", "loss", "acc", "map-plain", "map-resnet", "verdict", "ratios", "referee-box",
+                  "referee")]  # an earlier run's status, figures and verdict cleared at the click
     assert run.api_name == "playground" and run.concurrency_id == "long" and not run.trigger_only_on_success
     assert after.fn is ui.ready and [o._id for o in after.outputs] == [start._id] and not after.queue
+    # progress and errors on the status line only: a failed or refused run left a red "Error" badge on every figure
+    assert [b.elem_id for b in run.show_progress_on] == ["playground-status"]
+
+
+# ----------------------------------------------------------------------------- the verdict
+
+
+@pytest.mark.parametrize("plain, resnet, steps_done, says", [
+    (0.137, 0.449, 300, "plain-56 stayed at chance (13.7 %, chance is 12.5 %) while ResNet-56 reached 44.9 %: in "
+                        "300 steps the shortcuts made the 56-layer net trainable."),
+    (0.25, 0.516, 300, "Both nets learned (chance is 12.5 %), ResNet-56 faster: 51.6 % against plain-56's 25.0 %."),
+    (0.40, 0.42, 300, "Both nets learned and are level: plain-56 40.0 %, ResNet-56 42.0 %"),
+    (0.45, 0.30, 300, "Both nets learned (chance is 12.5 %), and plain-56 is ahead"),
+    (0.40, 0.12, 300, "plain-56 reached 40.0 % while ResNet-56 stayed at chance (12.0 %, chance is 12.5 %)"),
+    (0.13, 0.14, 300, "Neither net learned in 300 steps: plain-56 13.0 % and ResNet-56 14.0 %"),
+    (0.13, 0.14, 40, "Stopped at step 40 of 300. Too early to say: after 40 steps neither net is above chance"),
+    (0.125, 0.20, 40, "After only 40 steps ResNet-56 has left chance (20.0 %) and plain-56 has not"),
+    (0.05, 0.45, 300, "plain-56 fell below chance (5.0 %, chance is 12.5 %) while ResNet-56 reached 45.0 %"),
+])
+def test_the_verdict_says_what_the_numbers_show(plain, resnet, steps_done, says):
+    from resnet_lab.research.playground_verdict import verdict
+
+    found = verdict(("plain-56", plain), ("ResNet-56", resnet), 8, 256, steps_done, 300)
+    assert says in found.headline.replace("\u00a0", " ")
+    assert found.headline.count(". ") <= 3  # one or two sentences (and "Stopped at step ...")
+    assert "plain-56" in found.detail and "ResNet-56" in found.detail
+
+
+def test_chance_and_its_noise_come_from_the_classes_and_the_held_out_images():
+    """1/K for K classes (a zip's too), and "at chance" only within two binomial standard errors of it: the same
+    accuracy is chance on a few held-out images and learning on many."""
+    from resnet_lab.research.playground_verdict import chance, standing, verdict
+
+    assert chance(8, 256) == pytest.approx((0.125, math.sqrt(0.125 * 0.875 / 256)))
+    assert standing(0.16, 8, 256) == "at" and standing(0.16, 8, 10_000) == "above"  # 2 se: 4.1 vs 0.7 points
+    assert standing(0.05, 8, 256) == "below"
+    found = verdict(("plain-20", 0.60), ("ResNet-20", 0.95), 2, 20, 300, 300)  # a zip of 2 classes
+    text = found.headline.replace("\u00a0", " ")
+    assert "plain-20 stayed at chance (60.0 %, chance is 50.0 %)" in text  # 2 se on 20 images: 22.4 points
+    assert "K = 2 classes" in found.detail and "20 held-out images" in found.detail
+    tiny = verdict(("plain-20", 1.0), ("ResNet-20", 1.0), 2, 4, 40, 40).headline.replace("\u00a0", " ")
+    assert tiny.startswith("Too few held-out images to judge: on 4 of them a net that only guesses (50.0 %) can score "
+                           "anything up to 100.0 % by luck")  # not "neither net is above chance (100 %)"
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        chance(1, 10)
+
+
+def test_the_verdict_comes_once_the_run_has_ended_from_each_nets_last_check():
+    from resnet_lab.ui import playground as ui
+
+    rows = [("plain-56", 0, "val_acc", 0.12), ("ResNet-56", 0, "val_acc", 0.13), ("plain-56", 300, "val_acc", 0.137),
+            ("ResNet-56", 300, "val_acc", 0.449)]
+    snap = pg.Snapshot(300, 300, 100.0, pd.DataFrame(rows, columns=["net", "step", "metric", "value"]), {}, [],
+                       pd.DataFrame(columns=["net", "step", "stage", "ratio"]), done=False, stopped=False)
+    assert ui.verdict(snap, 8, 256) == "" and ui.referee(snap, 8, 256)[0]["visible"] is False  # still running
+    snap.done = True
+    assert "ResNet-56 reached 44.9" in ui.verdict(snap, 8, 256) and ui.referee(snap, 8, 256)[0]["visible"]
+    snap.error = "RuntimeError: boom"
+    assert ui.verdict(snap, 8, 256) == ""  # a failed run has no verdict, the status says why
+
+
+# ----------------------------------------------------------------------------- the figures
+
+
+def _layers(figure) -> list[dict]:
+    from resnet_lab.ui import playground_plots as plots
+
+    return plots.spec(figure)["layer"]
+
+
+def _encodings(figure, channel: str) -> list[dict]:
+    return [layer["encoding"][channel] for layer in _layers(figure) if channel in layer.get("encoding", {})]
+
+
+def test_every_figure_colours_the_net_the_same_way_and_names_its_axes(one_thread):
+    """One convention everywhere: plain orange, ResNet blue; training solid, held-out dashed through its points;
+    axes with units; chance marked (1/K on accuracy, ln K on loss); every curve's values on hover."""
+    from resnet_lab.ui import playground_plots as plots
+
+    snap = pg.run_playground(pg.PlaygroundConfig(**SMALL)).snapshot()
+    loss, acc, ratios = plots.curve_plot(snap, "loss", 8), plots.curve_plot(snap, "acc", 8), plots.ratio_plot(snap)
+    for figure in (loss, acc, ratios):
+        colours = [c["scale"] for c in _encodings(figure, "color")]
+        assert colours and all(dict(zip(c["domain"], c["range"])) == {"plain-20": plots.PLAIN,
+                                                                      "ResNet-20": plots.RESNET} for c in colours)
+        assert any("tooltip" in layer["encoding"] for layer in _layers(figure))
+    for figure, title, chance in ((loss, "cross-entropy loss", math.log(8)), (acc, "accuracy (%)", 12.5)):
+        assert {y["title"] for y in _encodings(figure, "y") if "title" in y} == {title}
+        dash = _encodings(figure, "strokeDash")[0]["scale"]
+        assert dict(zip(dash["domain"], dash["range"])) == {"train": [1, 0], "held-out": [6, 4]}
+        rules = [layer for layer in _layers(figure) if layer["mark"]["type"] == "rule"]
+        assert rules[0]["data"]["values"][0]["y"] == pytest.approx(chance)
+        assert "chance" in rules[0]["data"]["values"][0]["text"]
+        assert any(layer.get("transform") == [{"filter": "datum.curve == 'held-out'"}]
+                   and layer["mark"]["type"] == "point" for layer in _layers(figure))  # held-out: its points
+    held = snap.curves[(snap.curves.metric == "val_acc") & (snap.curves.net == "ResNet-20")].value
+    shown = [r["value"] for r in plots.spec(acc)["data"]["values"] if r["net"] == "ResNet-20"
+             and r["curve"] == "held-out"]
+    assert shown == pytest.approx([100 * a for a in held], abs=0.01)  # percent
+    ratio = _layers(ratios)[0]["encoding"]
+    assert ratio["y"]["scale"]["type"] == "log" and ratio["strokeDash"]["field"] == "stage"
+    low, high = ratio["y"]["scale"]["domain"]  # whole decades around every ratio
+    assert low <= snap.ratios.ratio.min() and snap.ratios.ratio.max() <= high
+    assert [math.log10(x) for x in (low, high)] == pytest.approx([round(math.log10(x)) for x in (low, high)])
+
+    plain, resnet = plots.map_plots(snap)
+    for figure, net in ((plain, "plain-20"), (resnet, "ResNet-20")):
+        image, bar = _layers(figure)
+        enc, m = image["encoding"], snap.grad_maps[net]
+        assert image["mark"]["type"] == "image" and enc["x"]["title"] == "step" and "layer" in enc["y"]["title"]
+        assert image["data"]["values"][0]["y1"] == m.shape[0] + 0.5  # a row per conv, first at the top
+        assert enc["y"]["scale"]["reverse"] and image["data"]["values"][0]["url"].startswith("data:image/png")
+        finite = np.concatenate([g[np.isfinite(g)] for g in snap.grad_maps.values()])
+        assert bar["encoding"]["color"]["scale"]["domain"] == pytest.approx([finite.min(), finite.max()])  # shared
+
+
+def test_a_huge_held_out_loss_is_drawn_on_the_top_edge_and_hovers_its_value():
+    from resnet_lab.ui import playground_plots as plots
+
+    rows = [("plain-20", s, "train_loss", 2.0) for s in range(10)] + [("plain-20", 0, "val_loss", 2.1),
+                                                                       ("plain-20", 9, "val_loss", 5000.0)]
+    snap = pg.Snapshot(10, 10, 1.0, pd.DataFrame(rows, columns=["net", "step", "metric", "value"]), {}, [],
+                       pd.DataFrame(columns=["net", "step", "stage", "ratio"]), done=True, stopped=False)
+    spec = plots.spec(plots.curve_plot(snap, "loss", 8))
+    top = spec["layer"][0]["encoding"]["y"]["scale"]["domain"][1]
+    assert top == pytest.approx(plots.LOSS_CAP * 2.0)
+    huge = [r for r in spec["data"]["values"] if r["value"] == 5000.0]
+    assert len(huge) == 1 and huge[0]["shown"] == top and "5000" not in str(spec["title"])
+    assert plots.curve_plot(pg.Snapshot(0, 10, 0.0, pd.DataFrame(columns=["net", "step", "metric", "value"]), {},
+                                        [], pd.DataFrame(columns=["net", "step", "stage", "ratio"]), False, False),
+                            "acc", 8) is None  # nothing yet: the figure is cleared, not drawn empty
+
+
+def test_the_estimate_names_what_it_trains_on_shapes_or_the_uploaded_zip(tmp_path):
+    from test_zipdata import _good, _zip
+
+    from resnet_lab.ui import playground as ui
+
+    controls = (20, True, "he", "sgd", 0.05, 4, 30, 0, 16)
+    assert "plain-20 and ResNet-20 on Shapes, 30 steps" in ui.estimate_text(*controls)
+    mine = ui.estimate_text(*controls, upload=str(_zip(tmp_path / "mine.zip", _good())))
+    assert "plain-20 and ResNet-20 on your zip's images, 30 steps" in mine and "Shapes" not in mine

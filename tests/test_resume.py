@@ -5,6 +5,7 @@ an image folder read by DataLoader workers; states are written atomically, prune
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -189,14 +190,21 @@ def test_a_second_run_into_the_same_out_neither_prunes_nor_picks_the_first_runs_
     capsys.readouterr()
     with pytest.raises(resume.Stopped) as stopped:
         train(TrainConfig(**{**base, "quiet": False, "seed": 2}, epochs=2, out=out), progress=_stop_at(6))
-    said = [line for line in capsys.readouterr().out.splitlines() if "left as they are" in line]
+    printed = capsys.readouterr().out.splitlines()
+    said = [line for line in printed if "left as they are" in line]
     assert len(said) == 1 and "2 training states of 1 other run" in said[0], said
     assert "--epochs 3 (now 2)" in said[0] and "--seed 1 (now 2)" in said[0]
+    # the first run's checkpoint is replaced when this one ends: said at the start, while it can still be moved
+    told = [line for line in printed if "holds another run's checkpoint" in line]
+    assert len(told) == 1 and told[0].startswith(f"{out}.safetensors") and "--seed 1 (now 2)" in told[0], printed
     assert stopped.value.path.is_file() and all(p.is_file() for p in first)
     again = train(TrainConfig(**{**base, "seed": 2}, epochs=2, out=out, resume="auto"))
     assert len(again.history) == 2 and again.meta["config"]["seed"] == 2
     assert all(p.is_file() for p in first)  # still the first run's, untouched
     assert len(resume.states(out)) == 4  # two of each run (--keep 2)
+    # the checkpoint is now this run's own: resumed again, nothing to say about it
+    assert resume.replaced(out, again.meta["run"], again.meta["config"]) is None
+    assert resume.replaced(out, "0123abcd-456789", again.meta["config"]).endswith("give another --out to keep both")
 
 
 def _fake_state(out: Path, run: str, step: int, config: dict, written: int) -> Path:
@@ -335,3 +343,42 @@ def test_a_signal_in_an_epochs_last_step_or_during_validation_stops_the_run(when
     # the same trajectory (a wrong replay of the data draws differs by orders of magnitude more than this)
     sa, sb = again.model.state_dict(), whole.model.state_dict()
     assert all(torch.allclose(sa[k].double(), sb[k].double(), rtol=1e-4, atol=1e-6) for k in sa)
+
+
+def test_an_out_with_a_dot_gets_its_checkpoint_beside_its_states(tmp_path):
+    """`--out runs/x.v2` writes runs/x.v2.safetensors and .json (the suffix was swapped: runs/x.safetensors, which
+    another run's `--out runs/x.v1` overwrote); an out already ending in .safetensors is kept."""
+    from resnet_lab.checkpoints import checkpoint_path
+    from resnet_lab.weights import load_checkpoint
+
+    out = tmp_path / "runs" / "x.v2"
+    assert main(["train", "--n-train", "32", "--n-val", "32", "--n-test", "32", "--batch-size", "32", "--epochs",
+                 "1", "--quiet", "--device", "cpu", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.parent.iterdir() if not p.name.endswith(resume.SUFFIX)) == [
+        "x.v2.json", "x.v2.safetensors"]
+    assert resume.latest(out).name.startswith("x.v2.")
+    assert load_checkpoint(checkpoint_path(out)).meta["config"]["out"] == str(out)
+    assert checkpoint_path(tmp_path / "y.safetensors") == tmp_path / "y.safetensors"
+
+
+@pytest.mark.parametrize("case", ["a file where its folder should be", "an existing folder", "a trailing slash",
+                                  "empty"])
+def test_an_out_that_cannot_take_files_is_refused_before_any_epoch(case, tmp_path, capsys):
+    """One sentence naming --out and exit code 2 before any data is made, not a traceback after the first epoch
+    (or, empty, a run that saves nothing)."""
+    taken = tmp_path / "taken"
+    taken.write_text("") if case.startswith("a file") else taken.mkdir() if case == "an existing folder" else None
+    out = {"a file where its folder should be": str(taken / "m"), "an existing folder": str(taken),
+           "a trailing slash": f"{tmp_path / 'new'}/", "empty": ""}[case]
+    before = sorted(tmp_path.rglob("*"))
+    calls = []
+    with pytest.raises(ValueError, match="^--out "):
+        train(TrainConfig(**dict(TINY, n_train=32, epochs=1), out=out), progress=lambda f, d: calls.append(f))
+    assert not calls
+    assert main(["train", "--n-train", "32", "--batch-size", "32", "--epochs", "1", "--quiet", "--device", "cpu",
+                 "--out", out]) == 2
+    err = capsys.readouterr().err
+    # refused while parsing (cli_args.writable: "...train: argument --out: ...") or by train's own check
+    assert re.match(r"(error: |\S+ -m resnet_lab train: argument )--out", err), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert sorted(tmp_path.rglob("*")) == before

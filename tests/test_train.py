@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import near_ties
 from torch import nn
 
 from resnet_lab.__main__ import main
@@ -138,12 +139,16 @@ def test_shipped_init_is_what_manual_seed_and_build_gave():
     assert all(torch.equal(v, new[k]) for k, v in old.state_dict().items())
 
 
+@pytest.mark.numerics
 def test_shipped_json_scores_are_what_the_weights_score():
-    """The JSON's test accuracy, re-measured from the shipped weights on the test set it names (not just re-read)."""
+    """The JSON's test accuracy, re-measured from the shipped weights on the test set it names (not just re-read),
+    in images: the same count but for images near a tie, which another CPU may call either way (none here)."""
     loaded = load_checkpoint(SHIPPED)
     data = loaded.meta["data"]
     test_set = ShapesDataset(data["n_test"], data["test_seed"], loaded.meta["input_size"][-1], data["clutter"])
-    assert accuracy(loaded.model, test_set) == pytest.approx(loaded.meta["test_acc"], abs=0.5 / data["n_test"])
+    n = data["n_test"]
+    ties = near_ties(loaded.model, chunks(test_set.normalized(), test_set.labels, 256))
+    assert abs(round(accuracy(loaded.model, test_set) * n) - round(loaded.meta["test_acc"] * n)) <= ties
 
 
 def test_shipped_model_is_accurate_on_unseen_data():

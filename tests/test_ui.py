@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gradio as gr
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import encode
 from PIL import Image
 
 from resnet_lab.data import crop_box
+from resnet_lab.explain import colorbar_width
 from resnet_lab.serving.zoo import SHAPES_CHECKPOINT, SHAPES_MODEL, ModelZoo
 from resnet_lab.ui import classify, common, gradcam
 
@@ -176,7 +178,7 @@ def test_phone_photo_overlay_paints_exactly_the_crop_and_downloads_at_display_si
     overlay, npy, stages, _, png, _ = gradcam.explain_event(
         path, "ResNet-18", None, "layer4", "top-1 prediction", "jet", 0.0, False, "none", None)
     overlay = Image.open(overlay)
-    assert overlay.size == (w + 70, h) and Image.open(png).size == overlay.size
+    assert overlay.size == (w + colorbar_width(h), h) and Image.open(png).size == overlay.size
     assert np.load(npy).shape == (224, 224)  # the raw map stays at the network's resolution
     assert all(im.size == (512, round(512 * h / w)) for im, _ in stages)  # gallery tiles
     # opacity 0: the upload shows unchanged where the network looked, dimmed where it did not
@@ -212,9 +214,24 @@ def test_recompute_runs_on_a_copy_without_the_lock_and_says_how_long(monkeypatch
     monkeypatch.setattr(faithfulness, "measure_faithfulness", watched)
     fresh, note = gradcam.recompute_faithfulness(4)
     assert seen == [(True, False)]
-    assert fresh["stage"].tolist() == ["layer1", "layer2", "layer3"] and (fresh["n"] == 4).all()
-    assert fresh["pointing"].between(0, 1).all()
+    assert fresh["Method"].tolist() == ["Grad-CAM"] * 3 + [gradcam.CHANCE]  # shown as the panel shows it
+    assert fresh["Stage"].tolist() == ["layer1", "layer2", "layer3", ""]
+    assert fresh["Pointing game"].between(0, 1).all()
     assert "Recomputed on 4" in note and "estimated" in note
+
+
+def test_the_faithfulness_table_is_shown_with_named_columns_and_each_measurement_once():
+    """Methods that use no layer are measured once but written on every stage's row; the chance level is the same
+    for every method: shown once each, under names a reader knows."""
+    raw = pd.read_csv(gradcam.FAITHFULNESS_CSV)
+    shown = gradcam.faithfulness_table()
+    assert list(shown.columns) == ["Method", "Stage", *gradcam.SHOWN.values()]
+    assert len(shown) == raw["uses_layer"].sum() + (~raw["uses_layer"]).sum() // 3 + 1
+    assert not shown.duplicated(["Method", "Stage"]).any()
+    ig = shown[shown["Method"] == "Integrated Gradients"]
+    assert ig["Stage"].tolist() == [gradcam.ANY_STAGE] and ig["Pointing game"].iloc[0] == round(
+        raw.loc[raw["method"] == "integrated_gradients", "pointing"].iloc[0], 3)
+    assert shown.iloc[-1]["Pointing game"] == round(raw["pointing_random"].iloc[0], 3)
 
 
 def test_recompute_refuses_more_images_than_it_is_bounded_to():

@@ -23,13 +23,16 @@ def test_degradation_rerun_and_shipped_curves(monkeypatch):
     deg_ui._quick_run.cache_clear()
     try:
         assert "about" in deg_ui.rerun_label() and "trained in" not in deg_ui.rerun_label()
-        fig, table, text = deg_ui.rerun_degradation(progress=lambda f, d: calls.append(f))
+        fig, narrow, table, text = deg_ui.rerun_degradation(progress=lambda f, d: calls.append(f))
         assert "This re-run trained in" in text
-        assert "Cached: the re-run trained in" in deg_ui.rerun_degradation(progress=no_progress)[2]
+        assert "Cached: the re-run trained in" in deg_ui.rerun_degradation(progress=no_progress)[3]
         assert "trained in" in deg_ui.rerun_label() and "cached" in deg_ui.rerun_label()
     finally:
         deg_ui._quick_run.cache_clear()  # never leave the tiny run where the real button would find it
     assert isinstance(fig, Figure) and list(table.arch) == list(degradation.DEFAULT_ARCHS)
+    # the phone's copy: the same two panels, one above the other
+    (w, _), (nw, nh) = fig.get_size_inches(), narrow.get_size_inches()
+    assert len(narrow.axes) == len(fig.axes) == 2 and nw < w and nh > nw
     assert "Short re-run, 2 steps" in text and calls[-1] == 1.0
     fig, table, text = deg_ui.shipped_curves()
     assert isinstance(fig, Figure) and "Shipped run" in text  # the shipped CSV is part of the app

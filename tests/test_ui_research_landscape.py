@@ -121,7 +121,7 @@ def test_shipped_results_present(tmp_path, monkeypatch):
     png = shipped["contours"]
     assert png.endswith(".png") and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert shipped["csvs"] == [str(csv)] and landscape.describe_landscape(df) in shipped["note"]
-    shares = shipped["surface_table"].set_index("net")["non-convex in basin"]
+    shares = shipped["surface_table"].set_index("net")["non\u2011convex in basin"]  # a non-breaking hyphen
     assert shares["resnet20"] == "0%" and float(shares["plain20"].rstrip("%")) > 0
     shipped_png = tmp_path / "landscape_shapes_2d.png"
     shipped_png.write_bytes(b"\x89PNG\r\n\x1a\n")

@@ -87,7 +87,7 @@ def _softmax(folder: Path, image: str) -> dict[str, float]:
 
 
 def test_listed_under_its_own_name_and_broken_ones_skipped_with_a_warning(folder, caplog):
-    with caplog.at_level(logging.WARNING, logger="resnet_lab.serving.zoo"):
+    with caplog.at_level(logging.WARNING, logger="resnet_lab.serving.user_models"):
         z = ModelZoo(weights_path=str(folder), device="cpu")
     assert z.models == [*MODELS, NAME]  # after the built-in ones; the ImageNet-named file is no model of its own
     assert z.tags_for(NAME) == ["local"]

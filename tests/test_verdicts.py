@@ -77,3 +77,69 @@ def test_lesion_verdict_compares_what_one_deletion_costs():
     broken.loc[rows, "accuracy"] = broken.loc[rows, "chance"]
     assert "Veit" not in V.lesion(broken)
     assert V.lesion(pd.DataFrame(df[df.model == "plain20"])) == "No twin pair in this study."
+
+
+# --- the student's layer: the same numbers, plain words; changed numbers change the sentence ---
+
+def test_plain_degradation_sentence_follows_the_final_losses():
+    df = degradation.read_csv()
+    final = degradation.final_metrics(df).set_index("arch")
+    text = V.degradation_plain(df)
+    assert f"training loss {final.loc['plain56', 'train_loss_smooth']:.2f}, no better than guessing" in text
+    assert f"gets to {final.loc['resnet56', 'train_loss_smooth']:.2f}" in text and "shortcuts fix that" in text
+    same = df.copy()  # plain56 made to train exactly as plain20 did
+    for metric in same.metric.unique():
+        src = same[(same.arch == "plain20") & (same.metric == metric)].value.to_numpy()
+        same.loc[(same.arch == "plain56") & (same.metric == metric), "value"] = src
+    changed = V.degradation_plain(same)
+    assert "guessing" not in changed and "no degradation to see" in changed
+
+
+def test_plain_gradient_sentence_says_grows_not_vanishes_from_the_ratios():
+    summary = gradflow.summarize(gradflow.read_csv(str(gradflow.SHIPPED_CSV)))
+    plain = summary[(summary.variant == "plain") & (summary.arch == "resnet110")].iloc[0]
+    text = V.gradients_plain(summary)
+    assert f"{10 ** plain.log10_ratio_mean / 1e6:.1f} million times the last layer's" in text
+    assert "does not vanish here, it grows toward the input" in text and "10^" not in text
+    fading = summary.copy()  # the plain nets' gradients made to shrink 1000x toward the input instead
+    fading.loc[fading.variant == "plain", "log10_ratio_mean"] = -3.0
+    changed = V.gradients_plain(fading)
+    assert "1,000 times smaller than the last layer's" in changed and "fades" in changed
+    assert "does not vanish" not in changed
+
+
+def test_plain_landscape_sentence_counts_what_survives():
+    df = landscape.combine([landscape.read_csv(str(p)) for p in (landscape.SHIPPED_CSV,
+                                                                 landscape.SHIPPED_SHARPNESS_CSV)])
+    text = V.landscape_plain(df)
+    assert "of 8 comparisons, 2 show a clear difference" in text and "point opposite ways" in text
+    assert "control" not in text and "α" not in text  # no referee's vocabulary
+    one_way = df[~((df.model == "resnet20") | (df.model == "plain20"))]
+    assert "every one says the ResNet's valley is the flatter" in V.landscape_plain(one_way)
+
+
+def test_plain_curvature_sentence_quotes_the_top_eigenvalues_the_figure_marks():
+    spec, dens, _ = curvature.read_results(curvature.SHIPPED_STEM)
+    table = curvature.spectrum_table(spec).set_index("model")
+    r, p = table.loc["resnet56"].lambda_max_mean, table.loc["plain56"].lambda_max_mean
+    text = V.curvature_plain(spec)
+    assert f"{p / r:.1f} times less sharply than plain56's ({r:.0f} against {p:.0f}" in text
+    assert "true bowl" in text and "Hessian" not in text
+    fig = curvature.plot_density(dens, spec)  # the numbers quoted are written on the figure
+    legend = " ".join(t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts())
+    assert f"λmax {r:.0f}" in legend and f"λmax {p:.0f}" in legend
+    swapped = spec.copy()  # the two 56-layer nets' numbers exchanged: the other one is now the flatter
+    swapped["model"] = swapped.model.replace({"resnet56": "plain56", "plain56": "resnet56"})
+    assert "plain56's minimum is the flatter bowl" in V.curvature_plain(swapped)
+
+
+def test_plain_lesion_sentence_follows_what_one_deletion_costs():
+    df = lesion.read_csv(lesion.SHIPPED_CSV)
+    text = V.lesion_plain(df)
+    assert "never dropping to guessing" in text and "20 of 25 cuts leaving it guessing" in text
+    assert "team of shallower nets" in text
+    broken = df.copy()
+    rows = (broken.model == "resnet56") & (broken.kind == "single")
+    broken.loc[rows, "accuracy"] = broken.loc[rows, "chance"]
+    changed = V.lesion_plain(broken)
+    assert "27 of 27 such cuts leave it guessing" in changed and "team" not in changed

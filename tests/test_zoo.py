@@ -208,6 +208,45 @@ def test_a_failed_load_evicts_nothing_and_is_not_remembered(tmp_path):
     assert list(zoo._cache) == [("ResNet-18", tags_for("ResNet-18")[0])] and not zoo._loading
 
 
+def test_concurrent_requests_for_a_failing_load_share_its_one_failure():
+    """Requests waiting for a load that fails get its reason, not a load each in turn (a hub timeout of seconds
+    times every waiting visitor); the failure is then forgotten, and a request after it tries again."""
+    import time
+
+    zoo = ModelZoo(weights_path="", device="cpu", max_models=1)
+    zoo._load = _tiny
+    cached = zoo.get(SHAPES_MODEL)
+    n, calls, key = 4, [], ("ResNet-50", "hf-hub:someone/mistyped")
+
+    def load(model, tag):
+        calls.append(tag)
+        deadline = time.monotonic() + 30  # the first load waits until every request waits for it (not a measure)
+        while len(calls) == 1 and zoo._loading[key].waiters < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise ValueError("no such export on the Hub")
+
+    zoo._load = load
+    barrier, errors = threading.Barrier(n), []
+
+    def request() -> None:
+        barrier.wait()
+        try:
+            zoo.get(*key)
+        except ValueError as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=request) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(calls) == 1 and errors == ["no such export on the Hub"] * n
+    assert list(zoo._cache.values()) == [cached] and not zoo._loading and zoo._in_flight == 0
+    with pytest.raises(ValueError, match="no such export"):  # forgotten: asked again, loaded again
+        zoo.get(*key)
+    assert len(calls) == 2
+
+
 def test_concurrent_first_loads_stay_within_max_models():
     """Three different models asked for at once with `max_models=2` and one cached: each load (held at a gate)
     counts the models in memory, cached and loading. The gate opens when a second load gets in (a zoo that lets

@@ -307,6 +307,47 @@ def build_rates(device: str | torch.device = "cpu") -> BuildRates:
         return _measured_build(str(torch.device(device)), torch.get_num_threads(), _period())
 
 
+DECODE_PROBE = 512  # px side of the images `decode_seconds` times, one of each kind (8-bit PNG, 16-bit PNG, JPEG)
+
+
+def measure_decode() -> dict[str, float]:
+    """Seconds per header pixel of `data.decode_image` at 32 px now, by kind (`zipdata.ZipScan.pixels`'s): the
+    fastest of three decodes of a photo-like probe (a ramp with noise; its JPEG ~2.5 bits a pixel) after a warm-up."""
+    import io
+    import timeit
+
+    import numpy as np
+    from PIL import Image
+
+    from ..data import decode_image
+
+    ramp = np.add.outer(np.arange(DECODE_PROBE), np.arange(DECODE_PROBE)) / (2.0 * DECODE_PROBE)
+    gray = np.clip(ramp + np.random.default_rng(0).normal(0, 0.1, ramp.shape), 0, 1)
+    rgb = Image.fromarray((np.stack([gray, gray.T, gray[::-1]], -1) * 255).astype(np.uint8))
+    out = {}
+    for kind, img, fmt in (("8-bit", rgb, "PNG"), ("jpeg", rgb, "JPEG"),
+                           ("wide", Image.fromarray((gray * 65535).astype(np.uint16)), "PNG")):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt)
+        times = timeit.repeat(lambda b=buf.getvalue(): decode_image(b, min_side=32), number=1, repeat=4)
+        out[kind] = min(times[1:]) / DECODE_PROBE**2  # the first is the warm-up
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _measured_decode(period: int = 0) -> dict[str, float]:
+    return measure_decode()
+
+
+def decode_seconds(pixels: dict[str, int]) -> float:
+    """Seconds to decode images of these header pixels by kind (a zip's, `zipdata.ZipScan.pixels`) at the
+    decoder's rates now, measured on first use and again every `RATES_TTL_S`. A 1-bit or flat image decodes
+    faster than the probes (the estimate then errs long), JPEG at 1/8 of its size (`decode_image`'s draft)."""
+    with _PROBING:
+        rate = _measured_decode(_period())
+    return sum(n * rate[kind] for kind, n in pixels.items())
+
+
 def warm_up(device: str | torch.device = "cpu") -> None:
     """Measure the rates now (the app calls this once it serves, while it is idle), so no estimate times the
     machine beside other work; an estimate asked for meanwhile waits for these (`_PROBING`)."""
@@ -318,6 +359,7 @@ def remeasure() -> None:
     """Forget every measured rate: the next estimate times its probes again (for a load that has changed)."""
     _measured_rates.cache_clear()
     _measured_build.cache_clear()
+    _measured_decode.cache_clear()
 
 
 def passes_batch(n: int, batch: int) -> float:

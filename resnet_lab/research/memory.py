@@ -1,9 +1,10 @@
 """What a training step of a ResNet holds in memory, counted on the meta device (nothing is allocated).
 
-The gradient study, the degradation run, the loss landscape and the app's live runs refuse work that would not
-fit before they start: their estimates are built from `step_memory` (parameters, tensors saved for backward,
-retained block outputs, the largest activation) times the allocator's measured overhead, against what the
-process may still allocate (`available_memory`); `largest_fitting` bisects for what does fit.
+The gradient study, the degradation run, the loss landscape, the curvature and lesion studies and the app's live
+runs refuse work that would not fit before they start: their estimates are built from `step_memory` (parameters,
+tensors saved for backward, retained block outputs, the largest activation) times the allocator's measured
+overhead, against what the process may still allocate (`available_memory`); `largest_fitting` bisects for what
+does fit, and `refusal` is the sentence a command refuses with.
 """
 
 from __future__ import annotations
@@ -120,6 +121,15 @@ def available_memory(device: str = "cpu") -> int:
     if torch.device(device).type == "cuda":
         return torch.cuda.mem_get_info(torch.device(device))[0]
     return resources.memory_available()
+
+
+def refusal(need: int, budget: int, hint: str) -> str | None:
+    """None if `need` bytes fit `budget`, else the one sentence every command refuses with: what the run needs,
+    what is free for it now, and `hint`, the settings that make it smaller."""
+    if need <= budget:
+        return None
+    return (f"this run needs about {need / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} GiB free for it "
+            f"now; {hint}.")
 
 
 def largest_fitting(estimate: Callable[[int], int], lo: int, hi: int, budget: int) -> int | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..resnet import REGISTRY, list_archs, twin_name
-from ..training.zipdata import ZipImages
+from ..training.zipdata import ZipImages, ZipScan
 from . import cost as C
 from .degradation import estimate_cost
 from .degradation.compute import OPTIMIZERS, run_degradation
@@ -114,6 +114,21 @@ def what_fits(cfg: PlaygroundConfig, seconds: float | None = None) -> Playground
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if with_steps(mid).cost().seconds <= seconds else (lo, mid)
     return with_steps(lo)
+
+
+def on_images(cfg: PlaygroundConfig, n_train: int, n_val: int) -> tuple[PlaygroundConfig, str]:
+    """`cfg` as it runs on an uploaded zip's `n_train` training and `n_val` held-out images: its held-out checks
+    over those, and a batch no larger than the training images (a larger one drew images twice into a batch,
+    silently), with the sentence that says so ("" when the batch is kept)."""
+    batch = min(cfg.batch_size, n_train)
+    note = (f"Batch size {batch} is used: your zip gives {n_train} images to train on, fewer than the batch size "
+            f"of {cfg.batch_size}." if batch < cfg.batch_size else "")
+    return replace(cfg, batch_size=batch, val_size=n_val), note
+
+
+def read_seconds(scan: ZipScan) -> float:
+    """Seconds to decode a zip's images before the run: their header pixels at the decoder's rates now."""
+    return C.decode_seconds(scan.pixels)
 
 
 @dataclass
@@ -236,6 +251,8 @@ def run_playground(cfg: PlaygroundConfig, watch: LiveWatch | None = None, images
     `watch.error` (the UI shows it) and raised."""
     watch = watch or LiveWatch(cfg.steps, cfg.ratio_every)
     data = None if images is None else (images.x_train, images.y_train, images.x_val, images.y_val)
+    if images is not None:
+        cfg = on_images(cfg, len(images.y_train), len(images.y_val))[0]
     try:
         run_degradation(cfg.steps, cfg.batch_size, cfg.archs, cfg.seed, lr=cfg.lr,
                         train_size=cfg.steps * cfg.batch_size, val_size=cfg.val_size, evals=cfg.evals,

@@ -1,13 +1,16 @@
-"""Each study at a glance: two or three sentences computed from the same numbers as its full reading.
+"""Each study at a glance, in two layers computed from the same numbers as its full reading.
 
-The Research tab opens each study on its shipped figure and one of these; the full reading (`describe_*`) is a
-click away. Every clause follows a measured value and the same thresholds the full reading uses, so a run that
-does not show the effect says so here too.
+`<study>_plain`: one or two sentences a first-year student follows (no Hessians, no controls by name); `<study>`:
+the referee's version, every number and threshold named. The Research tab opens each study on its shipped figure
+and the plain sentences, the referee's a click away, the full reading (`describe_*`) another. Every clause follows
+a measured value and the same thresholds the full reading uses, so a run that does not show the effect says so in
+both layers.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pandas as pd
 
@@ -24,25 +27,35 @@ def _pairs(models: list[str]) -> list[tuple[str, str]]:
     return sorted(twin_pairs(models), key=lambda p: -REGISTRY[p[0]].depth)
 
 
+def _degradation_numbers(df: pd.DataFrame, num_classes: int) -> dict[str, Any] | None:
+    """The deepest pair's and the shallowest plain net's final metrics, and what they say (worse/better beyond 5 %,
+    as `describe_degradation` reads them); None without a twin pair."""
+    final = final_metrics(df).set_index("arch")
+    pairs = _pairs(list(final.index))
+    if not pairs:
+        return None
+    res, plain = pairs[0]
+    p, r = final.loc[plain], final.loc[res]
+    shallow = min((a for a in final.index if not REGISTRY[a].residual), key=lambda a: REGISTRY[a].depth)
+    s = final.loc[shallow]
+    return {"res": res, "plain": plain, "shallow": shallow, "p": p, "r": r, "s": s, "steps": int(df.step.max()),
+            "chance": math.log(num_classes), "stuck": abs(p.train_loss_smooth - math.log(num_classes)) < 0.03,
+            "deeper_worse": shallow != plain and p.train_loss_smooth > 1.05 * s.train_loss_smooth,
+            "fixed": r.train_loss_smooth < 0.95 * p.train_loss_smooth}
+
+
 def degradation(df: pd.DataFrame, num_classes: int = 8) -> str:
     """The deepest plain net against its ResNet twin and against the shallowest plain net, by final training loss
     (worse/better beyond 5 %, as `describe_degradation` reads it)."""
-    final = final_metrics(df).set_index("arch")
-    steps = int(df.step.max())
-    pairs = _pairs(list(final.index))
-    if not pairs:
+    n = _degradation_numbers(df, num_classes)
+    if n is None:
         return "No twin pair in this run."
-    res, plain = pairs[0]
-    p, r = final.loc[plain], final.loc[res]
-    chance = math.log(num_classes)
-    stuck = " (chance level)" if abs(p.train_loss_smooth - chance) < 0.03 else ""
+    res, plain, shallow, p, r, s = (n[k] for k in ("res", "plain", "shallow", "p", "r", "s"))
+    steps, deeper_worse, fixed = n["steps"], n["deeper_worse"], n["fixed"]
+    stuck = " (chance level)" if n["stuck"] else ""
     text = (f"After {steps} steps, {plain} ends at training loss {p.train_loss_smooth:.2f}{stuck} and "
             f"{p.val_acc:.0%} held-out accuracy; its twin {res}, the same net with shortcuts, at "
             f"{r.train_loss_smooth:.2f} and {r.val_acc:.0%}.")
-    shallow = min((a for a in final.index if not REGISTRY[a].residual), key=lambda a: REGISTRY[a].depth)
-    s = final.loc[shallow]
-    deeper_worse = shallow != plain and p.train_loss_smooth > 1.05 * s.train_loss_smooth
-    fixed = r.train_loss_smooth < 0.95 * p.train_loss_smooth
     if deeper_worse and fixed:
         text += (f" The deeper plain net trains worse than {shallow} ({s.train_loss_smooth:.2f}) while the same depth "
                  "with shortcuts trains: degradation, as in He et al. 2015 (their Fig. 1).")
@@ -51,6 +64,28 @@ def degradation(df: pd.DataFrame, num_classes: int = 8) -> str:
     else:
         text += " This run does not show degradation: the deeper plain net trains as well as the shallower one."
     return text
+
+
+def degradation_plain(df: pd.DataFrame, num_classes: int = 8) -> str:
+    """`degradation` for a student: does adding layers without shortcuts make a net worse at its own training
+    data, and do the shortcuts undo it."""
+    n = _degradation_numbers(df, num_classes)
+    if n is None:
+        return "This run has no net with and without shortcuts to compare."
+    res, plain, shallow, p, r, s = (n[k] for k in ("res", "plain", "shallow", "p", "r", "s"))
+    guess = (f", no better than guessing among {num_classes} classes (ln {num_classes} = {n['chance']:.2f})"
+             if n["stuck"] else "")
+    shallower = f" the shallower {shallow} gets down to {s.train_loss_smooth:.2f} and" if shallow != plain else ""
+    text = (f"The {REGISTRY[plain].depth}-layer net without shortcuts ({plain}) ends at training loss "
+            f"{p.train_loss_smooth:.2f}{guess}, while{shallower} {res}, the same {REGISTRY[res].depth} layers with "
+            f"shortcuts, gets to {r.train_loss_smooth:.2f}.")
+    if n["deeper_worse"] and n["fixed"]:
+        return text + (" More layers made the plain net worse even at fitting its own training images (not "
+                       "overfitting: it cannot find a solution the shallower net proves exists), and the shortcuts "
+                       "fix that.")
+    if n["deeper_worse"]:
+        return text + " More layers made the plain net worse, and here the shortcuts do not close the gap."
+    return text + " In this run more layers did not make the plain net worse: no degradation to see."
 
 
 def gradients(summary: pd.DataFrame) -> str:
@@ -73,21 +108,75 @@ def gradients(summary: pd.DataFrame) -> str:
                    "its layers learn at more similar rates.")
 
 
-def landscape(df: pd.DataFrame) -> str:
-    """How many twin comparisons of sharpness survive every control, and what they say."""
+def _times(log10: float) -> str:
+    """10^log10 as people say it: 38, 6,300, 15 million."""
+    v = 10 ** abs(log10)
+    if v < 10_000:
+        return f"{v:,.0f}"
+    if v < 1e9:
+        return f"{v / 1e6:,.1f} million" if v >= 1e6 else f"{v:,.0f}"
+    return f"10^{abs(log10):.0f}"
+
+
+def _ends(log10: float) -> str:
+    """What a first/last gradient ratio says, in a student's words (same thresholds as `_direction`)."""
+    if math.isnan(log10):
+        return "a layer gets no gradient at all"
+    if log10 > 0.3:
+        return f"the first layer's gradient is {_times(log10)} times the last layer's"
+    if log10 < -0.3:
+        return f"the first layer's gradient is {_times(log10)} times smaller than the last layer's"
+    return "the first and last layers get gradients of about the same size"
+
+
+def gradients_plain(summary: pd.DataFrame) -> str:
+    """`gradients` for a student: how unevenly the deepest pair's layers get gradient at the start of training,
+    and whether that is the textbook "vanishing" (the sentence follows the measured sign, not the textbook)."""
+    plain = summary[summary.variant == "plain"].set_index("arch")
+    res = summary[summary.variant == "residual"].set_index("arch")
+    deepest = max(res.index, key=lambda a: REGISTRY[a].depth)
+    r, d = res.loc[deepest], REGISTRY[deepest].depth
+    if deepest not in plain.index:
+        return f"At the start of training, in {deepest} {_ends(r.log10_ratio_mean)}."
+    p = plain.loc[deepest]
+    pr, rr = p.log10_ratio_mean, r.log10_ratio_mean
+    text = (f"At the start of training, in the {d}-layer net without shortcuts {_ends(pr)}; with shortcuts "
+            f"({deepest}) {_ends(rr)}.")
+    if math.isnan(pr) or math.isnan(rr) or abs(pr - rr) < 0.3:
+        return text + " Here the shortcuts make no real difference to how the gradient is spread over the layers."
+    if abs(rr) < abs(pr) and pr > 0.3:
+        return text + (" So the gradient does not vanish here, it grows toward the input: the plain net's "
+                       "trouble is that its layers get wildly different amounts of it, so no single learning rate "
+                       "suits them all; the shortcuts even that out.")
+    if abs(rr) < abs(pr):
+        return text + (" The plain net's gradient fades on its way back to the first layers; the shortcuts carry "
+                       "it back, so every layer learns.")
+    return text + " Here the ResNet's layers get the more uneven gradients."
+
+
+def _surviving(df: pd.DataFrame) -> tuple[int, list[tuple[str, float]], set[str]]:
+    """(comparisons of sharpness between trained twins, pairs x radii; those that survive every control as
+    (the sharper net, radius); which kinds, "residual" or "plain", are the sharper in those)."""
     pairs = LR.pair_sharpness(LR.rises(df))
-    seeds = int(df.seed.nunique())
-    survive, total, sharper = [], 0, set()
+    total, survive, sharper = 0, [], set()
     for (res, plain, radius), d in pairs.groupby(["residual", "plain", "radius"], sort=False):
         total += 1
         kind, who = _radius_verdict(d)
         if kind == "survives":
-            survive.append(f"{res if who == 'residual' else plain} is the sharper at α = {radius:g}")
+            survive.append((res if who == "residual" else plain, float(radius)))
             sharper.add(who)
+    return total, survive, sharper
+
+
+def landscape(df: pd.DataFrame) -> str:
+    """How many twin comparisons of sharpness survive every control, and what they say."""
+    total, survive, sharper = _surviving(df)
+    seeds = int(df.seed.nunique())
     controls = [c for c in LR.controls_in(df) if c != "none"]
+    said = [f"{net} is the sharper at α = {radius:g}" for net, radius in survive]
     text = (f"Of {total} comparisons of sharpness between trained twins (pairs x radii, {seeds} direction seeds), "
             f"{len(survive)} survive{'s' if len(survive) == 1 else ''} every control "
-            f"({', '.join(controls) or 'none measured'})" + (": " + "; ".join(survive) + "." if survive else "."))
+            f"({', '.join(controls) or 'none measured'})" + (": " + "; ".join(said) + "." if said else "."))
     if not survive:
         text += " Neither the ResNets nor the plain nets sit in consistently flatter minima here."
     elif sharper == {"plain"}:
@@ -98,21 +187,54 @@ def landscape(df: pd.DataFrame) -> str:
     return text
 
 
-def curvature(spec: pd.DataFrame, resolution: float = 0.02) -> str:
-    """Top eigenvalue and trace of each twin pair's Hessian: who is the sharper where every image set agrees; and
-    how convex the minima are, against the eigensolver's resolution (as `describe_curvature` reads them)."""
-    from .curvature.describe import paired_sets, spectrum_table
+def landscape_plain(df: pd.DataFrame) -> str:
+    """`landscape` for a student: is a ResNet's minimum a wider, flatter valley, once the measurement is checked."""
+    total, survive, sharper = _surviving(df)
+    seeds = int(df.seed.nunique())
+    text = (f"Does a ResNet sit in a wider, flatter valley of the loss? We stepped away from each trained net in "
+            f"{seeds} random directions at several distances and checked each difference against two known "
+            f"artefacts: of {total} comparisons, ")
+    if not survive:
+        return text + "none shows a clear difference, so here neither kind of net has the flatter valley."
+    said = " and ".join(f"{net} at distance {radius:g}" for net, radius in survive)
+    text += f"{len(survive)} show{'s' if len(survive) == 1 else ''} a clear difference (sharper: {said})"
+    if sharper == {"plain"}:
+        return text + ", and every one says the ResNet's valley is the flatter."
+    if sharper == {"residual"}:
+        return text + ", and every one says the plain net's valley is the flatter: the opposite of the usual story."
+    return text + ", and they point opposite ways: no rule that ResNets sit in flatter valleys."
+
+
+def _curvature_pairs(spec: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per twin pair, deepest first: the mean top eigenvalue and trace of each over the image sets, and the one net
+    whose are larger where every image set agrees on both (`paired_sets`, as `describe_curvature` reads them)."""
+    from .curvature.describe import paired_sets
 
     out = []
     for res, plain in _pairs(list(dict.fromkeys(spec.model))):
-        said, larger = [], set()
-        for quantity, what in (("eigenvalue", "top eigenvalue"), ("trace", "trace")):
+        pair: dict[str, Any] = {"res": res, "plain": plain, "larger": set()}
+        for quantity in ("eigenvalue", "trace"):
             mean_a, mean_b, _, _, who = paired_sets(spec, res, plain, quantity)
+            pair[quantity] = (mean_a, mean_b, who in ("a", "b"))
             if who in ("a", "b"):
-                said.append(f"{what} {mean_a:.0f} against {mean_b:.0f}")
-                larger.add(res if who == "a" else plain)
-        if len(larger) == 1:
-            flatter = plain if larger == {res} else res
+                pair["larger"].add(res if who == "a" else plain)
+        pair["sharper"] = next(iter(pair["larger"])) if len(pair["larger"]) == 1 else None
+        out.append(pair)
+    return out
+
+
+def curvature(spec: pd.DataFrame, resolution: float = 0.02) -> str:
+    """Top eigenvalue and trace of each twin pair's Hessian: who is the sharper where every image set agrees; and
+    how convex the minima are, against the eigensolver's resolution (as `describe_curvature` reads them)."""
+    from .curvature.describe import spectrum_table
+
+    out = []
+    for pair in _curvature_pairs(spec):
+        res, plain, sharper = pair["res"], pair["plain"], pair["sharper"]
+        if sharper:
+            said = [f"{what} {pair[q][0]:.0f} against {pair[q][1]:.0f}"
+                    for q, what in (("eigenvalue", "top eigenvalue"), ("trace", "trace")) if pair[q][2]]
+            flatter = plain if sharper == res else res
             out.append(f"{flatter} sits in the flatter minimum by the full Hessian ({res} vs {plain}: "
                        f"{'; '.join(said)}, every image set agreeing).")
         else:
@@ -124,26 +246,76 @@ def curvature(spec: pd.DataFrame, resolution: float = 0.02) -> str:
     return " ".join(out)
 
 
-def lesion(df: pd.DataFrame) -> str:
-    """The deepest learned pair: what deleting one block costs each net, and how many deletions send it to chance."""
+def curvature_plain(spec: pd.DataFrame, resolution: float = 0.02) -> str:
+    """`curvature` for a student: how steeply each minimum curves up (the λmax lines on the density figure), and
+    whether any curves down."""
+    from .curvature.describe import spectrum_table
+
+    out = []
+    for pair in _curvature_pairs(spec):
+        res, plain, sharper = pair["res"], pair["plain"], pair["sharper"]
+        top_res, top_plain, _ = pair["eigenvalue"]
+        if sharper:
+            flatter, (steep, gentle) = (plain, (top_res, top_plain)) if sharper == res else (res, (top_plain, top_res))
+            out.append(f"{flatter}'s minimum is the flatter bowl: in its steepest direction the loss curves up "
+                       f"{steep / gentle:.1f} times less sharply than {sharper}'s ({gentle:.0f} against {steep:.0f}, "
+                       "the λmax lines on the figure)")
+        else:
+            out.append(f"{res} and {plain} are about equally sharp ({top_res:.0f} against {top_plain:.0f})")
+    text = "; ".join(out) + "."
+    worst = spectrum_table(spec).ratio.max()
+    if worst <= 2 * resolution:
+        text += " Every minimum is a true bowl: no direction curves down by more than a measurement error."
+    else:
+        text += (f" Some directions curve down, by up to {worst:.0%} of the steepest upward curve: these minima are "
+                 "saddles more than bowls.")
+    return text
+
+
+def _lesion_numbers(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per net of the deepest twin pair (ResNet first): what deleting one removable block costs (median, largest,
+    in accuracy points) and how many of those deletions leave it within `NEAR_CHANCE` of chance."""
     pairs = _pairs(list(dict.fromkeys(df.model)))
-    if not pairs:
-        return "No twin pair in this study."
-    out, survives = [], {}
-    for model in pairs[0]:
+    out: dict[str, dict[str, Any]] = {}
+    for model in pairs[0] if pairs else ():
         d = df[df.model == model]
         curve = k_curve(d)
         intact = float(curve[curve.k == 0]["mean"].iloc[0])
         chance = float(d.chance.iloc[0])
         single = d[(d.kind == "single") & d.removable]
         cost = intact - single.accuracy
-        to_chance = int((single.accuracy <= chance + NEAR_CHANCE).sum())
-        survives[model] = to_chance == 0
-        out.append(f"deleting one block of {model} costs a median {100 * cost.median():.1f} points (at most "
-                   f"{100 * cost.max():.1f}; {to_chance} of {len(single)} deletions leave it at chance)")
-    res, plain = pairs[0]
+        out[model] = {"median": 100 * cost.median(), "max": 100 * cost.max(), "deletions": len(single),
+                      "to_chance": int((single.accuracy <= chance + NEAR_CHANCE).sum())}
+    return out
+
+
+def lesion(df: pd.DataFrame) -> str:
+    """The deepest learned pair: what deleting one block costs each net, and how many deletions send it to chance."""
+    nets = _lesion_numbers(df)
+    if not nets:
+        return "No twin pair in this study."
+    out = [f"deleting one block of {m} costs a median {n['median']:.1f} points (at most {n['max']:.1f}; "
+           f"{n['to_chance']} of {n['deletions']} deletions leave it at chance)" for m, n in nets.items()]
+    res, plain = nets
     text = "Trained on Shapes, " + "; ".join(out) + "."
-    if survives[res] and not survives[plain]:
+    if nets[res]["to_chance"] == 0 and nets[plain]["to_chance"] > 0:
         text += (" The ResNet survives losing any one block, like an ensemble of shallower paths (Veit et al. "
                  "2016); its plain twin does not.")
+    return text
+
+
+def lesion_plain(df: pd.DataFrame) -> str:
+    """`lesion` for a student: what taking one block out of a trained net does to it, with and without shortcuts."""
+    nets = _lesion_numbers(df)
+    if not nets:
+        return "This study has no net with and without shortcuts to compare."
+    (res, r), (plain, p) = nets.items()
+    text = (f"Take one block out of the trained {res} and it typically loses {r['median']:.1f} points of accuracy"
+            + (", never dropping to guessing" if r["to_chance"] == 0 else
+               f", and {r['to_chance']} of {r['deletions']} such cuts leave it guessing")
+            + f"; take one out of {plain}, the same net without shortcuts, and it typically loses {p['median']:.1f}, "
+            f"{p['to_chance']} of {p['deletions']} cuts leaving it guessing.")
+    if r["to_chance"] == 0 and p["to_chance"] > 0:
+        text += (" With shortcuts, the signal has many routes through the net, like a team of shallower nets, so "
+                 "losing one block hardly matters; without them every block is a link in a single chain.")
     return text

@@ -144,7 +144,7 @@ class Classifier:
             out.append("JPEG decode on the GPU" if self.device.type == "cuda" else "JPEG decode on the device path")
         out += ["CUDA graphs"] if self.graphed is not None else []
         with self._fallback_lock:
-            out += [f"⚠️ {kind}: {reason}" for kind, reason in self.fallbacks.items()]
+            out += [f"fallback, {kind}: {reason}" for kind, reason in self.fallbacks.items()]
         return out
 
     @property

@@ -6,14 +6,14 @@ finally random weights, which are loudly flagged, never silent.
 
 Checkpoints written by `train` (`weights.save_checkpoint`: a `.safetensors` with a JSON
 beside it naming its arch and classes) in that folder become models of their own,
-listed after the built-in ones under their file's name, with their own classes.
+listed after the built-in ones under their file's name, with their own classes
+(found and vetted by `user_models`; this module holds them in memory).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import threading
 from collections import OrderedDict
@@ -22,23 +22,24 @@ from pathlib import Path
 
 import torch
 
+from ..data import imagenet_labels
 from ..devices import free_memory, resolve_device
 from ..paths import ASSETS
+from ..resnet import REGISTRY, build
 from ..resources import memory_limit
 from ..weights import (
     DEFAULT_TAGS,
     HF_HUB_PREFIX,
     LoadedWeights,
     WeightsUnavailable,
+    hub_reachable,
     is_headless,
     list_tags,
     load_checkpoint,
     load_weights,
-    meta_path,
 )
 from .inference import Classifier
-
-log = logging.getLogger(__name__)
+from .user_models import UserModel, discover_user_models, user_model
 
 SHAPES_MODEL = "Shapes ResNet-20"
 SHAPES_CHECKPOINT = ASSETS / "shapes_resnet20.safetensors"
@@ -46,82 +47,6 @@ IMAGENET_MODELS = {f"ResNet-{d}": f"resnet{d}" for d in (18, 34, 50, 101, 152)}
 MODELS = [SHAPES_MODEL, *IMAGENET_MODELS]
 USER_TAG = "local"  # the one weight tag of a user checkpoint: its file is its weights
 MAX_PRIVATE = 256  # sessions' own nets remembered at once (names and paths only; weights load on demand)
-
-
-@dataclass(frozen=True)
-class UserModel:
-    """A checkpoint made by `train`, found in the weights folder: what the UI needs without loading it."""
-
-    name: str
-    path: Path
-    arch: str
-    classes: tuple[str, ...]
-
-
-def _user_model(path: Path) -> UserModel | None:
-    """The checkpoint at `path` as a model, None if it is not one (no JSON with classes and arch: an ImageNet
-    weight file). Raises ValueError when it claims to be one but cannot be used, so discovery can say why."""
-    from ..resnet import REGISTRY
-
-    meta_file = meta_path(path)
-    if not meta_file.is_file():
-        return None
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{meta_file.name} is not readable JSON ({type(e).__name__})") from e
-    if not isinstance(meta, dict) or "classes" not in meta or "arch" not in meta:
-        return None
-    arch, classes = meta["arch"], meta["classes"]
-    if arch not in REGISTRY:
-        raise ValueError(f"unknown arch {arch!r}")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise ValueError("'classes' is not a non-empty list of names")
-    norm = meta.get("norm", "bn")
-    if norm not in ("bn", "none"):
-        raise ValueError(f"unknown norm {norm!r}")
-    _check_tensors(path, arch, len(classes), norm)
-    return UserModel(f"{path.stem} ({arch}, {len(classes)} classes)", path, arch, tuple(classes))
-
-
-def _check_tensors(path: Path, arch: str, num_classes: int, norm: str = "bn") -> None:
-    """The file's header (read without its tensors) names exactly the arch's tensors with their shapes."""
-    from safetensors import safe_open
-
-    from ..resnet import build
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e:  # SafetensorError, OSError: a truncated or foreign file
-        raise ValueError(f"not a readable .safetensors file ({type(e).__name__})") from e
-    with torch.device("meta"):
-        net = build(arch, num_classes=num_classes, norm=norm, seed=0)
-        expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    if shapes != expected:
-        wrong = sorted(set(shapes) ^ set(expected)) or sorted(k for k in shapes if shapes[k] != expected[k])
-        raise ValueError(f"its tensors do not fit {arch} with {num_classes} classes (e.g. {wrong[0]!r})")
-
-
-def discover_user_models(weights_path: str | os.PathLike | None) -> dict[str, UserModel]:
-    """Every usable `train` checkpoint in the weights folder (or the single file), by name, sorted by file.
-
-    A broken one is skipped with a logged warning: one bad file must not take the app down.
-    """
-    if not weights_path:
-        return {}
-    root = Path(weights_path)
-    files = sorted(root.glob("*.safetensors")) if root.is_dir() else [root] if root.suffix == ".safetensors" else []
-    found: dict[str, UserModel] = {}
-    for f in files:
-        try:
-            user = _user_model(f)
-        except ValueError as e:
-            log.warning("skipping checkpoint %s: %s", f.name, e)
-            continue
-        if user is not None:
-            found[user.name] = user
-    return found
 
 
 def tags_for(model: str) -> list[str]:
@@ -135,9 +60,6 @@ def tags_for(model: str) -> list[str]:
 
 def describe(model: str) -> tuple[list[str], list[str]]:
     """Stage names and class labels of a model, without loading its weights (for building the UI)."""
-    from ..data import imagenet_labels
-    from ..resnet import REGISTRY
-
     arch = "resnet20" if model == SHAPES_MODEL else IMAGENET_MODELS[model]
     stages = list(REGISTRY[arch].stage_names)
     if model != SHAPES_MODEL:
@@ -162,8 +84,6 @@ def arch_bytes(arch: str, num_classes: int | None = None) -> int:
 
     Counted from the arch's state dict built on the meta device (no memory, no RNG), with `ALLOCATOR_MARGIN`.
     """
-    from ..resnet import build
-
     with torch.device("meta"):
         net = build(arch, seed=0) if num_classes is None else build(arch, num_classes=num_classes, seed=0)
     weights = sum(t.numel() * t.element_size() for t in net.state_dict().values())
@@ -211,22 +131,29 @@ class Entry:
 
     @property
     def status(self) -> str:
+        """The status line, for a visitor: where the weights came from. Random weights are said in one plain
+        sentence; the technical reason (for whoever runs the server) is folded away under "Details"."""
+        extras = self.classifier.runs()
+        device = f"device: `{self.classifier.device}`" + (f" ({', '.join(extras)})" if extras else "")
+        if self.weights.is_random:
+            why = "downloaded (this server may be offline)" if "Hugging Face Hub" in self.warning else "read"
+            return (f"**{self.model} has random weights here: its answers and heatmaps mean nothing, however "
+                    f"confident they look.** Its trained weights could not be {why}. Choose **{SHAPES_MODEL}**, "
+                    "which ships with the app, for answers that mean something.\n\n"
+                    f"<details><summary>Details</summary>\n\n{self.warning} · {device}\n\n</details>")
         src = self.weights.source
         where = {"hub": "Hugging Face Hub", "file": "local file"}.get(src.split(":")[0], "")
-        text = f"**{self.model}** · weights: {where} `{src.split(':', 1)[-1]}` · device: `{self.classifier.device}`"
-        if self.weights.is_random:
-            text = (f"⚠️ **{self.model}: random weights, predictions and heatmaps are meaningless.** "
-                    f"{self.warning} · device: `{self.classifier.device}`")
-        extras = self.classifier.runs()
-        return text + (f" ({', '.join(extras)})" if extras else "")
+        return f"**{self.model}** · weights: {where} `{src.split(':', 1)[-1]}` · {device}"
 
 
 @dataclass
 class _Pending:
-    """A key being loaded: its lock (one load per key) and how many requests wait for it (to forget it after)."""
+    """A key being loaded: its lock (one load per key), how many requests wait for it (to forget it after) and
+    the reason its load failed, which the requests that waited for it share instead of each loading in turn."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     waiters: int = 0
+    error: Exception | None = None
 
 
 class ModelZoo:
@@ -260,7 +187,7 @@ class ModelZoo:
     def add_private(self, path: Path) -> UserModel:
         """Offer the checkpoint at `path` (with its JSON) to the session that knows its name only; `path`'s stem
         must carry a token nobody can guess. At most `MAX_PRIVATE` are kept, the oldest forgotten first."""
-        user = _user_model(path)
+        user = user_model(path)
         if user is None:
             raise ValueError(f"{path.name} has no JSON with its arch and classes")
         with self._lock:
@@ -278,8 +205,6 @@ class ModelZoo:
         user = self._user(model)
         if user is None:
             return describe(model)
-        from ..resnet import REGISTRY
-
         return list(REGISTRY[user.arch].stage_names), list(user.classes)
 
     def model_bytes(self, model: str) -> int:
@@ -334,8 +259,8 @@ class ModelZoo:
         """The entry for `model` with weights `tag` (default: the calibrated default), loading it if needed.
 
         A load that fails (a mistyped `hf-hub:` tag, a pruned Playground net) raises its reason as one sentence
-        (ValueError or `WeightsUnavailable`, which the UI shows) and leaves the cache as it was: nothing is evicted
-        before a load has succeeded."""
+        (ValueError or `WeightsUnavailable`, which the UI shows), to every request that waited for that load, and
+        leaves the cache as it was: nothing is evicted before a load has succeeded."""
         if model not in self.models and model not in self.private_models:
             raise ValueError(f"unknown model {model!r}; choose one of {', '.join(self.models)}")
         tags = self.tags_for(model)
@@ -352,6 +277,8 @@ class ModelZoo:
             # A slow load (a hub download) holds only its own key: cached models and other keys are served
             # meanwhile, and concurrent first requests for this key wait for the one load instead of repeating it.
             with pending.lock:
+                if pending.error is not None:  # the load this request waited for failed: its reason, once loaded
+                    raise pending.error
                 with self._room:
                     if (entry := self._cached(key)) is not None:
                         return entry
@@ -361,10 +288,12 @@ class ModelZoo:
                     self._in_flight += 1
                 try:
                     entry = self._build(model, tag)
-                except BaseException:
+                except BaseException as e:
                     with self._room:
                         self._in_flight -= 1
                         self._room.notify_all()
+                    if isinstance(e, Exception):
+                        pending.error = e
                     raise
                 with self._room:
                     self._in_flight -= 1
@@ -378,6 +307,7 @@ class ModelZoo:
                 pending.waiters -= 1
                 if not pending.waiters:  # the last request for this key: a failed key is not remembered
                     self._loading.pop(key, None)
+                    pending.error = None  # nor its error, whose traceback holds this frame (and a half-built model)
 
     @property
     def _limit(self) -> int:
@@ -429,8 +359,6 @@ class ModelZoo:
 
     def imagenet_weights_available(self) -> bool:
         """Whether real ImageNet weights can be had now: a local file, or the hub answers."""
-        from ..weights import hub_reachable
-
         if any(self.local_file(a, DEFAULT_TAGS[a]) for a in IMAGENET_MODELS.values()):
             return True
         return hub_reachable()[0]

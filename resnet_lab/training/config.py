@@ -13,6 +13,7 @@ import shlex
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..cli_args import int_in, number, positive_int, seed, writable
 from ..precision import PRECISIONS
 from ..resnet import REGISTRY, list_archs
 from . import finetune
@@ -108,6 +109,8 @@ class TrainConfig:
         if self.freeze is not None and self.freeze not in finetune.arch_parts(self.arch):
             raise ValueError(f"--freeze {self.freeze} is not a part of {self.arch}; choose one of "
                              f"{', '.join(finetune.arch_parts(self.arch))}")
+        if self.out is not None and not self.out.strip():  # `--out "$OUT"` with OUT unset: a run that saves nothing
+            raise ValueError("--out is empty: give a path for the run's files (e.g. runs/mine), or leave it out")
         if self.folder_cache not in ("auto", "on", "off"):
             raise ValueError(f"--folder-cache takes auto, on or off, not {self.folder_cache!r}")
         image_only = self.augment.image_options()
@@ -177,65 +180,69 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ (default $RESNET_LAB_DATA)")
     p.add_argument("--download", action="store_true", help="fetch the official CIFAR archive if missing")
     p.add_argument("--no-checksum", dest="checksum", action="store_false", help="CIFAR-format files of your own")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="CIFAR/folder share held out as val")
+    p.add_argument("--val-fraction", type=number(0, 1, lo_open=True, hi_open=True), default=d.val_fraction,
+                   help="CIFAR/folder share held out as val")
     p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
                    help="auto: on CUDA the faster of fp32 and bf16/fp16, timed on this model; fp32 on CPU")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (eager if that fails)")
-    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers for image folders")
+    p.add_argument("--workers", type=int_in(0, 64), default=d.workers, help="DataLoader workers for image folders")
     p.add_argument("--pretrained", default=None, metavar="TAG|FILE",
                    help="fine-tune from these weights: a timm tag (resnet50.a1_in1k), a .safetensors/.pth file, a "
                         "checkpoint of ours or akamaster:NAME; the head is replaced for the data's classes")
     p.add_argument("--freeze", default=None, choices=["nothing", "stem", "layer1", "layer2", "layer3", "layer4"],
                    help="with --pretrained: freeze the stem and stages up to this one (their BatchNorm stays in eval)")
-    p.add_argument("--backbone-lr-scale", type=float, default=None,
+    p.add_argument("--backbone-lr-scale", type=number(0), default=None,
                    help=f"with --pretrained: backbone lr = lr * this (default {DEFAULT_BACKBONE_LR_SCALE}); head: lr")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=d.epochs,
                    help=f"passes over the training set; wins over --steps (default: from the step budget {small}, "
                         "else 15)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=positive_int, default=d.steps,
                    help=f"a step budget: epochs = ceil(steps / steps an epoch) (default: {SMALL_STEPS} {small}, "
                         "else none)")
-    p.add_argument("--n-train", type=int, default=d.n_train)
-    p.add_argument("--n-val", type=int, default=d.n_val)
-    p.add_argument("--n-test", type=int, default=d.n_test, help="held-out images for the reported accuracy")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
+    p.add_argument("--n-train", type=positive_int, default=d.n_train)
+    p.add_argument("--n-val", type=positive_int, default=d.n_val)
+    p.add_argument("--n-test", type=positive_int, default=d.n_test, help="held-out images for the reported accuracy")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
                    help="images per optimizer step in all: under torchrun the GLOBAL batch, split evenly over the "
                         "processes (B/N each), so --lr and the schedule mean the same on any number of GPUs")
     p.add_argument("--sync-bn", action="store_true",
                    help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), "
                         "not each process's B/N share")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--lr", type=number(0, lo_open=True), default=d.lr, help="peak learning rate")
     p.add_argument("--opt", default=d.opt, choices=list(DEFAULT_WD))
     p.add_argument("--sched", default=d.sched, choices=["cosine", "onecycle"])
-    p.add_argument("--wd", type=float, default=None, help="weight decay (default: 5e-4 SGD, 0.05 AdamW, 0 Adam)")
-    p.add_argument("--patience", type=int, default=None,
+    p.add_argument("--wd", type=number(0), default=None, help="weight decay (default: 5e-4 SGD, 0.05 AdamW, 0 Adam)")
+    p.add_argument("--patience", type=positive_int, default=d.patience,
                    help="epochs without a better val accuracy before stopping (default: 5; off under a step budget)")
-    p.add_argument("--seed", type=int, default=d.seed, help="init, order and training data; val data use seed+1")
-    p.add_argument("--test-seed", type=int, default=d.test_seed)
-    p.add_argument("--size", type=int, default=None, help="image side (default 32 for CIFAR nets, 64 for ImageNet)")
+    p.add_argument("--seed", type=seed, default=d.seed, help="init, order and training data; val data use seed+1")
+    p.add_argument("--test-seed", type=seed, default=d.test_seed)
+    p.add_argument("--size", type=int_in(8, 1024), default=None,
+                   help="image side (default 32 for CIFAR nets, 64 for ImageNet)")
     p.add_argument("--no-clutter", dest="clutter", action="store_false")
-    p.add_argument("--out", default=None,
-                   help="checkpoint path without suffix (.safetensors + .json); under torchrun rank 0 writes it")
+    p.add_argument("--out", type=writable("file"), default=None,
+                   help="where the run's files go: OUT.safetensors + OUT.json (the suffix added: runs/x.v2 gives "
+                        "runs/x.v2.safetensors) and its states OUT.<run>.step*.state.pt; under torchrun rank 0 "
+                        "writes them")
     p.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: $RESNET_LAB_DEVICE, else cuda when present; under torchrun "
                         "each process takes cuda:LOCAL_RANK)")
     p.add_argument("--quiet", action="store_true")
     g = p.add_argument_group("augmentation", "timm's names and meanings; defaults suit the data (see README)")
-    g.add_argument("--hflip", type=float, default=d.hflip, help="left-right flip probability (0 for data a mirror "
-                                                                 "changes: digits, text)")
-    g.add_argument("--scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+    g.add_argument("--hflip", type=number(0, 1), default=d.hflip,
+                   help="left-right flip probability (0 for data a mirror changes: digits, text)")
+    g.add_argument("--scale", type=number(0, lo_open=True), nargs=2, default=None, metavar=("MIN", "MAX"),
                    help="folders: RandomResizedCrop area range (default: timm's 0.08 1 above 64 px; at 64 px and "
                         "below pad-and-crop, the CIFAR recipe)")
-    g.add_argument("--ratio", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+    g.add_argument("--ratio", type=number(0, lo_open=True), nargs=2, default=None, metavar=("MIN", "MAX"),
                    help="folders: RandomResizedCrop aspect range (default 3/4 4/3)")
     g.add_argument("--aa", default=None, help="folders: AutoAugment/RandAugment policy, e.g. rand-m9-mstd0.5")
-    g.add_argument("--reprob", type=float, default=d.reprob, help="folders: random erasing probability")
-    g.add_argument("--mixup", type=float, default=d.mixup, help="Mixup alpha (0: off)")
-    g.add_argument("--cutmix", type=float, default=d.cutmix, help="CutMix alpha (0: off)")
-    g.add_argument("--smoothing", type=float, default=None,
+    g.add_argument("--reprob", type=number(0, 1), default=d.reprob, help="folders: random erasing probability")
+    g.add_argument("--mixup", type=number(0), default=d.mixup, help="Mixup alpha (0: off)")
+    g.add_argument("--cutmix", type=number(0), default=d.cutmix, help="CutMix alpha (0: off)")
+    g.add_argument("--smoothing", type=number(0, 1), default=d.smoothing,
                    help=f"label smoothing (default: {SMALL_SMOOTHING} {small}, else 0)")
-    p.add_argument("--ema-decay", type=float, default=None,
+    p.add_argument("--ema-decay", type=number(0, 1, hi_open=True), default=d.ema_decay,
                    help="an EMA of the weights, updated every step, validated each epoch beside the raw weights: "
                         f"the better is kept (0: none; default {SMALL_EMA_DECAY} {small}, else 0)")
     p.add_argument("--folder-cache", default=d.folder_cache, choices=["auto", "on", "off"],
@@ -247,4 +254,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "schedule, data order, best so far; written after every epoch and on SIGTERM/SIGINT), or "
                         "auto: the newest beside --out of a run with these settings. Options that change the run "
                         "must be the same (all but --out, --device, --workers, --patience, --keep and a few more)")
-    p.add_argument("--keep", type=int, default=d.keep, help="training states kept beside --out (the newest)")
+    p.add_argument("--keep", type=int_in(1, 1000), default=d.keep,
+                   help="training states kept beside --out (the newest)")

@@ -208,22 +208,32 @@ def evaluate_folder(model: nn.Module, dataset: FolderImages, classes: Sequence[s
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..cli_args import int_in, positive_int, seed, writable
+
     p.add_argument("--model", default="assets/shapes_resnet20.safetensors", help="a checkpoint file or a timm tag")
-    p.add_argument("--data", default="shapes",
+    p.add_argument("--data", type=_data_option, default="shapes",
                    help=f"one of {', '.join(DATASETS)} or {FOLDER}PATH (PATH/<class>/<image>; an ImageNet "
                         "validation folder with synset-id sub-folders maps onto timm's class order)")
-    p.add_argument("--n", type=int, default=2000, help="Shapes: test images rendered")
-    p.add_argument("--seed", type=int, default=None, help="Shapes: data seed (default: the checkpoint's test seed)")
+    p.add_argument("--n", type=positive_int, default=2000, help="Shapes: test images rendered")
+    p.add_argument("--seed", type=seed, default=None, help="Shapes: data seed (default: the checkpoint's test seed)")
     p.add_argument("--data-dir", default=None,
                    help="CIFAR: the folder holding cifar-10-batches-py/ or cifar-100-python/")
     p.add_argument("--no-checksum", dest="checksum", action="store_false",
                    help="CIFAR: read files in torchvision's layout without the md5 check of the official ones")
-    p.add_argument("--out", default=None, help="write summary.json, per_class.csv, confusion.png, reliability.png here")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2, help="folders: DataLoader processes decoding images")
+    p.add_argument("--out", type=writable("folder"), default=None,
+                   help="write summary.json, per_class.csv, confusion.png, reliability.png here")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--workers", type=int_in(0, 64), default=2, help="folders: DataLoader processes decoding images")
     p.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: $RESNET_LAB_DEVICE, else cuda when present; under torchrun "
                         "each process takes cuda:LOCAL_RANK)")
+
+
+def _data_option(text: str) -> str:
+    if text in DATASETS or (text.startswith(FOLDER) and text != FOLDER):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown data {text[:60]!r}: choose one of {', '.join(DATASETS)} or "
+                                     f"{FOLDER}PATH")
 
 
 def _load_data(args: argparse.Namespace, loaded: LoadedWeights) -> tuple[HeldOut, dict[str, Any]]:
@@ -284,11 +294,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     folder = args.data.startswith(FOLDER)
-    if args.data not in DATASETS and not (folder and args.data != FOLDER):
-        return fail(f"unknown --data {args.data!r}: choose one of {', '.join(DATASETS)} or {FOLDER}PATH")
-    if args.batch_size < 1 or args.workers < 0:
-        return fail(f"--batch-size must be at least 1 and --workers at least 0 (got {args.batch_size}, "
-                    f"{args.workers})")
     try:
         dist = distributed.setup(args.device)  # cuda:LOCAL_RANK under torchrun; refuses CUDA where there is none
     except ValueError as e:

@@ -33,7 +33,8 @@ from typing import Any
 
 import torch
 
-from ..files import replacing
+from ..checkpoints import checkpoint_path, meta_path
+from ..files import check_writable, replacing
 from .config import DEFAULTS, RESUME_MUST_MATCH
 
 FORMAT = "resnet-lab train state 1"
@@ -156,6 +157,31 @@ def others(out: str | Path, run: str, config: dict[str, Any]) -> str | None:
         return None
     return (f"{Path(out).parent}/ holds {_describe(found, config)}, left as they are; this run's are "
             f"{Path(out).name}.{run}.step*{SUFFIX}")
+
+
+def replaced(out: str | Path, run: str, config: dict[str, Any]) -> str | None:
+    """One line for a run whose `--out` holds another run's finished checkpoint: said at the start, while the run
+    can still be pointed elsewhere, since it replaces that checkpoint when it ends (its states are left)."""
+    path = checkpoint_path(out)
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path(path).read_text())
+    except (OSError, ValueError):  # no JSON beside it, or not JSON
+        meta = None
+    if isinstance(meta, dict) and meta.get("run") == run:  # this run's own (resumed after it was written)
+        return None
+    theirs = meta.get("config") if isinstance(meta, dict) else None
+    how = (", ".join(differences(theirs, config)) or "the same settings") if isinstance(theirs, dict) else "no JSON"
+    return f"{path} holds another run's checkpoint ({how}); this run replaces it when it ends: give another --out " \
+           "to keep both"
+
+
+def beside_out(out: str | Path, run: str, config: dict[str, Any]) -> list[str]:
+    """Before the work: ValueError naming --out if no file can be written there (not an hour later, at the first
+    save), then the lines on what the run finds there (`others`, `replaced`), for the log."""
+    check_writable(out, "--out")
+    return [line for line in (others(out, run, config), replaced(out, run, config)) if line]
 
 
 def resolve(resume: str, config: dict[str, Any]) -> Path:

@@ -73,6 +73,20 @@ def _held_in_memory(config: TrainConfig, n: int, pretrained_cfg: dict[str, Any],
     return n * 3 * size * size <= MEMORY_SHARE * free
 
 
+def _check_shapes_memory(config: TrainConfig) -> None:
+    """`DatasetError` before rendering when the three Shapes splits (uint8 images and bool masks, 4 bytes a pixel)
+    cannot be held now: `--n-train 999999999999` or `--size 1024` ended in numpy's ArrayMemoryError traceback."""
+    from .. import resources
+    from ..research.memory import refusal
+    from .datasets import DatasetError
+
+    images = config.n_train + config.n_val + config.n_test
+    problem = refusal(images * (4 * config.image_size**2 + 40), resources.memory_available(),
+                      "fewer --n-train, --n-val or --n-test images, or a smaller --size")
+    if problem:
+        raise DatasetError(problem)
+
+
 def check_sizes(where: str, n_train: int, n_val: int, config: TrainConfig) -> None:
     """Refuse, before any epoch runs, a split that cannot train or be judged (every rank sees the same totals, so
     every rank refuses alike and none waits for the others)."""
@@ -110,6 +124,7 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
     bs, d = config.batch_size, dist
     if config.data == "shapes":
         size = config.image_size
+        _check_shapes_memory(config)
         train_seed, val_seed, test_seed = config.data_seeds()
         sets = [ShapesDataset(n, s, size, config.clutter)
                 for n, s in ((config.n_train, train_seed), (config.n_val, val_seed), (config.n_test, test_seed))]

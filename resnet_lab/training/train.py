@@ -242,8 +242,8 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
     quiet = config.quiet or not dist.is_main  # one process speaks
     log = (lambda s: None) if quiet else tqdm.write
     run_id = resume.run_id(settings, saved)  # its states' names: pruning and --resume auto see no other run's
-    if config.out and dist.is_main and (found := resume.others(config.out, run_id, settings)):
-        log(found)
+    for line in resume.beside_out(config.out, run_id, settings) if config.out else ():  # unwritable: refused
+        log(line)
     shapes = config.data == "shapes"
     loaded = finetune.load_for(config.pretrained, config.arch) if config.pretrained else None
     size = config.image_size
@@ -364,7 +364,7 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
         "interpolation": model.pretrained_cfg.get("interpolation", "bilinear")}
     meta = {
         "arch": config.arch, "num_classes": len(data.classes), "classes": data.classes, **data_cfg,
-        "seed": config.seed, "data": with_decode_skips(data, dist),
+        "seed": config.seed, "data": with_decode_skips(data, dist), "run": run.run,
         "augment": plan.augment.record(size, "shapes" if shapes else "cifar" if config.data.startswith("cifar")
                                          else "folder in memory" if data.record.get("in_memory") else "folder"),
         "val_acc": best_acc, "test_acc": test_acc, "test_acc_is_val": data.test is None,

@@ -11,17 +11,20 @@ import torch
 from matplotlib.figure import Figure
 
 from ..data import ImageError
-from ..serving.zoo import IMAGENET_MODELS, SHAPES_MODEL, Entry
+from ..serving.zoo import IMAGENET_MODELS, Entry
 from ..weights import WeightsUnavailable
-from .common import LONG, QUICK, UploadImage, on_gpu, user_errors, zoo
+from .common import LONG, QUICK, UploadImage, example_sets, on_gpu, result_note, shown_examples, user_errors, zoo
 
 log = logging.getLogger(__name__)
+RANDOM = "random (meaningless)"
+DEPTH_COLUMNS = ["model", "top-1", "probability", "latency ms", "weights"]
+FAILED = "Failed: "  # a request's own failure, in its info text (plain text: emoji are boxes in some fonts)
 
 
 def _unexpected(what: str, e: Exception) -> str:
     """Log a bug with its traceback; the user gets a message that names no internals but says it is on us."""
     log.error("classify: unexpected error while %s", what, exc_info=e)  # e's traceback, inside except or not
-    return f"❌ Something went wrong on our side while {what} ({type(e).__name__}); it has been logged."
+    return f"{FAILED}Something went wrong on our side while {what} ({type(e).__name__}); it has been logged."
 
 
 def _classify_group(entry: Entry, images: list, ids: list[int], n: int, labels: list, infos: list[str]) -> None:
@@ -37,7 +40,7 @@ def _classify_group(entry: Entry, images: list, ids: list[int], n: int, labels: 
         if isinstance(x, torch.Tensor):
             inputs[i] = x
         elif isinstance(x, ImageError):
-            infos[i] = f"❌ Cannot use this image: {x}."
+            infos[i] = f"{FAILED}Cannot use this image: {x}."
         else:  # a bug, or a failure we did not foresee: this request's own, never its neighbours'
             infos[i] = _unexpected("reading this image", x)
     if not inputs:
@@ -48,12 +51,14 @@ def _classify_group(entry: Entry, images: list, ids: list[int], n: int, labels: 
         for i in inputs:
             infos[i] = _unexpected(f"running {entry.model}", e)
         return
+    note = result_note(entry)
+    # where the weights came from, for API users too; random weights are said once, at the top of the page
+    source = "" if entry.weights.is_random else entry.status
     for i, pred in zip(inputs, preds):
         labels[i] = pred.as_dict()
-        infos[i] = (f"{entry.status}  \n⏱️ forward pass **{pred.forward_ms:.1f} ms** (batch of {pred.batch_size}; "
-                    f"{n} request{'s' if n > 1 else ''} in this queue batch)")
-        if entry.model == SHAPES_MODEL:
-            infos[i] += "  \nℹ️ This model knows only 8 shapes; for photos pick a ResNet trained on ImageNet."
+        timing = (f"Time: forward pass **{pred.forward_ms:.1f} ms** (batch of {pred.batch_size}; {n} request"
+                  f"{'s' if n > 1 else ''} in this queue batch)")
+        infos[i] = "  \n".join(filter(None, [note, source, timing]))
 
 
 def classify_batch(images: list, models: list[str], tags: list[str]) -> tuple[list, list[str]]:
@@ -72,7 +77,7 @@ def classify_batch(images: list, models: list[str], tags: list[str]) -> tuple[li
     groups: dict[tuple[str, str], list[int]] = {}
     for i, src in enumerate(images):
         if src is None:
-            infos[i] = "❌ Upload an image first."
+            infos[i] = f"{FAILED}Upload an image first."
         else:
             groups.setdefault((models[i], tags[i]), []).append(i)
     for (model, tag), ids in groups.items():
@@ -80,7 +85,7 @@ def classify_batch(images: list, models: list[str], tags: list[str]) -> tuple[li
             entry = z.get(model, tag)
         except (ValueError, WeightsUnavailable) as e:  # an unknown model or tag fails its own requests only
             for i in ids:
-                infos[i] = f"❌ {e}"
+                infos[i] = f"{FAILED}{e}"
             continue
         except Exception as e:
             message = _unexpected(f"loading {model}", e)
@@ -89,7 +94,7 @@ def classify_batch(images: list, models: list[str], tags: list[str]) -> tuple[li
             continue
         _classify_group(entry, images, ids, n, labels, infos)
     if all(lab is None for lab in labels) and len(set(infos)) == 1:
-        raise gr.Error(infos[0].removeprefix("❌ "), title="Cannot classify")
+        raise gr.Error(infos[0].removeprefix(FAILED), title="Cannot classify")
     return labels, infos
 
 
@@ -105,9 +110,8 @@ def compare_depths(image: Any, progress: gr.Progress = gr.Progress()) -> tuple[p
         except ImageError as e:
             raise gr.Error(f"Cannot use this image: {e}.", title="Cannot use this image") from e
         label, p = pred.topk[0]
-        rows.append({"model": name, "top-1": label, "probability": round(p, 4),
-                     "latency ms": round(pred.forward_ms, 1),
-                     "weights": "random ⚠️" if entry.weights.is_random else entry.weights.source.split(":", 1)[1]})
+        rows.append({"model": name, "top-1": label, "probability": round(p, 4), "latency ms": round(pred.forward_ms, 1),
+                     "weights": RANDOM if entry.weights.is_random else entry.weights.source.split(":", 1)[1]})
     df = pd.DataFrame(rows)
     return df, _depth_plot(df)
 
@@ -128,21 +132,38 @@ def _depth_plot(df: pd.DataFrame):
     return fig
 
 
-def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str]) -> None:
+def build_tab(model: gr.Dropdown, tag: gr.Dropdown, default_model: str) -> None:
     """The tab's components and events, inside the caller's `gr.Tab`."""
     with gr.Row():
         with gr.Column():
             image = UploadImage(label="Image", sources=["upload", "webcam", "clipboard"], height=320,
                                 elem_id="classify-image")
-            gr.Examples(examples, inputs=image, label="Examples")
+            examples = example_sets(image, default_model)
             run = gr.Button("Classify", variant="primary")
         with gr.Column():
-            label = gr.Label(num_top_classes=5, label="Top-5")
-            info = gr.Markdown()
-    run.click(on_gpu(user_errors(classify_batch)), [image, model, tag], [label, info], batch=True, max_batch_size=16,
-              api_name="classify", **QUICK)
+            label = gr.Label(num_top_classes=5, label="Top-5", elem_id="classify-label")
+            info = gr.Markdown(elem_id="classify-info")
+    classify = {"fn": on_gpu(user_errors(classify_batch)), "inputs": [image, model, tag], "outputs": [label, info],
+                "batch": True, "max_batch_size": 16, **QUICK}
+    run.click(**classify, api_name="classify")
+    # A new image clears the old answer: it never stands beside an image it is not about. An example, once it has
+    # filled the image, runs at once.
+    gr.on([image.upload, image.clear], clear_result, None, [label, info], queue=False, api_visibility="private")
+    for ex in examples:
+        ex.picked.then(clear_result, None, [label, info], queue=False, api_visibility="private").then(
+            **classify, api_visibility="private")
+    model.change(shown_examples, model, [ex.gallery for ex in examples], queue=False, api_visibility="private")
     with gr.Accordion("Compare all depths: the same image through ResNet-18 ... 152", open=False):
         compare = gr.Button("Compare all depths")
-        table = gr.Dataframe(label="Top-1 per depth", interactive=False)
-        plot = gr.Plot(label="Probability and latency per depth")
-    compare.click(on_gpu(user_errors(compare_depths)), image, [table, plot], api_name="compare_depths", **LONG)
+        # shown once there is an image to run: an empty table headed "1 2 3" says nothing
+        table = gr.Dataframe(headers=DEPTH_COLUMNS, label="Top-1 per depth", interactive=False, visible=False,
+                             elem_id="depths-table")
+        plot = gr.Plot(label="Probability and latency per depth", visible=False)
+    compare.click(lambda im: [gr.update(visible=im is not None)] * 2, image, [table, plot], queue=False,
+                  api_visibility="private").then(
+        on_gpu(user_errors(compare_depths)), image, [table, plot], api_name="compare_depths", **LONG)
+
+
+def clear_result() -> tuple[None, str]:
+    """No answer shown: the input changed."""
+    return None, ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import inspect
+import logging
 import os
 import shutil
 import sys
@@ -18,11 +19,14 @@ import gradio as gr
 from PIL import Image
 
 from ..data import ImageError, check_transformable, decode_image
+from ..paths import ASSETS
 from ..resources import cpu_count
-from ..serving.zoo import ModelZoo
+from ..serving.zoo import SHAPES_MODEL, Entry, ModelZoo
 from ..weights import WeightsUnavailable
 
 _ZOO: ModelZoo | None = None
+log = logging.getLogger(__name__)
+USER_ERRORS = (gr.Error, ImageError, WeightsUnavailable, ValueError)  # what a user can act on: no traceback
 
 
 def _quick_limit() -> int:
@@ -90,18 +94,26 @@ def open_upload(src: Any, min_side: int | None = None, cfg: dict[str, Any] | Non
         raise gr.Error(str(e)[0].upper() + str(e)[1:] + ".", title="Cannot use this image") from e
 
 
+def _for_the_user(e: Exception, fn: Callable) -> gr.Error:
+    """An error the user can act on, as `gr.Error`, logged as ONE line: Gradio prints a full traceback for every
+    error it is not told otherwise about, and a visitor's broken upload is no fault of the app's."""
+    err = e if isinstance(e, gr.Error) else gr.Error(str(e))
+    err.print_exception = False
+    log.warning("user error in %s: %s", getattr(fn, "__name__", "?"), " ".join(str(err.message).split()))
+    return err
+
+
 def user_errors(fn: Callable) -> Callable:
-    """Turn library errors a user can act on into `gr.Error`; anything else is a bug and propagates. A generator
-    function (a streaming event) stays one, so Gradio still streams it."""
+    """Turn library errors a user can act on into `gr.Error`, logged in one line without a traceback; anything
+    else is a bug and propagates with its traceback. A generator function (a streaming event) stays one, so
+    Gradio still streams it."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def stream(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except (ImageError, WeightsUnavailable, ValueError) as e:
-                raise gr.Error(str(e)) from e
+            except USER_ERRORS as e:
+                raise _for_the_user(e, fn) from e.__cause__ if isinstance(e, gr.Error) else e
 
         return stream
 
@@ -109,10 +121,8 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except (ImageError, WeightsUnavailable, ValueError) as e:
-            raise gr.Error(str(e)) from e
+        except USER_ERRORS as e:
+            raise _for_the_user(e, fn) from e.__cause__ if isinstance(e, gr.Error) else e
 
     return wrapper
 
@@ -158,8 +168,9 @@ def model_picker(default: str) -> tuple[gr.Dropdown, gr.Dropdown]:
     """Model and weight-tag dropdowns; the tags follow the model. The user's own checkpoints come after the
     built-in models (their one tag is "local")."""
     tags = zoo().tags_for(default)
-    model = gr.Dropdown(zoo().models, value=default, label="Model", scale=2)
-    tag = gr.Dropdown(tags, value=tags[0], label="Weights (timm tag, or hf-hub:USER/NAME)", scale=3,
+    # min_width: on a phone each gets a row of its own, rather than both squeezed until the name runs under the arrow
+    model = gr.Dropdown(zoo().models, value=default, label="Model", scale=2, min_width=240)
+    tag = gr.Dropdown(tags, value=tags[0], label="Weights (timm tag, or hf-hub:USER/NAME)", scale=3, min_width=240,
                       allow_custom_value=True)  # the API may name any model's tags; the zoo validates
     return model, tag
 
@@ -173,3 +184,62 @@ def status_text(model: str, tag: str | None) -> str:
     """Load (or fetch from the cache) the model and say where its weights came from (app.py wires it behind
     `user_errors`, so a typed unknown tag gets the zoo's message)."""
     return zoo().get(model, tag).status
+
+
+# Examples, captioned with what they show; each model is offered those it was trained for (see `shown_examples`)
+PHOTO_EXAMPLES = {"chelsea.jpg": "cat", "coffee.jpg": "coffee", "astronaut.jpg": "astronaut", "rocket.jpg": "rocket"}
+IMAGENET_CLASSES = 1000
+SHAPE_CAPTIONS = {"square": "square (turned)", "diamond": "diamond (flat)"}  # both can look alike
+
+
+class ExampleGallery:
+    """Example images as captioned thumbnails (a `gr.Gallery`: Gradio's own examples show either the pictures or
+    their captions, never both). `picked` is the event that fills the image; the tab chains its run on it."""
+
+    def __init__(self, image: gr.Image, files: dict[str, str], label: str, visible: bool):
+        paths = [str(ASSETS / f) for f in files]
+        self.gallery = gr.Gallery([(p, caption) for p, caption in zip(paths, files.values())], label=label,
+                                  columns=4, height="auto", allow_preview=False, object_fit="contain",
+                                  interactive=False, visible=visible, elem_classes="examples")
+
+        def pick_example(evt: gr.SelectData) -> str:
+            return paths[evt.index]
+
+        self.picked = self.gallery.select(pick_example, None, image, queue=False, api_visibility="private")
+
+
+def example_sets(image: gr.Image, model: str) -> tuple[ExampleGallery, ExampleGallery]:
+    """Photos and Shapes samples for `image`, captioned, only the set `model` was trained for visible."""
+    from ..shapes import CLASSES
+
+    show_photos, show_shapes = (u["visible"] for u in shown_examples(model))
+    photos = ExampleGallery(image, PHOTO_EXAMPLES, "Example photos: click one to run it", show_photos)
+    shapes = ExampleGallery(image, {f"shapes_{c}.png": SHAPE_CAPTIONS.get(c, c) for c in CLASSES},
+                      "Example shapes: click one to run it", show_shapes)
+    return photos, shapes
+
+
+def shown_examples(model: str) -> tuple[dict, dict]:
+    """Photos for ImageNet nets, Shapes samples for nets of the Shapes classes, both for a net of other classes
+    (no weights are loaded: the classes come from the model's description)."""
+    from ..shapes import CLASSES
+
+    labels = zoo().describe(model)[1]
+    shapes = list(labels) == list(CLASSES)
+    return gr.update(visible=not shapes), gr.update(visible=shapes or len(labels) < IMAGENET_CLASSES)
+
+
+def result_note(entry: Entry) -> str:
+    """What a visitor must read beside a result: a random net's confidence means nothing, and a net of a few
+    classes names one of them whatever the image shows (a photo given to the Shapes net comes back a shape)."""
+    if entry.weights.is_random:
+        return ("**This net has random weights: its confidence means nothing.** It was never trained (see the "
+                "notice at the top).")
+    labels = list(entry.classifier.labels)
+    if len(labels) >= IMAGENET_CLASSES:
+        return ""
+    what = "shapes" if entry.model == SHAPES_MODEL else "classes"
+    names = f" ({', '.join(labels)})" if len(labels) <= 10 else ""
+    advice = ": for photos, choose a ResNet trained on ImageNet" if entry.model == SHAPES_MODEL else ""
+    return (f"This net only knows {len(labels)} {what}{names}; whatever the image shows, its answer is one of "
+            f"them{advice}.")

@@ -18,7 +18,19 @@ from PIL import Image
 from ..data import crop_box, resize_side
 from ..explain import METHODS, attribute, draw_box, layer_cams, overlay, upsample_cam
 from ..serving.zoo import ASSETS, SHAPES_MODEL, Entry
-from .common import LONG, QUICK, UploadImage, on_gpu, open_upload, tmp_file, user_errors, zoo
+from .common import (
+    LONG,
+    QUICK,
+    UploadImage,
+    example_sets,
+    on_gpu,
+    open_upload,
+    result_note,
+    shown_examples,
+    tmp_file,
+    user_errors,
+    zoo,
+)
 
 RANKS = [f"top-{k} prediction" for k in range(1, 6)]
 CMAPS = ["jet", "inferno", "viridis", "magma", "turbo", "gray"]
@@ -124,7 +136,8 @@ def explain_image(
     heat = upsample_cam(cams[stage], size, relu=not signed)[0].cpu().numpy()
     maps = {s: upsample_cam(cam, size)[0].cpu().numpy() for s, cam in cams.items()}
     main = lay(heat, signed)
-    info = [f"{entry.status}", f"Target: **{labels[cls]}** (p = {float(probs[cls]):.3f}) · Grad-CAM on `{stage}`"]
+    info = [f"Target: **{labels[cls]}** (p = {float(probs[cls]):.3f}) · Grad-CAM on `{stage}` · colour bar: share of "
+            f"the map's largest value ({float(np.abs(heat).max()):.3g})", result_note(entry)]
     if true_box and model == SHAPES_MODEL and true_box["digest"] == _digest(img):
         peak_y, peak_x = np.unravel_index(int(np.argmax(heat)), heat.shape)
         x0, y0, x1, y1 = true_box["box"]
@@ -133,11 +146,11 @@ def explain_image(
         main = draw_box(main, (box[0] + x0 * sx, box[1] + y0 * sy, box[0] + x1 * sx - 1, box[1] + y1 * sy - 1),
                         hit, (box[0] + (peak_x + 0.5) * sx, box[1] + (peak_y + 0.5) * sy))
         info.append(f"Pointing game: the map's peak is **{'inside' if hit else 'outside'}** the true box "
-                    f"→ **{'hit ✅' if hit else 'miss ❌'}**")
+                    f"(a **{'hit' if hit else 'miss'}**)")
     thumb = _display(disp, THUMB)
     all_stages = [(lay(maps[s], bar=False, on=thumb), s) for s in stages]
     second_img = lay(second_map) if second_map is not None else None
-    return Explanation(main, heat, all_stages, second_img, "  \n".join(info))
+    return Explanation(main, heat, all_stages, second_img, "  \n".join(filter(None, info)))
 
 
 def explain_event(image, model, tag, stage, target, cmap, alpha, signed, second, true_box):
@@ -167,7 +180,7 @@ def faithfulness_note(model: str) -> str:
     """The panel measures the shipped Shapes model only: the pointing game and deletion need true boxes."""
     if model == SHAPES_MODEL:
         return ""
-    return (f"ℹ️ These numbers are for {SHAPES_MODEL}, not for {model}: measuring faithfulness needs each object's "
+    return (f"These numbers are for {SHAPES_MODEL}, not for {model}: measuring faithfulness needs each object's "
             "true box, which only the Shapes data has.")
 
 
@@ -184,9 +197,31 @@ def shapes_sample(seed: float) -> tuple[str, dict, str]:
     return str(path), {"box": list(s.box), "digest": _digest(img)}, note
 
 
+# The measures as the panel shows them, each under a name a reader knows (its meaning is in the panel's text)
+SHOWN = {"pointing": "Pointing game", "mass_in_mask": "Mass in box", "deletion_auc": "Deletion AUC",
+         "insertion_auc": "Insertion AUC", "rand_full": "Randomized net"}
+ANY_STAGE = "any (uses no layer)"
+CHANCE = "Random map (chance level)"
+
+
+def readable(df: pd.DataFrame) -> pd.DataFrame:
+    """`measure_faithfulness`'s table for people: named columns, one row for each method that uses no layer (the
+    measurement repeats it on every stage's row), and the random map's scores, the same for every method, as one
+    last row (the chance level) instead of a column beside each measure."""
+    if df.empty:
+        return df
+    rows = df.drop_duplicates("method", keep="first").copy()
+    layered = df[df["uses_layer"].astype(bool)]
+    rows = pd.concat([layered, rows[~rows["uses_layer"].astype(bool)].assign(stage=ANY_STAGE)])
+    table = rows[["label", "stage", *SHOWN]].rename(columns={"label": "Method", "stage": "Stage", **SHOWN})
+    chance = {SHOWN[c]: df[f"{c.removesuffix('_auc')}_random"].iloc[0] for c in SHOWN if c != "rand_full"}
+    chance = {"Method": CHANCE, "Stage": "", **chance}
+    return pd.concat([table, pd.DataFrame([chance])], ignore_index=True).round(3).fillna("")
+
+
 def faithfulness_table() -> pd.DataFrame:
-    """The numbers measured for the shipped model (see the README for the command)."""
-    return pd.read_csv(FAITHFULNESS_CSV) if FAITHFULNESS_CSV.is_file() else pd.DataFrame()
+    """The numbers measured for the shipped model (see the README for the command), as the panel shows them."""
+    return readable(pd.read_csv(FAITHFULNESS_CSV)) if FAITHFULNESS_CSV.is_file() else pd.DataFrame()
 
 
 def recompute_faithfulness(n: float, progress: gr.Progress = gr.Progress()) -> tuple[pd.DataFrame, str]:
@@ -220,10 +255,11 @@ def recompute_faithfulness(n: float, progress: gr.Progress = gr.Progress()) -> t
     report(0, f"Estimated about {estimate:.0f} s for {n} images")
     df = measure_faithfulness(net, data, progress=report, **settings)
     took = time.perf_counter() - start
-    return df, f"Recomputed on {n} fresh Shapes images in {took:.0f} s (estimated {estimate:.0f} s before it started)."
+    return readable(df), (f"Recomputed on {n} fresh Shapes images in {took:.0f} s (estimated {estimate:.0f} s before "
+                          "it started).")
 
 
-def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default_model: str) -> None:
+def build_tab(model: gr.Dropdown, tag: gr.Dropdown, default_model: str) -> None:
     """The tab's components and events, inside the caller's `gr.Tab`."""
     stages, labels = zoo().describe(default_model)
     true_box = gr.State(None)
@@ -231,7 +267,7 @@ def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default
         with gr.Column(scale=2):
             image = UploadImage(label="Image", sources=["upload", "webcam", "clipboard"], height=300,
                                 elem_classes="pixelated")
-            gr.Examples(examples, inputs=image, label="Examples")
+            examples = example_sets(image, default_model)
             with gr.Row():
                 seed = gr.Number(0, label="Shapes sample #", precision=0, minimum=0, scale=1)
                 draw = gr.Button("Draw a Shapes sample (true box known)", scale=2)
@@ -253,30 +289,47 @@ def build_tab(model: gr.Dropdown, tag: gr.Dropdown, examples: list[str], default
                                 elem_classes="pixelated", elem_id="gradcam-overlay")
                 other = gr.Image(label="Second method", type="pil", format="png", interactive=False,
                                  elem_classes="pixelated")
-            stages_gallery = gr.Gallery(label="Grad-CAM at every stage", columns=4, height=220)
+            # whole tiles (contain, not cropped), each captioned with its stage below it
+            stages_gallery = gr.Gallery(label="Grad-CAM at every stage", columns=4, height="auto",
+                                        object_fit="contain", elem_id="gradcam-stages")
             with gr.Row():
                 png = gr.File(label="Overlay (PNG)")
                 raw = gr.File(label="Raw Grad-CAM map (.npy, float32, network input resolution)")
     with gr.Accordion("How faithful are these maps? (measured on Shapes, where the truth is known)", open=False):
-        gr.Markdown("Pointing game: share of images whose map peaks inside the object's box. Deletion / insertion "
-                    "AUC (Petsiuk et al. 2018): lower / higher is better, random order beside it. Randomization "
-                    "(Adebayo et al. 2018): rank correlation with the original map as the network is re-initialized "
-                    "from the top; a faithful method decorrelates.")
+        gr.Markdown("**Pointing game**: share of images whose map peaks inside the object's box. **Mass in box**: "
+                    "share of the map on the object. **Deletion / Insertion AUC** (Petsiuk et al. 2018): removing "
+                    "(adding) pixels in the map's order, lower / higher is better. **Randomized net** (Adebayo et al. "
+                    "2018): rank correlation with the map once the network is re-initialized; a faithful method "
+                    "gets near 0. The last row is a random map: the chance level. Integrated Gradients and "
+                    "Occlusion use no layer: one row each.")
         note = gr.Markdown(faithfulness_note(default_model))
-        table = gr.Dataframe(faithfulness_table(), interactive=False, label="Shipped model, precomputed")
+        table = gr.Dataframe(faithfulness_table(), interactive=False, wrap=True, elem_id="faithfulness-table",
+                             label="Shipped model, precomputed on held-out Shapes images")
         with gr.Row():
             n = gr.Slider(20, MAX_RECOMPUTE, 20, step=20, label="Images (the run says how long it will take)")
             recompute = gr.Button("Recompute")
         recompute_note = gr.Markdown()
     inputs = [image, model, tag, stage, target, cmap, alpha, signed, second, true_box]
     outputs = [main, raw, stages_gallery, other, png, info]
-    run.click(on_gpu(user_errors(explain_event)), inputs, outputs, api_name="gradcam", **QUICK)
-    image.upload(lambda: None, None, true_box, queue=False, api_visibility="private")
-    image.clear(lambda: None, None, true_box, queue=False, api_visibility="private")
-    draw.click(shapes_sample, seed, [image, true_box, info], api_visibility="private").then(
+    explain = {"fn": on_gpu(user_errors(explain_event)), "inputs": inputs, "outputs": outputs, **QUICK}
+    run.click(**explain, api_name="gradcam")
+    # A new image clears the old maps (and the true box, which belongs to a drawn sample only); an example, once
+    # it has filled the image, is explained at once.
+    gr.on([image.upload, image.clear], clear_result, None, [*outputs, true_box], queue=False, api_visibility="private")
+    for ex in examples:
+        ex.picked.then(clear_result, None, [*outputs, true_box], queue=False,
+                                 api_visibility="private").then(**explain, api_visibility="private")
+    model.change(shown_examples, model, [ex.gallery for ex in examples], queue=False, api_visibility="private")
+    draw.click(clear_result, None, [*outputs, true_box], queue=False, api_visibility="private").then(
+        shapes_sample, seed, [image, true_box, info], api_visibility="private").then(
         lambda: gr.update(value=SHAPES_MODEL), None, model, api_visibility="private")
     model.change(on_model_change, model, [stage, target], api_visibility="private")
     # a lambda: tests/test_app.py lists the cheap UI updates by function name, and this is one
     model.change(lambda m: faithfulness_note(m), model, note, api_visibility="private", queue=False)
     recompute.click(on_gpu(user_errors(recompute_faithfulness)), n, [table, recompute_note], api_name="faithfulness",
                     **LONG)
+
+
+def clear_result() -> tuple:
+    """No maps shown, no true box: the input changed."""
+    return None, None, None, None, None, "", None

@@ -14,40 +14,54 @@ those CSVs back and writes the reading and figures again.
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 
+from ...cli_args import int_in, number, positive_int, seed, writable
 from ...paths import ASSETS
 from ...progress import tqdm_progress
 from .. import cost as C
-from ..memory import hvp_memory
+from ..landscape import grid_option
+from ..landscape.directions import MIN_GRID
+from ..memory import ALLOCATOR_OVERHEAD, available_memory, hvp_memory, refusal
 from ..study import Timer, fail, from_csv_record, load_models, run_record, save, session, split_list
 from ..tables import read_checked_csv
 from .compute import COLUMNS, DENSITY_COLUMNS, MAP_COLUMNS, compute_curvature
 from .describe import density_summary, describe_curvature, map_table, spectrum_table
 from .plot import plot_density, plot_map
 
+if TYPE_CHECKING:
+    from ...weights import LoadedWeights
+
 __all__ = ["SHIPPED_STEM", "compute_curvature", "describe_curvature", "estimate_cost", "plot_density", "plot_map",
            "read_results", "spectrum_table"]
 
 SHIPPED_STEM = ASSETS / "curvature_shapes"
+TOLERANCE = number(0, 1, lo_open=True, hi_open=True)  # ARPACK's relative tolerance (0 would mean machine precision)
 EIGSH_MATVECS = 45  # products per ARPACK solve at k = 1 (ncv 20; measured 21-41 on the twins)
 
 
 def estimate_cost(archs: Sequence[str], n: int = 256, resamples: int = 3, top_k: int = 5, trace_samples: int = 50,
                   density_steps: int = 80, density_runs: int = 1, map_points: int = 0, map_n: int | None = None,
                   chunk: int = 64, device: str | torch.device = "cpu", size: int = 32) -> C.Cost:
-    """Seconds and peak bytes: Hessian-vector products counted per solve, each worth WORK["hvp"] forward passes."""
+    """Seconds and peak bytes: Hessian-vector products counted per solve, each worth WORK["hvp"] forward passes;
+    the bytes are the hungriest net's products plus every net's image sets, which a run keeps until it ends."""
     top = EIGSH_MATVECS * max(1, (2 * top_k + 1) // 20 + 1)
     first = top + EIGSH_MATVECS + trace_samples + density_steps * density_runs
     others = (EIGSH_MATVECS + trace_samples) * max(0, resamples - 1)
     per_net = (first + others) * n * (resamples > 0) + 2 * EIGSH_MATVECS * map_points * (map_n or n)
     images = [(a, per_net) for a in archs]
+    kind = torch.device(device).type
+    held = len(archs) * max(n * resamples, (map_n or n) if map_points else 0) * 3 * size * size * (1 + 4 + 4)
     return C.Cost(C.seconds(images, "hvp", device, size),
-                  max(hvp_memory(a, chunk, size, device=str(torch.device(device))) for a in archs))
+                  max(hvp_memory(a, chunk, size, device=str(torch.device(device))) for a in archs)
+                  + math.ceil(ALLOCATOR_OVERHEAD[kind] * held))
 
 
 def read_results(stem: str | Path = SHIPPED_STEM) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -66,28 +80,57 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", help="comma-separated checkpoints, or arch names of shipped twins")
     p.add_argument("--from-csv", default=None, metavar="STEM", help="re-read STEM.csv, STEM_density.csv and "
                    "STEM_map.csv (comma-separated stems are concatenated) instead of computing")
-    p.add_argument("--n", "--images", dest="n", type=int, default=256, help="images per Hessian (one image set)")
+    p.add_argument("--n", "--images", dest="n", type=positive_int, default=256,
+                   help="images per Hessian (one image set)")
     p.add_argument("--split", default="train", choices=["train", "test"],
                    help="train: the checkpoint's own training images (the loss it minimized); test: held-out ones")
-    p.add_argument("--resamples", type=int, default=3,
+    p.add_argument("--resamples", type=int_in(0), default=3,
                    help="disjoint image sets for lambda_max and the trace (0: no spectrum, only the map)")
-    p.add_argument("--top-k", type=int, default=5, help="top eigenvalues (set 0)")
-    p.add_argument("--tol", type=float, default=1e-3, help="relative tolerance of the top eigenvalues")
-    p.add_argument("--min-tol", type=float, default=1e-2, help="tolerance of lambda_min (Li et al.'s 1e-2)")
-    p.add_argument("--trace-samples", type=int, default=50, help="Rademacher vectors for the trace")
-    p.add_argument("--density-steps", type=int, default=80, help="Lanczos steps of the density (0: none)")
-    p.add_argument("--density-runs", type=int, default=1, help="Lanczos runs averaged for the density")
-    p.add_argument("--seed", type=int, default=0, help="seed of the solvers' random vectors")
-    p.add_argument("--map-grid", type=int, default=0, help="points per axis of the ratio map (0: no map)")
-    p.add_argument("--map-span", type=float, default=1.0, help="the map spans -span .. span on each direction")
-    p.add_argument("--map-n", type=int, default=None, help="images per map point (default --n)")
-    p.add_argument("--map-tol", type=float, default=1e-2, help="eigensolver tolerance on the map (Li et al.'s)")
-    p.add_argument("--direction-seed", type=int, default=0, help="the landscape's direction seed of the map's plane")
-    p.add_argument("--chunk", type=int, default=64, help="images per Hessian-vector product chunk (memory)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="top eigenvalues (set 0)")
+    p.add_argument("--tol", type=TOLERANCE, default=1e-3, help="relative tolerance of the top eigenvalues")
+    p.add_argument("--min-tol", type=TOLERANCE, default=1e-2, help="tolerance of lambda_min (Li et al.'s 1e-2)")
+    p.add_argument("--trace-samples", type=positive_int, default=50, help="Rademacher vectors for the trace")
+    p.add_argument("--density-steps", type=int_in(0), default=80,
+                   help="Lanczos steps of the density (0: none; else at least 2)")
+    p.add_argument("--density-runs", type=positive_int, default=1, help="Lanczos runs averaged for the density")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the solvers' random vectors")
+    p.add_argument("--map-grid", type=functools.partial(grid_option, zero="no map"), default=0,
+                   help=f"points per axis of the ratio map (0: no map; else odd, at least {MIN_GRID})")
+    p.add_argument("--map-span", type=number(0, lo_open=True), default=1.0,
+                   help="the map spans -span .. span on each direction")
+    p.add_argument("--map-n", type=positive_int, default=None, help="images per map point (default --n)")
+    p.add_argument("--map-tol", type=TOLERANCE, default=1e-2, help="eigensolver tolerance on the map (Li et al.'s)")
+    p.add_argument("--direction-seed", type=seed, default=0,
+                   help="the landscape's direction seed of the map's plane")
+    p.add_argument("--chunk", type=positive_int, default=64, help="images per Hessian-vector product chunk (memory)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", type=writable("folder"), default=None)
     p.add_argument("--stem", default="curvature")
     p.add_argument("--quiet", action="store_true")
+
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """What no single option's type can see: run right after parsing, before anything is loaded."""
+    if args.from_csv:
+        return None
+    if not split_list(args.models):
+        return "give --models (or --from-csv)"
+    if args.resamples == 0 and not args.map_grid:
+        return "nothing to compute: --resamples 0 and no --map-grid"
+    if args.density_steps == 1:
+        return "--density-steps 1 gives no density (one Lanczos step has one Ritz value): use 0 or at least 2"
+    if args.map_n is not None and not args.map_grid:
+        return "--map-n sets the images of the map: add --map-grid (or leave --map-n out)"
+    return None
+
+
+def _memory_refusal(models: Sequence[LoadedWeights], args: argparse.Namespace, device: torch.device) -> str | None:
+    """None if the run's estimated peak fits what `device` can still allocate, else the sentence refusing it."""
+    archs = [str(w.meta.get("arch") or C.arch_of(w.model)) for w in models]
+    size = max(int(w.pretrained_cfg["input_size"][-1]) for w in models)
+    need = estimate_cost(archs, args.n, args.resamples, args.top_k, args.trace_samples, args.density_steps,
+                         args.density_runs, args.map_grid**2, args.map_n, args.chunk, device, size).bytes
+    return refusal(need, available_memory(str(device)), "fewer --n images, a smaller --chunk or fewer --models")
 
 
 def report(spec: pd.DataFrame, dens: pd.DataFrame, maps: pd.DataFrame, args: argparse.Namespace,
@@ -126,22 +169,12 @@ def run(args: argparse.Namespace) -> int:
             return fail("curvature", f"--from-csv: {e}")
         return report(spec, dens, maps, args, from_csv_record(args))
     specs = split_list(args.models)
-    if not specs:
-        return fail("curvature", "give --models (or --from-csv)")
-    if args.map_grid:
-        from ..landscape.directions import check_grid
-
-        try:
-            check_grid(args.map_grid)
-        except ValueError as e:
-            return fail("curvature", f"--map-grid: {e}")
-    if min(args.n, args.top_k, args.trace_samples, args.chunk) < 1 or args.resamples < 0:
-        return fail("curvature", "--n, --top-k, --trace-samples and --chunk must be at least 1, --resamples >= 0")
-    if args.resamples == 0 and not args.map_grid:
-        return fail("curvature", "nothing to compute: --resamples 0 and no --map-grid")
     try:
         models = load_models(specs)
         with session(args.device) as dist:
+            problem = _memory_refusal(models, args, dist.device)
+            if problem:
+                return fail("curvature", problem)
             progress, close = (tqdm_progress(100, f"curvature rank {dist.rank}") if not args.quiet and dist.is_main
                                else (None, lambda: None))
             timer = Timer()

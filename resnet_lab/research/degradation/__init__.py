@@ -29,12 +29,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ...cli_args import int_in, names, number, positive_int, seed, writable
 from ...paths import ASSETS
 from ...progress import tqdm_progress
 from ...resnet import REGISTRY, twin_name
 from ...shapes import CLASSES
 from .. import cost as C
-from ..memory import ALLOCATOR_OVERHEAD, BACKWARD_WORKSPACE, available_memory, largest_fitting, step_memory
+from ..memory import ALLOCATOR_OVERHEAD, BACKWARD_WORKSPACE, available_memory, largest_fitting, refusal, step_memory
 from ..study import Timer, fail, run_record, session, split_list, write_outputs
 from ..tables import read_checked_csv
 from .compute import COLUMNS, DEFAULT_ARCHS, EVAL_BATCH, add_smoothing, eval_steps, lr_at, run_degradation
@@ -113,17 +114,19 @@ def estimate_cost(steps: int, batch_size: int, archs: Sequence[str] = DEFAULT_AR
 # --- CLI ---
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--archs", default=",".join(DEFAULT_ARCHS), help="comma-separated archs, trained in lockstep")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=0.02, help="peak learning rate (warmup, then cosine)")
-    p.add_argument("--train-size", type=int, default=10_000, help="Shapes training images (cycled in epochs)")
-    p.add_argument("--val-size", type=int, default=1000)
-    p.add_argument("--evals", type=int, default=5, help="validation points after step 0")
+    p.add_argument("--steps", type=positive_int, default=1500)
+    p.add_argument("--batch-size", type=int_in(2), default=32, help="at least 2 (train-mode BatchNorm)")
+    p.add_argument("--archs", type=names(REGISTRY, "archs"), default=",".join(DEFAULT_ARCHS),
+                   help="comma-separated archs, trained in lockstep")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--lr", type=number(0, lo_open=True), default=0.02, help="peak learning rate (warmup, then cosine)")
+    p.add_argument("--train-size", type=positive_int, default=10_000, help="Shapes training images (cycled in epochs)")
+    p.add_argument("--val-size", type=positive_int, default=1000)
+    p.add_argument("--evals", type=positive_int, default=5, help="validation points after step 0")
     p.add_argument("--clutter", action="store_true", help="Shapes with clutter (harder: needs a longer budget)")
-    p.add_argument("--out", help="write the curves as CSV (and the run's record as JSON beside it)")
-    p.add_argument("--plot", help="write the curves as PNG")
+    p.add_argument("--out", type=writable("file"),
+                   help="write the curves as CSV (and the run's record as JSON beside it)")
+    p.add_argument("--plot", type=writable("file", makes_folders=False), help="write the curves as PNG")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
 
 
@@ -135,18 +138,12 @@ def _memory_refusal(args: argparse.Namespace, archs: list[str], need: int, devic
     fits = largest_fitting(lambda b: estimate_memory(args.steps, b, archs, train_size=args.train_size,
                                                      val_size=args.val_size, device=device),
                            2, args.batch_size - 1, budget)
-    hint = f"--batch-size {fits} fits" if fits else "fewer or shallower --archs, or a smaller --train-size"
-    return (f"this run needs about {need / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} GiB free for it "
-            f"now; {hint}.")
+    return refusal(need, budget, f"--batch-size {fits} fits" if fits else
+                   "fewer or shallower --archs, or a smaller --train-size")
 
 
 def run(args: argparse.Namespace) -> int:
     archs = split_list(args.archs)
-    unknown = [a for a in archs if a not in REGISTRY]
-    if unknown:
-        return fail("degradation", f"unknown archs {', '.join(unknown)}")
-    if args.steps < 1 or args.batch_size < 2:
-        return fail("degradation", "need --steps >= 1 and --batch-size >= 2 (train-mode BatchNorm)")
     try:
         with session(args.device) as dist:
             cost = estimate_cost(args.steps, args.batch_size, archs, train_size=args.train_size,

@@ -30,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ...cli_args import int_in, names, positive_int, writable
 from ...paths import ASSETS
 from ...progress import tqdm_progress
 from ...resnet import REGISTRY, twin_name
@@ -214,12 +215,8 @@ def memory_refusal(cfg: GradFlowConfig, budget: int) -> str | None:
 # --- CLI ---
 
 def _archs(text: str) -> tuple[str, ...]:
-    archs = tuple(split_list(text))
-    bad = [a for a in archs if a not in REGISTRY or not REGISTRY[a].residual]
-    if bad:
-        raise argparse.ArgumentTypeError(f"not a ResNet: {', '.join(bad)} (choose from "
-                                         f"{', '.join(IMAGENET_ARCHS + CIFAR_ARCHS)})")
-    return archs
+    """--archs' type: ResNets only (each is measured with its plain twin), at least one."""
+    return tuple(split_list(names([a for a in REGISTRY if REGISTRY[a].residual], "ResNets")(text)))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -227,16 +224,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated ResNets; each is measured with its plain twin (default: the ImageNet five)")
     p.add_argument("--bn", choices=BN_MODES, default="train", help="BatchNorm mode (none: no BN layers at all)")
     p.add_argument("--zero-init", action="store_true", help="zero each block's last BN gamma")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--input-size", type=int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per batch (at least 2 with --bn train)")
+    p.add_argument("--input-size", type=int_in(8, 1024), default=None,
                    help="image side; default 64 px for ImageNet-style nets, 32 px for CIFAR-style")
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1; plots show the spread")
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--seeds", type=int_in(1, 1000), default=1, help="seeds 0..N-1; plots show the spread")
+    p.add_argument("--num-classes", type=int_in(2, 100_000), default=10)
     p.add_argument("--data", choices=["noise", "shapes"], default="noise")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present; the init is "
                                                   "drawn on the CPU either way)")
-    p.add_argument("--out", help="write the tidy per-layer results as CSV (and the run's record as JSON beside it)")
-    p.add_argument("--plot", help="write the plots as one PNG")
+    p.add_argument("--out", type=writable("file"),
+                   help="write the tidy per-layer results as CSV (and the run's record as JSON beside it)")
+    p.add_argument("--plot", type=writable("file", makes_folders=False), help="write the plots as one PNG")
+
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """What no single option's type can see: run right after parsing, before anything is built."""
+    if args.bn == "train" and args.batch_size < 2:
+        return "--batch-size must be at least 2 with --bn train (BatchNorm needs two images for a batch variance)"
+    return None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """The gradient study's figures: matplotlib Figures made without pyplot (no global state, safe in Gradio's worker
-threads), drawn by Agg. Axes are logarithmic: the profiles span up to ten orders of magnitude."""
+threads), drawn by Agg, in the Research figures' one style (`research.style`: colour = depth, solid = ResNet,
+dashed = plain twin). Axes are logarithmic: the profiles span up to ten orders of magnitude."""
 
 from __future__ import annotations
 
@@ -10,23 +11,26 @@ import numpy as np
 import pandas as pd
 
 from ...resnet import REGISTRY, twin_name
+from .. import style as S
 from .compute import VARIANTS
 from .describe import summarize
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure, SubFigure
 
-COLORS = {"plain": "tab:red", "residual": "tab:blue"}
+LINES = {"plain": S.PLAIN_LINE, "residual": S.RESNET_LINE}
 LABELS = {"plain": "plain twin", "residual": "ResNet"}
 
 
 def _panels(n: int, parent: Figure | SubFigure | None = None, panel_size: tuple[float, float] = (4.2, 3.2),
             cols: int = 3) -> tuple[Figure | SubFigure, np.ndarray]:
-    """A new Figure (or `parent`, a Figure or SubFigure) split into `n` panels."""
+    """A new Figure (or `parent`, a Figure or SubFigure) split into `n` panels, `cols` per row."""
     from matplotlib.figure import Figure
 
-    cols = min(cols, n)
+    cols = max(1, min(cols, n))
     rows = math.ceil(n / cols)
+    if cols == 1:
+        panel_size = (S.NARROW_WIDTH, panel_size[1] * S.NARROW_WIDTH / panel_size[0])
     fig = parent or Figure(figsize=(panel_size[0] * cols, panel_size[1] * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n:]:
@@ -35,15 +39,17 @@ def _panels(n: int, parent: Figure | SubFigure | None = None, panel_size: tuple[
 
 
 def plot_profile(df: pd.DataFrame, quantity: str = "grad_w", ylabel: str = r"$\|\partial L/\partial W\|$",
-                 parent: Figure | SubFigure | None = None) -> Figure | SubFigure:
-    """One panel per arch: `quantity` against depth index, plain vs residual.
+                 parent: Figure | SubFigure | None = None, cols: int = 3) -> Figure | SubFigure:
+    """One panel per arch (`cols` per row): `quantity` against depth index, plain vs residual.
 
     Lines are the geometric mean over seeds, bands the min-max; values that are
     exactly 0 cannot sit on a log axis, so the panel says how many there are.
     """
     archs = list(dict.fromkeys(df.arch))
-    fig, axes = _panels(len(archs), parent)
+    fig, axes = _panels(len(archs), parent, cols=cols)
     for ax, arch in zip(axes, archs):
+        colour = S.depth_colour(REGISTRY[arch].depth)
+        names = {"residual": arch, "plain": twin_name(arch)}
         sub = df[(df.arch == arch) & (df.quantity == quantity)]
         notes = []
         for variant in VARIANTS:
@@ -54,52 +60,67 @@ def plot_profile(df: pd.DataFrame, quantity: str = "grad_w", ylabel: str = r"$\|
             if pos.empty:
                 continue
             stats = np.log10(pos.value).groupby(pos.depth_index).agg(["mean", "min", "max"])
-            ax.plot(stats.index, 10 ** stats["mean"], color=COLORS[variant], lw=1.4, label=LABELS[variant])
+            ax.plot(stats.index, 10 ** stats["mean"], color=colour, ls=LINES[variant], lw=1.4,
+                    label=f"{names[variant]} ({LABELS[variant]})")
             if v.seed.nunique() > 1:
-                ax.fill_between(stats.index, 10 ** stats["min"], 10 ** stats["max"], color=COLORS[variant],
-                                alpha=0.2, lw=0)
+                ax.fill_between(stats.index, 10 ** stats["min"], 10 ** stats["max"], color=colour,
+                                alpha=0.15 if variant == "residual" else 0.3, lw=0)
         ax.set_yscale("log")
         ax.set_title(f"{arch} vs {twin_name(arch)}", fontsize=10)
-        ax.set_xlabel("depth index (input -> output)", fontsize=8)
+        ax.set_xlabel("layer (depth index), input → output", fontsize=8)
         ax.set_ylabel(ylabel)
         ax.grid(True, which="major", alpha=0.3)
         if notes:
             ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom")
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper right")
+            ax.legend(fontsize=7, loc="best")
     return fig
 
 
-def plot_summary(summary: pd.DataFrame, parent: Figure | SubFigure | None = None) -> Figure | SubFigure:
-    """log10(first conv / last conv ||dL/dW||) against total depth, plain vs residual, +-1 std over seeds."""
+def plot_summary(summary: pd.DataFrame, parent: Figure | SubFigure | None = None,
+                 cols: int = 2) -> Figure | SubFigure:
+    """log10(first conv / last conv ||dL/dW||) against total depth, plain vs residual, +-1 std over seeds; the
+    legend in `cols` columns above the axes (1 on a phone)."""
     fig, (ax,) = _panels(1, parent, panel_size=(5.5, 3.6))
     for variant in VARIANTS:
-        for stem, marker, ls in (("imagenet", "o", "-"), ("cifar", "s", "--")):
+        ls = LINES[variant]
+        for stem, marker in (("imagenet", "o"), ("cifar", "s")):
             s = summary[(summary.variant == variant) & (summary.arch.map(lambda a: REGISTRY[a].stem) == stem)]
             if s.empty:
                 continue
             s = s.sort_values("depth")
             family = "ImageNet" if stem == "imagenet" else "CIFAR"
-            ax.errorbar(s.depth, s.log10_ratio_mean, yerr=s.log10_ratio_std.fillna(0), color=COLORS[variant],
-                        marker=marker, ls=ls, capsize=3, label=f"{LABELS[variant]}, {family}-style")
+            ax.errorbar(s.depth, s.log10_ratio_mean, yerr=s.log10_ratio_std.fillna(0), color="0.35", ls=ls,
+                        capsize=3, label=f"{LABELS[variant]}, {family}-style (marker colour: depth)", zorder=1)
+            ax.scatter(s.depth, s.log10_ratio_mean, c=[S.depth_colour(d) for d in s.depth], marker=marker, s=36,
+                       zorder=2, edgecolors="0.2")
+            for x, y in zip(s.depth, s.log10_ratio_mean):  # the ratios the verdict quotes, on the figure
+                if np.isfinite(y):
+                    ax.annotate(f"×10^{y:.1f}", (x, y), textcoords="offset points", xytext=(6, -10), fontsize=7)
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_xlabel("total depth (weighted layers)")
-    ax.set_ylabel(r"$\log_{10}$ first / last conv $\|\partial L/\partial W\|$", fontsize=9)
+    ax.set_ylabel("log10 (first conv ‖∂L/∂W‖ / last conv's)\n0: even; 7: first is 10^7 times larger", fontsize=8)
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        fig.legend(loc="outside upper center", ncols=2, fontsize=7)  # above the axes: never over a curve
+        fig.legend(loc="outside upper center", ncols=cols, fontsize=7)  # above the axes: never over a curve
     return fig
 
 
-def plot_all(df: pd.DataFrame) -> Figure:
-    """The three plots stacked in one Figure (what the CLI's --plot writes)."""
+def plot_all(df: pd.DataFrame, cols: int = 3) -> Figure:
+    """The three plots stacked in one Figure (what the CLI's --plot writes); `cols=1`: one panel per row, for a
+    phone."""
     from matplotlib.figure import Figure
 
     n = df.arch.nunique()
-    rows = math.ceil(n / 3)
-    top, middle, bottom = Figure(figsize=(12.6, 6.4 * rows + 3.6), layout="constrained").subfigures(
-        3, 1, height_ratios=[rows, rows, 1.1])
-    plot_profile(df, "grad_w", parent=top)
-    plot_profile(df, "grad_x", r"$\|\partial L/\partial x\|$ at block output", parent=middle)
-    plot_summary(summarize(df), parent=bottom)
+    cols = max(1, min(cols, n))
+    rows = math.ceil(n / cols)
+    width = 4.2 * cols if cols > 1 else S.NARROW_WIDTH
+    panel_h = 3.2 if cols > 1 else 3.2 * S.NARROW_WIDTH / 4.2
+    top, middle, bottom = Figure(figsize=(width, 2 * panel_h * rows + 3.6), layout="constrained").subfigures(
+        3, 1, height_ratios=[panel_h * rows, panel_h * rows, 3.6])
+    plot_profile(df, "grad_w", parent=top, cols=cols)
+    top.suptitle("‖∂L/∂W‖: the gradient of each conv's weights", fontsize=10)
+    plot_profile(df, "grad_x", r"$\|\partial L/\partial x\|$ at block output", parent=middle, cols=cols)
+    middle.suptitle("‖∂L/∂x‖: the gradient at each block's output", fontsize=10)
+    plot_summary(summarize(df), parent=bottom, cols=1 if cols == 1 else 2)
     return top.figure

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
 import multiprocessing
 import sys
@@ -30,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
+from ...checkpoints import meta_path
+from ...cli_args import int_in, positive_int, seed, writable
 from ...devices import synchronize
 from ...paths import ASSETS
 from ...progress import Progress, tqdm_progress
@@ -37,7 +40,7 @@ from ...resnet import REGISTRY
 from ...scoring import model_device
 from ...training.heldout import held_out_set, set_key
 from .. import cost as C
-from ..memory import inference_memory
+from ..memory import available_memory, inference_memory, refusal
 from ..study import Timer, fail, resolve_model_path, run_record, session, split_list, write_outputs
 from ..tables import read_checked_csv
 from .compute import (
@@ -69,6 +72,7 @@ SHIPPED_CSV = ASSETS / "lesion_shapes.csv"
 SHIPPED_PNG = ASSETS / "lesion_shapes.png"
 # The most the app's live run does; `quick_settings` cuts n (then draws, k points) to fit its budget here and now.
 QUICK = {"n": 400, "draws": 3, "k_points": 8}
+MAX_DRAWS = 1000  # deletion orders are listed (to count the lesions) before the memory check
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".th")
 
 
@@ -142,19 +146,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                  "shipped twins; several, comma-separated, share the images")
     p.add_argument("--from-csv", default=None,
                    help="instead of --model: describe and plot saved lesion CSVs (comma-separated, concatenated)")
-    p.add_argument("--n", type=int, default=2000, help="held-out images")
-    p.add_argument("--draws", type=int, default=5, help="random deletion orders per model")
-    p.add_argument("--k-points", type=int, default=None, help="evaluate about this many values of k (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random deletion orders")
-    p.add_argument("--data-seed", type=int, default=None,
+    p.add_argument("--n", type=positive_int, default=2000, help="held-out images")
+    p.add_argument("--draws", type=int_in(1, MAX_DRAWS), default=5, help="random deletion orders per model")
+    p.add_argument("--k-points", type=int_in(2), default=None,
+                   help="evaluate about this many values of k (default: all)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random deletion orders")
+    p.add_argument("--data-seed", type=seed, default=None,
                    help="Shapes: test-set seed (default: the checkpoint's test seed)")
     p.add_argument("--data-dir", default=None, help="CIFAR checkpoints: the folder holding the CIFAR test files")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--out", default=None, help="write lesion_<name>.csv, .png and .json here")
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
+    p.add_argument("--out", type=writable("folder"), default=None, help="write lesion_<name>.csv, .png and .json here")
     p.add_argument("--name", default="shapes", help="file name part: lesion_<name>.csv")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=int_in(1, 64), default=1,
                    help="models studied side by side in this many processes, one thread each (CPU)")
+
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """What no single option's type can see: run right after parsing, before anything is loaded."""
+    if not args.from_csv and not split_list(args.model):
+        return "give --model (checkpoints to study) or --from-csv (saved results)"
+    return None
+
+
+def _planned(spec: str) -> tuple[str, int, int] | None:
+    """(arch, input size, classes) of a checkpoint from the JSON beside it, read before anything is loaded; None for
+    a tag or a bare weights file (checked once loaded, in `_study_one`)."""
+    path = Path(_spec(spec))
+    try:
+        meta = json.loads(meta_path(path).read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("arch") not in REGISTRY:
+        return None
+    size = (meta.get("input_size") or [3, 32, 32])[-1]
+    return str(meta["arch"]), int(size), int(meta.get("num_classes") or len(meta.get("classes") or []) or 8)
+
+
+def _memory_refusal(planned: list[tuple[str, int, int]], opts: dict[str, Any], workers: int) -> str | None:
+    """None if the studies fit what the device can still allocate (`workers` of them at once), else the sentence
+    refusing them."""
+    if not planned:
+        return None
+    need = sorted((estimate_cost(a, opts["n"], opts["draws"], opts["k_points"], opts["seed"], opts["device"], size,
+                                 classes, opts["batch_size"]).bytes for a, size, classes in planned), reverse=True)
+    return refusal(sum(need[:max(1, workers)]), available_memory(opts["device"]),
+                   "fewer --n images" + (", or fewer --workers" if workers > 1 else ""))
 
 
 class _Failure(str):
@@ -180,6 +217,11 @@ def _study_one(spec: str, opts: dict[str, Any], cache: dict | None = None,
     try:
         loaded = load_weights(_spec(spec))
         block_table(loaded.model)
+        if arch_name(loaded.model) in REGISTRY and _planned(spec) is None:  # a tag or bare weights: sized only now
+            problem = _memory_refusal([(arch_name(loaded.model), int(loaded.pretrained_cfg["input_size"][-1]),
+                                        loaded.model.num_classes)], opts, 1)
+            if problem:
+                return _Failure(f"{spec}: {problem}")
         key = set_key(loaded, opts["n"], "test", opts["data_seed"])
         if key not in cache:  # twins trained on the same data share one rendered set
             cache[key] = held_out_set(loaded, opts["n"], seed=opts["data_seed"], data_dir=opts["data_dir"],
@@ -226,8 +268,6 @@ def run(args: argparse.Namespace) -> int:
     specs = split_list(args.model)
     if not specs:
         return fail("lesion", "give --model (checkpoints to study) or --from-csv (saved results)")
-    if min(args.n, args.draws, args.batch_size, args.workers) < 1:
-        return fail("lesion", "--n, --draws, --batch-size and --workers must be at least 1")
     missing = [s for s in specs if Path(_spec(s)).suffix in CHECKPOINT_SUFFIXES and not Path(_spec(s)).is_file()]
     if missing:
         return fail("lesion", f"checkpoint not found: {', '.join(missing)}")
@@ -237,6 +277,9 @@ def run(args: argparse.Namespace) -> int:
                 return fail("lesion", "runs in one process (--workers studies models side by side), not torchrun")
             opts = {k: getattr(args, k) for k in ("n", "draws", "seed", "k_points", "data_seed", "data_dir",
                                                   "batch_size")} | {"device": str(dist.device)}
+            problem = _memory_refusal([p for p in map(_planned, specs) if p], opts, min(args.workers, len(specs)))
+            if problem:
+                return fail("lesion", problem)
             timer = Timer()
             results = _study_all(specs, opts, args.workers)
             failures = [r for r in results if isinstance(r, _Failure)]

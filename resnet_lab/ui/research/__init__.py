@@ -16,8 +16,25 @@ from ._common import MEMORY_SHARE, memory_budget
 from .degradation import _quick_run
 
 # MEMORY_SHARE, memory_budget and _quick_run are named here for tests/test_resources.py and test_concurrency.py
-__all__ = ["MEMORY_SHARE", "_quick_run", "build_tab", "memory_budget", "offer"]
+__all__ = ["CSS", "MEMORY_SHARE", "_quick_run", "build_tab", "memory_budget", "offer"]
 
+
+# The Research tab's own CSS (app.py adds it to the page's): a figure's wide or one-column version, whichever fits
+# the screen (`_common.shipped_image`); live figures keep a readable width on a phone and scroll sideways; table
+# headers break between words, never inside one ("dept h"); a CSV's file name wraps instead of being cut.
+CSS = """
+.fig-narrow { display: none !important; }
+@media (max-width: 640px) {
+  .fig-wide { display: none !important; }
+  .fig-narrow { display: block !important; }
+  .live-plot { overflow-x: auto; }
+  .live-plot img { min-width: 720px; max-width: none; }
+}
+#research-sections th, #research-sections th * { word-break: normal !important; overflow-wrap: normal !important;
+  hyphens: none !important; }
+#research-sections .file-preview .filename .stem { white-space: normal; overflow-wrap: anywhere; }
+#research-sections .file-preview .filename { overflow: visible; }
+"""
 
 SECTIONS = (("Gradients", gradnorms), ("Degradation", degradation), ("Landscape", landscape),
             ("Curvature", curvature), ("Lesion", lesion))
@@ -27,7 +44,7 @@ def build_tab() -> list[gr.Dropdown]:
     """The tab's sections, one sub-tab each (the page was one ~7,000 px report), inside the caller's `gr.Blocks` and
     `gr.Tab`; the pickers of the sections that run on trained nets, in the order `offer` updates them."""
     pickers = {}
-    with gr.Tabs(elem_id="research-sections"):
+    with gr.Tabs(elem_id="research-sections", overflow_behavior="wrap"):  # every section reachable on a phone
         for name, section in SECTIONS:
             with gr.Tab(name, elem_id=f"research-{name.lower()}"):
                 pickers[section] = section.build()

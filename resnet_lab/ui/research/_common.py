@@ -4,6 +4,7 @@ run, and durations and sizes as people read them."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import gradio as gr
 
 from ...paths import ASSETS
 from ...research import memory, study
+from ...research.figures import narrow_path
 from ...resnet import REGISTRY
 
 # A live run may take this share of the memory available now: the loaded models, Gradio and a QUICK job (which
@@ -75,33 +77,70 @@ def twin_checkpoints(folder: Path | None = None) -> dict[str, Path]:
     return dict(sorted(found.items(), key=lambda kv: (REGISTRY[kv[0]].depth, REGISTRY[kv[0]].residual, kv[0])))
 
 
+# Gradio's toolbar (download, share, fullscreen) sits on top of the image and covered panel titles and legends;
+# the figure files are linked under each figure instead.
+NO_TOOLBAR: list = []
+
+
+def unbroken(header: str) -> str:
+    """A table header the browser breaks only at its spaces: a word joiner after each slash or bar inside a word
+    ("‖∂L/" then "∂W‖", "|" then "λmin/λmax|" were headers' two lines) and non-breaking hyphens ("non-" then
+    "convex")."""
+    return re.sub(r"([/|])(?=\S)", "\\1\u2060", header).replace("-", "\u2011")
+
+
+def caption(text: str) -> gr.Markdown:
+    """A figure's title, as text above it: Gradio's label badge sits on the figure and hid legends and titles."""
+    return gr.Markdown(f"**{text}**", elem_classes="figure-caption")
+
+
 def shipped_image(path: str | None, label: str, elem_id: str) -> gr.Image:
-    """A shipped figure (a file path) under its caption, hidden where this copy of the app has none. The caption is
-    text above the image, not Gradio's label badge, which sits on the figure and covered its first panel title."""
+    """A shipped figure (a file path) under its caption, hidden where this copy of the app has none. Where its
+    one-column version (`figures.narrow_path`) is shipped too, both are placed and the page's CSS shows the one
+    that fits the screen (`RESPONSIVE_CSS`): a phone gets the panels one under the other, readable, instead of a
+    four-panel row shrunk to 390 px; its id is `<elem_id>-narrow`."""
+    narrow = narrow_path(path) if path else None
+    has_narrow = narrow is not None and narrow.is_file()
     with gr.Column(visible=path is not None, min_width=0):
-        gr.Markdown(f"**{label}**", elem_classes="figure-caption")
-        return gr.Image(path, show_label=False, type="filepath", interactive=False, elem_id=elem_id)
+        caption(label)
+        wide = gr.Image(path, show_label=False, type="filepath", interactive=False, elem_id=elem_id,
+                        buttons=NO_TOOLBAR, elem_classes="fig-wide" if has_narrow else None)
+        if has_narrow:
+            gr.Image(str(narrow), show_label=False, type="filepath", interactive=False, elem_id=f"{elem_id}-narrow",
+                     buttons=NO_TOOLBAR, elem_classes="fig-narrow")
+        return wide
 
 
-def at_a_glance(verdict: str, elem_id: str) -> gr.Markdown:
-    """The study's verdict in two or three sentences (`research.verdicts`), beside its shipped figure."""
-    return gr.Markdown(f"**At a glance.** {verdict}", elem_id=elem_id, elem_classes="verdict")
+Verdict = tuple[str, str]  # (the student's sentences, the referee's): `research.verdicts`' two layers
+
+
+def at_a_glance(verdict: Verdict | str, elem_id: str) -> tuple[gr.Markdown, gr.Markdown]:
+    """The study's verdict (`research.verdicts`) beside its figure: the student's sentences, and the referee's
+    reading one click away (an accordion, id `<elem_id>-referee`, hidden where `verdict` is a note saying the study
+    is missing); both Markdown components."""
+    plain, referee = (verdict, "") if isinstance(verdict, str) else verdict
+    glance = gr.Markdown(f"**At a glance.** {plain}", elem_id=elem_id, elem_classes="verdict")
+    with gr.Accordion("The referee's reading: the same numbers, in the field's terms", open=False,
+                      elem_id=f"{elem_id}-referee", visible=bool(referee)):
+        return glance, gr.Markdown(referee)
 
 
 @contextlib.contextmanager
-def beside_figure(figure: str | None, caption: str, figure_id: str) -> Iterator[None]:
-    """A shipped figure (left, wide) and, to its right, what the caller's `with` block puts there (its words)."""
+def beside_figure(figure: str | None, caption_text: str, figure_id: str) -> Iterator[None]:
+    """A shipped figure (left, wide) and, to its right, what the caller's `with` block puts there (its words);
+    on a narrow screen the words go under the figure (the columns' minimum widths wrap the row)."""
     with gr.Row():
-        with gr.Column(scale=3):
-            shipped_image(figure, caption, figure_id)
-        with gr.Column(scale=2):
+        with gr.Column(scale=3, min_width=320):
+            shipped_image(figure, caption_text, figure_id)
+        with gr.Column(scale=2, min_width=300):
             yield
 
 
-def opening(figure: str | None, caption: str, figure_id: str, verdict: str, verdict_id: str) -> gr.Markdown:
+def opening(figure: str | None, caption_text: str, figure_id: str, verdict: Verdict | str,
+            verdict_id: str) -> gr.Markdown:
     """What a section opens on: its shipped figure and its verdict beside it; the verdict component."""
-    with beside_figure(figure, caption, figure_id):
-        return at_a_glance(verdict, verdict_id)
+    with beside_figure(figure, caption_text, figure_id):
+        return at_a_glance(verdict, verdict_id)[0]
 
 
 def full_reading() -> gr.Accordion:
@@ -116,14 +155,21 @@ def live_results(button: gr.Button) -> gr.Column:
     return column
 
 
+def live_plot(label: str, elem_id: str | None = None) -> gr.Plot:
+    """A live run's figure under its caption (no label badge on it); on a narrow screen it keeps a readable width
+    and scrolls sideways (`RESPONSIVE_CSS`)."""
+    caption(label)
+    return gr.Plot(show_label=False, format="png", elem_id=elem_id, elem_classes="live-plot")
+
+
 def live_figure(button: gr.Button, name: str, plot_label: str, table_label: str, csv_label: str
                 ) -> tuple[gr.Plot, gr.Dataframe, gr.File, gr.Markdown]:
     """A live run's outputs, shown once `button` is pressed: its figure (left, wide), its reading, table and CSV
     (right); the components, ids `<name>-plot`, `-table`, `-csv`, `-text`."""
     with live_results(button), gr.Row():
-        with gr.Column(scale=3):
-            plot = gr.Plot(label=plot_label, format="png", elem_id=f"{name}-plot")
-        with gr.Column(scale=2):
+        with gr.Column(scale=3, min_width=320):
+            plot = live_plot(plot_label, f"{name}-plot")
+        with gr.Column(scale=2, min_width=300):
             text = gr.Markdown(elem_id=f"{name}-text")
             table = gr.Dataframe(label=table_label, interactive=False, wrap=True, elem_id=f"{name}-table")
             csv = gr.File(label=csv_label, elem_id=f"{name}-csv")

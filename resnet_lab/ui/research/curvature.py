@@ -39,7 +39,7 @@ def spectrum_table(spec: pd.DataFrame) -> pd.DataFrame:
     t = curvature.spectrum_table(spec)[list(SPECTRUM_COLUMNS)]
     for col in t.columns[1:]:
         t[col] = [f"{v:.4g}" if pd.notna(v) else "–" for v in t[col]]
-    return t.rename(columns=SPECTRUM_COLUMNS)
+    return t.rename(columns=SPECTRUM_COLUMNS).rename(columns=_common.unbroken)
 
 
 def shipped_results() -> dict[str, Any]:
@@ -50,7 +50,7 @@ def shipped_results() -> dict[str, Any]:
     try:
         spec, dens, maps = curvature.read_results(stem)
         text = curvature.describe_curvature(spec, maps if len(maps) else None)
-        table, verdict = spectrum_table(spec), verdicts.curvature(spec)
+        table, verdict = spectrum_table(spec), (verdicts.curvature_plain(spec), verdicts.curvature(spec))
     except (ValueError, KeyError) as e:
         return {"note": f"**The shipped curvature results cannot be read:** {e}"}
     figures = {k: f"{stem}_{k}.png" if Path(f"{stem}_{k}.png").is_file() else None for k in ("density", "map")}
@@ -102,7 +102,8 @@ def build() -> gr.Dropdown:
     session's own Playground pairs to it)."""
     gr.Markdown("### Curvature: the full Hessian at each minimum")
     shipped = shipped_results()
-    _common.opening(shipped.get("density"), "Shipped: eigenvalue density (log scale)", "curvature-density",
+    _common.opening(shipped.get("density"), "Shipped: how sharply each minimum curves (Hessian eigenvalues; lines "
+                    "at λmax, the sharpest direction)", "curvature-density",
                     shipped.get("verdict", shipped["note"]), "curvature-verdict")
     with _common.full_reading():
         gr.Markdown(

@@ -26,14 +26,14 @@ def final_table(df: pd.DataFrame) -> pd.DataFrame:
     return final.rename(columns=lambda c: c.replace("_smooth", "").replace("_", " "))
 
 
-def shipped_curves() -> tuple[Any, pd.DataFrame | None, str]:
-    """The precomputed curves shown on load (figure, final-metrics table, text)."""
+def shipped_curves(cols: int | None = None) -> tuple[Any, pd.DataFrame | None, str]:
+    """The precomputed curves shown on load (figure, `cols` panels per row; final-metrics table; text)."""
     path = degradation.SHIPPED_CSV
     if not path.exists():
         return None, None, f"No shipped curves at `{path}`; press the button to train a short version."
     df = degradation.read_csv(path)
     steps = int(df.step.max())
-    return (degradation.plot_curves(df), final_table(df),
+    return (degradation.plot_curves(df, cols), final_table(df),
             degradation.describe_degradation(df, f"Shipped run, {steps} steps"))
 
 
@@ -70,8 +70,9 @@ def rerun_label() -> str:
     return f"Re-run a short version ({steps} steps, about {duration(rerun_estimate())} on this server)"
 
 
-def rerun_degradation(progress: Any = gr.Progress()) -> tuple[Any, pd.DataFrame, str]:
-    """Train the four nets for the short, fixed budget (cached: it is deterministic)."""
+def rerun_degradation(progress: Any = gr.Progress()) -> tuple[Any, Any, pd.DataFrame, str]:
+    """Train the four nets for the short, fixed budget (cached: it is deterministic); (the curves side by side, the
+    curves stacked for a phone, the final metrics, the reading)."""
     cached = _quick_run.cache_info().currsize > 0
     estimate = rerun_cost()
     if not cached:
@@ -82,7 +83,7 @@ def rerun_degradation(progress: Any = gr.Progress()) -> tuple[Any, pd.DataFrame,
              "~150 and ~350 steps, and the plain-20 / plain-56 gap opens after that.")
     text += (f"\n\n⏱️ {'Cached: the re-run' if cached else 'This re-run'} trained in {duration(seconds)} "
              f"on this server (estimated: {duration(estimate.seconds)}).")
-    return degradation.plot_curves(df), final_table(df), text
+    return degradation.plot_curves(df), degradation.plot_curves(df, cols=1), final_table(df), text
 
 
 def build() -> None:
@@ -90,11 +91,16 @@ def build() -> None:
     gr.Markdown("### Degradation: deeper plain nets train worse")
     fig, final, note = shipped_curves()
     with gr.Row():
-        with gr.Column(scale=3):
-            deg_plot = gr.Plot(fig, label="Training curves (plain dashed, ResNets solid; dots: held-out accuracy)",
-                               format="png", elem_id="degradation-plot")
-        with gr.Column(scale=2):
-            glance = _common.at_a_glance(_verdict() or note, "degradation-verdict")
+        with gr.Column(scale=3, min_width=320):
+            _common.caption("Training curves: colour = depth, solid = ResNet, dashed = plain; dots: held-out "
+                            "accuracy; dotted: chance")
+            # both layouts, the page's CSS shows the one that fits (as `_common.shipped_image`): stacked on a phone
+            deg_plot = gr.Plot(fig, show_label=False, format="png", elem_id="degradation-plot",
+                               elem_classes="fig-wide")
+            deg_narrow = gr.Plot(shipped_curves(cols=1)[0], show_label=False, format="png",
+                                 elem_id="degradation-plot-narrow", elem_classes="fig-narrow")
+        with gr.Column(scale=2, min_width=300):
+            glance, referee = _common.at_a_glance(_verdict() or note, "degradation-verdict")
             rerun = gr.Button(f"Re-run a short version ({degradation.QUICK['steps']} steps; estimating the time here…)")
     with _common.full_reading():
         gr.Markdown(
@@ -107,24 +113,27 @@ def build() -> None:
         deg_table = gr.Dataframe(final, label="Final metrics", interactive=False, elem_id="degradation-table")
     # The estimate times this server (the cost model's probe): on page load, never while the page is built.
     gr.on(None, rerun_label, None, rerun, queue=False, api_visibility="private")
-    rerun.click(on_gpu(user_errors(rerun_degradation)), None, [deg_plot, deg_table, deg_text],
+    rerun.click(on_gpu(user_errors(rerun_degradation)), None, [deg_plot, deg_narrow, deg_table, deg_text],
                 api_name="degradation", **LONG).then(rerun_label, None, rerun, queue=False, api_visibility="private"
-                                                     ).then(_rerun_verdict, None, glance, queue=False,
+                                                     ).then(_rerun_verdict, None, [glance, referee], queue=False,
                                                             api_visibility="private")
 
 
-def _verdict(df: pd.DataFrame | None = None) -> str | None:
-    """The shipped run (or `df`) at a glance; None where the shipped curves are missing."""
+def _verdict(df: pd.DataFrame | None = None) -> _common.Verdict | None:
+    """The shipped run (or `df`) at a glance, the student's and the referee's; None where the shipped curves are
+    missing."""
     if df is None:
         if not degradation.SHIPPED_CSV.exists():
             return None
         df = degradation.read_csv(degradation.SHIPPED_CSV)
-    return verdicts.degradation(df)
+    return verdicts.degradation_plain(df), verdicts.degradation(df)
 
 
-def _rerun_verdict() -> str:
-    """After a re-run: its verdict, beside its curves (the cached run; the click just made it)."""
+def _rerun_verdict() -> tuple[str, str]:
+    """After a re-run: its verdict, both layers, beside its curves (the cached run; the click just made it)."""
     if not _quick_run.cache_info().currsize:
-        return f"**At a glance.** {_verdict() or ''}"
+        plain, referee = _verdict() or ("", "")
+        return f"**At a glance.** {plain}", referee
     df, _ = _quick_run(Untracked(None))
-    return f"**At a glance (your short re-run).** {verdicts.degradation(df)}"
+    return (f"**At a glance (your short re-run).** {verdicts.degradation_plain(df)}",
+            f"Your short re-run: {verdicts.degradation(df)}")

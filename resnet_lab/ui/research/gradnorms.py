@@ -118,7 +118,7 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     for key, title in TABLE_COLUMNS.items():
         digits = 3 if key == "growth" else 2
         out[title] = [_pm(m, s, digits) for m, s in zip(summary[f"{key}_mean"], summary[f"{key}_std"])]
-    return out.rename(columns={"arch": "net"})
+    return out.rename(columns={"arch": "net"}).rename(columns=_common.unbroken)
 
 
 def _csv(df: pd.DataFrame, cfg: gradflow.GradFlowConfig) -> str:
@@ -152,7 +152,7 @@ def shipped_results() -> dict[str, Any]:
     try:
         summary = gradflow.summarize(gradflow.read_csv(str(csv)))
         return {"figure": str(png) if png.is_file() else None, "table": display_table(summary),
-                "verdict": verdicts.gradients(summary),
+                "verdict": (verdicts.gradients_plain(summary), verdicts.gradients(summary)),
                 "note": f"**Shipped sweep** ({csv.name}: {gradflow.SHIPPED_COMMAND.split(' gradnorms ')[1]}):\n\n"
                         + gradflow.describe_gradnorms(gradflow.SHIPPED_CONFIG, summary)}
     except (ValueError, KeyError) as e:
@@ -186,12 +186,12 @@ def build() -> None:
     run = gr.Button("Measure", variant="primary", elem_id="gradnorms-run")
     with _common.live_results(run):
         with gr.Row():
-            with gr.Column(scale=3):
-                fig_w = gr.Plot(label="‖∂L/∂W‖ per conv, input → output", format="png", elem_id="gradnorms-plot")
-                fig_x = gr.Plot(label="‖∂L/∂x‖ at each block output", format="png")
-            with gr.Column(scale=2):
+            with gr.Column(scale=3, min_width=320):
+                fig_w = _common.live_plot("‖∂L/∂W‖ per conv, input → output", "gradnorms-plot")
+                fig_x = _common.live_plot("‖∂L/∂x‖ at each block output")
+            with gr.Column(scale=2, min_width=300):
                 text = gr.Markdown(elem_id="gradnorms-text")
-                fig_s = gr.Plot(label="First/last conv gradient ratio against depth", format="png")
+                fig_s = _common.live_plot("First/last conv gradient ratio against depth")
         with gr.Row():
             table = gr.Dataframe(label="Summary (mean ± std over seeds)", interactive=False, wrap=True, scale=4,
                                  elem_id="gradnorms-table")

@@ -84,7 +84,7 @@ def _fmt(df: pd.DataFrame, percent: tuple[str, ...] = ()) -> pd.DataFrame:
 def sharpness_table(df: pd.DataFrame) -> pd.DataFrame:
     """The rise at each radius per net and control (mean ± std over seeds), as people read it."""
     t = landscape.summary_tables(df)["sharpness"]
-    return _fmt(t[list(SHARPNESS_COLUMNS)]).rename(columns=SHARPNESS_COLUMNS)
+    return _fmt(t[list(SHARPNESS_COLUMNS)]).rename(columns=SHARPNESS_COLUMNS).rename(columns=_common.unbroken)
 
 
 def surface_table(df: pd.DataFrame) -> pd.DataFrame | None:
@@ -93,7 +93,7 @@ def surface_table(df: pd.DataFrame) -> pd.DataFrame | None:
     if t is None:
         return None
     return _fmt(t[list(SURFACE_COLUMNS)], ("nonconvex_basin_mean", "nonconvex_all_mean")).rename(
-        columns=SURFACE_COLUMNS)
+        columns=SURFACE_COLUMNS).rename(columns=_common.unbroken)
 
 
 def shipped_results() -> dict[str, Any]:
@@ -117,7 +117,8 @@ def shipped_results() -> dict[str, Any]:
             draw(landscape.read_csv(str(csv))).savefig(png, dpi=100)
         figures.append(str(png) if png.is_file() else None)
     return {"contours": figures[0], "sharpness": figures[1], "sharpness_table": tables[0],
-            "surface_table": tables[1], "csvs": [str(p) for p in csvs], "verdict": verdicts.landscape(df),
+            "surface_table": tables[1], "csvs": [str(p) for p in csvs],
+            "verdict": (verdicts.landscape_plain(df), verdicts.landscape(df)),
             "note": f"**Shipped runs** ({', '.join(p.name for p in csvs)}):\n\n{text}"}
 
 

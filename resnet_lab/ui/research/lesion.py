@@ -147,9 +147,12 @@ def build() -> gr.Dropdown:
     return net
 
 
-def _verdict(csv: str | None) -> str | None:
+def _verdict(csv: str | None) -> _common.Verdict | None:
     """The shipped study at a glance, None where it is missing or unreadable (the note then says why)."""
     try:
-        return verdicts.lesion(lesion.read_csv(csv)) if csv else None
+        if not csv:
+            return None
+        df = lesion.read_csv(csv)
+        return verdicts.lesion_plain(df), verdicts.lesion(df)
     except (ValueError, KeyError, IndexError):
         return None
