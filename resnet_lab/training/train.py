@@ -53,7 +53,8 @@ from .distributed import (
 from .ema import WeightsEma
 from .loaders import Batches, per_rank_batch
 from .precision_probe import choose_train_precision, optimizer_step, resolve_precision
-from .run_data import make_data, shapes_data_config, with_decode_skips
+from .run_data import make_data, shapes_data_config
+from .run_record import checkpoint_meta
 
 
 @dataclass
@@ -358,29 +359,8 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
         test_acc = accuracy(model, data.test, forward=evaluate, dtype=dtype, dist=dist)
     log(f"best val acc {best_acc:.4f} (epoch {best_epoch}), test acc {test_acc:.4f}, {train_time:.0f} s")
 
-    data_cfg = shapes_data_config(size) if shapes else {
-        "input_size": [3, size, size], "mean": list(model.pretrained_cfg["mean"]),
-        "std": list(model.pretrained_cfg["std"]), "crop_pct": model.pretrained_cfg.get("crop_pct", 1.0),
-        "interpolation": model.pretrained_cfg.get("interpolation", "bilinear")}
-    meta = {
-        "arch": config.arch, "num_classes": len(data.classes), "classes": data.classes, **data_cfg,
-        "seed": config.seed, "data": with_decode_skips(data, dist), "run": run.run,
-        "augment": plan.augment.record(size, "shapes" if shapes else "cifar" if config.data.startswith("cifar")
-                                         else "folder in memory" if data.record.get("in_memory") else "folder"),
-        "val_acc": best_acc, "test_acc": test_acc, "test_acc_is_val": data.test is None,
-        "best_epoch": best_epoch, "epochs_run": len(history),
-        "recipe": {**plan.record(), "kept": "EMA" if history[best_epoch - 1].get("ema_kept") else "raw weights"},
-        "train_time_s": round(train_time, 1),
-        "epoch_time_s": round(sum(h["time_s"] for h in history) / len(history), 1),
-        "device": str(device), "world_size": dist.world_size, "global_batch": config.batch_size,
-        "per_rank_batch": config.batch_size // dist.world_size,
-        "precision": dtype_name(dtype), "precision_choice": precision_record,
-        "num_threads": torch.get_num_threads(), "torch_version": torch.__version__,
-        "command": command or config.cli(), "command_full": config.cli(), "config": asdict(config),
-        **({"pretrained": {**start.record(), "freeze": config.freeze or finetune.NOTHING,
-                           "frozen_params": len(frozen), "backbone_lr_scale": config.lr_scale}} if start else {}),
-        "history": [{k: round(v, 5) for k, v in h.items()} for h in history],
-    }
+    meta = checkpoint_meta(config, data, model, size, plan, run, test_acc=test_acc, train_time=train_time, dist=dist,
+                           dtype=dtype, precision_record=precision_record, command=command, start=start, frozen=frozen)
     model = unwrap(model).to(memory_format=torch.contiguous_format).eval()  # plain BatchNorm2d again
     path = save_checkpoint(model, config.out, meta) if config.out and dist.is_main else None
     if path:
