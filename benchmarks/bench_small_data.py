@@ -145,18 +145,28 @@ def resnet_lab(*args: str) -> None:
         raise RuntimeError(f"resnet_lab {' '.join(args)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
 
-def ours(s: SmallSet, tr: np.ndarray, te: np.ndarray, seed: int, tmp: Path, extra: list[str]) -> dict:
-    """The default recipe through the real `train` and `evaluate` commands."""
+def resnet_lab_here(*args: str) -> None:
+    """The same command through `resnet_lab.__main__.main` in this process: the same parsing and command code
+    without a fresh interpreter's start-up (the test's way; the benchmark's seconds include the start-up)."""
+    from resnet_lab.__main__ import main as resnet_lab_main
+
+    if (code := resnet_lab_main(list(args))) != 0:
+        raise RuntimeError(f"resnet_lab {' '.join(args)} exited with {code}")
+
+
+def ours(s: SmallSet, tr: np.ndarray, te: np.ndarray, seed: int, tmp: Path, extra: list[str],
+         command: Callable[..., None] = resnet_lab) -> dict:
+    """The default recipe through the real `train` and `evaluate` commands (`command` runs each)."""
     train_dir = write_folder(tmp / f"seed{seed}" / "train", s.images[tr], s.labels[tr])
     test_dir = write_folder(tmp / f"seed{seed}" / "test", s.images[te], s.labels[te])
     out = tmp / f"seed{seed}" / "run"
-    command = ["train", "--arch", "resnet20", "--data", f"folder:{train_dir}", "--size", str(SIZE),
-               "--hflip", str(s.hflip), "--seed", str(seed), "--workers", "0", "--quiet", "--out", str(out), *extra]
+    train = ["train", "--arch", "resnet20", "--data", f"folder:{train_dir}", "--size", str(SIZE),
+             "--hflip", str(s.hflip), "--seed", str(seed), "--workers", "0", "--quiet", "--out", str(out), *extra]
     t0 = time.perf_counter()
-    resnet_lab(*command)
+    command(*train)
     seconds = time.perf_counter() - t0
-    resnet_lab("evaluate", "--model", str(out.with_suffix(".safetensors")), "--data", f"folder:{test_dir}",
-               "--workers", "0", "--out", str(tmp / f"seed{seed}" / "eval"))
+    command("evaluate", "--model", str(out.with_suffix(".safetensors")), "--data", f"folder:{test_dir}",
+            "--workers", "0", "--out", str(tmp / f"seed{seed}" / "eval"))
     summary = json.loads((tmp / f"seed{seed}" / "eval" / "summary.json").read_text())
     meta = json.loads(out.with_suffix(".json").read_text())
     return {"method": "ResNet-20, default recipe", "acc": summary["top1"], "ece": summary["ece"], "seconds": seconds,
@@ -164,8 +174,9 @@ def ours(s: SmallSet, tr: np.ndarray, te: np.ndarray, seed: int, tmp: Path, extr
 
 
 def run(sets: list[str], seeds: list[int], extra: list[str], limit: int | None = None,
-        tmp: Path | None = None) -> list[dict]:
-    """Every set x seed x method, one row each. `limit` keeps the first images of each set (a quick check)."""
+        tmp: Path | None = None, command: Callable[..., None] = resnet_lab) -> list[dict]:
+    """Every set x seed x method, one row each. `limit` keeps the first images of each set (a quick check);
+    `command` runs our `train` and `evaluate` (default: each in a fresh process, as typed)."""
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         base = tmp or Path(scratch)
@@ -175,7 +186,7 @@ def run(sets: list[str], seeds: list[int], extra: list[str], limit: int | None =
                 s = SmallSet(s.images[:limit], s.labels[:limit], s.features[:limit], s.hflip)
             for seed in seeds:
                 tr, te = split(s.labels, seed)
-                for row in [*classical(s, tr, te, seed), ours(s, tr, te, seed, base / name, extra)]:
+                for row in [*classical(s, tr, te, seed), ours(s, tr, te, seed, base / name, extra, command)]:
                     rows.append({"set": name, "seed": seed, "n_train": len(tr), "n_test": len(te), **row})
                     print(f"{name} seed {seed}: {row['method']}: acc {row['acc']:.4f}  ECE {row['ece']:.4f}  "
                           f"{row['seconds']:.1f} s", flush=True)
