@@ -1,7 +1,7 @@
 """The Research tab at a desktop's width (1400 px) and a phone's (390 px), in a real browser (Debian's Chromium):
 every section reachable without an overflow menu, nothing drawn over a figure (no label badge, no toolbar), table
-headers broken only between words, and a screenshot of every section at both widths in `SHOTS` (out/browser;
-`RESNET_LAB_SCREENSHOTS=docs` retakes the ones README shows).
+headers broken only between words, no dropdown text under its arrow, and a screenshot of every section at both widths
+in `SHOTS` (out/browser; the README's full-page ones are retaken by docs/screenshots.py).
 One app for the module; skipped where Chromium is missing (a failure under CI, as tests/test_browser.py)."""
 
 from __future__ import annotations
