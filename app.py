@@ -35,6 +35,8 @@ CSS = (".pixelated img { image-rendering: pixelated; width: 100%; height: 100%; 
        ".verdict { font-size: 1.05em; border-left: 4px solid var(--color-accent); padding-left: 0.8em; }\n"
        ".verdict .verdict { border-left: none; padding-left: 0; }\n"
        ".figure-caption p { margin-bottom: 0; }\n"
+       # an example gallery's tiles start below its caption badge and its toolbar, not under them
+       ".examples .grid-container { padding-top: 36px !important; }\n"
        "#faithfulness-table { overflow-x: auto; }\n"  # a wide table scrolls inside its box, not off the page
        # galleries of a few tiles (examples, every stage) as tall as their tiles, not Gradio's 450 px minimum
        ".examples .grid-wrap.fixed-height, #gradcam-stages .grid-wrap.fixed-height "

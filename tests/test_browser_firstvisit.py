@@ -91,3 +91,46 @@ def test_the_faithfulness_table_reads_as_words_with_one_row_per_measurement(page
             for r in table.get_by_role("row").all()[1:]]
     assert rows and len(rows) == len(set(rows)), rows  # (method, stage) once each
     assert sum(method == "Integrated Gradients" for method, _ in rows) == 1, rows
+
+
+# Gradio's label badge and toolbar float over a block's top corners: on a picture they hide part of it
+COVERS_PICTURE = """(blocks) => {
+    const hits = [];
+    for (const block of blocks) {
+        const pics = [...block.querySelectorAll('img')].filter(i => i.offsetParent !== null && i.width > 0);
+        const over = [...block.querySelectorAll("label[data-testid='block-label'], label.float, .icon-button-wrapper")]
+            .filter(o => o.offsetParent !== null && o.getBoundingClientRect().width > 0)
+            .filter(o => o.textContent.trim() || o.querySelector('button, a, svg'));  // not an empty wrapper
+        for (const img of pics) {
+            const a = img.getBoundingClientRect();
+            for (const o of over) {
+                const b = o.getBoundingClientRect();
+                if (a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1)
+                    hits.push((block.id || block.className) + ': ' + o.className);
+            }
+            // a picture shown smaller than it was drawn is not shrunk "pixelated": that drops whole pixel columns
+            // (the colour bar's "0" read "C")
+            if (img.naturalWidth > a.width + 1 && getComputedStyle(img).imageRendering === 'pixelated')
+                hits.push((block.id || block.className) + ': shrunk pixelated');
+        }
+    }
+    return hits;
+}"""
+
+
+def test_no_badge_or_toolbar_covers_an_example_or_a_map_and_the_colour_bar_stays_legible(page):
+    """A first visit's complaint: the examples' caption badge cut the first row of tiles, and Grad-CAM's badge and
+    toolbar sat on the map and the top of its colour bar, whose labels read "C.5" and "C" once shrunk pixelated."""
+    page.get_by_role("tab", name="Grad-CAM", exact=True).click()
+    page.get_by_role("button", name="Draw a Shapes sample (true box known)").click()
+    expect(page.get_by_text("Shapes sample #0")).to_be_visible(timeout=60_000)
+    page.get_by_role("button", name="Explain", exact=True).click()
+    for figure in ("#gradcam-overlay img", "#gradcam-second img"):
+        expect(page.locator(figure)).to_be_visible(timeout=90_000)
+    for size in (LAPTOP, PHONE):
+        page.set_viewport_size(size)
+        page.wait_for_timeout(500)
+        blocks = page.locator("#gradcam-overlay, #gradcam-second, .examples").locator("visible=true")
+        assert blocks.count() >= 3
+        assert page.evaluate(COVERS_PICTURE, blocks.element_handles()) == [], size
+    page.set_viewport_size(LAPTOP)

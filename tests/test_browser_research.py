@@ -1,7 +1,7 @@
 """The Research tab at a desktop's width (1400 px) and a phone's (390 px), in a real browser (Debian's Chromium):
 every section reachable without an overflow menu, nothing drawn over a figure (no label badge, no toolbar), table
-headers broken only between words, and a screenshot of every section at both widths in `SHOTS` (out/browser;
-`RESNET_LAB_SCREENSHOTS=docs` retakes the ones README shows).
+headers broken only between words, no dropdown text under its arrow, and a screenshot of every section at both widths
+in `SHOTS` (out/browser; the README's full-page ones are retaken by docs/screenshots.py).
 One app for the module; skipped where Chromium is missing (a failure under CI, as tests/test_browser.py)."""
 
 from __future__ import annotations
@@ -90,6 +90,14 @@ def _split_headers(page) -> list[str]:
         }""")
 
 
+def _text_under_arrow(page) -> list[str]:
+    """Dropdowns whose chosen text is wider than its box: it runs on under the arrow, cut ("32 px CIFAR-st")."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll('#research-sections input[role="listbox"], '
+                                               + '#research-sections .wrap-inner input')]
+              .filter(i => i.offsetParent !== null && i.scrollWidth > i.clientWidth + 1).map(i => i.value)""")
+
+
 @pytest.mark.parametrize("size", list(WIDTHS))
 def test_every_research_section_is_reachable_unobstructed_and_shot(page, size):
     width, height = WIDTHS[size].values()
@@ -116,6 +124,7 @@ def test_every_research_section_is_reachable_unobstructed_and_shot(page, size):
         assert _overlaps(page, f"#research-{name.lower()} .block:has(> * img), "
                                f"#research-{name.lower()} .block:has(img)") == [], name
         assert _split_headers(page) == [], name
+        assert _text_under_arrow(page) == [], name
         for opener in ("The referee's reading", "The full reading"):  # closed again, for the next width
             section.get_by_text(opener).locator("visible=true").first.click()
 

@@ -9,17 +9,22 @@ from resnet_lab.research import curvature, degradation, gradflow, landscape, les
 from resnet_lab.research import verdicts as V
 
 
+def _plain56_trains_as_plain20(df: pd.DataFrame) -> pd.DataFrame:
+    """The shipped curves with plain56's made exactly plain20's: no degradation to report."""
+    same = df.copy()
+    for metric in same.metric.unique():
+        src = same[(same.arch == "plain20") & (same.metric == metric)].value.to_numpy()
+        same.loc[(same.arch == "plain56") & (same.metric == metric), "value"] = src
+    return same
+
+
 def test_degradation_verdict_follows_the_final_losses():
     df = degradation.read_csv()
     final = degradation.final_metrics(df).set_index("arch")
     text = V.degradation(df)
     assert f"{final.loc['plain56', 'train_loss_smooth']:.2f} (chance level)" in text
     assert f"{final.loc['resnet56', 'val_acc']:.0%}" in text and "degradation, as in He et al. 2015" in text
-    same = df.copy()  # plain56 made to train exactly as plain20 did: no degradation to report
-    for metric in same.metric.unique():
-        src = same[(same.arch == "plain20") & (same.metric == metric)].value.to_numpy()
-        same.loc[(same.arch == "plain56") & (same.metric == metric), "value"] = src
-    assert "does not show degradation" in V.degradation(same)
+    assert "does not show degradation" in V.degradation(_plain56_trains_as_plain20(df))
 
 
 def test_gradient_verdict_follows_the_first_to_last_ratios():
@@ -87,11 +92,7 @@ def test_plain_degradation_sentence_follows_the_final_losses():
     text = V.degradation_plain(df)
     assert f"training loss {final.loc['plain56', 'train_loss_smooth']:.2f}, no better than guessing" in text
     assert f"gets to {final.loc['resnet56', 'train_loss_smooth']:.2f}" in text and "shortcuts fix that" in text
-    same = df.copy()  # plain56 made to train exactly as plain20 did
-    for metric in same.metric.unique():
-        src = same[(same.arch == "plain20") & (same.metric == metric)].value.to_numpy()
-        same.loc[(same.arch == "plain56") & (same.metric == metric), "value"] = src
-    changed = V.degradation_plain(same)
+    changed = V.degradation_plain(_plain56_trains_as_plain20(df))
     assert "guessing" not in changed and "no degradation to see" in changed
 
 

@@ -76,12 +76,18 @@ def verdict(plain: tuple[str, float], resnet: tuple[str, float], classes: int, h
     elif sr == "above" and sp != "above":
         stayed = "stayed at chance" if sp == "at" else "fell below chance"
         if steps_done < MIN_STEPS:
+            # the two nets' gap within noise: one crossed the chance line, the other not, but that is no lead
+            lead = ("the ResNet started learning first" if gap > Z * diff_se else
+                    f"but the {100 * gap:.1f}-point gap between them is still within noise, so neither is ahead yet")
             head = (f"After only {_steps(steps_done)} {rn} has left chance ({_pct(ra)}) and {pn} has not "
-                    f"({_pct(pa)}, {at}): the ResNet started learning first; more steps show whether the plain "
-                    "net follows.")
-        else:
+                    f"({_pct(pa)}, {at}): {lead}; more steps show whether the plain net follows.")
+        elif gap > Z * diff_se:
             head = (f"{pn} {stayed} ({_pct(pa)}, {at}) while {rn} reached {_pct(ra)}: in {steps_done} steps the "
                     f"shortcuts made the {depth}-layer net trainable.")
+        else:
+            head = (f"{pn} {stayed} ({_pct(pa)}, {at}) while {rn} just left it ({_pct(ra)}), but the "
+                    f"{100 * gap:.1f}-point gap between them is within noise: more steps or another seed show "
+                    "whether the shortcuts make the difference.")
     elif sp == "above" and sr != "above":
         stayed = "stayed at chance" if sr == "at" else "fell below chance"
         head = (f"{pn} reached {_pct(pa)} while {rn} {stayed} ({_pct(ra)}, {at}): here the plain net "

@@ -284,11 +284,16 @@ def build_tab(model: gr.Dropdown, tag: gr.Dropdown, default_model: str) -> None:
             run = gr.Button("Explain", variant="primary")
         with gr.Column(scale=3):
             info = gr.Markdown()
+            # The captions are text above the maps, and the maps carry no badge or toolbar: Gradio's drew over the
+            # picture and the colour bar's top. Not "pixelated": the overlay comes enlarged already, and pixelated
+            # shrinking to the column's width dropped the colour bar's glyph columns ("0" read "C").
+            gr.Markdown("**Grad-CAM** (left) and the **second method** chosen below (right), each with its colour "
+                        "bar; the overlay PNG and the raw map are downloads below.", elem_classes="figure-caption")
             with gr.Row():
-                main = gr.Image(label="Grad-CAM", type="pil", format="png", interactive=False,
-                                elem_classes="pixelated", elem_id="gradcam-overlay")
-                other = gr.Image(label="Second method", type="pil", format="png", interactive=False,
-                                 elem_classes="pixelated")
+                main = gr.Image(show_label=False, type="pil", format="png", interactive=False, buttons=[],
+                                elem_id="gradcam-overlay")
+                other = gr.Image(show_label=False, type="pil", format="png", interactive=False, buttons=[],
+                                 elem_id="gradcam-second")
             # whole tiles (contain, not cropped), each captioned with its stage below it
             stages_gallery = gr.Gallery(label="Grad-CAM at every stage", columns=4, height="auto",
                                         object_fit="contain", elem_id="gradcam-stages")

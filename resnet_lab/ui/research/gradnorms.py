@@ -29,7 +29,7 @@ DEFAULT_ARCHS = ["resnet20", "resnet56", "resnet110"]
 BN_CHOICES = [("train mode (as in training)", "train"), ("eval mode (running stats)", "eval"), ("no BN at all", "none")]
 INIT_CHOICES = [("default (He / Kaiming)", "default"), ("zero-γ: last BN of each block starts at 0", "zero-gamma")]
 AUTO_SIZE = "auto"
-SIZE_CHOICES = [("auto: 64 px ImageNet-style, 32 px CIFAR-style", AUTO_SIZE)] + [
+SIZE_CHOICES = [("auto", AUTO_SIZE)] + [
     (f"{s} px", str(s)) for s in gradflow.INPUT_SIZES]
 BATCH_RANGE = (2, 64)
 TIME_BUDGET_S = 60.0  # the longest estimated sweep a click may start: it holds the app's one long-job slot
@@ -180,7 +180,9 @@ def build() -> None:
     with gr.Row(equal_height=True):
         bn = gr.Radio(BN_CHOICES, value="train", label="BatchNorm", scale=2)
         init = gr.Radio(INIT_CHOICES, value="default", label="Init", scale=2)
-        size = gr.Dropdown(SIZE_CHOICES, value=AUTO_SIZE, label="Input size", scale=2)
+        # the choice short, its meaning in the label: a long choice ran under the dropdown's arrow
+        size = gr.Dropdown(SIZE_CHOICES, value=AUTO_SIZE, scale=2, elem_id="research-size",
+                           label="Input size (auto: 64 px ImageNet-style, 32 px CIFAR-style)")
         batch = gr.Slider(*BATCH_RANGE, 8, step=1, label="Batch size", scale=1)
         seeds = gr.Slider(1, 10, 3, step=1, label="Seeds (mean and spread)", scale=1, elem_id="research-seeds")
     run = gr.Button("Measure", variant="primary", elem_id="gradnorms-run")

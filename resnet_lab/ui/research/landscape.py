@@ -207,7 +207,7 @@ def build() -> gr.Dropdown:
     choices = pair_choices()
     with gr.Row(equal_height=True):
         pair = gr.Dropdown(choices, value=choices[0][1], label="Nets (a trained twin pair where shipped)", scale=3,
-                           elem_id="landscape-pair")
+                           min_width=300, elem_id="landscape-pair")  # on a phone a row of its own: no name cut
         span = gr.Slider(*SPAN_RANGE, 1.0, step=0.1, label="Span: α from −span to span", scale=2)
         seed = gr.Number(0, precision=0, minimum=0, label="Direction seed", scale=1)
     run = gr.Button("Compute a 1-D slice live (sized to about 25 s on this server)", elem_id="landscape-run")
