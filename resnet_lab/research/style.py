@@ -1,6 +1,8 @@
-"""One look for every Research figure, written once so a reader learns it once: colour = depth, solid = ResNet,
-dashed = its plain twin, dotted black = chance; and one way to lay panels out, in a row for a wide screen or one
-column (`cols=1`) for a phone, so no figure has to be shrunk until its text cannot be read."""
+"""One look for every figure, written once so a reader learns it once, in Research as in the Playground: colour =
+the kind of net (plain twin orange, ResNet blue: Okabe-Ito's pair, told apart by colour-blind readers too), its shade
+= depth (lighter shallow, darker deep), and in Research also dashed = plain, solid = ResNet; dotted black = chance.
+And one way to lay panels out, in a row for a wide screen or one column (`cols=1`) for a phone, so no figure has
+to be shrunk until its text cannot be read."""
 
 from __future__ import annotations
 
@@ -15,14 +17,15 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-# colour = depth (the same depth has the same colour in every figure); CIFAR-style depths first, then ImageNet's
-DEPTH_COLOURS = {20: "tab:green", 32: "tab:orange", 44: "tab:brown", 56: "tab:purple", 110: "tab:gray",
-                 18: "tab:olive", 34: "tab:cyan", 50: "tab:pink", 101: "tab:red", 152: "tab:blue"}
+PLAIN_COLOUR, RESNET_COLOUR = "#E69F00", "#0072B2"  # Okabe-Ito orange and blue; the Playground's too
+# the depths in shade order (lighter shallow, darker deep): the same depth has the same shade in every figure
+DEPTHS = (18, 20, 32, 34, 44, 50, 56, 101, 110, 152)
 OTHER_COLOUR = "black"  # a model whose depth is not in the registry
 RESNET_LINE, PLAIN_LINE = "-", "--"
 CHANCE = {"color": "black", "ls": ":", "lw": 1.0}  # where accuracy or loss is at chance (guessing)
 CHANCE_CONTOUR = {"colors": "red", "linestyles": ":", "linewidths": 1.4}  # loss = ln C on a map: the basin's edge
-CONVENTION = "colour: depth · solid: ResNet · dashed: plain twin (no shortcuts) · dotted black: chance"
+CONVENTION = ("orange, dashed: plain twin (no shortcuts) · blue, solid: ResNet · darker: deeper · dotted black: "
+              "chance")
 NARROW_WIDTH = 4.4  # inches of a one-column figure: ~440 px at 100 dpi, a phone's width at about 1:1
 
 
@@ -32,17 +35,26 @@ def arch_of(model: str) -> str | None:
     return arch if arch in REGISTRY else None
 
 
+def net_colour(residual: bool, depth: int | None = None) -> str:
+    """Orange for a plain net, blue for a ResNet, shaded by depth (the middle depths the pure colour, the shallowest
+    mixed with white, the deepest with black); a depth not in `DEPTHS` gets the pure colour."""
+    from matplotlib.colors import to_hex, to_rgb
+
+    rgb = np.array(to_rgb(RESNET_COLOUR if residual else PLAIN_COLOUR))
+    if depth not in DEPTHS:
+        return to_hex(rgb)
+    f = DEPTHS.index(depth) / (len(DEPTHS) - 1) - 0.5  # -0.5 (shallowest) .. 0.5 (deepest)
+    return to_hex(rgb + (1 - rgb) * -f * 0.9 if f < 0 else rgb * (1 - f * 0.8))
+
+
 def line_style(model: str) -> dict[str, Any]:
-    """The colour (depth) and line style (solid ResNet, dashed plain) of a model's lines."""
+    """The colour (orange plain, blue ResNet, shade = depth) and line style (solid ResNet, dashed plain) of a
+    model's lines."""
     arch = arch_of(model)
     if arch is None:
         return {"color": OTHER_COLOUR, "ls": RESNET_LINE}
     cfg = REGISTRY[arch]
-    return {"color": DEPTH_COLOURS.get(cfg.depth, OTHER_COLOUR), "ls": RESNET_LINE if cfg.residual else PLAIN_LINE}
-
-
-def depth_colour(depth: int) -> str:
-    return DEPTH_COLOURS.get(depth, OTHER_COLOUR)
+    return {"color": net_colour(cfg.residual, cfg.depth), "ls": RESNET_LINE if cfg.residual else PLAIN_LINE}
 
 
 def chance_line(ax: Axes, y: float, label: str = "chance") -> None:

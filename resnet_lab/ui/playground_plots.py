@@ -21,8 +21,9 @@ from gradio.components.plot import AltairPlotData
 from PIL import Image
 
 from ..research import playground as pg
+from ..research.style import PLAIN_COLOUR, RESNET_COLOUR
 
-PLAIN, RESNET = "#E69F00", "#0072B2"  # Okabe-Ito orange and blue
+PLAIN, RESNET = PLAIN_COLOUR, RESNET_COLOUR  # the app's one pair (research.style): Okabe-Ito orange and blue
 LOSS_CAP = 1.5  # a loss is drawn up to this times the largest training loss seen (see `curves`)
 MAX_POINTS = 500  # training points drawn per net (thinned evenly beyond: a trailing mean, nothing is lost)
 HEIGHT = 260  # pixels of a figure's drawing area

@@ -1,5 +1,6 @@
 """The degradation figure, made without pyplot (no global state: safe in Gradio's worker threads), in the Research
-figures' one style (`research.style`: colour = depth, solid = ResNet, dashed = plain, dotted = chance)."""
+figures' one style (`research.style`: orange dashed = plain, blue solid = ResNet, darker = deeper,
+dotted = chance)."""
 
 from __future__ import annotations
 

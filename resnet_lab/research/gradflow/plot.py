@@ -1,6 +1,6 @@
 """The gradient study's figures: matplotlib Figures made without pyplot (no global state, safe in Gradio's worker
-threads), drawn by Agg, in the Research figures' one style (`research.style`: colour = depth, solid = ResNet,
-dashed = plain twin). Axes are logarithmic: the profiles span up to ten orders of magnitude."""
+threads), drawn by Agg, in the Research figures' one style (`research.style`: orange dashed = plain twin,
+blue solid = ResNet, darker = deeper). Axes are logarithmic: the profiles span up to ten orders of magnitude."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def plot_profile(df: pd.DataFrame, quantity: str = "grad_w", ylabel: str = r"$\|
     archs = list(dict.fromkeys(df.arch))
     fig, axes = _panels(len(archs), parent, cols=cols)
     for ax, arch in zip(axes, archs):
-        colour = S.depth_colour(REGISTRY[arch].depth)
+        depth = REGISTRY[arch].depth
         names = {"residual": arch, "plain": twin_name(arch)}
         sub = df[(df.arch == arch) & (df.quantity == quantity)]
         notes = []
@@ -60,6 +60,7 @@ def plot_profile(df: pd.DataFrame, quantity: str = "grad_w", ylabel: str = r"$\|
             if pos.empty:
                 continue
             stats = np.log10(pos.value).groupby(pos.depth_index).agg(["mean", "min", "max"])
+            colour = S.net_colour(variant == "residual", depth)
             ax.plot(stats.index, 10 ** stats["mean"], color=colour, ls=LINES[variant], lw=1.4,
                     label=f"{names[variant]} ({LABELS[variant]})")
             if v.seed.nunique() > 1:
@@ -90,10 +91,11 @@ def plot_summary(summary: pd.DataFrame, parent: Figure | SubFigure | None = None
                 continue
             s = s.sort_values("depth")
             family = "ImageNet" if stem == "imagenet" else "CIFAR"
-            ax.errorbar(s.depth, s.log10_ratio_mean, yerr=s.log10_ratio_std.fillna(0), color="0.35", ls=ls,
-                        capsize=3, label=f"{LABELS[variant]}, {family}-style (marker colour: depth)", zorder=1)
-            ax.scatter(s.depth, s.log10_ratio_mean, c=[S.depth_colour(d) for d in s.depth], marker=marker, s=36,
-                       zorder=2, edgecolors="0.2")
+            residual = variant == "residual"
+            ax.errorbar(s.depth, s.log10_ratio_mean, yerr=s.log10_ratio_std.fillna(0), color=S.net_colour(residual),
+                        ls=ls, capsize=3, label=f"{LABELS[variant]}, {family}-style (darker: deeper)", zorder=1)
+            ax.scatter(s.depth, s.log10_ratio_mean, c=[S.net_colour(residual, d) for d in s.depth], marker=marker,
+                       s=36, zorder=2, edgecolors="0.2")
             for x, y in zip(s.depth, s.log10_ratio_mean):  # the ratios the verdict quotes, on the figure
                 if np.isfinite(y):
                     ax.annotate(f"×10^{y:.1f}", (x, y), textcoords="offset points", xytext=(6, -10), fontsize=7)

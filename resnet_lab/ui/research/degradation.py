@@ -92,8 +92,8 @@ def build() -> None:
     fig, final, note = shipped_curves()
     with gr.Row():
         with gr.Column(scale=3, min_width=320):
-            _common.caption("Training curves: colour = depth, solid = ResNet, dashed = plain; dots: held-out "
-                            "accuracy; dotted: chance")
+            _common.caption("Training curves: orange dashed = plain, blue solid = ResNet, darker = deeper; dots: "
+                            "held-out accuracy; dotted: chance")
             # both layouts, the page's CSS shows the one that fits (as `_common.shipped_image`): stacked on a phone
             deg_plot = gr.Plot(fig, show_label=False, format="png", elem_id="degradation-plot",
                                elem_classes="fig-wide")
