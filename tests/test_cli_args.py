@@ -126,7 +126,8 @@ OPTIONS = {
     }),
     "verify": ([], {"--image-size": ints(32, 512), "--batch": ints(2, 64), "--seed": SEED}),
     "train": ([], {
-        "--epochs": COUNT, "--n-train": COUNT, "--n-val": COUNT, "--n-test": COUNT, "--batch-size": COUNT,
+        "--epochs": COUNT, "--steps": COUNT, "--ema-decay": floats(0, 1, hi_open=True), "--n-train": COUNT,
+        "--n-val": COUNT, "--n-test": COUNT, "--batch-size": COUNT,
         "--lr": floats(0, lo_open=True), "--wd": floats(0), "--patience": COUNT, "--seed": SEED,
         "--test-seed": SEED, "--size": ints(8, 1024), "--val-fraction": floats(0, 1, True, True),
         "--workers": ints(0, 64), "--backbone-lr-scale": floats(0), "--hflip": floats(0, 1),

@@ -18,6 +18,7 @@ from ..precision import PRECISIONS
 from ..resnet import REGISTRY, list_archs
 from . import finetune
 from .augment import Augment
+from .recipe import SMALL_EMA_DECAY, SMALL_SET, SMALL_SMOOTHING, SMALL_STEPS
 
 DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05, "adam": 0.0}
 DEFAULT_BACKBONE_LR_SCALE = 0.1  # fine-tuning: the pretrained part moves 10x slower than the new head
@@ -35,7 +36,8 @@ class TrainConfig:
 
     arch: str = "resnet20"
     data: str = "shapes"
-    epochs: int = 15
+    epochs: int | None = None  # None: from --steps, the step budget of a small folder, else 15 (`recipe`)
+    steps: int | None = None  # a step budget (epochs = ceil(steps / steps an epoch)); None: `recipe` decides
     n_train: int = 20_000
     n_val: int = 2_000
     n_test: int = 2_000
@@ -44,7 +46,7 @@ class TrainConfig:
     opt: str = "sgd"
     sched: str = "onecycle"
     wd: float | None = None  # None: 5e-4 for SGD, 0.05 for AdamW
-    patience: int = may_differ(5, "when to stop early; the state keeps the counter")
+    patience: int | None = may_differ(None, "when to stop early; the state keeps the counter")  # None: `recipe`
     seed: int = 0
     test_seed: int = 999
     size: int | None = None  # None: 32 for the CIFAR nets, 64 for the ImageNet ones
@@ -72,7 +74,8 @@ class TrainConfig:
     reprob: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0
-    smoothing: float = 0.0
+    smoothing: float | None = None  # None: 0.1 on a small folder, else 0 (`recipe`)
+    ema_decay: float | None = None  # EMA of the weights, per step; 0: none; None: on a small folder (`recipe`)
     folder_cache: str = "auto"  # folders: decode once into memory (auto: small images that fit), on, off
     # a state file a run wrote (<out>.<run>.step*.state.pt), or "auto": the newest of this run's settings beside out
     resume: str | None = may_differ(None, "the state to continue from")
@@ -94,8 +97,11 @@ class TrainConfig:
                              f"{self.workers})")
         if self.test_seed in self.data_seeds()[:2]:
             raise ValueError(f"test seed {self.test_seed} collides with the training/validation seeds")
-        if min(self.epochs, self.n_val, self.n_test, self.keep) < 1:
-            raise ValueError("epochs, n_val, n_test and keep must each be at least 1")
+        if min(self.n_val, self.n_test, self.keep, *(v for v in (self.epochs, self.steps, self.patience) if v
+                                                       is not None)) < 1:
+            raise ValueError("epochs, steps, patience, n_val, n_test and keep must each be at least 1")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must lie in [0, 1) (0: no average of the weights), not {self.ema_decay}")
         if self.data == "shapes" and self.n_train < self.batch_size:
             raise ValueError(f"n_train ({self.n_train}) must be at least one batch ({self.batch_size})")
         if self.pretrained is None and (self.freeze is not None or self.backbone_lr_scale is not None):
@@ -122,7 +128,7 @@ class TrainConfig:
         """The run's augmentation (ValueError for values out of range)."""
         return Augment(self.hflip, tuple(self.scale) if self.scale else None,
                        tuple(self.ratio) if self.ratio else None, self.aa, self.reprob, self.mixup, self.cutmix,
-                       self.smoothing)
+                       self.smoothing or 0.0)  # None (the recipe's choice) is resolved in `recipe`
 
     @property
     def image_size(self) -> int:
@@ -168,6 +174,7 @@ DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig)}
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The `train` command's options: one per `TrainConfig` field, with the same defaults."""
     d = TrainConfig()
+    small = f"on a folder of fewer than {SMALL_SET:,} training images"
     p.add_argument("--arch", default=d.arch, choices=list_archs(), metavar="ARCH", help="any registered arch")
     p.add_argument("--data", default=d.data, help="shapes, cifar10, cifar100 or folder:PATH (PATH/<class>/<image>)")
     p.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ (default $RESNET_LAB_DATA)")
@@ -187,7 +194,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --pretrained: freeze the stem and stages up to this one (their BatchNorm stays in eval)")
     p.add_argument("--backbone-lr-scale", type=number(0), default=None,
                    help=f"with --pretrained: backbone lr = lr * this (default {DEFAULT_BACKBONE_LR_SCALE}); head: lr")
-    p.add_argument("--epochs", type=positive_int, default=d.epochs)
+    p.add_argument("--epochs", type=positive_int, default=d.epochs,
+                   help=f"passes over the training set; wins over --steps (default: from the step budget {small}, "
+                        "else 15)")
+    p.add_argument("--steps", type=positive_int, default=d.steps,
+                   help=f"a step budget: epochs = ceil(steps / steps an epoch) (default: {SMALL_STEPS} {small}, "
+                        "else none)")
     p.add_argument("--n-train", type=positive_int, default=d.n_train)
     p.add_argument("--n-val", type=positive_int, default=d.n_val)
     p.add_argument("--n-test", type=positive_int, default=d.n_test, help="held-out images for the reported accuracy")
@@ -201,7 +213,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opt", default=d.opt, choices=list(DEFAULT_WD))
     p.add_argument("--sched", default=d.sched, choices=["cosine", "onecycle"])
     p.add_argument("--wd", type=number(0), default=None, help="weight decay (default: 5e-4 SGD, 0.05 AdamW, 0 Adam)")
-    p.add_argument("--patience", type=positive_int, default=d.patience, help="epochs without a better val accuracy")
+    p.add_argument("--patience", type=positive_int, default=d.patience,
+                   help="epochs without a better val accuracy before stopping (default: 5; off under a step budget)")
     p.add_argument("--seed", type=seed, default=d.seed, help="init, order and training data; val data use seed+1")
     p.add_argument("--test-seed", type=seed, default=d.test_seed)
     p.add_argument("--size", type=int_in(8, 1024), default=None,
@@ -227,7 +240,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reprob", type=number(0, 1), default=d.reprob, help="folders: random erasing probability")
     g.add_argument("--mixup", type=number(0), default=d.mixup, help="Mixup alpha (0: off)")
     g.add_argument("--cutmix", type=number(0), default=d.cutmix, help="CutMix alpha (0: off)")
-    g.add_argument("--smoothing", type=number(0, 1), default=d.smoothing, help="label smoothing")
+    g.add_argument("--smoothing", type=number(0, 1), default=d.smoothing,
+                   help=f"label smoothing (default: {SMALL_SMOOTHING} {small}, else 0)")
+    p.add_argument("--ema-decay", type=number(0, 1, hi_open=True), default=d.ema_decay,
+                   help="an EMA of the weights, updated every step, validated each epoch beside the raw weights: "
+                        f"the better is kept (0: none; default {SMALL_EMA_DECAY} {small}, else 0)")
     p.add_argument("--folder-cache", default=d.folder_cache, choices=["auto", "on", "off"],
                    help="folders: decode every image once and train from memory on the device, as CIFAR (auto: "
                         "images of 64 px or less with no image-only augmentation, when they fit a quarter of the "

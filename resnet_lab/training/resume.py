@@ -295,6 +295,7 @@ class RunState:
     train_time: float = 0.0
     precision: dict[str, Any] = field(default_factory=dict)
     mixing: torch.Tensor | None = None  # the batch-mixing generator's state, as `data`
+    ema: dict[str, Any] | None = None  # the weights' EMA (`ema.WeightsEma.state_dict`), where the run keeps one
 
     def end_epoch(self, val_acc: float, model: torch.nn.Module) -> None:
         """Book an epoch's validation accuracy: best weights (on a tie, the later: further annealed), the

@@ -34,6 +34,7 @@ from ..scoring import score
 from ..shapes import CLASSES
 from ..weights import WeightsUnavailable, save_checkpoint
 from . import augment, finetune, resume
+from . import recipe as recipes
 from .config import TrainConfig
 from .config import add_arguments as add_arguments  # the `train` command's options, where __main__ looks for them
 from .distributed import (
@@ -49,9 +50,11 @@ from .distributed import (
     unwrap,
     wrap,
 )
+from .ema import WeightsEma
 from .loaders import Batches, per_rank_batch
 from .precision_probe import choose_train_precision, optimizer_step, resolve_precision
-from .run_data import make_data, shapes_data_config, with_decode_skips
+from .run_data import make_data, shapes_data_config
+from .run_record import checkpoint_meta
 
 
 @dataclass
@@ -167,7 +170,7 @@ class EpochPass:
 
 def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, report, dist, *, start: int = 0,
            sums: tuple[float, int, int] = (0.0, 0, 0), stop: resume.StopRequest | None = None,
-           loss_of: Callable) -> EpochPass:
+           loss_of: Callable, after_step: Callable[[], None] = lambda: None) -> EpochPass:
     """One pass over the training set (over all ranks' shares). From step `start` on with the running `sums` of
     a resumed epoch: the steps before it are drawn (order and augmentation, so the generators advance exactly as
     they did) but not trained on; from the end (stopped after its last step) nothing is drawn. A `stop` request
@@ -185,6 +188,7 @@ def _epoch(forward, model, batches, opt, sched, scaler, dtype, bar_desc, quiet, 
             loss, logits = loss_of(forward, x, y)  # `augment.loss_fn`: plain, smoothed or mixed cross-entropy
         optimizer_step(loss, opt, scaler)
         sched.step()
+        after_step()  # the weights' EMA, where the run keeps one
         loss_sum += loss.detach().double() * len(y)  # kept on the device: no sync per step on a GPU
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
@@ -288,53 +292,62 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
     # evaluation runs on the bare model: ranks' shares may differ in batch count, and DDP's forward would sync
     evaluate = forward if trained is model else _Forward(maybe_compile(model, config.compile, log), model, log)
     opt = make_optimizer(model, config)
-    sched = make_scheduler(opt, config, config.epochs * len(data.train))
+    n_train = sum(data.record.get("counts", {}).get("train", {}).values()) or config.n_train
+    plan = recipes.resolve(config, n_train, len(data.train))  # epochs, patience, smoothing, EMA: as given or chosen
+    epochs = plan.epochs
+    sched = make_scheduler(opt, config, plan.total_steps)
+    ema = WeightsEma(model, plan.ema_decay) if plan.ema_decay else None
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
     mixing = torch.Generator().manual_seed(config.seed + MIX_SEED)  # batch mixing draws, apart from the data's
-    loss_of = augment.loss_fn(config.augment, len(data.classes), mixing)
+    loss_of = augment.loss_fn(plan.augment, len(data.classes), mixing)
     run = resume.RunState(precision=precision_record)
     if saved is not None:
         run = resume.RunState.restore(saved, inner(trained), opt, sched, scaler, data.train, dist)
         if saved.get("mixing") is not None:
             mixing.set_state(saved["mixing"])
+        if ema is not None and run.ema:
+            ema.load_state_dict(run.ema)
         log(f"resumed from {source}: epoch {run.epoch}, step {run.step} of {len(data.train)}")
     run.run = run_id
     stop = resume.StopRequest()
     t_train = time.perf_counter() - run.train_time
     with stop.installed():
-        while run.epoch <= config.epochs and not run.done:
+        while run.epoch <= epochs and not run.done:
             epoch, t_epoch = run.epoch, time.perf_counter()
             at_start = data.train.state_dict()  # the epoch's draws, replayed by a run resumed within it
 
             def report(step: int, steps: int, epoch: int = epoch) -> None:
                 if progress is not None:
-                    progress(((epoch - 1) * steps + step) / (config.epochs * steps), f"epoch {epoch}/{config.epochs}")
+                    progress(((epoch - 1) * steps + step) / (epochs * steps), f"epoch {epoch}/{epochs}")
 
-            p = _epoch(forward, trained, data.train, opt, sched, scaler, dtype, f"epoch {epoch}/{config.epochs}",
+            p = _epoch(forward, trained, data.train, opt, sched, scaler, dtype, f"epoch {epoch}/{epochs}",
                        quiet, report, dist, start=run.step, sums=run.sums if dist.is_main else (0.0, 0, 0),
-                       stop=stop, loss_of=loss_of)
+                       stop=stop, loss_of=loss_of, after_step=(lambda: ema.update(model)) if ema else lambda: None)
             if p.stopped_after is not None:
                 # the data's draws as at the epoch's start (its first steps are drawn again, untrained), or as now
                 # after its last step (nothing left to draw); the mixing generator's as now (skipped steps mix nothing)
                 run.step, run.sums, run.mixing = p.stopped_after, p.sums, mixing.get_state()
                 run.data = data.train.state_dict() if p.stopped_after == len(data.train) else at_start
-                run.train_time = time.perf_counter() - t_train
+                run.train_time, run.ema = time.perf_counter() - t_train, ema.state_dict() if ema else None
                 path = run.save(config, inner(trained), opt, sched, scaler, dist, command)
                 raise resume.Stopped(stop.name, epoch, p.stopped_after, path)
             val_acc = accuracy(model, data.val, forward=evaluate, dtype=dtype, dist=dist)  # all ranks agree
             if not math.isfinite(val_acc):
                 raise ValueError("validation accuracy is not a number: the validation set is empty")
+            # the EMA is this epoch's candidate where it validates at least as well as the raw weights
+            val_ema = accuracy(ema.module, data.val, dtype=dtype, dist=dist) if ema else -1.0
             run.history.append({"epoch": epoch, "train_loss": p.loss, "train_acc": p.acc, "val_acc": val_acc,
+                                **({"val_acc_ema": val_ema, "ema_kept": float(val_ema >= val_acc)} if ema else {}),
                                 "lr": sched.get_last_lr()[0], "time_s": time.perf_counter() - t_epoch})
             log(f"epoch {epoch:3d}  loss {p.loss:.4f}  train acc {p.acc:.4f}  val acc {val_acc:.4f}  "
-                f"{run.history[-1]['time_s']:.1f} s")
-            run.end_epoch(val_acc, model)
-            if run.stale >= config.patience:
-                log(f"early stop: no better val accuracy for {config.patience} epochs")
+                + (f"EMA {val_ema:.4f}  " if ema else "") + f"{run.history[-1]['time_s']:.1f} s")
+            run.end_epoch(max(val_acc, val_ema), ema.module if ema and val_ema >= val_acc else model)
+            if plan.stops_early(run.stale):
+                log(f"early stop: no better val accuracy for {plan.patience} epochs")
                 run.done = True
             run.data, run.mixing = data.train.state_dict(), mixing.get_state()
-            run.train_time = time.perf_counter() - t_train
+            run.train_time, run.ema = time.perf_counter() - t_train, ema.state_dict() if ema else None
             path = run.save(config, inner(trained), opt, sched, scaler, dist, command)
             if _agree_to_stop(stop, dist):  # a signal during validation or the save: the state just written
                 raise resume.Stopped(stop.name, epoch, len(data.train), path)
@@ -346,28 +359,8 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
         test_acc = accuracy(model, data.test, forward=evaluate, dtype=dtype, dist=dist)
     log(f"best val acc {best_acc:.4f} (epoch {best_epoch}), test acc {test_acc:.4f}, {train_time:.0f} s")
 
-    data_cfg = shapes_data_config(size) if shapes else {
-        "input_size": [3, size, size], "mean": list(model.pretrained_cfg["mean"]),
-        "std": list(model.pretrained_cfg["std"]), "crop_pct": model.pretrained_cfg.get("crop_pct", 1.0),
-        "interpolation": model.pretrained_cfg.get("interpolation", "bilinear")}
-    meta = {
-        "arch": config.arch, "num_classes": len(data.classes), "classes": data.classes, **data_cfg,
-        "seed": config.seed, "data": with_decode_skips(data, dist), "run": run.run,
-        "augment": config.augment.record(size, "shapes" if shapes else "cifar" if config.data.startswith("cifar")
-                                         else "folder in memory" if data.record.get("in_memory") else "folder"),
-        "val_acc": best_acc, "test_acc": test_acc, "test_acc_is_val": data.test is None,
-        "best_epoch": best_epoch, "epochs_run": len(history),
-        "train_time_s": round(train_time, 1),
-        "epoch_time_s": round(sum(h["time_s"] for h in history) / len(history), 1),
-        "device": str(device), "world_size": dist.world_size, "global_batch": config.batch_size,
-        "per_rank_batch": config.batch_size // dist.world_size,
-        "precision": dtype_name(dtype), "precision_choice": precision_record,
-        "num_threads": torch.get_num_threads(), "torch_version": torch.__version__,
-        "command": command or config.cli(), "command_full": config.cli(), "config": asdict(config),
-        **({"pretrained": {**start.record(), "freeze": config.freeze or finetune.NOTHING,
-                           "frozen_params": len(frozen), "backbone_lr_scale": config.lr_scale}} if start else {}),
-        "history": [{k: round(v, 5) for k, v in h.items()} for h in history],
-    }
+    meta = checkpoint_meta(config, data, model, size, plan, run, test_acc=test_acc, train_time=train_time, dist=dist,
+                           dtype=dtype, precision_record=precision_record, command=command, start=start, frozen=frozen)
     model = unwrap(model).to(memory_format=torch.contiguous_format).eval()  # plain BatchNorm2d again
     path = save_checkpoint(model, config.out, meta) if config.out and dist.is_main else None
     if path:
