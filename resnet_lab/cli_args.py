@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from .files import unwritable
 
@@ -137,3 +138,11 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: {' '.join(message.split())}\n")
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        # `--n=--`: argparse drops the "--" and, for an option of one value, stores [] without calling its type
+        # (Python 3.11), so no check saw it
+        if action.option_strings and action.nargs is None and arg_strings in ([], ["--"]):
+            self.error(f"argument {'/'.join(action.option_strings)}: expected one value (got {arg_strings[0]!r})"
+                       if arg_strings else f"argument {'/'.join(action.option_strings)}: expected one value")
+        return super()._get_values(action, arg_strings)

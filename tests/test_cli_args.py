@@ -192,7 +192,7 @@ def test_each_reported_case_is_refused_while_parsing(monkeypatch, capsys):
                          (["--map-grid", "5", "--map-span", "0"], "--map-span"),
                          (["--map-grid", "5", "--map-span", "nan"], "--map-span"),
                          (["--map-grid", "5", "--map-n=-1"], "--map-n"), (["--min-tol", "0"], "--min-tol"),
-                         (["--chunk", "0"], "--chunk")):
+                         (["--chunk", "0"], "--chunk"), (["--n=--"], "--n"), (["--tol="], "--tol")):
         assert main(["curvature", "--models", "resnet20", "--quiet", *args]) == 2, args
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"argument {option}" in err and "Traceback" not in err, err
