@@ -313,8 +313,8 @@ def lesion_plain(df: pd.DataFrame) -> str:
     text = (f"Take one block out of the trained {res} and it typically loses {r['median']:.1f} points of accuracy"
             + (", never dropping to guessing" if r["to_chance"] == 0 else
                f", and {r['to_chance']} of {r['deletions']} such cuts leave it guessing")
-            + f"; take one out of {plain}, the same net without shortcuts, and it typically loses {p['median']:.1f}, "
-            f"{p['to_chance']} of {p['deletions']} cuts leaving it guessing.")
+            + f"; take one out of {plain}, the same net without shortcuts, and it typically loses {p['median']:.1f} "
+            f"points, {p['to_chance']} of {p['deletions']} cuts leaving it guessing.")
     if r["to_chance"] == 0 and p["to_chance"] > 0:
         text += (" With shortcuts, the signal has many routes through the net, like a team of shallower nets, so "
                  "losing one block hardly matters; without them every block is a link in a single chain.")
