@@ -500,7 +500,8 @@ def test_every_figure_colours_the_net_the_same_way_and_names_its_axes(one_thread
         assert dict(zip(dash["domain"], dash["range"])) == {"train": [1, 0], "held-out": [6, 4]}
         rules = [layer for layer in _layers(figure) if layer["mark"]["type"] == "rule"]
         assert rules[0]["data"]["values"][0]["y"] == pytest.approx(chance)
-        assert "chance" in rules[0]["data"]["values"][0]["text"]
+        assert any("grey dotted: chance" in line for line in plots.spec(figure)["title"]["subtitle"])
+        assert not any(layer["mark"]["type"] == "text" for layer in _layers(figure))  # no words over the curves
         assert any(layer.get("transform") == [{"filter": "datum.curve == 'held-out'"}]
                    and layer["mark"]["type"] == "point" for layer in _layers(figure))  # held-out: its points
     held = snap.curves[(snap.curves.metric == "val_acc") & (snap.curves.net == "ResNet-20")].value

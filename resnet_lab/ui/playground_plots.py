@@ -3,9 +3,9 @@ nothing: a spec is a few kB of JSON, made in milliseconds, once a second).
 
 One convention in every figure: colour is the net (plain orange, ResNet blue: Okabe-Ito's pair, told apart with
 any colour vision), line style is what is drawn (training solid, held-out dashed through its measured points; an
-update ratio's stage solid, dashed or dotted). Axes are named with their units, chance is a labelled line (1/K on
-accuracy, ln K on loss), every point shows its values on hover, and each figure's title is drawn inside it (a
-Gradio label badge would sit on the drawing).
+update ratio's stage solid, dashed or dotted). Axes are named with their units, chance is a grey dotted line (1/K
+on accuracy, ln K on loss) named in the subtitle, not over the curves, every point shows its values on hover, and
+each figure's title is drawn inside it (a Gradio label badge would sit on the drawing).
 """
 
 from __future__ import annotations
@@ -60,16 +60,11 @@ def _legend(top: bool = False) -> dict:
             "symbolSize": 250}
 
 
-def _rule(y: float, text: str, steps: int) -> list[dict]:
-    """A grey horizontal line at `y`, labelled at its right end (over a white halo: curves run along it)."""
-    data = {"values": [{"y": y, "step": steps, "text": text}]}
-    y_enc = {"field": "y", "type": "quantitative"}
-    enc = {"x": {"field": "step", "type": "quantitative"}, "y": y_enc, "text": {"field": "text"}}
-    text_mark = {"type": "text", "align": "right", "baseline": "bottom", "dy": -3, "fontSize": 11}
-    return [{"data": data, "mark": {"type": "rule", "color": "#777", "strokeDash": [3, 3]}, "encoding": {"y": y_enc}},
-            {"data": data, "mark": {**text_mark, "stroke": "white", "strokeWidth": 4, "strokeJoin": "round"},
-             "encoding": enc},
-            {"data": data, "mark": {**text_mark, "fill": "#555", "strokeWidth": 0}, "encoding": enc}]
+def _rule(y: float) -> list[dict]:
+    """A grey dotted horizontal line at `y` (chance); its words are in the subtitle, not on the curves that run
+    along it (a label there covered the plain net's line, the key evidence)."""
+    return [{"data": {"values": [{"y": y}]}, "mark": {"type": "rule", "color": "#777", "strokeDash": [3, 3]},
+             "encoding": {"y": {"field": "y", "type": "quantitative"}}}]
 
 
 def _trailing_mean(x: np.ndarray, window: int) -> np.ndarray:
@@ -113,15 +108,17 @@ def curve_plot(snap: pg.Snapshot, metric: str, classes: int) -> AltairPlotData |
         for r in rows:
             r["value"] = round(100 * r["value"], 2)
         top, title, fmt = 100.0, "accuracy (%)", ".1f"
-        rule = _rule(100 / classes, f"chance 1/{classes} = {100 / classes:.1f} %", snap.steps)
-        subtitle = ["training: trailing mean; held-out: images never trained on"]
+        rule = _rule(100 / classes)
+        subtitle = ["training: trailing mean; held-out: images never trained on",
+                    f"grey dotted: chance, 1/{classes} = {100 / classes:.1f} %"]
     else:
         train = [r["value"] for r in rows if r["curve"] == "train"]
         top = max(LOSS_CAP * max(train) if train else max(r["value"] for r in rows), 1.1 * math.log(classes))
         title, fmt = "cross-entropy loss", ".3f"
-        rule = _rule(math.log(classes), f"chance ln {classes} = {math.log(classes):.2f}", snap.steps)
+        rule = _rule(math.log(classes))
         subtitle = ["training: trailing mean; held-out: images never trained on",
-                    f"held-out values above {top:.1f} sit on the top edge"]
+                    f"grey dotted: chance, ln {classes} = {math.log(classes):.2f}; held-out values above {top:.1f} "
+                    "sit on the top edge"]
     for r in rows:
         r["value"] = round(r["value"], 4)
         r["shown"] = min(r["value"], top)
