@@ -258,3 +258,22 @@ def test_playground_trains_both_nets_live_stops_and_offers_the_pair(page):
     page.keyboard.press("Escape")
     page.get_by_role("tab", name="Playground", exact=True).click()
     expect(status).to_contain_text("stopped")  # still: Stop's own late reply once overwrote it with "Stopping…"
+
+
+def test_a_refused_playground_run_says_why_and_train_both_works_again(page, tmp_path):
+    """A zip refused when the run's turn comes: the status line says the run did not start and why (not "starting…"),
+    and Train both is enabled again (Gradio 6.31's frontend runs no `.then` after an error: it stayed disabled)."""
+    import zipfile
+
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../evil.png", b"x")
+    page.get_by_role("tab", name="Playground", exact=True).click()
+    page.locator("#playground-zip input[type='file']").set_input_files(str(evil))
+    expect(page.locator("#playground-estimate")).to_contain_text("outside its own folder", timeout=60_000)
+    page.locator("#playground-train").click()
+    expect(page.locator("#playground-status")).to_contain_text("not started: the zip names a path outside",
+                                                              timeout=60_000)
+    expect(page.locator("#playground-train")).to_be_enabled(timeout=30_000)
+    page.locator("#playground-zip button[aria-label='Clear']").click()  # leave the page as it was found
+    expect(page.locator("#playground-estimate")).to_contain_text("on Shapes", timeout=60_000)

@@ -184,9 +184,10 @@ def train(*args: Any) -> Iterator[tuple]:
     *controls, upload, key, runs = args
     try:
         cfg = config(*controls)
-    except ValueError:
+    except ValueError as e:
         with _runs_lock:  # a queued click that cannot run leaves no Stop behind for a later run
             _dequeue(key)
+        yield refused(e)
         raise
     watch = pg.LiveWatch(cfg.steps, cfg.ratio_every)
     with _runs_lock:  # registered first: a Stop while the run is sized or the zip read ends it after its first step
@@ -198,8 +199,12 @@ def train(*args: Any) -> Iterator[tuple]:
         return
     try:
         asked = cfg
-        cfg, scan, read_s, _ = sized(asked, upload)  # checked again: what the page said on upload is not trusted
-        refuse(cfg, read_s)
+        try:
+            cfg, scan, read_s, _ = sized(asked, upload)  # checked again: what the page said on upload is not trusted
+            refuse(cfg, read_s)
+        except (ValueError, gr.Error) as e:
+            yield refused(e)
+            raise
         images, note = None, ""
         if upload:
             yield said(f"Reading your {len(scan.images)} images (about {duration(read_s)})…")
@@ -212,8 +217,10 @@ def train(*args: Any) -> Iterator[tuple]:
             note = skipped_note(images) + (f" {batch}" if batch else "")
         classes = len(images.classes) if images is not None else len(CLASSES)
         if not _training.acquire(timeout=JOIN_S):
-            raise gr.Error("The previous Playground run is still ending its last step; try again in a minute.",
-                           title="The Playground is busy")
+            busy = gr.Error("The previous Playground run is still ending its last step; try again in a minute.",
+                            title="The Playground is busy")
+            yield refused(busy)
+            raise busy
         thread = threading.Thread(target=_run, args=(cfg, watch, images), daemon=True, name="playground")
         try:
             thread.start()
@@ -260,6 +267,12 @@ def said(text: str) -> tuple:
     """All of `train`'s outputs for a run with nothing to draw (yet): `cleared`, the files and runs left as they are."""
     text, *figures, box, detail = cleared(text)
     return (text, *figures, gr.skip(), box, detail, gr.skip())
+
+
+def refused(e: Exception) -> tuple:
+    """All of `train`'s outputs for a run that did not start, its status line saying why: the click's "starting…
+    waits here for its turn" stayed there beside Gradio's Error badge, as if the refused run still waited."""
+    return said(f"**not started**: {e.message if isinstance(e, gr.Error) else e}")
 
 
 def skipped_note(images: ZipImages) -> str:
@@ -352,10 +365,14 @@ def build_tab() -> gr.State:
     # The zip too: an upload is checked from its headers at once (classes, counts, or why it is refused).
     gr.on(None, _estimate, [*controls, upload], estimate, api_visibility="private", **LONG_FREE)
     # Progress and errors show on the status line only: a red "Error" badge stayed on every figure until the next run.
-    start.click(queue_run, key, [start, *outputs[:7], referee_box, detail], queue=False,
-                api_visibility="private").then(
+    run = start.click(queue_run, key, [start, *outputs[:7], referee_box, detail], queue=False,
+                      api_visibility="private").then(
         user_errors(train), [*controls, upload, key, runs], outputs, api_name="playground", show_progress_on=state,
-        **LONG).then(ready, None, start, queue=False, api_visibility="private")
+        **LONG)
+    # Train both enabled again whichever way the run ended. Not `.then`: Gradio 6.31's frontend runs a `.then` only
+    # after a success (despite its docs), and a refused run left the button disabled until the page was reloaded.
+    for ended in (run.success, run.failure):
+        ended(ready, None, start, queue=False, api_visibility="private")
     halt.click(stop, key, None, queue=False, api_visibility="private")
     return runs
 
