@@ -10,7 +10,10 @@ On a ZeroGPU Space (`SPACES_ZERO_GPU` set and the `spaces` package present),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import socket
+from collections.abc import Iterator
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: Gradio's threads share few cores
 if os.environ.get("SPACES_ZERO_GPU"):
@@ -94,6 +97,21 @@ def build_demo() -> gr.Blocks:
     # max_size bounds the waiting requests: a flood gets "queue full" instead of unbounded memory.
     demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     return demo
+
+
+@contextlib.contextmanager
+def served() -> Iterator[tuple[gr.Blocks, str]]:
+    """The app (`build_demo`, with the zoo the caller set) served in this process on a free loopback port, for the
+    tests and docs/screenshots.py; yields (demo, URL) and closes it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build_demo()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **LAUNCH)
+    try:
+        yield demo, f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
 
 
 def main() -> None:

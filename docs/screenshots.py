@@ -74,22 +74,13 @@ def main() -> None:
     p.add_argument("--playground", action="store_true", help="also train the Playground's default run and shoot it")
     p.add_argument("--out", type=Path, default=ROOT / "docs")
     args = p.parse_args()
-    import socket
-
     import app
     from resnet_lab.serving.zoo import ModelZoo
     from resnet_lab.ui import common
 
     common.set_zoo(ModelZoo(weights_path="", device="cpu"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = app.build_demo()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **app.LAUNCH)
-    try:
-        shoot(f"http://127.0.0.1:{port}/", args.out, args.playground)
-    finally:
-        demo.close()
+    with app.served() as (_, url):
+        shoot(url, args.out, args.playground)
 
 
 if __name__ == "__main__":

@@ -93,24 +93,16 @@ def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
 
 @contextlib.contextmanager
 def launched_app():
-    """The real app (as `build_demo` makes it, with the zoo the caller set), launched in-process on a free port;
-    yields (demo, URL) and closes it."""
-    import socket
+    """The real app (as `build_demo` makes it, with the zoo the caller set), launched in-process on a free port
+    (`app.served`); yields (demo, URL) and closes it."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = app.build_demo()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **app.LAUNCH)
-    try:
-        yield demo, f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with app.served() as served:
+        yield served
 
 
 @contextlib.contextmanager
