@@ -311,8 +311,11 @@ def test_the_playground_checks_a_zip_on_upload_and_counts_its_reading_in_the_est
 
     monkeypatch.setattr(cost, "_measured_decode", lambda period=0: dict.fromkeys(("jpeg", "wide", "8-bit"), 0.1))
     assert "Longer than a live run may take" in ui.estimate_text(*controls, upload=str(z))  # 10 x 1200 px x 0.1 s
+    run = ui.train(*controls, str(z), "slow-zip", [])
+    status = next(run)[0]  # the status line first says the run did not start and why, then the error
+    assert status.startswith("**not started**") and "reading your images 20.0 min" in status
     with pytest.raises(gr.Error, match=r"reading your images 20\.0 min"):
-        next(ui.train(*controls, str(z), "slow-zip", []))
+        next(run)
 
 
 def test_a_batch_larger_than_the_zips_training_images_says_which_is_used(tmp_path, monkeypatch):

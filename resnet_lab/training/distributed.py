@@ -11,6 +11,7 @@ single-process accuracy whatever the shares' sizes.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,8 +89,13 @@ def setup(device: str | torch.device | None = None) -> Dist:
 
 
 def cleanup(d: Dist) -> None:
-    """Leave the process group `setup` made (a no-op for a single process or a group someone else made)."""
+    """Leave the process group `setup` made (a no-op for a single process or a group someone else made), every rank
+    together: a rank that left while rank 0 still wrote its files once aborted at exit under load ("terminate called
+    without an active exception", SIGABRT, seen in `evaluate`'s torchrun test). Called from a `finally` while an
+    exception propagates, no barrier: the failed rank leaves at once and torchrun ends the others."""
     if d.owns_group and dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 
