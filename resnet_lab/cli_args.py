@@ -136,6 +136,12 @@ class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose refusal is one line, `prog: message`, exit code 2 (no usage block: the message
     names the option, and `--help` has the rest)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # no unique-prefix matching: a typo such as `--epoch 3` is refused, not read as `--epochs 3` (nor will an
+        # option added later silently change what an old command line meant)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: {' '.join(message.split())}\n")
 

@@ -303,3 +303,12 @@ def test_faithfulness_refuses_a_checkpoint_or_stage_it_cannot_use_before_the_wor
     assert main(["faithfulness", "--stages", "layer1,9", "--n", "8"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--stages" in err and "'9'" in err, err
+
+
+@pytest.mark.parametrize("argv", [["train", "--epoch", "3"],
+                                  ["curvature", "--models", "resnet20", "--density-run", "0"],
+                                  ["lesion", "--model", "resnet20", "--draw", "5"]])
+def test_a_shortened_option_is_a_typo_not_a_prefix(argv):
+    """argparse took any unique prefix (`--epoch 3` ran as `--epochs 3`): a typo must be refused like any other."""
+    got, err = _parse(argv)
+    assert got == 2 and "unrecognized arguments" in err and err.count("\n") == 1, err
