@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoints import WeightsUnavailable, load_checkpoint
+from .cli_args import writable
 
 CFG_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation")
 # What a published model.json keeps, field by field: what loads the model and what it was trained on and scored,
@@ -109,8 +110,6 @@ def _repo_id(text: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli_args import writable
-
     p.add_argument("--model", required=True, help="a checkpoint of ours (.safetensors with its JSON)")
     p.add_argument("--out", type=writable("folder"), required=True, help="folder to write the export into")
     p.add_argument("--push", type=_repo_id, default=None, metavar="USER/NAME",

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .cli_args import names, positive_int, seed, writable
 from .progress import Progress
 from .resnet import init_module
 from .shapes import ShapesDataset, normalize
@@ -377,7 +378,6 @@ def measure_faithfulness(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli_args import names, positive_int, seed, writable
     from .explain import METHODS
 
     p.add_argument("--model", default="assets/shapes_resnet20.safetensors", help="a checkpoint trained on Shapes")

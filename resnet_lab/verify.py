@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .cli_args import int_in, seed
 from .resnet import build, list_archs
 
 TOLERANCE = 1e-5
@@ -123,8 +124,6 @@ def table(results: list[VerifyResult]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli_args import int_in, seed
-
     archs = [a for a in list_archs("imagenet") if a.startswith("resnet")]  # the ones timm/torchvision have
     p.add_argument("--arch", nargs="+", default=archs, choices=archs)
     p.add_argument("--reference", nargs="+", default=["timm", "torchvision"], choices=["timm", "torchvision"])

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..cli_args import int_in, positive_int, seed, writable
 from ..progress import Progress
 from ..scoring import Batch, chunks, score
 from .heldout import normalize_images
@@ -208,8 +209,6 @@ def evaluate_folder(model: nn.Module, dataset: FolderImages, classes: Sequence[s
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli_args import int_in, positive_int, seed, writable
-
     p.add_argument("--model", default="assets/shapes_resnet20.safetensors", help="a checkpoint file or a timm tag")
     p.add_argument("--data", type=_data_option, default="shapes",
                    help=f"one of {', '.join(DATASETS)} or {FOLDER}PATH (PATH/<class>/<image>; an ImageNet "
