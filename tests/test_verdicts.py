@@ -134,6 +134,21 @@ def test_plain_curvature_sentence_quotes_the_top_eigenvalues_the_figure_marks():
     assert "plain56's minimum is the flatter bowl" in V.curvature_plain(swapped)
 
 
+def test_plain_curvature_sentence_says_how_far_the_image_sets_disagree():
+    """The shipped λmax moves several-fold with the image set it is measured on: the student's sentence says so,
+    with the net whose sets disagree most (worked out here from the rows), and says nothing of it for one set."""
+    spec, _, _ = curvature.read_results(curvature.SHIPPED_STEM)
+    top = spec[(spec.quantity == "eigenvalue") & (spec["index"] == 1)]
+    spread = {m: (g.value.min(), g.value.max()) for m, g in top.groupby("model")}
+    widest = max(spread, key=lambda m: spread[m][1] / spread[m][0])
+    lo, hi = spread[widest]
+    text = V.curvature_plain(spec)
+    assert f"mean over {spec.images.nunique()} sets of training images" in text
+    assert f"{widest}'s λmax runs from {lo:.0f} to {hi:.0f} across them" in text and "provisional" in text
+    one = spec[spec.images == spec.images.iloc[0]]
+    assert "provisional" not in V.curvature_plain(one)
+
+
 def test_plain_lesion_sentence_follows_what_one_deletion_costs():
     df = lesion.read_csv(lesion.SHIPPED_CSV)
     text = V.lesion_plain(df)

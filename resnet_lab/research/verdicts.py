@@ -263,6 +263,13 @@ def curvature_plain(spec: pd.DataFrame, resolution: float = 0.02) -> str:
         else:
             out.append(f"{res} and {plain} are about equally sharp ({top_res:.0f} against {top_plain:.0f})")
     text = "; ".join(out) + "."
+    top = spec[(spec.quantity == "eigenvalue") & (spec["index"] == 1)].groupby("model").value
+    lo, hi, sets = top.min(), top.max(), spec.images.nunique()
+    if sets > 1:  # how far λmax moves with the images it is measured on: the reading is no firmer than that
+        widest = (hi / lo).idxmax()
+        text += (f" Each number is the mean over {sets} sets of training images, and the sets disagree: "
+                 f"{widest}'s λmax runs from {lo[widest]:.0f} to {hi[widest]:.0f} across them, so read this as "
+                 "provisional until it holds on more images.")
     worst = spectrum_table(spec).ratio.max()
     if worst <= 2 * resolution:
         text += " Every minimum is a true bowl: no direction curves down by more than a measurement error."
