@@ -118,6 +118,25 @@ def numbers(lo: float | None = None, *, lo_open: bool = False) -> Callable[[str]
     return parse
 
 
+def ints(lo: int) -> Callable[[str], tuple[int, ...]]:
+    """A non-empty comma-separated list of integers, each >= `lo`; returned sorted, without repeats."""
+    one = int_in(lo)
+    what = f"comma-separated integers >= {lo}"
+
+    def parse(text: str) -> tuple[int, ...]:
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        try:
+            values = tuple(sorted({one(s) for s in items}))
+        except argparse.ArgumentTypeError:
+            values = ()
+        if not values:
+            raise argparse.ArgumentTypeError(f"must be {what} (got {shown_value(text)})")
+        return values
+
+    parse.__name__ = what
+    return parse
+
+
 def writable(what: str = "file", makes_folders: bool = True) -> Callable[[str], str]:
     """A path to write a `what` ("file" or "folder") at, tried now rather than after the work (`degradation --out
     /proc/x.csv` ran the study, then ended in a traceback): `files.unwritable` says why not. Returned as typed."""

@@ -51,8 +51,10 @@ def shipped() -> dict[str, Callable[[int | None], Figure]]:
     stem = curvature.SHIPPED_STEM
     if Path(f"{stem}.csv").is_file():
         spec, dens, maps = curvature.read_results(stem)
+        if len(spec):
+            out[f"{stem.name}_convergence.png"] = lambda cols: curvature.plot_convergence(spec, cols=cols)
         if len(dens):
-            out[f"{stem.name}_density.png"] = lambda cols: curvature.plot_density(dens, spec, cols=cols)
+            out[f"{stem.name}_density.png"] = lambda cols: curvature.plot_density(dens, cols=cols)
         if len(maps):
             out[f"{stem.name}_map.png"] = lambda cols: curvature.plot_map(maps, cols=cols)
     if lesion.SHIPPED_CSV.is_file():

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from ..resnet import REGISTRY, twin_pairs
+from .curvature import scale as CS
 from .degradation.describe import final_metrics
 from .gradflow.describe import _direction
 from .landscape import readings as LR
@@ -206,71 +207,75 @@ def landscape_plain(df: pd.DataFrame) -> str:
 
 
 def _curvature_pairs(spec: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per twin pair, deepest first: the mean top eigenvalue and trace of each over the image sets, and the one net
-    whose are larger where every image set agrees on both (`paired_sets`, as `describe_curvature` reads them)."""
-    from .curvature.describe import paired_sets
-
+    """Per twin pair, deepest first: `scale.verdict` for the top eigenvalue and the trace, and the one net whose
+    are larger where each holds at the two largest n (None when neither holds or they disagree)."""
     out = []
     for res, plain in _pairs(list(dict.fromkeys(spec.model))):
-        pair: dict[str, Any] = {"res": res, "plain": plain, "larger": set()}
-        for quantity in ("eigenvalue", "trace"):
-            mean_a, mean_b, _, _, who = paired_sets(spec, res, plain, quantity)
-            pair[quantity] = (mean_a, mean_b, who in ("a", "b"))
-            if who in ("a", "b"):
-                pair["larger"].add(res if who == "a" else plain)
-        pair["sharper"] = next(iter(pair["larger"])) if len(pair["larger"]) == 1 else None
+        pair: dict[str, Any] = {"res": res, "plain": plain}
+        for q in ("lambda_max", "trace"):
+            pair[q] = CS.verdict(spec, res, plain, q)
+        held = {pair[q]["holds"] for q in ("lambda_max", "trace")} - {None}
+        pair["sharper"] = next(iter(held)) if len(held) == 1 else None
         out.append(pair)
     return out
 
 
-def curvature(spec: pd.DataFrame, resolution: float = 0.02) -> str:
-    """Top eigenvalue and trace of each twin pair's Hessian: who is the sharper where every image set agrees; and
-    how convex the minima are, against the eigensolver's resolution (as `describe_curvature` reads them)."""
-    from .curvature.describe import spectrum_table
+def _largest_ratio(spec: pd.DataFrame) -> float:
+    """The largest mean |λmin/λmax| of any net at the largest n it was measured at."""
+    r = CS.by_size(spec, "ratio")
+    return float(r.loc[r.groupby("model").n.idxmax(), "mean"].max())
 
+
+def curvature(spec: pd.DataFrame, resolution: float = 0.02) -> str:
+    """Top eigenvalue and trace of each twin pair's Hessian: who is the sharper where a paired test over disjoint
+    image sets says so at the two largest n; and how convex the minima are, against the eigensolver's resolution
+    (as `describe_curvature` reads them)."""
     out = []
     for pair in _curvature_pairs(spec):
         res, plain, sharper = pair["res"], pair["plain"], pair["sharper"]
+        ns = [t["n"] for t in pair["lambda_max"]["tests"]]
         if sharper:
-            said = [f"{what} {pair[q][0]:.0f} against {pair[q][1]:.0f}"
-                    for q, what in (("eigenvalue", "top eigenvalue"), ("trace", "trace")) if pair[q][2]]
+            said = [f"{what} {v['tests'][-1]['res']:.0f} against {v['tests'][-1]['plain']:.0f} (p = "
+                    f"{', '.join(format(t['p'], '.2g') for t in v['tests'])})"
+                    for q, what in (("lambda_max", "top eigenvalue"), ("trace", "trace")) if (v := pair[q])["holds"]]
             flatter = plain if sharper == res else res
-            out.append(f"{flatter} sits in the flatter minimum by the full Hessian ({res} vs {plain}: "
-                       f"{'; '.join(said)}, every image set agreeing).")
+            out.append(f"{flatter} sits in the flatter minimum by the full Hessian ({res} vs {plain} at n = "
+                       f"{ns[-1]}: {'; '.join(said)}; paired t-tests over disjoint image sets, significant at n = "
+                       f"{' and '.join(map(str, ns))}).")
         else:
-            out.append(f"{res} and {plain}: no consistent difference in sharpness over the image sets.")
-    ratios = spectrum_table(spec).ratio
-    out.append(f"Every minimum is close to convex: |λmin/λmax| at most {ratios.max():.3f} "
-               + ("(within the solver's resolution)." if ratios.max() <= 2 * resolution else
+            out.append(f"{res} and {plain}: no difference in sharpness that a paired test finds at both n = "
+                       f"{' and '.join(map(str, ns))}.")
+    worst = _largest_ratio(spec)
+    out.append(f"Every minimum is close to convex: |λmin/λmax| at most {worst:.3f} "
+               + ("(within the solver's resolution)." if worst <= 2 * resolution else
                   f"(against the solver's resolution of {resolution:.2f})."))
     return " ".join(out)
 
 
 def curvature_plain(spec: pd.DataFrame, resolution: float = 0.02) -> str:
-    """`curvature` for a student: how steeply each minimum curves up (the λmax lines on the density figure), and
-    whether any curves down."""
-    from .curvature.describe import spectrum_table
-
+    """`curvature` for a student: which minimum is the flatter bowl where that holds on the most images measured,
+    by how much (the λmax points at the right of the convergence figure), and whether any curves down."""
     out = []
     for pair in _curvature_pairs(spec):
         res, plain, sharper = pair["res"], pair["plain"], pair["sharper"]
-        top_res, top_plain, _ = pair["eigenvalue"]
+        last = pair["lambda_max"]["tests"][-1]
+        n, top_res, top_plain = last["n"], last["res"], last["plain"]
         if sharper:
             flatter, (steep, gentle) = (plain, (top_res, top_plain)) if sharper == res else (res, (top_plain, top_res))
-            out.append(f"{flatter}'s minimum is the flatter bowl: in its steepest direction the loss curves up "
-                       f"{steep / gentle:.1f} times less sharply than {sharper}'s ({gentle:.0f} against {steep:.0f}, "
-                       "the λmax lines on the figure)")
+            out.append(f"measured on {n} training images, {flatter}'s minimum is the flatter bowl: in its steepest "
+                       f"direction the loss curves up {steep / gentle:.1f} times less sharply than {sharper}'s "
+                       f"({gentle:.0f} against {steep:.0f}), and the same holds on half as many images")
         else:
-            out.append(f"{res} and {plain} are about equally sharp ({top_res:.0f} against {top_plain:.0f})")
-    text = "; ".join(out) + "."
-    top = spec[(spec.quantity == "eigenvalue") & (spec["index"] == 1)].groupby("model").value
-    lo, hi, sets = top.min(), top.max(), spec.images.nunique()
-    if sets > 1:  # how far λmax moves with the images it is measured on: the reading is no firmer than that
-        widest = (hi / lo).idxmax()
-        text += (f" Each number is the mean over {sets} sets of training images, and the sets disagree: "
-                 f"{widest}'s λmax runs from {lo[widest]:.0f} to {hi[widest]:.0f} across them, so read this as "
-                 "provisional until it holds on more images.")
-    worst = spectrum_table(spec).ratio.max()
+            out.append(f"{res} and {plain} show no difference in sharpness that holds as the images grow "
+                       f"({top_res:.0f} against {top_plain:.0f} on {n} images)")
+    text = "; ".join(out)
+    text = text[0].upper() + text[1:] + "."
+    moving = [m for m in dict.fromkeys(spec.model) if not CS.settling(spec, "lambda_max", m)["settled"]]
+    if moving and len(CS.sizes(spec)) > 1:
+        st = CS.settling(spec, "lambda_max", moving[0])
+        text += (f" The numbers themselves still shrink as more images are used ({moving[0]}: {st['from_value']:.0f} "
+                 f"on {st['from_n']} images, {st['value']:.0f} on {st['n']}), so read the comparison, not the values.")
+    worst = _largest_ratio(spec)
     if worst <= 2 * resolution:
         text += " Every minimum is a true bowl: no direction curves down by more than a measurement error."
     else:

@@ -1,14 +1,17 @@
-"""Curvature of trained nets from their full Hessian (Li et al. 2018, §6; Yao et al. 2020, PyHessian).
+"""Curvature of trained nets from their full Hessian (Li et al. 2018, §6; Yao et al. 2020, PyHessian), against the
+number of images it is taken on.
 
-    python -m resnet_lab curvature --models plain20,resnet20,plain56,resnet56 --n 256 --out assets \\
-        --stem curvature_shapes                                   # spectrum at each minimum
-    python -m resnet_lab curvature --models ... --map-grid 7 --map-span 1.0 --map-n 64 --resamples 0 ...  # the map
-    torchrun --nproc-per-node 4 -m resnet_lab curvature --models ... --images 256 ...  # nets and map points split
+    python -m resnet_lab curvature --models plain20,resnet20,plain56,resnet56 --sizes 64,256,1024 --sets 3 \
+        --out assets --stem curvature_shapes                       # the convergence ladder, verdicts at scale
+    python -m resnet_lab curvature --models ... --sets 0 --map-grid 7 --map-span 1.0 --map-n 256 ...  # the map
+    torchrun --nproc-per-node 4 -m resnet_lab curvature --models ... --sizes 64,256,1024,2048  # jobs split
 
-Writes <stem>.csv (spectrum: loss, accuracy, top eigenvalues, lambda_min, |lambda_min/lambda_max|, trace, per
-image set), <stem>_density.csv and .png (eigenvalue density), <stem>_map.csv and .png (the ratio map), <stem>.json
-(the command, times, settings and the reading). A bare arch name means the shipped twin. `--from-csv STEM` reads
-those CSVs back and writes the reading and figures again.
+Writes <stem>.csv (per net, size n and image set: loss, accuracy, the worst-fitted image's share of the loss,
+lambda_max (top-k and leave-one-out on set 0), lambda_min, |lambda_min/lambda_max|, the Hutch++ trace),
+<stem>_convergence.png (each quantity against n, spread over the sets), <stem>_density.csv and .png (eigenvalue
+density of set 0 at one n), <stem>_map.csv and .png (the ratio map), <stem>.json (the command, times, settings and
+the reading). A bare arch name means the shipped twin. `--from-csv STEM` reads those CSVs back and writes the
+reading and figures again.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
-from ...cli_args import int_in, number, positive_int, seed, writable
+from ...cli_args import int_in, ints, names, number, positive_int, seed, writable
 from ...paths import ASSETS
 from ...progress import tqdm_progress
 from .. import cost as C
@@ -32,33 +35,37 @@ from ..landscape.directions import MIN_GRID
 from ..memory import ALLOCATOR_OVERHEAD, available_memory, hvp_memory, refusal
 from ..study import Timer, fail, from_csv_record, load_models, run_record, save, session, split_list
 from ..tables import read_checked_csv
-from .compute import COLUMNS, DENSITY_COLUMNS, MAP_COLUMNS, compute_curvature
+from .compute import CACHE_SHARE, COLUMNS, DENSITY_COLUMNS, MAP_COLUMNS, Solvers, compute_curvature
 from .describe import density_summary, describe_curvature, map_table, spectrum_table
-from .plot import plot_density, plot_map
+from .plot import plot_convergence, plot_density, plot_map
 
 if TYPE_CHECKING:
     from ...weights import LoadedWeights
 
-__all__ = ["SHIPPED_STEM", "compute_curvature", "describe_curvature", "estimate_cost", "plot_density", "plot_map",
-           "read_results", "spectrum_table"]
+__all__ = ["SHIPPED_STEM", "Solvers", "compute_curvature", "describe_curvature", "estimate_cost", "plot_convergence",
+           "plot_density", "plot_map", "read_results", "spectrum_table"]
 
 SHIPPED_STEM = ASSETS / "curvature_shapes"
+QUANTITIES = ("lambda_max", "lambda_min", "trace")  # `--quantities`; lambda_max is always measured
 TOLERANCE = number(0, 1, lo_open=True, hi_open=True)  # ARPACK's relative tolerance (0 would mean machine precision)
 EIGSH_MATVECS = 45  # products per ARPACK solve at k = 1 (ncv 20; measured 21-41 on the twins)
+MIN_MATVECS = 60  # products of the shifted solve for lambda_min at tol 1e-2, k = 3 (measured TODO)
 
 
-def estimate_cost(archs: Sequence[str], n: int = 256, resamples: int = 3, top_k: int = 5, trace_samples: int = 50,
-                  density_steps: int = 80, density_runs: int = 1, map_points: int = 0, map_n: int | None = None,
-                  chunk: int = 64, device: str | torch.device = "cpu", size: int = 32) -> C.Cost:
-    """Seconds and peak bytes: Hessian-vector products counted per solve, each worth WORK["hvp"] forward passes;
-    the bytes are the hungriest net's products plus every net's image sets, which a run keeps until it ends."""
+def estimate_cost(archs: Sequence[str], sizes: Sequence[int] = (64, 256, 1024), sets: int = 3, top_k: int = 5,
+                  trace_matvecs: int = 48, density_n: int = 0, density_steps: int = 0, density_runs: int = 1,
+                  map_points: int = 0, map_n: int = 64, chunk: int = 64, device: str | torch.device = "cpu",
+                  size: int = 32, lambda_min: bool = True) -> C.Cost:
+    """Seconds and peak bytes: Hessian-vector products counted per solve, each worth WORK["hvp"] forward passes of
+    one image; the bytes are the hungriest net's products plus every net's images, which a run keeps until it ends
+    (kept gradient graphs come out of what is left, `CACHE_SHARE`, so they are not added)."""
+    per_set = EIGSH_MATVECS + (MIN_MATVECS if lambda_min else 0) + trace_matvecs
     top = EIGSH_MATVECS * max(1, (2 * top_k + 1) // 20 + 1)
-    first = top + EIGSH_MATVECS + trace_samples + density_steps * density_runs
-    others = (EIGSH_MATVECS + trace_samples) * max(0, resamples - 1)
-    per_net = (first + others) * n * (resamples > 0) + 2 * EIGSH_MATVECS * map_points * (map_n or n)
+    per_net = sum(n * (per_set * sets + (top - EIGSH_MATVECS + EIGSH_MATVECS) * (sets > 0)) for n in sizes)
+    per_net += density_n * density_steps * density_runs + 2 * EIGSH_MATVECS * map_points * map_n
     images = [(a, per_net) for a in archs]
     kind = torch.device(device).type
-    held = len(archs) * max(n * resamples, (map_n or n) if map_points else 0) * 3 * size * size * (1 + 4 + 4)
+    held = len(archs) * max([n * sets for n in sizes] + [density_n, map_n if map_points else 0]) * 3 * size * size * 9
     return C.Cost(C.seconds(images, "hvp", device, size),
                   max(hvp_memory(a, chunk, size, device=str(torch.device(device))) for a in archs)
                   + math.ceil(ALLOCATOR_OVERHEAD[kind] * held))
@@ -80,16 +87,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", help="comma-separated checkpoints, or arch names of shipped twins")
     p.add_argument("--from-csv", default=None, metavar="STEM", help="re-read STEM.csv, STEM_density.csv and "
                    "STEM_map.csv (comma-separated stems are concatenated) instead of computing")
-    p.add_argument("--n", "--images", dest="n", type=positive_int, default=256,
-                   help="images per Hessian (one image set)")
+    p.add_argument("--sizes", type=ints(2), default=(64, 256, 1024),
+                   help="images per Hessian, one or more sizes n (comma-separated; the verdicts are read at the two "
+                        "largest)")
+    p.add_argument("--sets", type=int_in(0), default=3,
+                   help="disjoint image sets at each size (0: no spectrum, only the map); set k at size n is images "
+                        "k*n .. (k+1)*n - 1")
+    p.add_argument("--quantities", type=names(QUANTITIES, "quantities"), default=",".join(QUANTITIES),
+                   help="what to measure on each image set: lambda_max (always, with the top-k and the leave-one-out "
+                        "on set 0), lambda_min (and the ratio), trace; leaving one out saves its products (a 56-layer "
+                        "net at n = 1024 on a CPU)")
     p.add_argument("--split", default="train", choices=["train", "test"],
                    help="train: the checkpoint's own training images (the loss it minimized); test: held-out ones")
-    p.add_argument("--resamples", type=int_in(0), default=3,
-                   help="disjoint image sets for lambda_max and the trace (0: no spectrum, only the map)")
     p.add_argument("--top-k", type=positive_int, default=5, help="top eigenvalues (set 0)")
     p.add_argument("--tol", type=TOLERANCE, default=1e-3, help="relative tolerance of the top eigenvalues")
     p.add_argument("--min-tol", type=TOLERANCE, default=1e-2, help="tolerance of lambda_min (Li et al.'s 1e-2)")
-    p.add_argument("--trace-samples", type=positive_int, default=50, help="Rademacher vectors for the trace")
+    p.add_argument("--trace-matvecs", type=int_in(6), default=48,
+                   help="Hessian-vector products of each Hutch++ trace (a third each: sketch, exact part, rest)")
+    p.add_argument("--density-n", type=int_in(0), default=None,
+                   help="images of the eigenvalue density (set 0; default: the size nearest 256; 0: none)")
     p.add_argument("--density-steps", type=int_in(0), default=80,
                    help="Lanczos steps of the density (0: none; else at least 2)")
     p.add_argument("--density-runs", type=positive_int, default=1, help="Lanczos runs averaged for the density")
@@ -98,7 +114,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"points per axis of the ratio map (0: no map; else odd, at least {MIN_GRID})")
     p.add_argument("--map-span", type=number(0, lo_open=True), default=1.0,
                    help="the map spans -span .. span on each direction")
-    p.add_argument("--map-n", type=positive_int, default=None, help="images per map point (default --n)")
+    p.add_argument("--map-n", type=int_in(2), default=None, help="images per map point (default 64)")
     p.add_argument("--map-tol", type=TOLERANCE, default=1e-2, help="eigensolver tolerance on the map (Li et al.'s)")
     p.add_argument("--direction-seed", type=seed, default=0,
                    help="the landscape's direction seed of the map's plane")
@@ -115,8 +131,8 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return None
     if not split_list(args.models):
         return "give --models (or --from-csv)"
-    if args.resamples == 0 and not args.map_grid:
-        return "nothing to compute: --resamples 0 and no --map-grid"
+    if args.sets == 0 and not args.map_grid:
+        return "nothing to compute: --sets 0 and no --map-grid"
     if args.density_steps == 1:
         return "--density-steps 1 gives no density (one Lanczos step has one Ritz value): use 0 or at least 2"
     if args.map_n is not None and not args.map_grid:
@@ -124,13 +140,25 @@ def check_arguments(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _solvers(args: argparse.Namespace, device: torch.device) -> Solvers:
+    wanted = split_list(args.quantities)
+    return Solvers(top_k=args.top_k, tol=args.tol, min_tol=args.min_tol, trace_matvecs=args.trace_matvecs,
+                   lambda_min="lambda_min" in wanted, trace="trace" in wanted, seed=args.seed,
+                   chunk=args.chunk, cache_bytes=int(CACHE_SHARE * available_memory(str(device))))
+
+
+def _density_n(args: argparse.Namespace) -> int:
+    return args.density_n if args.density_n is not None else min(args.sizes, key=lambda n: abs(math.log(n / 256)))
+
+
 def _memory_refusal(models: Sequence[LoadedWeights], args: argparse.Namespace, device: torch.device) -> str | None:
     """None if the run's estimated peak fits what `device` can still allocate, else the sentence refusing it."""
     archs = [str(w.meta.get("arch") or C.arch_of(w.model)) for w in models]
     size = max(int(w.pretrained_cfg["input_size"][-1]) for w in models)
-    need = estimate_cost(archs, args.n, args.resamples, args.top_k, args.trace_samples, args.density_steps,
-                         args.density_runs, args.map_grid**2, args.map_n, args.chunk, device, size).bytes
-    return refusal(need, available_memory(str(device)), "fewer --n images, a smaller --chunk or fewer --models")
+    need = estimate_cost(archs, args.sizes, args.sets, args.top_k, args.trace_matvecs, _density_n(args),
+                         args.density_steps, args.density_runs, args.map_grid**2, args.map_n or 64, args.chunk,
+                         device, size).bytes
+    return refusal(need, available_memory(str(device)), "fewer --sizes or --sets, a smaller --chunk or fewer --models")
 
 
 def report(spec: pd.DataFrame, dens: pd.DataFrame, maps: pd.DataFrame, args: argparse.Namespace,
@@ -144,10 +172,11 @@ def report(spec: pd.DataFrame, dens: pd.DataFrame, maps: pd.DataFrame, args: arg
         tables, figures, summary = {}, {}, {}
         if len(spec):
             tables[""] = spec
+            figures["_convergence"] = plot_convergence(spec)
             summary["spectrum"] = spectrum_table(spec).to_dict(orient="records")
         if len(dens):
             tables["_density"] = dens
-            figures["_density"] = plot_density(dens, spec)
+            figures["_density"] = plot_density(dens)
             summary["density"] = density_summary(dens).to_dict(orient="records")
         if len(maps):
             tables["_map"] = maps
@@ -180,18 +209,19 @@ def run(args: argparse.Namespace) -> int:
             timer = Timer()
             try:
                 spec, dens, maps = compute_curvature(
-                    models, n=args.n, split=args.split, resamples=args.resamples, top_k=args.top_k, tol=args.tol,
-                    min_tol=args.min_tol, trace_samples=args.trace_samples, density_steps=args.density_steps,
-                    density_runs=args.density_runs, seed=args.seed, map_grid=args.map_grid, map_span=args.map_span,
-                    map_n=args.map_n, map_tol=args.map_tol, direction_seed=args.direction_seed, chunk=args.chunk,
-                    device=dist.device, progress=progress, dist=dist)
+                    models, sizes=args.sizes, sets=args.sets, split=args.split,
+                    solvers=_solvers(args, dist.device), density_n=_density_n(args),
+                    density_steps=args.density_steps, density_runs=args.density_runs, map_grid=args.map_grid,
+                    map_span=args.map_span, map_n=args.map_n or 64, map_tol=args.map_tol,
+                    direction_seed=args.direction_seed, device=dist.device, progress=progress, dist=dist)
             finally:
                 close()
             if not dist.is_main:
                 return 0
             record = run_record(args, timer.elapsed, dist, models=specs, **{k: getattr(args, k) for k in (
-                "n", "split", "resamples", "top_k", "tol", "min_tol", "trace_samples", "density_steps",
-                "density_runs", "seed", "map_grid", "map_span", "map_n", "map_tol", "direction_seed", "chunk")})
+                "sizes", "sets", "quantities", "split", "top_k", "tol", "min_tol", "trace_matvecs", "density_steps",
+                "density_runs", "seed", "map_grid", "map_span", "map_n", "map_tol", "direction_seed", "chunk")},
+                density_n=_density_n(args))
             return report(spec, dens, maps, args, record)
     except ValueError as e:
         return fail("curvature", str(e))

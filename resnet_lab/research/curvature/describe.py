@@ -1,5 +1,6 @@
-"""The curvature reading in words: each twin's full-Hessian numbers, and differences only where they exceed the
-spread over image sets (lambda_max, trace) or the eigensolver's tolerance (the ratio)."""
+"""The curvature reading in words: each twin's full-Hessian numbers at the largest number of images measured, how
+far they still move with n, and differences only where a paired test over disjoint image sets finds them at the two
+largest n (`scale.verdict`), with the controls beside them (one image left out, the nets' difference in fit)."""
 
 from __future__ import annotations
 
@@ -9,28 +10,31 @@ import numpy as np
 import pandas as pd
 
 from ...resnet import twin_pairs
-from ..landscape.readings import paired
+from . import scale
 
-SPECTRUM_TABLE = ["model", "loss", "accuracy", "lambda_max", "top_k", "lambda_min", "ratio", "trace", "trace_se",
-                  "sets", "lambda_max_mean", "lambda_max_std", "trace_mean", "trace_std", "matvecs", "seconds"]
+SPECTRUM_TABLE = ["model", "n", "sets", "loss", "accuracy", "lambda_max_mean", "lambda_max_std", "trace_mean",
+                  "trace_std", "lambda_min_mean", "lambda_min_std", "ratio_mean", "ratio_std", "worst_share",
+                  "top_k", "matvecs", "seconds"]
+WORDS = {"lambda_max": "top eigenvalue λmax (sharpness)", "trace": "trace (total curvature)",
+         "ratio": "|λmin/λmax| (negative curvature)"}
 
 
 def spectrum_table(spec: pd.DataFrame) -> pd.DataFrame:
-    """One row per net: set 0's numbers, and lambda_max and the trace as mean and std over the image sets."""
+    """One row per net and size n: means and standard deviations over the image sets, set 0's top-k."""
     rows = []
-    for model, d in spec.groupby("model", sort=False):
-        first = d[d.images == "set0"]
-        get = lambda q, i=0, f=first: float(f[(f.quantity == q) & (f["index"] == i)].value.iloc[0]) \
-            if len(f[(f.quantity == q) & (f["index"] == i)]) else math.nan  # noqa: E731
-        top = d[(d.quantity == "eigenvalue") & (d["index"] == 1)].value
-        tr = d[d.quantity == "trace"].value
-        eig = first[first.quantity == "eigenvalue"].sort_values("index").value.tolist()
-        rows.append({"model": model, "loss": get("loss"), "accuracy": get("accuracy"),
-                     "lambda_max": get("eigenvalue", 1), "top_k": eig, "lambda_min": get("lambda_min"),
-                     "ratio": get("ratio"), "trace": get("trace"),
-                     "trace_se": get("trace_se"), "sets": len(top), "lambda_max_mean": float(top.mean()),
-                     "lambda_max_std": float(top.std(ddof=1)) if len(top) > 1 else math.nan,
-                     "trace_mean": float(tr.mean()), "trace_std": float(tr.std(ddof=1)) if len(tr) > 1 else math.nan,
+    for (model, n), d in spec.groupby(["model", "n"], sort=False):
+        def stat(q: str, i: int = 0, how: str = "mean", d: pd.DataFrame = d) -> float:
+            v = d[(d.quantity == q) & (d["index"] == i)].value
+            return float(getattr(v, how)(**({"ddof": 1} if how == "std" else {}))) if len(v) > (how == "std") \
+                else math.nan
+
+        first = d[(d.images == "set0") & (d.quantity == "eigenvalue")].sort_values("index").value.tolist()
+        rows.append({"model": model, "n": int(n), "sets": d.images.nunique(), "loss": stat("loss"),
+                     "accuracy": stat("accuracy"), "lambda_max_mean": stat("eigenvalue", 1),
+                     "lambda_max_std": stat("eigenvalue", 1, "std"), "trace_mean": stat("trace"),
+                     "trace_std": stat("trace", 0, "std"), "lambda_min_mean": stat("lambda_min"),
+                     "lambda_min_std": stat("lambda_min", 0, "std"), "ratio_mean": stat("ratio"),
+                     "ratio_std": stat("ratio", 0, "std"), "worst_share": stat("worst_share"), "top_k": first,
                      "matvecs": float(d[d.quantity == "matvecs"].value.sum()),
                      "seconds": float(d[d.quantity == "seconds"].value.sum())})
     return pd.DataFrame(rows, columns=SPECTRUM_TABLE)
@@ -52,89 +56,138 @@ def map_table(maps: pd.DataFrame, num_classes: int = 8) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_sets(spec: pd.DataFrame, res: str, plain: str, quantity: str) -> tuple[float, float, int, float, str]:
-    """A quantity measured per image set (the top eigenvalue, or the trace), paired by set: (mean for `res`, mean
-    for `plain`, sets, share of sets agreeing, `readings.paired`'s verdict: "a" when `res`'s is the larger)."""
-    index = 1 if quantity == "eigenvalue" else 0
-    rows = spec[(spec.quantity == quantity) & (spec["index"] == index)]
-    a, b = (rows[rows.model == m].set_index("images").value for m in (res, plain))
-    sets = a.index.intersection(b.index)
-    _, _, agree, who = paired(a[sets].to_numpy(), b[sets].to_numpy())
-    return float(a[sets].mean()), float(b[sets].mean()), len(sets), agree, who
+def _moves(spec: pd.DataFrame, model: str, quantity: str) -> str:
+    """"settled" or "still moving", with the numbers behind it."""
+    st = scale.settling(spec, quantity, model)
+    if not st["from_n"]:
+        return "one size measured"
+    said = f"{st['from_value']:.3g} at n = {st['from_n']} → {st['value']:.3g} at {st['n']}, spread {st['spread']:.2g}"
+    return f"settled ({said})" if st["settled"] else f"still moving ({said})"
 
 
-def _compare(spec: pd.DataFrame, res: str, plain: str, quantity: str, what: str) -> str:
-    """A sentence on a quantity measured per image set, paired by set."""
-    mean_a, mean_b, sets, agree, who = paired_sets(spec, res, plain, quantity)
-    nums = f"{mean_a:.4g} for {res} against {mean_b:.4g} for {plain}, over {sets} image set(s)"
-    if who == "one seed":
-        return f"{what}: {nums}; one image set, so no spread to weigh the difference against."
-    if who == "none":
-        return f"{what}: no consistent difference ({nums})."
-    larger, smaller = (res, plain) if who == "a" else (plain, res)
-    return (f"{what}: **{larger}'s is the larger** ({nums}; {agree:.0%} of the sets agree): {smaller}'s minimum is "
-            "the flatter by this measure.")
+def _span(v: pd.Series) -> str:
+    """"12 %" or "12-85 %" over the nets."""
+    lo, hi = f"{v.min():.0%}", f"{v.max():.0%}"
+    return lo if lo == hi else f"{lo[:-1]}-{hi}"
+
+
+def _at_smaller(t: pd.DataFrame, model: str) -> str:
+    """The trace and ratio at the largest n they were measured at, for a net measured beyond it by λmax alone."""
+    d = t[(t.model == model) & t.trace_mean.notna()]
+    if not len(d):
+        return ""
+    r = d.iloc[-1]
+    return (f"at n = {int(r.n)} (the largest with them): trace {r.trace_mean:.4g} ± {r.trace_std:.2g}, |λmin/λmax| "
+            f"{r.ratio_mean:.3f}")
+
+
+def _test_words(t: dict, quantity: str) -> str:
+    if t["larger"] == "too few sets":
+        return f"n = {t['n']}: one image set, no test"
+    nums = f"n = {t['n']}: plain/ResNet {t['ratio']:.2f}x, paired t = {t['t']:.2f} on {t['df']} df, p = {t['p']:.2g}"
+    return nums + ("" if t["larger"] == "none" else f" ({t['larger']}'s larger)")
+
+
+def pair_lines(spec: pd.DataFrame, res: str, plain: str) -> list[str]:
+    """The reading of one twin pair: per quantity the paired tests at the two largest n and what holds; the
+    leave-one-out and fit controls."""
+    lines = [f"\n**{res} vs {plain}:**"]
+    for q, words in WORDS.items():
+        v = scale.verdict(spec, res, plain, q)
+        tests = "; ".join(_test_words(t, q) for t in v["tests"])
+        if v["holds"]:
+            flatter = plain if v["holds"] == res else res
+            lines.append(f"- {words}: **{v['holds']}'s is the larger at both of the largest n** ({tests}): "
+                         f"{flatter}'s minimum is the flatter by this measure.")
+        else:
+            lines.append(f"- {words}: no difference that holds at both of the largest n ({tests}).")
+    fit = scale.fit_control(spec, res, plain)
+    if math.isfinite(fit["matched"]):
+        lines.append(f"- Control for fit: λmax grows as the training loss does (slope {fit['slope_res']:.2f} for "
+                     f"{res}, {fit['slope_plain']:.2f} for {plain} on log-log, {fit['points']} image sets each). At "
+                     f"one matched loss ({fit['loss']:.2g}) the lines give plain/ResNet {fit['matched']:.2f}x, "
+                     f"against {fit['measured']:.2f}x measured at the largest n: the difference in fit explains "
+                     + ("most of the gap." if abs(math.log(fit["matched"])) < 0.5 * abs(math.log(fit["measured"]))
+                        else "little of the gap."))
+    return lines
 
 
 def describe_curvature(spec: pd.DataFrame, maps: pd.DataFrame | None = None, num_classes: int = 8,
                        min_tol: float = 1e-2, map_tol: float = 1e-2) -> str:
-    """Per net the full-Hessian numbers at w0, then per twin pair what differs beyond the spread or tolerance."""
-    t = spectrum_table(spec)
-    lines = ["Full Hessian of the mean cross-entropy at the trained weights (every parameter; BN on its running "
-             "statistics):"] if len(t) else []
-    for _, r in t.iterrows():
-        sets = (f"λmax {r.lambda_max_mean:.4g} ± {r.lambda_max_std:.3g} and trace {r.trace_mean:.4g} ± "
-                f"{r.trace_std:.3g} over {r.sets} image sets; on set 0: " if r.sets > 1 else "")
-        lines.append(f"- {r.model}: loss {r.loss:.3g} ({r.accuracy:.1%}); {sets}λmax {r.lambda_max:.4g}, top "
-                     f"{len(r.top_k)}: {', '.join(f'{v:.3g}' for v in r.top_k)}; λmin {r.lambda_min:.3g}; "
-                     f"|λmin/λmax| {r.ratio:.3f}; trace {r.trace:.4g} ± {r.trace_se:.2g} (Hutchinson).")
-    m = map_table(maps, num_classes).set_index("model") if maps is not None and len(maps) else None
-    if m is not None:
-        lines.append(f"\nLi et al.'s map (|λmin/λmax| of the full Hessian on the plane of direction seed "
-                     f"{int(maps.seed.iloc[0])}, {int(m.points.iloc[0])} points; inside the basin = loss below ln "
-                     f"{num_classes}):")
-        for model, r in m.iterrows():
-            lines.append(f"- {model}: median {r.median_ratio_basin:.3f} (largest {r.max_ratio_basin:.3f}) over its "
-                         f"{int(r.basin_points)} basin points; median {r.median_ratio_all:.3f} over all.")
-    resolution = 2 * min_tol  # lambda_min from a solve to relative tolerance tol: the ratio is good to ~tol/2 each
-    for res, plain in twin_pairs(list(t.model)):
-        a, b = t.set_index("model").loc[res], t.set_index("model").loc[plain]
-        lines.append(f"\n**{res} vs {plain}:**")
-        lines.append("- " + _compare(spec, res, plain, "eigenvalue", "Top eigenvalue (sharpness)"))
-        lines.append("- " + _compare(spec, res, plain, "trace", "Trace (total curvature)"))
-        diff = a.ratio - b.ratio
-        lines.append("- |λmin/λmax| at w₀: " + (f"{a.ratio:.3f} against {b.ratio:.3f}, within the eigensolver's "
-                     f"resolution ({resolution:.2f}): no difference to report." if abs(diff) <= resolution else
-                     f"{a.ratio:.3f} against {b.ratio:.3f}: **{res if diff > 0 else plain} has the stronger negative "
-                     "curvature** at its minimum."))
-        if m is not None and res in m.index and plain in m.index:
-            ra, rb = m.loc[res].median_ratio_basin, m.loc[plain].median_ratio_basin
-            tol = 2 * map_tol
-            if not (math.isfinite(ra) and math.isfinite(rb)):
-                lines.append("- Map: a basin without map points; no comparison.")
-            elif abs(ra - rb) <= tol:
-                lines.append(f"- Map: median basin ratio {ra:.3f} against {rb:.3f}, within the solver's resolution "
-                             f"({tol:.2f}): as convex as each other by the full Hessian on this plane.")
+    """Per net the full-Hessian numbers at the largest n and how far they still move with n, then per twin pair
+    what a paired test over the image sets finds at the two largest n, then the map."""
+    lines = []
+    if len(spec):
+        t = spectrum_table(spec)
+        top = max(scale.sizes(spec))
+        lines.append(f"Full Hessian of the mean cross-entropy at the trained weights (every parameter; BN on its "
+                     f"running statistics), on disjoint sets of n training images; numbers at n = {top}, mean ± std "
+                     "over the sets:")
+        for _, r in t[t.n == top].iterrows():
+            parts = [f"loss {r.loss:.3g} ({r.accuracy:.1%})",
+                     f"λmax {r.lambda_max_mean:.4g} ± {r.lambda_max_std:.2g} ({_moves(spec, r.model, 'lambda_max')})"]
+            if math.isfinite(r.trace_mean):
+                parts.append(f"trace {r.trace_mean:.4g} ± {r.trace_std:.2g} (Hutch++; "
+                             f"{_moves(spec, r.model, 'trace')})")
+            if math.isfinite(r.ratio_mean):
+                parts.append(f"λmin {r.lambda_min_mean:.3g}; |λmin/λmax| {r.ratio_mean:.3f} ± {r.ratio_std:.2g} "
+                             f"({_moves(spec, r.model, 'ratio')})")
             else:
-                more = plain if rb > ra else res
-                planes = maps.groupby("model").seed.nunique().loc[[res, plain]].min()
-                if planes < 2:  # one plane: no spread to hold a difference against, so no verdict
-                    lines.append(f"- Map: median basin ratio {ra:.3f} against {rb:.3f} (resolution {tol:.2f}): larger "
-                                 f"for {more} on this plane, but one plane of one direction seed has no spread to "
-                                 "hold the difference against: no verdict (Li et al.'s §6 reads one plane too).")
-                else:
-                    lines.append(f"- Map: median basin ratio {ra:.3f} against {rb:.3f} over {planes} planes: "
-                                 f"**{more}'s basin has more negative curvature**.")
+                parts.append(_at_smaller(t, r.model))
+            lines.append(f"- {r.model}: " + "; ".join(p for p in parts if p) + ".")
+        loo = scale.leave_one_out(spec)
+        if len(loo):
+            said = [f"{_span(d.change.abs())} at n = {int(n)} (that image carries {_span(d.worst_share)} of the "
+                    "loss)" for n, d in loo.groupby("n") if n in (loo.n.min(), loo.n.max())]
+            lines.append("- One image: leaving out set 0's worst-fitted image moves λmax by " + " and by ".join(said)
+                         + ".")
+        for res, plain in twin_pairs(list(t.model.unique())):
+            lines += pair_lines(spec, res, plain)
+    if maps is not None and len(maps):
+        lines += map_lines(spec, maps, num_classes, map_tol)
     return "\n".join(lines)
 
 
+def map_lines(spec: pd.DataFrame, maps: pd.DataFrame, num_classes: int, map_tol: float) -> list[str]:
+    """The map per net, and whether its image count is one at which the spectrum's |λmin/λmax| has settled."""
+    m = map_table(maps, num_classes)
+    n_map = int(maps.n.iloc[0])
+    lines = [f"\nLi et al.'s map (|λmin/λmax| of the full Hessian on the plane of direction seed "
+             f"{int(maps.seed.iloc[0])}, {int(m.points.iloc[0])} points; inside the basin = loss below ln "
+             f"{num_classes}):"]
+    for _, r in m.iterrows():
+        lines.append(f"- {r.model}: median {r.median_ratio_basin:.3f} (largest {r.max_ratio_basin:.3f}) over its "
+                     f"{int(r.basin_points)} basin points; median {r.median_ratio_all:.3f} over all; at w₀ "
+                     f"{r.ratio_w0:.3f}.")
+    settled = {mod for mod in m.model if len(spec) and mod in set(spec.model)
+               and scale.settling(spec, "ratio", mod)["settled"] and n_map >= max(scale.sizes(spec))}
+    if len(settled) < len(m):
+        lines.append(f"- Not read: each point's Hessian is taken on {n_map} images, fewer than the largest n at "
+                     "which the spectrum's |λmin/λmax| at w₀ has settled (or it has not settled), so the map's "
+                     "ratios move with the images more than they differ between twins.")
+        return lines
+    tol, t = 2 * map_tol, m.set_index("model")
+    for res, plain in twin_pairs(list(t.index)):
+        ra, rb = t.loc[res].median_ratio_basin, t.loc[plain].median_ratio_basin
+        if not (math.isfinite(ra) and math.isfinite(rb)):
+            lines.append(f"- Map, {res} vs {plain}: a basin without map points; no comparison.")
+        elif abs(ra - rb) <= tol:
+            lines.append(f"- Map, {res} vs {plain}: median basin ratio {ra:.3f} against {rb:.3f}, within the "
+                         f"solver's resolution ({tol:.2f}): as convex as each other on this plane.")
+        else:
+            more = plain if rb > ra else res
+            lines.append(f"- Map, {res} vs {plain}: median basin ratio {ra:.3f} against {rb:.3f} (resolution "
+                         f"{tol:.2f}): larger for {more} on this plane, but one plane of one direction seed has no "
+                         "spread to hold the difference against: no verdict (Li et al.'s §6 reads one plane too).")
+    return lines
+
+
 def density_summary(dens: pd.DataFrame) -> pd.DataFrame:
-    """Per net: the share of the spectral density's mass above 1 % of the largest eigenvalue (the outliers) and
-    below zero (negative curvature), from the smoothed density."""
+    """Per net: the images the density was taken on, and the share of its mass above 1 % of the largest
+    eigenvalue (the outliers that carry λmax and most of the trace, against the bulk near zero)."""
     rows = []
     for model, d in dens.groupby("model", sort=False):
         x, p = d.eigenvalue.to_numpy(), d.density.to_numpy()
-        total = np.trapezoid(p, x)
-        rows.append({"model": model, "mass_negative": float(np.trapezoid(np.where(x < 0, p, 0), x) / total),
-                     "mass_outliers": float(np.trapezoid(np.where(x > 0.01 * x.max(), p, 0), x) / total)})
+        rows.append({"model": model, "n": int(d.n.iloc[0]),
+                     "mass_outliers": float(np.trapezoid(np.where(x > 0.01 * x.max(), p, 0), x) / np.trapezoid(p, x))})
     return pd.DataFrame(rows)

@@ -1,6 +1,7 @@
-"""Curvature figures: the eigenvalue density of each net (log scale, as PyHessian draws it) with the numbers the
-verdict quotes written on it, and Li et al.'s |lambda_min/lambda_max| map on the landscape's plane; in the Research
-figures' one style (`research.style`), `cols=1` for a phone."""
+"""Curvature figures: each quantity against the number of images its Hessian is taken on (the convergence curve the
+verdicts are read from), the eigenvalue density of each net (log scale, as PyHessian draws it, labelled with its
+images), and Li et al.'s |lambda_min/lambda_max| map on the landscape's plane; in the Research figures' one style
+(`research.style`), `cols=1` for a phone."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ import pandas as pd
 
 from ...resnet import REGISTRY
 from .. import style as S
-from .describe import spectrum_table
+from . import scale
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+CONVERGENCE_PANELS = (("lambda_max", "λmax: top eigenvalue\n(sharpness)", "log"),
+                      ("trace", "trace: sum of eigenvalues\n(total curvature, Hutch++)", "log"),
+                      ("ratio", "|λmin/λmax|\n(0: no negative curvature)", "linear"))
 
 
 def _depth(model: str) -> int:
@@ -23,30 +28,62 @@ def _depth(model: str) -> int:
     return REGISTRY[arch].depth if arch else 0
 
 
-def numbers_label(model: str, row: pd.Series) -> str:
-    """A net's legend entry: its mean top eigenvalue and trace over the image sets, as the verdict quotes them."""
-    sets = f" ({int(row.sets)} image sets)" if row.sets > 1 else ""
-    return f"{model}: λmax {row.lambda_max_mean:.0f}, trace {row.trace_mean:.0f}{sets}"
+def plot_convergence(spec: pd.DataFrame, cols: int | None = None) -> Figure:
+    """Per quantity, each net's mean over the disjoint image sets against n (log axis), a bar from the smallest to
+    the largest set and every set a faint dot: where the bars of two twins still overlap, or a curve still falls,
+    the numbers at that n are no reading yet."""
+    models = list(dict.fromkeys(spec.model))
+    shown = [p for p in CONVERGENCE_PANELS if len(scale.per_set(spec, p[0]))]
+    fig, axes = S.panels(len(shown), cols, (4.2, 3.4), extra=(0, 0.5 if cols == 1 else 0.3))
+    for ax, (q, title, yscale) in zip(axes, shown):
+        t = scale.by_size(spec, q)
+        dots = scale.per_set(spec, q)
+        for i, m in enumerate(models):
+            d, style = t[t.model == m].sort_values("n"), S.line_style(m)
+            shift = 1 + 0.04 * (i - (len(models) - 1) / 2)  # side by side at each n, so the bars do not hide
+            ax.errorbar(d.n * shift, d["mean"], yerr=[d["mean"] - d["min"], d["max"] - d["mean"]], marker="o",
+                        ms=4, capsize=3, lw=1.5, label=m, **style)
+            p = dots[dots.model == m]
+            ax.plot(p.n * shift, p.value, ".", color=style["color"], alpha=0.35, ms=4)
+        sizes = scale.sizes(spec)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
+        ax.set_yscale(yscale)
+        ax.set_title(title, fontsize=9.5)
+        ax.set_xlabel("training images per Hessian (n)", fontsize=9)
+        ax.grid(True, alpha=0.3)
+    S.legend_outside(fig, axes, cols, title="mean over disjoint image sets; bars: smallest to largest set; dots: "
+                     "each set", title_fontsize=8)
+    return fig
 
 
-def plot_density(dens: pd.DataFrame, spec: pd.DataFrame, cols: int | None = None) -> Figure:
-    """Density of the Hessian's eigenvalues per net (log y), one panel per depth; each net's mean top eigenvalue
-    (sharpness) a vertical line, its value and trace in the legend: the numbers the verdict quotes."""
+def numbers_label(model: str, dens: pd.DataFrame) -> str:
+    """A net's legend entry: its images and top Ritz value (λmax of that image set)."""
+    return f"{model}: λmax {dens.eigenvalue[dens.density > 0].max():.0f}" if len(dens) else model
+
+
+def plot_density(dens: pd.DataFrame, cols: int | None = None) -> Figure:
+    """Density of the Hessian's eigenvalues per net (log y), one panel per depth, labelled with the images it was
+    taken on; the y axis reaches below the lowest peak, so the isolated top eigenvalues (tiny weight, a Ritz value
+    each) show beside the bulk near zero."""
     models = list(dict.fromkeys(dens.model))
     depths = sorted({_depth(m) for m in models})
-    table = spectrum_table(spec).set_index("model") if len(spec) else pd.DataFrame()
     fig, axes = S.panels(len(depths), cols, (5.2, 3.6), extra=(0, 0.2))
     for ax, depth in zip(axes, depths):
+        low, ns = math.inf, set()
         for m in [m for m in models if _depth(m) == depth]:
             d = dens[dens.model == m]
+            y = d.density.to_numpy()
+            peaks = y[1:-1][(y[1:-1] > y[:-2]) & (y[1:-1] >= y[2:])]
+            low = min(low, peaks[peaks > 0].min() if (peaks > 0).any() else y[y > 0].min())
+            ns.add(int(d.n.iloc[0]))
             style = S.line_style(m)
-            label = numbers_label(m, table.loc[m]) if m in table.index else m
-            ax.plot(d.eigenvalue, d.density.clip(lower=1e-8), label=label, **style)
-            if m in table.index:
-                ax.axvline(table.loc[m].lambda_max_mean, lw=1.0, alpha=0.8, **style)
+            ax.plot(d.eigenvalue, d.density.clip(lower=1e-300), label=numbers_label(m, d), **style)
+        floor = 10 ** math.floor(math.log10(low) - 1)
         ax.set(yscale="log", xlabel="eigenvalue of the Hessian (curvature along that direction)",
-               ylabel="density of eigenvalues", ylim=(1e-8, None),
-               title=f"{depth} layers: vertical lines at λmax (sharpness)" if depth else "")
+               ylabel="density of eigenvalues", ylim=(floor, None),
+               title=f"{depth} layers: set 0, {', '.join(map(str, sorted(ns)))} training images" if depth else "")
         ax.title.set_fontsize(10)
         ax.xaxis.label.set_fontsize(9)
         ax.grid(True, alpha=0.3)
