@@ -188,16 +188,15 @@ class TrainConfig:
     def cli(self) -> str:
         """The full `python -m resnet_lab train ...` command for this config."""
         args = ["python", "-m", "resnet_lab", "train"]
-        for k, v in self.options().items():
-            flag = "--" + k.replace("_", "-")
-            if DEFAULTS[k] is True:  # a switch that is on unless --no-NAME
-                args += [] if v else ["--no-" + k]
-            elif isinstance(v, bool):
-                args += [flag] if v else []
+        values = self.options()
+        for d in settings.declared(type(self)):
+            v = values[d.name]
+            if isinstance(d.default, bool):  # a switch: given when it is not at its default (--no-clutter)
+                args += [d.flag] if v != d.default else []
             elif isinstance(v, (tuple, list)):
-                args += [flag, *map(str, v)]
+                args += [d.flag, *map(str, v)]
             elif v is not None:
-                args += [flag, str(v)]
+                args += [d.flag, str(v)]
         return shlex.join(args)
 
 
