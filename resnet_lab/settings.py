@@ -34,7 +34,7 @@ class Option:
         return None if self.choices is None else list(self.choices() if callable(self.choices) else self.choices)
 
 
-def option(default: Any, help: str | None = None, *, type: Callable[[str], Any] | None = None,  # noqa: A002
+def option(default: Any, help: str | None = None, *, type: Callable[[str], Any] | None = None,
            choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None, nargs: int | None = None,
            metavar: str | tuple[str, ...] | None = None, may_differ: str | None = None) -> Any:
     """A dataclass field that is a command-line option: `--name` (a bool defaulting to True: `--no-name`)."""
