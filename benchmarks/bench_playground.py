@@ -31,7 +31,7 @@ from resnet_lab.ui import playground as ui  # noqa: E402
 
 def timed_run(cfg: pg.PlaygroundConfig, stream: bool) -> tuple[float, int]:
     """(steps per second of the training, views made meanwhile)."""
-    watch = pg.LiveWatch(cfg.steps, cfg.ratio_every)
+    watch = pg.LiveWatch(cfg.steps, cfg.ratio_every, time_limit_s=ui.TIME_LIMIT_S)
     thread = threading.Thread(target=pg.run_playground, args=(cfg, watch))
     plot = gr.Plot()
     made = 0

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .files import unwritable
+from .settings import declared
 
 # One range for every seed: numpy refuses negative ones, and 32 signed bits leave room for the offsets the studies
 # add (seed + 1 for a second start vector, seed + r per run, seed .. seed + N - 1 for N direction seeds).
@@ -171,3 +172,20 @@ class Parser(argparse.ArgumentParser):
             self.error(f"argument {'/'.join(action.option_strings)}: expected one value (got {arg_strings[0]!r})"
                        if arg_strings else f"argument {'/'.join(action.option_strings)}: expected one value")
         return super()._get_values(action, arg_strings)
+
+
+def add_options(p: argparse.ArgumentParser, cls: type) -> None:
+    """One option per setting `cls` declares (`settings.option`), at its default: a bool is a switch (`--no-NAME`
+    when it defaults to True); a nested group's options are listed under its title."""
+    groups: dict[tuple[str, str | None], Any] = {}
+    for d in declared(cls):
+        if d.group is not None and d.group not in groups:
+            groups[d.group] = p.add_argument_group(*d.group)
+        where = p if d.group is None else groups[d.group]
+        o = d.option
+        if isinstance(d.default, bool):
+            where.add_argument(d.flag, dest=d.name, action="store_false" if d.default else "store_true", help=o.help)
+            continue
+        given = {"type": o.type, "nargs": o.nargs, "metavar": o.metavar, "choices": o.choice_list()}
+        where.add_argument(d.flag, dest=d.name, default=d.default, help=o.help,
+                           **{k: v for k, v in given.items() if v is not None})

@@ -93,8 +93,8 @@ def test_options_that_cannot_act_are_refused_with_the_reason(args, message, caps
 
 
 def test_a_run_records_its_augmentation(tmp_path, one_thread):
-    r = train(TrainConfig(n_train=64, n_val=32, n_test=32, batch_size=32, epochs=1, quiet=True, mixup=0.2,
-                          smoothing=0.1, hflip=0.0, out=str(tmp_path / "m")))
+    r = train(TrainConfig.from_options(n_train=64, n_val=32, n_test=32, batch_size=32, epochs=1, quiet=True, mixup=0.2,
+                                       smoothing=0.1, hflip=0.0, out=str(tmp_path / "m")))
     aug = json.loads(r.path.with_suffix(".json").read_text())["augment"]
     assert (aug["mixup"], aug["smoothing"], aug["hflip"], aug["recipe"]) == (0.2, 0.1, 0.0, "flips on both axes")
     assert "--mixup 0.2" in r.meta["command_full"] and "--hflip 0.0" in r.meta["command_full"]
@@ -123,11 +123,11 @@ def test_a_small_folder_is_decoded_once_and_trained_from_memory_as_the_app_sees_
     want = torch.stack([tf(decode_image(p, min_side=resize_side(CFG))) for p, _ in _val_samples(tmp_path, config)])
     got = torch.cat([x for x, _ in val])
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
-    off = make_data(TrainConfig(**{**config.__dict__, "folder_cache": "off"}), CFG, torch.device("cpu"),
+    off = make_data(TrainConfig.from_options(config.options(), folder_cache="off"), CFG, torch.device("cpu"),
                     torch.Generator().manual_seed(0), lambda s: None)
     assert not off.record["in_memory"] and type(off.train).__name__ == "LoaderBatches"
     with pytest.raises(ValueError, match="--folder-cache on does not keep"):
-        TrainConfig(data="folder:x", aa="rand-m9", folder_cache="on")
+        TrainConfig.from_options(data="folder:x", aa="rand-m9", folder_cache="on")
 
 
 def _val_samples(tmp_path, config):

@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 def short_live_runs():
     """The live runs cut to a few seconds: here the page is under test (buttons, figures, tables, text); what the
     runs compute is tested against the library at full size in tests/test_ui_research_*.py."""
-    from resnet_lab.research import playground
+    from resnet_lab.ui import playground
     from resnet_lab.ui.research import curvature, landscape, lesion
 
     mp = pytest.MonkeyPatch()

@@ -227,7 +227,7 @@ def test_torchrun_train_writes_one_checkpoint_equal_to_a_single_process_run(tmp_
     assert not any(k.startswith("module.") for k in ddp_state)
     assert _max_diff(ddp_state, resumed) < 1e-6  # every rank loaded the state; each its own share of the data
 
-    config = TrainConfig(**{**meta["config"], "out": None})
+    config = TrainConfig.from_options(meta["config"], out=None)
     single = train(config)  # the same config in one process
     assert meta["best_epoch"] == single.meta["best_epoch"] == 2  # the last weights kept, in both
     start = initial_model(config).state_dict()

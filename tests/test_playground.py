@@ -80,8 +80,8 @@ def test_stop_ends_after_the_step_in_flight_and_keeps_what_was_trained():
 
 
 def test_the_time_limit_ends_a_run_after_the_step_in_flight_and_keeps_what_was_trained(monkeypatch):
-    """Whatever the estimate said, a run ends once `TIME_LIMIT_S` of wall clock have passed, as Stop ends it, and
-    says why. The run's clock is the module's (`pg._clock`, a fake here), never the process's."""
+    """Whatever the estimate said, a run ends once the page's `TIME_LIMIT_S` of wall clock have passed, as Stop ends
+    it, and says why. The run's clock is the module's (`pg._clock`, a fake here), never the process's."""
     from resnet_lab.ui import playground as ui
 
     now = [0.0]
@@ -90,10 +90,10 @@ def test_the_time_limit_ends_a_run_after_the_step_in_flight_and_keeps_what_was_t
 
     class LateAfter3(pg.LiveWatch):
         def keep_going(self, step: int) -> bool:
-            now[0] = {1: pg.TIME_LIMIT_S - 1, 2: pg.TIME_LIMIT_S}.get(step, now[0])  # the third step ends at it
+            now[0] = {1: ui.TIME_LIMIT_S - 1, 2: ui.TIME_LIMIT_S}.get(step, now[0])  # the third step ends at it
             return super().keep_going(step)
 
-    watch = pg.run_playground(cfg, LateAfter3(cfg.steps, cfg.ratio_every))
+    watch = pg.run_playground(cfg, LateAfter3(cfg.steps, cfg.ratio_every, time_limit_s=ui.TIME_LIMIT_S))
     snap = watch.snapshot()
     assert snap.step == 3 and snap.stopped and snap.timed_out and snap.done and len(watch.nets) == 2
     assert sorted(snap.curves[snap.curves.metric == "val_acc"].step.unique()) == [0, 3]  # validated where it ended
@@ -263,7 +263,7 @@ def test_a_run_that_does_not_fit_is_refused_with_what_fits(monkeypatch):
     from resnet_lab.ui import playground as ui
 
     cfg = ui.config(56, True, "he", "sgd", 0.05, 32, 400, 0)
-    monkeypatch.setattr(pg, "TIME_LIMIT_S", pg.PlaygroundConfig(**{**vars(cfg), "steps": 100}).cost().seconds)
+    monkeypatch.setattr(ui, "TIME_LIMIT_S", pg.PlaygroundConfig(**{**vars(cfg), "steps": 100}).cost().seconds)
     with pytest.raises(gr.Error, match="100 steps with these settings fit"):
         ui.refuse(cfg)
     assert "100 steps fit" in ui.estimate_text(56, True, "he", "sgd", 0.05, 32, 400, 0)
@@ -393,7 +393,7 @@ def test_a_refused_run_says_on_its_status_line_that_it_did_not_start_and_why(tmp
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as zf:
         zf.writestr("../evil.png", b"x")
-    monkeypatch.setattr(pg, "TIME_LIMIT_S", 1e-9)  # every run too long
+    monkeypatch.setattr(ui, "TIME_LIMIT_S", 1e-9)  # every run too long
     for upload, error, reason in ((str(evil), ValueError, "outside its own folder"), (None, gr.Error, "live run")):
         ui.queue_run("refused")
         stream = ui.train(20, True, "he", "sgd", 0.05, 8, 30, 0, 16, upload, "refused", [])
@@ -577,3 +577,28 @@ def test_the_estimate_names_what_it_trains_on_shapes_or_the_uploaded_zip(tmp_pat
     assert "plain-20 and ResNet-20 on Shapes, 30 steps" in ui.estimate_text(*controls)
     mine = ui.estimate_text(*controls, upload=str(_zip(tmp_path / "mine.zip", _good())))
     assert "plain-20 and ResNet-20 on your zip's images, 30 steps" in mine and "Shapes" not in mine
+
+
+def test_the_controls_are_built_from_the_configs_declaration():
+    """Each control's label, choices or range and default come from `PlaygroundConfig`'s fields (`settings.control`),
+    in the order `ui.config` takes their values; the net's label is one function (curves, files, pickers)."""
+    import gradio as gr
+
+    from resnet_lab.ui import playground as ui
+    from resnet_lab.ui import session_nets
+
+    defaults = pg.PlaygroundConfig()
+    assert [name for name, _, _ in ui.CONTROLS] == ["depth", "batchnorm", "init", "optimizer", "lr", "batch_size",
+                                                    "steps", "seed", "image_size"]
+    with gr.Blocks():
+        built = {name: ui._control(name, default, c) for name, default, c in ui.CONTROLS}
+    assert isinstance(built["depth"], gr.Dropdown) and [v for _, v in built["depth"].choices] == list(pg.DEPTHS)
+    assert built["depth"].elem_id == "playground-depth" and built["depth"].value == defaults.depth
+    optimizer = built["optimizer"]
+    assert isinstance(optimizer, gr.Radio) and [v for _, v in optimizer.choices] == list(pg.OPTIMIZERS)
+    steps = built["steps"]
+    assert isinstance(steps, gr.Slider) and (steps.minimum, steps.maximum, steps.step) == (20, 2000, 10)
+    assert steps.value == defaults.steps
+    assert isinstance(built["seed"], gr.Number) and built["seed"].precision == 0
+    assert ui.config(*(c.value for c in built.values())) == pg.PlaygroundConfig(device=str(ui.zoo().device))
+    assert session_nets.label is pg.net_label and pg.net_label("plain56") == "plain-56"

@@ -40,7 +40,8 @@ def test_a_small_folder_trains_for_a_step_budget_and_explicit_epochs_win():
     assert r.patience is None and not r.stops_early(10**6)  # the schedule runs to its end
     assert r.augment.smoothing == recipe.SMALL_SMOOTHING and r.ema_decay == recipe.SMALL_EMA_DECAY
     assert recipe.resolve(TrainConfig(data=FOLDER, steps=100), 1_000, 7).epochs == 15  # ceil(100 / 7)
-    given = recipe.resolve(TrainConfig(data=FOLDER, epochs=3, steps=100, smoothing=0.0, ema_decay=0.0), 1_000, 7)
+    given = recipe.resolve(TrainConfig.from_options(data=FOLDER, epochs=3, steps=100, smoothing=0.0, ema_decay=0.0),
+                           1_000, 7)
     assert (given.epochs, given.patience, given.augment.smoothing, given.ema_decay) == (3, 5, 0.0, 0.0)
     assert given.why["epochs"] == "--epochs" and given.stops_early(5)
 

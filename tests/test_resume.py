@@ -58,22 +58,22 @@ def _data(kind: str, tmp_path: Path) -> dict:
 def test_a_run_stopped_after_an_epoch_or_by_a_signal_resumes_bit_identical(kind, tmp_path):
     base = _data(kind, tmp_path)
     calls = []
-    whole = train(TrainConfig(**base, out=str(tmp_path / "whole" / "m"), keep=5),
+    whole = train(TrainConfig.from_options(**base, out=str(tmp_path / "whole" / "m"), keep=5),
                   progress=lambda f, d: calls.append(f))
     per_epoch = len(calls) // 3
     states = resume.states(tmp_path / "whole" / "m")
     assert len(states) == 3  # one per epoch, kept (keep=5)
     # resumed from the state after epoch 1: the remaining two epochs give the same weights, bit for bit
-    after_one = train(TrainConfig(**base, resume=str(states[0])))
+    after_one = train(TrainConfig.from_options(**base, resume=str(states[0])))
     assert _identical(after_one.model, whole.model) and after_one.history == whole.history[:1] + after_one.history[1:]
     assert [h["train_loss"] for h in after_one.history] == [h["train_loss"] for h in whole.history]
     # stopped by SIGTERM in the middle of epoch 2, then resumed with --resume auto
     out = str(tmp_path / "stopped" / "m")
     with pytest.raises(resume.Stopped) as stopped:
-        train(TrainConfig(**base, out=out), progress=_stop_at(per_epoch + 2))
+        train(TrainConfig.from_options(**base, out=out), progress=_stop_at(per_epoch + 2))
     assert stopped.value.epoch == 2 and stopped.value.step == 2 and stopped.value.path == resume.latest(out)
     assert not Path(out).with_suffix(".safetensors").exists()  # a stopped run writes its state, not a checkpoint
-    again = train(TrainConfig(**base, out=out, resume="auto"))
+    again = train(TrainConfig.from_options(**base, out=out, resume="auto"))
     assert _identical(again.model, whole.model)
     assert [h["train_loss"] for h in again.history] == pytest.approx([h["train_loss"] for h in whole.history],
                                                                      rel=1e-12)
@@ -106,10 +106,10 @@ def test_states_are_atomic_pruned_and_read_without_unpickling_code(tmp_path):
 
 def test_resume_refuses_another_runs_state_and_missing_states_with_a_message(tmp_path, capsys):
     out = tmp_path / "m"
-    train(TrainConfig(**dict(TINY, n_train=64, epochs=1), out=str(out)))
+    train(TrainConfig.from_options(**dict(TINY, n_train=64, epochs=1), out=str(out)))
     state = resume.latest(out)
     with pytest.raises(resume.ResumeError, match=r"--lr 0.05 \(now 0.1\)"):
-        train(TrainConfig(**dict(TINY, n_train=64, epochs=1, lr=0.1), resume=str(state)))
+        train(TrainConfig.from_options(**dict(TINY, n_train=64, epochs=1, lr=0.1), resume=str(state)))
     assert main(["train", "--resume", "auto", "--out", str(tmp_path / "none" / "m"), "--quiet", "--device",
                  "cpu"]) == 2
     assert "no state of a run with these settings (m." in capsys.readouterr().err
@@ -184,12 +184,12 @@ def test_a_second_run_into_the_same_out_neither_prunes_nor_picks_the_first_runs_
     what it found, is stopped by SIGTERM, and `--resume auto` continues it, not the other run."""
     out = str(tmp_path / "m")
     base = dict(TINY, n_train=128)  # 4 steps an epoch
-    train(TrainConfig(**{**base, "seed": 1}, epochs=3, out=out))
+    train(TrainConfig.from_options(**{**base, "seed": 1}, epochs=3, out=out))
     first = resume.states(out)
     assert len(first) == 2
     capsys.readouterr()
     with pytest.raises(resume.Stopped) as stopped:
-        train(TrainConfig(**{**base, "quiet": False, "seed": 2}, epochs=2, out=out), progress=_stop_at(6))
+        train(TrainConfig.from_options(**{**base, "quiet": False, "seed": 2}, epochs=2, out=out), progress=_stop_at(6))
     printed = capsys.readouterr().out.splitlines()
     said = [line for line in printed if "left as they are" in line]
     assert len(said) == 1 and "2 training states of 1 other run" in said[0], said
@@ -198,7 +198,7 @@ def test_a_second_run_into_the_same_out_neither_prunes_nor_picks_the_first_runs_
     told = [line for line in printed if "holds another run's checkpoint" in line]
     assert len(told) == 1 and told[0].startswith(f"{out}.safetensors") and "--seed 1 (now 2)" in told[0], printed
     assert stopped.value.path.is_file() and all(p.is_file() for p in first)
-    again = train(TrainConfig(**{**base, "seed": 2}, epochs=2, out=out, resume="auto"))
+    again = train(TrainConfig.from_options(**{**base, "seed": 2}, epochs=2, out=out, resume="auto"))
     assert len(again.history) == 2 and again.meta["config"]["seed"] == 2
     assert all(p.is_file() for p in first)  # still the first run's, untouched
     assert len(resume.states(out)) == 4  # two of each run (--keep 2)
@@ -215,10 +215,8 @@ def _fake_state(out: Path, run: str, step: int, config: dict, written: int) -> P
 
 
 def test_auto_picks_the_newest_run_of_this_commands_settings_and_prune_keeps_to_its_own_run(tmp_path):
-    from dataclasses import asdict
-
     out = tmp_path / "exp"
-    one, two = asdict(TrainConfig(seed=1, epochs=6)), asdict(TrainConfig(seed=2, epochs=3))
+    one, two = TrainConfig(seed=1, epochs=6).options(), TrainConfig(seed=2, epochs=3).options()
     a, b, c = (f"{resume.settings_key(cfg)}-{tail}" for cfg, tail in ((one, "aaaaaa"), (two, "bbbbbb"),
                                                                         (two, "cccccc")))
     assert a[:8] != b[:8] == c[:8]  # the key names the settings
@@ -235,14 +233,13 @@ def test_auto_picks_the_newest_run_of_this_commands_settings_and_prune_keeps_to_
     line = resume.others(out, c, two)
     assert line.startswith(f"{tmp_path}/ holds 3 training states of 2 other runs") and "the same settings" in line
     with pytest.raises(resume.ResumeError, match=r"no state of a run with these settings .*--seed 2 \(now 3\)"):
-        resume.resolve("auto", {**asdict(TrainConfig(seed=3, epochs=6)), "out": str(out)})
+        resume.resolve("auto", {**TrainConfig(seed=3, epochs=6).options(), "out": str(out)})
 
 
 def test_a_run_resumed_from_an_earlier_state_of_its_run_branches_off_under_a_new_id(tmp_path):
     """Its states would otherwise overwrite the later ones of the run it left, or be pruned by them."""
-    from dataclasses import asdict
 
-    config = {**asdict(TrainConfig()), "out": str(tmp_path / "m")}
+    config = {**TrainConfig().options(), "out": str(tmp_path / "m")}
     run = f"{resume.settings_key(config)}-abcdef"
     _fake_state(tmp_path / "m", run, 8, config, 1_000)
     assert resume.run_id(config, {"run": run, "scheduler": {"last_epoch": 8}}) == run  # the newest: goes on
@@ -254,19 +251,19 @@ def test_a_run_resumed_from_an_earlier_state_of_its_run_branches_off_under_a_new
 def test_every_option_must_match_on_resume_unless_the_config_declares_it_may_differ(tmp_path):
     """MUST_MATCH is derived from TrainConfig's declaration: a field is either declared `may_differ` with a reason
     or must match, so an option added later cannot be forgotten; a state from other settings is refused."""
-    from dataclasses import asdict, fields
 
-    from resnet_lab.training.config import RESUME_MAY_DIFFER
+    from resnet_lab.training.config import DEFAULTS, RESUME_MAY_DIFFER
 
-    names = [f.name for f in fields(TrainConfig)]
+    names = list(DEFAULTS)
     assert sorted(resume.MUST_MATCH + tuple(RESUME_MAY_DIFFER)) == sorted(names)
     assert not set(resume.MUST_MATCH) & set(RESUME_MAY_DIFFER) and all(RESUME_MAY_DIFFER.values())
     assert {"hflip", "mixup", "cutmix", "smoothing", "aa", "reprob", "scale", "ratio", "precision", "sync_bn",
             "n_test", "folder_cache", "epochs", "seed", "lr"} <= set(resume.MUST_MATCH)
-    path = resume.write(tmp_path / "s.state.pt", {"config": asdict(TrainConfig(mixup=0.2, smoothing=0.1))})
+    mixing = TrainConfig.from_options(mixup=0.2, smoothing=0.1)
+    path = resume.write(tmp_path / "s.state.pt", {"config": mixing.options()})
     with pytest.raises(resume.ResumeError, match=r"--mixup 0.2 \(now 0.0\), --smoothing 0.1 \(now None\)"):
-        resume.read(path, asdict(TrainConfig()))
-    default = asdict(TrainConfig())
+        resume.read(path, TrainConfig().options())
+    default = TrainConfig().options()
     for name in names:  # each field changed alone: refused iff it must match, and the key follows it
         resume.write(path, {"config": {**default, name: "changed"}})
         if name in resume.MUST_MATCH:
@@ -320,7 +317,7 @@ def test_a_signal_in_an_epochs_last_step_or_during_validation_stops_the_run(when
 
     base = dict(TINY, n_train=32 if when == "one step per epoch" else 128, epochs=3 if when == "one step per epoch"
                 else 2)
-    whole = train(TrainConfig(**base))
+    whole = train(TrainConfig.from_options(**base))
     out = str(tmp_path / "m")
     progress = None
     if when == "validation":
@@ -334,11 +331,11 @@ def test_a_signal_in_an_epochs_last_step_or_during_validation_stops_the_run(when
     else:
         progress = _stop_at(2 if when == "one step per epoch" else 4)
     with pytest.raises(resume.Stopped) as stopped:
-        train(TrainConfig(**base, out=out), progress=progress)
+        train(TrainConfig.from_options(**base, out=out), progress=progress)
     monkeypatch.undo()
     expected = (2, 1) if when == "one step per epoch" else (1, 4)
     assert (stopped.value.epoch, stopped.value.step) == expected and stopped.value.path == resume.latest(out)
-    again = train(TrainConfig(**base, out=out, resume="auto"))
+    again = train(TrainConfig.from_options(**base, out=out, resume="auto"))
     assert len(again.history) == len(whole.history)
     # the same trajectory (a wrong replay of the data draws differs by orders of magnitude more than this)
     sa, sb = again.model.state_dict(), whole.model.state_dict()

@@ -55,7 +55,7 @@ def test_short_run_lowers_the_loss_and_records_everything(cli_run):
 def test_checkpoint_loads_back_with_identical_outputs(cli_run):
     loaded = load_checkpoint(cli_run)
     assert loaded.pretrained_cfg["mean"] == MEAN and loaded.pretrained_cfg["input_size"] == (3, 32, 32)
-    config = TrainConfig(**json.loads(cli_run.with_suffix(".json").read_text())["config"])
+    config = TrainConfig.from_options(json.loads(cli_run.with_suffix(".json").read_text())["config"])
     again = train(config)  # same config: the same weights, bit for bit
     x = normalize(ShapesDataset(16, seed=50)[0][0][None].repeat(2, 1, 1, 1))
     with torch.no_grad():

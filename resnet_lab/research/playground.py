@@ -11,9 +11,12 @@ both, the same schedule), so what the Playground shows is what the study measure
 - per-stage weight-update ratios ||W_after - W_before|| / ||W_before|| every `ratio_every` steps.
 
 `snapshot()` copies what has been seen so far for the UI, which polls it once a second from another
-thread; `stop()` ends the run after the step in flight, keeping what was trained, and so does the clock at
-`TIME_LIMIT_S`. The cost comes from the one cost model (`degradation.estimate_cost`), so a run is sized and refused
-before it starts.
+thread; `stop()` ends the run after the step in flight, keeping what was trained, and so does the clock at the
+watch's `time_limit_s` (the caller's policy: the app's is `ui.playground_time`). The cost comes from the one cost
+model (`degradation.estimate_cost`), so a run is sized (`what_fits`) and refused before it starts.
+
+`PlaygroundConfig` declares each setting once with the control the page draws for it (`settings.control`: label,
+choices or range, default), so the page builds its controls from it rather than typing them again.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 from torch import nn
 
 from ..resnet import REGISTRY, list_archs, twin_name
+from ..settings import control
 from ..training.zipdata import ZipImages, ZipScan
 from . import cost as C
 from .degradation import estimate_cost
@@ -39,9 +43,6 @@ DEPTHS = tuple(REGISTRY[a].depth for a in list_archs("cifar") if a.startswith("r
 INITS = ("he", "zero-gamma")
 IMAGE_SIZES = (16, 32)  # Shapes rendered at 16 px train ~1.5x faster per step and are still told apart
 MAX_COLUMNS = 400  # steps kept in the gradient map (thinned to every k-th beyond): the image stays small
-TIME_LIMIT_S = 600.0  # the longest estimated run a click may start (it holds the app's one long-job slot), and the
-# longest a run may go on, whatever the estimate said (it then ends after the step in flight, keeping what was
-# trained); the estimate of the defaults ranged 92-250 s on a shared 2-core machine for runs of 118-126 s
 _clock = time.monotonic  # a run's clock; tests replace this, never `time.monotonic` itself (every thread's clock:
 # the served app's asyncio loop then schedules its queue's wake-ups at the fake time and hangs; see `cost._clock`)
 
@@ -52,15 +53,16 @@ class PlaygroundConfig:
     and plain-56 does not within about two minutes on two CPU cores (README, "Playground"; SGD at 32 px needs
     ~150-350 steps of 0.76 s just to leave chance)."""
 
-    depth: int = 56
-    batchnorm: bool = True
-    init: str = "he"  # "he" | "zero-gamma" (each block's last BN gamma zeroed, Goyal et al. 2017)
-    optimizer: str = "adam"  # "sgd" (momentum 0.9) | "adam" (AdamW)
-    lr: float = 0.005
-    batch_size: int = 32
-    steps: int = 300
-    seed: int = 0
-    image_size: int = 16
+    depth: int = control(56, "Depth (6n+2 layers)", choices=DEPTHS, dropdown=True)
+    batchnorm: bool = control(True, "BatchNorm")
+    # "zero-gamma": each block's last BN gamma zeroed (Goyal et al. 2017)
+    init: str = control("he", "Init", choices=INITS)
+    optimizer: str = control("adam", "Optimizer", choices=OPTIMIZERS)  # "sgd" (momentum 0.9) | "adam" (AdamW)
+    lr: float = control(0.005, "Learning rate", minimum=1e-5, maximum=10)
+    batch_size: int = control(32, "Batch size", minimum=2, maximum=128, step=2)
+    steps: int = control(300, "Steps", minimum=20, maximum=2000, step=10)
+    seed: int = control(0, "Seed", precision=0)
+    image_size: int = control(16, "Image size (px)", choices=IMAGE_SIZES)
     evals: int = 8
     val_size: int = 256
     ratio_every: int = 5
@@ -95,16 +97,20 @@ class PlaygroundConfig:
                              device=self.device)
 
 
-def what_fits(cfg: PlaygroundConfig, seconds: float | None = None) -> PlaygroundConfig | None:
-    """The same run with as many steps as fit in `seconds` (default `TIME_LIMIT_S`, read now) on this server now
-    (None when even 10 do not).
+def net_label(arch: str) -> str:
+    """How the Playground names a net of a pair (its curves, its checkpoints, the session's pickers): ResNet-56,
+    plain-56."""
+    return f"{'ResNet' if REGISTRY[arch].residual else 'plain'}-{REGISTRY[arch].depth}"
+
+
+def what_fits(cfg: PlaygroundConfig, seconds: float) -> PlaygroundConfig | None:
+    """The same run with as many steps as fit in `seconds` on this server now (None when even 10 do not).
 
     Bisected on the cost model (building the nets and the held-out checks cost the same at any step count, so
     the time is not proportional to the steps)."""
     def with_steps(n: int) -> PlaygroundConfig:
         return PlaygroundConfig(**{**asdict(cfg), "steps": n})
 
-    seconds = TIME_LIMIT_S if seconds is None else seconds
     if cfg.cost().seconds <= seconds:
         return cfg
     lo, hi = 10, cfg.steps  # lo fits (checked next), hi does not
@@ -145,7 +151,7 @@ class Snapshot:
     done: bool
     stopped: bool
     error: str = ""
-    timed_out: bool = False  # stopped by `TIME_LIMIT_S`, not by the user
+    timed_out: bool = False  # stopped by the watch's time limit, not by the user
 
 
 @dataclass
@@ -164,7 +170,7 @@ class LiveWatch:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _t0: float = field(default_factory=lambda: _clock())
-    time_limit_s: float = field(default_factory=lambda: TIME_LIMIT_S)  # from the watch's start
+    time_limit_s: float = math.inf  # the longest the run may go on, from the watch's start (the caller's policy)
     nets: dict[str, nn.Module] = field(default_factory=dict)  # the trained pair, by label, for the caller
     done: bool = False
     error: str = ""
@@ -172,10 +178,6 @@ class LiveWatch:
 
     def __post_init__(self) -> None:
         self._every = max(1, math.ceil(self.steps / MAX_COLUMNS))  # keep every k-th step's gradients
-
-    @staticmethod
-    def label(arch: str) -> str:
-        return f"{'ResNet' if REGISTRY[arch].residual else 'plain'}-{REGISTRY[arch].depth}"
 
     def stop(self) -> None:
         """End the run after the step in flight; what was trained is kept."""
@@ -208,15 +210,15 @@ class LiveWatch:
                     b = next(before)
                     num += float((p.detach() - b).pow(2).sum())
                     den += float(b.pow(2).sum())
-                ratios.append((self.label(arch), step, name, math.sqrt(num / den) if den > 0 else math.nan))
+                ratios.append((net_label(arch), step, name, math.sqrt(num / den) if den > 0 else math.nan))
         with self._lock:
-            self.nets.setdefault(self.label(arch), net)
-            self._rows += [(self.label(arch), step, "train_loss", loss), (self.label(arch), step, "train_acc", acc)]
+            self.nets.setdefault(net_label(arch), net)
+            self._rows += [(net_label(arch), step, "train_loss", loss), (net_label(arch), step, "train_acc", acc)]
             self._ratios += ratios
 
     def validated(self, arch: str, step: int, loss: float, acc: float) -> None:
         with self._lock:
-            self._rows += [(self.label(arch), step, "val_loss", loss), (self.label(arch), step, "val_acc", acc)]
+            self._rows += [(net_label(arch), step, "val_loss", loss), (net_label(arch), step, "val_acc", acc)]
 
     def keep_going(self, step: int) -> bool:
         """Go on unless stopped or past `time_limit_s` (then stopped here: the run keeps what it trained)."""
@@ -237,7 +239,7 @@ class LiveWatch:
         for arch, cols in grads.items():
             m = torch.stack(cols, 1).numpy() if cols else np.zeros((0, 0))
             with np.errstate(divide="ignore"):
-                maps[self.label(arch)] = np.log10(m)
+                maps[net_label(arch)] = np.log10(m)
         return Snapshot(done_steps, self.steps, _clock() - self._t0,
                         pd.DataFrame(rows, columns=["net", "step", "metric", "value"]), maps, steps,
                         pd.DataFrame(ratios, columns=["net", "step", "stage", "ratio"]), self.done, self.stopped,

@@ -28,24 +28,41 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..cli_args import number
+from ..settings import option
+from .recipe import SMALL_FOLDER, SMALL_SMOOTHING
+
 SMALL_SIDE = 64  # images this small (or smaller) get the CIFAR recipe by default
+
+
+_AREA = number(0, lo_open=True)  # --scale and --ratio: MIN MAX, each > 0
 
 
 @dataclass(frozen=True)
 class Augment:
-    """The run's augmentation; `record()` is what the checkpoint's JSON keeps."""
+    """The run's augmentation, each option declared once (`settings.option`; `TrainConfig` nests it, and its
+    options stay flat on the command line and in the run's JSON); `record()` is what the checkpoint's JSON keeps."""
 
-    hflip: float = 0.5
-    scale: tuple[float, float] | None = None
-    ratio: tuple[float, float] | None = None
-    aa: str | None = None
-    reprob: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    smoothing: float = 0.0
+    hflip: float = option(0.5, "left-right flip probability (0 for data a mirror changes: digits, text)",
+                          type=number(0, 1))
+    scale: tuple[float, float] | None = option(
+        None, "folders: RandomResizedCrop area range (default: timm's 0.08 1 above 64 px; at 64 px and below "
+              "pad-and-crop, the CIFAR recipe)", type=_AREA, nargs=2, metavar=("MIN", "MAX"))
+    ratio: tuple[float, float] | None = option(None, "folders: RandomResizedCrop aspect range (default 3/4 4/3)",
+                                               type=_AREA, nargs=2, metavar=("MIN", "MAX"))
+    aa: str | None = option(None, "folders: AutoAugment/RandAugment policy, e.g. rand-m9-mstd0.5")
+    reprob: float = option(0.0, "folders: random erasing probability", type=number(0, 1))
+    mixup: float = option(0.0, "Mixup alpha (0: off)", type=number(0))
+    cutmix: float = option(0.0, "CutMix alpha (0: off)", type=number(0))
+    # None: the recipe's choice (`recipe.resolve`), which is what the run's loss is given
+    smoothing: float | None = option(None, f"label smoothing (default: {SMALL_SMOOTHING} {SMALL_FOLDER}, else 0)",
+                                     type=number(0, 1))
 
     def __post_init__(self) -> None:
-        probs = {"--hflip": self.hflip, "--reprob": self.reprob, "--smoothing": self.smoothing}
+        for name in ("scale", "ratio"):  # a command line's list and a record's list: the pair as a tuple
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        probs = {"--hflip": self.hflip, "--reprob": self.reprob, "--smoothing": self.label_smoothing}
         bad = [f"{k} {v}" for k, v in probs.items() if not 0.0 <= v <= 1.0]
         bad += [f"--{k} {v}" for k, v in (("mixup", self.mixup), ("cutmix", self.cutmix)) if v < 0]
         for name, pair in (("scale", self.scale), ("ratio", self.ratio)):
@@ -56,6 +73,11 @@ class Augment:
         if bad:
             raise ValueError(f"augmentation out of range: {', '.join(bad)} (probabilities lie in 0..1, --mixup and "
                              "--cutmix are Beta parameters >= 0, --scale/--ratio take MIN MAX with 0 < MIN <= MAX)")
+
+    @property
+    def label_smoothing(self) -> float:
+        """The smoothing the loss uses (None, left to the recipe and not yet resolved: none)."""
+        return self.smoothing or 0.0
 
     @property
     def mixes(self) -> bool:
@@ -130,7 +152,7 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, aug: Augment,
         lam = 1.0 - float((y1 - y0) * (x1 - x0)) / (h * w)
     else:
         x = x * lam + flipped * (1.0 - lam)
-    return x, soft_targets(y, num_classes, aug.smoothing, lam)
+    return x, soft_targets(y, num_classes, aug.label_smoothing, lam)
 
 
 def soft_targets(y: torch.Tensor, num_classes: int, smoothing: float, lam: float = 1.0) -> torch.Tensor:
@@ -151,6 +173,6 @@ def loss_fn(aug: Augment, num_classes: int, generator: torch.Generator
             logits = forward(x)
             return F.cross_entropy(logits.float(), target.to(logits.device)), logits
         logits = forward(x)
-        return F.cross_entropy(logits.float(), y, label_smoothing=aug.smoothing), logits
+        return F.cross_entropy(logits.float(), y, label_smoothing=aug.label_smoothing), logits
 
     return loss

@@ -10,84 +10,117 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from ..cli_args import int_in, number, positive_int, seed, writable
+from .. import settings
+from ..cli_args import add_options, int_in, number, positive_int, writable
+from ..cli_args import seed as cli_seed
 from ..precision import PRECISIONS
 from ..resnet import REGISTRY, list_archs
+from ..settings import group, option
 from . import finetune
 from .augment import Augment
-from .recipe import SMALL_EMA_DECAY, SMALL_SET, SMALL_SMOOTHING, SMALL_STEPS
+from .recipe import SMALL_EMA_DECAY, SMALL_FOLDER, SMALL_STEPS
 
 DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05, "adam": 0.0}
 DEFAULT_BACKBONE_LR_SCALE = 0.1  # fine-tuning: the pretrained part moves 10x slower than the new head
-
-
-def may_differ(default: Any, why: str) -> Any:
-    """A field that a resumed run may change from the state's (`why`: why it is still the same run). Every other
-    field must match (`RESUME_MUST_MATCH`), so an option added later is refused on a change until declared here."""
-    return field(default=default, metadata={"resume": why})
+SCHEDULES = ("cosine", "onecycle")
+FOLDER_CACHE = ("auto", "on", "off")
+# what --freeze accepts on some net, shallow to deep (each net's own: `finetune.arch_parts`)
+FREEZE_PARTS = tuple(dict.fromkeys(part for arch in list_archs() for part in finetune.arch_parts(arch)))
 
 
 @dataclass
 class TrainConfig:
-    """One training run; `cli()` turns it back into the command that repeats it."""
+    """One training run, each option declared once (`settings.option`: default, help, accepted values, and
+    `may_differ` for the few a resumed run may change): the `train` command's options, the run JSON's `config`
+    (`options()`) and what a resumed state must match are all read off this declaration. `cli()` turns it back
+    into the command that repeats it."""
 
-    arch: str = "resnet20"
-    data: str = "shapes"
-    epochs: int | None = None  # None: from --steps, the step budget of a small folder, else 15 (`recipe`)
-    steps: int | None = None  # a step budget (epochs = ceil(steps / steps an epoch)); None: `recipe` decides
-    n_train: int = 20_000
-    n_val: int = 2_000
-    n_test: int = 2_000
-    batch_size: int = 128
-    lr: float = 0.1
-    opt: str = "sgd"
-    sched: str = "onecycle"
-    wd: float | None = None  # None: 5e-4 for SGD, 0.05 for AdamW
-    patience: int | None = may_differ(None, "when to stop early; the state keeps the counter")  # None: `recipe`
-    seed: int = 0
-    test_seed: int = 999
-    size: int | None = None  # None: 32 for the CIFAR nets, 64 for the ImageNet ones
-    clutter: bool = True
-    out: str | None = may_differ(None, "where states and the checkpoint go: a run may be continued elsewhere")
-    device: str | None = may_differ(None, "where the same arithmetic runs (another device: close, not bit-identical)")
-    quiet: bool = may_differ(False, "what is printed")
-    data_dir: str | None = may_differ(None, "where the data set --data names is found (moved to another machine)")
-    download: bool = may_differ(False, "whether missing files may be fetched, not which")
-    checksum: bool = may_differ(True, "whether the files are verified, not which")
-    val_fraction: float = 0.1
-    precision: str = "auto"
-    channels_last: bool = may_differ(False, "a memory layout of the same model")
-    compile: bool = may_differ(False, "how the same model is run")
-    workers: int = may_differ(2, "how many processes decode (a folder's augmentation draws follow the count: then "
-                                 "close, not bit-identical)")
-    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each rank's share
-    pretrained: str | None = None  # fine-tune from a timm tag, weights file, our checkpoint or akamaster:NAME
-    freeze: str | None = None  # with pretrained: freeze stem and stages up to this one (None: nothing)
-    backbone_lr_scale: float | None = None  # with pretrained: backbone lr = lr * this (None: 0.1); the head gets lr
-    hflip: float = 0.5  # augmentation (see `augment`): timm's names and meanings
-    scale: tuple[float, float] | None = None
-    ratio: tuple[float, float] | None = None
-    aa: str | None = None
-    reprob: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    smoothing: float | None = None  # None: 0.1 on a small folder, else 0 (`recipe`)
-    ema_decay: float | None = None  # EMA of the weights, per step; 0: none; None: on a small folder (`recipe`)
-    folder_cache: str = "auto"  # folders: decode once into memory (auto: small images that fit), on, off
-    # a state file a run wrote (<out>.<run>.step*.state.pt), or "auto": the newest of this run's settings beside out
-    resume: str | None = may_differ(None, "the state to continue from")
-    keep: int = may_differ(2, "how many of the run's states are kept beside out (the newest)")
+    arch: str = option("resnet20", "any registered arch", choices=list_archs, metavar="ARCH")
+    data: str = option("shapes", "shapes, cifar10, cifar100 or folder:PATH (PATH/<class>/<image>)")
+    data_dir: str | None = option(None, "folder holding cifar-10-batches-py/ (default $RESNET_LAB_DATA)",
+                                  may_differ="where the data set --data names is found (moved to another machine)")
+    download: bool = option(False, "fetch the official CIFAR archive if missing",
+                            may_differ="whether missing files may be fetched, not which")
+    checksum: bool = option(True, "CIFAR-format files of your own",
+                            may_differ="whether the files are verified, not which")
+    val_fraction: float = option(0.1, "CIFAR/folder share held out as val",
+                                 type=number(0, 1, lo_open=True, hi_open=True))
+    precision: str = option("auto", "auto: on CUDA the faster of fp32 and bf16/fp16, timed on this model; fp32 on CPU",
+                            choices=PRECISIONS)
+    channels_last: bool = option(False, may_differ="a memory layout of the same model")
+    compile: bool = option(False, "torch.compile the model (eager if that fails)",
+                           may_differ="how the same model is run")
+    workers: int = option(2, "DataLoader workers for image folders", type=int_in(0, 64),
+                          may_differ="how many processes decode (a folder's augmentation draws follow the count: then "
+                                     "close, not bit-identical)")
+    pretrained: str | None = option(  # a timm tag, weights file, our checkpoint or akamaster:NAME
+        None, "fine-tune from these weights: a timm tag (resnet50.a1_in1k), a .safetensors/.pth file, a checkpoint "
+              "of ours or akamaster:NAME; the head is replaced for the data's classes", metavar="TAG|FILE")
+    freeze: str | None = option(None, "with --pretrained: freeze the stem and stages up to this one (their BatchNorm "
+                                      "stays in eval)", choices=FREEZE_PARTS)
+    backbone_lr_scale: float | None = option(
+        None, f"with --pretrained: backbone lr = lr * this (default {DEFAULT_BACKBONE_LR_SCALE}); head: lr",
+        type=number(0))
+    epochs: int | None = option(None, f"passes over the training set; wins over --steps (default: from the step "
+                                      f"budget {SMALL_FOLDER}, else 15)", type=positive_int)
+    steps: int | None = option(None, f"a step budget: epochs = ceil(steps / steps an epoch) (default: {SMALL_STEPS} "
+                                     f"{SMALL_FOLDER}, else none)", type=positive_int)
+    n_train: int = option(20_000, type=positive_int)
+    n_val: int = option(2_000, type=positive_int)
+    n_test: int = option(2_000, "held-out images for the reported accuracy", type=positive_int)
+    batch_size: int = option(128, "images per optimizer step in all: under torchrun the GLOBAL batch, split evenly "
+                                  "over the processes (B/N each), so --lr and the schedule mean the same on any "
+                                  "number of GPUs", type=positive_int)
+    sync_bn: bool = option(False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), not "
+                                  "each process's B/N share")
+    lr: float = option(0.1, "peak learning rate", type=number(0, lo_open=True))
+    opt: str = option("sgd", choices=tuple(DEFAULT_WD))
+    sched: str = option("onecycle", choices=SCHEDULES)
+    wd: float | None = option(None, "weight decay (default: 5e-4 SGD, 0.05 AdamW, 0 Adam)", type=number(0))
+    patience: int | None = option(None, "epochs without a better val accuracy before stopping (default: 5; off under "
+                                        "a step budget)", type=positive_int,
+                                  may_differ="when to stop early; the state keeps the counter")
+    seed: int = option(0, "init, order and training data; val data use seed+1", type=cli_seed)
+    test_seed: int = option(999, type=cli_seed)
+    size: int | None = option(None, "image side (default 32 for CIFAR nets, 64 for ImageNet)", type=int_in(8, 1024))
+    clutter: bool = option(True)
+    out: str | None = option(None, "where the run's files go: OUT.safetensors + OUT.json (the suffix added: "
+                                   "runs/x.v2 gives runs/x.v2.safetensors) and its states OUT.<run>.step*.state.pt; "
+                                   "under torchrun rank 0 writes them", type=writable("file"),
+                             may_differ="where states and the checkpoint go: a run may be continued elsewhere")
+    device: str | None = option(None, "cpu, cuda or cuda:N (default: $RESNET_LAB_DEVICE, else cuda when present; "
+                                      "under torchrun each process takes cuda:LOCAL_RANK)",
+                                may_differ="where the same arithmetic runs (another device: close, not bit-identical)")
+    quiet: bool = option(False, may_differ="what is printed")
+    augment: Augment = group(Augment, "augmentation", "timm's names and meanings; defaults suit the data (see README)")
+    ema_decay: float | None = option(
+        None, "an EMA of the weights, updated every step, validated each epoch beside the raw weights: the better is "
+              f"kept (0: none; default {SMALL_EMA_DECAY} {SMALL_FOLDER}, else 0)", type=number(0, 1, hi_open=True))
+    folder_cache: str = option("auto", "folders: decode every image once and train from memory on the device, as "
+                                       "CIFAR (auto: images of 64 px or less with no image-only augmentation, when "
+                                       "they fit a quarter of the free memory); off: stream through the DataLoader",
+                               choices=FOLDER_CACHE)
+    resume: str | None = option(
+        None, "continue a run from a state it wrote (<out>.<run>.step*.state.pt: model, optimizer, schedule, data "
+              "order, best so far; written after every epoch and on SIGTERM/SIGINT), or auto: the newest beside --out "
+              "of a run with these settings. Options that change the run must be the same (all but --out, --device, "
+              "--workers, --patience, --keep and a few more)", metavar="PATH|auto",
+        may_differ="the state to continue from")
+    keep: int = option(2, "training states kept beside --out (the newest)", type=int_in(1, 1000),
+                       may_differ="how many of the run's states are kept beside out (the newest)")
 
     def __post_init__(self) -> None:
         if self.arch not in REGISTRY:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(list_archs())}")
         if self.data not in ("shapes", "cifar10", "cifar100") and not self.data.startswith("folder:"):
             raise ValueError(f"unknown data {self.data!r}; choose shapes, cifar10, cifar100 or folder:PATH")
-        if self.opt not in DEFAULT_WD or self.sched not in ("cosine", "onecycle"):
-            raise ValueError(f"opt must be sgd|adamw|adam and sched cosine|onecycle, not {self.opt!r}, {self.sched!r}")
+        if self.opt not in DEFAULT_WD or self.sched not in SCHEDULES:
+            raise ValueError(f"opt must be {'|'.join(DEFAULT_WD)} and sched {'|'.join(SCHEDULES)}, not {self.opt!r}, "
+                             f"{self.sched!r}")
         if self.data.startswith("cifar") and self.size not in (None, 32):
             raise ValueError(f"CIFAR images are 32 px; --size {self.size} does not apply to {self.data}")
         if self.precision not in PRECISIONS:
@@ -111,8 +144,9 @@ class TrainConfig:
                              f"{', '.join(finetune.arch_parts(self.arch))}")
         if self.out is not None and not self.out.strip():  # `--out "$OUT"` with OUT unset: a run that saves nothing
             raise ValueError("--out is empty: give a path for the run's files (e.g. runs/mine), or leave it out")
-        if self.folder_cache not in ("auto", "on", "off"):
-            raise ValueError(f"--folder-cache takes auto, on or off, not {self.folder_cache!r}")
+        if self.folder_cache not in FOLDER_CACHE:
+            raise ValueError(f"--folder-cache takes {', '.join(FOLDER_CACHE[:-1])} or {FOLDER_CACHE[-1]}, not "
+                             f"{self.folder_cache!r}")
         image_only = self.augment.image_options()
         if image_only and self.folder_cache == "on":
             raise ValueError(f"{' and '.join(image_only)} act on decoded images, which --folder-cache on does not "
@@ -123,12 +157,15 @@ class TrainConfig:
         if not (self.lr_scale >= 0 and math.isfinite(self.lr_scale)):
             raise ValueError(f"--backbone-lr-scale must be a finite number >= 0, not {self.backbone_lr_scale}")
 
-    @property
-    def augment(self) -> Augment:
-        """The run's augmentation (ValueError for values out of range)."""
-        return Augment(self.hflip, tuple(self.scale) if self.scale else None,
-                       tuple(self.ratio) if self.ratio else None, self.aa, self.reprob, self.mixup, self.cutmix,
-                       self.smoothing or 0.0)  # None (the recipe's choice) is resolved in `recipe`
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None = None, /, **more: Any) -> TrainConfig:
+        """A config from flat options, as the command line, the run JSON's `config` and a state's hold them (the
+        augmentation's among the rest, as before it was nested); an option left out takes its default."""
+        return settings.from_flat(cls, {**(options or {}), **more})
+
+    def options(self) -> dict[str, Any]:
+        """Every option, flat (`--hflip` is "hflip"): what the run JSON and the states keep under `config`."""
+        return settings.flat(self)
 
     @property
     def image_size(self) -> int:
@@ -151,108 +188,24 @@ class TrainConfig:
     def cli(self) -> str:
         """The full `python -m resnet_lab train ...` command for this config."""
         args = ["python", "-m", "resnet_lab", "train"]
-        for k, v in asdict(self).items():
-            flag = "--" + k.replace("_", "-")
-            if k in ("clutter", "checksum"):
-                args += [] if v else ["--no-" + k]
-            elif isinstance(v, bool):
-                args += [flag] if v else []
+        values = self.options()
+        for d in settings.declared(type(self)):
+            v = values[d.name]
+            if isinstance(d.default, bool):  # a switch: given when it is not at its default (--no-clutter)
+                args += [d.flag] if v != d.default else []
             elif isinstance(v, (tuple, list)):
-                args += [flag, *map(str, v)]
+                args += [d.flag, *map(str, v)]
             elif v is not None:
-                args += [flag, str(v)]
+                args += [d.flag, str(v)]
         return shlex.join(args)
 
 
-# what a state must share with the run that continues it, derived from the declaration above (one place)
-RESUME_MAY_DIFFER: dict[str, str] = {f.name: f.metadata["resume"] for f in fields(TrainConfig)
-                                     if "resume" in f.metadata}
-RESUME_MUST_MATCH: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig) if "resume" not in f.metadata)
-DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig)}
+# what a state must share with the run that continues it, read off the declaration above (one place)
+RESUME_MAY_DIFFER: dict[str, str] = settings.may_differ(TrainConfig)
+RESUME_MUST_MATCH: tuple[str, ...] = settings.must_match(TrainConfig)
+DEFAULTS: dict[str, Any] = settings.defaults(TrainConfig)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The `train` command's options: one per `TrainConfig` field, with the same defaults."""
-    d = TrainConfig()
-    small = f"on a folder of fewer than {SMALL_SET:,} training images"
-    p.add_argument("--arch", default=d.arch, choices=list_archs(), metavar="ARCH", help="any registered arch")
-    p.add_argument("--data", default=d.data, help="shapes, cifar10, cifar100 or folder:PATH (PATH/<class>/<image>)")
-    p.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ (default $RESNET_LAB_DATA)")
-    p.add_argument("--download", action="store_true", help="fetch the official CIFAR archive if missing")
-    p.add_argument("--no-checksum", dest="checksum", action="store_false", help="CIFAR-format files of your own")
-    p.add_argument("--val-fraction", type=number(0, 1, lo_open=True, hi_open=True), default=d.val_fraction,
-                   help="CIFAR/folder share held out as val")
-    p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
-                   help="auto: on CUDA the faster of fp32 and bf16/fp16, timed on this model; fp32 on CPU")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (eager if that fails)")
-    p.add_argument("--workers", type=int_in(0, 64), default=d.workers, help="DataLoader workers for image folders")
-    p.add_argument("--pretrained", default=None, metavar="TAG|FILE",
-                   help="fine-tune from these weights: a timm tag (resnet50.a1_in1k), a .safetensors/.pth file, a "
-                        "checkpoint of ours or akamaster:NAME; the head is replaced for the data's classes")
-    p.add_argument("--freeze", default=None, choices=["nothing", "stem", "layer1", "layer2", "layer3", "layer4"],
-                   help="with --pretrained: freeze the stem and stages up to this one (their BatchNorm stays in eval)")
-    p.add_argument("--backbone-lr-scale", type=number(0), default=None,
-                   help=f"with --pretrained: backbone lr = lr * this (default {DEFAULT_BACKBONE_LR_SCALE}); head: lr")
-    p.add_argument("--epochs", type=positive_int, default=d.epochs,
-                   help=f"passes over the training set; wins over --steps (default: from the step budget {small}, "
-                        "else 15)")
-    p.add_argument("--steps", type=positive_int, default=d.steps,
-                   help=f"a step budget: epochs = ceil(steps / steps an epoch) (default: {SMALL_STEPS} {small}, "
-                        "else none)")
-    p.add_argument("--n-train", type=positive_int, default=d.n_train)
-    p.add_argument("--n-val", type=positive_int, default=d.n_val)
-    p.add_argument("--n-test", type=positive_int, default=d.n_test, help="held-out images for the reported accuracy")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
-                   help="images per optimizer step in all: under torchrun the GLOBAL batch, split evenly over the "
-                        "processes (B/N each), so --lr and the schedule mean the same on any number of GPUs")
-    p.add_argument("--sync-bn", action="store_true",
-                   help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), "
-                        "not each process's B/N share")
-    p.add_argument("--lr", type=number(0, lo_open=True), default=d.lr, help="peak learning rate")
-    p.add_argument("--opt", default=d.opt, choices=list(DEFAULT_WD))
-    p.add_argument("--sched", default=d.sched, choices=["cosine", "onecycle"])
-    p.add_argument("--wd", type=number(0), default=None, help="weight decay (default: 5e-4 SGD, 0.05 AdamW, 0 Adam)")
-    p.add_argument("--patience", type=positive_int, default=d.patience,
-                   help="epochs without a better val accuracy before stopping (default: 5; off under a step budget)")
-    p.add_argument("--seed", type=seed, default=d.seed, help="init, order and training data; val data use seed+1")
-    p.add_argument("--test-seed", type=seed, default=d.test_seed)
-    p.add_argument("--size", type=int_in(8, 1024), default=None,
-                   help="image side (default 32 for CIFAR nets, 64 for ImageNet)")
-    p.add_argument("--no-clutter", dest="clutter", action="store_false")
-    p.add_argument("--out", type=writable("file"), default=None,
-                   help="where the run's files go: OUT.safetensors + OUT.json (the suffix added: runs/x.v2 gives "
-                        "runs/x.v2.safetensors) and its states OUT.<run>.step*.state.pt; under torchrun rank 0 "
-                        "writes them")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda or cuda:N (default: $RESNET_LAB_DEVICE, else cuda when present; under torchrun "
-                        "each process takes cuda:LOCAL_RANK)")
-    p.add_argument("--quiet", action="store_true")
-    g = p.add_argument_group("augmentation", "timm's names and meanings; defaults suit the data (see README)")
-    g.add_argument("--hflip", type=number(0, 1), default=d.hflip,
-                   help="left-right flip probability (0 for data a mirror changes: digits, text)")
-    g.add_argument("--scale", type=number(0, lo_open=True), nargs=2, default=None, metavar=("MIN", "MAX"),
-                   help="folders: RandomResizedCrop area range (default: timm's 0.08 1 above 64 px; at 64 px and "
-                        "below pad-and-crop, the CIFAR recipe)")
-    g.add_argument("--ratio", type=number(0, lo_open=True), nargs=2, default=None, metavar=("MIN", "MAX"),
-                   help="folders: RandomResizedCrop aspect range (default 3/4 4/3)")
-    g.add_argument("--aa", default=None, help="folders: AutoAugment/RandAugment policy, e.g. rand-m9-mstd0.5")
-    g.add_argument("--reprob", type=number(0, 1), default=d.reprob, help="folders: random erasing probability")
-    g.add_argument("--mixup", type=number(0), default=d.mixup, help="Mixup alpha (0: off)")
-    g.add_argument("--cutmix", type=number(0), default=d.cutmix, help="CutMix alpha (0: off)")
-    g.add_argument("--smoothing", type=number(0, 1), default=d.smoothing,
-                   help=f"label smoothing (default: {SMALL_SMOOTHING} {small}, else 0)")
-    p.add_argument("--ema-decay", type=number(0, 1, hi_open=True), default=d.ema_decay,
-                   help="an EMA of the weights, updated every step, validated each epoch beside the raw weights: "
-                        f"the better is kept (0: none; default {SMALL_EMA_DECAY} {small}, else 0)")
-    p.add_argument("--folder-cache", default=d.folder_cache, choices=["auto", "on", "off"],
-                   help="folders: decode every image once and train from memory on the device, as CIFAR (auto: "
-                        "images of 64 px or less with no image-only augmentation, when they fit a quarter of the "
-                        "free memory); off: stream through the DataLoader")
-    p.add_argument("--resume", default=None, metavar="PATH|auto",
-                   help="continue a run from a state it wrote (<out>.<run>.step*.state.pt: model, optimizer, "
-                        "schedule, data order, best so far; written after every epoch and on SIGTERM/SIGINT), or "
-                        "auto: the newest beside --out of a run with these settings. Options that change the run "
-                        "must be the same (all but --out, --device, --workers, --patience, --keep and a few more)")
-    p.add_argument("--keep", type=int_in(1, 1000), default=d.keep,
-                   help="training states kept beside --out (the newest)")
+    """The `train` command's options: one per declared option of `TrainConfig`, at its default."""
+    add_options(p, TrainConfig)

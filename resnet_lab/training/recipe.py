@@ -26,9 +26,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from .augment import Augment
-
 if TYPE_CHECKING:
+    from .augment import Augment
     from .config import TrainConfig
 
 SMALL_SET = 10_000  # training images below which a folder gets the small-data recipe
@@ -37,6 +36,7 @@ SMALL_SMOOTHING = 0.1  # timm's and torchvision's label smoothing
 SMALL_EMA_DECAY = 0.99  # per step: averages over ~100 steps, an eighth of the default budget
 EPOCHS = 15  # Shapes, CIFAR and large folders
 PATIENCE = 5  # epochs without a better validation accuracy, on an epoch count
+SMALL_FOLDER = f"on a folder of fewer than {SMALL_SET:,} training images"  # as `--help` says it
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,9 @@ def resolve(config: TrainConfig, n_train: int, steps_per_epoch: int) -> Recipe:
     else:
         patience = None if budget else PATIENCE
         why["patience"] = "off under a step budget" if budget else kind
-    smoothing = config.smoothing if config.smoothing is not None else SMALL_SMOOTHING if small else 0.0
-    why["smoothing"] = "--smoothing" if config.smoothing is not None else kind
+    given = config.augment.smoothing
+    smoothing = given if given is not None else SMALL_SMOOTHING if small else 0.0
+    why["smoothing"] = "--smoothing" if given is not None else kind
     ema = config.ema_decay if config.ema_decay is not None else SMALL_EMA_DECAY if small else 0.0
     why["ema_decay"] = "--ema-decay" if config.ema_decay is not None else kind
     return Recipe(epochs, steps_per_epoch, patience, replace(config.augment, smoothing=smoothing), ema, small, why)

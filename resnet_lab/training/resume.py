@@ -10,10 +10,11 @@ read back with `torch.load(weights_only=True)`: tensors, numbers, strings and co
 that could run code.
 
 Files are `<out>.<run>.step<global step>.state.pt` beside the run's `<out>.safetensors`. `<run>` is
-`<settings key>-<random>`: the key names the options that must match (`config.RESUME_MUST_MATCH`: all but a declared
-few), so `--resume auto` finds the states of the command's own settings and no other's; the random part tells apart
-runs of the same settings, so pruning (`prune`, the newest `--keep`) only ever touches the run's own states. A
-resumed run keeps its state's id; a run started beside other runs' states says so (`others`) and leaves them.
+`<settings key>-<random>`: the key names the options that must match (all but the few the config declares
+`may_differ`: `settings.must_match`), so `--resume auto` finds the states of the command's own settings and no
+other's; the random part tells apart runs of the same settings, so pruning (`prune`, the newest `--keep`) only ever
+touches the run's own states. A resumed run keeps its state's id; a run started beside other runs' states says so
+(`others`) and leaves them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import re
 import secrets
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +34,16 @@ from typing import Any
 
 import torch
 
+from .. import settings
 from ..checkpoints import checkpoint_path, meta_path
 from ..files import check_writable, replacing
-from .config import DEFAULTS, RESUME_MUST_MATCH
+from .config import DEFAULTS, RESUME_MUST_MATCH, TrainConfig
 
 FORMAT = "resnet-lab train state 1"
 SUFFIX = ".state.pt"
 MUST_MATCH = RESUME_MUST_MATCH  # every option of the config but those it declares `may_differ`
+# a run's config, or its options as a record (the run JSON's or a state's `config`) holds them
+Config = TrainConfig | Mapping[str, Any]
 _RUN = r"[0-9a-f]{8}-[0-9a-f]{6}"
 
 
@@ -65,29 +69,40 @@ def _shown(v: Any) -> str:
     return " ".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
 
 
-def differences(theirs: dict[str, Any], config: dict[str, Any]) -> list[str]:
+def _declared(config: Config) -> tuple[dict[str, Any], tuple[str, ...], dict[str, Any]]:
+    """(options, the names that must match, defaults): a config's, read off its class's declaration (an option
+    declared on it is checked with no other change), or a record's options, read with `TrainConfig`'s."""
+    if isinstance(config, Mapping):
+        return dict(config), MUST_MATCH, DEFAULTS
+    return config.options(), settings.must_match(type(config)), settings.defaults(type(config))
+
+
+def differences(theirs: Mapping[str, Any], config: Config) -> list[str]:
     """The must-match options in which a state's config differs from this run's, as `--opt THEIRS (now OURS)`
     (an option the state predates counts as its default)."""
-    return [f"--{k.replace('_', '-')} {_shown(theirs.get(k, DEFAULTS[k]))} (now {_shown(config.get(k, DEFAULTS[k]))})"
-            for k in MUST_MATCH if _norm(theirs.get(k, DEFAULTS[k])) != _norm(config.get(k, DEFAULTS[k]))]
+    ours, must, default = _declared(config)
+    return [f"--{k.replace('_', '-')} {_shown(theirs.get(k, default[k]))} (now {_shown(ours.get(k, default[k]))})"
+            for k in must if _norm(theirs.get(k, default[k])) != _norm(ours.get(k, default[k]))]
 
 
-def settings_key(config: dict[str, Any]) -> str:
+def settings_key(config: Config) -> str:
     """8 hex digits naming the must-match settings; only those off their defaults are hashed, so an option added
     later, at its default, leaves the keys of existing states alone."""
-    chosen = {k: _norm(config.get(k, DEFAULTS[k])) for k in MUST_MATCH}
-    chosen = {k: v for k, v in chosen.items() if v != _norm(DEFAULTS[k])}
+    ours, must, default = _declared(config)
+    chosen = {k: _norm(ours.get(k, default[k])) for k in must}
+    chosen = {k: v for k, v in chosen.items() if v != _norm(default[k])}
     return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def run_id(config: dict[str, Any], saved: dict[str, Any] | None = None) -> str:
+def run_id(config: Config, saved: dict[str, Any] | None = None) -> str:
     """The id the run's states carry. A resumed run keeps its state's, unless `--out` already holds later states
     of that run (resumed from an earlier one: a branch, which must neither overwrite them nor be pruned by them);
     any other run gets a new one."""
     run = str(saved.get("run") or "") if saved else ""
     if re.fullmatch(_RUN, run):
         step = int((saved or {}).get("scheduler", {}).get("last_epoch", 0))
-        if not config.get("out") or not any(s.run == run and s.step > step for s in scan(config["out"])):
+        out = _declared(config)[0].get("out")
+        if not out or not any(s.run == run and s.step > step for s in scan(out)):
             return run
     return f"{settings_key(config)}-{secrets.token_hex(3)}"
 
@@ -140,7 +155,7 @@ def _peek_config(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _describe(found: list[StateFile], config: dict[str, Any]) -> str:
+def _describe(found: list[StateFile], config: Config) -> str:
     """'N training states of M runs (newest NAME: how its settings differ)'."""
     newest = _newest(found)
     theirs = _peek_config(newest.path)
@@ -150,7 +165,7 @@ def _describe(found: list[StateFile], config: dict[str, Any]) -> str:
             f"(newest {newest.path.name}: {how})")
 
 
-def others(out: str | Path, run: str, config: dict[str, Any]) -> str | None:
+def others(out: str | Path, run: str, config: Config) -> str | None:
     """One line for a run starting beside other runs' states: what is there; they are left as they are."""
     found = [s for s in scan(out) if s.run != run]
     if not found:
@@ -159,7 +174,7 @@ def others(out: str | Path, run: str, config: dict[str, Any]) -> str | None:
             f"{Path(out).name}.{run}.step*{SUFFIX}")
 
 
-def replaced(out: str | Path, run: str, config: dict[str, Any]) -> str | None:
+def replaced(out: str | Path, run: str, config: Config) -> str | None:
     """One line for a run whose `--out` holds another run's finished checkpoint: said at the start, while the run
     can still be pointed elsewhere, since it replaces that checkpoint when it ends (its states are left)."""
     path = checkpoint_path(out)
@@ -177,17 +192,17 @@ def replaced(out: str | Path, run: str, config: dict[str, Any]) -> str | None:
            "to keep both"
 
 
-def beside_out(out: str | Path, run: str, config: dict[str, Any]) -> list[str]:
+def beside_out(out: str | Path, run: str, config: Config) -> list[str]:
     """Before the work: ValueError naming --out if no file can be written there (not an hour later, at the first
     save), then the lines on what the run finds there (`others`, `replaced`), for the log."""
     check_writable(out, "--out")
     return [line for line in (others(out, run, config), replaced(out, run, config)) if line]
 
 
-def resolve(resume: str, config: dict[str, Any]) -> Path:
+def resolve(resume: str, config: Config) -> Path:
     """`--resume PATH`, or `--resume auto`: the newest state of the most recently written run beside `--out`
     whose settings are this run's (no other run's state is ever picked)."""
-    out = config.get("out")
+    out = _declared(config)[0].get("out")
     if resume == "auto":
         if not out:
             raise ResumeError("--resume auto looks for the newest state beside --out: give --out too")
@@ -213,8 +228,8 @@ def write(path: Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def read(path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """The state at `path`, checked to belong to a run with `config` (a TrainConfig as a dict)."""
+def read(path: Path, config: Config) -> dict[str, Any]:
+    """The state at `path`, checked to belong to a run with `config`."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, or holding objects weights_only refuses
@@ -320,7 +335,7 @@ class RunState:
         steps = max(1, self.sched_steps(sched))
         state = {**asdict(self), "data": data, "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-                 "config": asdict(config), "command": command or config.cli()}
+                 "config": config.options(), "command": command or config.cli()}
         path = write(state_path(config.out, self.run, steps), state)
         prune(config.out, self.run, config.keep)
         return path

@@ -130,7 +130,7 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
                 for n, s in ((config.n_train, train_seed), (config.n_val, val_seed), (config.n_test, test_seed))]
         log(f"rendered {len(sets[0])} + {len(sets[1])} images of {size} px in {time.perf_counter() - t0:.1f} s")
         return RunData(
-            ShapesBatches(sets[0], bs, device, generator, train=True, dist=d, hflip=config.hflip),
+            ShapesBatches(sets[0], bs, device, generator, train=True, dist=d, hflip=config.augment.hflip),
             ShapesBatches(sets[1], EVAL_BATCH, device, dist=d), ShapesBatches(sets[2], EVAL_BATCH, device, dist=d),
             list(CLASSES),
             {"name": "shapes", "clutter": config.clutter, "train_seed": train_seed, "val_seed": val_seed,
@@ -151,7 +151,7 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
             return dict(zip(classes, torch.bincount(lab, minlength=len(classes)).tolist()))
 
         return RunData(
-            TensorBatches(images[tr], labels[tr], mean, std, bs, device, generator, True, cl, d, config.hflip),
+            TensorBatches(images[tr], labels[tr], mean, std, bs, device, generator, True, cl, d, config.augment.hflip),
             TensorBatches(images[va], labels[va], mean, std, EVAL_BATCH, device, channels_last=cl, dist=d),
             TensorBatches(test_images, test_labels, mean, std, EVAL_BATCH, device, channels_last=cl, dist=d), classes,
             {"name": config.data, "root": str(cifar_root(config.data_dir)), "checksum": config.checksum,
@@ -190,7 +190,7 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
         record["in_memory"] = True
         record["skipped"] += [{"path": p, "reason": r} for p, r in bad_t + bad_v]
         return RunData(
-            TensorBatches(xt, yt, mean, std, bs, device, generator, True, cl, d, config.hflip, pad_for(size)),
+            TensorBatches(xt, yt, mean, std, bs, device, generator, True, cl, d, config.augment.hflip, pad_for(size)),
             TensorBatches(xv, yv, mean, std, EVAL_BATCH, device, channels_last=cl, dist=d),
             LoaderBatches(test_set, EVAL_BATCH, device, w, channels_last=cl, dist=d) if test_set is not None else None,
             list(split.classes), record)

@@ -7,7 +7,6 @@ Kept apart from the loop (`train`) so the loop reads as training and the record'
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -47,7 +46,7 @@ def checkpoint_meta(config: TrainConfig, data: RunData, model: nn.Module, size: 
         "per_rank_batch": config.batch_size // dist.world_size,
         "precision": dtype_name(dtype), "precision_choice": precision_record,
         "num_threads": torch.get_num_threads(), "torch_version": torch.__version__,
-        "command": command or config.cli(), "command_full": config.cli(), "config": asdict(config),
+        "command": command or config.cli(), "command_full": config.cli(), "config": config.options(),
         **({"pretrained": {**start.record(), "freeze": config.freeze or finetune.NOTHING,
                            "frozen_params": len(frozen), "backbone_lr_scale": config.lr_scale}} if start else {}),
         "history": [{k: round(v, 5) for k, v in h.items()} for h in history],

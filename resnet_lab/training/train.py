@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from ..shapes import CLASSES
 from ..weights import WeightsUnavailable, save_checkpoint
 from . import augment, finetune, resume
 from . import recipe as recipes
-from .config import TrainConfig
+from .config import DEFAULTS, TrainConfig
 from .config import add_arguments as add_arguments  # the `train` command's options, where __main__ looks for them
 from .distributed import (
     Dist,
@@ -237,13 +237,12 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
     device = dist.device
     dtype = resolve_precision(config.precision, device)
     # a state that cannot continue this run is refused before any data is made
-    settings = asdict(config)
-    source = resume.resolve(config.resume, settings) if config.resume else None
-    saved = resume.read(source, settings) if source else None
+    source = resume.resolve(config.resume, config) if config.resume else None
+    saved = resume.read(source, config) if source else None
     quiet = config.quiet or not dist.is_main  # one process speaks
     log = (lambda s: None) if quiet else tqdm.write
-    run_id = resume.run_id(settings, saved)  # its states' names: pruning and --resume auto see no other run's
-    for line in resume.beside_out(config.out, run_id, settings) if config.out else ():  # unwritable: refused
+    run_id = resume.run_id(config, saved)  # its states' names: pruning and --resume auto see no other run's
+    for line in resume.beside_out(config.out, run_id, config) if config.out else ():  # unwritable: refused
         log(line)
     shapes = config.data == "shapes"
     loaded = finetune.load_for(config.pretrained, config.arch) if config.pretrained else None
@@ -376,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
     from .datasets import DatasetError
 
     try:
-        config = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+        config = TrainConfig.from_options({k: v for k, v in vars(args).items() if k in DEFAULTS})
         resolve_precision(config.precision, resolve_device(config.device))
         per_rank_batch(config.batch_size, Dist(world_size=env_world_size()))
     except ValueError as e:

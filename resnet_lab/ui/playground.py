@@ -4,15 +4,16 @@ Train streams an update a second: loss and accuracy curves, each net's layers x 
 per-stage update ratios (Vega-Lite specs drawn in the browser, `playground_plots`, so the server renders nothing).
 When the run ends, and after Stop, a verdict says what it showed against chance (`research.playground_verdict`),
 the referee's detail one click away. Stop ends the run after the step in flight and keeps what was trained (and so
-does `playground.TIME_LIMIT_S` of wall clock); a Stop while the run waits for its turn means it never starts; Train
-both is disabled while the run is queued or in flight. The run's curves and both checkpoints then download. The run
-is sized by the one cost model before it starts and refused (with what fits) when it would take longer than
-`playground.TIME_LIMIT_S` or more memory than the server can spare; it runs in the app's one long-job group, on the
-app's device. Nothing of one user's run is visible to another: the run is found by a key held in that user's
-session only, and its trained nets are offered in that session's pickers only (`session_nets`). Instead of Shapes
-it trains on an uploaded zip of `<class>/<image>` folders (`training.zipdata`: checked from its headers on upload,
-read in memory, refused whole when unsafe, bad images skipped and listed; reading it is in the estimate and Stop
-ends it)."""
+does `TIME_LIMIT_S` of wall clock: the page's time policy, not the library's); a Stop while the run waits for its
+turn means it never starts; Train both is disabled while the run is queued or in flight. The run's curves and both
+checkpoints then download. The run is sized by the one cost model before it starts and refused (with what fits)
+when it would take longer than `TIME_LIMIT_S` or more memory than the server can spare; it runs in the app's one
+long-job group, on the app's device. Nothing of one user's run is visible to another: the run is found by a key
+held in that user's session only, and its trained nets are offered in that session's pickers only (`session_nets`).
+Instead of Shapes it trains on an uploaded zip of `<class>/<image>` folders (`training.zipdata`: checked from its
+headers on upload, read in memory, refused whole when unsafe, bad images skipped and listed; reading it is in the
+estimate and Stop ends it). The controls are built from `PlaygroundConfig`'s declaration (`settings.control`:
+label, choices or range, default), in its order."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import gradio as gr
 
 from ..research import playground as pg
 from ..research.playground_verdict import Verdict, from_curves
+from ..settings import Control, controls
 from ..shapes import CLASSES
 from ..training.zipdata import ReadStopped, ZipImages, ZipScan, load_zip, scan_zip
 from . import playground_files
@@ -34,6 +36,11 @@ from .common import LONG, user_errors, zoo
 from .research._common import duration, memory_budget, refuse_if_too_big
 
 LONG_FREE = {"queue": False}  # an estimate never waits behind a long job
+TIME_LIMIT_S = 600.0  # the longest estimated run a click may start (it holds the app's one long-job slot), and the
+# longest a run may go on, whatever the estimate said (it then ends after the step in flight, keeping what was
+# trained); the estimate of the defaults ranged 92-250 s on a shared 2-core machine for runs of 118-126 s
+CONTROLS = controls(pg.PlaygroundConfig)  # (name, default, control), in the order `config` takes their values
+ELEM_IDS = {"depth": "playground-depth", "steps": "playground-steps"}  # what the browser tests find them by
 # Seconds between live updates. Each redraws five Vega charts in the browser: at 0.4 s a loaded 2-core CI
 # machine's renderer fell behind for over 30 s (Stop could not be clicked); once a second stays live.
 UPDATE_S = 1.0
@@ -50,12 +57,11 @@ _training = threading.Lock()
 JOIN_S = 60.0  # the longest a run waits for a closed run's last step and validation (depth 110: ~10 s)
 
 
-def config(depth: float, batchnorm: bool, init: str, optimizer: str, lr: float, batch_size: float, steps: float,
-           seed: float, image_size: float = 32) -> pg.PlaygroundConfig:
-    """The run the controls describe, on the app's device (ValueError, shown to the user, for what cannot run)."""
-    return pg.PlaygroundConfig(depth=int(depth), batchnorm=bool(batchnorm), init=init, optimizer=optimizer,
-                               lr=float(lr), batch_size=int(batch_size), steps=int(steps), seed=int(seed),
-                               image_size=int(image_size), device=str(zoo().device))
+def config(*values: Any) -> pg.PlaygroundConfig:
+    """The run the controls' values describe (in `CONTROLS` order, each as its default's type: a slider gives
+    floats), on the app's device (ValueError, shown to the user, for what cannot run)."""
+    chosen = {name: type(default)(v) for (name, default, _), v in zip(CONTROLS, values)}
+    return pg.PlaygroundConfig(**chosen, device=str(zoo().device))
 
 
 def sized(cfg: pg.PlaygroundConfig, upload: str | None) -> tuple[pg.PlaygroundConfig, ZipScan | None, float, str]:
@@ -76,15 +82,15 @@ def estimate_text(*controls: Any, upload: str | None = None) -> str:
     except ValueError as e:
         return f"⚠️ {e}"
     seconds = cfg.cost().seconds + read_s
-    plain, residual = (pg.LiveWatch.label(a) for a in cfg.archs)
+    plain, residual = (pg.net_label(a) for a in cfg.archs)
     data = "your zip's images" if scan else "Shapes"
     text = (f"{plain} and {residual} on {data}, {cfg.steps} steps of {cfg.batch_size} images of {cfg.image_size} px: "
             "about "
             f"**{duration(seconds)}** on this server (`{cfg.device}`)"
             + (f", reading your images {duration(read_s)} of it." if scan else "."))
-    if seconds > pg.TIME_LIMIT_S:
-        fits = pg.what_fits(cfg, pg.TIME_LIMIT_S - read_s)
-        text += (f" Longer than a live run may take ({duration(pg.TIME_LIMIT_S)}): "
+    if seconds > TIME_LIMIT_S:
+        fits = pg.what_fits(cfg, TIME_LIMIT_S - read_s)
+        text += (f" Longer than a live run may take ({duration(TIME_LIMIT_S)}): "
                  + (f"{fits.steps} steps fit." if fits else "choose a smaller depth or batch."))
     if scan is None:
         return text
@@ -104,12 +110,12 @@ def refuse(cfg: pg.PlaygroundConfig, read_s: float = 0.0) -> None:
     what fits."""
     cost = cfg.cost()
     seconds = cost.seconds + read_s
-    if seconds > pg.TIME_LIMIT_S:
-        fits = pg.what_fits(cfg, pg.TIME_LIMIT_S - read_s)
+    if seconds > TIME_LIMIT_S:
+        fits = pg.what_fits(cfg, TIME_LIMIT_S - read_s)
         hint = f"{fits.steps} steps with these settings fit." if fits else "Choose a smaller depth or batch size."
         raise gr.Error(f"These settings take about {duration(seconds)} here"
                        + (f" (reading your images {duration(read_s)})" if read_s else "")
-                       + f"; a live run may take {duration(pg.TIME_LIMIT_S)}. {hint}", title="Too long for a live run")
+                       + f"; a live run may take {duration(TIME_LIMIT_S)}. {hint}", title="Too long for a live run")
     refuse_if_too_big(cost.bytes, memory_budget(cfg.device), "This run", "Choose a smaller depth or batch size.")
 
 
@@ -120,7 +126,7 @@ def status(snap: pg.Snapshot) -> str:
     held = ", ".join(f"{net} {acc:.1%}" for net, acc in last.items())
     state = ("stopped" if snap.done else "stopping after this step") if snap.stopped else (
         "done" if snap.done else "training")
-    limit = (f" · it reached the live-run limit of {duration(pg.TIME_LIMIT_S)}; what was trained is kept"
+    limit = (f" · it reached the live-run limit of {duration(TIME_LIMIT_S)}; what was trained is kept"
              if snap.timed_out else "")
     return (f"**{state}**: step {snap.step} of {snap.steps} in {duration(snap.seconds)}{limit}"
             + (f" · held-out accuracy: {held}" if held else ""))
@@ -189,7 +195,7 @@ def train(*args: Any) -> Iterator[tuple]:
             _dequeue(key)
         yield refused(e)
         raise
-    watch = pg.LiveWatch(cfg.steps, cfg.ratio_every)
+    watch = pg.LiveWatch(cfg.steps, cfg.ratio_every, time_limit_s=TIME_LIMIT_S)
     with _runs_lock:  # registered first: a Stop while the run is sized or the zip read ends it after its first step
         queued = _dequeue(key)
         if queued is None or not queued.is_set():
@@ -322,20 +328,11 @@ def build_tab() -> gr.State:
         "degradation), and how the gradients reach its first layers, or do not. To train on your own images "
         "instead of Shapes, upload a .zip of `<class>/<image>` folders.")
     key = gr.State(lambda: uuid.uuid4().hex)  # this session's run, and only this session's
-    defaults = pg.PlaygroundConfig()
-    with gr.Row():
-        depth = gr.Dropdown(list(pg.DEPTHS), value=defaults.depth, label="Depth (6n+2 layers)",
-                            elem_id="playground-depth")
-        batchnorm = gr.Checkbox(defaults.batchnorm, label="BatchNorm")
-        init = gr.Radio(list(pg.INITS), value=defaults.init, label="Init")
-        optimizer = gr.Radio(list(pg.OPTIMIZERS), value=defaults.optimizer, label="Optimizer")
-    with gr.Row():
-        lr = gr.Number(defaults.lr, label="Learning rate", minimum=1e-5, maximum=10)
-        batch_size = gr.Slider(2, 128, value=defaults.batch_size, step=2, label="Batch size")
-        steps = gr.Slider(20, 2000, value=defaults.steps, step=10, label="Steps", elem_id="playground-steps")
-        seed = gr.Number(defaults.seed, label="Seed", precision=0)
-        image_size = gr.Radio(list(pg.IMAGE_SIZES), value=defaults.image_size, label="Image size (px)")
-    controls = [depth, batchnorm, init, optimizer, lr, batch_size, steps, seed, image_size]
+    rows = [CONTROLS[:4], CONTROLS[4:]]  # the net, then the run: from "lr" on
+    controls = []
+    for row in rows:
+        with gr.Row():
+            controls += [_control(name, default, c) for name, default, c in row]
     upload = gr.File(label="Or your own images: a .zip of class folders",  # one line on a phone
                      file_types=[".zip"], type="filepath", height=150, elem_id="playground-zip")
     runs = gr.State([])  # this session's finished runs (tokens), newest last
@@ -378,6 +375,20 @@ def build_tab() -> gr.State:
 
 
 FIGURE_MIN_PX = 340  # a figure narrower than this is unreadable: below it, a row's figures stack
+
+
+def _control(name: str, default: Any, c: Control) -> gr.components.Component:
+    """The widget `settings.control` declares for a setting, at its default."""
+    elem_id = ELEM_IDS.get(name)
+    if c.kind == "choice":
+        widget = gr.Dropdown if c.dropdown else gr.Radio
+        return widget(list(c.choices), value=default, label=c.label, elem_id=elem_id)
+    if c.kind == "check":
+        return gr.Checkbox(default, label=c.label, elem_id=elem_id)
+    if c.kind == "slider":
+        return gr.Slider(c.minimum, c.maximum, value=default, step=c.step, label=c.label, elem_id=elem_id)
+    return gr.Number(default, label=c.label, minimum=c.minimum, maximum=c.maximum, precision=c.precision,
+                     elem_id=elem_id)
 
 
 def _figure(elem_id: str) -> gr.Plot:

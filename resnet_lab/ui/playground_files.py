@@ -32,7 +32,7 @@ def save(watch: pg.LiveWatch, cfg: pg.PlaygroundConfig, images: ZipImages | None
         meta = {"classes": images.classes, **shapes_data_config(cfg.image_size), "mean": list(images.mean),
                 "std": list(images.std)}
     for arch in cfg.archs:
-        net = watch.nets.get(pg.LiveWatch.label(arch))
+        net = watch.nets.get(pg.net_label(arch))
         if net is None:
             continue
         meta.update({"arch": arch, "num_classes": len(meta["classes"]), "norm": "bn" if cfg.batchnorm else "none",

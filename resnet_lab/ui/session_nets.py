@@ -18,6 +18,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..research.playground import net_label as label
 from ..resnet import REGISTRY
 from .common import zoo
 
@@ -32,10 +33,6 @@ def new_token() -> str:
 def stem(token: str, arch: str) -> str:
     """A run's checkpoint file stem: the token makes the zoo's model name unguessable."""
     return f"playground-{token}-{arch}"
-
-
-def label(arch: str) -> str:
-    return f"{'ResNet' if REGISTRY[arch].residual else 'plain'}-{REGISTRY[arch].depth}"
 
 
 def files(token: str) -> dict[str, Path]:
