@@ -78,7 +78,7 @@ def _not_blank(locator, name: str) -> None:
 
 
 SECTIONS = {"Gradients": "#gradnorms-shipped-plot", "Degradation": "#degradation-plot",
-            "Landscape": "#landscape-shipped-plot", "Curvature": "#curvature-density", "Lesion": "#lesion-shipped-plot"}
+            "Landscape": "#landscape-shipped-plot", "Curvature": "#curvature-convergence", "Lesion": "#lesion-shipped-plot"}
 LIVE = {"Gradients": "#gradnorms-table", "Degradation": None, "Landscape": "#landscape-table",
         "Curvature": "#curvature-table", "Lesion": "#lesion-table"}
 
@@ -138,7 +138,7 @@ def test_research_full_reading_and_a_live_lesion_run(page):
     """The full reading opens with its figures and numbers, and a live run draws, tabulates and explains (one live
     run here: the others' results are tested against the library in tests/test_ui_research_*.py)."""
     page.get_by_role("tab", name="Research", exact=True).click()
-    for tab, plot in (("Landscape", "#landscape-shipped-sharpness img"), ("Curvature", "#curvature-map img")):
+    for tab, plot in (("Landscape", "#landscape-shipped-sharpness img"), ("Curvature", "#curvature-density img")):
         page.get_by_role("tab", name=tab, exact=True).click()
         page.get_by_text("The full reading: method, every number, the tables").locator("visible=true").first.click()
         page.locator(plot).scroll_into_view_if_needed()

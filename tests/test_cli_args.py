@@ -87,14 +87,17 @@ RESNETS = [a for a in REGISTRY if REGISTRY[a].residual]  # the gradient study me
 # command -> (arguments every parse gets, {option: (accepts, convert, extra arguments for this option)})
 OPTIONS = {
     "curvature": (["--models", "resnet20"], {
-        "--n": COUNT, "--resamples": (*ints(0), ["--map-grid", "5"]), "--top-k": COUNT,
+        "--sizes": ((lambda t: bool(t.strip(", ")) and all((v := _int(x.strip())) is not None and v >= 2
+                                                            for x in t.split(",") if x.strip())),
+                    lambda t: tuple(sorted({int(x) for x in t.split(",") if x.strip()}))),
+        "--sets": (*ints(0), ["--map-grid", "5"]), "--top-k": COUNT, "--density-n": ints(0),
         "--density-steps": ((lambda t: _int(t) is not None and (_int(t) == 0 or _int(t) >= 2)), _int),
         "--tol": TOL, "--min-tol": TOL,
-        "--trace-samples": COUNT, "--density-runs": COUNT, "--seed": SEED, "--map-tol": TOL,
+        "--trace-matvecs": ints(6), "--density-runs": COUNT, "--seed": SEED, "--map-tol": TOL,
         "--direction-seed": SEED, "--chunk": COUNT, "--split": one_of("train", "test"),
         "--map-grid": odd_grid(zero=True),
         "--map-span": (*floats(0, lo_open=True), ["--map-grid", "5"]),
-        "--map-n": (*COUNT, ["--map-grid", "5"]),
+        "--map-n": (*ints(2), ["--map-grid", "5"]),
     }),
     "landscape": (["--models", "resnet20"], {
         "--grid": odd_grid(), "--span": floats(0, lo_open=True), "--n": COUNT, "--seed": SEED,
@@ -192,7 +195,7 @@ def test_each_reported_case_is_refused_while_parsing(monkeypatch, capsys):
                          (["--map-grid", "5", "--map-span", "0"], "--map-span"),
                          (["--map-grid", "5", "--map-span", "nan"], "--map-span"),
                          (["--map-grid", "5", "--map-n=-1"], "--map-n"), (["--min-tol", "0"], "--min-tol"),
-                         (["--chunk", "0"], "--chunk"), (["--n=--"], "--n"), (["--tol="], "--tol")):
+                         (["--chunk", "0"], "--chunk"), (["--sizes=--"], "--sizes"), (["--tol="], "--tol")):
         assert main(["curvature", "--models", "resnet20", "--quiet", *args]) == 2, args
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"argument {option}" in err and "Traceback" not in err, err
@@ -202,7 +205,7 @@ def test_each_reported_case_is_refused_while_parsing(monkeypatch, capsys):
 
 @pytest.mark.parametrize("argv, said", [
     (["curvature"], "give --models (or --from-csv)"),
-    (["curvature", "--models", "resnet20", "--resamples", "0"], "nothing to compute"),
+    (["curvature", "--models", "resnet20", "--sets", "0"], "nothing to compute"),
     (["curvature", "--models", "resnet20", "--map-n", "8"], "--map-n sets the images of the map: add --map-grid"),
     (["curvature", "--models", "resnet20", "--density-steps", "1"], "--density-steps 1 gives no density"),
     (["landscape"], "give --models (or --from-csv)"),
@@ -239,7 +242,7 @@ def test_defaults_and_a_from_csv_rereading_parse():
 @pytest.mark.parametrize("argv, work", [
     (["landscape", "--models", "resnet20", "--grid", "5", "--n", "64", "--quiet", "--device", "cpu"],
      "resnet_lab.research.landscape.compute_landscape"),
-    (["curvature", "--models", "resnet20", "--n", "64", "--quiet", "--device", "cpu"],
+    (["curvature", "--models", "resnet20", "--sizes", "64", "--quiet", "--device", "cpu"],
      "resnet_lab.research.curvature.compute_curvature"),
     (["lesion", "--model", "resnet20", "--n", "64", "--device", "cpu"], "resnet_lab.research.lesion._study_all"),
 ])

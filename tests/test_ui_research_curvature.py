@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 import pytest
-from test_curvature import _spectrum
+from test_curvature_scale import FLATTER, spectrum
 from test_ui_research_landscape import no_progress, save_twin
 
 from resnet_lab.research import curvature
@@ -46,10 +46,13 @@ def test_bad_choice_and_oversized_run_are_messages(twins, monkeypatch):
 def test_shipped_results_present_and_absent(tmp_path, monkeypatch):
     monkeypatch.setattr(curvature, "SHIPPED_STEM", tmp_path / "curvature_shapes")
     assert set(ui.shipped_results()) == {"note"} and "not shipped" in ui.shipped_results()["note"]
-    spec = _spectrum({"resnet20": [40, 42, 41], "plain20": [100, 110, 104]})
+    spec = spectrum(FLATTER)
     spec.to_csv(tmp_path / "curvature_shapes.csv", index=False)
     shipped = ui.shipped_results()
-    assert "**plain20's is the larger**" in shipped["note"]
-    assert isinstance(shipped["table"], pd.DataFrame) and list(shipped["table"]["net"]) == ["resnet20", "plain20"]
+    assert "**plain20's is the larger at both of the largest n**" in shipped["note"]
+    assert shipped["verdict"][0].startswith("Measured on 1024 training images, resnet20's minimum is the flatter")
+    table = shipped["table"]
+    assert isinstance(table, pd.DataFrame) and list(table["net"]) == ["resnet20"] * 3 + ["plain20"] * 3
+    assert list(table["images (n)"]) == [64, 256, 1024] * 2 and table["λmax (mean of sets)"].iloc[2] == "20.5"
     (tmp_path / "curvature_shapes.csv").write_text("a,b\n1,2\n")
     assert "cannot be read" in ui.shipped_results()["note"]
