@@ -1,7 +1,7 @@
 """The one cost model (`research/cost.py`) against measured runs: predicted / measured per kind, batch and net.
 
 For each net and batch: a no-grad forward, a training step (forward, backward, SGD update, train-mode BN) and a
-Hessian-vector product (curvlinops, the operator the curvature study uses) on one batch, timed (median of
+Hessian-vector product (double backward, the operator the curvature study uses) on one batch, timed (median of
 `--repeats` after a warm-up; one more run only when a run takes seconds), each against `cost.seconds(...,
 batch=...)` with the rates re-measured right before the row (`cost.remeasure`), so both see the same load. The nets:
 the four shipped twins at 32 px and ResNet-50 (seeded init) at 64 and 224 px. A cell whose predicted seconds pass

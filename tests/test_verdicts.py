@@ -50,12 +50,39 @@ def test_landscape_verdict_counts_what_survives_every_control():
     assert "the ResNet is the flatter" in V.landscape(one_way)
 
 
-def test_curvature_verdict_names_the_flatter_net_only_where_every_image_set_agrees():
-    spec, _, _ = curvature.read_results(curvature.SHIPPED_STEM)
-    text = V.curvature(spec)
-    assert "resnet56 sits in the flatter minimum" in text and "resnet20 and plain20: no consistent difference" in text
-    worst = curvature.spectrum_table(spec).ratio.max()
-    assert f"at most {worst:.3f}" in text
+def _paired_by_hand(raw: pd.DataFrame, res: str, plain: str, quantity: str) -> tuple[list[int], str | None]:
+    """The two largest sizes at which both nets have `quantity` (λmax: "eigenvalue" index 1), and the net a paired
+    t-test (scipy's, p < 0.05) finds larger at both of them, or None; from the shipped CSV's rows alone."""
+    from scipy import stats
+
+    index = 1 if quantity == "eigenvalue" else 0
+    d = raw[(raw.quantity == quantity) & (raw["index"] == index)]
+    ns = sorted(set(d[d.model == res].n) & set(d[d.model == plain].n))[-2:]
+    winners = set()
+    for n in ns:
+        a, b = (d[(d.model == m) & (d.n == n)].set_index("images").value for m in (res, plain))
+        t, p = stats.ttest_rel(b[a.index], a)
+        winners.add((plain if t > 0 else res) if p < 0.05 else None)
+    return ns, (winners.pop() if len(winners) == 1 else None)
+
+
+def test_curvature_verdict_names_the_flatter_net_only_where_a_paired_test_holds_at_the_two_largest_n():
+    raw = pd.read_csv(f"{curvature.SHIPPED_STEM}.csv")
+    text = V.curvature(curvature.read_results(curvature.SHIPPED_STEM)[0])
+    for res, plain in (("resnet56", "plain56"), ("resnet20", "plain20")):
+        ns, top = _paired_by_hand(raw, res, plain, "eigenvalue")
+        _, trace = _paired_by_hand(raw, res, plain, "trace")
+        held = {top, trace} - {None}
+        if len(held) == 1:
+            sharper = held.pop()
+            assert f"{plain if sharper == res else res} sits in the flatter minimum by the full Hessian ({res} vs " \
+                f"{plain} at n = {ns[-1]}" in text
+        else:
+            assert f"{res} and {plain}: no difference in sharpness that a paired test finds at both n = " \
+                f"{ns[0]} and {ns[1]}" in text
+    ratio = raw[raw.quantity == "ratio"]
+    largest = ratio[ratio.n == ratio.groupby("model").n.transform("max")].groupby("model").value.mean().max()
+    assert f"at most {largest:.3f}" in text
 
 
 def _lesion_clause(df: pd.DataFrame, model: str) -> str:
@@ -119,34 +146,34 @@ def test_plain_landscape_sentence_counts_what_survives():
     assert "every one says the ResNet's valley is the flatter" in V.landscape_plain(one_way)
 
 
-def test_plain_curvature_sentence_quotes_the_top_eigenvalues_the_figure_marks():
-    spec, dens, _ = curvature.read_results(curvature.SHIPPED_STEM)
-    table = curvature.spectrum_table(spec).set_index("model")
-    r, p = table.loc["resnet56"].lambda_max_mean, table.loc["plain56"].lambda_max_mean
+def test_plain_curvature_sentence_quotes_the_top_eigenvalues_at_the_largest_n():
+    """The student's sentence quotes each pair's mean λmax over the image sets at the largest n (worked out here
+    from the CSV's rows), the points at the right of the convergence figure, and swaps with the nets."""
+    spec = curvature.read_results(curvature.SHIPPED_STEM)[0]
+    raw = pd.read_csv(f"{curvature.SHIPPED_STEM}.csv")
+    top = raw[(raw.quantity == "eigenvalue") & (raw["index"] == 1)]
     text = V.curvature_plain(spec)
-    assert f"{p / r:.1f} times less sharply than plain56's ({r:.0f} against {p:.0f}" in text
-    assert "true bowl" in text and "Hessian" not in text
-    fig = curvature.plot_density(dens, spec)  # the numbers quoted are written on the figure
-    legend = " ".join(t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts())
-    assert f"λmax {r:.0f}" in legend and f"λmax {p:.0f}" in legend
+    assert "true bowl" in text or "saddles" in text
+    assert "Hessian" not in text and "paired" not in text
+    for res, plain in (("resnet56", "plain56"), ("resnet20", "plain20")):
+        ns, sharper = _paired_by_hand(raw, res, plain, "eigenvalue")
+        _, trace = _paired_by_hand(raw, res, plain, "trace")
+        mean = {m: top[(top.model == m) & (top.n == ns[-1])].value.mean() for m in (res, plain)}
+        if sharper and trace in (None, sharper):
+            flatter = plain if sharper == res else res
+            assert f"{flatter}'s minimum is the flatter bowl" in text
+            assert f"{mean[sharper] / mean[flatter]:.1f} times less sharply than {sharper}'s " \
+                f"({mean[flatter]:.0f} against {mean[sharper]:.0f})" in text
+        else:
+            assert f"{res} and {plain} show no difference in sharpness" in text.replace("M", "m", 1)
+    fig = curvature.plot_convergence(spec)  # the figure the sentence points at has every net's curve
+    legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+    assert all(m in legend for m in ("resnet56", "plain56", "resnet20", "plain20"))
     swapped = spec.copy()  # the two 56-layer nets' numbers exchanged: the other one is now the flatter
     swapped["model"] = swapped.model.replace({"resnet56": "plain56", "plain56": "resnet56"})
-    assert "plain56's minimum is the flatter bowl" in V.curvature_plain(swapped)
-
-
-def test_plain_curvature_sentence_says_how_far_the_image_sets_disagree():
-    """The shipped λmax moves several-fold with the image set it is measured on: the student's sentence says so,
-    with the net whose sets disagree most (worked out here from the rows), and says nothing of it for one set."""
-    spec, _, _ = curvature.read_results(curvature.SHIPPED_STEM)
-    top = spec[(spec.quantity == "eigenvalue") & (spec["index"] == 1)]
-    spread = {m: (g.value.min(), g.value.max()) for m, g in top.groupby("model")}
-    widest = max(spread, key=lambda m: spread[m][1] / spread[m][0])
-    lo, hi = spread[widest]
-    text = V.curvature_plain(spec)
-    assert f"mean over {spec.images.nunique()} sets of training images" in text
-    assert f"{widest}'s λmax runs from {lo:.0f} to {hi:.0f} across them" in text and "provisional" in text
-    one = spec[spec.images == spec.images.iloc[0]]
-    assert "provisional" not in V.curvature_plain(one)
+    ns, sharper = _paired_by_hand(raw, "resnet56", "plain56", "eigenvalue")
+    if sharper:
+        assert f"{sharper}'s minimum is the flatter bowl" in V.curvature_plain(swapped)
 
 
 def test_plain_lesion_sentence_follows_what_one_deletion_costs():

@@ -103,12 +103,14 @@ def pair_lines(spec: pd.DataFrame, res: str, plain: str) -> list[str]:
             lines.append(f"- {words}: no difference that holds at both of the largest n ({tests}).")
     fit = scale.fit_control(spec, res, plain)
     if math.isfinite(fit["matched"]):
-        lines.append(f"- Control for fit: λmax grows as the training loss does (slope {fit['slope_res']:.2f} for "
-                     f"{res}, {fit['slope_plain']:.2f} for {plain} on log-log, {fit['points']} image sets each). At "
-                     f"one matched loss ({fit['loss']:.2g}) the lines give plain/ResNet {fit['matched']:.2f}x, "
-                     f"against {fit['measured']:.2f}x measured at the largest n: the difference in fit explains "
-                     + ("most of the gap." if abs(math.log(fit["matched"])) < 0.5 * abs(math.log(fit["measured"]))
-                        else "little of the gap."))
+        held = scale.verdict(spec, res, plain, "lambda_max")["holds"]
+        lines.append(f"- Control for fit: a line through each net's image sets (log λmax against log training loss; "
+                     f"slope {fit['slope_res']:.2f} for {res}, {fit['slope_plain']:.2f} for {plain}, "
+                     f"{fit['points']} sets each) gives plain/ResNet {fit['matched']:.2f}x at one matched loss "
+                     f"({fit['loss']:.2g}), against {fit['measured']:.2f}x measured at the largest n: "
+                     + (("the difference in fit explains most of the gap." if abs(math.log(fit["matched"]))
+                         < 0.5 * abs(math.log(fit["measured"])) else "the difference in fit explains little of it.")
+                        if held else "no difference holds, so there is no gap for the fit to explain."))
     return lines
 
 

@@ -32,6 +32,8 @@ def plot_convergence(spec: pd.DataFrame, cols: int | None = None) -> Figure:
     """Per quantity, each net's mean over the disjoint image sets against n (log axis), a bar from the smallest to
     the largest set and every set a faint dot: where the bars of two twins still overlap, or a curve still falls,
     the numbers at that n are no reading yet."""
+    from matplotlib.ticker import ScalarFormatter  # matplotlib loads with the first figure, not with the package
+
     models = list(dict.fromkeys(spec.model))
     shown = [p for p in CONVERGENCE_PANELS if len(scale.per_set(spec, p[0]))]
     fig, axes = S.panels(len(shown), cols, (4.2, 3.4), extra=(0, 0.5 if cols == 1 else 0.3))
@@ -44,12 +46,16 @@ def plot_convergence(spec: pd.DataFrame, cols: int | None = None) -> Figure:
             ax.errorbar(d.n * shift, d["mean"], yerr=[d["mean"] - d["min"], d["max"] - d["mean"]], marker="o",
                         ms=4, capsize=3, lw=1.5, label=m, **style)
             p = dots[dots.model == m]
-            ax.plot(p.n * shift, p.value, ".", color=style["color"], alpha=0.35, ms=4)
+            ax.plot(p.n * shift, p.value, "o", color=style["color"], alpha=0.5, ms=3.5, mec="none")
         sizes = scale.sizes(spec)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.minorticks_off()
         ax.set_yscale(yscale)
+        if yscale == "log":  # plain numbers (40, 60, 100), not 4 x 10^1: a student reads them off the axis
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(ScalarFormatter())
+            ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_title(title, fontsize=9.5)
         ax.set_xlabel("training images per Hessian (n)", fontsize=9)
         ax.grid(True, alpha=0.3)
@@ -58,9 +64,15 @@ def plot_convergence(spec: pd.DataFrame, cols: int | None = None) -> Figure:
     return fig
 
 
+def _peaks(y: np.ndarray) -> np.ndarray:
+    """Indices of the density's local maxima."""
+    return np.flatnonzero((y[1:-1] > y[:-2]) & (y[1:-1] >= y[2:])) + 1
+
+
 def numbers_label(model: str, dens: pd.DataFrame) -> str:
-    """A net's legend entry: its images and top Ritz value (λmax of that image set)."""
-    return f"{model}: λmax {dens.eigenvalue[dens.density > 0].max():.0f}" if len(dens) else model
+    """A net's legend entry: where its rightmost peak sits (the top Ritz value: λmax of that image set)."""
+    peaks = _peaks(dens.density.to_numpy())
+    return f"{model}: λmax ≈ {dens.eigenvalue.to_numpy()[peaks[-1]]:.0f}" if len(peaks) else model
 
 
 def plot_density(dens: pd.DataFrame, cols: int | None = None) -> Figure:
@@ -71,18 +83,19 @@ def plot_density(dens: pd.DataFrame, cols: int | None = None) -> Figure:
     depths = sorted({_depth(m) for m in models})
     fig, axes = S.panels(len(depths), cols, (5.2, 3.6), extra=(0, 0.2))
     for ax, depth in zip(axes, depths):
-        low, ns = math.inf, set()
+        low, high, ns = math.inf, 0.0, set()
         for m in [m for m in models if _depth(m) == depth]:
             d = dens[dens.model == m]
             y = d.density.to_numpy()
-            peaks = y[1:-1][(y[1:-1] > y[:-2]) & (y[1:-1] >= y[2:])]
+            peaks = y[_peaks(y)]
             low = min(low, peaks[peaks > 0].min() if (peaks > 0).any() else y[y > 0].min())
+            high = max(high, y.max())
             ns.add(int(d.n.iloc[0]))
             style = S.line_style(m)
             ax.plot(d.eigenvalue, d.density.clip(lower=1e-300), label=numbers_label(m, d), **style)
         floor = 10 ** math.floor(math.log10(low) - 1)
         ax.set(yscale="log", xlabel="eigenvalue of the Hessian (curvature along that direction)",
-               ylabel="density of eigenvalues", ylim=(floor, None),
+               ylabel="density of eigenvalues", ylim=(floor, 10 * high),
                title=f"{depth} layers: set 0, {', '.join(map(str, sorted(ns)))} training images" if depth else "")
         ax.title.set_fontsize(10)
         ax.xaxis.label.set_fontsize(9)

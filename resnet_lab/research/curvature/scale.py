@@ -112,9 +112,9 @@ def leave_one_out(spec: pd.DataFrame) -> pd.DataFrame:
 
 def fit_control(spec: pd.DataFrame, res: str, plain: str, quantity: str = "lambda_max") -> dict[str, float]:
     """What the difference in fit explains: per net a line log(quantity) = a + b log(loss) through all its (n, set)
-    points; the plain/ResNet ratio of the quantity at the largest n as measured, and as the lines predict at one
-    matched loss (the geometric mean of the two nets' losses there). A matched ratio near 1 means the fit explains
-    the difference; near the measured one, it does not."""
+    points; the plain/ResNet ratio of the quantity's means at the largest n as measured (the paired test's), and
+    as the lines predict at one matched loss (the geometric mean of the two nets' losses there). A matched ratio
+    near 1 means the fit explains the difference; near the measured one, it does not."""
     q, loss = per_set(spec, quantity), per_set(spec, "loss")
     both = q.merge(loss, on=["model", "n", "images"], suffixes=("", "_loss"))
     both = both[(both.value > 0) & (both.value_loss > 0)]
@@ -128,7 +128,7 @@ def fit_control(spec: pd.DataFrame, res: str, plain: str, quantity: str = "lambd
         b, a = np.polyfit(np.log(d.value_loss), np.log(d.value), 1)
         lines[m] = (a, b)
         last = d[d.n == top]
-        at_top[m] = (float(np.exp(np.log(last.value).mean())), float(np.exp(np.log(last.value_loss).mean())))
+        at_top[m] = (float(last.value.mean()), float(np.exp(np.log(last.value_loss).mean())))
     matched_loss = math.sqrt(at_top[res][1] * at_top[plain][1])
     predict = lambda m: math.exp(lines[m][0] + lines[m][1] * math.log(matched_loss))  # noqa: E731
     return {"measured": at_top[plain][0] / at_top[res][0], "matched": predict(plain) / predict(res),
