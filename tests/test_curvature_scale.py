@@ -107,8 +107,9 @@ def test_the_verdicts_name_the_flatter_net_only_where_it_holds():
     text = V.curvature(spec)
     assert text.startswith("resnet20 sits in the flatter minimum by the full Hessian (resnet20 vs plain20 at n = 1024")
     plain = V.curvature_plain(spec)
-    assert plain.startswith("Measured on 1024 training images, resnet20's minimum is the flatter bowl: in its "
-                            f"steepest direction the loss curves up {41.1667 / 20.5:.1f} times less sharply")
+    assert plain.startswith("At 20 layers, measured on 1024 training images, resnet20's minimum is the flatter bowl: "
+                            f"in its steepest direction the loss curves up {41.1667 / 20.5:.1f} times less sharply")
+    assert "and the same holds on 256 images" in plain
     assert "still shrink as more images are used (resnet20: 31 on 256 images, 20 on 1024)" in plain
     assert "true bowl" in plain and "Hessian" not in plain
     noisy = spectrum({**FLATTER, "plain20": {**FLATTER["plain20"], 1024: [12, 40, 30]}})

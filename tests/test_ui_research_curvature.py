@@ -50,7 +50,7 @@ def test_shipped_results_present_and_absent(tmp_path, monkeypatch):
     spec.to_csv(tmp_path / "curvature_shapes.csv", index=False)
     shipped = ui.shipped_results()
     assert "**plain20's is the larger at both of the largest n**" in shipped["note"]
-    assert shipped["verdict"][0].startswith("Measured on 1024 training images, resnet20's minimum is the flatter")
+    assert shipped["verdict"][0].startswith("At 20 layers, measured on 1024 training images, resnet20's minimum")
     table = shipped["table"]
     assert isinstance(table, pd.DataFrame) and list(table["net"]) == ["resnet20"] * 3 + ["plain20"] * 3
     assert list(table["images (n)"]) == [64, 256, 1024] * 2 and table["λmax (mean of sets)"].iloc[2] == "20.5"

@@ -258,15 +258,16 @@ def curvature_plain(spec: pd.DataFrame, resolution: float = 0.02) -> str:
     out = []
     for pair in _curvature_pairs(spec):
         res, plain, sharper = pair["res"], pair["plain"], pair["sharper"]
-        last = pair["lambda_max"]["tests"][-1]
+        first, last = pair["lambda_max"]["tests"][0], pair["lambda_max"]["tests"][-1]
         n, top_res, top_plain = last["n"], last["res"], last["plain"]
+        depth = f"at {REGISTRY[res].depth} layers" if res in REGISTRY else f"{res} against {plain}"
         if sharper:
             flatter, (steep, gentle) = (plain, (top_res, top_plain)) if sharper == res else (res, (top_plain, top_res))
-            out.append(f"measured on {n} training images, {flatter}'s minimum is the flatter bowl: in its steepest "
-                       f"direction the loss curves up {steep / gentle:.1f} times less sharply than {sharper}'s "
-                       f"({gentle:.0f} against {steep:.0f}), and the same holds on half as many images")
+            out.append(f"{depth}, measured on {n} training images, {flatter}'s minimum is the flatter bowl: in its "
+                       f"steepest direction the loss curves up {steep / gentle:.1f} times less sharply than "
+                       f"{sharper}'s ({gentle:.0f} against {steep:.0f}), and the same holds on {first['n']} images")
         else:
-            out.append(f"{res} and {plain} show no difference in sharpness that holds as the images grow "
+            out.append(f"{depth}, {res} and {plain} show no difference in sharpness that holds as the images grow "
                        f"({top_res:.0f} against {top_plain:.0f} on {n} images)")
     text = "; ".join(out)
     text = text[0].upper() + text[1:] + "."

@@ -59,8 +59,8 @@ def plot_convergence(spec: pd.DataFrame, cols: int | None = None) -> Figure:
         ax.set_title(title, fontsize=9.5)
         ax.set_xlabel("training images per Hessian (n)", fontsize=9)
         ax.grid(True, alpha=0.3)
-    S.legend_outside(fig, axes, cols, title="mean over disjoint image sets; bars: smallest to largest set; dots: "
-                     "each set", title_fontsize=8)
+    S.legend_outside(fig, axes, cols, title="mean over disjoint image sets;" + ("\n" if cols == 1 else " ")
+                     + "bars: smallest to largest set; dots: each set", title_fontsize=8)
     return fig
 
 

@@ -94,7 +94,8 @@ def run_top_eigenvalue(choice: str | None, progress: Any = gr.Progress()) -> tup
     text = ("Top eigenvalue of the full Hessian of the mean cross-entropy on each net's own first training images "
             f"(ARPACK, relative tolerance {LIVE_TOL:g}). On this few images λmax is ruled by the few images a net "
             "has not fitted yet: expect it well above the shipped value at the largest n, and as far from the "
-            "shipped 64-image numbers as their image sets are from each other (the figure above). " + "; ".join(notes) + ".")
+            "shipped 64-image numbers as their image sets are from each other (the figure above). "
+            + "; ".join(notes) + ".")
     return pd.DataFrame(rows), text
 
 
