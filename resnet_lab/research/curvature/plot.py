@@ -47,9 +47,14 @@ def plot_convergence(spec: pd.DataFrame, cols: int | None = None) -> Figure:
                         ms=4, capsize=3, lw=1.5, label=m, **style)
             p = dots[dots.model == m]
             ax.plot(p.n * shift, p.value, "o", color=style["color"], alpha=0.5, ms=3.5, mec="none")
+            if q != "ratio" and len(d):  # the mean the verdict quotes, written beside its last point
+                last = d.iloc[-1]
+                ax.annotate(f"{last['mean']:.0f}", (last.n * shift, last["mean"]), xytext=(6, 0),
+                            textcoords="offset points", va="center", fontsize=7.5, color=style["color"])
         sizes = scale.sizes(spec)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.set_xlim(min(sizes) / 1.5, max(sizes) * 1.9)  # room for the values written at the right
         ax.minorticks_off()
         ax.set_yscale(yscale)
         if yscale == "log":  # plain numbers (40, 60, 100), not 4 x 10^1: a student reads them off the axis
