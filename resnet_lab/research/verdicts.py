@@ -239,9 +239,12 @@ def curvature(spec: pd.DataFrame, resolution: float = 0.02) -> str:
                     f"{', '.join(format(t['p'], '.2g') for t in v['tests'])})"
                     for q, what in (("lambda_max", "top eigenvalue"), ("trace", "trace")) if (v := pair[q])["holds"]]
             flatter = plain if sharper == res else res
+            fit = CS.fit_control(spec, res, plain)
             out.append(f"{flatter} sits in the flatter minimum by the full Hessian ({res} vs {plain} at n = "
                        f"{ns[-1]}: {'; '.join(said)}; paired t-tests over disjoint image sets, significant at n = "
-                       f"{' and '.join(map(str, ns))}).")
+                       f"{' and '.join(map(str, ns))})" + (
+                           f", though matched for training loss the ratio shrinks from {fit['measured']:.2f}x to "
+                           f"{fit['matched']:.2f}x (the control for fit)." if CS.fit_explains(fit) else "."))
         else:
             out.append(f"{res} and {plain}: no difference in sharpness that a paired test finds at both n = "
                        f"{' and '.join(map(str, ns))}.")
@@ -266,6 +269,10 @@ def curvature_plain(spec: pd.DataFrame, resolution: float = 0.02) -> str:
             out.append(f"{depth}, measured on {n} training images, {flatter}'s minimum is the flatter bowl: in its "
                        f"steepest direction the loss curves up {steep / gentle:.1f} times less sharply than "
                        f"{sharper}'s ({gentle:.0f} against {steep:.0f}), and the same holds on {first['n']} images")
+            fit = CS.fit_control(spec, res, plain)
+            if CS.fit_explains(fit) and fit["loss_res" if sharper == res else "loss_plain"] > fit["loss"]:
+                out[-1] += (f", but {sharper} also fits its training images less closely, and that explains most "
+                            "of the gap")
         else:
             out.append(f"{depth}, {res} and {plain} show no difference in sharpness that holds as the images grow "
                        f"({top_res:.0f} against {top_plain:.0f} on {n} images)")

@@ -108,8 +108,8 @@ def pair_lines(spec: pd.DataFrame, res: str, plain: str) -> list[str]:
                      f"slope {fit['slope_res']:.2f} for {res}, {fit['slope_plain']:.2f} for {plain}, "
                      f"{fit['points']} sets each) gives plain/ResNet {fit['matched']:.2f}x at one matched loss "
                      f"({fit['loss']:.2g}), against {fit['measured']:.2f}x measured at the largest n: "
-                     + (("the difference in fit explains most of the gap." if abs(math.log(fit["matched"]))
-                         < 0.5 * abs(math.log(fit["measured"])) else "the difference in fit explains little of it.")
+                     + (("the difference in fit explains most of the gap." if scale.fit_explains(fit)
+                         else "the difference in fit explains little of it.")
                         if held else "no difference holds, so there is no gap for the fit to explain."))
     return lines
 

@@ -122,9 +122,9 @@ def fit_control(spec: pd.DataFrame, res: str, plain: str, quantity: str = "lambd
     lines, at_top = {}, {}
     for m in (res, plain):
         d = both[both.model == m]
-        if len(d) < 3 or d.value_loss.nunique() < 2:
+        if len(d) < 3 or d.value_loss.nunique() < 2 or d.n.nunique() < 2:
             return {"measured": math.nan, "matched": math.nan, "slope_res": math.nan, "slope_plain": math.nan,
-                    "loss": math.nan, "points": len(d)}
+                    "loss": math.nan, "loss_res": math.nan, "loss_plain": math.nan, "points": len(d)}
         b, a = np.polyfit(np.log(d.value_loss), np.log(d.value), 1)
         lines[m] = (a, b)
         last = d[d.n == top]
@@ -132,5 +132,14 @@ def fit_control(spec: pd.DataFrame, res: str, plain: str, quantity: str = "lambd
     matched_loss = math.sqrt(at_top[res][1] * at_top[plain][1])
     predict = lambda m: math.exp(lines[m][0] + lines[m][1] * math.log(matched_loss))  # noqa: E731
     return {"measured": at_top[plain][0] / at_top[res][0], "matched": predict(plain) / predict(res),
+            "loss_res": at_top[res][1], "loss_plain": at_top[plain][1],
             "slope_res": float(lines[res][1]), "slope_plain": float(lines[plain][1]), "loss": matched_loss,
             "points": int(min((both.model == m).sum() for m in (res, plain)))}
+
+
+def fit_explains(fit: dict[str, float]) -> bool | None:
+    """Whether `fit_control` finds the difference in fit explains most of the measured ratio (the matched ratio's
+    log under half the measured one's); None where the control could not be drawn."""
+    if not (math.isfinite(fit["matched"]) and math.isfinite(fit["measured"])) or fit["measured"] <= 0:
+        return None
+    return abs(math.log(fit["matched"])) < 0.5 * abs(math.log(fit["measured"]))
