@@ -102,7 +102,7 @@ def stages_in_one_pass(repeats: int) -> dict:
     from captum.attr import LayerGradCam
 
     from resnet_lab import build
-    from resnet_lab.explain import gradcam_stages
+    from resnet_lab.explain.methods import gradcam_stages
 
     net = build("resnet50", seed=0).eval()
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))

@@ -55,7 +55,7 @@ def near_ties(model, batches, delta: float = TIE) -> int:
     (For the shipped nets it is 0: their closest top-2 gaps are 2.5e-4 and more.)"""
     import torch
 
-    from resnet_lab.scoring import score
+    from resnet_lab.runtime.scoring import score
 
     gaps = []
     score(model, batches, on_logits=lambda z, _y: gaps.append(z.topk(2).values.diff(dim=1).abs().flatten()))

@@ -56,8 +56,8 @@ def page(trained):
 
 
 def test_pick_the_trained_model_and_classify_one_of_its_images(page, trained):
+    from resnet_lab.models.weights import load_checkpoint
     from resnet_lab.serving.inference import Classifier
-    from resnet_lab.weights import load_checkpoint
 
     weights, image = trained
     expect(page.locator("#status")).to_contain_text("weights", timeout=60_000)

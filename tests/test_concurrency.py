@@ -20,7 +20,7 @@ import pytest
 from gradio.context import LocalContext
 from gradio_client import Client, handle_file
 
-from resnet_lab import faithfulness
+from resnet_lab.explain import faithfulness
 from resnet_lab.research import degradation, gradflow
 from resnet_lab.serving.zoo import ASSETS, SHAPES_MODEL, ModelZoo
 from resnet_lab.ui import common, gradcam, research

@@ -22,12 +22,12 @@ import torch
 from conftest import encode
 from PIL import Image
 
-from resnet_lab import data
-from resnet_lab.data import _TRANSPOSE, ImageError, decode_image
+from resnet_lab.data import images as data
+from resnet_lab.data.images import _TRANSPOSE, ImageError, decode_image
+from resnet_lab.models.weights import load_weights
 from resnet_lab.serving.device_decode import DeviceTransform, decode_jpegs, orient, read_jpeg_header
 from resnet_lab.serving.inference import Classifier
 from resnet_lab.serving.zoo import SHAPES_CHECKPOINT
-from resnet_lab.weights import load_weights
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 ONE_LEVEL = 1 / 255  # of the [0, 1] pixel scale: PIL rounds its resize to uint8, the device path rounds the same way

@@ -192,8 +192,8 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 @pytest.mark.numerics  # batches of 24 against one of 64: the closest top-2 gap is 0.32, the noise 1e-5
 def test_cli_on_the_shipped_shapes_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from resnet_lab.shapes import ShapesDataset
-    from resnet_lab.weights import load_checkpoint
+    from resnet_lab.data.shapes import ShapesDataset
+    from resnet_lab.models.weights import load_checkpoint
 
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", str(SHAPES_MODEL), "--data", "shapes", "--n", "64", "--out", str(out),
@@ -235,8 +235,8 @@ def _write_cifar10(root: Path, n: int, seed: int = 0) -> tuple[np.ndarray, np.nd
 
 
 def test_cli_on_cifar_format_files(tmp_path: Path) -> None:
-    from resnet_lab.resnet import build
-    from resnet_lab.weights import save_checkpoint
+    from resnet_lab.models.resnet import build
+    from resnet_lab.models.weights import save_checkpoint
 
     data, labels, names = _write_cifar10(tmp_path / "data", 37)
     model = build("resnet20", num_classes=10, seed=0).eval()
@@ -300,8 +300,8 @@ def _write_folder(root: Path, counts: dict[str, int], seed: int = 0) -> dict[str
 
 
 def _checkpoint(tmp_path: Path, arch: str, classes: list[str] | None, num_classes: int, name: str) -> Path:
-    from resnet_lab.resnet import build
-    from resnet_lab.weights import save_checkpoint
+    from resnet_lab.models.resnet import build
+    from resnet_lab.models.weights import save_checkpoint
 
     model = build(arch, num_classes=num_classes, seed=1).eval()
     meta = {"arch": arch, "num_classes": num_classes, **FOLDER_META, **({"classes": classes} if classes else {})}
@@ -311,7 +311,7 @@ def _checkpoint(tmp_path: Path, arch: str, classes: list[str] | None, num_classe
 def _reference_predictions(ckpt: Path, paths: list[Path]) -> np.ndarray:
     """The checkpoint's top-1 for each file, computed here: 32 px in, crop_pct 1, so the eval transform is just
     ToTensor and the checkpoint's mean/std (JPEG decoded by PIL at full size: these are 32 px already)."""
-    from resnet_lab.weights import load_checkpoint
+    from resnet_lab.models.weights import load_checkpoint
 
     model = load_checkpoint(ckpt).model.eval()
     x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), np.float32) / 255).permute(2, 0, 1)
@@ -374,9 +374,9 @@ def test_folder_classes_that_do_not_match_the_model_are_named(tmp_path: Path, ca
 def test_imagenet_val_folder_lands_on_timms_indices(tmp_path: Path) -> None:
     from timm.data import ImageNetInfo
 
-    from resnet_lab.data import imagenet_labels
+    from resnet_lab.data.images import imagenet_labels
+    from resnet_lab.models.weights import load_checkpoint
     from resnet_lab.training.evaluation import folder_dataset, imagenet_synsets, match_classes
-    from resnet_lab.weights import load_checkpoint
 
     info = ImageNetInfo()
     synsets = [info.index_to_label_name(i) for i in (1, 500, 999)]  # a partial subset: sorted order is 0, 1, 2
@@ -445,9 +445,9 @@ def test_tensor_data_shards_cover_the_set_once(tmp_path: Path) -> None:
     in one process: `Dist` is only rank and world size to the sharding)."""
     import argparse
 
-    from resnet_lab.training.distributed import Dist
+    from resnet_lab.models.weights import load_checkpoint
+    from resnet_lab.runtime.distributed import Dist
     from resnet_lab.training.evaluation import _shard
-    from resnet_lab.weights import load_checkpoint
 
     loaded = load_checkpoint(SHAPES_MODEL)
     args = argparse.Namespace(data="shapes", n=37, seed=None, batch_size=8, model=str(SHAPES_MODEL))

@@ -11,11 +11,11 @@ import weakref
 import pytest
 import torch
 
+from resnet_lab.models.weights import load_weights
 from resnet_lab.serving import graphs
 from resnet_lab.serving.graphs import BUCKETS, bucket_for, bucketed, graphs_off_reason
 from resnet_lab.serving.inference import Classifier
 from resnet_lab.serving.zoo import SHAPES_CHECKPOINT, SHAPES_MODEL, ModelZoo
-from resnet_lab.weights import load_weights
 
 
 class FakeGraphs:

@@ -12,12 +12,12 @@ from PIL import Image
 from torch import nn
 
 from resnet_lab import build
-from resnet_lab.data import ImageError, decode_image
-from resnet_lab.devices import resolve_device
+from resnet_lab.data.images import ImageError, decode_image
+from resnet_lab.models.verify import randomize_bn
+from resnet_lab.models.weights import load_weights
+from resnet_lab.runtime.devices import resolve_device
 from resnet_lab.serving.inference import Classifier, fuse_bn
 from resnet_lab.serving.zoo import SHAPES_CHECKPOINT
-from resnet_lab.verify import randomize_bn
-from resnet_lab.weights import load_weights
 
 
 def _relative_gap(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
@@ -77,7 +77,7 @@ def test_a_banner_classifies_and_a_strip_is_refused():
 
 
 def test_labels_come_from_checkpoint_meta(tmp_path):
-    from resnet_lab.weights import save_checkpoint
+    from resnet_lab.models.weights import save_checkpoint
 
     path = save_checkpoint(build("resnet20", num_classes=3), tmp_path / "m",
                            {"arch": "resnet20", "num_classes": 3, "classes": ["a", "b", "c"]})

@@ -16,13 +16,14 @@ import torch.nn.functional as F
 from conftest import near_ties
 from torch import nn
 
-from resnet_lab.blocks import Bottleneck, projection
-from resnet_lab.devices import resolve_device
-from resnet_lab.research import cost, lesion
-from resnet_lab.resnet import build
-from resnet_lab.scoring import chunks, score
-from resnet_lab.training.heldout import HeldOut, held_out_set
-from resnet_lab.weights import load_checkpoint
+from resnet_lab.data.heldout import HeldOut, held_out_set
+from resnet_lab.models.blocks import Bottleneck, projection
+from resnet_lab.models.resnet import build
+from resnet_lab.models.weights import load_checkpoint
+from resnet_lab.research import lesion
+from resnet_lab.runtime import cost
+from resnet_lab.runtime.devices import resolve_device
+from resnet_lab.runtime.scoring import chunks, score
 
 CHECKPOINT = "assets/shapes_resnet20.safetensors"
 TWIN = "assets/twins/shapes_{}.safetensors"
@@ -43,7 +44,7 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_no_deletion_gives_the_evaluators_accuracy_exactly():
-    from resnet_lab.shapes import ShapesDataset
+    from resnet_lab.data.shapes import ShapesDataset
     from resnet_lab.training.evaluation import evaluate
 
     loaded = load_checkpoint(CHECKPOINT)

@@ -10,8 +10,8 @@ import torch
 from conftest import encode
 from PIL import Image
 
-from resnet_lab.data import crop_box
-from resnet_lab.explain import colorbar_width
+from resnet_lab.data.images import crop_box
+from resnet_lab.explain.methods import colorbar_width
 from resnet_lab.serving.zoo import SHAPES_CHECKPOINT, SHAPES_MODEL, ModelZoo
 from resnet_lab.ui import classify, common, gradcam
 
@@ -41,8 +41,8 @@ def files(tmp_path, photo):
 def test_classify_returns_the_top5_of_the_softmax(tmp_path):
     """The Shapes net has 8 classes, so its top 5 sum to less than 1; each is the softmax of logits computed here
     with the unfused shipped model on the image's pixels (normalized by hand)."""
-    from resnet_lab.shapes import MEAN, STD, ShapesDataset
-    from resnet_lab.weights import load_checkpoint
+    from resnet_lab.data.shapes import MEAN, STD, ShapesDataset
+    from resnet_lab.models.weights import load_checkpoint
 
     sample = ShapesDataset(1, seed=4242).sample(0)
     path = tmp_path / "shape.png"
@@ -198,7 +198,7 @@ def test_shapes_sample_draws_the_true_box_and_the_verdict():
 def test_recompute_runs_on_a_copy_without_the_lock_and_says_how_long(monkeypatch):
     """Grad-CAM requests on the Shapes model must not wait behind a recompute: while it evaluates, the model's lock is
     free and the net it measures is not the shared one. The estimate is made before it starts and reported."""
-    from resnet_lab import faithfulness
+    from resnet_lab.explain import faithfulness
 
     entry = common.zoo().get(SHAPES_MODEL)
     seen = []

@@ -14,15 +14,15 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from resnet_lab import akamaster, weights
-from resnet_lab.weights import WeightsUnavailable
+from resnet_lab.models import akamaster, weights
+from resnet_lab.models.weights import WeightsUnavailable
 
 
 @pytest.fixture(scope="module")
 def timm_r18():
     torch.manual_seed(0)
     m = timm.create_model("resnet18").eval()
-    from resnet_lab.verify import randomize_bn
+    from resnet_lab.models.verify import randomize_bn
 
     randomize_bn(m)
     return m
@@ -265,8 +265,8 @@ def test_hub_probe_goes_to_the_configured_endpoint(monkeypatch):
 
 
 def _akamaster_net(arch: str = "resnet20", seed: int = 3) -> torch.nn.Module:
-    from resnet_lab.resnet import build
-    from resnet_lab.verify import randomize_bn
+    from resnet_lab.models.resnet import build
+    from resnet_lab.models.verify import randomize_bn
 
     model = build(arch, seed=seed)
     with torch.no_grad():

@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import save_file
 
 from resnet_lab import build
+from resnet_lab.models.weights import load_weights
 from resnet_lab.serving import graphs
 from resnet_lab.serving import zoo as zoo_mod
 from resnet_lab.serving.zoo import IMAGENET_MODELS, SHAPES_MODEL, ModelZoo, model_bytes, tags_for
-from resnet_lab.weights import load_weights
 
 GiB = 2**30
 
@@ -176,7 +176,7 @@ def test_a_failed_load_evicts_nothing_and_is_not_remembered(tmp_path):
     """A load that fails (a mistyped hf-hub tag anyone can type, a pruned Playground net, an unreadable file)
     leaves the cached model where it was and its key nowhere: a visitor cannot empty other users' cache, and the
     model loads when asked again. With `max_models=1` the one cached model is the one a load would have evicted."""
-    from resnet_lab.checkpoints import save_checkpoint
+    from resnet_lab.models.checkpoints import save_checkpoint
 
     zoo = ModelZoo(weights_path=str(tmp_path / "none"), device="cpu", max_models=1)
     real_load, failures = zoo._load, [OSError("disk full"), ValueError("no such export on the Hub")]

@@ -22,12 +22,9 @@ from pathlib import Path
 
 import torch
 
-from ..data import imagenet_labels
-from ..devices import free_memory, resolve_device
-from ..paths import ASSETS
-from ..resnet import REGISTRY, build
-from ..resources import memory_limit
-from ..weights import (
+from ..data.images import imagenet_labels
+from ..models.resnet import REGISTRY, build
+from ..models.weights import (
     DEFAULT_TAGS,
     HF_HUB_PREFIX,
     LoadedWeights,
@@ -38,6 +35,9 @@ from ..weights import (
     load_checkpoint,
     load_weights,
 )
+from ..paths import ASSETS
+from ..runtime.devices import free_memory, resolve_device
+from ..runtime.resources import memory_limit
 from .inference import Classifier
 from .user_models import UserModel, discover_user_models, user_model
 

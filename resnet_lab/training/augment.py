@@ -89,7 +89,7 @@ def train_transform(pretrained_cfg: dict[str, Any], aug: Augment = Augment()) ->
     from timm.data import create_transform
     from torchvision import transforms as T
 
-    from ..data import eval_config, eval_shape
+    from ..data.images import eval_config, eval_shape
 
     cfg = eval_config(pretrained_cfg)
     size = int(cfg["input_size"][-1])

@@ -13,9 +13,9 @@ import shlex
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..cli_args import int_in, number, positive_int, seed, writable
-from ..precision import PRECISIONS
-from ..resnet import REGISTRY, list_archs
+from ..cli.args import int_in, number, positive_int, seed, writable
+from ..models.resnet import REGISTRY, list_archs
+from ..runtime.precision import PRECISIONS
 from . import finetune
 from .augment import Augment
 from .recipe import SMALL_EMA_DECAY, SMALL_SET, SMALL_SMOOTHING, SMALL_STEPS

@@ -22,16 +22,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..cli_args import int_in, positive_int, seed, writable
+from ..cli.args import int_in, positive_int, seed, writable
+from ..data.heldout import normalize_images
 from ..progress import Progress
-from ..scoring import Batch, chunks, score
-from .heldout import normalize_images
+from ..runtime.devices import model_device
+from ..runtime.scoring import Batch, chunks, score
 from .metrics import EvaluationResult
 
 if TYPE_CHECKING:
-    from ..weights import LoadedWeights
-    from .distributed import Dist
-    from .heldout import HeldOut
+    from ..data.heldout import HeldOut
+    from ..models.weights import LoadedWeights
+    from ..runtime.distributed import Dist
 
 DATASETS = ("shapes", "cifar10", "cifar100")
 FOLDER = "folder:"
@@ -101,8 +102,8 @@ def match_classes(folder_classes: Sequence[str], model_classes: Sequence[str] | 
     without class names with 1000 outputs is taken for ImageNet-1k when every sub-folder is a synset id; one with
     neither names nor 1000 outputs is matched in the folder's sorted order when the counts agree (with a warning).
     """
-    from ..data import imagenet_labels
-    from .datasets import DatasetError
+    from ..data.datasets import DatasetError
+    from ..data.images import imagenet_labels
 
     found = list(folder_classes)
     named = list(model_classes) if model_classes else None
@@ -145,7 +146,7 @@ class FolderImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], pretrained_cfg: dict[str, Any]) -> None:
-        from ..data import eval_config, eval_transform, resize_side
+        from ..data.images import eval_config, eval_transform, resize_side
 
         self.samples = list(samples)
         self.cfg = dict(pretrained_cfg)
@@ -157,7 +158,7 @@ class FolderImages(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
-        from ..data import ImageError, check_transformable, decode_image
+        from ..data.images import ImageError, check_transformable, decode_image
 
         path, label = self.samples[index]
         try:
@@ -171,8 +172,8 @@ class FolderImages(torch.utils.data.Dataset):
 def folder_dataset(path: str | Path, model_classes: Sequence[str] | None, num_classes: int,
                    pretrained_cfg: dict[str, Any]) -> tuple[FolderImages, ClassMatch, Path]:
     """Every image under PATH/<class>/, labelled with the model's output index for its class (`match_classes`)."""
-    from .datasets import DatasetError
-    from .folders import folder_samples
+    from ..data.datasets import DatasetError
+    from ..data.folders import folder_samples
 
     root = Path(path).expanduser()
     found, samples = folder_samples(root)
@@ -189,7 +190,7 @@ def evaluate_folder(model: nn.Module, dataset: FolderImages, classes: Sequence[s
     """Score `dataset` (or the samples at `indices`, a torchrun rank's share) through a DataLoader with `workers`
     decoding processes: (result, [(path, reason)] of the files left out)."""
     indices = list(range(len(dataset))) if indices is None else list(indices)
-    device = next(model.parameters()).device
+    device = model_device(model)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
                                          num_workers=workers, pin_memory=device.type == "cuda")
     skipped: list[tuple[str, str]] = []
@@ -238,7 +239,7 @@ def _data_option(text: str) -> str:
 def _load_data(args: argparse.Namespace, loaded: LoadedWeights) -> tuple[HeldOut, dict[str, Any]]:
     """The held-out set `--data` names, for `loaded` (`heldout.held_out_set`: the studies' set): Shapes' `--n`
     images of `--seed` (default: the checkpoint's test seed), or CIFAR's whole test split; and its description."""
-    from .heldout import held_out_set
+    from ..data.heldout import held_out_set
 
     if args.data == "shapes":
         held = held_out_set(loaded, args.n, seed=args.seed, dataset="shapes")
@@ -250,7 +251,7 @@ def _load_data(args: argparse.Namespace, loaded: LoadedWeights) -> tuple[HeldOut
 def _shard(args: argparse.Namespace, loaded: LoadedWeights, folder: bool, dist: Dist, progress: Progress | None,
            ) -> tuple[EvaluationResult, list[tuple[str, str]], dict[str, Any]]:
     """This rank's share of the data, scored: (result, skipped files, the data's description)."""
-    from .distributed import shard_indices
+    from ..runtime.distributed import shard_indices
 
     model = loaded.model
     if folder:
@@ -283,10 +284,10 @@ def _write(result: EvaluationResult, out: Path, extra: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The evaluate command; under torchrun each rank scores its `shard_indices` share and rank 0 merges and writes."""
+    from ..data.datasets import DatasetError
+    from ..models.weights import WeightsUnavailable, load_weights
     from ..progress import tqdm_progress
-    from ..weights import WeightsUnavailable, load_weights
-    from . import distributed
-    from .datasets import DatasetError
+    from ..runtime import distributed
 
     def fail(message: str) -> int:
         print(f"evaluate: {message}", file=sys.stderr)

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..resnet import REGISTRY, ResNet, init_module
-from ..weights import AKAMASTER_PREFIX, LoadedWeights, WeightsUnavailable, load_weights, meta_path, resolve_tag
+from ..models.resnet import REGISTRY, ResNet, init_module
+from ..models.weights import AKAMASTER_PREFIX, LoadedWeights, WeightsUnavailable, load_weights, meta_path, resolve_tag
 
 NOTHING = "nothing"
 STEM = "stem"

@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import checkpoint_path, meta_path
 from ..files import check_writable, replacing
+from ..models.checkpoints import checkpoint_path, meta_path
 from .config import DEFAULTS, RESUME_MUST_MATCH
 
 FORMAT = "resnet-lab train state 1"
@@ -312,7 +312,7 @@ class RunState:
         `config.keep` (nothing is written without `--out`)."""
         from dataclasses import asdict
 
-        from .distributed import gather_objects
+        from ..runtime.distributed import gather_objects
 
         data = gather_objects(self.data, dist) if dist.distributed else [self.data]
         if not config.out or not dist.is_main:

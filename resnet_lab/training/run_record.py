@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..precision import dtype_name
+from ..runtime.distributed import Dist
+from ..runtime.precision import dtype_name
 from . import finetune
 from .config import TrainConfig
-from .distributed import Dist
 from .recipe import Recipe
 from .resume import RunState
 from .run_data import RunData, shapes_data_config, with_decode_skips

@@ -26,18 +26,13 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
-from ..devices import resolve_device
-from ..precision import DTYPES, dtype_name
+from ..data.loaders import Batches, per_rank_batch
+from ..data.shapes import CLASSES
+from ..models.resnet import build, init_seed
+from ..models.weights import WeightsUnavailable, save_checkpoint
 from ..progress import Progress
-from ..resnet import build, init_seed
-from ..scoring import score
-from ..shapes import CLASSES
-from ..weights import WeightsUnavailable, save_checkpoint
-from . import augment, finetune, resume
-from . import recipe as recipes
-from .config import TrainConfig
-from .config import add_arguments as add_arguments  # the `train` command's options, where __main__ looks for them
-from .distributed import (
+from ..runtime.devices import resolve_device
+from ..runtime.distributed import (
     Dist,
     all_reduce_score,
     all_reduce_sum,
@@ -50,8 +45,13 @@ from .distributed import (
     unwrap,
     wrap,
 )
+from ..runtime.precision import DTYPES, dtype_name
+from ..runtime.scoring import score
+from . import augment, finetune, resume
+from . import recipe as recipes
+from .config import TrainConfig
+from .config import add_arguments as add_arguments  # the `train` command's options, where __main__ looks for them
 from .ema import WeightsEma
-from .loaders import Batches, per_rank_batch
 from .precision_probe import choose_train_precision, optimizer_step, resolve_precision
 from .run_data import make_data, shapes_data_config
 from .run_record import checkpoint_meta
@@ -373,7 +373,7 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
 
 def run(args: argparse.Namespace) -> int:
     """The `train` command: a bad option, device or data set is a message and exit code 2, not a traceback."""
-    from .datasets import DatasetError
+    from ..data.datasets import DatasetError
 
     try:
         config = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})

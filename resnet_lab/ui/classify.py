@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from ..data import ImageError
+from ..data.images import ImageError
+from ..models.weights import WeightsUnavailable
 from ..serving.zoo import IMAGENET_MODELS, Entry
-from ..weights import WeightsUnavailable
 from .common import LONG, QUICK, UploadImage, example_sets, on_gpu, result_note, shown_examples, user_errors, zoo
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,11 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from ..data import ImageError, check_transformable, decode_image
+from ..data.images import ImageError, check_transformable, decode_image
+from ..models.weights import WeightsUnavailable
 from ..paths import ASSETS
-from ..resources import cpu_count
+from ..runtime.resources import cpu_count
 from ..serving.zoo import SHAPES_MODEL, Entry, ModelZoo
-from ..weights import WeightsUnavailable
 
 _ZOO: ModelZoo | None = None
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ class ExampleGallery:
 
 def example_sets(image: gr.Image, model: str) -> tuple[ExampleGallery, ExampleGallery]:
     """Photos and Shapes samples for `image`, captioned, only the set `model` was trained for visible."""
-    from ..shapes import CLASSES
+    from ..data.shapes import CLASSES
 
     show_photos, show_shapes = (u["visible"] for u in shown_examples(model))
     photos = ExampleGallery(image, PHOTO_EXAMPLES, "Example photos: click one to run it", show_photos)
@@ -222,7 +222,7 @@ def example_sets(image: gr.Image, model: str) -> tuple[ExampleGallery, ExampleGa
 def shown_examples(model: str) -> tuple[dict, dict]:
     """Photos for ImageNet nets, Shapes samples for nets of the Shapes classes, both for a net of other classes
     (no weights are loaded: the classes come from the model's description)."""
-    from ..shapes import CLASSES
+    from ..data.shapes import CLASSES
 
     labels = zoo().describe(model)[1]
     shapes = list(labels) == list(CLASSES)

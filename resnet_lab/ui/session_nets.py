@@ -18,7 +18,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..resnet import REGISTRY
+from ..models.resnet import REGISTRY
 from .common import zoo
 
 PREFIX = "playground:"

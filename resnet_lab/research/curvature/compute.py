@@ -25,15 +25,15 @@ import pandas as pd
 import torch
 
 from ...progress import Progress
-from ...scoring import chunks, score
+from ...runtime.scoring import chunks, score
 from ..landscape.directions import grid_points, moving, random_direction
 from ..study import model_labels
 from .hessian import Hessian, curvature_ratio, extreme_eigenvalues, hutchinson_trace, spectral_density, top_eigenvalues
 
 if TYPE_CHECKING:
-    from ...training.distributed import Dist
-    from ...training.heldout import HeldOut
-    from ...weights import LoadedWeights
+    from ...data.heldout import HeldOut
+    from ...models.weights import LoadedWeights
+    from ...runtime.distributed import Dist
 
 COLUMNS = ["model", "images", "quantity", "index", "value"]
 DENSITY_COLUMNS = ["model", "eigenvalue", "density"]
@@ -91,8 +91,8 @@ def compute_curvature(models: Sequence[LoadedWeights], *, n: int = 256, split: s
     Every net is studied on a private copy on `device`; image set k is images k*n .. (k+1)*n - 1 of `split`
     (set 0 carries the full spectrum). The map uses the first `map_n` (default n) images of set 0.
     """
-    from ...training.distributed import gather_objects, shard_indices
-    from ...training.heldout import held_out_set
+    from ...data.heldout import held_out_set
+    from ...runtime.distributed import gather_objects, shard_indices
 
     if not models:
         raise ValueError("no models given")

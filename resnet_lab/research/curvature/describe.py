@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ...resnet import twin_pairs
+from ...models.resnet import twin_pairs
 from ..landscape.readings import paired
 
 SPECTRUM_TABLE = ["model", "loss", "accuracy", "lambda_max", "top_k", "lambda_min", "ratio", "trace", "trace_se",

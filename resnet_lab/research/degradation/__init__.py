@@ -29,13 +29,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ...cli_args import int_in, names, number, positive_int, seed, writable
+from ...cli.args import int_in, names, number, positive_int, seed, writable
+from ...data.shapes import CLASSES
+from ...models.resnet import REGISTRY, twin_name
 from ...paths import ASSETS
 from ...progress import tqdm_progress
-from ...resnet import REGISTRY, twin_name
-from ...shapes import CLASSES
-from .. import cost as C
-from ..memory import ALLOCATOR_OVERHEAD, BACKWARD_WORKSPACE, available_memory, largest_fitting, refusal, step_memory
+from ...runtime import cost as C
+from ...runtime.memory import (
+    ALLOCATOR_OVERHEAD,
+    BACKWARD_WORKSPACE,
+    available_memory,
+    largest_fitting,
+    refusal,
+    step_memory,
+)
 from ..study import Timer, fail, run_record, session, split_list, write_outputs
 from ..tables import read_checked_csv
 from .compute import COLUMNS, DEFAULT_ARCHS, EVAL_BATCH, add_smoothing, eval_steps, lr_at, run_degradation

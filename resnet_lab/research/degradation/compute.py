@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...data.heldout import VAL_SEED_OFFSET
+from ...data.shapes import ShapesDataset
+from ...models.resnet import REGISTRY, build, init_seed
 from ...progress import Progress
-from ...resnet import REGISTRY, build, init_seed
-from ...scoring import EVAL_BATCH, chunks, score
-from ...shapes import ShapesDataset
+from ...runtime.scoring import EVAL_BATCH, chunks, score
 
 DEFAULT_ARCHS = ("plain20", "plain56", "resnet20", "resnet56")
 COLUMNS = ["arch", "variant", "depth", "step", "metric", "value"]
-VAL_SEED_OFFSET = 100_003  # the held-out images' Shapes seed is the run's seed plus this
 
 
 def _images(n: int, seed: int, size: int, clutter: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from ...cli_args import SEED_MAX, int_in, names, number, numbers, positive_int, seed, shown_value, writable
+from ...cli.args import SEED_MAX, int_in, names, number, numbers, positive_int, seed, shown_value, writable
 from ...paths import ASSETS
 from ...progress import tqdm_progress
-from .. import cost as C
-from ..memory import available_memory, inference_memory, refusal
+from ...runtime import cost as C
+from ...runtime.memory import available_memory, inference_memory, refusal
 from ..study import Timer, fail, from_csv_record, load_models, run_record, save, session, split_list
 from ..tables import read_checked_csv
 from . import readings
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     seeds = list(range(args.seed, args.seed + args.seeds))
     try:
         with session(args.device) as dist:
-            from ...training.distributed import shard_indices
+            from ...runtime.distributed import shard_indices
 
             problem = _memory_refusal(models, len(points), len(seeds), args, dist.device)
             if problem:

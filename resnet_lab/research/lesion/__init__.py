@@ -31,16 +31,15 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
-from ...checkpoints import meta_path
-from ...cli_args import int_in, positive_int, seed, writable
-from ...devices import synchronize
+from ...cli.args import int_in, positive_int, seed, writable
+from ...data.heldout import held_out_set, set_key
+from ...models.checkpoints import meta_path
+from ...models.resnet import REGISTRY
 from ...paths import ASSETS
 from ...progress import Progress, tqdm_progress
-from ...resnet import REGISTRY
-from ...scoring import model_device
-from ...training.heldout import held_out_set, set_key
-from .. import cost as C
-from ..memory import available_memory, inference_memory, refusal
+from ...runtime import cost as C
+from ...runtime.devices import model_device, synchronize
+from ...runtime.memory import available_memory, inference_memory, refusal
 from ..study import Timer, fail, resolve_model_path, run_record, session, split_list, write_outputs
 from ..tables import read_checked_csv
 from .compute import (
@@ -61,7 +60,7 @@ from .describe import describe_lesion, halfway_k, k_curve
 from .plot import plot_lesion
 
 if TYPE_CHECKING:
-    from ...weights import LoadedWeights
+    from ...models.weights import LoadedWeights
 
 __all__ = ["BATCH_SIZE", "COLUMNS", "QUICK", "SHIPPED_CSV", "SHIPPED_PNG", "BlockInfo", "block_table",
            "deletion_orders", "describe_lesion", "estimate_cost", "halfway_k", "k_curve", "k_values",
@@ -207,8 +206,8 @@ def _spec(spec: str) -> str:
 def _study_one(spec: str, opts: dict[str, Any], cache: dict | None = None,
                show_progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any]] | _Failure:
     """Load `spec`, make (or reuse from `cache`) its held-out set and run its study: (frame, what it took)."""
-    from ...training.datasets import DatasetError
-    from ...weights import WeightsUnavailable, load_weights
+    from ...data.datasets import DatasetError
+    from ...models.weights import WeightsUnavailable, load_weights
 
     if opts.get("threads"):
         torch.set_num_threads(opts["threads"])

@@ -135,7 +135,7 @@ def _spec(name: str) -> CifarSpec:
 
 def _probe_network(timeout: float = PROBE_TIMEOUT_S) -> None:
     """Fail within `timeout` seconds where the download host is unreachable, instead of torchvision's retries."""
-    from ..hub import tcp_reachable  # the hub's probe: DNS bounded too, which a bare connect is not
+    from ..models.hub import tcp_reachable  # the hub's probe: DNS bounded too, which a bare connect is not
 
     ok, why = tcp_reachable(*DOWNLOAD_HOST, timeout)
     if not ok:

@@ -63,6 +63,12 @@ def resolve_device(preference: str | torch.device | None = None) -> torch.device
     return torch.device("cuda", local_rank)
 
 
+def model_device(module: torch.nn.Module) -> torch.device:
+    """Where the module's weights live: its inputs go there, and every generator that draws for it (or its data) is
+    made there, since a CUDA tensor refuses a CPU generator."""
+    return next(module.parameters()).device
+
+
 def synchronize(device: str | torch.device) -> None:
     """Wait for the device's queued work (CUDA runs asynchronously: a timer read before this measures the launch)."""
     device = torch.device(device)

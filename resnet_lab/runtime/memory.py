@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import resources
-from ..resnet import REGISTRY, ResNet, twin_name
-from ..scoring import EVAL_BATCH
+from ..models.resnet import REGISTRY, ResNet, twin_name
+from . import resources
+from .scoring import EVAL_BATCH
 
 BACKWARD_WORKSPACE = 3  # activation-sized gradient buffers alive at once during backward
 # What a process really holds per byte of tensors, from peaks measured against the tensor count: the resident peak

@@ -17,9 +17,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from ..weights import LoadedWeights
+    from ..models.weights import LoadedWeights
 
-TEST_SEED = 999  # train's default --test-seed
+# Every Shapes held-out set's seed, named once here (the values are the ones the shipped results were made with):
+TEST_SEED = 999  # a checkpoint's test set: train's default --test-seed
+VAL_SEED_OFFSET = 100_003  # a degradation or Playground run's held-out images: its training seed plus this
+SAMPLE_SEED_BASE = 100_000  # the Grad-CAM tab's sample #k: seed SAMPLE_SEED_BASE + k, never a training seed
+RECOMPUTE_SEED = 424_242  # the Grad-CAM tab's faithfulness recompute: images no shipped table was measured on
 SPLITS = ("test", "train")
 
 
@@ -83,7 +87,7 @@ def held_out_set(loaded: LoadedWeights, n: int | None, *, split: str = "test", s
     name = dataset or data_name(loaded)
     cfg = loaded.pretrained_cfg
     if name == "shapes":
-        from ..shapes import ShapesDataset
+        from .shapes import ShapesDataset
 
         if n is None:
             raise ValueError("Shapes images are rendered: say how many (n)")

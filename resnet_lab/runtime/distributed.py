@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..devices import resolve_device
-from ..scoring import Score
+from .devices import resolve_device
+from .scoring import Score
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .distributed import Dist, rank_seed, shard_indices
+from ..runtime.distributed import Dist, rank_seed, shard_indices
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -108,7 +108,7 @@ class ShapesBatches(Batches):
     def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, device: torch.device,
                  generator: torch.Generator | None = None, train: bool = False, dist: Dist = Dist(),
                  hflip: float = 0.5) -> None:
-        from ..shapes import normalize
+        from .shapes import normalize
 
         self.hflip = hflip
         self.normalize, self.device, self.generator, self.train = normalize, device, generator, train

@@ -69,7 +69,7 @@ class ImageFiles(torch.utils.data.Dataset):
     def load(self, index: int) -> tuple[Any, int, list[tuple[str, str]]]:
         """(item, label, [(path, reason) of each file skipped on the way]): a file that fails to decode gives way
         to the next good sample, and the caller learns which and why (from a worker too, with the batch)."""
-        from ..data import ImageError, decode_image
+        from .images import ImageError, decode_image
 
         skips = []
         for step in range(len(self.samples)):
@@ -123,7 +123,7 @@ def decode_all(files: ImageFiles, size: int, scale_side: int, interpolation: str
     and returned as (path, reason)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..data import ImageError, decode_image, eval_shape
+    from .images import ImageError, decode_image, eval_shape
 
     shape = eval_shape(size, scale_side, interpolation)
 
@@ -165,7 +165,7 @@ def _scan(samples: list[tuple[str, int]]) -> tuple[list[tuple[str, int]], list[t
     about once; headers read on `SCAN_THREADS` threads, results in the samples' order."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..data import ImageError, check_header
+    from .images import ImageError, check_header
 
     def check(path: str) -> str | None:
         try:
