@@ -88,7 +88,7 @@ def phone_photos(n: int) -> None:
         cpu = Classifier(load_weights(spec, arch), "cpu", fuse=True)
         for batch in (1, n):
             imgs = raws[:batch]
-            x = torch.stack([clf.prepare(r) for r in imgs])
+            x = clf.preprocess(imgs)
             e2e = median_ms(lambda imgs=imgs, clf=clf: clf.predict(imgs), 5)
             fwd = median_ms(lambda x=x, clf=clf: clf.logits(x), 20)
             same = (clf.logits(x).argmax(1) == cpu.logits(x).argmax(1)).float().mean().item()

@@ -125,6 +125,6 @@ def served_app():
     from resnet_lab.serving.zoo import ModelZoo
     from resnet_lab.ui import common
 
-    common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+    common._ZOO = ModelZoo(weights_path="", device="cpu")
     with launched_app() as served:
         yield served

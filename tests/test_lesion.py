@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from conftest import near_ties
 from torch import nn
 
+from resnet_lab.cli import lesion as cli_lesion
 from resnet_lab.data.heldout import HeldOut, held_out_set
 from resnet_lab.models.blocks import Bottleneck, projection
 from resnet_lab.models.resnet import build
@@ -355,7 +356,7 @@ def test_cli_writes_csv_plot_and_text(tmp_path, capsys):
     assert record["device"] == str(resolve_device(None))  # no --device: cuda when present, like every command
     assert record["reading"] == lesion.describe_lesion(df) and [r["lesions"] for r in record["runs"]] == [lesions] * 2
     parser = argparse.ArgumentParser()
-    lesion.add_arguments(parser)
+    cli_lesion.add_arguments(parser)
     assert parser.parse_args([]).device is None
     rc = main(["lesion", "--model", f"{CHECKPOINT},{CHECKPOINT}", "--n", "16", "--draws", "1", "--k-points", "3",
                "--out", str(tmp_path / "par"), "--workers", "2"])  # one process per model: the same numbers

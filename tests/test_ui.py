@@ -18,7 +18,7 @@ from resnet_lab.ui import classify, common, gradcam
 
 @pytest.fixture(autouse=True, scope="module")
 def offline_zoo():
-    common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+    common._ZOO = ModelZoo(weights_path="", device="cpu")
     yield
 
 
@@ -282,13 +282,13 @@ def test_a_bad_tag_fails_only_its_own_requests_in_a_batch(files):
 
 def test_choosing_a_model_loads_no_weights():
     z = ModelZoo(weights_path="", device="cpu")
-    common.set_zoo(z)
+    common._ZOO = z
     try:
         stage, target = gradcam.on_model_change("ResNet-152")
         assert stage["value"] == "layer4" and "tabby, tabby cat" in target["choices"]
         assert not z._cache
     finally:
-        common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+        common._ZOO = ModelZoo(weights_path="", device="cpu")
 
 
 def test_old_outputs_are_pruned(monkeypatch):

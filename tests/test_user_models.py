@@ -60,9 +60,9 @@ def folder(tmp_path_factory, one_thread) -> Path:
 @pytest.fixture
 def zoo(folder):
     z = ModelZoo(weights_path=str(folder), device="cpu")
-    common.set_zoo(z)
+    common._ZOO = z
     yield z
-    common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+    common._ZOO = ModelZoo(weights_path="", device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -328,7 +328,7 @@ def test_akamaster_nets_see_in_the_app_what_their_evaluation_fed_them(tmp_path, 
                                        "ship", "truck"]
     image = photo.crop((0, 0, 32, 32))
     theirs = TF.normalize(TF.to_tensor(image), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    assert torch.allclose(classifier.prepare(image), theirs, atol=1e-6)
+    assert torch.allclose(classifier.preprocess([image])[0], theirs, atol=1e-6)
 
 
 def test_akamaster_arch_inferred_from_blocks_old_counters_and_compressible_names(tmp_path):

@@ -17,6 +17,7 @@ from resnet_lab.models.weights import load_weights
 from resnet_lab.serving import graphs
 from resnet_lab.serving import zoo as zoo_mod
 from resnet_lab.serving.zoo import IMAGENET_MODELS, SHAPES_MODEL, ModelZoo, model_bytes, tags_for
+from resnet_lab.ui.common import status_line
 
 GiB = 2**30
 
@@ -31,19 +32,19 @@ def _tiny(*_args):
 
 def test_status_names_weight_files_without_server_paths(tmp_path):
     project = str(zoo_mod.ASSETS.parent)
-    shipped = ModelZoo(weights_path="", device="cpu").get(SHAPES_MODEL).status
+    shipped = status_line(ModelZoo(weights_path="", device="cpu").get(SHAPES_MODEL))
     assert "local file `assets/shapes_resnet20.safetensors`" in shipped and project not in shipped
 
     folder = tmp_path / "weights"  # a user's weights folder outside the project: the file's name only
     folder.mkdir()
     save_file(build("resnet18", seed=0).state_dict(), str(folder / "resnet18.tv_in1k.safetensors"))
-    status = ModelZoo(weights_path=str(folder), device="cpu").get("ResNet-18").status
+    status = status_line(ModelZoo(weights_path=str(folder), device="cpu").get("ResNet-18"))
     assert "local file `resnet18.tv_in1k.safetensors`" in status and str(tmp_path) not in status
 
     broken = tmp_path / "broken"  # unreadable: random weights, and the reason names the file but not its folder
     broken.mkdir()
     (broken / "resnet18.safetensors").write_bytes(b"\x00" * 64)
-    status = ModelZoo(weights_path=str(broken), device="cpu").get("ResNet-18").status
+    status = status_line(ModelZoo(weights_path=str(broken), device="cpu").get("ResNet-18"))
     assert "random weights" in status and "resnet18.safetensors" in status and str(tmp_path) not in status
 
 

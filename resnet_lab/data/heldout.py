@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .datasets import load_cifar
+from .shapes import ShapesDataset
+
 if TYPE_CHECKING:
     from ..models.weights import LoadedWeights
 
@@ -87,8 +90,6 @@ def held_out_set(loaded: LoadedWeights, n: int | None, *, split: str = "test", s
     name = dataset or data_name(loaded)
     cfg = loaded.pretrained_cfg
     if name == "shapes":
-        from .shapes import ShapesDataset
-
         if n is None:
             raise ValueError("Shapes images are rendered: say how many (n)")
         if seed is None:
@@ -100,8 +101,6 @@ def held_out_set(loaded: LoadedWeights, n: int | None, *, split: str = "test", s
         images, labels, classes = ds.images, ds.labels, list(ds.classes)
         desc = {"name": "shapes", "split": split, "n": n, "seed": seed, "size": size, "clutter": clutter}
     elif name in ("cifar10", "cifar100"):
-        from .datasets import load_cifar
-
         images, labels, classes = load_cifar(name, data_dir, train=split == "train", checksum=checksum)
         images, labels = images[:n], labels[:n]
         desc = {"name": name, "split": split, "n": len(labels)}

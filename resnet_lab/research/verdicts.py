@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from ..models.resnet import REGISTRY, twin_pairs
+from .curvature.describe import paired_sets, spectrum_table
 from .degradation.describe import final_metrics
 from .gradflow.describe import _direction
 from .landscape import readings as LR
@@ -208,8 +209,6 @@ def landscape_plain(df: pd.DataFrame) -> str:
 def _curvature_pairs(spec: pd.DataFrame) -> list[dict[str, Any]]:
     """Per twin pair, deepest first: the mean top eigenvalue and trace of each over the image sets, and the one net
     whose are larger where every image set agrees on both (`paired_sets`, as `describe_curvature` reads them)."""
-    from .curvature.describe import paired_sets
-
     out = []
     for res, plain in _pairs(list(dict.fromkeys(spec.model))):
         pair: dict[str, Any] = {"res": res, "plain": plain, "larger": set()}
@@ -226,8 +225,6 @@ def _curvature_pairs(spec: pd.DataFrame) -> list[dict[str, Any]]:
 def curvature(spec: pd.DataFrame, resolution: float = 0.02) -> str:
     """Top eigenvalue and trace of each twin pair's Hessian: who is the sharper where every image set agrees; and
     how convex the minima are, against the eigensolver's resolution (as `describe_curvature` reads them)."""
-    from .curvature.describe import spectrum_table
-
     out = []
     for pair in _curvature_pairs(spec):
         res, plain, sharper = pair["res"], pair["plain"], pair["sharper"]
@@ -249,8 +246,6 @@ def curvature(spec: pd.DataFrame, resolution: float = 0.02) -> str:
 def curvature_plain(spec: pd.DataFrame, resolution: float = 0.02) -> str:
     """`curvature` for a student: how steeply each minimum curves up (the λmax lines on the density figure), and
     whether any curves down."""
-    from .curvature.describe import spectrum_table
-
     out = []
     for pair in _curvature_pairs(spec):
         res, plain, sharper = pair["res"], pair["plain"], pair["sharper"]

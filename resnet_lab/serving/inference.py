@@ -211,10 +211,6 @@ class Classifier:
             out = [x.to(self.device) if isinstance(x, torch.Tensor) else x for x in out]
         return out  # type: ignore[return-value]  # every slot is filled
 
-    def prepare(self, image: ImageInput) -> torch.Tensor:
-        """One upload -> its network input (C, H, W); `ImageError` for what cannot be used."""
-        return self.preprocess([image])[0]
-
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Decode (raising `ImageError` for what cannot be used) and transform into one batch."""
         inputs = self.prepare_many(images)

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.images import eval_config, eval_shape
+
 SMALL_SIDE = 64  # images this small (or smaller) get the CIFAR recipe by default
 
 
@@ -88,8 +90,6 @@ def train_transform(pretrained_cfg: dict[str, Any], aug: Augment = Augment()) ->
     timm's pipeline with its crop disabled (scale and ratio 1), so flips, AutoAugment and erasing are still timm's."""
     from timm.data import create_transform
     from torchvision import transforms as T
-
-    from ..data.images import eval_config, eval_shape
 
     cfg = eval_config(pretrained_cfg)
     size = int(cfg["input_size"][-1])

@@ -35,6 +35,7 @@ import torch
 
 from ..files import check_writable, replacing
 from ..models.checkpoints import checkpoint_path, meta_path
+from ..runtime.distributed import gather_objects
 from .config import DEFAULTS, RESUME_MUST_MATCH
 
 FORMAT = "resnet-lab train state 1"
@@ -311,8 +312,6 @@ class RunState:
         """Every rank's draws gathered, then rank 0 writes the state beside `config.out` and keeps the run's newest
         `config.keep` (nothing is written without `--out`)."""
         from dataclasses import asdict
-
-        from ..runtime.distributed import gather_objects
 
         data = gather_objects(self.data, dist) if dist.distributed else [self.data]
         if not config.out or not dist.is_main:

@@ -6,11 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from ..data.heldout import VAL_SEED_OFFSET
-from ..data.shapes import CLASSES
+from ..data.shapes import CLASSES, shapes_data_config
 from ..data.zipdata import ZipImages
 from ..models.checkpoints import save_checkpoint
 from ..research import playground as pg
-from ..training.run_data import shapes_data_config
 from . import session_nets
 from .common import tmp_file, zoo
 

@@ -24,11 +24,11 @@ import pandas as pd
 import torch
 
 from ...cli.args import int_in, number, positive_int, seed, writable
+from ...cli.landscape import grid_option
 from ...paths import ASSETS
 from ...progress import tqdm_progress
 from ...runtime import cost as C
 from ...runtime.memory import ALLOCATOR_OVERHEAD, available_memory, hvp_memory, refusal
-from ..landscape import grid_option
 from ..landscape.directions import MIN_GRID
 from ..study import Timer, fail, from_csv_record, load_models, run_record, save, session, split_list
 from ..tables import read_checked_csv
