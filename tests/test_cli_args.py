@@ -294,7 +294,7 @@ def test_train_refuses_shapes_that_do_not_fit_in_memory_before_rendering(monkeyp
 def test_faithfulness_refuses_a_checkpoint_or_stage_it_cannot_use_before_the_work(monkeypatch, capsys, tmp_path):
     """`faithfulness --model /etc/passwd` ended in a WeightsUnavailable traceback; `--stages 9` rendered the images
     and scored the net before the stage was looked up."""
-    from resnet_lab.explain import faithfulness
+    from resnet_lab.cli import faithfulness
 
     monkeypatch.setattr(faithfulness, "measure_faithfulness", lambda *a, **k: pytest.fail("the work started"))
     (tmp_path / "junk").write_text("not weights")

@@ -211,7 +211,7 @@ def test_recompute_runs_on_a_copy_without_the_lock_and_says_how_long(monkeypatch
         seen.append((free, net is entry.weights.model))
         return measure(net, *args, **{**kwargs, "methods": ["gradcam"]})  # the others: seconds more, no news
 
-    monkeypatch.setattr(faithfulness, "measure_faithfulness", watched)
+    monkeypatch.setattr(gradcam, "measure_faithfulness", watched)
     fresh, note = gradcam.recompute_faithfulness(4)
     assert seen == [(True, False)]
     assert fresh["Method"].tolist() == ["Grad-CAM"] * 3 + [gradcam.CHANCE]  # shown as the panel shows it
