@@ -24,9 +24,9 @@ if os.environ.get("SPACES_ZERO_GPU"):
 
 import gradio as gr  # noqa: E402
 
-from resnet_lab.devices import resolve_device  # noqa: E402
-from resnet_lab.precision import serving_choice  # noqa: E402
-from resnet_lab.research import cost as research_cost  # noqa: E402
+from resnet_lab.runtime import cost as research_cost  # noqa: E402
+from resnet_lab.runtime.devices import resolve_device  # noqa: E402
+from resnet_lab.runtime.precision import serving_choice  # noqa: E402
 from resnet_lab.serving.zoo import ASSETS  # noqa: E402
 from resnet_lab.ui import classify, common, gradcam, playground, research, session_nets  # noqa: E402
 from resnet_lab.ui.common import user_errors  # noqa: E402

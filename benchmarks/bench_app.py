@@ -102,7 +102,7 @@ def stages_in_one_pass(repeats: int) -> dict:
     from captum.attr import LayerGradCam
 
     from resnet_lab import build
-    from resnet_lab.explain import gradcam_stages
+    from resnet_lab.explain.methods import gradcam_stages
 
     net = build("resnet50", seed=0).eval()
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
@@ -146,7 +146,7 @@ def _free_port() -> int:
 
 def serve(port: int) -> None:
     """The app as the benchmark's server process (offline zoo: random ImageNet weights, the shipped Shapes net)."""
-    common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+    common._ZOO = ModelZoo(weights_path="", device="cpu")
     app.build_demo().launch(server_name="127.0.0.1", server_port=port, quiet=True, **app.LAUNCH)
 
 
@@ -251,7 +251,7 @@ def main() -> None:
         print(df.to_string(index=False))
         return None
 
-    common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+    common._ZOO = ModelZoo(weights_path="", device="cpu")
     demo = app.build_demo()
     with demo:
         noop_in, noop_out = UploadImage(visible=False), gr.Textbox(visible=False)

@@ -1,4 +1,4 @@
-"""The one cost model (`research/cost.py`) against measured runs: predicted / measured per kind, batch and net.
+"""The one cost model (`runtime/cost.py`) against measured runs: predicted / measured per kind, batch and net.
 
 For each net and batch: a no-grad forward, a training step (forward, backward, SGD update, train-mode BN) and a
 Hessian-vector product (double backward, the operator the curvature study uses) on one batch, timed (median of
@@ -29,10 +29,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from resnet_lab.research import cost, gradflow, memory  # noqa: E402
+from resnet_lab.models.resnet import REGISTRY, build, twin_name  # noqa: E402
+from resnet_lab.research import gradflow  # noqa: E402
 from resnet_lab.research.curvature.hessian import Hessian  # noqa: E402
 from resnet_lab.research.study import load_models  # noqa: E402
-from resnet_lab.resnet import REGISTRY, build, twin_name  # noqa: E402
+from resnet_lab.runtime import cost, memory  # noqa: E402
 
 KINDS = ("forward", "train_step", "hvp")
 TWINS = ("plain20", "resnet20", "plain56", "resnet56")

@@ -30,10 +30,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.photos import phone_jpeg  # noqa: E402
-from resnet_lab.data import decode_image, eval_transform, resize_side  # noqa: E402
+from resnet_lab.data.images import decode_image, eval_transform, resize_side  # noqa: E402
+from resnet_lab.models.weights import load_weights  # noqa: E402
 from resnet_lab.serving.inference import Classifier  # noqa: E402
 from resnet_lab.serving.zoo import SHAPES_CHECKPOINT  # noqa: E402
-from resnet_lab.weights import load_weights  # noqa: E402
 
 
 def timed(fn) -> tuple[float, object]:

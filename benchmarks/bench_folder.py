@@ -31,10 +31,10 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from resnet_lab.data import check_header, decode_image  # noqa: E402
+from resnet_lab.data.folders import image_folder
+from resnet_lab.data.images import check_header, decode_image
+from resnet_lab.data.loaders import LoaderBatches
 from resnet_lab.training.augment import train_transform  # noqa: E402
-from resnet_lab.training.folders import image_folder  # noqa: E402
-from resnet_lab.training.loaders import LoaderBatches  # noqa: E402
 
 CFG = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.25,) * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
 

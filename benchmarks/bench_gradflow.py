@@ -51,8 +51,8 @@ def cuda_check() -> None:
     from torch import nn
 
     from resnet_lab import build
-    from resnet_lab.blocks import set_inplace
-    from resnet_lab.resnet import init_module
+    from resnet_lab.models.blocks import set_inplace
+    from resnet_lab.models.resnet import init_module
 
     dev = torch.device("cuda")
     print(f"device {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
@@ -69,7 +69,7 @@ def cuda_check() -> None:
         on_cuda = build("resnet20", seed=3)
     print("init: build under torch.device('cuda') ran:", on_cuda.conv1.weight.device)
     try:
-        from resnet_lab.faithfulness import reinitialize
+        from resnet_lab.explain.faithfulness import reinitialize
 
         net = build("resnet20", seed=0).to(dev)
         reinitialize(net, torch.Generator().manual_seed(0))

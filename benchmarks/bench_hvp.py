@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from curvlinops import HessianLinearOperator  # noqa: E402
 
+from resnet_lab.data.heldout import held_out_set  # noqa: E402
 from resnet_lab.research.curvature.hessian import Hessian  # noqa: E402
 from resnet_lab.research.study import load_models  # noqa: E402
-from resnet_lab.training.heldout import held_out_set  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:  # noqa: ANN001
@@ -40,6 +40,31 @@ def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:  # noqa: ANN001
         out = fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times), out
+
+
+def measure(w, n: int, chunk: int, repeats: int) -> str:  # noqa: ANN001
+    """One net's line: each operator's seconds per product and its difference to curvlinops'."""
+    net = w.model.eval()
+    d = held_out_set(w, n, split="train")
+    params = [q for q in net.parameters() if q.requires_grad]
+    data = [(d.x[i:i + chunk], d.y[i:i + chunk]) for i in range(0, n, chunk)]
+    op = HessianLinearOperator(net, torch.nn.CrossEntropyLoss(), params, data, check_deterministic=False, num_data=n)
+    g = torch.Generator().manual_seed(0)
+    dim = sum(q.numel() for q in params)
+    v = torch.randn(dim, generator=g)
+    block = torch.randn(dim, 8, generator=g)
+    ref_t, ref = timed(lambda: op @ v, repeats)
+    plain = Hessian(net, d.x, d.y, chunk)
+    db_t, db = timed(lambda: plain @ v, repeats)
+    cached = Hessian(net, d.x, d.y, chunk, cache_bytes=2**40)
+    cached @ v  # fills the cache
+    c_t, c = timed(lambda: cached @ v, repeats)
+    b_t, _ = timed(lambda: plain @ block, repeats)
+    rel = lambda x: float((x - ref).norm() / ref.norm())  # noqa: E731
+    return (f"{w.meta.get('arch')}: curvlinops {ref_t:.2f} s; double backward {db_t:.2f} s ({ref_t / db_t:.2f}x, "
+            f"diff {rel(db):.1e}); cached {c_t:.2f} s ({ref_t / c_t:.2f}x, diff {rel(c):.1e}, graphs "
+            f"{cached.graph_bytes * len(cached.cache) / 2**30:.2f} GiB); block of 8 {b_t / 8:.2f} s a vector "
+            f"({8 * ref_t / b_t:.2f}x)")
 
 
 def main() -> None:
@@ -52,29 +77,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}, "
           f"n {a.n}, chunk {a.chunk}")
     for w in load_models(a.models.split(",")):
-        net = w.model.eval()
-        d = held_out_set(w, a.n, split="train")
-        params = [q for q in net.parameters() if q.requires_grad]
-        data = [(d.x[i:i + a.chunk], d.y[i:i + a.chunk]) for i in range(0, a.n, a.chunk)]
-        op = HessianLinearOperator(net, torch.nn.CrossEntropyLoss(), params, data, check_deterministic=False,
-                                   num_data=a.n)
-        g = torch.Generator().manual_seed(0)
-        dim = sum(q.numel() for q in params)
-        v = torch.randn(dim, generator=g)
-        block = torch.randn(dim, 8, generator=g)
-        ref_t, ref = timed(lambda: op @ v, a.repeats)
-        plain = Hessian(net, d.x, d.y, a.chunk)
-        db_t, db = timed(lambda: plain @ v, a.repeats)
-        cached = Hessian(net, d.x, d.y, a.chunk, cache_bytes=2**40)
-        cached @ v  # fills the cache
-        c_t, c = timed(lambda: cached @ v, a.repeats)
-        b_t, _ = timed(lambda: plain @ block, a.repeats)
-        rel = lambda x: float((x - ref).norm() / ref.norm())  # noqa: E731
-        print(f"{w.meta.get('arch')}: curvlinops {ref_t:.2f} s; double backward {db_t:.2f} s ({ref_t / db_t:.2f}x, "
-              f"diff {rel(db):.1e}); cached {c_t:.2f} s ({ref_t / c_t:.2f}x, diff {rel(c):.1e}, graphs "
-              f"{cached.graph_bytes * len(cached.cache) / 2**30:.2f} GiB); block of 8 {b_t / 8:.2f} s a vector "
-              f"({8 * ref_t / b_t:.2f}x)")
-
+        print(measure(w, a.n, a.chunk, a.repeats))
 
 if __name__ == "__main__":
     main()

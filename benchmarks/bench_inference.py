@@ -40,11 +40,11 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.photos import phone_jpeg  # noqa: E402
 from resnet_lab import build  # noqa: E402
-from resnet_lab.blocks import set_inplace  # noqa: E402
-from resnet_lab.precision import cuda_half_dtype  # noqa: E402
+from resnet_lab.models.blocks import set_inplace  # noqa: E402
+from resnet_lab.models.verify import randomize_bn  # noqa: E402
+from resnet_lab.models.weights import LoadedWeights  # noqa: E402
+from resnet_lab.runtime.precision import cuda_half_dtype  # noqa: E402
 from resnet_lab.serving.inference import Classifier, fuse_bn  # noqa: E402
-from resnet_lab.verify import randomize_bn  # noqa: E402
-from resnet_lab.weights import LoadedWeights  # noqa: E402
 
 Variant = tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]
 

@@ -61,9 +61,9 @@ def _gradflow() -> int:
 CASES: dict[str, tuple[str, str, Callable[[], int]]] = {
     "landscape": (f"""
 from resnet_lab.research import landscape as L
-from resnet_lab.resnet import build
-from resnet_lab.shapes import MEAN, STD
-from resnet_lab.weights import LoadedWeights
+from resnet_lab.models.resnet import build
+from resnet_lab.data.shapes import MEAN, STD
+from resnet_lab.models.weights import LoadedWeights
 def loaded(arch):
     net = build(arch, num_classes=8, seed=0).eval()
     cfg = {{**net.pretrained_cfg, "input_size": (3, 32, 32), "mean": MEAN, "std": STD}}

@@ -30,7 +30,9 @@ from typing import Any
 
 import torch
 
-from resnet_lab.precision import (
+from resnet_lab.data.shapes import ShapesDataset
+from resnet_lab.models.weights import load_checkpoint, load_weights
+from resnet_lab.runtime.precision import (
     AGREEMENT_FILE,
     AGREEMENT_MIN,
     AGREEMENT_MIN_IMAGES,
@@ -39,8 +41,6 @@ from resnet_lab.precision import (
     cpu_native_bf16,
 )
 from resnet_lab.serving.inference import Classifier
-from resnet_lab.shapes import ShapesDataset
-from resnet_lab.weights import load_checkpoint, load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES_CHECKPOINT = ROOT / "assets" / "shapes_resnet20.safetensors"

@@ -79,7 +79,7 @@ def split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def ece_of(proba: np.ndarray, labels: np.ndarray) -> float:
     """The project's ECE of class probabilities."""
     logits = torch.from_numpy(np.log(np.clip(proba, 1e-12, 1.0)))
-    return EvaluationResult.from_logits(logits, torch.from_numpy(labels), [str(c) for c in range(proba.shape[1])]).ece
+    return EvaluationResult([str(c) for c in range(proba.shape[1])]).update(logits, torch.from_numpy(labels)).ece
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from resnet_lab.devices import resolve_device, synchronize
-from resnet_lab.resnet import build
-from resnet_lab.shapes import CLASSES, ShapesDataset
+from resnet_lab.data.shapes import CLASSES, ShapesDataset
+from resnet_lab.models.resnet import build
+from resnet_lab.runtime.devices import resolve_device, synchronize
 
 
 def images_per_s(fn, n_images: int, repeats: int = 3) -> float:
@@ -76,8 +76,8 @@ def bench_cifar(arch: str, n: int, batch: int, device: torch.device, workers: in
     """Loader epochs per second (device-resident vs CPU DataLoader), then training throughput per precision."""
     import torchvision.transforms.v2 as T
 
-    from resnet_lab.resnet import CIFAR_MEAN, CIFAR_STD
-    from resnet_lab.training.loaders import TensorBatches
+    from resnet_lab.data.loaders import TensorBatches
+    from resnet_lab.models.resnet import CIFAR_MEAN, CIFAR_STD
     from resnet_lab.training.precision_probe import optimizer_step, resolve_precision
 
     g = torch.Generator().manual_seed(0)
@@ -195,12 +195,12 @@ def forever(batches: Iterable) -> Iterator:
 def bench_pipeline(arch: str, n: int, n_folder: int, batch: int, device: torch.device, workers: int, steps: int,
                    warmup: int, compile_too: bool, channels_last: bool, tmp: Path) -> list[dict]:
     """Steps/s fed by synthetic tensors, real CIFAR files and a JPEG folder, per precision and compile; one row each."""
-    from resnet_lab.precision import cuda_half_dtype, dtype_name
-    from resnet_lab.resnet import CIFAR_MEAN, CIFAR_STD
+    from resnet_lab.data.datasets import load_cifar
+    from resnet_lab.data.folders import image_folder
+    from resnet_lab.data.loaders import LoaderBatches, TensorBatches
+    from resnet_lab.models.resnet import CIFAR_MEAN, CIFAR_STD
+    from resnet_lab.runtime.precision import cuda_half_dtype, dtype_name
     from resnet_lab.training.augment import train_transform
-    from resnet_lab.training.datasets import load_cifar
-    from resnet_lab.training.folders import image_folder
-    from resnet_lab.training.loaders import LoaderBatches, TensorBatches
     from resnet_lab.training.precision_probe import optimizer_step
     from resnet_lab.training.train import maybe_compile
 

@@ -31,14 +31,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.photos import phone_jpeg  # noqa: E402
-from resnet_lab.explain import METHODS, attribute, gradcam_stages  # noqa: E402
-from resnet_lab.faithfulness import estimate_seconds, measure_faithfulness  # noqa: E402
-from resnet_lab.precision import cuda_half_dtype  # noqa: E402
+from resnet_lab.data.shapes import ShapesDataset  # noqa: E402
+from resnet_lab.explain.faithfulness import estimate_seconds, measure_faithfulness  # noqa: E402
+from resnet_lab.explain.methods import METHODS, attribute, gradcam_stages  # noqa: E402
+from resnet_lab.models.weights import load_checkpoint, load_weights  # noqa: E402
 from resnet_lab.research import degradation  # noqa: E402
+from resnet_lab.runtime.precision import cuda_half_dtype  # noqa: E402
 from resnet_lab.serving.inference import Classifier  # noqa: E402
 from resnet_lab.serving.zoo import ASSETS, SHAPES_CHECKPOINT  # noqa: E402
-from resnet_lab.shapes import ShapesDataset  # noqa: E402
-from resnet_lab.weights import load_checkpoint, load_weights  # noqa: E402
 
 CUDA = torch.device("cuda")  # --device cpu tries the script out on a machine without a GPU
 
@@ -88,7 +88,7 @@ def phone_photos(n: int) -> None:
         cpu = Classifier(load_weights(spec, arch), "cpu", fuse=True)
         for batch in (1, n):
             imgs = raws[:batch]
-            x = torch.stack([clf.prepare(r) for r in imgs])
+            x = clf.preprocess(imgs)
             e2e = median_ms(lambda imgs=imgs, clf=clf: clf.predict(imgs), 5)
             fwd = median_ms(lambda x=x, clf=clf: clf.logits(x), 20)
             same = (clf.logits(x).argmax(1) == cpu.logits(x).argmax(1)).float().mean().item()

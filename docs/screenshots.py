@@ -78,7 +78,7 @@ def main() -> None:
     from resnet_lab.serving.zoo import ModelZoo
     from resnet_lab.ui import common
 
-    common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+    common._ZOO = ModelZoo(weights_path="", device="cpu")
     with app.served() as (_, url):
         shoot(url, args.out, args.playground)
 

@@ -1,9 +1,9 @@
-"""`python -m resnet_lab <command>`: each command lives beside the code it drives.
+"""`python -m resnet_lab <command>`: each command is a module of `cli/` (curvature's still its study's package).
 
 A command module exposes `add_arguments(parser)` and `run(args) -> int`, and may
 expose `check_arguments(args) -> str | None` for checks that join options; only
 the module of the command being run is imported. Every value is checked while
-parsing (`cli_args`), so a bad one is one line and exit code 2 before any work.
+parsing (`cli.args`), so a bad one is one line and exit code 2 before any work.
 """
 
 from __future__ import annotations
@@ -13,20 +13,20 @@ import importlib
 import shlex
 import sys
 
-from .cli_args import Parser
+from .cli.args import Parser
 
 COMMANDS = {
-    "verify": ("resnet_lab.verify", "prove our ResNets equal timm's and torchvision's"),
-    "train": ("resnet_lab.training.train", "train any registered arch on Shapes, CIFAR-10/100 or an image folder"),
-    "faithfulness": ("resnet_lab.faithfulness", "measure how faithful each explanation is"),
-    "gradnorms": ("resnet_lab.research.gradflow", "gradient norms across depth, plain vs residual"),
-    "degradation": ("resnet_lab.research.degradation", "train plain/residual twins and record the curves"),
-    "evaluate": ("resnet_lab.training.evaluation", "top-1/top-5, per-class accuracy, confusion, calibration"),
-    "landscape": ("resnet_lab.research.landscape", "loss landscapes of trained twins (filter-normalized)"),
-    "lesion": ("resnet_lab.research.lesion", "delete residual blocks of a trained net, one and many at a time"),
-    "export": ("resnet_lab.export", "a checkpoint in timm's Hugging Face Hub format (and --push it)"),
+    "verify": ("resnet_lab.cli.verify", "prove our ResNets equal timm's and torchvision's"),
+    "train": ("resnet_lab.cli.train", "train any registered arch on Shapes, CIFAR-10/100 or an image folder"),
+    "faithfulness": ("resnet_lab.cli.faithfulness", "measure how faithful each explanation is"),
+    "gradnorms": ("resnet_lab.cli.gradnorms", "gradient norms across depth, plain vs residual"),
+    "degradation": ("resnet_lab.cli.degradation", "train plain/residual twins and record the curves"),
+    "evaluate": ("resnet_lab.cli.evaluate", "top-1/top-5, per-class accuracy, confusion, calibration"),
+    "landscape": ("resnet_lab.cli.landscape", "loss landscapes of trained twins (filter-normalized)"),
+    "lesion": ("resnet_lab.cli.lesion", "delete residual blocks of a trained net, one and many at a time"),
+    "export": ("resnet_lab.cli.export", "a checkpoint in timm's Hugging Face Hub format (and --push it)"),
     "curvature": ("resnet_lab.research.curvature", "full-Hessian curvature of trained twins (spectrum, Li et al. map)"),
-    "figures": ("resnet_lab.research.figures", "redraw the shipped Research figures from the shipped CSVs"),
+    "figures": ("resnet_lab.cli.figures", "redraw the shipped Research figures from the shipped CSVs"),
 }
 
 

@@ -55,7 +55,7 @@ def near_ties(model, batches, delta: float = TIE) -> int:
     (For the shipped nets it is 0: their closest top-2 gaps are 2.5e-4 and more.)"""
     import torch
 
-    from resnet_lab.scoring import score
+    from resnet_lab.runtime.scoring import score
 
     gaps = []
     score(model, batches, on_logits=lambda z, _y: gaps.append(z.topk(2).values.diff(dim=1).abs().flatten()))
@@ -125,6 +125,6 @@ def served_app():
     from resnet_lab.serving.zoo import ModelZoo
     from resnet_lab.ui import common
 
-    common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+    common._ZOO = ModelZoo(weights_path="", device="cpu")
     with launched_app() as served:
         yield served

@@ -17,7 +17,7 @@ and hangs up, and drops every later request for it (a server that died mid-downl
 `stall` accepts and reads the request but never answers.
 
 Run as a script (`python hub_server.py client OUT_DIR TAG...`) it is the client
-side: it loads each tag through `resnet_lab.weights.load_pretrained` in a process
+side: it loads each tag through `resnet_lab.models.weights.load_pretrained` in a process
 whose huggingface_hub read `HF_ENDPOINT` at import (as a deployment sets it), and
 prints one JSON line per tag.
 """
@@ -153,8 +153,8 @@ def _load_one(tag: str, out_dir: str) -> dict[str, object]:
     from PIL import Image
     from safetensors.torch import save_file
 
-    from resnet_lab.data import eval_transform
-    from resnet_lab.weights import WeightsUnavailable, load_pretrained
+    from resnet_lab.data.images import eval_transform
+    from resnet_lab.models.weights import WeightsUnavailable, load_pretrained
 
     t = time.perf_counter()
     row: dict[str, object] = {"tag": tag}

@@ -5,12 +5,12 @@ import os
 import sys
 
 from resnet_lab.__main__ import main
-from resnet_lab.training import evaluation
+from resnet_lab.cli import evaluate
 
 if os.environ.get("RANK") == "1":
     def failing(*args, **kwargs):
         raise ValueError("this rank's share cannot be read")
 
-    evaluation._shard = failing
+    evaluate.score_share = failing
 
 sys.exit(main(sys.argv[1:]))

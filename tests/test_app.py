@@ -16,7 +16,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from resnet_lab import resources
+from resnet_lab.runtime import resources
 from resnet_lab.serving.zoo import ASSETS, SHAPES_MODEL
 from resnet_lab.ui import common
 

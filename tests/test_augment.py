@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from resnet_lab.__main__ import main
+from resnet_lab.data.loaders import pad_crop_flip
 from resnet_lab.training import augment as A
-from resnet_lab.training.loaders import pad_crop_flip
 from resnet_lab.training.train import TrainConfig, train
 
 CFG = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.25,) * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
@@ -108,7 +108,7 @@ def test_a_small_folder_is_decoded_once_and_trained_from_memory_as_the_app_sees_
     from PIL import Image
     from test_datasets import write_folder
 
-    from resnet_lab.data import decode_image, eval_transform, resize_side
+    from resnet_lab.data.images import decode_image, eval_transform, resize_side
     from resnet_lab.training.run_data import make_data
 
     bad = write_folder(tmp_path / "imgs", {"a": 10, "b": 10})
@@ -133,7 +133,7 @@ def test_a_small_folder_is_decoded_once_and_trained_from_memory_as_the_app_sees_
 def _val_samples(tmp_path, config):
     import warnings
 
-    from resnet_lab.training.folders import image_folder
+    from resnet_lab.data.folders import image_folder
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

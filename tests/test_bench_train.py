@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks import bench_train as B
-from resnet_lab.training.datasets import load_cifar
+from resnet_lab.data.datasets import load_cifar
 
 
 def test_written_cifar_is_read_back_pixel_exact_by_load_cifar(tmp_path):

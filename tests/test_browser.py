@@ -35,7 +35,7 @@ def page():
     from resnet_lab.ui import common
 
     require_chromium()
-    common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+    common._ZOO = ModelZoo(weights_path="", device="cpu")
     with launched_app() as (_, url), browser_page(url) as page:
         yield page
 
@@ -78,7 +78,8 @@ def _not_blank(locator, name: str) -> None:
 
 
 SECTIONS = {"Gradients": "#gradnorms-shipped-plot", "Degradation": "#degradation-plot",
-            "Landscape": "#landscape-shipped-plot", "Curvature": "#curvature-convergence", "Lesion": "#lesion-shipped-plot"}
+            "Landscape": "#landscape-shipped-plot", "Curvature": "#curvature-convergence",
+            "Lesion": "#lesion-shipped-plot"}
 LIVE = {"Gradients": "#gradnorms-table", "Degradation": None, "Landscape": "#landscape-table",
         "Curvature": "#curvature-table", "Lesion": "#lesion-table"}
 

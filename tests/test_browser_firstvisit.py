@@ -24,7 +24,7 @@ def page():
     from resnet_lab.ui import common
 
     require_chromium()
-    common.set_zoo(ModelZoo(weights_path="", device="cpu"))  # offline: the Shapes net first, ImageNet nets random
+    common._ZOO = ModelZoo(weights_path="", device="cpu")  # offline: the Shapes net first, ImageNet nets random
     with launched_app() as (_, url), browser_page(url) as page:
         expect(page.locator("#status")).to_contain_text("weights", timeout=60_000)
         yield page

@@ -47,17 +47,17 @@ def page(trained):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RESNET_LAB_WEIGHTS", str(trained[0]))
-        common.set_zoo(ModelZoo(device="cpu"))  # reads RESNET_LAB_WEIGHTS, as the app started with it would
+        common._ZOO = ModelZoo(device="cpu")  # reads RESNET_LAB_WEIGHTS, as the app started with it would
     try:
         with launched_app() as (_, url), browser_page(url) as page:
             yield page
     finally:
-        common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+        common._ZOO = ModelZoo(weights_path="", device="cpu")
 
 
 def test_pick_the_trained_model_and_classify_one_of_its_images(page, trained):
+    from resnet_lab.models.weights import load_checkpoint
     from resnet_lab.serving.inference import Classifier
-    from resnet_lab.weights import load_checkpoint
 
     weights, image = trained
     expect(page.locator("#status")).to_contain_text("weights", timeout=60_000)

@@ -24,7 +24,7 @@ def page():
     from resnet_lab.ui import common
 
     require_chromium()
-    common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+    common._ZOO = ModelZoo(weights_path="", device="cpu")
     with launched_app() as (_, url), browser_page(url) as page:
         yield page
 

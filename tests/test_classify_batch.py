@@ -20,7 +20,7 @@ MODEL, TAG = SHAPES_MODEL, "shipped"  # the shipped checkpoint: real weights, sm
 
 @pytest.fixture(scope="module", autouse=True)
 def offline_zoo():
-    common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+    common._ZOO = ModelZoo(weights_path="", device="cpu")
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resnet_lab.__main__ import main, parse
-from resnet_lab.cli_args import SEED_MAX
-from resnet_lab.resnet import REGISTRY
+from resnet_lab.cli.args import SEED_MAX
+from resnet_lab.models.resnet import REGISTRY
 
 # --- what each option accepts, said plainly (the oracle the parser is held to) ---
 
@@ -184,13 +184,14 @@ def test_every_option_parses_what_it_accepts_and_refuses_the_rest_in_one_line(co
 def test_each_reported_case_is_refused_while_parsing(monkeypatch, capsys):
     """The issue's cases: each used to start the work (37 s of spectrum, then a traceback, for --density-runs 0);
     now main returns 2 with one line before anything is loaded."""
-    from resnet_lab.research import curvature, lesion
+    from resnet_lab.cli import lesion as cli_lesion
+    from resnet_lab.research import curvature
 
     def started(*_a, **_k):
         raise AssertionError("the work started")
 
     monkeypatch.setattr(curvature, "load_models", started)
-    monkeypatch.setattr(lesion, "_study_all", started)
+    monkeypatch.setattr(cli_lesion, "study_all", started)
     for args, option in ((["--density-runs", "0"], "--density-runs"), (["--tol", "-1"], "--tol"),
                          (["--map-grid", "5", "--map-span", "0"], "--map-span"),
                          (["--map-grid", "5", "--map-span", "nan"], "--map-span"),
@@ -241,15 +242,15 @@ def test_defaults_and_a_from_csv_rereading_parse():
 
 @pytest.mark.parametrize("argv, work", [
     (["landscape", "--models", "resnet20", "--grid", "5", "--n", "64", "--quiet", "--device", "cpu"],
-     "resnet_lab.research.landscape.compute_landscape"),
+     "resnet_lab.cli.landscape.compute_landscape"),
     (["curvature", "--models", "resnet20", "--sizes", "64", "--quiet", "--device", "cpu"],
      "resnet_lab.research.curvature.compute_curvature"),
-    (["lesion", "--model", "resnet20", "--n", "64", "--device", "cpu"], "resnet_lab.research.lesion._study_all"),
+    (["lesion", "--model", "resnet20", "--n", "64", "--device", "cpu"], "resnet_lab.cli.lesion.study_all"),
 ])
 def test_landscape_curvature_and_lesion_refuse_what_does_not_fit_before_starting(argv, work, monkeypatch, capsys):
     """As the degradation run and the gradient study do: one sentence with the need and what is free, exit 2,
     and the work never started."""
-    from resnet_lab import resources
+    from resnet_lab.runtime import resources
 
     monkeypatch.setattr(work, lambda *a, **k: pytest.fail("the work started"))
     monkeypatch.setattr(resources, "memory_available", lambda: 2**20)  # 1 MiB free
@@ -283,7 +284,7 @@ def test_a_place_nothing_can_be_written_is_refused_while_parsing(command, option
 
 def test_train_refuses_shapes_that_do_not_fit_in_memory_before_rendering(monkeypatch, capsys):
     """`train --n-train 999999999999` (or `--size 1024`: 58.6 GiB) ended in numpy's ArrayMemoryError traceback."""
-    from resnet_lab import resources
+    from resnet_lab.runtime import resources
     from resnet_lab.training import run_data
 
     monkeypatch.setattr(run_data, "ShapesDataset", lambda *a, **k: pytest.fail("the work started"))
@@ -296,7 +297,7 @@ def test_train_refuses_shapes_that_do_not_fit_in_memory_before_rendering(monkeyp
 def test_faithfulness_refuses_a_checkpoint_or_stage_it_cannot_use_before_the_work(monkeypatch, capsys, tmp_path):
     """`faithfulness --model /etc/passwd` ended in a WeightsUnavailable traceback; `--stages 9` rendered the images
     and scored the net before the stage was looked up."""
-    from resnet_lab import faithfulness
+    from resnet_lab.cli import faithfulness
 
     monkeypatch.setattr(faithfulness, "measure_faithfulness", lambda *a, **k: pytest.fail("the work started"))
     (tmp_path / "junk").write_text("not weights")

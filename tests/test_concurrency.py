@@ -20,7 +20,7 @@ import pytest
 from gradio.context import LocalContext
 from gradio_client import Client, handle_file
 
-from resnet_lab import faithfulness
+from resnet_lab.explain import faithfulness
 from resnet_lab.research import degradation, gradflow
 from resnet_lab.serving.zoo import ASSETS, SHAPES_MODEL, ModelZoo
 from resnet_lab.ui import common, gradcam, research
@@ -98,7 +98,7 @@ def tiny_long_jobs(monkeypatch):
     for k, v in TINY_DEGRADATION.items():
         monkeypatch.setitem(degradation.QUICK, k, v)
     research._quick_run.cache_clear()
-    monkeypatch.setattr(faithfulness, "estimate_seconds", lambda *a, **k: 1.0, raising=False)
+    monkeypatch.setattr(gradcam, "estimate_seconds", lambda *a, **k: 1.0, raising=False)
     yield
     research._quick_run.cache_clear()
 
@@ -109,7 +109,7 @@ def test_shared_limits_hold_across_events_and_tabs(served_app, tabs, tiny_long_j
     monkeypatch.setattr(ModelZoo, "get", probe.wrap(ModelZoo.get))  # every quick event and the recompute load here
     monkeypatch.setattr(gradflow, "run_sweep", probe.wrap(gradflow.run_sweep))
     monkeypatch.setattr(degradation, "run_degradation", probe.wrap(degradation.run_degradation))
-    monkeypatch.setattr(faithfulness, "measure_faithfulness",
+    monkeypatch.setattr(gradcam, "measure_faithfulness",
                         probe.wrap(faithfulness.measure_faithfulness, result=lambda *a, **k: FAITHFULNESS_TABLE))
     a, b, c = tabs
     jobs = [  # long jobs first, each from another tab, then the quick ones
@@ -141,7 +141,7 @@ def test_gradcam_finishes_while_a_recompute_runs(served_app, tabs, tiny_long_job
     probe = GroupProbe(served_app[0], hold=0)
     wrapped = probe.wrap(faithfulness.measure_faithfulness, gate=release, entered=entered,
                          result=lambda *a, **k: FAITHFULNESS_TABLE)
-    monkeypatch.setattr(faithfulness, "measure_faithfulness", wrapped)
+    monkeypatch.setattr(gradcam, "measure_faithfulness", wrapped)
     recompute = tabs[0].submit(20, api_name="/faithfulness")
     try:
         assert entered.wait(WAIT_S), "the recompute never reached faithfulness.measure_faithfulness"

@@ -1,4 +1,4 @@
-"""The one cost model (`research/cost.py`): its counts, the solves behind its rates, and an estimate against a run."""
+"""The one cost model (`runtime/cost.py`): its counts, the solves behind its rates, and an estimate against a run."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from dataclasses import astuple
 import pytest
 import torch
 
-from resnet_lab.research import cost, gradflow
+from resnet_lab.models.resnet import build
+from resnet_lab.research import gradflow
 from resnet_lab.research.gradflow import GradFlowConfig
-from resnet_lab.resnet import build
+from resnet_lab.runtime import cost
 
 PROBE_GMACS = cost.macs_per_image(cost.PROBE_ARCH, cost.PROBE_SIZE) / 1e9
 PROBE_CALLS = cost.layer_calls(cost.PROBE_ARCH, cost.PROBE_SIZE)
@@ -176,7 +177,7 @@ def test_a_gradient_sweeps_measured_time_is_within_3x_of_its_estimate(fresh_rate
 def test_measured_rates_are_forgotten_after_their_time_to_live(monkeypatch):
     """A probe timed while the server was busy (another user's training) must not price every later run: the
     rates are measured again each `RATES_TTL_S`, and reused within it."""
-    from resnet_lab.research import cost
+    from resnet_lab.runtime import cost
 
     made = []
     monkeypatch.setattr(cost, "_probe_timer", lambda device: None)

@@ -14,9 +14,9 @@ from torch import nn
 from torch.func import functional_call
 
 from resnet_lab.__main__ import main
+from resnet_lab.models.weights import LoadedWeights, save_checkpoint
 from resnet_lab.research import curvature as K
 from resnet_lab.research.curvature import hessian as H
-from resnet_lab.weights import LoadedWeights, save_checkpoint
 
 
 def _small(seed: int = 0) -> LoadedWeights:
@@ -24,7 +24,7 @@ def _small(seed: int = 0) -> LoadedWeights:
     the same code paths as the twins at a fraction of the Hessian-vector products' cost."""
     from dataclasses import replace
 
-    from resnet_lab.resnet import REGISTRY, ResNet
+    from resnet_lab.models.resnet import REGISTRY, ResNet
 
     net = ResNet(replace(REGISTRY["resnet20"], layers=(1, 1, 1), widths=(4, 8, 16)), num_classes=8, seed=seed)
     template = _loaded("resnet20", seed)
@@ -161,7 +161,7 @@ def test_compute_curvature_ladder_sets_and_map_restore_the_weights():
     top_k = spec[(spec.quantity == "eigenvalue")].groupby("images")["index"].max()
     assert top_k["set0"] == 2 and top_k["set1"] == 1
     # set k at size n is images k*n .. (k+1)*n - 1: set 1 at n = 4 is the second half of set 0 at n = 8
-    from resnet_lab.training.heldout import held_out_set
+    from resnet_lab.data.heldout import held_out_set
 
     data = held_out_set(w, 16, split="train")
     losses = [float(nn.functional.cross_entropy(w.model(data.x[a:b]), data.y[a:b])) for a, b in ((4, 8), (8, 16))]
@@ -188,7 +188,7 @@ def _the_estimate_charges_at_least_the_products_made(spec: pd.DataFrame, maps: p
     CI machine, 4.5x off). What a test can hold the estimate to is the work: the products a run made, counted by
     the operator, against those the estimate charges for the same settings: at least as many (it sizes what the app
     refuses), at most 4x (ARPACK is charged EIGSH_MATVECS a solve; it converges in fewer)."""
-    from resnet_lab.research import cost
+    from resnet_lab.runtime import cost
 
     per = spec[spec.quantity == "matvecs"]
     made = (per.n * per.value).sum() + (maps.n * maps.matvecs).sum() + 8 * 8  # image-products, the density's too

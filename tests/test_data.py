@@ -10,8 +10,8 @@ import torch
 from conftest import encode
 from PIL import Image
 
-from resnet_lab import data
-from resnet_lab.data import ImageError, decode_image
+from resnet_lab.data import images as data
+from resnet_lab.data.images import ImageError, decode_image
 
 
 def test_plain_rgb_round_trips(photo):
@@ -220,7 +220,7 @@ def _offered_geometries() -> dict[tuple[int, float], str]:
     """Every distinct (input size, crop_pct) the app's timm tags resolve to, with one tag that has it (offline)."""
     import timm
 
-    from resnet_lab.weights import list_tags
+    from resnet_lab.models.weights import list_tags
 
     found: dict[tuple[int, float], str] = {}
     for depth in (18, 34, 50, 101, 152):

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_lab.data import eval_transform
+from resnet_lab.data.datasets import DatasetError, cifar_root, expected_files, load_cifar
+from resnet_lab.data.folders import FolderSplit, image_folder, stratified_split
+from resnet_lab.data.images import eval_transform
 from resnet_lab.training.augment import train_transform
-from resnet_lab.training.datasets import DatasetError, cifar_root, expected_files, load_cifar
-from resnet_lab.training.folders import FolderSplit, image_folder, stratified_split
 
 N = 20  # images per batch
 

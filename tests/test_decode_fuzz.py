@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_lab.data import ImageError, decode_image
+from resnet_lab.data.images import ImageError, decode_image
 
 SEED = 20240806
 N_MUTATIONS = 8000

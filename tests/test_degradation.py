@@ -183,7 +183,7 @@ def test_memory_estimate_bounds_a_measured_peak():
 
 
 def test_cli_refuses_a_run_that_does_not_fit(monkeypatch, capsys):
-    from resnet_lab import resources
+    from resnet_lab.runtime import resources
 
     need = degradation.estimate_memory(1500, 512, ("plain110", "resnet110"))
     monkeypatch.setattr(resources, "memory_available", lambda: need // 3)
@@ -198,8 +198,8 @@ def test_cli_refuses_a_run_that_does_not_fit(monkeypatch, capsys):
 
 def test_validation_is_the_one_evaluation_loop(monkeypatch):
     """val_loss / val_acc come from `scoring.score` (eval mode, float64 sums), once per net and validation point."""
-    from resnet_lab import scoring
     from resnet_lab.research.degradation import compute
+    from resnet_lab.runtime import scoring
 
     scores = []
 
@@ -219,7 +219,7 @@ def test_estimated_seconds_come_from_the_cost_model(monkeypatch):
     """Every net: built once, `steps` training steps on the batch ("train_step" work: each step its layer calls,
     each image its MACs) and a forward pass over the held-out images in evaluation chunks at each validation
     point; the device asked is the run's own."""
-    from resnet_lab.research import cost
+    from resnet_lab.runtime import cost
 
     asked = []
     monkeypatch.setattr(cost, "rates", lambda device="cpu": asked.append(str(device)) or cost.Rates(0.02, 1e-4))
@@ -241,7 +241,7 @@ def test_cli_device_defaults_to_the_resolver_and_records_the_run(tmp_path, monke
 
     import torch
 
-    from resnet_lab import devices
+    from resnet_lab.runtime import devices
 
     monkeypatch.delenv(devices.ENV, raising=False)
     out = tmp_path / "d.csv"

@@ -22,12 +22,12 @@ import torch
 from conftest import encode
 from PIL import Image
 
-from resnet_lab import data
-from resnet_lab.data import _TRANSPOSE, ImageError, decode_image
+from resnet_lab.data import images as data
+from resnet_lab.data.images import _TRANSPOSE, ImageError, decode_image
+from resnet_lab.models.weights import load_weights
 from resnet_lab.serving.device_decode import DeviceTransform, decode_jpegs, orient, read_jpeg_header
 from resnet_lab.serving.inference import Classifier
 from resnet_lab.serving.zoo import SHAPES_CHECKPOINT
-from resnet_lab.weights import load_weights
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 ONE_LEVEL = 1 / 255  # of the [0, 1] pixel scale: PIL rounds its resize to uint8, the device path rounds the same way
@@ -129,7 +129,7 @@ def test_device_input_matches_the_pil_path(request, model, jpegs):
         gap = (x - full).abs()
         assert float(gap.max()) <= ONE_LEVEL / std + 1e-6, name
         assert float(gap.mean()) <= 0.005, name
-        assert dev.logits(torch.stack([x, cpu.prepare(raw)])).argmax(1).unique().numel() == 1, name
+        assert dev.logits(torch.stack([x, cpu.preprocess([raw])[0]])).argmax(1).unique().numel() == 1, name
 
 
 def test_shapes_top1_on_png_fallback_and_on_jpeg(shapes, monkeypatch):
@@ -163,7 +163,7 @@ def test_a_corrupt_jpeg_fails_alone_with_the_cpu_message(rn50, photo):
         assert isinstance(bad, ImageError), bad
     assert "truncated or corrupt" in str(results[1])
     with pytest.raises(ImageError):
-        cpu.prepare(corrupt)  # the same file on the PIL path: refused too
+        cpu.preprocess([corrupt])[0]  # the same file on the PIL path: refused too
     assert float((results[0] - cpu.transform(decode_image(good))).abs().max()) <= 0.0176
 
 
@@ -180,7 +180,7 @@ def test_cmyk_and_grayscale_jpegs(rn50, photo):
     cmyk = encode(photo.convert("CMYK"), "JPEG", quality=90)
     gray = encode(photo.convert("L"), "JPEG", quality=90)
     x_cmyk, x_gray = dev.prepare_many([cmyk, gray])
-    assert torch.equal(x_cmyk, cpu.prepare(cmyk))
+    assert torch.equal(x_cmyk, cpu.preprocess([cmyk])[0])
     pixels = x_gray * dev.device_transform.std + dev.device_transform.mean  # back to [0, 1]: R = G = B
     assert float((pixels[0] - pixels[1]).abs().max()) < 1e-5 and float((pixels[1] - pixels[2]).abs().max()) < 1e-5
 
@@ -188,7 +188,7 @@ def test_cmyk_and_grayscale_jpegs(rn50, photo):
 def test_pil_images_arrays_and_errors_mix_in_one_call(rn50, photo):
     dev, cpu = rn50
     results = dev.prepare_many([photo, np.asarray(photo), b"not an image", encode(photo, "JPEG")])
-    assert torch.equal(results[0], cpu.prepare(photo)) and torch.equal(results[1], cpu.prepare(photo))
+    assert torch.equal(results[0], cpu.preprocess([photo])[0]) and torch.equal(results[1], cpu.preprocess([photo])[0])
     assert isinstance(results[2], ImageError) and "not an image we can read" in str(results[2])
     assert isinstance(results[3], torch.Tensor)
     with pytest.raises(ImageError):
@@ -247,7 +247,7 @@ def test_truncated_and_corrupt_jpegs_give_the_cpu_message_on_every_device(photo,
         assert read_jpeg_header(raw) is None, name
         got = dev.prepare_many([raw])[0]
         with pytest.raises(ImageError) as want:
-            cpu.prepare(raw)
+            cpu.preprocess([raw])[0]
         assert isinstance(got, ImageError) and str(got) == str(want.value), name
     assert not sent  # none of them went to the device decoder
     padded = good + b"\x00" * 16  # padding after the end marker: still whole, still decoded on the device
@@ -257,7 +257,7 @@ def test_truncated_and_corrupt_jpegs_give_the_cpu_message_on_every_device(photo,
     corrupt[len(good) // 2: len(good) // 2 + 200] = rng.integers(0, 256, 200, dtype=np.uint8).tobytes()
     got, ok = dev.prepare_many([bytes(corrupt)])[0], None
     try:
-        ok = cpu.prepare(bytes(corrupt))
+        ok = cpu.preprocess([bytes(corrupt)])[0]
     except ImageError as e:
         assert isinstance(got, ImageError) and str(got) == str(e)
     if ok is not None:  # both decode it (libjpeg warns "corrupt data" and goes on): the same picture within bounds

@@ -17,16 +17,16 @@ import torch.nn.functional as F
 from conftest import near_ties
 
 from resnet_lab.__main__ import main
-from resnet_lab.devices import DeviceError, resolve_device
-from resnet_lab.resnet import build
-from resnet_lab.scoring import score
-from resnet_lab.shapes import ShapesDataset
-from resnet_lab.training import distributed as D
+from resnet_lab.data.loaders import LoaderBatches, ShapesBatches, TensorBatches
+from resnet_lab.data.shapes import ShapesDataset
+from resnet_lab.models.resnet import build
+from resnet_lab.models.weights import load_checkpoint
+from resnet_lab.runtime import distributed as D
+from resnet_lab.runtime.devices import DeviceError, resolve_device
+from resnet_lab.runtime.scoring import score
 from resnet_lab.training import resume
-from resnet_lab.training.loaders import LoaderBatches, ShapesBatches, TensorBatches
 from resnet_lab.training.run_data import make_data
 from resnet_lab.training.train import TrainConfig, initial_model, train
-from resnet_lab.weights import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

@@ -16,11 +16,16 @@ import torch
 from PIL import Image
 
 from resnet_lab.__main__ import main
-from resnet_lab.training.evaluation import EvaluationResult
+from resnet_lab.training.metrics import ECE_BINS, EvaluationResult
+from resnet_lab.training.plot import confusion_figure, reliability_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES_MODEL = ROOT / "assets" / "shapes_resnet20.safetensors"
 
+
+
+def scored(logits: torch.Tensor, labels: torch.Tensor, classes: list[str], bins: int = ECE_BINS) -> EvaluationResult:
+    return EvaluationResult(list(classes), bins).update(logits, labels)
 
 def _logits_from_probs(p: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.log(p))
@@ -38,7 +43,7 @@ def test_perfect_classifier_ece_is_mean_of_one_minus_confidence() -> None:
     logits[np.arange(40), labels] += 2.0 + 3.0 * rng.random(40)  # right, with confidences spread over bins
     conf = _softmax(logits).max(1)
     assert (_softmax(logits).argmax(1) == labels).all()
-    r = EvaluationResult.from_logits(torch.from_numpy(logits), torch.from_numpy(labels), list("abcd"))
+    r = scored(torch.from_numpy(logits), torch.from_numpy(labels), list("abcd"))
     assert r.top1 == 1.0 and r.topk == 1.0 and r.k == 4
     # every bin's accuracy is 1, so sum_b n_b/N * |1 - mean conf_b| = mean(1 - conf)
     assert r.ece == pytest.approx(float(np.mean(1 - conf)), abs=1e-12)
@@ -52,7 +57,7 @@ def test_always_wrong_at_confidence_point_nine() -> None:
     labels = np.arange(n) % c
     p = np.full((n, c), 0.1 / (c - 1))
     p[np.arange(n), (labels + 1) % c] = 0.9
-    r = EvaluationResult.from_logits(_logits_from_probs(p), torch.from_numpy(labels), [str(i) for i in range(c)])
+    r = scored(_logits_from_probs(p), torch.from_numpy(labels), [str(i) for i in range(c)])
     assert r.top1 == 0.0
     assert r.ece == pytest.approx(0.9, abs=1e-12)
     assert r.nll == pytest.approx(-math.log(0.1 / 9), abs=1e-12)
@@ -75,7 +80,7 @@ def test_a_confidence_on_an_edge_falls_in_the_bin_below() -> None:
     ], dtype=torch.float64)
     labels = torch.tensor([7, 7, 0, 0])
     assert logits.log_softmax(1).exp().max(1).values[:2].tolist() == [0.25, 0.5]  # the edges are hit exactly
-    r = EvaluationResult.from_logits(logits, labels, list("abcdefgh"), bins=4)
+    r = scored(logits, labels, list("abcdefgh"), bins=4)
     np.testing.assert_array_equal(r.bin_count, [1, 2, 0, 1])  # [lo, hi) gives [0, 2, 1, 1]
     np.testing.assert_array_equal(r.bin_correct, [0, 1, 0, 1])
     p = math.exp(0.5) / (math.exp(0.5) + 3)
@@ -89,18 +94,18 @@ def test_top5_counts_the_label_anywhere_in_the_five_highest() -> None:
     # 7 classes; the label of row i ranks i-th (0-based) by logit: ranks 0..4 are top-5 hits, 5 and 6 are not
     logits = torch.tensor([[7.0, 6, 5, 4, 3, 2, 1]]).repeat(7, 1)
     labels = torch.arange(7)
-    r = EvaluationResult.from_logits(logits, labels, list("abcdefg"))
+    r = scored(logits, labels, list("abcdefg"))
     assert r.k == 5
     assert r.correct_top1 == 1 and r.top1 == pytest.approx(1 / 7)
     assert r.correct_topk == 5 and r.topk == pytest.approx(5 / 7)
-    small = EvaluationResult.from_logits(logits[:3, :3], torch.tensor([2, 1, 0]), list("abc"))
+    small = scored(logits[:3, :3], torch.tensor([2, 1, 0]), list("abc"))
     assert small.k == 3 and small.topk == 1.0 and small.top1 == pytest.approx(1 / 3)
 
 
 def test_confusion_matrix_rows_are_truth_columns_predictions() -> None:
     labels = torch.tensor([0, 0, 1, 2, 2, 2])
     preds = torch.tensor([0, 1, 1, 2, 0, 2])
-    r = EvaluationResult.from_logits(torch.nn.functional.one_hot(preds, 4).double() * 5, labels, list("abcd"))
+    r = scored(torch.nn.functional.one_hot(preds, 4).double() * 5, labels, list("abcd"))
     np.testing.assert_array_equal(r.confusion, [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 2, 0], [0, 0, 0, 0]])
     np.testing.assert_array_equal(r.class_counts, [2, 1, 3, 0])
     acc = r.per_class_accuracy
@@ -128,7 +133,7 @@ def test_ece_matches_an_independent_numpy_loop() -> None:
     logits = rng.normal(scale=2.0, size=(500, 6))
     labels = rng.integers(0, 6, 500)
     logits[np.arange(250), labels[:250]] += 2.5  # half of them right and confident: a non-trivial diagram
-    r = EvaluationResult.from_logits(torch.from_numpy(logits).float(), torch.from_numpy(labels), list("abcdef"))
+    r = scored(torch.from_numpy(logits).float(), torch.from_numpy(labels), list("abcdef"))
     expected = _numpy_ece(logits.astype(np.float32).astype(np.float64), labels)
     assert expected > 0.01
     assert r.ece == pytest.approx(expected, abs=1e-9)
@@ -139,8 +144,8 @@ def test_merge_of_halves_equals_the_whole() -> None:
     logits = torch.from_numpy(rng.normal(scale=3.0, size=(301, 12)))
     labels = torch.from_numpy(rng.integers(0, 12, 301))
     classes = [f"c{i}" for i in range(12)]
-    whole = EvaluationResult.from_logits(logits, labels, classes)
-    a = EvaluationResult.from_logits(logits[:120], labels[:120], classes)
+    whole = scored(logits, labels, classes)
+    a = scored(logits[:120], labels[:120], classes)
     b = EvaluationResult(classes).update(logits[120:200], labels[120:200]).update(logits[200:], labels[200:])
     merged = a.merge(b)
     assert (merged.n, merged.correct_top1, merged.correct_topk) == (whole.n, whole.correct_top1, whole.correct_topk)
@@ -166,16 +171,16 @@ def test_bad_inputs_are_refused_with_a_message() -> None:
 
 def test_figures_name_classes_only_when_readable() -> None:
     rng = np.random.default_rng(3)
-    few = EvaluationResult.from_logits(torch.from_numpy(rng.normal(size=(50, 8))),
+    few = scored(torch.from_numpy(rng.normal(size=(50, 8))),
                                        torch.from_numpy(rng.integers(0, 8, 50)), [f"k{i}" for i in range(8)])
-    ax = few.confusion_figure().axes[0]
+    ax = confusion_figure(few).axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == [f"k{i}" for i in range(8)]
     image = ax.images[0].get_array()
     np.testing.assert_allclose(np.asarray(image).sum(1), 1.0)  # normalized per true class
-    many = EvaluationResult.from_logits(torch.from_numpy(rng.normal(size=(50, 40))),
+    many = scored(torch.from_numpy(rng.normal(size=(50, 40))),
                                         torch.from_numpy(rng.integers(0, 40, 50)), [f"k{i}" for i in range(40)])
-    assert not any(t.get_text().startswith("k") for t in many.confusion_figure().axes[0].get_yticklabels())
-    title = few.reliability_figure().axes[0].get_title()
+    assert not any(t.get_text().startswith("k") for t in confusion_figure(many).axes[0].get_yticklabels())
+    title = reliability_figure(few).axes[0].get_title()
     assert f"{few.ece:.2%}" in title
 
 
@@ -192,8 +197,8 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 @pytest.mark.numerics  # batches of 24 against one of 64: the closest top-2 gap is 0.32, the noise 1e-5
 def test_cli_on_the_shipped_shapes_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from resnet_lab.shapes import ShapesDataset
-    from resnet_lab.weights import load_checkpoint
+    from resnet_lab.data.shapes import ShapesDataset
+    from resnet_lab.models.weights import load_checkpoint
 
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", str(SHAPES_MODEL), "--data", "shapes", "--n", "64", "--out", str(out),
@@ -235,8 +240,8 @@ def _write_cifar10(root: Path, n: int, seed: int = 0) -> tuple[np.ndarray, np.nd
 
 
 def test_cli_on_cifar_format_files(tmp_path: Path) -> None:
-    from resnet_lab.resnet import build
-    from resnet_lab.weights import save_checkpoint
+    from resnet_lab.models.resnet import build
+    from resnet_lab.models.weights import save_checkpoint
 
     data, labels, names = _write_cifar10(tmp_path / "data", 37)
     model = build("resnet20", num_classes=10, seed=0).eval()
@@ -300,8 +305,8 @@ def _write_folder(root: Path, counts: dict[str, int], seed: int = 0) -> dict[str
 
 
 def _checkpoint(tmp_path: Path, arch: str, classes: list[str] | None, num_classes: int, name: str) -> Path:
-    from resnet_lab.resnet import build
-    from resnet_lab.weights import save_checkpoint
+    from resnet_lab.models.resnet import build
+    from resnet_lab.models.weights import save_checkpoint
 
     model = build(arch, num_classes=num_classes, seed=1).eval()
     meta = {"arch": arch, "num_classes": num_classes, **FOLDER_META, **({"classes": classes} if classes else {})}
@@ -311,7 +316,7 @@ def _checkpoint(tmp_path: Path, arch: str, classes: list[str] | None, num_classe
 def _reference_predictions(ckpt: Path, paths: list[Path]) -> np.ndarray:
     """The checkpoint's top-1 for each file, computed here: 32 px in, crop_pct 1, so the eval transform is just
     ToTensor and the checkpoint's mean/std (JPEG decoded by PIL at full size: these are 32 px already)."""
-    from resnet_lab.weights import load_checkpoint
+    from resnet_lab.models.weights import load_checkpoint
 
     model = load_checkpoint(ckpt).model.eval()
     x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), np.float32) / 255).permute(2, 0, 1)
@@ -374,9 +379,9 @@ def test_folder_classes_that_do_not_match_the_model_are_named(tmp_path: Path, ca
 def test_imagenet_val_folder_lands_on_timms_indices(tmp_path: Path) -> None:
     from timm.data import ImageNetInfo
 
-    from resnet_lab.data import imagenet_labels
+    from resnet_lab.data.images import imagenet_labels
+    from resnet_lab.models.weights import load_checkpoint
     from resnet_lab.training.evaluation import folder_dataset, imagenet_synsets, match_classes
-    from resnet_lab.weights import load_checkpoint
 
     info = ImageNetInfo()
     synsets = [info.index_to_label_name(i) for i in (1, 500, 999)]  # a partial subset: sorted order is 0, 1, 2
@@ -443,16 +448,14 @@ def test_torchrun_two_ranks_merge_to_the_single_process_result(tmp_path: Path, r
 def test_tensor_data_shards_cover_the_set_once(tmp_path: Path) -> None:
     """Shapes/CIFAR under torchrun: each rank's `shard_indices` share, merged, is the whole set (rank by rank here,
     in one process: `Dist` is only rank and world size to the sharding)."""
-    import argparse
 
-    from resnet_lab.training.distributed import Dist
-    from resnet_lab.training.evaluation import _shard
-    from resnet_lab.weights import load_checkpoint
+    from resnet_lab.models.weights import load_checkpoint
+    from resnet_lab.runtime.distributed import Dist
+    from resnet_lab.training.evaluation import score_share
 
     loaded = load_checkpoint(SHAPES_MODEL)
-    args = argparse.Namespace(data="shapes", n=37, seed=None, batch_size=8, model=str(SHAPES_MODEL))
-    whole, _, _ = _shard(args, loaded, False, Dist(), None)
-    parts = [_shard(args, loaded, False, Dist(rank, 3, rank), None)[0] for rank in range(3)]
+    whole = score_share(loaded, "shapes", Dist(), n=37, batch_size=8).result
+    parts = [score_share(loaded, "shapes", Dist(rank, 3, rank), n=37, batch_size=8).result for rank in range(3)]
     assert [p.n for p in parts] == [13, 12, 12]
     merged = parts[0].merge(parts[1]).merge(parts[2])
     assert (merged.n, merged.correct_top1, merged.correct_topk) == (whole.n, whole.correct_top1, whole.correct_topk)

@@ -14,11 +14,11 @@ from captum.attr import LayerAttribution, LayerGradCam
 from PIL import Image
 
 from resnet_lab import build
-from resnet_lab.data import crop_box, eval_transform
-from resnet_lab.explain import METHODS, attribute, gradcam_stages, layer_cams, overlay, scale_map
-from resnet_lab.shapes import ShapesDataset
-from resnet_lab.verify import randomize_bn
-from resnet_lab.weights import load_checkpoint
+from resnet_lab.data.images import crop_box, eval_transform
+from resnet_lab.data.shapes import ShapesDataset
+from resnet_lab.explain.methods import METHODS, attribute, gradcam_stages, layer_cams, overlay, scale_map
+from resnet_lab.models.verify import randomize_bn
+from resnet_lab.models.weights import load_checkpoint
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "shapes_resnet20.safetensors"
 

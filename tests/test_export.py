@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from resnet_lab.__main__ import main
-from resnet_lab.checkpoints import load_checkpoint
+from resnet_lab.models.checkpoints import load_checkpoint
 from resnet_lab.training.train import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent

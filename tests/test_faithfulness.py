@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from resnet_lab import faithfulness
 from resnet_lab.__main__ import main
-from resnet_lab.faithfulness import (
+from resnet_lab.data.shapes import ShapesDataset, normalize
+from resnet_lab.explain import faithfulness
+from resnet_lab.explain.faithfulness import (
     auc,
     cascade,
     estimate_seconds,
@@ -24,9 +25,8 @@ from resnet_lab.faithfulness import (
     saliency_rank,
     spearman,
 )
-from resnet_lab.resnet import build
-from resnet_lab.shapes import ShapesDataset, normalize
-from resnet_lab.weights import load_checkpoint
+from resnet_lab.models.resnet import build
+from resnet_lab.models.weights import load_checkpoint
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "shapes_resnet20.safetensors"
 SHIPPED_TABLE = SHIPPED.parent / "shapes_resnet20_faithfulness.csv"
@@ -119,7 +119,7 @@ def test_cascade_goes_from_the_top_down():
 
 @pytest.fixture(scope="module")
 def shipped():
-    from resnet_lab.explain import attribute
+    from resnet_lab.explain.methods import attribute
 
     model = load_checkpoint(SHIPPED).model
     ds = ShapesDataset(200, seed=4243)
@@ -152,7 +152,7 @@ def test_gradcam_beats_random_order_on_deletion_and_insertion(shipped):
 
 
 def test_randomization_decorrelates_gradcam_but_not_an_edge_detector(shipped):
-    from resnet_lab.explain import attribute
+    from resnet_lab.explain.methods import attribute
 
     model, ds, x, _ = shipped
     xb, target = x[:32], ds.labels[:32]
@@ -191,7 +191,7 @@ def test_shipped_table_is_reproduced_by_a_recomputed_slice():
     mask on all 500 images of its command (data seed 999, the checkpoint's test seed), deletion and insertion AUC on
     the first 100, with the same tie-breaking draws as the full run."""
     shipped = pd.read_csv(SHIPPED_TABLE).set_index(["method", "stage"]).loc[("gradcam", "layer3")]
-    from resnet_lab.explain import attribute
+    from resnet_lab.explain.methods import attribute
 
     model = load_checkpoint(SHIPPED).model
     ds = ShapesDataset(500, seed=999)
@@ -232,7 +232,7 @@ def test_randomization_generator_lives_on_the_models_device(monkeypatch):
     stand_in = torch.device("cuda", 7)
     monkeypatch.setattr(_Recorder, "asked", [])
     monkeypatch.setattr(torch, "Generator", _Recorder)
-    monkeypatch.setattr(faithfulness, "_device", lambda module: stand_in)
+    monkeypatch.setattr(faithfulness, "model_device", lambda module: stand_in)
     model = build("resnet20", num_classes=8, seed=0).eval()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     _Recorder.asked.clear()
@@ -262,10 +262,8 @@ def test_random_maps_and_tie_breaks_stay_on_the_maps_device():
 def test_the_estimate_counts_the_work_measure_faithfulness_does(monkeypatch):
     """The time shown before a recompute starts is the probed costs summed over `planned_calls`: that plan must be
     the calls `measure_faithfulness` really makes, with their batch sizes, for the curves and for each method."""
-    import resnet_lab.explain
-
     counted: dict[str, list[int]] = {}
-    curves, attribute = faithfulness.perturbation_curves, resnet_lab.explain.attribute
+    curves, attribute = faithfulness.perturbation_curves, faithfulness.attribute
 
     def counting_curves(model, x, *args, **kwargs):
         counted.setdefault("curves", []).append(len(x))
@@ -276,7 +274,7 @@ def test_the_estimate_counts_the_work_measure_faithfulness_does(monkeypatch):
         return attribute(model, x, target, method, *args, **kwargs)
 
     monkeypatch.setattr(faithfulness, "perturbation_curves", counting_curves)
-    monkeypatch.setattr(resnet_lab.explain, "attribute", counting_attribute)
+    monkeypatch.setattr(faithfulness, "attribute", counting_attribute)
     model = build("resnet20", num_classes=8, seed=0)
     methods, stages = ["gradcam", "integrated_gradients"], ["layer2", "layer3"]
     measure_faithfulness(model, ShapesDataset(6, seed=7), methods, stages, n=6, batch_size=4, steps=2, n_random=3)

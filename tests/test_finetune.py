@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnet_lab.resnet import build
+from resnet_lab.models.resnet import build
+from resnet_lab.models.weights import WeightsUnavailable, save_checkpoint
 from resnet_lab.training import finetune
 from resnet_lab.training.finetune import arch_parts, data_config, freeze, param_groups, parts, pretrained_model
-from resnet_lab.weights import WeightsUnavailable, save_checkpoint
 
 SOURCE_CLASSES = ["a", "b", "c"]
 SOURCE_MEAN, SOURCE_STD = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]
@@ -132,7 +132,7 @@ def test_without_the_eval_hook_frozen_batchnorm_statistics_drift(source, monkeyp
 
 def test_frozen_batchnorm_stays_frozen_when_ddp_swaps_the_batchnorm_modules(source):
     """`distributed.wrap(sync_bn=True)` replaces each BatchNorm by a new module sharing its tensors, after freeze."""
-    from resnet_lab.training.distributed import _swap_batchnorm
+    from resnet_lab.runtime.distributed import _swap_batchnorm
 
     class Swapped(torch.nn.BatchNorm2d):  # stands in for SyncBatchNorm, which needs a process group to train
         pass

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from resnet_lab.__main__ import main
-from resnet_lab.research import gradflow, memory
+from resnet_lab.research import gradflow
 from resnet_lab.research.gradflow import GradFlowConfig, measure, run_sweep, summarize
+from resnet_lab.runtime import memory
 
 CIFAR = ("resnet20", "resnet56", "resnet110")
 LN10 = math.log(10)
@@ -259,7 +260,7 @@ def test_cli_writes_csv_plot_and_record(tmp_path, monkeypatch, capsys):
     other command; the JSON beside the CSV records the device, the command and the cost model's estimate."""
     import json
 
-    from resnet_lab import devices
+    from resnet_lab.runtime import devices
 
     monkeypatch.delenv(devices.ENV, raising=False)
     out, png = tmp_path / "g.csv", tmp_path / "g.png"
@@ -335,7 +336,7 @@ def test_estimate_is_affine_in_the_batch_and_refuses_what_does_not_fit(monkeypat
 @pytest.fixture
 def fixed_rate(monkeypatch) -> tuple:
     """The cost model's rates pinned (they are measured on first use otherwise), the devices asked kept."""
-    from resnet_lab.research import cost
+    from resnet_lab.runtime import cost
 
     rates, builds, asked = cost.Rates(0.02, 1e-4), cost.BuildRates(3e-4, 1e-8), []
     monkeypatch.setattr(cost, "rates", lambda device="cpu": asked.append(str(device)) or rates)
@@ -346,7 +347,7 @@ def fixed_rate(monkeypatch) -> tuple:
 def test_estimated_seconds_are_a_build_and_one_training_step_per_net_from_the_cost_model(fixed_rate):
     """Each net: built (its seeded init) and one forward and backward on one batch ("train_step" work: its layer
     calls once, its MACs per image), at its own input size; seeds add."""
-    from resnet_lab.research import cost
+    from resnet_lab.runtime import cost
 
     rates, builds, asked = fixed_rate
     cfg = GradFlowConfig(archs=("resnet20", "resnet18"), seeds=3, batch_size=4, device="cpu")

@@ -11,11 +11,12 @@ import weakref
 import pytest
 import torch
 
+from resnet_lab.models.weights import load_weights
 from resnet_lab.serving import graphs
 from resnet_lab.serving.graphs import BUCKETS, bucket_for, bucketed, graphs_off_reason
 from resnet_lab.serving.inference import Classifier
 from resnet_lab.serving.zoo import SHAPES_CHECKPOINT, SHAPES_MODEL, ModelZoo
-from resnet_lab.weights import load_weights
+from resnet_lab.ui.common import status_line
 
 
 class FakeGraphs:
@@ -142,7 +143,7 @@ def test_the_zoo_captures_when_a_model_loads(monkeypatch):
     entry = ModelZoo(weights_path="", device="cpu").get(SHAPES_MODEL)
     assert entry.classifier.graphed is not None and [s[0] for s in fake.captured] == list(BUCKETS)
     assert entry.classifier.model is not entry.weights.model
-    assert entry.status.endswith("(CUDA graphs)")
+    assert status_line(entry).endswith("(CUDA graphs)")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

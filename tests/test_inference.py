@@ -12,12 +12,12 @@ from PIL import Image
 from torch import nn
 
 from resnet_lab import build
-from resnet_lab.data import ImageError, decode_image
-from resnet_lab.devices import resolve_device
+from resnet_lab.data.images import ImageError, decode_image
+from resnet_lab.models.verify import randomize_bn
+from resnet_lab.models.weights import load_weights
+from resnet_lab.runtime.devices import resolve_device
 from resnet_lab.serving.inference import Classifier, fuse_bn
 from resnet_lab.serving.zoo import SHAPES_CHECKPOINT
-from resnet_lab.verify import randomize_bn
-from resnet_lab.weights import load_weights
 
 
 def _relative_gap(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
@@ -77,7 +77,7 @@ def test_a_banner_classifies_and_a_strip_is_refused():
 
 
 def test_labels_come_from_checkpoint_meta(tmp_path):
-    from resnet_lab.weights import save_checkpoint
+    from resnet_lab.models.weights import save_checkpoint
 
     path = save_checkpoint(build("resnet20", num_classes=3), tmp_path / "m",
                            {"arch": "resnet20", "num_classes": 3, "classes": ["a", "b", "c"]})
@@ -142,7 +142,7 @@ def test_reduced_decode_classifies_like_the_full_one(photo, orientation):
     shapes = Classifier(load_weights(str(SHAPES_CHECKPOINT), "resnet20"), device="cpu", fuse=True)
     for clf, max_bound, mean_bound in ((rn50, 0.08, 0.012), (shapes, 0.6, 0.15)):
         full = clf.transform(decode_image(raw))
-        reduced = clf.prepare(raw)
+        reduced = clf.preprocess([raw])[0]
         assert max(clf.decode(raw).size) <= 2048 // 4  # really decoded smaller
         diff = (full - reduced).abs()
         assert float(diff.max()) <= max_bound and float(diff.mean()) <= mean_bound
@@ -165,9 +165,9 @@ def test_prepare_many_gives_each_upload_its_own_result(photo, caplog):
     clf.transform = transform
     good = encode(photo)
     results = clf.prepare_many([good, b"", boom, encode(photo, "JPEG")])
-    assert torch.equal(results[0], clf.prepare(good)) and isinstance(results[3], torch.Tensor)
+    assert torch.equal(results[0], clf.preprocess([good])[0]) and isinstance(results[3], torch.Tensor)
     assert isinstance(results[1], ImageError) and "empty" in str(results[1])
     assert type(results[2]) is RuntimeError
     assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)
     with pytest.raises(ImageError, match="empty"):
-        clf.prepare(b"")
+        clf.preprocess([b""])[0]

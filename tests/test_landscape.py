@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from conftest import near_ties
 
 from resnet_lab.__main__ import main
+from resnet_lab.data.heldout import held_out_set
+from resnet_lab.data.shapes import CLASSES, MEAN, STD
+from resnet_lab.models.resnet import build
+from resnet_lab.models.weights import LoadedWeights, save_checkpoint
 from resnet_lab.research import landscape as L
 from resnet_lab.research.landscape import compute, directions, readings
 from resnet_lab.research.study import load_models
-from resnet_lab.resnet import build
-from resnet_lab.scoring import chunks, score
-from resnet_lab.shapes import CLASSES, MEAN, STD
-from resnet_lab.training.heldout import held_out_set
-from resnet_lab.weights import LoadedWeights, save_checkpoint
+from resnet_lab.runtime.scoring import chunks, score
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 16

@@ -16,13 +16,15 @@ import torch.nn.functional as F
 from conftest import near_ties
 from torch import nn
 
-from resnet_lab.blocks import Bottleneck, projection
-from resnet_lab.devices import resolve_device
-from resnet_lab.research import cost, lesion
-from resnet_lab.resnet import build
-from resnet_lab.scoring import chunks, score
-from resnet_lab.training.heldout import HeldOut, held_out_set
-from resnet_lab.weights import load_checkpoint
+from resnet_lab.cli import lesion as cli_lesion
+from resnet_lab.data.heldout import HeldOut, held_out_set
+from resnet_lab.models.blocks import Bottleneck, projection
+from resnet_lab.models.resnet import build
+from resnet_lab.models.weights import load_checkpoint
+from resnet_lab.research import lesion
+from resnet_lab.runtime import cost
+from resnet_lab.runtime.devices import resolve_device
+from resnet_lab.runtime.scoring import chunks, score
 
 CHECKPOINT = "assets/shapes_resnet20.safetensors"
 TWIN = "assets/twins/shapes_{}.safetensors"
@@ -43,7 +45,7 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_no_deletion_gives_the_evaluators_accuracy_exactly():
-    from resnet_lab.shapes import ShapesDataset
+    from resnet_lab.data.shapes import ShapesDataset
     from resnet_lab.training.evaluation import evaluate
 
     loaded = load_checkpoint(CHECKPOINT)
@@ -354,7 +356,7 @@ def test_cli_writes_csv_plot_and_text(tmp_path, capsys):
     assert record["device"] == str(resolve_device(None))  # no --device: cuda when present, like every command
     assert record["reading"] == lesion.describe_lesion(df) and [r["lesions"] for r in record["runs"]] == [lesions] * 2
     parser = argparse.ArgumentParser()
-    lesion.add_arguments(parser)
+    cli_lesion.add_arguments(parser)
     assert parser.parse_args([]).device is None
     rc = main(["lesion", "--model", f"{CHECKPOINT},{CHECKPOINT}", "--n", "16", "--draws", "1", "--k-points", "3",
                "--out", str(tmp_path / "par"), "--workers", "2"])  # one process per model: the same numbers

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_lab.shapes import ShapesDataset, normalize
-from resnet_lab.training.loaders import ShapesBatches, TensorBatches, pad_crop_flip, per_rank_batch, stratified_indices
+from resnet_lab.data.loaders import ShapesBatches, TensorBatches, pad_crop_flip, per_rank_batch, stratified_indices
+from resnet_lab.data.shapes import ShapesDataset, normalize
 
 CPU = torch.device("cpu")
 
@@ -103,7 +103,7 @@ def test_a_training_tensor_batches_needs_a_generator():
 
 
 def test_a_global_batch_that_does_not_divide_over_the_processes_is_refused_with_a_fix():
-    from resnet_lab.training.distributed import Dist
+    from resnet_lab.runtime.distributed import Dist
 
     assert per_rank_batch(16, Dist(world_size=4)) == 4 and per_rank_batch(16, Dist()) == 16
     with pytest.raises(ValueError, match=r"--batch-size 10 is the global batch .* 3 processes \(try 9\)"):

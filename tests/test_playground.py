@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from resnet_lab.data.shapes import CLASSES, ShapesDataset
+from resnet_lab.models.resnet import build, init_seed
 from resnet_lab.paths import ASSETS
 from resnet_lab.research import playground as pg
 from resnet_lab.research.degradation.compute import run_degradation
-from resnet_lab.resnet import build, init_seed
-from resnet_lab.shapes import CLASSES, ShapesDataset
 
 SMALL = {"depth": 20, "steps": 6, "batch_size": 8, "evals": 2, "val_size": 32, "ratio_every": 1, "optimizer": "sgd",
          "lr": 0.05, "image_size": 32}  # SGD at 32 px: the study's loop as the shipped runs use it
@@ -137,7 +137,7 @@ def test_what_fits_cuts_the_steps_to_the_time_limit():
 def test_the_tab_streams_views_saves_the_pair_and_stops_only_its_own_run(monkeypatch):
     import gradio as gr
 
-    from resnet_lab.checkpoints import load_checkpoint
+    from resnet_lab.models.checkpoints import load_checkpoint
     from resnet_lab.ui import playground as ui
     from resnet_lab.ui import playground_plots as plots
 
@@ -244,7 +244,7 @@ def test_building_the_page_trains_and_times_nothing(monkeypatch):
     the Playground's estimate and its training loop, by the names it calls them, are counted while the page is
     built (counted, not made to raise: an error caught on the way would hide the call), and none is called."""
     import app
-    from resnet_lab.research import cost
+    from resnet_lab.runtime import cost
     from resnet_lab.ui import playground as ui
 
     calls: list[str] = []

@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from resnet_lab import precision as P
-from resnet_lab.resnet import build
+from resnet_lab.models.resnet import build
+from resnet_lab.runtime import precision as P
 from resnet_lab.training import precision_probe as probe
 
 NATIVE = frozenset({"fpu", "avx512f", "avx512_bf16"})
@@ -229,7 +229,7 @@ def test_bench_photos_corpus_measures_with_local_imagenet_weights_and_records_br
     """Where ImageNet-shaped weights exist (a file here), the photo corpus is measured through the app's Classifier;
     weights that cannot be loaded are recorded as not measured, with why."""
     from benchmarks import bench_precision as bench
-    from resnet_lab.weights import save_checkpoint
+    from resnet_lab.models.weights import save_checkpoint
 
     photos = sorted((bench.ROOT / "assets").glob("*.jpg"))
     path = save_checkpoint(build("resnet18", num_classes=1000, seed=0), tmp_path / "r18", {"arch": "resnet18"})

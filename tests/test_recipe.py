@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from resnet_lab.resnet import build
+from resnet_lab.models.resnet import build
 from resnet_lab.training import recipe
 from resnet_lab.training.config import TrainConfig, add_arguments
 from resnet_lab.training.ema import WeightsEma

@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 import resnet_lab
-from resnet_lab.blocks import ShortcutA
+from resnet_lab.models.blocks import ShortcutA
 
 TIMM_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
                "resnet101": 44_549_160, "resnet152": 60_192_808}
@@ -140,7 +140,7 @@ def test_hooks_see_what_each_layer_produced_under_no_grad(arch):
     On the old code (in place whenever no grad was recorded) the hook's tensor was
     rewritten by the ReLU after the hook ran: min 0.0 instead of about -1.9.
     """
-    from resnet_lab.verify import randomize_bn
+    from resnet_lab.models.verify import randomize_bn
 
     torch.manual_seed(0)
     m = resnet_lab.build(arch, seed=0).eval()
@@ -161,8 +161,8 @@ def test_hooks_see_what_each_layer_produced_under_no_grad(arch):
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50", "plain20"])
 def test_set_inplace_is_opt_in_and_changes_no_logit(arch):
     """The opt-in fast path (for copies nobody hooks) gives bit-identical logits and really runs in place."""
-    from resnet_lab.blocks import BasicBlock, Bottleneck, ReLU, set_inplace
-    from resnet_lab.verify import randomize_bn
+    from resnet_lab.models.blocks import BasicBlock, Bottleneck, ReLU, set_inplace
+    from resnet_lab.models.verify import randomize_bn
 
     torch.manual_seed(0)
     m = resnet_lab.build(arch, seed=0).eval()
@@ -221,7 +221,7 @@ def test_init_generators_are_made_on_the_weights_device(monkeypatch):
 
 def test_seeded_init_is_bit_identical_to_a_cpu_generator_and_global_seeding():
     """The shipped checkpoint and every seeded result depend on these exact numbers."""
-    from resnet_lab.resnet import init_module, init_seed
+    from resnet_lab.models.resnet import init_module, init_seed
 
     a, b = torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(3, 8, 3)
     init_module(a, 1234)
@@ -264,7 +264,7 @@ def test_cifar_stem_nets_match_kuangliu(arch):
     assert m.forward_head(feats).shape == (2, 10)
     cfg = m.pretrained_cfg
     assert cfg["input_size"] == (3, 32, 32) and cfg["num_classes"] == 10
-    assert cfg["mean"] == resnet_lab.resnet.CIFAR_MEAN and cfg["std"] == resnet_lab.resnet.CIFAR_STD
+    assert cfg["mean"] == resnet_lab.models.resnet.CIFAR_MEAN and cfg["std"] == resnet_lab.models.resnet.CIFAR_STD
     assert isinstance(m.layer2[0].downsample[0], torch.nn.Conv2d)  # option B, as kuangliu
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_lab import resources
+from resnet_lab.runtime import resources
 
 GIB = 2**30
 V1_UNLIMITED = "9223372036854771712"  # what cgroup v1 writes for "no limit" (LONG_MAX rounded down to a page)

@@ -157,7 +157,7 @@ def test_only_rank_0_tells_of_skipped_files(tmp_path):
 
     from test_datasets import write_folder
 
-    from resnet_lab.training.distributed import Dist
+    from resnet_lab.runtime.distributed import Dist
     from resnet_lab.training.run_data import make_data
 
     bad = write_folder(tmp_path / "imgs", {"a": 6, "b": 6})
@@ -292,8 +292,8 @@ def test_the_final_checkpoint_is_written_atomically(tmp_path, monkeypatch):
     """A save that fails midway (a full disk, a kill) leaves the previous checkpoint whole, and no temporary file."""
     import safetensors.torch
 
-    from resnet_lab.resnet import build
-    from resnet_lab.weights import load_checkpoint, save_checkpoint
+    from resnet_lab.models.resnet import build
+    from resnet_lab.models.weights import load_checkpoint, save_checkpoint
 
     first = build("resnet20", num_classes=8, seed=1)
     path = save_checkpoint(first, tmp_path / "m", {"arch": "resnet20", "num_classes": 8})
@@ -345,8 +345,8 @@ def test_a_signal_in_an_epochs_last_step_or_during_validation_stops_the_run(when
 def test_an_out_with_a_dot_gets_its_checkpoint_beside_its_states(tmp_path):
     """`--out runs/x.v2` writes runs/x.v2.safetensors and .json (the suffix was swapped: runs/x.safetensors, which
     another run's `--out runs/x.v1` overwrote); an out already ending in .safetensors is kept."""
-    from resnet_lab.checkpoints import checkpoint_path
-    from resnet_lab.weights import load_checkpoint
+    from resnet_lab.models.checkpoints import checkpoint_path
+    from resnet_lab.models.weights import load_checkpoint
 
     out = tmp_path / "runs" / "x.v2"
     assert main(["train", "--n-train", "32", "--n-val", "32", "--n-test", "32", "--batch-size", "32", "--epochs",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from resnet_lab import settings
-from resnet_lab.cli_args import Parser, add_options, int_in
+from resnet_lab.cli.args import Parser, add_options, int_in
 from resnet_lab.settings import option
 from resnet_lab.training import resume
 from resnet_lab.training.augment import Augment

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_lab.shapes import CLASSES, MEAN, STD, ShapesDataset, _draw_clutter, normalize, render
+from resnet_lab.data.shapes import CLASSES, MEAN, STD, ShapesDataset, _draw_clutter, normalize, render
 
 
 @pytest.fixture(scope="module")

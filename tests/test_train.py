@@ -11,10 +11,10 @@ from conftest import near_ties
 from torch import nn
 
 from resnet_lab.__main__ import main
-from resnet_lab.scoring import chunks, score
-from resnet_lab.shapes import CLASSES, MEAN, STD, ShapesDataset, normalize
+from resnet_lab.data.shapes import CLASSES, MEAN, STD, ShapesDataset, normalize
+from resnet_lab.models.weights import load_checkpoint
+from resnet_lab.runtime.scoring import chunks, score
 from resnet_lab.training.train import TrainConfig, initial_model, train
-from resnet_lab.weights import load_checkpoint
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "shapes_resnet20.safetensors"
 TINY = dict(n_train=384, n_val=128, n_test=128, batch_size=32, lr=0.05, seed=3, quiet=True)
@@ -194,7 +194,7 @@ def cifar_run(tmp_path_factory) -> Path:
 
 
 def test_cifar_run_learns_records_its_data_and_loads_back(cifar_run):
-    from resnet_lab.resnet import CIFAR_MEAN, CIFAR_STD
+    from resnet_lab.models.resnet import CIFAR_MEAN, CIFAR_STD
 
     meta = json.loads(cifar_run.with_suffix(".json").read_text())
     losses = [h["train_loss"] for h in meta["history"]]
@@ -322,7 +322,7 @@ def test_a_file_whose_body_is_corrupt_is_skipped_in_the_worker_and_listed_once(t
     from PIL import Image
     from test_datasets import write_folder
 
-    from resnet_lab.data import check_header
+    from resnet_lab.data.images import check_header
 
     write_folder(tmp_path / "imgs", {"horizontal": 12, "vertical": 12}, bad=False)
     noise = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)

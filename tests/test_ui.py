@@ -10,15 +10,15 @@ import torch
 from conftest import encode
 from PIL import Image
 
-from resnet_lab.data import crop_box
-from resnet_lab.explain import colorbar_width
+from resnet_lab.data.images import crop_box
+from resnet_lab.explain.methods import colorbar_width
 from resnet_lab.serving.zoo import SHAPES_CHECKPOINT, SHAPES_MODEL, ModelZoo
 from resnet_lab.ui import classify, common, gradcam
 
 
 @pytest.fixture(autouse=True, scope="module")
 def offline_zoo():
-    common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+    common._ZOO = ModelZoo(weights_path="", device="cpu")
     yield
 
 
@@ -41,8 +41,8 @@ def files(tmp_path, photo):
 def test_classify_returns_the_top5_of_the_softmax(tmp_path):
     """The Shapes net has 8 classes, so its top 5 sum to less than 1; each is the softmax of logits computed here
     with the unfused shipped model on the image's pixels (normalized by hand)."""
-    from resnet_lab.shapes import MEAN, STD, ShapesDataset
-    from resnet_lab.weights import load_checkpoint
+    from resnet_lab.data.shapes import MEAN, STD, ShapesDataset
+    from resnet_lab.models.weights import load_checkpoint
 
     sample = ShapesDataset(1, seed=4242).sample(0)
     path = tmp_path / "shape.png"
@@ -198,7 +198,7 @@ def test_shapes_sample_draws_the_true_box_and_the_verdict():
 def test_recompute_runs_on_a_copy_without_the_lock_and_says_how_long(monkeypatch):
     """Grad-CAM requests on the Shapes model must not wait behind a recompute: while it evaluates, the model's lock is
     free and the net it measures is not the shared one. The estimate is made before it starts and reported."""
-    from resnet_lab import faithfulness
+    from resnet_lab.explain import faithfulness
 
     entry = common.zoo().get(SHAPES_MODEL)
     seen = []
@@ -211,7 +211,7 @@ def test_recompute_runs_on_a_copy_without_the_lock_and_says_how_long(monkeypatch
         seen.append((free, net is entry.weights.model))
         return measure(net, *args, **{**kwargs, "methods": ["gradcam"]})  # the others: seconds more, no news
 
-    monkeypatch.setattr(faithfulness, "measure_faithfulness", watched)
+    monkeypatch.setattr(gradcam, "measure_faithfulness", watched)
     fresh, note = gradcam.recompute_faithfulness(4)
     assert seen == [(True, False)]
     assert fresh["Method"].tolist() == ["Grad-CAM"] * 3 + [gradcam.CHANCE]  # shown as the panel shows it
@@ -282,13 +282,13 @@ def test_a_bad_tag_fails_only_its_own_requests_in_a_batch(files):
 
 def test_choosing_a_model_loads_no_weights():
     z = ModelZoo(weights_path="", device="cpu")
-    common.set_zoo(z)
+    common._ZOO = z
     try:
         stage, target = gradcam.on_model_change("ResNet-152")
         assert stage["value"] == "layer4" and "tabby, tabby cat" in target["choices"]
         assert not z._cache
     finally:
-        common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+        common._ZOO = ModelZoo(weights_path="", device="cpu")
 
 
 def test_old_outputs_are_pruned(monkeypatch):

@@ -9,12 +9,12 @@ import pytest
 from test_curvature_scale import FLATTER, spectrum
 from test_ui_research_landscape import no_progress, save_twin
 
+from resnet_lab.data.heldout import held_out_set
+from resnet_lab.models.weights import load_checkpoint
 from resnet_lab.research import curvature
 from resnet_lab.research.curvature.hessian import Hessian, top_eigenvalues
-from resnet_lab.training.heldout import held_out_set
 from resnet_lab.ui.research import _common
 from resnet_lab.ui.research import curvature as ui
-from resnet_lab.weights import load_checkpoint
 
 
 @pytest.fixture

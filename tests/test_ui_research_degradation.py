@@ -42,7 +42,7 @@ def test_rerun_estimate_comes_from_the_cost_model(monkeypatch):
     """The button's duration is the cost model's: every net's build, its training steps ("train_step" work on the
     batch) and its forward passes over the held-out images at each validation point, at the rates of the app's
     device."""
-    from resnet_lab.research import cost
+    from resnet_lab.runtime import cost
 
     monkeypatch.setattr(cost, "rates", lambda device="cpu": cost.Rates(0.02, 1e-4))
     monkeypatch.setattr(cost, "build_rates", lambda device="cpu": cost.BuildRates(3e-4, 1e-8))
@@ -84,7 +84,7 @@ def test_rerun_runs_and_is_sized_on_the_apps_full_device(monkeypatch):
     import gradio as gr
     import torch
 
-    from resnet_lab.research import cost, memory
+    from resnet_lab.runtime import cost, memory
 
     for k, v in {"steps": 2, "batch_size": 4, "train_size": 8, "val_size": 8, "evals": 1}.items():
         monkeypatch.setitem(degradation.QUICK, k, v)

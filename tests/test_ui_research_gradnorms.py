@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from resnet_lab import resources
+from resnet_lab.models.resnet import REGISTRY
 from resnet_lab.research import gradflow
-from resnet_lab.resnet import REGISTRY
+from resnet_lab.runtime import resources
 from resnet_lab.ui.research import MEMORY_SHARE, gradnorms, memory_budget
 from resnet_lab.ui.research._common import duration, unbroken
 
@@ -162,7 +162,7 @@ def test_what_fits_is_one_answer_for_the_cli_and_the_tab(monkeypatch, capsys):
 @pytest.fixture
 def pinned_rate(monkeypatch):
     """The cost model's rates pinned (else measured on first use), and the devices they were asked for."""
-    from resnet_lab.research import cost
+    from resnet_lab.runtime import cost
 
     asked = []
     monkeypatch.setattr(cost, "rates", lambda device="cpu": asked.append(str(device)) or cost.Rates(0.02, 1e-4))
@@ -224,7 +224,7 @@ def test_sweep_runs_on_the_apps_full_device(server_with, pinned_rate, monkeypatc
 
     import torch
 
-    from resnet_lab.research import memory
+    from resnet_lab.runtime import memory
 
     server_with(2**50)
     monkeypatch.setattr(gradnorms, "zoo", lambda: SimpleNamespace(device=torch.device("cuda", 1)))

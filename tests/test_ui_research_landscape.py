@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from resnet_lab import resources
+from resnet_lab.data.shapes import CLASSES
+from resnet_lab.models.resnet import build
+from resnet_lab.models.weights import save_checkpoint
 from resnet_lab.research import landscape
 from resnet_lab.research.landscape import directions
-from resnet_lab.resnet import build
-from resnet_lab.shapes import CLASSES
+from resnet_lab.runtime import resources
 from resnet_lab.ui.research import _common
 from resnet_lab.ui.research import landscape as ui
-from resnet_lab.weights import save_checkpoint
 
 TINY = {"grid": 5, "n": 16, "dims": 1, "span": 1.0}
 

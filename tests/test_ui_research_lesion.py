@@ -9,13 +9,13 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from resnet_lab import resources
-from resnet_lab.research import lesion, memory
-from resnet_lab.resnet import build
-from resnet_lab.shapes import CLASSES
+from resnet_lab.data.shapes import CLASSES
+from resnet_lab.models.resnet import build
+from resnet_lab.models.weights import save_checkpoint
+from resnet_lab.research import lesion
+from resnet_lab.runtime import memory, resources
 from resnet_lab.ui.research import _common
 from resnet_lab.ui.research import lesion as ui
-from resnet_lab.weights import save_checkpoint
 
 TINY = {"n": 16, "draws": 2, "k_points": 4}
 

@@ -14,10 +14,10 @@ from conftest import launched_app
 from PIL import Image
 from safetensors.torch import save_file
 
-from resnet_lab.resnet import build
+from resnet_lab.models.resnet import build
+from resnet_lab.models.weights import save_checkpoint
 from resnet_lab.serving.zoo import MODELS, SHAPES_MODEL, ModelZoo, arch_bytes
 from resnet_lab.ui import common
-from resnet_lab.weights import save_checkpoint
 
 CLASSES = ["apple", "pear", "plum"]
 COLOURS = {"apple": (200, 30, 30), "pear": (210, 200, 40), "plum": (90, 30, 120)}
@@ -60,9 +60,9 @@ def folder(tmp_path_factory, one_thread) -> Path:
 @pytest.fixture
 def zoo(folder):
     z = ModelZoo(weights_path=str(folder), device="cpu")
-    common.set_zoo(z)
+    common._ZOO = z
     yield z
-    common.set_zoo(ModelZoo(weights_path="", device="cpu"))
+    common._ZOO = ModelZoo(weights_path="", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def image(tmp_path_factory) -> str:
 def _softmax(folder: Path, image: str) -> dict[str, float]:
     """The checkpoint's own probabilities, computed here without the app: its eval transform is just the
     normalisation (32 px in, crop_pct 1)."""
-    from resnet_lab.weights import load_checkpoint
+    from resnet_lab.models.weights import load_checkpoint
 
     net = load_checkpoint(folder / "fruit_r20.safetensors").model.eval()
     x = torch.from_numpy(np.asarray(Image.open(image), dtype=np.float32) / 255).permute(2, 0, 1)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from resnet_lab import build
 from resnet_lab.__main__ import main
-from resnet_lab.verify import TOLERANCE, compare, randomize_bn, reference_model, twin_nets, verify_arch
+from resnet_lab.models.verify import TOLERANCE, compare, randomize_bn, reference_model, twin_nets, verify_arch
 
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -86,7 +86,7 @@ def test_cli_prints_a_table_and_exits_zero(capsys):
 def test_cli_defaults_cover_the_five_imagenet_nets():
     import argparse
 
-    from resnet_lab import verify
+    from resnet_lab.cli import verify
 
     p = argparse.ArgumentParser()
     verify.add_arguments(p)

@@ -14,15 +14,15 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from resnet_lab import akamaster, weights
-from resnet_lab.weights import WeightsUnavailable
+from resnet_lab.models import akamaster, weights
+from resnet_lab.models.weights import WeightsUnavailable
 
 
 @pytest.fixture(scope="module")
 def timm_r18():
     torch.manual_seed(0)
     m = timm.create_model("resnet18").eval()
-    from resnet_lab.verify import randomize_bn
+    from resnet_lab.models.verify import randomize_bn
 
     randomize_bn(m)
     return m
@@ -265,8 +265,8 @@ def test_hub_probe_goes_to_the_configured_endpoint(monkeypatch):
 
 
 def _akamaster_net(arch: str = "resnet20", seed: int = 3) -> torch.nn.Module:
-    from resnet_lab.resnet import build
-    from resnet_lab.verify import randomize_bn
+    from resnet_lab.models.resnet import build
+    from resnet_lab.models.verify import randomize_bn
 
     model = build(arch, seed=seed)
     with torch.no_grad():
@@ -328,7 +328,7 @@ def test_akamaster_nets_see_in_the_app_what_their_evaluation_fed_them(tmp_path, 
                                        "ship", "truck"]
     image = photo.crop((0, 0, 32, 32))
     theirs = TF.normalize(TF.to_tensor(image), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    assert torch.allclose(classifier.prepare(image), theirs, atol=1e-6)
+    assert torch.allclose(classifier.preprocess([image])[0], theirs, atol=1e-6)
 
 
 def test_akamaster_arch_inferred_from_blocks_old_counters_and_compressible_names(tmp_path):

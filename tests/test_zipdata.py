@@ -1,4 +1,4 @@
-"""An uploaded zip of <class>/<image> folders (training/zipdata.py): good images become tensors, a bad image is
+"""An uploaded zip of <class>/<image> folders (data/zipdata.py): good images become tensors, a bad image is
 skipped and listed, and a zip that is corrupt, a bomb, too many files or names paths outside its folder is refused
 whole with its reason. Nothing is extracted: the test checks that the folder around the zip stays as it was."""
 
@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_lab import data
-from resnet_lab.training import zipdata
-from resnet_lab.training.datasets import DatasetError
+from resnet_lab.data import images as data
+from resnet_lab.data import zipdata
+from resnet_lab.data.datasets import DatasetError
 
 
 def _png(color: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:
@@ -278,7 +278,7 @@ def test_the_playground_trains_on_an_uploaded_zip_and_lists_what_it_skipped(tmp_
     *_, last = ui.train(20, True, "he", "sgd", 0.05, 4, 3, 0, 16, str(z), "zip-session", [])
     status, files = last[0], last[7]
     assert "8 to train on, 2 held out, 2 classes (blue, red)" in status and "`red/broken.png`" in status
-    from resnet_lab.checkpoints import load_checkpoint
+    from resnet_lab.models.checkpoints import load_checkpoint
 
     loaded = load_checkpoint(files[1])
     assert loaded.meta["classes"] == ["blue", "red"] and loaded.meta["data"]["name"] == "zip"
@@ -291,7 +291,7 @@ def test_the_playground_checks_a_zip_on_upload_and_counts_its_reading_in_the_est
     run too long for the live slot (it was left out: 187 s of reading went uncounted)."""
     import gradio as gr
 
-    from resnet_lab.research import cost
+    from resnet_lab.runtime import cost
     from resnet_lab.ui import playground as ui
 
     with gr.Blocks() as demo:
@@ -319,7 +319,7 @@ def test_the_playground_checks_a_zip_on_upload_and_counts_its_reading_in_the_est
 
 
 def test_a_batch_larger_than_the_zips_training_images_says_which_is_used(tmp_path, monkeypatch):
-    from resnet_lab.checkpoints import load_checkpoint
+    from resnet_lab.models.checkpoints import load_checkpoint
     from resnet_lab.ui import playground as ui
 
     z = _zip(tmp_path / "mine.zip", _good())  # 8 to train on

@@ -13,10 +13,11 @@ import torch
 from safetensors.torch import save_file
 
 from resnet_lab import build
+from resnet_lab.models.weights import load_weights
 from resnet_lab.serving import graphs
 from resnet_lab.serving import zoo as zoo_mod
 from resnet_lab.serving.zoo import IMAGENET_MODELS, SHAPES_MODEL, ModelZoo, model_bytes, tags_for
-from resnet_lab.weights import load_weights
+from resnet_lab.ui.common import status_line
 
 GiB = 2**30
 
@@ -31,19 +32,19 @@ def _tiny(*_args):
 
 def test_status_names_weight_files_without_server_paths(tmp_path):
     project = str(zoo_mod.ASSETS.parent)
-    shipped = ModelZoo(weights_path="", device="cpu").get(SHAPES_MODEL).status
+    shipped = status_line(ModelZoo(weights_path="", device="cpu").get(SHAPES_MODEL))
     assert "local file `assets/shapes_resnet20.safetensors`" in shipped and project not in shipped
 
     folder = tmp_path / "weights"  # a user's weights folder outside the project: the file's name only
     folder.mkdir()
     save_file(build("resnet18", seed=0).state_dict(), str(folder / "resnet18.tv_in1k.safetensors"))
-    status = ModelZoo(weights_path=str(folder), device="cpu").get("ResNet-18").status
+    status = status_line(ModelZoo(weights_path=str(folder), device="cpu").get("ResNet-18"))
     assert "local file `resnet18.tv_in1k.safetensors`" in status and str(tmp_path) not in status
 
     broken = tmp_path / "broken"  # unreadable: random weights, and the reason names the file but not its folder
     broken.mkdir()
     (broken / "resnet18.safetensors").write_bytes(b"\x00" * 64)
-    status = ModelZoo(weights_path=str(broken), device="cpu").get("ResNet-18").status
+    status = status_line(ModelZoo(weights_path=str(broken), device="cpu").get("ResNet-18"))
     assert "random weights" in status and "resnet18.safetensors" in status and str(tmp_path) not in status
 
 
@@ -176,7 +177,7 @@ def test_a_failed_load_evicts_nothing_and_is_not_remembered(tmp_path):
     """A load that fails (a mistyped hf-hub tag anyone can type, a pruned Playground net, an unreadable file)
     leaves the cached model where it was and its key nowhere: a visitor cannot empty other users' cache, and the
     model loads when asked again. With `max_models=1` the one cached model is the one a load would have evicted."""
-    from resnet_lab.checkpoints import save_checkpoint
+    from resnet_lab.models.checkpoints import save_checkpoint
 
     zoo = ModelZoo(weights_path=str(tmp_path / "none"), device="cpu", max_models=1)
     real_load, failures = zoo._load, [OSError("disk full"), ValueError("no such export on the Hub")]

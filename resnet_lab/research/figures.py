@@ -9,12 +9,12 @@ what each study's own command writes (`--plot`, `--out`, `--from-csv`): the same
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..paths import ASSETS
+from . import curvature, gradflow, landscape, lesion
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,8 +32,6 @@ def narrow_path(png: str | Path) -> Path:
 def shipped() -> dict[str, Callable[[int | None], Figure]]:
     """PNG name -> a function drawing it (`cols`: None for the wide layout, 1 for a phone) from the shipped CSVs;
     only the figures whose CSVs are there."""
-    from . import curvature, gradflow, landscape, lesion
-
     out: dict[str, Callable[[int | None], Figure]] = {}
     if gradflow.SHIPPED_CSV.is_file():
         grads = gradflow.read_csv(str(gradflow.SHIPPED_CSV))
@@ -73,13 +71,3 @@ def render(out: str | Path = ASSETS) -> list[Path]:
             draw(cols).savefig(path, dpi=DPI)
             written.append(path)
     return written
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=str(ASSETS), help="folder to write the PNGs into (default: assets/)")
-
-
-def run(args: argparse.Namespace) -> int:
-    for path in render(args.out):
-        print(f"wrote {path}")
-    return 0

@@ -31,10 +31,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..resnet import REGISTRY, list_archs, twin_name
+from ..data.zipdata import ZipImages, ZipScan
+from ..models.resnet import REGISTRY, list_archs, twin_name
+from ..runtime import cost as C
 from ..settings import control
-from ..training.zipdata import ZipImages, ZipScan
-from . import cost as C
 from .degradation import estimate_cost
 from .degradation.compute import OPTIMIZERS, run_degradation
 from .gradflow.compute import conv_layers

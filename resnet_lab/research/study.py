@@ -24,13 +24,16 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
+from ..models.weights import WeightsUnavailable, load_checkpoint
 from ..paths import ASSETS
+from ..runtime.cost import arch_of
+from ..runtime.distributed import cleanup, setup
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from ..training.distributed import Dist
-    from ..weights import LoadedWeights
+    from ..models.weights import LoadedWeights
+    from ..runtime.distributed import Dist
 
 TWINS_DIR = ASSETS / "twins"
 
@@ -60,8 +63,6 @@ def resolve_model_path(spec: str) -> Path:
 
 def load_models(specs: Sequence[str]) -> list[LoadedWeights]:
     """Checkpoints by path or shipped-twin arch name; ValueError with a message a person can act on."""
-    from ..weights import WeightsUnavailable, load_checkpoint
-
     paths = [resolve_model_path(s) for s in specs]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -75,8 +76,6 @@ def load_models(specs: Sequence[str]) -> list[LoadedWeights]:
 
 def model_labels(models: Sequence[LoadedWeights]) -> list[str]:
     """What each net is called in tables and plots: its arch, with the file name where two share an arch."""
-    from .cost import arch_of
-
     labels = [str(w.meta.get("arch") or arch_of(w.model)) for w in models]
     return [f"{lab} ({Path(w.path).stem})" if w.path is not None and labels.count(lab) > 1 else lab
             for lab, w in zip(labels, models)]
@@ -86,8 +85,6 @@ def model_labels(models: Sequence[LoadedWeights]) -> list[str]:
 def session(device: str | None) -> Iterator[Dist]:
     """This process's `Dist` (torchrun's group when launched by it, else one process) on the resolved device;
     the group is left on exit. A device that cannot be used raises `devices.DeviceError` (a ValueError)."""
-    from ..training.distributed import cleanup, setup
-
     dist = setup(device)
     try:
         yield dist

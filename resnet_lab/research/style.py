@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..resnet import REGISTRY
+from ..models.resnet import REGISTRY
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..resnet import REGISTRY, twin_pairs
+from ..models.resnet import REGISTRY, twin_pairs
 from .curvature import scale as CS
 from .degradation.describe import final_metrics
 from .gradflow.describe import _direction

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..data import EXIF_ORIENTATION, ImageInput, check_pixels, eval_config, open_image, resize_side, resized_size
+from ..data.images import EXIF_ORIENTATION, ImageInput, check_pixels, eval_config, open_image, resize_side, resized_size
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,7 @@ from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..blocks import set_inplace
-from ..data import (
+from ..data.images import (
     ImageError,
     ImageInput,
     check_transformable,
@@ -27,9 +26,10 @@ from ..data import (
     imagenet_labels,
     resize_side,
 )
-from ..devices import resolve_device
-from ..precision import dtype_name, serving_dtype
-from ..weights import LoadedWeights
+from ..models.blocks import set_inplace
+from ..models.weights import LoadedWeights
+from ..runtime.devices import resolve_device
+from ..runtime.precision import dtype_name, serving_dtype
 from . import graphs
 from .device_decode import DeviceTransform, JpegUpload, decode_jpegs, orient, read_jpeg_header
 
@@ -210,10 +210,6 @@ class Classifier:
         if self.device_transform is not None:
             out = [x.to(self.device) if isinstance(x, torch.Tensor) else x for x in out]
         return out  # type: ignore[return-value]  # every slot is filled
-
-    def prepare(self, image: ImageInput) -> torch.Tensor:
-        """One upload -> its network input (C, H, W); `ImageError` for what cannot be used."""
-        return self.preprocess([image])[0]
 
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Decode (raising `ImageError` for what cannot be used) and transform into one batch."""

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ..resnet import REGISTRY, build
-from ..weights import meta_path
+from ..models.resnet import REGISTRY, build
+from ..models.weights import meta_path
 
 log = logging.getLogger(__name__)
 

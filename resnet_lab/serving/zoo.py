@@ -22,12 +22,9 @@ from pathlib import Path
 
 import torch
 
-from ..data import imagenet_labels
-from ..devices import free_memory, resolve_device
-from ..paths import ASSETS
-from ..resnet import REGISTRY, build
-from ..resources import memory_limit
-from ..weights import (
+from ..data.images import imagenet_labels
+from ..models.resnet import REGISTRY, build
+from ..models.weights import (
     DEFAULT_TAGS,
     HF_HUB_PREFIX,
     LoadedWeights,
@@ -38,6 +35,10 @@ from ..weights import (
     load_checkpoint,
     load_weights,
 )
+from ..paths import ASSETS
+from ..runtime.devices import resolve_device
+from ..runtime.memory import ALLOCATOR_MARGIN, ZOO_SHARE, available_memory
+from ..runtime.resources import memory_limit
 from .inference import Classifier
 from .user_models import UserModel, discover_user_models, user_model
 
@@ -69,8 +70,6 @@ def describe(model: str) -> tuple[list[str], list[str]]:
 
 
 RUNTIME_BYTES = 3 * 2**29  # 1.5 GiB for Python, torch, timm, Gradio and the app before any ImageNet model
-ZOO_SHARE = 0.5  # of the memory left: the other half is for requests' activations and Research jobs
-ALLOCATOR_MARGIN = 1.2  # RSS grows ~17 % beyond the tensors' bytes (ResNet-152: +565 MB for 482 MB of tensors)
 
 
 def model_bytes(model: str) -> int:
@@ -94,9 +93,8 @@ def zoo_budget(device: str | torch.device = "cpu") -> int:
     """Bytes the cached models may hold on the device they live on: `ZOO_SHARE` of the GPU memory free now on
     CUDA (the card, not the container's RAM, is what runs out), else of the memory this process may use (the
     container's limit, not the host's RAM) after `RUNTIME_BYTES`."""
-    free = free_memory(device)
-    if free is not None:
-        return int(ZOO_SHARE * free)
+    if torch.device(device).type == "cuda":
+        return int(ZOO_SHARE * available_memory(device))
     return int(ZOO_SHARE * (memory_limit() - RUNTIME_BYTES))
 
 
@@ -128,22 +126,6 @@ class Entry:
     classifier: Classifier
     warning: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)  # captum hooks the shared model: one at a time
-
-    @property
-    def status(self) -> str:
-        """The status line, for a visitor: where the weights came from. Random weights are said in one plain
-        sentence; the technical reason (for whoever runs the server) is folded away under "Details"."""
-        extras = self.classifier.runs()
-        device = f"device: `{self.classifier.device}`" + (f" ({', '.join(extras)})" if extras else "")
-        if self.weights.is_random:
-            why = "downloaded (this server may be offline)" if "Hugging Face Hub" in self.warning else "read"
-            return (f"**{self.model} has random weights here: its answers and heatmaps mean nothing, however "
-                    f"confident they look.** Its trained weights could not be {why}. Choose **{SHAPES_MODEL}**, "
-                    "which ships with the app, for answers that mean something.\n\n"
-                    f"<details><summary>Details</summary>\n\n{self.warning} · {device}\n\n</details>")
-        src = self.weights.source
-        where = {"hub": "Hugging Face Hub", "file": "local file"}.get(src.split(":")[0], "")
-        return f"**{self.model}** · weights: {where} `{src.split(':', 1)[-1]}` · {device}"
 
 
 @dataclass

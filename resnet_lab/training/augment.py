@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cli_args import number
+from ..cli.args import number
+from ..data.images import eval_config, eval_shape
 from ..settings import option
 from .recipe import SMALL_FOLDER, SMALL_SMOOTHING
 
@@ -110,8 +111,6 @@ def train_transform(pretrained_cfg: dict[str, Any], aug: Augment = Augment()) ->
     timm's pipeline with its crop disabled (scale and ratio 1), so flips, AutoAugment and erasing are still timm's."""
     from timm.data import create_transform
     from torchvision import transforms as T
-
-    from ..data import eval_config, eval_shape
 
     cfg = eval_config(pretrained_cfg)
     size = int(cfg["input_size"][-1])

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import settings
-from ..cli_args import add_options, int_in, number, positive_int, writable
-from ..cli_args import seed as cli_seed
-from ..precision import PRECISIONS
-from ..resnet import REGISTRY, list_archs
+from ..cli.args import add_options, int_in, number, positive_int, writable
+from ..cli.args import seed as cli_seed
+from ..models.resnet import REGISTRY, list_archs
+from ..runtime.precision import PRECISIONS
 from ..settings import group, option
 from . import finetune
 from .augment import Augment

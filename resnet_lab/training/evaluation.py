@@ -4,15 +4,12 @@ The metrics are `metrics.EvaluationResult` (sums and counts, so shares merge exa
 loop (`scoring.score`, its logits through `on_logits`); Shapes and CIFAR are the one held-out set
 (`heldout.held_out_set`) that the studies use too, so `evaluate` and they score the same images the same way.
 
-`python -m resnet_lab evaluate --model FILE|TAG --data shapes|cifar10|cifar100|folder:PATH [--out DIR]` drives it;
-under torchrun each rank scores its share (`distributed.shard_indices`) and rank 0 writes the merged result.
+`python -m resnet_lab evaluate --model FILE|TAG --data shapes|cifar10|cifar100|folder:PATH [--out DIR]` (`cli.evaluate`)
+drives it; under torchrun each rank scores its share (`score_share`) and rank 0 writes the merged result.
 """
 
 from __future__ import annotations
 
-import argparse
-import functools
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -22,16 +19,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..cli_args import int_in, positive_int, seed, writable
+from ..data.datasets import DatasetError
+from ..data.folders import FolderImages, folder_samples
+from ..data.heldout import HeldOut, held_out_set, normalize_images
+from ..data.images import imagenet_labels
 from ..progress import Progress
-from ..scoring import Batch, chunks, score
-from .heldout import normalize_images
+from ..runtime.devices import model_device
+from ..runtime.distributed import Dist, shard_indices
+from ..runtime.scoring import Batch, chunks, score
 from .metrics import EvaluationResult
+from .plot import confusion_figure, reliability_figure
 
 if TYPE_CHECKING:
-    from ..weights import LoadedWeights
-    from .distributed import Dist
-    from .heldout import HeldOut
+    from ..models.weights import LoadedWeights
 
 DATASETS = ("shapes", "cifar10", "cifar100")
 FOLDER = "folder:"
@@ -85,6 +85,7 @@ class ClassMatch:
     classes: list[str]  # the model's outputs, named (what the results are reported over)
     index: dict[str, int]  # sub-folder name -> the model's output index
     how: str  # "names" (the checkpoint's class names), "imagenet-synsets" (timm's order) or "folder-order"
+    note: str = ""  # what a caller should warn about (a folder-order guess)
 
 
 def _listed(names: Sequence[str], limit: int = LIST_SHOWN) -> str:
@@ -101,9 +102,6 @@ def match_classes(folder_classes: Sequence[str], model_classes: Sequence[str] | 
     without class names with 1000 outputs is taken for ImageNet-1k when every sub-folder is a synset id; one with
     neither names nor 1000 outputs is matched in the folder's sorted order when the counts agree (with a warning).
     """
-    from ..data import imagenet_labels
-    from .datasets import DatasetError
-
     found = list(folder_classes)
     named = list(model_classes) if model_classes else None
     if named is not None and len(named) != num_classes:
@@ -116,9 +114,9 @@ def match_classes(folder_classes: Sequence[str], model_classes: Sequence[str] | 
         position = {s: i for i, s in enumerate(synsets)}
         return ClassMatch(list(synsets), {c: position[c] for c in found}, "imagenet-synsets")
     if named is None and not imagenet and num_classes == len(found):
-        print(f"evaluate: warning: the model names no classes; its {num_classes} outputs are taken to be {where}'s "
-              f"sub-folders in sorted order {_listed(found)}", file=sys.stderr)
-        return ClassMatch(found, {c: i for i, c in enumerate(found)}, "folder-order")
+        return ClassMatch(found, {c: i for i, c in enumerate(found)}, "folder-order",
+                          f"the model names no classes; its {num_classes} outputs are taken to be {where}'s "
+                          f"sub-folders in sorted order {_listed(found)}")
     if named is None and imagenet:
         named = list(synsets)
     model = (f"the model's {len(named)} classes are {_listed(named)}" if named is not None
@@ -135,45 +133,9 @@ def match_classes(folder_classes: Sequence[str], model_classes: Sequence[str] | 
     raise DatasetError(message)
 
 
-class FolderImages(torch.utils.data.Dataset):
-    """(network input, label, reason) for each (path, label) sample, through the app's decoder and eval transform.
-
-    A file that cannot be used yields a zero image and the reason ("" for a good one), so the evaluation leaves it
-    out and lists it. `folders.ImageFiles` instead takes the next good file, right for an epoch but wrong for a
-    count; and a reason returned with the batch reaches the caller from DataLoader workers, where a list kept in
-    the dataset would stay in the worker's process.
-    """
-
-    def __init__(self, samples: Sequence[tuple[str, int]], pretrained_cfg: dict[str, Any]) -> None:
-        from ..data import eval_config, eval_transform, resize_side
-
-        self.samples = list(samples)
-        self.cfg = dict(pretrained_cfg)
-        self.transform = eval_transform(self.cfg)
-        self.side = resize_side(self.cfg)
-        self.shape = tuple(eval_config(self.cfg)["input_size"])
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
-        from ..data import ImageError, check_transformable, decode_image
-
-        path, label = self.samples[index]
-        try:
-            image = decode_image(path, min_side=self.side)
-            check_transformable(image.size, self.cfg)
-            return self.transform(image), label, ""
-        except ImageError as e:
-            return torch.zeros(self.shape), label, str(e)
-
-
 def folder_dataset(path: str | Path, model_classes: Sequence[str] | None, num_classes: int,
                    pretrained_cfg: dict[str, Any]) -> tuple[FolderImages, ClassMatch, Path]:
     """Every image under PATH/<class>/, labelled with the model's output index for its class (`match_classes`)."""
-    from .datasets import DatasetError
-    from .folders import folder_samples
-
     root = Path(path).expanduser()
     found, samples = folder_samples(root)
     if not samples:
@@ -189,7 +151,7 @@ def evaluate_folder(model: nn.Module, dataset: FolderImages, classes: Sequence[s
     """Score `dataset` (or the samples at `indices`, a torchrun rank's share) through a DataLoader with `workers`
     decoding processes: (result, [(path, reason)] of the files left out)."""
     indices = list(range(len(dataset))) if indices is None else list(indices)
-    device = next(model.parameters()).device
+    device = model_device(model)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
                                          num_workers=workers, pin_memory=device.type == "cuda")
     skipped: list[tuple[str, str]] = []
@@ -205,131 +167,63 @@ def evaluate_folder(model: nn.Module, dataset: FolderImages, classes: Sequence[s
     return score_into(model, good_rows(), classes, len(loader), progress), skipped
 
 
-# ----------------------------------------------------------------------------- CLI
+# ----------------------------------------------------------------------------- one rank's share, scored
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="assets/shapes_resnet20.safetensors", help="a checkpoint file or a timm tag")
-    p.add_argument("--data", type=_data_option, default="shapes",
-                   help=f"one of {', '.join(DATASETS)} or {FOLDER}PATH (PATH/<class>/<image>; an ImageNet "
-                        "validation folder with synset-id sub-folders maps onto timm's class order)")
-    p.add_argument("--n", type=positive_int, default=2000, help="Shapes: test images rendered")
-    p.add_argument("--seed", type=seed, default=None, help="Shapes: data seed (default: the checkpoint's test seed)")
-    p.add_argument("--data-dir", default=None,
-                   help="CIFAR: the folder holding cifar-10-batches-py/ or cifar-100-python/")
-    p.add_argument("--no-checksum", dest="checksum", action="store_false",
-                   help="CIFAR: read files in torchvision's layout without the md5 check of the official ones")
-    p.add_argument("--out", type=writable("folder"), default=None,
-                   help="write summary.json, per_class.csv, confusion.png, reliability.png here")
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--workers", type=int_in(0, 64), default=2, help="folders: DataLoader processes decoding images")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda or cuda:N (default: $RESNET_LAB_DEVICE, else cuda when present; under torchrun "
-                        "each process takes cuda:LOCAL_RANK)")
+@dataclass
+class Share:
+    """One torchrun rank's share of an evaluation, scored: the result, the files left out (path, reason), the data's
+    description and what the caller should warn about."""
+
+    result: EvaluationResult
+    skipped: list[tuple[str, str]]
+    data: dict[str, Any]
+    notes: list[str]
 
 
-def _data_option(text: str) -> str:
-    if text in DATASETS or (text.startswith(FOLDER) and text != FOLDER):
-        return text
-    raise argparse.ArgumentTypeError(f"unknown data {text[:60]!r}: choose one of {', '.join(DATASETS)} or "
-                                     f"{FOLDER}PATH")
-
-
-def _load_data(args: argparse.Namespace, loaded: LoadedWeights) -> tuple[HeldOut, dict[str, Any]]:
-    """The held-out set `--data` names, for `loaded` (`heldout.held_out_set`: the studies' set): Shapes' `--n`
-    images of `--seed` (default: the checkpoint's test seed), or CIFAR's whole test split; and its description."""
-    from .heldout import held_out_set
-
-    if args.data == "shapes":
-        held = held_out_set(loaded, args.n, seed=args.seed, dataset="shapes")
+def held_out_data(loaded: LoadedWeights, data: str, *, n: int = 2000, seed: int | None = None,
+                  data_dir: str | None = None, checksum: bool = True) -> tuple[HeldOut, dict[str, Any]]:
+    """The held-out set `data` names, for `loaded` (`heldout.held_out_set`: the studies' set): Shapes' `n` images of
+    `seed` (default: the checkpoint's test seed), or CIFAR's whole test split; and its description."""
+    if data == "shapes":
+        held = held_out_set(loaded, n, seed=seed, dataset="shapes")
         return held, held.description
-    held = held_out_set(loaded, None, dataset=args.data, data_dir=args.data_dir, checksum=args.checksum)
-    return held, {**held.description, "checksum": args.checksum}
+    held = held_out_set(loaded, None, dataset=data, data_dir=data_dir, checksum=checksum)
+    return held, {**held.description, "checksum": checksum}
 
 
-def _shard(args: argparse.Namespace, loaded: LoadedWeights, folder: bool, dist: Dist, progress: Progress | None,
-           ) -> tuple[EvaluationResult, list[tuple[str, str]], dict[str, Any]]:
-    """This rank's share of the data, scored: (result, skipped files, the data's description)."""
-    from .distributed import shard_indices
-
+def score_share(loaded: LoadedWeights, data: str, dist: Dist, *, n: int = 2000, seed: int | None = None,
+                data_dir: str | None = None, checksum: bool = True, batch_size: int = 256, workers: int = 2,
+                progress: Progress | None = None, name: str | None = None) -> Share:
+    """This rank's `shard_indices` share of `data` (shapes, cifar10, cifar100 or folder:PATH), scored by `loaded`
+    (`name`: how messages call the model, default its source)."""
     model = loaded.model
-    if folder:
-        dataset, match, root = folder_dataset(args.data.removeprefix(FOLDER), loaded.meta.get("classes"),
+    if data.startswith(FOLDER):
+        dataset, match, root = folder_dataset(data.removeprefix(FOLDER), loaded.meta.get("classes"),
                                               model.num_classes, loaded.pretrained_cfg)
         result, skipped = evaluate_folder(model, dataset, match.classes, shard_indices(len(dataset), dist),
-                                          args.batch_size, args.workers, progress)
-        return result, skipped, {"name": "folder", "root": str(root), "files": len(dataset),
-                                 "folder_classes": len(match.index), "class_match": match.how}
-    held, data = _load_data(args, loaded)
+                                          batch_size, workers, progress)
+        return Share(result, skipped, {"name": "folder", "root": str(root), "files": len(dataset),
+                                       "folder_classes": len(match.index), "class_match": match.how},
+                     [match.note] if match.note else [])
+    held, description = held_out_data(loaded, data, n=n, seed=seed, data_dir=data_dir, checksum=checksum)
     if model.num_classes != len(held.classes):
-        raise ValueError(f"{args.model} predicts {model.num_classes} classes but {args.data} has "
+        raise ValueError(f"{name or loaded.source} predicts {model.num_classes} classes but {data} has "
                          f"{len(held.classes)}: evaluate a model trained on this data")
     model_classes = loaded.meta.get("classes")
-    if model_classes and list(model_classes) != held.classes and dist.is_main:
-        print(f"evaluate: warning: the model's class names differ from {args.data}'s; reporting {args.data}'s",
-              file=sys.stderr)
+    notes = []
+    if model_classes and list(model_classes) != held.classes:
+        notes.append(f"the model's class names differ from {data}'s; reporting {data}'s")
     share = torch.tensor(shard_indices(held.n, dist), dtype=torch.int64)
-    batches = chunks(held.x[share], held.y[share], args.batch_size)
-    return score_into(model, batches, held.classes, -(-len(share) // args.batch_size), progress), [], data
+    batches = chunks(held.x[share], held.y[share], batch_size)
+    return Share(score_into(model, batches, held.classes, -(-len(share) // batch_size), progress), [], description,
+                 notes)
 
 
-def _write(result: EvaluationResult, out: Path, extra: dict[str, Any]) -> None:
+def write_results(result: EvaluationResult, out: Path, extra: dict[str, Any]) -> None:
+    """summary.json (with `extra`), per_class.csv, confusion.png and reliability.png in the folder `out`."""
     out.mkdir(parents=True, exist_ok=True)
     result.to_json(out / "summary.json", **extra)
     result.to_csv(out / "per_class.csv")
-    result.confusion_figure().savefig(out / "confusion.png", dpi=100)
-    result.reliability_figure().savefig(out / "reliability.png", dpi=100)
-
-
-def run(args: argparse.Namespace) -> int:
-    """The evaluate command; under torchrun each rank scores its `shard_indices` share and rank 0 merges and writes."""
-    from ..progress import tqdm_progress
-    from ..weights import WeightsUnavailable, load_weights
-    from . import distributed
-    from .datasets import DatasetError
-
-    def fail(message: str) -> int:
-        print(f"evaluate: {message}", file=sys.stderr)
-        return 2
-
-    folder = args.data.startswith(FOLDER)
-    try:
-        dist = distributed.setup(args.device)  # cuda:LOCAL_RANK under torchrun; refuses CUDA where there is none
-    except ValueError as e:
-        return fail(str(e))
-    try:
-        # every rank reaches the gather, failed or not, so one rank's error never leaves the others waiting there
-        # (until a collective timeout); the error is then every rank's exit code, printed once by rank 0
-        result, skipped, data, error = None, [], {}, None
-        try:
-            loaded = load_weights(args.model)
-            loaded.model.to(dist.device)
-            progress, close = tqdm_progress(100, "evaluate") if dist.is_main else (None, lambda: None)
-            try:
-                result, skipped, data = _shard(args, loaded, folder, dist, progress)
-            finally:
-                close()
-        except (WeightsUnavailable, DatasetError, ValueError) as e:
-            error = str(e) if dist.world_size == 1 else f"rank {dist.rank}: {e}"
-        parts = distributed.gather_objects((result, skipped, error), dist)
-        errors = [e for _, _, e in parts if e]
-        if errors:
-            return fail(errors[0]) if dist.is_main else 2
-        if not dist.is_main:
-            return 0
-        result = functools.reduce(EvaluationResult.merge, [r for r, _, _ in parts])
-        skipped = sorted(s for _, found, _ in parts for s in found)
-        for path, reason in skipped:
-            print(f"evaluate: skipped {path}: {reason}", file=sys.stderr)
-        if folder:
-            data["skipped"] = [{"path": p, "reason": r} for p, r in skipped]
-        extra = {"command": getattr(args, "command_line", None), "model": loaded.source, "data": data,
-                 "device": str(dist.device), "world_size": dist.world_size}
-        print(f"{loaded.source} on {args.data} ({result.n} images): top-1 {result.top1:.4f}  "
-              f"top-{result.k} {result.topk:.4f}  ECE {result.ece:.4f}  NLL {result.nll:.4f}")
-        if args.out:
-            _write(result, Path(args.out), extra)
-            print(f"wrote summary.json, per_class.csv, confusion.png, reliability.png to {args.out}")
-        return 0
-    finally:
-        distributed.cleanup(dist)
+    confusion_figure(result).savefig(out / "confusion.png", dpi=100)
+    reliability_figure(result).savefig(out / "reliability.png", dpi=100)

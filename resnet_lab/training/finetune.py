@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..resnet import REGISTRY, ResNet, init_module
-from ..weights import AKAMASTER_PREFIX, LoadedWeights, WeightsUnavailable, load_weights, meta_path, resolve_tag
+from ..models.resnet import REGISTRY, ResNet, init_module
+from ..models.weights import AKAMASTER_PREFIX, LoadedWeights, WeightsUnavailable, load_weights, meta_path, resolve_tag
 
 NOTHING = "nothing"
 STEM = "stem"
@@ -210,7 +210,7 @@ def freeze(model: ResNet, upto: str) -> list[str]:
 def param_groups(model: nn.Module, lr: float, backbone_lr_scale: float, weight_decay: float) -> list[dict[str, Any]]:
     """Optimizer groups: the head (`fc`) at `lr`, the rest at `lr * backbone_lr_scale`; frozen parameters left out.
 
-    As `train.make_optimizer`: no weight decay on BatchNorm weights and biases (ndim <= 1). Empty groups are
+    As `models.optim.decay_groups`: no weight decay on BatchNorm weights and biases (ndim <= 1). Empty groups are
     dropped. Each group carries its own `lr`, so a scheduler must scale per group: CosineAnnealingLR does;
     OneCycleLR needs `max_lr=[g["lr"] for g in groups]` (a scalar would give every group the head's rate).
     """

@@ -3,15 +3,14 @@
 `EvaluationResult` keeps only sums and counts (never averages), so results of batches, or of torchrun ranks,
 combine exactly with `merge`: the merge of two halves equals the result of the whole. Calibration follows
 Guo et al. 2017, "On Calibration of Modern Neural Networks": 15 equal-width confidence bins (lo, hi], and
-ECE = sum over bins of (count / N) * |accuracy - mean confidence|. The figures are matplotlib Figures made
-without pyplot (no global state: safe in Gradio's worker threads).
+ECE = sum over bins of (count / N) * |accuracy - mean confidence|.
+Its figures are drawn in `plot`.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 
 ECE_BINS = 15
 TOP_K = 5
-NAMES_ON_AXES_MAX = 30  # above this many classes the confusion matrix's tick labels would be unreadable
-VALUES_IN_CELLS_MAX = 12
 
 
 def bin_edges(bins: int = ECE_BINS) -> np.ndarray:
@@ -71,11 +67,6 @@ class EvaluationResult:
     def k(self) -> int:
         """The k of top-k: 5, or the class count where there are fewer classes."""
         return min(TOP_K, self.num_classes)
-
-    @classmethod
-    def from_logits(cls, logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
-                    bins: int = ECE_BINS) -> EvaluationResult:
-        return cls(list(classes), bins).update(logits, labels)
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> EvaluationResult:
@@ -192,55 +183,6 @@ class EvaluationResult:
                 w.writerow([i, name, int(counts[i]), int(self.confusion[i, i]),
                             "" if np.isnan(acc[i]) else f"{acc[i]:.6f}", int(predicted[i])])
         return path
-
-    def confusion_figure(self) -> Figure:
-        """The confusion matrix normalized per true class (each row sums to 1), as a Figure (no pyplot)."""
-        c = self.num_classes
-        counts = self.class_counts[:, None]
-        norm = np.where(counts > 0, self.confusion / np.maximum(counts, 1), 0.0)
-        side = min(12.0, 3.0 + 0.35 * c)
-        fig = Figure(figsize=(side + 1.2, side))
-        ax = fig.add_subplot()
-        im = ax.imshow(norm, vmin=0.0, vmax=1.0, cmap="Blues", interpolation="nearest")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-        if c <= NAMES_ON_AXES_MAX:
-            ax.set_xticks(range(c), self.classes, rotation=90 if c > 8 else 45, ha="right" if c <= 8 else "center")
-            ax.set_yticks(range(c), self.classes)
-        if c <= VALUES_IN_CELLS_MAX:
-            for i in range(c):
-                for j in range(c):
-                    if self.confusion[i, j]:
-                        ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                                color="white" if norm[i, j] > 0.5 else "black")
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class")
-        ax.set_title(f"Confusion (top-1 {self.top1:.2%}, n={self.n})")
-        fig.tight_layout()
-        return fig
-
-    def reliability_figure(self) -> Figure:
-        """Accuracy per confidence bin against the diagonal, the gap to the bin's mean confidence shaded."""
-        rows = self.reliability()
-        width = 1.0 / self.bins
-        left = np.array([r["lo"] for r in rows])
-        filled = np.array([r["count"] > 0 for r in rows])
-        acc = np.nan_to_num(np.array([r["accuracy"] for r in rows]))
-        conf = np.nan_to_num(np.array([r["confidence"] for r in rows]))
-        fig = Figure(figsize=(5.5, 5.5))
-        ax = fig.add_subplot()
-        ax.bar(left[filled], acc[filled], width=width, align="edge", color="tab:blue", edgecolor="black",
-               label="accuracy")
-        ax.bar(left[filled], (conf - acc)[filled], bottom=acc[filled], width=width, align="edge",
-               color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//", label="gap to confidence")
-        ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("confidence")
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"Reliability: ECE {self.ece:.2%} ({self.bins} bins, n={self.n})")
-        ax.legend(loc="upper left")
-        fig.tight_layout()
-        return fig
 
 
 def _json_safe(obj: Any) -> Any:

@@ -4,7 +4,7 @@ Half precision does not always train faster. ResNet-20 at 32 px trains at ~19,90
 H100 and ~10,600 under bf16 autocast (its tiny convs are launch- and cast-bound), while ResNet-50 at 224 px goes
 from ~2,400 to ~3,700. So `--precision auto` on CUDA times a few SGD steps of the run's own model on one copy
 (`choose_train_precision`); on the CPU it is fp32 without measuring. The serving side (the app's dtype) stays in
-`resnet_lab.precision`, which needs nothing from training. The timed step is `optimizer_step`, the one the
+`resnet_lab.runtime.precision`, which needs nothing from training. The timed step is `optimizer_step`, the one the
 training loop takes, so what is measured is what runs.
 """
 
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..devices import synchronize
-from ..precision import cuda_half_dtype, dtype_name
+from ..runtime.devices import synchronize
+from ..runtime.precision import cuda_half_dtype, dtype_name
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:

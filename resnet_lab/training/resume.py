@@ -35,8 +35,9 @@ from typing import Any
 import torch
 
 from .. import settings
-from ..checkpoints import checkpoint_path, meta_path
 from ..files import check_writable, replacing
+from ..models.checkpoints import checkpoint_path, meta_path
+from ..runtime.distributed import gather_objects
 from .config import DEFAULTS, RESUME_MUST_MATCH, TrainConfig
 
 FORMAT = "resnet-lab train state 1"
@@ -326,8 +327,6 @@ class RunState:
         """Every rank's draws gathered, then rank 0 writes the state beside `config.out` and keeps the run's newest
         `config.keep` (nothing is written without `--out`)."""
         from dataclasses import asdict
-
-        from .distributed import gather_objects
 
         data = gather_objects(self.data, dist) if dist.distributed else [self.data]
         if not config.out or not dist.is_main:

@@ -18,17 +18,17 @@ from typing import Any
 
 import torch
 
-from ..scoring import EVAL_BATCH
-from ..shapes import CLASSES, MEAN, STD, ShapesDataset
+from ..data.datasets import DatasetError, cifar_root, load_cifar
+from ..data.folders import decode_all, folder_files, image_folder
+from ..data.images import eval_transform, resize_side
+from ..data.loaders import Batches, LoaderBatches, ShapesBatches, TensorBatches, stratified_indices
+from ..data.shapes import CLASSES, ShapesDataset
+from ..runtime import resources
+from ..runtime.distributed import Dist, gather_objects
+from ..runtime.memory import FOLDER_CACHE_SHARE, available_memory, refusal
+from ..runtime.scoring import EVAL_BATCH
+from .augment import SMALL_SIDE, pad_for, train_transform
 from .config import TrainConfig
-from .distributed import Dist
-from .loaders import Batches, LoaderBatches, ShapesBatches, TensorBatches, stratified_indices
-
-
-def shapes_data_config(size: int) -> dict[str, Any]:
-    """What the checkpoint JSON tells `load_checkpoint` (and timm's eval transform) about the input."""
-    return {"input_size": [3, size, size], "mean": list(MEAN), "std": list(STD), "crop_pct": 1.0,
-            "interpolation": "bilinear"}
 
 
 @dataclass
@@ -54,32 +54,21 @@ def _quiet_unless(speaks: bool) -> Iterator[None]:
         yield
 
 
-MEMORY_SHARE = 0.25  # of the memory still available: what a folder held in memory may take
-
-
 def _held_in_memory(config: TrainConfig, n: int, pretrained_cfg: dict[str, Any], device: torch.device) -> bool:
     """Whether a folder is decoded once and trained from memory, as CIFAR is: `--folder-cache on`, or `auto` for
     images of SMALL_SIDE px or less (the CIFAR recipe, which needs nothing of the original image) with no
     image-only augmentation, whose uint8 copy fits a share of the memory this device can still allocate."""
-    from ..resources import memory_available
-    from .augment import SMALL_SIDE
-
     if config.folder_cache != "auto":
         return config.folder_cache == "on"
     size = config.image_size
     if size > SMALL_SIDE or config.augment.image_options():
         return False
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else memory_available()
-    return n * 3 * size * size <= MEMORY_SHARE * free
+    return n * 3 * size * size <= FOLDER_CACHE_SHARE * available_memory(device)
 
 
 def _check_shapes_memory(config: TrainConfig) -> None:
     """`DatasetError` before rendering when the three Shapes splits (uint8 images and bool masks, 4 bytes a pixel)
     cannot be held now: `--n-train 999999999999` or `--size 1024` ended in numpy's ArrayMemoryError traceback."""
-    from .. import resources
-    from ..research.memory import refusal
-    from .datasets import DatasetError
-
     images = config.n_train + config.n_val + config.n_test
     problem = refusal(images * (4 * config.image_size**2 + 40), resources.memory_available(),
                       "fewer --n-train, --n-val or --n-test images, or a smaller --size")
@@ -90,8 +79,6 @@ def _check_shapes_memory(config: TrainConfig) -> None:
 def check_sizes(where: str, n_train: int, n_val: int, config: TrainConfig) -> None:
     """Refuse, before any epoch runs, a split that cannot train or be judged (every rank sees the same totals, so
     every rank refuses alike and none waits for the others)."""
-    from .datasets import DatasetError
-
     if n_val == 0:
         raise DatasetError(f"{where}: the validation set is empty (no readable image in val/, or --val-fraction "
                            f"{config.val_fraction} leaves none): add images to val/ or raise --val-fraction; without "
@@ -104,8 +91,6 @@ def check_sizes(where: str, n_train: int, n_val: int, config: TrainConfig) -> No
 def with_decode_skips(data: RunData, dist: Dist) -> dict[str, Any]:
     """The data record with the files that failed to decode during the run (in any rank's workers, each split)
     added to the scan's `skipped` list, each file once. A collective under torchrun: every rank calls it."""
-    from .distributed import gather_objects
-
     found: dict[str, str] = {}
     for batches in (data.train, data.val, data.test):
         found.update(getattr(batches, "skipped", {}) or {})
@@ -137,8 +122,6 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
              "test_seed": test_seed, "n_train": config.n_train, "n_val": config.n_val, "n_test": config.n_test})
     mean, std, cl = pretrained_cfg["mean"], pretrained_cfg["std"], config.channels_last
     if config.data in ("cifar10", "cifar100"):
-        from .datasets import cifar_root, load_cifar
-
         kw = dict(root=config.data_dir, checksum=config.checksum, download=config.download)
         images, labels, classes = load_cifar(config.data, train=True, **kw)
         test_images, test_labels, _ = load_cifar(config.data, train=False, **kw)
@@ -158,9 +141,6 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
              "val_fraction": config.val_fraction, "val_seed": config.seed,
              "counts": {"train": counts(labels[tr]), "val": counts(labels[va]), "test": counts(test_labels)},
              "skipped": []})
-    from ..data import eval_transform, resize_side
-    from .augment import train_transform
-    from .folders import folder_files, image_folder
 
     path = config.data.removeprefix("folder:")
     side = resize_side(pretrained_cfg)
@@ -180,9 +160,6 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
               "counts": counts, "test_split": "test/" if test_set is not None else "none: test_acc is the val accuracy",
               "skipped": [{"path": p, "reason": r} for p, r in split.skipped + test_skipped]}
     if _held_in_memory(config, len(split.train) + len(split.val), pretrained_cfg, device):
-        from .augment import pad_for
-        from .folders import decode_all
-
         t1, size, interp = time.perf_counter(), config.image_size, pretrained_cfg.get("interpolation", "bilinear")
         xt, yt, bad_t = decode_all(split.train, size, size, interp)
         xv, yv, bad_v = decode_all(split.val, size, side, interp)

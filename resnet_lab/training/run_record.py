@@ -12,13 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..precision import dtype_name
+from ..data.shapes import shapes_data_config
+from ..runtime.distributed import Dist
+from ..runtime.precision import dtype_name
 from . import finetune
 from .config import TrainConfig
-from .distributed import Dist
 from .recipe import Recipe
 from .resume import RunState
-from .run_data import RunData, shapes_data_config, with_decode_skips
+from .run_data import RunData, with_decode_skips
 
 
 def checkpoint_meta(config: TrainConfig, data: RunData, model: nn.Module, size: int, plan: Recipe, run: RunState,

@@ -10,11 +10,7 @@ over ranks, rank 0 logs and writes.
 
 from __future__ import annotations
 
-import argparse
 import math
-import shlex
-import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,34 +22,32 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
-from ..devices import resolve_device
-from ..precision import DTYPES, dtype_name
+from ..data.loaders import Batches, per_rank_batch
+from ..data.shapes import CLASSES, shapes_data_config
+from ..models.optim import decay_groups
+from ..models.optim import make_optimizer as build_optimizer
+from ..models.resnet import build, init_seed
+from ..models.weights import save_checkpoint
 from ..progress import Progress
-from ..resnet import build, init_seed
-from ..scoring import score
-from ..shapes import CLASSES
-from ..weights import WeightsUnavailable, save_checkpoint
-from . import augment, finetune, resume
-from . import recipe as recipes
-from .config import DEFAULTS, TrainConfig
-from .config import add_arguments as add_arguments  # the `train` command's options, where __main__ looks for them
-from .distributed import (
+from ..runtime.distributed import (
     Dist,
     all_reduce_score,
     all_reduce_sum,
     cleanup,
-    env_rank,
-    env_world_size,
     gather_objects,
     inner,
     setup,
     unwrap,
     wrap,
 )
+from ..runtime.precision import DTYPES, dtype_name
+from ..runtime.scoring import score
+from . import augment, finetune, resume
+from . import recipe as recipes
+from .config import TrainConfig
 from .ema import WeightsEma
-from .loaders import Batches, per_rank_batch
 from .precision_probe import choose_train_precision, optimizer_step, resolve_precision
-from .run_data import make_data, shapes_data_config
+from .run_data import make_data
 from .run_record import checkpoint_meta
 
 
@@ -75,12 +69,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     if config.pretrained:
         groups = finetune.param_groups(model, config.lr, config.lr_scale, config.weight_decay)
     else:
-        decay = [p for p in model.parameters() if p.ndim > 1]
-        no_decay = [p for p in model.parameters() if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if config.opt == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
-    return (torch.optim.Adam if config.opt == "adam" else torch.optim.AdamW)(groups, lr=config.lr)
+        groups = decay_groups(model, config.weight_decay)
+    return build_optimizer(config.opt, groups, config.lr, momentum=0.9, nesterov=True)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> LRScheduler:
@@ -365,32 +355,3 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
     if path:
         log(f"wrote {path} and {path.with_suffix('.json').name}")
     return TrainResult(history, best_acc, test_acc, model, path, meta)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def run(args: argparse.Namespace) -> int:
-    """The `train` command: a bad option, device or data set is a message and exit code 2, not a traceback."""
-    from .datasets import DatasetError
-
-    try:
-        config = TrainConfig.from_options({k: v for k, v in vars(args).items() if k in DEFAULTS})
-        resolve_precision(config.precision, resolve_device(config.device))
-        per_rank_batch(config.batch_size, Dist(world_size=env_world_size()))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    typed = sys.argv[1:2] == ["train"]  # run from the command line, not through main(argv)
-    try:
-        result = train(config, command=shlex.join(["python", "-m", "resnet_lab", *sys.argv[1:]]) if typed else None)
-    except (DatasetError, WeightsUnavailable, ValueError) as e:  # ResumeError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except resume.Stopped as e:
-        if env_rank() == 0:
-            print(e, file=sys.stderr)
-        return 128 + signal.Signals[e.signal_name].value
-    if env_rank() == 0:
-        print(f"val acc {result.best_acc:.4f}  test acc {result.test_acc:.4f}  epochs {len(result.history)}")
-    return 0 if math.isfinite(result.test_acc) else 1

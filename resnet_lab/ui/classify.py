@@ -10,10 +10,21 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from ..data import ImageError
+from ..data.images import ImageError
+from ..models.weights import WeightsUnavailable
 from ..serving.zoo import IMAGENET_MODELS, Entry
-from ..weights import WeightsUnavailable
-from .common import LONG, QUICK, UploadImage, example_sets, on_gpu, result_note, shown_examples, user_errors, zoo
+from .common import (
+    LONG,
+    QUICK,
+    UploadImage,
+    example_sets,
+    on_gpu,
+    result_note,
+    shown_examples,
+    status_line,
+    user_errors,
+    zoo,
+)
 
 log = logging.getLogger(__name__)
 RANDOM = "random (meaningless)"
@@ -53,7 +64,7 @@ def _classify_group(entry: Entry, images: list, ids: list[int], n: int, labels: 
         return
     note = result_note(entry)
     # where the weights came from, for API users too; random weights are said once, at the top of the page
-    source = "" if entry.weights.is_random else entry.status
+    source = "" if entry.weights.is_random else status_line(entry)
     for i, pred in zip(inputs, preds):
         labels[i] = pred.as_dict()
         timing = (f"Time: forward pass **{pred.forward_ms:.1f} ms** (batch of {pred.batch_size}; {n} request"

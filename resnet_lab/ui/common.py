@@ -18,11 +18,12 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from ..data import ImageError, check_transformable, decode_image
+from ..data.images import ImageError, check_transformable, decode_image
+from ..data.shapes import CLASSES
+from ..models.weights import WeightsUnavailable
 from ..paths import ASSETS
-from ..resources import cpu_count
+from ..runtime.resources import cpu_count
 from ..serving.zoo import SHAPES_MODEL, Entry, ModelZoo
-from ..weights import WeightsUnavailable
 
 _ZOO: ModelZoo | None = None
 log = logging.getLogger(__name__)
@@ -52,11 +53,6 @@ def zoo() -> ModelZoo:
     if _ZOO is None:
         _ZOO = ModelZoo()
     return _ZOO
-
-
-def set_zoo(z: ModelZoo) -> None:
-    global _ZOO
-    _ZOO = z
 
 
 class UploadImage(gr.Image):
@@ -183,7 +179,23 @@ def on_model_change(model: str) -> dict:
 def status_text(model: str, tag: str | None) -> str:
     """Load (or fetch from the cache) the model and say where its weights came from (app.py wires it behind
     `user_errors`, so a typed unknown tag gets the zoo's message)."""
-    return zoo().get(model, tag).status
+    return status_line(zoo().get(model, tag))
+
+
+def status_line(entry: Entry) -> str:
+    """The status line, for a visitor: where the weights came from. Random weights are said in one plain
+    sentence; the technical reason (for whoever runs the server) is folded away under "Details"."""
+    extras = entry.classifier.runs()
+    device = f"device: `{entry.classifier.device}`" + (f" ({', '.join(extras)})" if extras else "")
+    if entry.weights.is_random:
+        why = "downloaded (this server may be offline)" if "Hugging Face Hub" in entry.warning else "read"
+        return (f"**{entry.model} has random weights here: its answers and heatmaps mean nothing, however "
+                f"confident they look.** Its trained weights could not be {why}. Choose **{SHAPES_MODEL}**, "
+                "which ships with the app, for answers that mean something.\n\n"
+                f"<details><summary>Details</summary>\n\n{entry.warning} · {device}\n\n</details>")
+    src = entry.weights.source
+    where = {"hub": "Hugging Face Hub", "file": "local file"}.get(src.split(":")[0], "")
+    return f"**{entry.model}** · weights: {where} `{src.split(':', 1)[-1]}` · {device}"
 
 
 # Examples, captioned with what they show; each model is offered those it was trained for (see `shown_examples`)
@@ -210,8 +222,6 @@ class ExampleGallery:
 
 def example_sets(image: gr.Image, model: str) -> tuple[ExampleGallery, ExampleGallery]:
     """Photos and Shapes samples for `image`, captioned, only the set `model` was trained for visible."""
-    from ..shapes import CLASSES
-
     show_photos, show_shapes = (u["visible"] for u in shown_examples(model))
     photos = ExampleGallery(image, PHOTO_EXAMPLES, "Example photos: click one to run it", show_photos)
     shapes = ExampleGallery(image, {f"shapes_{c}.png": SHAPE_CAPTIONS.get(c, c) for c in CLASSES},
@@ -222,8 +232,6 @@ def example_sets(image: gr.Image, model: str) -> tuple[ExampleGallery, ExampleGa
 def shown_examples(model: str) -> tuple[dict, dict]:
     """Photos for ImageNet nets, Shapes samples for nets of the Shapes classes, both for a net of other classes
     (no weights are loaded: the classes come from the model's description)."""
-    from ..shapes import CLASSES
-
     labels = zoo().describe(model)[1]
     shapes = list(labels) == list(CLASSES)
     return gr.update(visible=not shapes), gr.update(visible=shapes or len(labels) < IMAGENET_CLASSES)

@@ -15,8 +15,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ..data import crop_box, resize_side
-from ..explain import METHODS, attribute, draw_box, layer_cams, overlay, upsample_cam
+from ..data.heldout import RECOMPUTE_SEED, SAMPLE_SEED_BASE
+from ..data.images import crop_box, resize_side
+from ..data.shapes import CLASSES, ShapesDataset
+from ..explain.faithfulness import estimate_seconds, measure_faithfulness
+from ..explain.methods import METHODS, attribute, draw_box, layer_cams, overlay, upsample_cam
 from ..serving.zoo import ASSETS, SHAPES_MODEL, Entry
 from .common import (
     LONG,
@@ -186,10 +189,8 @@ def faithfulness_note(model: str) -> str:
 
 def shapes_sample(seed: float) -> tuple[str, dict, str]:
     """A held-out Shapes image (its file) and its true box with the pixels' digest, for the pointing game."""
-    from ..shapes import CLASSES, ShapesDataset
-
     seed = int(seed)
-    s = ShapesDataset(1, seed=100_000 + seed).sample(0)
+    s = ShapesDataset(1, seed=SAMPLE_SEED_BASE + seed).sample(0)
     path = tmp_file(".png", "shapes_")
     img = Image.fromarray((s.image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
     img.save(path)
@@ -231,9 +232,6 @@ def recompute_faithfulness(n: float, progress: gr.Progress = gr.Progress()) -> t
     requests on the shared model never wait behind it; the estimate, made before it
     starts from timing each piece on a few images, shows in the progress bar.
     """
-    from ..faithfulness import estimate_seconds, measure_faithfulness
-    from ..shapes import ShapesDataset
-
     n = int(n)
     if not 1 <= n <= MAX_RECOMPUTE:
         raise gr.Error(f"Recompute takes 1 to {MAX_RECOMPUTE} images here, not {n} ({MAX_RECOMPUTE} take minutes on a "
@@ -242,7 +240,7 @@ def recompute_faithfulness(n: float, progress: gr.Progress = gr.Progress()) -> t
     entry = zoo().get(SHAPES_MODEL)
     with entry.lock:  # only while copying: no explanation's hooks are on the model then
         net = copy.deepcopy(entry.weights.model).eval()
-    data = ShapesDataset(n, seed=424_242, size=net.pretrained_cfg["input_size"][-1])
+    data = ShapesDataset(n, seed=RECOMPUTE_SEED, size=net.pretrained_cfg["input_size"][-1])
     settings = {"methods": list(METHODS), "stages": list(net.stage_names), "n": n, "n_random": min(n, 50),
                 "batch_size": 50}
     progress(0, desc=f"Timing a few images to estimate the run on {n} images...")

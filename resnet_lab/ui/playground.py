@@ -25,11 +25,11 @@ from typing import Any
 
 import gradio as gr
 
+from ..data.shapes import CLASSES
+from ..data.zipdata import ReadStopped, ZipImages, ZipScan, load_zip, scan_zip
 from ..research import playground as pg
 from ..research.playground_verdict import Verdict, from_curves
 from ..settings import Control, controls
-from ..shapes import CLASSES
-from ..training.zipdata import ReadStopped, ZipImages, ZipScan, load_zip, scan_zip
 from . import playground_files
 from . import playground_plots as plots
 from .common import LONG, user_errors, zoo

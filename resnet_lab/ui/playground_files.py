@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from ..checkpoints import save_checkpoint
+from ..data.heldout import VAL_SEED_OFFSET
+from ..data.shapes import CLASSES, shapes_data_config
+from ..data.zipdata import ZipImages
+from ..models.checkpoints import save_checkpoint
 from ..research import playground as pg
-from ..research.degradation.compute import VAL_SEED_OFFSET
-from ..shapes import CLASSES
-from ..training.run_data import shapes_data_config
-from ..training.zipdata import ZipImages
 from . import session_nets
 from .common import tmp_file, zoo
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..models.resnet import REGISTRY
 from ..research.playground import net_label as label
-from ..resnet import REGISTRY
 from .common import zoo
 
 PREFIX = "playground:"

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
-from ...cli_args import int_in, ints, names, number, positive_int, seed, writable
+from ...cli.args import int_in, ints, names, number, positive_int, seed, writable
+from ...cli.landscape import grid_option
 from ...paths import ASSETS
 from ...progress import tqdm_progress
-from .. import cost as C
-from ..landscape import grid_option
+from ...runtime import cost as C
+from ...runtime.memory import ALLOCATOR_OVERHEAD, available_memory, hvp_memory, refusal
 from ..landscape.directions import MIN_GRID
-from ..memory import ALLOCATOR_OVERHEAD, available_memory, hvp_memory, refusal
 from ..study import Timer, fail, from_csv_record, load_models, run_record, save, session, split_list
 from ..tables import read_checked_csv
 from .compute import CACHE_SHARE, COLUMNS, DENSITY_COLUMNS, MAP_COLUMNS, Solvers, compute_curvature
@@ -40,7 +40,7 @@ from .describe import density_summary, describe_curvature, map_table, spectrum_t
 from .plot import plot_convergence, plot_density, plot_map
 
 if TYPE_CHECKING:
-    from ...weights import LoadedWeights
+    from ...models.weights import LoadedWeights
 
 __all__ = ["SHIPPED_STEM", "Solvers", "compute_curvature", "describe_curvature", "estimate_cost", "plot_convergence",
            "plot_density", "plot_map", "read_results", "spectrum_table"]

@@ -31,18 +31,18 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ...data.heldout import held_out_set
 from ...progress import Progress
-from ...scoring import chunks, score
-from ...training.distributed import gather_objects, shard_indices
-from ...training.heldout import held_out_set
+from ...runtime.distributed import gather_objects, shard_indices
+from ...runtime.scoring import chunks, score
 from ..landscape.directions import grid_points, moving, random_direction
 from ..study import model_labels
 from .hessian import Hessian, curvature_ratio, extreme_eigenvalues, hutchpp_trace, spectral_density, top_eigenvalues
 
 if TYPE_CHECKING:
-    from ...training.distributed import Dist
-    from ...training.heldout import HeldOut
-    from ...weights import LoadedWeights
+    from ...data.heldout import HeldOut
+    from ...models.weights import LoadedWeights
+    from ...runtime.distributed import Dist
 
 COLUMNS = ["model", "n", "images", "quantity", "index", "value"]
 DENSITY_COLUMNS = ["model", "n", "eigenvalue", "density"]

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ...resnet import twin_pairs
+from ...models.resnet import twin_pairs
 from . import scale
 
 SPECTRUM_TABLE = ["model", "n", "sets", "loss", "accuracy", "lambda_max_mean", "lambda_max_std", "trace_mean",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ...resnet import REGISTRY
+from ...models.resnet import REGISTRY
 from .. import style as S
 from . import scale
 

@@ -17,14 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...data.heldout import VAL_SEED_OFFSET
+from ...data.shapes import ShapesDataset
+from ...models.optim import make_optimizer as build_optimizer
+from ...models.resnet import REGISTRY, build, init_seed
 from ...progress import Progress
-from ...resnet import REGISTRY, build, init_seed
-from ...scoring import EVAL_BATCH, chunks, score
-from ...shapes import ShapesDataset
+from ...runtime.scoring import EVAL_BATCH, chunks, score
 
 DEFAULT_ARCHS = ("plain20", "plain56", "resnet20", "resnet56")
 COLUMNS = ["arch", "variant", "depth", "step", "metric", "value"]
-VAL_SEED_OFFSET = 100_003  # the held-out images' Shapes seed is the run's seed plus this
 
 
 def _images(n: int, seed: int, size: int, clutter: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,11 +68,10 @@ OPTIMIZERS = ("sgd", "adam")
 
 def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     """SGD with momentum (the paper's), or Adam (decoupled weight decay: AdamW) for the Playground's choice."""
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {name!r}")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {name!r}")
+    return build_optimizer("sgd" if name == "sgd" else "adamw", params, lr, momentum=momentum,
+                           weight_decay=weight_decay)
 
 
 def run_degradation(

@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from ...shapes import CLASSES
+from ...data.shapes import CLASSES
 
 
 def final_metrics(df: pd.DataFrame) -> pd.DataFrame:

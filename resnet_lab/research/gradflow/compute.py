@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...data.shapes import ShapesDataset
+from ...models.resnet import REGISTRY, build, init_seed, list_archs, twin_name
 from ...progress import Progress
-from ...resnet import REGISTRY, build, init_seed, list_archs, twin_name
-from ...shapes import ShapesDataset
 
 IMAGENET_ARCHS = tuple(a for a in list_archs("imagenet") if a.startswith("resnet"))
 CIFAR_ARCHS = tuple(a for a in list_archs("cifar") if a.startswith("resnet"))

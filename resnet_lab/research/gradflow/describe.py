@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ...resnet import REGISTRY, twin_name
+from ...models.resnet import REGISTRY, twin_name
 from .compute import GradFlowConfig
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ...resnet import REGISTRY, twin_name
+from ...models.resnet import REGISTRY, twin_name
 from .. import style as S
 from .compute import VARIANTS
 from .describe import summarize

@@ -31,15 +31,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...data.heldout import held_out_set, set_key
 from ...progress import Progress
-from ...scoring import EVAL_BATCH, Score, chunks, score
+from ...runtime.distributed import gather_objects, shard_indices
+from ...runtime.scoring import EVAL_BATCH, Score, chunks, score
 from ..study import model_labels
 from .directions import grid_points, moving, random_direction
 
 if TYPE_CHECKING:
-    from ...training.distributed import Dist
-    from ...training.heldout import HeldOut
-    from ...weights import LoadedWeights
+    from ...data.heldout import HeldOut
+    from ...models.weights import LoadedWeights
+    from ...runtime.distributed import Dist
 
 COLUMNS = ["model", "seed", "alpha", "beta", "control", "loss", "accuracy"]
 CONTROLS = ("none", "temperature", "bn", "bn+temperature")
@@ -157,9 +159,6 @@ def compute_landscape(models: Sequence[LoadedWeights], *, points: Sequence[tuple
     Each net is evaluated on a private copy moved to `device`, so the caller's model (one the app serves, say)
     is never perturbed. `dims` 2 uses directions (seed, 0) and (seed, 1); 1 uses (seed, 0) only.
     """
-    from ...training.distributed import gather_objects, shard_indices
-    from ...training.heldout import held_out_set, set_key
-
     if not models:
         raise ValueError("no models given")
     if n < 1:

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ...resnet import REGISTRY, twin_pairs
+from ...models.resnet import REGISTRY, twin_pairs
 from . import readings as R
 
 SHALLOW_DEPTH = 20  # Li et al. Fig. 5: at this depth plain and residual nets both look smooth

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ...resnet import twin_pairs
+from ...models.resnet import twin_pairs
 from .compute import CONTROLS, RADII
 
 NONCONVEX_RATIO = 0.01  # a point is non-convex when -lambda_min exceeds this share of its largest |lambda|

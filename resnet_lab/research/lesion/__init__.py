@@ -17,12 +17,10 @@ deletion is, the study), `describe` (the text), `plot`; here the cost, the app's
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
 import multiprocessing
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -31,17 +29,17 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
-from ...checkpoints import meta_path
-from ...cli_args import int_in, positive_int, seed, writable
-from ...devices import synchronize
+from ...data.datasets import DatasetError
+from ...data.heldout import held_out_set, set_key
+from ...models.checkpoints import meta_path
+from ...models.resnet import REGISTRY
+from ...models.weights import WeightsUnavailable, load_weights
 from ...paths import ASSETS
 from ...progress import Progress, tqdm_progress
-from ...resnet import REGISTRY
-from ...scoring import model_device
-from ...training.heldout import held_out_set, set_key
-from .. import cost as C
-from ..memory import available_memory, inference_memory, refusal
-from ..study import Timer, fail, resolve_model_path, run_record, session, split_list, write_outputs
+from ...runtime import cost as C
+from ...runtime.devices import model_device, synchronize
+from ...runtime.memory import available_memory, inference_memory, refusal
+from ..study import Timer, resolve_model_path
 from ..tables import read_checked_csv
 from .compute import (
     BATCH_SIZE,
@@ -61,7 +59,7 @@ from .describe import describe_lesion, halfway_k, k_curve
 from .plot import plot_lesion
 
 if TYPE_CHECKING:
-    from ...weights import LoadedWeights
+    from ...models.weights import LoadedWeights
 
 __all__ = ["BATCH_SIZE", "COLUMNS", "QUICK", "SHIPPED_CSV", "SHIPPED_PNG", "BlockInfo", "block_table",
            "deletion_orders", "describe_lesion", "estimate_cost", "halfway_k", "k_curve", "k_values",
@@ -138,41 +136,12 @@ def quick_study(loaded: LoadedWeights, budget_s: float = 25.0, progress: Progres
                         progress=progress)
 
 
-# ----------------------------------------------------------------------------- CLI
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="checkpoints (.safetensors with their JSON), tags, or arch names of "
-                                                 "shipped twins; several, comma-separated, share the images")
-    p.add_argument("--from-csv", default=None,
-                   help="instead of --model: describe and plot saved lesion CSVs (comma-separated, concatenated)")
-    p.add_argument("--n", type=positive_int, default=2000, help="held-out images")
-    p.add_argument("--draws", type=int_in(1, MAX_DRAWS), default=5, help="random deletion orders per model")
-    p.add_argument("--k-points", type=int_in(2), default=None,
-                   help="evaluate about this many values of k (default: all)")
-    p.add_argument("--seed", type=seed, default=0, help="seed of the random deletion orders")
-    p.add_argument("--data-seed", type=seed, default=None,
-                   help="Shapes: test-set seed (default: the checkpoint's test seed)")
-    p.add_argument("--data-dir", default=None, help="CIFAR checkpoints: the folder holding the CIFAR test files")
-    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
-    p.add_argument("--out", type=writable("folder"), default=None, help="write lesion_<name>.csv, .png and .json here")
-    p.add_argument("--name", default="shapes", help="file name part: lesion_<name>.csv")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
-    p.add_argument("--workers", type=int_in(1, 64), default=1,
-                   help="models studied side by side in this many processes, one thread each (CPU)")
-
-
-def check_arguments(args: argparse.Namespace) -> str | None:
-    """What no single option's type can see: run right after parsing, before anything is loaded."""
-    if not args.from_csv and not split_list(args.model):
-        return "give --model (checkpoints to study) or --from-csv (saved results)"
-    return None
-
-
-def _planned(spec: str) -> tuple[str, int, int] | None:
+def planned_study(spec: str) -> tuple[str, int, int] | None:
     """(arch, input size, classes) of a checkpoint from the JSON beside it, read before anything is loaded; None for
     a tag or a bare weights file (checked once loaded, in `_study_one`)."""
-    path = Path(_spec(spec))
+    path = Path(model_spec(spec))
     try:
         meta = json.loads(meta_path(path).read_text()) if path.is_file() else None
     except (OSError, ValueError):
@@ -183,7 +152,7 @@ def _planned(spec: str) -> tuple[str, int, int] | None:
     return str(meta["arch"]), int(size), int(meta.get("num_classes") or len(meta.get("classes") or []) or 8)
 
 
-def _memory_refusal(planned: list[tuple[str, int, int]], opts: dict[str, Any], workers: int) -> str | None:
+def memory_refusal(planned: list[tuple[str, int, int]], opts: dict[str, Any], workers: int) -> str | None:
     """None if the studies fit what the device can still allocate (`workers` of them at once), else the sentence
     refusing them."""
     if not planned:
@@ -194,41 +163,38 @@ def _memory_refusal(planned: list[tuple[str, int, int]], opts: dict[str, Any], w
                    "fewer --n images" + (", or fewer --workers" if workers > 1 else ""))
 
 
-class _Failure(str):
+class Failure(str):
     """A worker's message for the person (a str, so it crosses process boundaries as it is)."""
 
 
-def _spec(spec: str) -> str:
+def model_spec(spec: str) -> str:
     """What `weights.load_weights` gets: a bare arch name becomes its shipped twin's path; anything else stays."""
     path = resolve_model_path(spec)
     return str(path) if path.is_file() else spec
 
 
 def _study_one(spec: str, opts: dict[str, Any], cache: dict | None = None,
-               show_progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any]] | _Failure:
+               show_progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any]] | Failure:
     """Load `spec`, make (or reuse from `cache`) its held-out set and run its study: (frame, what it took)."""
-    from ...training.datasets import DatasetError
-    from ...weights import WeightsUnavailable, load_weights
-
     if opts.get("threads"):
         torch.set_num_threads(opts["threads"])
     device = torch.device(opts["device"])
     cache = {} if cache is None else cache
     try:
-        loaded = load_weights(_spec(spec))
+        loaded = load_weights(model_spec(spec))
         block_table(loaded.model)
-        if arch_name(loaded.model) in REGISTRY and _planned(spec) is None:  # a tag or bare weights: sized only now
-            problem = _memory_refusal([(arch_name(loaded.model), int(loaded.pretrained_cfg["input_size"][-1]),
+        if arch_name(loaded.model) in REGISTRY and planned_study(spec) is None:  # a tag or bare weights: sized only now
+            problem = memory_refusal([(arch_name(loaded.model), int(loaded.pretrained_cfg["input_size"][-1]),
                                         loaded.model.num_classes)], opts, 1)
             if problem:
-                return _Failure(f"{spec}: {problem}")
+                return Failure(f"{spec}: {problem}")
         key = set_key(loaded, opts["n"], "test", opts["data_seed"])
         if key not in cache:  # twins trained on the same data share one rendered set
             cache[key] = held_out_set(loaded, opts["n"], seed=opts["data_seed"], data_dir=opts["data_dir"],
                                       device=device)
         data = cache[key]
     except (WeightsUnavailable, DatasetError, ValueError, TypeError) as e:
-        return _Failure(f"{spec}: {e}")
+        return Failure(f"{spec}: {e}")
     model = loaded.model.to(device)
     name = arch_name(model)
     lesions = len(lesion_sets(model, opts["draws"], opts["seed"], opts["k_points"]))
@@ -248,7 +214,7 @@ def _study_one(spec: str, opts: dict[str, Any], cache: dict | None = None,
                 "estimate_s": round(estimate, 2), "held_out": data.description}
 
 
-def _study_all(specs: list[str], opts: dict[str, Any], workers: int) -> list:
+def study_all(specs: list[str], opts: dict[str, Any], workers: int) -> list:
     if workers > 1 and len(specs) > 1:  # one process per model, one thread each: the CPU's cores side by side
         with ProcessPoolExecutor(min(workers, len(specs)), mp_context=multiprocessing.get_context("spawn")) as ex:
             return list(ex.map(_study_one, specs, [{**opts, "threads": 1}] * len(specs), [None] * len(specs),
@@ -257,66 +223,6 @@ def _study_all(specs: list[str], opts: dict[str, Any], workers: int) -> list:
     results = []
     for spec in specs:
         results.append(_study_one(spec, opts, cache))
-        if isinstance(results[-1], _Failure):
+        if isinstance(results[-1], Failure):
             break
     return results
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.from_csv:
-        return _saved(args)
-    specs = split_list(args.model)
-    if not specs:
-        return fail("lesion", "give --model (checkpoints to study) or --from-csv (saved results)")
-    missing = [s for s in specs if Path(_spec(s)).suffix in CHECKPOINT_SUFFIXES and not Path(_spec(s)).is_file()]
-    if missing:
-        return fail("lesion", f"checkpoint not found: {', '.join(missing)}")
-    try:
-        with session(args.device) as dist:
-            if dist.distributed:
-                return fail("lesion", "runs in one process (--workers studies models side by side), not torchrun")
-            opts = {k: getattr(args, k) for k in ("n", "draws", "seed", "k_points", "data_seed", "data_dir",
-                                                  "batch_size")} | {"device": str(dist.device)}
-            problem = _memory_refusal([p for p in map(_planned, specs) if p], opts, min(args.workers, len(specs)))
-            if problem:
-                return fail("lesion", problem)
-            timer = Timer()
-            results = _study_all(specs, opts, args.workers)
-            failures = [r for r in results if isinstance(r, _Failure)]
-            if failures:
-                return fail("lesion", "; ".join(failures))
-            frames, runs = [], []
-            for spec, (df, took) in zip(specs, results):
-                if any(f.model.iloc[0] == df.model.iloc[0] for f in frames):
-                    df = df.assign(model=f"{df.model.iloc[0]} ({Path(_spec(spec)).stem})")
-                frames.append(df)
-                runs.append(took)
-                print(f"{took['model']}: {took['lesions']} lesioned evaluations of {took['n']} images in "
-                      f"{took['seconds']:.1f} s (estimated {took['estimate_s']:.1f} s)", file=sys.stderr)
-            print(f"all {len(specs)} models in {timer.elapsed:.1f} s on {dist.device}", file=sys.stderr)
-            record = run_record(args, timer.elapsed, dist, models=specs, runs=runs, workers=args.workers,
-                                **{k: v for k, v in opts.items() if k != "device"})
-            return report(pd.concat(frames, ignore_index=True), args, record)
-    except ValueError as e:
-        return fail("lesion", str(e))
-
-
-def report(df: pd.DataFrame, args: argparse.Namespace, record: dict[str, Any]) -> int:
-    """Print the reading; with --out write lesion_<name>.csv, .png and .json (the record and the reading)."""
-    text = describe_lesion(df)
-    print(text)
-    if args.out:
-        for path in write_outputs(args.out, f"lesion_{args.name}", {"": df}, {"": plot_lesion(df)},
-                                  {**record, "reading": text}, float_format="%.6g"):
-            print(f"wrote {path}")
-    return 0
-
-
-def _saved(args: argparse.Namespace) -> int:
-    """--from-csv: the reading (and with --out the files) of saved lesion CSVs again, nothing computed."""
-    record = {"command": getattr(args, "command_line", None), "from_csv": args.from_csv}
-    try:
-        frames = [read_csv(p) for p in split_list(args.from_csv)]
-    except (OSError, ValueError, pd.errors.ParserError) as e:
-        return fail("lesion", f"--from-csv: {e}")
-    return report(pd.concat(frames, ignore_index=True), args, record)

@@ -38,14 +38,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ...blocks import BasicBlock, Bottleneck
+from ...models.blocks import BasicBlock, Bottleneck
+from ...models.resnet import REGISTRY, ResNet
 from ...progress import Progress
-from ...resnet import REGISTRY, ResNet
-from ...scoring import chunks, score
-from ..cost import arch_of
+from ...runtime.cost import arch_of
+from ...runtime.scoring import chunks, score
 
 if TYPE_CHECKING:
-    from ...training.heldout import HeldOut
+    from ...data.heldout import HeldOut
 
 COLUMNS = ["model", "arch", "residual", "kind", "block", "stage", "index", "position", "downsampling", "removable",
            "k", "draw", "deleted", "accuracy", "n", "chance"]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ...resnet import twin_name
+from ...models.resnet import twin_name
 from .. import style as S
 from .describe import k_curve
 

@@ -11,15 +11,16 @@ from typing import Any
 
 import gradio as gr
 
+from ...models.resnet import REGISTRY
 from ...paths import ASSETS
-from ...research import memory, study
+from ...research import study
 from ...research.figures import narrow_path
-from ...resnet import REGISTRY
+from ...runtime import memory
 
 # A live run may take this share of the memory available now: the loaded models, Gradio and a QUICK job (which
 # runs beside it) live in the rest. ResNet-152 at 224 px with batch 64 needs ~15 GiB (gradflow.estimate_memory):
 # on a 16 GB Space one click would get the process killed; it is refused with settings that fit instead.
-MEMORY_SHARE = 0.5
+MEMORY_SHARE = memory.STUDY_SHARE  # named here for the tests
 
 
 class Untracked:

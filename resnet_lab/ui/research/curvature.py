@@ -16,10 +16,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from ...data.heldout import held_out_set
+from ...models.weights import load_checkpoint
 from ...research import curvature, verdicts
 from ...research.curvature.hessian import Hessian, top_eigenvalues
-from ...training.heldout import held_out_set
-from ...weights import load_checkpoint
 from ..common import LONG, on_gpu, user_errors, zoo
 from . import _common
 from .landscape import checkpoints, load_arch, pair_choices

@@ -15,7 +15,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ...research import cost, degradation, gradflow, verdicts
+from ...research import degradation, gradflow, verdicts
+from ...runtime import cost
 from ..common import LONG, on_gpu, user_errors, zoo
 from . import _common
 from ._common import Untracked, duration, memory_budget, refuse_if_too_big

@@ -17,8 +17,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from ...models.resnet import REGISTRY, twin_name
 from ...research import gradflow, verdicts
-from ...resnet import REGISTRY, twin_name
 from ..common import LONG, on_gpu, tmp_file, user_errors, zoo
 from . import _common
 from ._common import Untracked, duration, memory_budget, refuse_if_too_big

@@ -19,10 +19,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from ...models.resnet import REGISTRY, twin_name
+from ...models.weights import load_checkpoint
 from ...research import landscape, verdicts
-from ...resnet import REGISTRY, twin_name
 from ...serving.zoo import SHAPES_CHECKPOINT
-from ...weights import load_checkpoint
 from .. import session_nets
 from ..common import LONG, on_gpu, tmp_file, user_errors, zoo
 from . import _common

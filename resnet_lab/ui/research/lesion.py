@@ -18,10 +18,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ...devices import synchronize
-from ...research import lesion, memory, verdicts
+from ...models.weights import load_checkpoint
+from ...research import lesion, verdicts
+from ...runtime import memory
+from ...runtime.devices import synchronize
 from ...serving.zoo import SHAPES_CHECKPOINT
-from ...weights import load_checkpoint
 from .. import session_nets
 from ..common import LONG, on_gpu, tmp_file, user_errors, zoo
 from . import _common

@@ -14,8 +14,8 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .files import unwritable
-from .settings import declared
+from ..files import unwritable
+from ..settings import declared
 
 # One range for every seed: numpy refuses negative ones, and 32 signed bits leave room for the offsets the studies
 # add (seed + 1 for a second start vector, seed + r per run, seed .. seed + N - 1 for N direction seeds).

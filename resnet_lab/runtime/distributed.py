@@ -10,7 +10,6 @@ single-process accuracy whatever the shares' sizes.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +18,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..devices import resolve_device
-from ..scoring import Score
+from .devices import resolve_device
+from .scoring import Score
+from .torchrun import env_int, launched
 
 
 @dataclass(frozen=True)
@@ -43,29 +43,6 @@ class Dist:
         return self.world_size > 1
 
 
-def env_rank() -> int:
-    """This process's global rank under torchrun (RANK; 0 without torchrun), known before any group exists."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def env_world_size() -> int:
-    """How many processes torchrun started (WORLD_SIZE; 1 without torchrun), known before any group exists."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def launched() -> bool:
-    """True in a process started by torchrun with more than one process in all."""
-    return env_world_size() > 1
-
-
-def _env_int(name: str) -> int:
-    try:
-        return int(os.environ[name])
-    except (KeyError, ValueError):
-        raise ValueError(f"WORLD_SIZE > 1 but {name} is missing or not an integer: start the processes with torchrun "
-                         f"(torchrun --nproc-per-node N -m resnet_lab ...)") from None
-
-
 def setup(device: str | torch.device | None = None) -> Dist:
     """Join torchrun's process group (NCCL on CUDA, Gloo on the CPU) and return this process's `Dist`.
 
@@ -76,7 +53,7 @@ def setup(device: str | torch.device | None = None) -> Dist:
     dev = resolve_device(device)
     if not launched():
         return Dist(device=dev)
-    rank, world, local_rank = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
+    rank, world, local_rank = env_int("RANK"), env_int("WORLD_SIZE"), env_int("LOCAL_RANK")
     owns = not dist.is_initialized()
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

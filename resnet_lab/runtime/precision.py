@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .paths import ASSETS
+from ..paths import ASSETS
 
 ENV = "RESNET_LAB_PRECISION"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,16 @@ import numpy as np
 import torch
 
 from .datasets import DatasetError
+from .images import (
+    ImageError,
+    check_header,
+    check_transformable,
+    decode_image,
+    eval_config,
+    eval_shape,
+    eval_transform,
+    resize_side,
+)
 
 # `folder:PATH` in torchvision's ImageFolder layout (PATH/<class>/<image>, class index = position in the sorted
 # sub-folder names), read through `data.decode_image` rather than PIL, so a training image obeys the same rules as
@@ -69,8 +79,6 @@ class ImageFiles(torch.utils.data.Dataset):
     def load(self, index: int) -> tuple[Any, int, list[tuple[str, str]]]:
         """(item, label, [(path, reason) of each file skipped on the way]): a file that fails to decode gives way
         to the next good sample, and the caller learns which and why (from a worker too, with the batch)."""
-        from ..data import ImageError, decode_image
-
         skips = []
         for step in range(len(self.samples)):
             path, label = self.samples[(index + step) % len(self.samples)]
@@ -123,8 +131,6 @@ def decode_all(files: ImageFiles, size: int, scale_side: int, interpolation: str
     and returned as (path, reason)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..data import ImageError, decode_image, eval_shape
-
     shape = eval_shape(size, scale_side, interpolation)
 
     def one(path: str) -> np.ndarray | str:
@@ -164,8 +170,6 @@ def _scan(samples: list[tuple[str, int]]) -> tuple[list[tuple[str, int]], list[t
     """The samples whose header `data.check_header` accepts, and (path, reason) for each it refuses, each warned
     about once; headers read on `SCAN_THREADS` threads, results in the samples' order."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from ..data import ImageError, check_header
 
     def check(path: str) -> str | None:
         try:
@@ -274,3 +278,32 @@ def folder_files(
         raise DatasetError(f"{root}: its class sub-folders {found} are not the training classes {list(classes)}")
     good, skipped = _scan(samples)
     return ImageFiles(tuple(good), tuple(classes), transform, min_side), skipped
+
+
+class FolderImages(torch.utils.data.Dataset):
+    """(network input, label, reason) for each (path, label) sample, through the app's decoder and eval transform.
+
+    A file that cannot be used yields a zero image and the reason ("" for a good one), so the evaluation leaves it
+    out and lists it. `folders.ImageFiles` instead takes the next good file, right for an epoch but wrong for a
+    count; and a reason returned with the batch reaches the caller from DataLoader workers, where a list kept in
+    the dataset would stay in the worker's process.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], pretrained_cfg: dict[str, Any]) -> None:
+        self.samples = list(samples)
+        self.cfg = dict(pretrained_cfg)
+        self.transform = eval_transform(self.cfg)
+        self.side = resize_side(self.cfg)
+        self.shape = tuple(eval_config(self.cfg)["input_size"])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        path, label = self.samples[index]
+        try:
+            image = decode_image(path, min_side=self.side)
+            check_transformable(image.size, self.cfg)
+            return self.transform(image), label, ""
+        except ImageError as e:
+            return torch.zeros(self.shape), label, str(e)

@@ -11,23 +11,13 @@ import os
 
 import torch
 
+from .torchrun import env_int, launched
+
 ENV = "RESNET_LAB_DEVICE"
 
 
 class DeviceError(ValueError, RuntimeError):
     """A device that cannot be used here, with the fix (a ValueError for the CLIs, a RuntimeError for old callers)."""
-
-
-def _torchrun_processes() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
-
-
-def _local_rank() -> int:
-    try:
-        return int(os.environ["LOCAL_RANK"])
-    except (KeyError, ValueError):
-        raise DeviceError("WORLD_SIZE > 1 but LOCAL_RANK is missing or not an integer: start the processes with "
-                          "torchrun (torchrun --nproc-per-node N -m resnet_lab ...)") from None
 
 
 def default_device() -> str:
@@ -52,15 +42,21 @@ def resolve_device(preference: str | torch.device | None = None) -> torch.device
         raise DeviceError(f"device {text!r} asked for, but CUDA is not available here; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise DeviceError(f"device {text!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
-    if _torchrun_processes() <= 1 or device.type != "cuda":
+    if not launched() or device.type != "cuda":
         return device
     if device.index is not None:
         raise DeviceError(f"under torchrun each process takes cuda:LOCAL_RANK; pass --device cuda, not {text!r}")
-    local_rank, gpus = _local_rank(), torch.cuda.device_count()
+    local_rank, gpus = env_int("LOCAL_RANK", DeviceError), torch.cuda.device_count()
     if local_rank >= gpus:
         raise DeviceError(f"process with LOCAL_RANK {local_rank} needs GPU {local_rank}, but this node has {gpus}: "
                           f"use --nproc-per-node {gpus} or fewer, or --device cpu")
     return torch.device("cuda", local_rank)
+
+
+def model_device(module: torch.nn.Module) -> torch.device:
+    """Where the module's weights live: its inputs go there, and every generator that draws for it (or its data) is
+    made there, since a CUDA tensor refuses a CPU generator."""
+    return next(module.parameters()).device
 
 
 def synchronize(device: str | torch.device) -> None:
@@ -68,12 +64,3 @@ def synchronize(device: str | torch.device) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def free_memory(device: str | torch.device) -> int | None:
-    """Bytes the driver can still give on a CUDA device (`cudaMemGetInfo`), None off CUDA (the CPU's memory is
-    the cgroup's business: `resources.memory_available`)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    return int(torch.cuda.mem_get_info(device)[0])

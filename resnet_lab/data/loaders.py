@@ -23,7 +23,9 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .distributed import Dist, rank_seed, shard_indices
+from ..runtime.distributed import Dist, rank_seed, shard_indices
+from .folders import ImageFiles, ReportingFiles, stratified_split
+from .shapes import normalize
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -108,8 +110,6 @@ class ShapesBatches(Batches):
     def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, device: torch.device,
                  generator: torch.Generator | None = None, train: bool = False, dist: Dist = Dist(),
                  hflip: float = 0.5) -> None:
-        from ..shapes import normalize
-
         self.hflip = hflip
         self.normalize, self.device, self.generator, self.train = normalize, device, generator, train
         self.channels_last, self.dist = True, dist
@@ -180,7 +180,6 @@ class LoaderBatches(Batches):
         self.device, self.channels_last, self.dist, self.sampler, self.epoch = device, channels_last, dist, None, 0
         self.generator = generator if train else None
         self.skipped: dict[str, str] = {}  # files that failed to decode in an epoch (a worker's included)
-        from .folders import ImageFiles, ReportingFiles
 
         if isinstance(dataset, ImageFiles):
             dataset = ReportingFiles(dataset)
@@ -222,8 +221,6 @@ class LoaderBatches(Batches):
 
 def stratified_indices(labels: torch.Tensor, n_classes: int, fraction: float, seed: int) -> tuple[torch.Tensor, ...]:
     """(train, val) indices: per class, the same seeded choice `folders.stratified_split` makes for files."""
-    from .folders import stratified_split
-
     train, val = stratified_split([(i, int(c)) for i, c in enumerate(labels.tolist())], n_classes, fraction, seed)
     return torch.tensor([i for i, _ in train], dtype=torch.int64), torch.tensor([i for i, _ in val], dtype=torch.int64)
 

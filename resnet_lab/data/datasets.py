@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models.hub import tcp_reachable
+
 ENV_DATA = "RESNET_LAB_DATA"
 DOWNLOAD_HOST = ("www.cs.toronto.edu", 443)  # where torchvision fetches both archives from
 PROBE_TIMEOUT_S = 3.0
@@ -135,8 +137,6 @@ def _spec(name: str) -> CifarSpec:
 
 def _probe_network(timeout: float = PROBE_TIMEOUT_S) -> None:
     """Fail within `timeout` seconds where the download host is unreachable, instead of torchvision's retries."""
-    from ..hub import tcp_reachable  # the hub's probe: DNS bounded too, which a bare connect is not
-
     ok, why = tcp_reachable(*DOWNLOAD_HOST, timeout)
     if not ok:
         raise DatasetError(

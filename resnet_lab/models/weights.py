@@ -2,7 +2,7 @@
 files and our own checkpoints (`checkpoints`), and akamaster/pytorch_resnet_cifar10's CIFAR-10 nets (`akamaster`).
 
 The names callers import from here (`load_checkpoint`, `save_checkpoint`, `LoadedWeights`, `WeightsUnavailable`,
-the hub's and akamaster's loaders) are re-exported, so `resnet_lab.weights` stays the one place to ask.
+the hub's and akamaster's loaders) are re-exported, so `resnet_lab.models.weights` stays the one place to ask.
 """
 
 from __future__ import annotations

@@ -40,8 +40,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..devices import synchronize
-from ..resnet import REGISTRY
+from ..data.images import decode_image
+from ..models.blocks import BasicBlock, Bottleneck
+from ..models.resnet import REGISTRY, build
+from .devices import synchronize
 
 # Forward-pass equivalents of each kind of work, for both the per-call and the per-MAC part (the shipped twins and
 # ResNet-50 at batch 8-256 on two busy cores, benchmarks/bench_cost.py: a training step 2.6-4.6x a forward, median
@@ -92,16 +94,12 @@ class BuildRates:
 
 def build_meta(arch: str, num_classes: int = 8) -> nn.Module:
     """`arch` with meta weights (shapes only, nothing allocated)."""
-    from ..resnet import build
-
     with torch.device("meta"):
         return build(arch, num_classes=num_classes, seed=0)
 
 
 def _is_add(m: nn.Module) -> bool:
     """A residual block (its `out + shortcut` is one more elementwise call than its modules)."""
-    from ..blocks import BasicBlock, Bottleneck
-
     return isinstance(m, (BasicBlock, Bottleneck)) and m.residual
 
 
@@ -185,8 +183,6 @@ def solve_rates(small: tuple[int, float], large: tuple[int, float], step: float 
 
 def _probe_timer(device: str) -> Callable[[int], float]:
     """Seconds of one no-grad forward of the probe net on `batch` images on `device`."""
-    from ..resnet import build
-
     net = build(PROBE_ARCH, num_classes=8, seed=0).to(device).eval()
 
     def forward(batch: int) -> float:
@@ -279,8 +275,6 @@ def measure_build(device: str) -> BuildRates:
     """Build rates on `device` now: the fastest of three seeded ResNet-20 builds (moved to `device`, as the studies
     do) and of three draws of `FILL_PROBE` normal numbers into fresh memory from a CPU generator (as the init
     draws into the parameters it has just allocated), each after a warm-up."""
-    from ..resnet import build
-
     g = torch.Generator().manual_seed(0)
 
     def timed(fn: Callable[[], object]) -> float:
@@ -320,8 +314,6 @@ def measure_decode() -> dict[str, float]:
 
     import numpy as np
     from PIL import Image
-
-    from ..data import decode_image
 
     ramp = np.add.outer(np.arange(DECODE_PROBE), np.arange(DECODE_PROBE)) / (2.0 * DECODE_PROBE)
     gray = np.clip(ramp + np.random.default_rng(0).normal(0, 0.1, ramp.shape), 0, 1)

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .files import replacing
-from .paths import PROJECT_ROOT
+from ..files import replacing
+from ..paths import PROJECT_ROOT
 from .resnet import ResNet, build
 
 

@@ -22,9 +22,7 @@ with `uses_layer` False.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,12 +30,12 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .cli_args import names, positive_int, seed, writable
-from .progress import Progress
-from .resnet import init_module
-from .shapes import ShapesDataset, normalize
+from ..data.shapes import ShapesDataset, normalize
+from ..models.resnet import init_module
+from ..progress import Progress
+from ..runtime.devices import model_device
+from .methods import METHODS, attribute
 
 LAYERLESS = ("integrated_gradients", "occlusion")
 SCORE_COLUMNS = ("pointing", "pointing_random", "mass_in_mask", "mass_in_mask_random", "deletion_auc",
@@ -131,12 +129,6 @@ def auc(curves: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- model randomization
 
 
-def _device(module: nn.Module) -> torch.device:
-    """Where the module's weights live: every generator that draws for it (or for its data) is made there,
-    since a CUDA tensor refuses a CPU generator."""
-    return next(module.parameters()).device
-
-
 def _ranks(x: torch.Tensor) -> torch.Tensor:
     """Row-wise ranks of a [B, N] tensor, ties given their average rank (as Spearman needs)."""
     b, n = x.shape
@@ -182,7 +174,7 @@ def randomization_check(
     """
     original = explain(model)
     net = copy.deepcopy(model).eval()
-    g = torch.Generator(device=_device(net)).manual_seed(seed)
+    g = torch.Generator(device=model_device(net)).manual_seed(seed)
     out = {}
     for name, modules in cascade(net):
         for m in modules:
@@ -217,7 +209,7 @@ def _batches(dataset: ShapesDataset, n: int, batch_size: int, device: torch.devi
 def _scores(model: nn.Module, batches: list[_Batch], maps_of: Callable[[_Batch], torch.Tensor], steps: int,
             seed: int, tick: Callable[[], None]) -> dict[str, float]:
     """Pointing game, mass in mask, deletion and insertion AUC, averaged over all batches."""
-    g = torch.Generator(device=_device(model)).manual_seed(seed)  # tie-breaks, drawn where the maps are
+    g = torch.Generator(device=model_device(model)).manual_seed(seed)  # tie-breaks, drawn where the maps are
     parts: dict[str, list[torch.Tensor]] = {"pointing": [], "mass_in_mask": [], "deletion_auc": [], "insertion_auc": []}
     for batch in batches:
         maps = maps_of(batch).to(g.device)
@@ -266,10 +258,8 @@ def estimate_seconds(
     The per-call part matters on a GPU, where a batch of 50 costs about what a batch
     of 4 does. A few seconds on a CPU for the Shapes net, a fraction of one on a GPU.
     """
-    from .explain import attribute
-
     model.eval()
-    device = _device(model)
+    device = model_device(model)
     n = min(n, len(dataset))
     k = max(2, min(probe, n, len(dataset)))
     batch = _batches(dataset, k, k, device)[0]
@@ -325,13 +315,11 @@ def measure_faithfulness(
     on the first `n_random` of them. `progress(fraction, desc)` is called as work
     completes (a Gradio progress bar fits).
     """
-    from .explain import METHODS, attribute
-
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     model.eval()
-    device = _device(model)
+    device = model_device(model)
     n = min(n, len(dataset))
     batches = _batches(dataset, n, batch_size, device)
     n_random = max(1, min(n_random, n))
@@ -372,64 +360,3 @@ def measure_faithfulness(
             records.append({"method": method, "label": METHODS[method], "stage": stage,
                             "uses_layer": method not in LAYERLESS, "n": n, **row})
     return pd.DataFrame.from_records(records)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .explain import METHODS
-
-    p.add_argument("--model", default="assets/shapes_resnet20.safetensors", help="a checkpoint trained on Shapes")
-    p.add_argument("--methods", type=names(METHODS, "methods"),
-                   default="gradcam,guided_gradcam,integrated_gradients,occlusion")
-    p.add_argument("--stages", default=None, help="comma-separated stages or blocks (default: every stage)")
-    p.add_argument("--n", type=positive_int, default=500, help="images scored")
-    p.add_argument("--n-random", type=positive_int, default=100, help="images for the randomization check")
-    p.add_argument("--steps", type=positive_int, default=STEPS, help="deletion/insertion steps")
-    p.add_argument("--data-seed", type=seed, default=None, help="Shapes seed (default: the checkpoint's test seed)")
-    p.add_argument("--batch-size", type=positive_int, default=50)
-    p.add_argument("--seed", type=seed, default=0, help="random maps, tie-breaks and re-initialization")
-    p.add_argument("--out", type=writable("file", makes_folders=False), default=None,
-                   help="write the table as CSV here")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .scoring import chunks, score
-    from .weights import WeightsUnavailable, load_checkpoint
-
-    try:
-        loaded = load_checkpoint(args.model)
-    except WeightsUnavailable as e:
-        print(f"faithfulness: {e}", file=sys.stderr)
-        return 2
-    model, meta = loaded.model, loaded.meta
-    known = [*model.stage_names, *(name for name, _ in model.blocks())]
-    unknown = [s.strip() for s in (args.stages or "").split(",") if s.strip() and s.strip() not in known]
-    if unknown:
-        print(f"faithfulness: --stages: {', '.join(map(repr, unknown))} is not a stage or block of this net "
-              f"(its stages: {', '.join(model.stage_names)}; blocks: {known[len(model.stage_names)]} ...)",
-              file=sys.stderr)
-        return 2
-    data = meta.get("data", {})
-    seed = args.data_seed if args.data_seed is not None else data.get("test_seed", 999)
-    dataset = ShapesDataset(args.n, seed, int(loaded.pretrained_cfg["input_size"][-1]), data.get("clutter", True))
-    stages = args.stages.split(",") if args.stages else list(model.stage_names)
-    accuracy = score(model, chunks(dataset.normalized(), dataset.labels, args.batch_size)).accuracy
-    print(f"{args.model}: accuracy {accuracy:.4f} on {args.n} Shapes images (seed {seed})")
-    bar = tqdm(total=1000, desc="faithfulness", bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
-
-    def progress(fraction: float, desc: str) -> None:
-        bar.set_description(desc)
-        bar.update(round(fraction * 1000) - bar.n)
-
-    df = measure_faithfulness(model, dataset, args.methods.split(","), stages, n=args.n, batch_size=args.batch_size,
-                  progress=progress, steps=args.steps, n_random=args.n_random, seed=args.seed)
-    bar.close()
-    cascade_cols = [c for c in df.columns if c.startswith("rand_") and c != "rand_full"]
-    for cols in (["method", "stage", *SCORE_COLUMNS, "rand_full"], ["method", "stage", *cascade_cols]):
-        print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"), end="\n\n")
-    if args.out:
-        df.to_csv(args.out, index=False, float_format="%.4f")
-        print(f"wrote {args.out}")
-    return 0

@@ -16,10 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-if TYPE_CHECKING:
-    from ..weights import LoadedWeights
+from .datasets import load_cifar
+from .shapes import ShapesDataset
 
-TEST_SEED = 999  # train's default --test-seed
+if TYPE_CHECKING:
+    from ..models.weights import LoadedWeights
+
+# Every Shapes held-out set's seed, named once here (the values are the ones the shipped results were made with):
+TEST_SEED = 999  # a checkpoint's test set: train's default --test-seed
+VAL_SEED_OFFSET = 100_003  # a degradation or Playground run's held-out images: its training seed plus this
+SAMPLE_SEED_BASE = 100_000  # the Grad-CAM tab's sample #k: seed SAMPLE_SEED_BASE + k, never a training seed
+RECOMPUTE_SEED = 424_242  # the Grad-CAM tab's faithfulness recompute: images no shipped table was measured on
 SPLITS = ("test", "train")
 
 
@@ -83,8 +90,6 @@ def held_out_set(loaded: LoadedWeights, n: int | None, *, split: str = "test", s
     name = dataset or data_name(loaded)
     cfg = loaded.pretrained_cfg
     if name == "shapes":
-        from ..shapes import ShapesDataset
-
         if n is None:
             raise ValueError("Shapes images are rendered: say how many (n)")
         if seed is None:
@@ -96,8 +101,6 @@ def held_out_set(loaded: LoadedWeights, n: int | None, *, split: str = "test", s
         images, labels, classes = ds.images, ds.labels, list(ds.classes)
         desc = {"name": "shapes", "split": split, "n": n, "seed": seed, "size": size, "clutter": clutter}
     elif name in ("cifar10", "cifar100"):
-        from .datasets import load_cifar
-
         images, labels, classes = load_cifar(name, data_dir, train=split == "train", checksum=checksum)
         images, labels = images[:n], labels[:n]
         desc = {"name": name, "split": split, "n": len(labels)}

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import resources
-from ..resnet import REGISTRY, ResNet, twin_name
-from ..scoring import EVAL_BATCH
+from ..models.resnet import REGISTRY, ResNet, twin_name
+from . import resources
+from .scoring import EVAL_BATCH
 
 BACKWARD_WORKSPACE = 3  # activation-sized gradient buffers alive at once during backward
 # What a process really holds per byte of tensors, from peaks measured against the tensor count: the resident peak
@@ -28,6 +28,15 @@ BACKWARD_WORKSPACE = 3  # activation-sized gradient buffers alive at once during
 # keeps varies from run to run; CUDA's max_memory_allocated on an H100 is 0.75-1.04x. So the estimates bound both
 # (benchmarks/bench_gradflow.py --cuda-check; tests/test_gradflow.py, test_degradation.py, test_landscape.py).
 ALLOCATOR_OVERHEAD = {"cpu": 2.2, "cuda": 1.1}
+# Resident bytes per byte of a loaded model's tensors (the app's cached nets): RSS grows ~17 % beyond the tensors'
+# bytes (ResNet-152: +565 MB for 482 MB of tensors). A different quantity from ALLOCATOR_OVERHEAD (a held state dict,
+# not a step's freed and re-taken activations), so both numbers stay, each checked where it is measured
+# (tests/test_zoo.py for this one; the studies' tests and benchmarks/bench_gradflow.py for the other).
+ALLOCATOR_MARGIN = 1.2
+# Shares of `available_memory` each consumer plans for, so that they fit beside one another:
+ZOO_SHARE = 0.5  # the app's cached models: the other half is for requests' activations and Research jobs
+STUDY_SHARE = 0.5  # one live Research or Playground run in the app (tests/test_resources.py)
+FOLDER_CACHE_SHARE = 0.25  # an image folder decoded once and trained from memory (`train --folder-cache auto`)
 
 
 def saved_tensor_bytes(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
@@ -116,8 +125,9 @@ def step_memory(arch: str, variant: str, batch: int, size: int, bn_mode: str = "
     return params, s2 + (s4 - s2) * k // 2, r2 + (r4 - r2) * k // 2, l2 + (l4 - l2) * k // 2
 
 
-def available_memory(device: str = "cpu") -> int:
-    """Bytes a sweep on `device` may use now: free GPU memory on CUDA, else what the container can still allocate."""
+def available_memory(device: str | torch.device = "cpu") -> int:
+    """The one free-memory reading: bytes a computation on `device` may still allocate now, free GPU memory on CUDA
+    (`cudaMemGetInfo`), else what the container (not the host) can still give (`resources.memory_available`)."""
     if torch.device(device).type == "cuda":
         return torch.cuda.mem_get_info(torch.device(device))[0]
     return resources.memory_available()

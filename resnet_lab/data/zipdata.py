@@ -33,8 +33,8 @@ from typing import IO
 import numpy as np
 import torch
 
-from ..data import WIDE_MODES, ImageError, decode_image, read_header
 from .datasets import DatasetError
+from .images import WIDE_MODES, ImageError, decode_image, read_header
 
 MAX_FILES = 5000  # members of the zip
 MAX_BYTES = 256 * 2**20  # bytes all members expand to

@@ -14,9 +14,9 @@ the mask is the set of pixels the shape covers at least half of.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -249,15 +249,7 @@ def measure_stats(n: int = 10_000, seed: int = 0, size: int = 32) -> tuple[list[
     return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
 
 
-def save_examples(folder: str, seed: int = 0, size: int = 32, display: int = 128) -> list[str]:
-    """Write `shapes_<class>.png`, the first image of each class in set `seed`, scaled to `display` px (nearest)."""
-    from pathlib import Path
-
-    out = []
-    for label, name in enumerate(CLASSES):
-        i = next(i for i in itertools.count() if _label(seed, i) == label)
-        img = Image.fromarray(render(seed, i, size)[0].transpose(1, 2, 0)).resize((display, display), Image.NEAREST)
-        path = Path(folder) / f"shapes_{name}.png"
-        img.save(path)
-        out.append(str(path))
-    return out
+def shapes_data_config(size: int) -> dict[str, Any]:
+    """What the checkpoint JSON tells `load_checkpoint` (and timm's eval transform) about the input."""
+    return {"input_size": [3, size, size], "mean": list(MEAN), "std": list(STD), "crop_pct": 1.0,
+            "interpolation": "bilinear"}

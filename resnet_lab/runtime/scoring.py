@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import model_device
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 # Held-out images per forward pass, for every study and training's validation: 500 halved the number of passes but
 # doubled the largest activation, and on the CPU glibc keeps freed activation-sized blocks in its heap, so a
@@ -50,10 +52,6 @@ def chunks(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[Batch]
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     for i in range(0, len(y), batch_size):
         yield x[i:i + batch_size], y[i:i + batch_size]
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 @torch.inference_mode()

@@ -1,0 +1,1 @@
+"""Explanations (captum's attributions on our nets) and how faithful they are."""
