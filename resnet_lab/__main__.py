@@ -1,4 +1,4 @@
-"""`python -m resnet_lab <command>`: each command is a module of `cli/` (curvature's still its study's package).
+"""`python -m resnet_lab <command>`: each command is a module of `cli/`.
 
 A command module exposes `add_arguments(parser)` and `run(args) -> int`, and may
 expose `check_arguments(args) -> str | None` for checks that join options; only
@@ -25,7 +25,7 @@ COMMANDS = {
     "landscape": ("resnet_lab.cli.landscape", "loss landscapes of trained twins (filter-normalized)"),
     "lesion": ("resnet_lab.cli.lesion", "delete residual blocks of a trained net, one and many at a time"),
     "export": ("resnet_lab.cli.export", "a checkpoint in timm's Hugging Face Hub format (and --push it)"),
-    "curvature": ("resnet_lab.research.curvature", "full-Hessian curvature of trained twins (spectrum, Li et al. map)"),
+    "curvature": ("resnet_lab.cli.curvature", "full-Hessian curvature of trained twins, against the images it uses"),
     "figures": ("resnet_lab.cli.figures", "redraw the shipped Research figures from the shipped CSVs"),
 }
 

@@ -184,8 +184,8 @@ def test_every_option_parses_what_it_accepts_and_refuses_the_rest_in_one_line(co
 def test_each_reported_case_is_refused_while_parsing(monkeypatch, capsys):
     """The issue's cases: each used to start the work (37 s of spectrum, then a traceback, for --density-runs 0);
     now main returns 2 with one line before anything is loaded."""
+    from resnet_lab.cli import curvature
     from resnet_lab.cli import lesion as cli_lesion
-    from resnet_lab.research import curvature
 
     def started(*_a, **_k):
         raise AssertionError("the work started")
@@ -244,7 +244,7 @@ def test_defaults_and_a_from_csv_rereading_parse():
     (["landscape", "--models", "resnet20", "--grid", "5", "--n", "64", "--quiet", "--device", "cpu"],
      "resnet_lab.cli.landscape.compute_landscape"),
     (["curvature", "--models", "resnet20", "--sizes", "64", "--quiet", "--device", "cpu"],
-     "resnet_lab.research.curvature.compute_curvature"),
+     "resnet_lab.cli.curvature.compute_curvature"),
     (["lesion", "--model", "resnet20", "--n", "64", "--device", "cpu"], "resnet_lab.cli.lesion.study_all"),
 ])
 def test_landscape_curvature_and_lesion_refuse_what_does_not_fit_before_starting(argv, work, monkeypatch, capsys):

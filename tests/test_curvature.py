@@ -164,7 +164,8 @@ def test_compute_curvature_ladder_sets_and_map_restore_the_weights():
     from resnet_lab.data.heldout import held_out_set
 
     data = held_out_set(w, 16, split="train")
-    losses = [float(nn.functional.cross_entropy(w.model(data.x[a:b]), data.y[a:b])) for a, b in ((4, 8), (8, 16))]
+    with torch.no_grad():
+        losses = [float(nn.functional.cross_entropy(w.model(data.x[a:b]), data.y[a:b])) for a, b in ((4, 8), (8, 16))]
     at = lambda n, k: float(spec[(spec.n == n) & (spec.images == f"set{k}") & (spec.quantity == "loss")].value.iloc[0])  # noqa: E731
     assert at(4, 1) == pytest.approx(losses[0], rel=1e-5) and at(8, 1) == pytest.approx(losses[1], rel=1e-5)
     assert len(maps) == 2 and (maps.n == 8).all() and (dens.n == 8).all()

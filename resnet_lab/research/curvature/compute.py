@@ -127,7 +127,8 @@ def map_row(label: str, net: torch.nn.Module, data: HeldOut, seed: int, alpha: f
 
 
 def compute_curvature(models: Sequence[LoadedWeights], *, sizes: Sequence[int] = (64, 256, 1024), sets: int = 3,
-                      split: str = "train", solvers: Solvers = Solvers(), density_n: int | None = None,
+                      first_set: int = 0, split: str = "train", solvers: Solvers = Solvers(),
+                      density_n: int | None = None,
                       density_steps: int = 80, density_runs: int = 1, map_grid: int = 0, map_span: float = 1.0,
                       map_n: int = 64, map_tol: float = 1e-2, direction_seed: int = 0,
                       map_points: Sequence[tuple[float, float]] | None = None, device: str | torch.device = "cpu",
@@ -137,7 +138,8 @@ def compute_curvature(models: Sequence[LoadedWeights], *, sizes: Sequence[int] =
     `map_points` replaces the grid by these (alpha, beta) points.
 
     Every net is studied on a private copy on `device`. At each size n of `sizes`, image set k is images
-    k*n .. (k+1)*n - 1 of `split`, k < `sets` (set 0 also carries the top-k and the leave-one-out lambda_max); the
+    k*n .. (k+1)*n - 1 of `split`, `first_set` <= k < `first_set` + `sets` (more sets added to an earlier run);
+    set 0 also carries the top-k and the leave-one-out lambda_max; the
     density is taken on set 0 at `density_n` (default: the size nearest 256; 0 or `density_steps` 0: none); the map
     uses the first `map_n` images.
     """
@@ -152,13 +154,14 @@ def compute_curvature(models: Sequence[LoadedWeights], *, sizes: Sequence[int] =
         density_n = min(sizes, key=lambda n: abs(math.log(n / 256)))
     points = list(map_points) if map_points is not None else grid_points(map_grid, map_span, 2) if map_grid else []
     labels = model_labels(models)
-    jobs = [("spectrum", m, n, k) for n in sizes for m in range(len(models)) for k in range(sets)]
+    jobs = [("spectrum", m, n, k) for n in sizes for m in range(len(models))
+            for k in range(first_set, first_set + sets)]
     if sets and density_n and density_steps > 1:
         jobs += [("density", m, density_n, 0) for m in range(len(models))]
     jobs += [("map", m, map_n, k) for m in range(len(models)) for k in range(len(points))]
     mine = jobs if dist is None else [jobs[i] for i in shard_indices(len(jobs), dist)]
     spec, dens, maps = [], [], []
-    images = max([n * sets for n in sizes] + [density_n or 0] + [map_n if points else 0])
+    images = max([n * (first_set + sets) for n in sizes] + [density_n or 0] + [map_n if points else 0])
     data: dict[int, HeldOut] = {}  # each net's images, made once
     for done, (kind, m, n, k) in enumerate(mine, 1):
         w = models[m]
