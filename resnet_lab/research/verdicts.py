@@ -216,6 +216,8 @@ def _curvature_pairs(spec: pd.DataFrame) -> list[dict[str, Any]]:
             pair[q] = CS.verdict(spec, res, plain, q)
         held = {pair[q]["holds"] for q in ("lambda_max", "trace")} - {None}
         pair["sharper"] = next(iter(held)) if len(held) == 1 else None
+        pair["q"] = CS.held_quantity(spec, res, plain) if pair["sharper"] else None  # the measure quoted
+        pair["fit"] = CS.fit_control(spec, res, plain, pair["q"] or "lambda_max")
         out.append(pair)
     return out
 
@@ -239,12 +241,15 @@ def curvature(spec: pd.DataFrame, resolution: float = 0.02) -> str:
                     f"{', '.join(format(t['p'], '.2g') for t in v['tests'])})"
                     for q, what in (("lambda_max", "top eigenvalue"), ("trace", "trace")) if (v := pair[q])["holds"]]
             flatter = plain if sharper == res else res
-            fit = CS.fit_control(spec, res, plain)
+            fit = pair["fit"]
             out.append(f"{flatter} sits in the flatter minimum by the full Hessian ({res} vs {plain} at n = "
                        f"{ns[-1]}: {'; '.join(said)}; paired t-tests over disjoint image sets, significant at n = "
                        f"{' and '.join(map(str, ns))})" + (
-                           f", though matched for training loss the ratio shrinks from {fit['measured']:.2f}x to "
-                           f"{fit['matched']:.2f}x (the control for fit)." if CS.fit_explains(fit) else "."))
+                           f", though {sharper} fits its training images less closely and, matched for training "
+                           f"loss, the {'top eigenvalue' if pair['q'] == 'lambda_max' else 'trace'} ratio shrinks "
+                           f"from {fit['measured']:.2f}x to {fit['matched']:.2f}x (the control for fit)."
+                           if CS.fit_explains(fit) and fit["loss_res" if sharper == res else "loss_plain"] > fit["loss"]
+                           else "."))
         else:
             out.append(f"{res} and {plain}: no difference in sharpness that a paired test finds at both n = "
                        f"{' and '.join(map(str, ns))}.")
@@ -257,19 +262,23 @@ def curvature(spec: pd.DataFrame, resolution: float = 0.02) -> str:
 
 def curvature_plain(spec: pd.DataFrame, resolution: float = 0.02) -> str:
     """`curvature` for a student: which minimum is the flatter bowl where that holds on the most images measured,
-    by how much (the λmax points at the right of the convergence figure), and whether any curves down."""
+    by how much (by λmax where that holds, else by the trace: the values written at the right of the convergence
+    figure), and whether any curves down."""
     out = []
     for pair in _curvature_pairs(spec):
         res, plain, sharper = pair["res"], pair["plain"], pair["sharper"]
-        first, last = pair["lambda_max"]["tests"][0], pair["lambda_max"]["tests"][-1]
+        q = pair["q"] or "lambda_max"  # the measure the verdict rests on
+        first, last = pair[q]["tests"][0], pair[q]["tests"][-1]
         n, top_res, top_plain = last["n"], last["res"], last["plain"]
         depth = f"at {REGISTRY[res].depth} layers" if res in REGISTRY else f"{res} against {plain}"
         if sharper:
             flatter, (steep, gentle) = (plain, (top_res, top_plain)) if sharper == res else (res, (top_plain, top_res))
-            out.append(f"{depth}, measured on {n} training images, {flatter}'s minimum is the flatter bowl: in its "
-                       f"steepest direction the loss curves up {steep / gentle:.1f} times less sharply than "
-                       f"{sharper}'s ({gentle:.0f} against {steep:.0f}), and the same holds on {first['n']} images")
-            fit = CS.fit_control(spec, res, plain)
+            how = (f"in its steepest direction the loss curves up {steep / gentle:.1f} times less sharply than "
+                   f"{sharper}'s" if q == "lambda_max" else f"adding up how sharply the loss curves in every "
+                   f"direction, it is {steep / gentle:.1f} times gentler than {sharper}'s")
+            out.append(f"{depth}, measured on {n} training images, {flatter}'s minimum is the flatter bowl: {how} "
+                       f"({gentle:.0f} against {steep:.0f}), and the same holds on {first['n']} images")
+            fit = pair["fit"]
             if CS.fit_explains(fit) and fit["loss_res" if sharper == res else "loss_plain"] > fit["loss"]:
                 out[-1] += (f", but {sharper} also fits its training images less closely, and that explains most "
                             "of the gap")

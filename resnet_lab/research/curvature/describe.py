@@ -101,13 +101,16 @@ def pair_lines(spec: pd.DataFrame, res: str, plain: str) -> list[str]:
                          f"{flatter}'s minimum is the flatter by this measure.")
         else:
             lines.append(f"- {words}: no difference that holds at both of the largest n ({tests}).")
-    fit = scale.fit_control(spec, res, plain)
+    held = scale.held_quantity(spec, res, plain)
+    q = held or "lambda_max"
+    fit = scale.fit_control(spec, res, plain, q)
     if math.isfinite(fit["matched"]):
-        held = scale.verdict(spec, res, plain, "lambda_max")["holds"]
-        lines.append(f"- Control for fit: a line through each net's image sets (log λmax against log training loss; "
+        name = "λmax" if q == "lambda_max" else "the trace"
+        lines.append(f"- Control for fit: a line through each net's image sets (log {name} against log training loss; "
                      f"slope {fit['slope_res']:.2f} for {res}, {fit['slope_plain']:.2f} for {plain}, "
                      f"{fit['points']} sets each) gives plain/ResNet {fit['matched']:.2f}x at one matched loss "
-                     f"({fit['loss']:.2g}), against {fit['measured']:.2f}x measured at the largest n: "
+                     f"({fit['loss']:.2g}), against {fit['measured']:.2f}x measured at the largest n (training loss "
+                     f"{fit['loss_res']:.2g} for {res}, {fit['loss_plain']:.2g} for {plain}): "
                      + (("the difference in fit explains most of the gap." if scale.fit_explains(fit)
                          else "the difference in fit explains little of it.")
                         if held else "no difference holds, so there is no gap for the fit to explain."))

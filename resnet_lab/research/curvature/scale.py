@@ -143,3 +143,9 @@ def fit_explains(fit: dict[str, float]) -> bool | None:
     if not (math.isfinite(fit["matched"]) and math.isfinite(fit["measured"])) or fit["measured"] <= 0:
         return None
     return abs(math.log(fit["matched"])) < 0.5 * abs(math.log(fit["measured"]))
+
+
+def held_quantity(spec: pd.DataFrame, res: str, plain: str) -> str | None:
+    """The measure a pair's verdict rests on: lambda_max where it holds at the two largest n, else the trace where
+    it does, else None (the fit control is then drawn for lambda_max, with no gap to explain)."""
+    return next((q for q in ("lambda_max", "trace") if verdict(spec, res, plain, q)["holds"]), None)
