@@ -226,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--csv", type=Path, default=None, help="also write every row (set, seed, method) here")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of each set (a quick check)")
     p.add_argument("--train-args", default="", help="extra `train` options, e.g. '--steps 20' (the default: none)")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="write the folders and runs here and keep them (default: a temporary folder)")
     a = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    rows = run(a.sets, a.seeds, a.train_args.split(), a.limit)
+    rows = run(a.sets, a.seeds, a.train_args.split(), a.limit, tmp=a.keep)
     print(table(rows))
     if a.csv:
         print(f"wrote {write_csv(rows, a.csv)}")

@@ -38,7 +38,7 @@ def test_a_small_folder_trains_for_a_step_budget_and_explicit_epochs_win():
     r = recipe.resolve(TrainConfig(data=FOLDER), n_train=1_000, steps_per_epoch=7)
     assert r.small and r.epochs == math.ceil(recipe.SMALL_STEPS / 7) and r.total_steps >= recipe.SMALL_STEPS
     assert r.patience is None and not r.stops_early(10**6)  # the schedule runs to its end
-    assert r.augment.smoothing == recipe.SMALL_SMOOTHING and r.ema_decay == recipe.SMALL_EMA_DECAY
+    assert r.augment.smoothing == recipe.SMALL_SMOOTHING and r.ema_decay == recipe.SMALL_EMA_DECAY and r.calibrate
     assert recipe.resolve(TrainConfig(data=FOLDER, steps=100), 1_000, 7).epochs == 15  # ceil(100 / 7)
     given = recipe.resolve(TrainConfig(data=FOLDER, epochs=3, steps=100, smoothing=0.0, ema_decay=0.0), 1_000, 7)
     assert (given.epochs, given.patience, given.augment.smoothing, given.ema_decay) == (3, 5, 0.0, 0.0)
@@ -49,10 +49,12 @@ def test_a_small_folder_trains_for_a_step_budget_and_explicit_epochs_win():
 def test_other_data_keep_the_epoch_recipe(data, n):
     r = recipe.resolve(TrainConfig(data=data), n_train=n, steps_per_epoch=100)
     assert not r.small and (r.epochs, r.patience, r.augment.smoothing, r.ema_decay) == (15, 5, 0.0, 0.0)
+    assert not r.calibrate and recipe.resolve(TrainConfig(data=data, calibrate="on"), n, 100).calibrate
 
 
 def test_bad_recipe_values_are_refused():
-    for bad in (dict(steps=0), dict(epochs=0), dict(ema_decay=1.0), dict(ema_decay=-0.1), dict(patience=0)):
+    for bad in (dict(steps=0), dict(epochs=0), dict(ema_decay=1.0), dict(ema_decay=-0.1), dict(patience=0),
+                dict(calibrate="yes")):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
 
@@ -84,7 +86,7 @@ def test_help_names_each_choice():
     p = argparse.ArgumentParser()
     add_arguments(p)
     text = p.format_help()
-    for option in ("--steps", "--epochs", "--patience", "--smoothing", "--ema-decay"):
+    for option in ("--steps", "--epochs", "--patience", "--smoothing", "--ema-decay", "--calibrate"):
         assert option in text
     assert f"{recipe.SMALL_STEPS}" in text and f"{recipe.SMALL_EMA_DECAY}" in text
 
@@ -116,6 +118,41 @@ def test_a_small_folder_run_records_its_recipe(tmp_path):
     assert meta["val_acc"] == pytest.approx(max(best["val_acc"], best["val_acc_ema"]))
     assert (rec["kept"] == "EMA") == (best["ema_kept"] == 1.0)
     assert meta["config"]["steps"] == 7 and meta["config"]["ema_decay"] is None  # as typed, beside the resolved
+    t = rec["temperature"]  # fitted on the validation split and folded into the saved head
+    assert rec["calibrate"] and 0.1 <= t["temperature"] <= 10 and t["val_nll_after"] <= t["val_nll_before"]
+    assert t["val_images"] == 2 and rec["why"]["calibrate"].startswith("--calibrate auto: a folder of 22")
+
+
+def test_temperature_scaling_fits_the_validation_nll_and_keeps_every_prediction():
+    from resnet_lab.scoring import chunks
+    from resnet_lab.training import calibration
+
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 3)  # the head `calibration.fold` divides, as in our ResNets
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    model = Net()
+    x = torch.randn(300, 6)
+    with torch.no_grad():
+        logits = model(x)
+    t_true = 2.5  # labels drawn from softmax(logits / 2.5): the net is overconfident by exactly that temperature
+    y = torch.multinomial(torch.softmax(logits / t_true, 1), 1, generator=torch.Generator().manual_seed(1))[:, 0]
+    fit = calibration.calibrate(model, chunks(x, y, 64))
+    assert abs(math.log(fit.temperature / t_true)) < 0.25 and fit.nll_after < fit.nll_before and fit.images == 300
+    assert not fit.at_bound
+    with torch.no_grad():
+        after = model(x)
+    torch.testing.assert_close(after, logits / fit.temperature, rtol=1e-5, atol=1e-6)
+    assert torch.equal(after.argmax(1), logits.argmax(1))
+    # a split the net gets entirely right pulls T down to its bound, and the record says so
+    right = calibration.fit_temperature(model, chunks(x, after.argmax(1), 64))
+    assert right.temperature == pytest.approx(0.1) and right.record()["at_bound"]
 
 
 def test_a_resumed_run_continues_the_weights_ema(tmp_path):

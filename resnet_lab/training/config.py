@@ -76,6 +76,7 @@ class TrainConfig:
     cutmix: float = 0.0
     smoothing: float | None = None  # None: 0.1 on a small folder, else 0 (`recipe`)
     ema_decay: float | None = None  # EMA of the weights, per step; 0: none; None: on a small folder (`recipe`)
+    calibrate: str = may_differ("auto", "applied to the kept weights after the last epoch")  # auto: small folder
     folder_cache: str = "auto"  # folders: decode once into memory (auto: small images that fit), on, off
     # a state file a run wrote (<out>.<run>.step*.state.pt), or "auto": the newest of this run's settings beside out
     resume: str | None = may_differ(None, "the state to continue from")
@@ -111,8 +112,9 @@ class TrainConfig:
                              f"{', '.join(finetune.arch_parts(self.arch))}")
         if self.out is not None and not self.out.strip():  # `--out "$OUT"` with OUT unset: a run that saves nothing
             raise ValueError("--out is empty: give a path for the run's files (e.g. runs/mine), or leave it out")
-        if self.folder_cache not in ("auto", "on", "off"):
-            raise ValueError(f"--folder-cache takes auto, on or off, not {self.folder_cache!r}")
+        if self.folder_cache not in ("auto", "on", "off") or self.calibrate not in ("auto", "on", "off"):
+            raise ValueError(f"--folder-cache and --calibrate take auto, on or off, not {self.folder_cache!r}, "
+                             f"{self.calibrate!r}")
         image_only = self.augment.image_options()
         if image_only and self.folder_cache == "on":
             raise ValueError(f"{' and '.join(image_only)} act on decoded images, which --folder-cache on does not "
@@ -245,6 +247,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema-decay", type=number(0, 1, hi_open=True), default=d.ema_decay,
                    help="an EMA of the weights, updated every step, validated each epoch beside the raw weights: "
                         f"the better is kept (0: none; default {SMALL_EMA_DECAY} {small}, else 0)")
+    p.add_argument("--calibrate", default=d.calibrate, choices=["auto", "on", "off"],
+                   help="temperature scaling: one T fitted on the validation split's NLL and folded into the "
+                        f"head, so probabilities are calibrated and no prediction changes (auto: on {small[3:]}, "
+                        "else off)")
     p.add_argument("--folder-cache", default=d.folder_cache, choices=["auto", "on", "off"],
                    help="folders: decode every image once and train from memory on the device, as CIFAR (auto: "
                         "images of 64 px or less with no image-only augmentation, when they fit a quarter of the "

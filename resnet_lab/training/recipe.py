@@ -15,9 +15,11 @@ epoch count means little) they are the default:
 - `--smoothing`: `SMALL_SMOOTHING`.
 - `--ema-decay`: `SMALL_EMA_DECAY`; each epoch the EMA is validated beside the raw weights and the better of the
   two is the epoch's candidate for the kept weights (`train`), so the EMA is used where it helps.
+- `--calibrate auto`: a temperature fitted on the validation split and folded into the head (`calibration`): label
+  smoothing leaves the net underconfident, and T gives back calibrated probabilities without changing a prediction.
 
-Shapes, CIFAR and large folders keep the earlier defaults (15 epochs, patience 5, no smoothing, no EMA), so the
-shipped checkpoints' commands still mean what they did.
+Shapes, CIFAR and large folders keep the earlier defaults (15 epochs, patience 5, no smoothing, no EMA, no
+temperature), so the shipped checkpoints' commands still mean what they did.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Recipe:
     ema_decay: float  # 0: no EMA
     small: bool
     why: dict[str, str]
+    calibrate: bool = False  # fit a temperature on the validation split once training ends (`calibration`)
 
     @property
     def total_steps(self) -> int:
@@ -69,6 +72,7 @@ class Recipe:
             "patience": self.patience,
             "smoothing": self.augment.smoothing,
             "ema_decay": self.ema_decay,
+            "calibrate": self.calibrate,
             "weight_decay_on": "conv and linear weights (not BatchNorm, not biases)",
             "why": self.why,
         }
@@ -99,4 +103,7 @@ def resolve(config: TrainConfig, n_train: int, steps_per_epoch: int) -> Recipe:
     why["smoothing"] = "--smoothing" if config.smoothing is not None else kind
     ema = config.ema_decay if config.ema_decay is not None else SMALL_EMA_DECAY if small else 0.0
     why["ema_decay"] = "--ema-decay" if config.ema_decay is not None else kind
-    return Recipe(epochs, steps_per_epoch, patience, replace(config.augment, smoothing=smoothing), ema, small, why)
+    calibrate = config.calibrate == "on" or (config.calibrate == "auto" and small)
+    why["calibrate"] = f"--calibrate {config.calibrate}" + (f": {kind}" if config.calibrate == "auto" else "")
+    return Recipe(epochs, steps_per_epoch, patience, replace(config.augment, smoothing=smoothing), ema, small, why,
+                  calibrate)

@@ -33,7 +33,7 @@ from ..resnet import build, init_seed
 from ..scoring import score
 from ..shapes import CLASSES
 from ..weights import WeightsUnavailable, save_checkpoint
-from . import augment, finetune, resume
+from . import augment, calibration, finetune, resume
 from . import recipe as recipes
 from .config import TrainConfig
 from .config import add_arguments as add_arguments  # the `train` command's options, where __main__ looks for them
@@ -354,13 +354,16 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
     history, best_acc, best_epoch = run.history, run.best_acc, run.best_epoch
     train_time = time.perf_counter() - t_train
     model.load_state_dict(run.best_state)
+    fit = calibration.calibrate(model, data.val, dtype=dtype, dist=dist) if plan.calibrate else None
     test_acc = best_acc  # a folder without test/: the val accuracy, said so in the JSON
     if data.test is not None:
         test_acc = accuracy(model, data.test, forward=evaluate, dtype=dtype, dist=dist)
-    log(f"best val acc {best_acc:.4f} (epoch {best_epoch}), test acc {test_acc:.4f}, {train_time:.0f} s")
+    log(f"best val acc {best_acc:.4f} (epoch {best_epoch}), test acc {test_acc:.4f}, {train_time:.0f} s"
+        + (f", temperature {fit.temperature:.3f}" if fit else ""))
 
     meta = checkpoint_meta(config, data, model, size, plan, run, test_acc=test_acc, train_time=train_time, dist=dist,
-                           dtype=dtype, precision_record=precision_record, command=command, start=start, frozen=frozen)
+                           dtype=dtype, precision_record=precision_record, command=command, start=start, frozen=frozen,
+                           temperature=fit)
     model = unwrap(model).to(memory_format=torch.contiguous_format).eval()  # plain BatchNorm2d again
     path = save_checkpoint(model, config.out, meta) if config.out and dist.is_main else None
     if path:
