@@ -34,8 +34,21 @@ def test_weight_decay_is_on_conv_and_linear_weights_only():
 FOLDER = "folder:somewhere"
 
 
+@pytest.mark.parametrize("n, batch", [(200, 32), (1_131, 64), (2_047, 64), (2_048, 128), (9_999, 128)])
+def test_a_small_folder_halves_its_batch_until_an_epoch_has_enough_steps(n, batch):
+    config = TrainConfig(data=FOLDER)
+    assert recipe.batch_size(config, n) == batch  # the largest of 128, 64, 32 giving >= 16 steps an epoch
+    assert n // batch >= recipe.SMALL_EPOCH_STEPS or batch == recipe.SMALL_BATCH_MIN
+    r = recipe.resolve(config, n, max(1, n // batch))
+    assert r.batch_size == batch and r.record()["batch_size"] == batch and "steps an epoch" in r.why["batch_size"]
+    assert r.total_steps * batch >= recipe.SMALL_STEPS * recipe.BATCH  # the same images seen at any batch
+    assert recipe.batch_size(TrainConfig(data=FOLDER, batch_size=100), n) == 100  # as given
+    assert recipe.batch_size(TrainConfig(data=FOLDER), recipe.SMALL_SET) == recipe.BATCH
+    assert recipe.batch_size(TrainConfig(data="cifar10"), n) == recipe.BATCH
+
+
 def test_a_small_folder_trains_for_a_step_budget_and_explicit_epochs_win():
-    r = recipe.resolve(TrainConfig(data=FOLDER), n_train=1_000, steps_per_epoch=7)
+    r = recipe.resolve(TrainConfig(data=FOLDER, batch_size=128), n_train=1_000, steps_per_epoch=7)
     assert r.small and r.epochs == math.ceil(recipe.SMALL_STEPS / 7) and r.total_steps >= recipe.SMALL_STEPS
     assert r.patience is None and not r.stops_early(10**6)  # the schedule runs to its end
     assert r.augment.smoothing == recipe.SMALL_SMOOTHING and r.ema_decay == recipe.SMALL_EMA_DECAY and r.calibrate
@@ -49,6 +62,7 @@ def test_a_small_folder_trains_for_a_step_budget_and_explicit_epochs_win():
 def test_other_data_keep_the_epoch_recipe(data, n):
     r = recipe.resolve(TrainConfig(data=data), n_train=n, steps_per_epoch=100)
     assert not r.small and (r.epochs, r.patience, r.augment.smoothing, r.ema_decay) == (15, 5, 0.0, 0.0)
+    assert r.batch_size == recipe.BATCH == 128
     assert not r.calibrate and recipe.resolve(TrainConfig(data=data, calibrate="on"), n, 100).calibrate
 
 
@@ -89,6 +103,7 @@ def test_help_names_each_choice():
     for option in ("--steps", "--epochs", "--patience", "--smoothing", "--ema-decay", "--calibrate"):
         assert option in text
     assert f"{recipe.SMALL_STEPS}" in text and f"{recipe.SMALL_EMA_DECAY}" in text
+    assert f"{recipe.SMALL_EPOCH_STEPS} steps" in text
 
 
 def test_a_small_folder_run_records_its_recipe(tmp_path):
@@ -110,6 +125,7 @@ def test_a_small_folder_run_records_its_recipe(tmp_path):
     rec = meta["recipe"]
     spe = rec["steps_per_epoch"]  # 22 training images at batch 8
     assert spe == 2 and rec["epochs"] == meta["epochs_run"] == math.ceil(7 / spe) and rec["total_steps"] == 8
+    assert rec["batch_size"] == meta["global_batch"] == 8 and rec["why"]["batch_size"] == "--batch-size"
     assert rec["small_set"] and rec["patience"] is None and rec["why"]["epochs"].endswith("--steps")
     assert rec["smoothing"] == meta["augment"]["smoothing"] == recipe.SMALL_SMOOTHING
     assert rec["ema_decay"] == recipe.SMALL_EMA_DECAY and rec["kept"] in ("EMA", "raw weights")

@@ -18,7 +18,7 @@ from ..precision import PRECISIONS
 from ..resnet import REGISTRY, list_archs
 from . import finetune
 from .augment import Augment
-from .recipe import SMALL_EMA_DECAY, SMALL_SET, SMALL_SMOOTHING, SMALL_STEPS
+from .recipe import BATCH, SMALL_EMA_DECAY, SMALL_EPOCH_STEPS, SMALL_SET, SMALL_SMOOTHING, SMALL_STEPS
 
 DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05, "adam": 0.0}
 DEFAULT_BACKBONE_LR_SCALE = 0.1  # fine-tuning: the pretrained part moves 10x slower than the new head
@@ -41,7 +41,7 @@ class TrainConfig:
     n_train: int = 20_000
     n_val: int = 2_000
     n_test: int = 2_000
-    batch_size: int = 128
+    batch_size: int | None = None  # None: 128, or on a small folder as `recipe.batch_size` chooses
     lr: float = 0.1
     opt: str = "sgd"
     sched: str = "onecycle"
@@ -103,8 +103,8 @@ class TrainConfig:
             raise ValueError("epochs, steps, patience, n_val, n_test and keep must each be at least 1")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"--ema-decay must lie in [0, 1) (0: no average of the weights), not {self.ema_decay}")
-        if self.data == "shapes" and self.n_train < self.batch_size:
-            raise ValueError(f"n_train ({self.n_train}) must be at least one batch ({self.batch_size})")
+        if self.data == "shapes" and self.n_train < (self.batch_size or BATCH):
+            raise ValueError(f"n_train ({self.n_train}) must be at least one batch ({self.batch_size or BATCH})")
         if self.pretrained is None and (self.freeze is not None or self.backbone_lr_scale is not None):
             raise ValueError("--freeze and --backbone-lr-scale are for fine-tuning: add --pretrained TAG|FILE")
         if self.freeze is not None and self.freeze not in finetune.arch_parts(self.arch):
@@ -200,14 +200,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"passes over the training set; wins over --steps (default: from the step budget {small}, "
                         "else 15)")
     p.add_argument("--steps", type=positive_int, default=d.steps,
-                   help=f"a step budget: epochs = ceil(steps / steps an epoch) (default: {SMALL_STEPS} {small}, "
-                        "else none)")
+                   help=f"a step budget: epochs = ceil(steps / steps an epoch) (default: {SMALL_STEPS} x "
+                        f"{BATCH} / batch {small}, else none)")
     p.add_argument("--n-train", type=positive_int, default=d.n_train)
     p.add_argument("--n-val", type=positive_int, default=d.n_val)
     p.add_argument("--n-test", type=positive_int, default=d.n_test, help="held-out images for the reported accuracy")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
                    help="images per optimizer step in all: under torchrun the GLOBAL batch, split evenly over the "
-                        "processes (B/N each), so --lr and the schedule mean the same on any number of GPUs")
+                        f"processes (B/N each), so --lr and the schedule mean the same on any number of GPUs (default "
+                        f"{BATCH}; {small}: halved down to 32 until an epoch has {SMALL_EPOCH_STEPS} steps)")
     p.add_argument("--sync-bn", action="store_true",
                    help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), "
                         "not each process's B/N share")

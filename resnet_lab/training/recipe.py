@@ -7,9 +7,12 @@ steps, weight decay off BatchNorm and biases (`train.make_optimizer`, always), l
 the weights. On a small folder (under `SMALL_SET` training images: the user's own images, the case where an
 epoch count means little) they are the default:
 
-- `--steps`: a step budget, `SMALL_STEPS` by default; the epochs are ceil(steps / steps per epoch). A set of 1,000
-  images at batch 128 has 8 steps an epoch: the 15 epochs that suit CIFAR would be 120 updates. An explicit
-  `--epochs` wins over any budget.
+- `--batch-size`: the largest of 128, 64 and 32 that gives an epoch at least `SMALL_EPOCH_STEPS` steps. At batch
+  128 a set of 1,131 images has 8 steps an epoch, each averaging 11 % of the set (CIFAR's: 0.3 %, 350 steps an
+  epoch); halving it doubles the updates per epoch, and 32 is the floor under which BatchNorm's statistics suffer.
+- `--steps`: a step budget, `SMALL_STEPS` at batch 128 and scaled by 128 / batch (the same images seen: 1,600 at
+  batch 64); the epochs are ceil(steps / steps per epoch). A set of 1,000 images at batch 128 has 8 steps an epoch:
+  the 15 epochs that suit CIFAR would be 120 updates. An explicit `--epochs` wins over any budget.
 - `--patience`: off under a step budget (the one-cycle schedule anneals to its end; the best epoch is still kept),
   else `PATIENCE` epochs.
 - `--smoothing`: `SMALL_SMOOTHING`.
@@ -34,7 +37,10 @@ if TYPE_CHECKING:
     from .config import TrainConfig
 
 SMALL_SET = 10_000  # training images below which a folder gets the small-data recipe
-SMALL_STEPS = 800  # a small folder's default step budget (README, "Small folders"; ~100 epochs of 1,000 images)
+BATCH = 128  # a step's batch where --batch-size is not given (He et al.'s CIFAR recipe); a small folder's largest
+SMALL_EPOCH_STEPS = 16  # a small folder's batch is halved until an epoch has at least this many steps...
+SMALL_BATCH_MIN = 32  # ...but not below 32: BatchNorm's batch statistics grow noisy under ~32 images (Wu & He 2018)
+SMALL_STEPS = 800  # a small folder's default step budget at batch 128 (README, "Small folders"), scaled by 128 / batch
 SMALL_SMOOTHING = 0.1  # timm's and torchvision's label smoothing
 SMALL_EMA_DECAY = 0.99  # per step: averages over ~100 steps, an eighth of the default budget
 EPOCHS = 15  # Shapes, CIFAR and large folders
@@ -53,6 +59,7 @@ class Recipe:
     small: bool
     why: dict[str, str]
     calibrate: bool = False  # fit a temperature on the validation split once training ends (`calibration`)
+    batch_size: int = BATCH  # a step's global batch
 
     @property
     def total_steps(self) -> int:
@@ -66,6 +73,7 @@ class Recipe:
         return {
             "small_set": self.small,
             "small_set_below": SMALL_SET,
+            "batch_size": self.batch_size,
             "epochs": self.epochs,
             "steps_per_epoch": self.steps_per_epoch,
             "total_steps": self.total_steps,
@@ -78,18 +86,38 @@ class Recipe:
         }
 
 
+def is_small(config: TrainConfig, n_train: int) -> bool:
+    """Whether `config`'s data, with `n_train` training images, gets the small-folder recipe."""
+    return config.data.startswith("folder:") and n_train < SMALL_SET
+
+
+def batch_size(config: TrainConfig, n_train: int) -> int:
+    """A step's global batch: `--batch-size` as given; on a small folder the largest of 128, 64 and 32 that gives
+    an epoch at least `SMALL_EPOCH_STEPS` steps (1,131 images: 64, 17 steps); else 128."""
+    if config.batch_size is not None:
+        return config.batch_size
+    batch = BATCH
+    while is_small(config, n_train) and batch > SMALL_BATCH_MIN and n_train // batch < SMALL_EPOCH_STEPS:
+        batch //= 2
+    return batch
+
+
 def resolve(config: TrainConfig, n_train: int, steps_per_epoch: int) -> Recipe:
     """The recipe of `config` for a training set of `n_train` images in `steps_per_epoch` steps an epoch."""
-    small = config.data.startswith("folder:") and n_train < SMALL_SET
+    small = is_small(config, n_train)
     kind = f"a folder of {n_train} training images (< {SMALL_SET})" if small else "the default"
-    why: dict[str, str] = {}
-    steps = config.steps if config.steps is not None else SMALL_STEPS if small else None
+    batch = batch_size(config, n_train)
+    why = {"batch_size": "--batch-size" if config.batch_size is not None else
+           f"{kind}: the largest of {BATCH}, {BATCH // 2}, {SMALL_BATCH_MIN} giving >= {SMALL_EPOCH_STEPS} steps an "
+           "epoch" if small else kind}
+    steps = config.steps if config.steps is not None else SMALL_STEPS * BATCH // batch if small else None
     if config.epochs is not None:
         epochs, why["epochs"] = config.epochs, "--epochs"
     elif steps is not None:
         epochs = max(1, math.ceil(steps / steps_per_epoch))
         why["epochs"] = f"ceil(steps {steps} / {steps_per_epoch} steps an epoch): " + (
-            "--steps" if config.steps is not None else f"the step budget of {kind}"
+            "--steps" if config.steps is not None else
+            f"the step budget of {kind}: {SMALL_STEPS} at batch {BATCH}, x {BATCH}/{batch} (the same images seen)"
         )
     else:
         epochs, why["epochs"] = EPOCHS, kind
@@ -106,4 +134,4 @@ def resolve(config: TrainConfig, n_train: int, steps_per_epoch: int) -> Recipe:
     calibrate = config.calibrate == "on" or (config.calibrate == "auto" and small)
     why["calibrate"] = f"--calibrate {config.calibrate}" + (f": {kind}" if config.calibrate == "auto" else "")
     return Recipe(epochs, steps_per_epoch, patience, replace(config.augment, smoothing=smoothing), ema, small, why,
-                  calibrate)
+                  calibrate, batch)
