@@ -13,7 +13,8 @@ by every method.
   `python -m resnet_lab train --arch resnet20 --data folder:TRAIN --size 32 --seed S` with the default recipe
   (the only other option is the set's `hflip`: 0 for digits, which a mirror changes, as the README says for
   digits and text) and `python -m resnet_lab evaluate` on the test part, written the same way. Seconds: the
-  whole train command, start-up included.
+  whole train command, start-up included. The CSV also keeps the recipe's resolved batch, steps, kept weights and
+  epoch, and the fitted temperature (`--calibrate`, on by default for a small folder).
 
 ECE is `metrics.EvaluationResult`'s (15 equal bins), for every method. The sets are those this machine can reach
 without the network: scikit-learn's 8x8 handwritten digits (1,797 scans) ship inside its wheel. Its other image sets
@@ -169,8 +170,10 @@ def ours(s: SmallSet, tr: np.ndarray, te: np.ndarray, seed: int, tmp: Path, extr
             "--workers", "0", "--out", str(tmp / f"seed{seed}" / "eval"))
     summary = json.loads((tmp / f"seed{seed}" / "eval" / "summary.json").read_text())
     meta = json.loads(out.with_suffix(".json").read_text())
+    rec = meta["recipe"]
     return {"method": "ResNet-20, default recipe", "acc": summary["top1"], "ece": summary["ece"], "seconds": seconds,
-            "steps": meta["recipe"]["total_steps"], "kept": meta["recipe"]["kept"]}
+            "batch": rec["batch_size"], "steps": rec["total_steps"], "kept": rec["kept"], "epoch": meta["best_epoch"],
+            "temperature": (rec.get("temperature") or {}).get("temperature")}
 
 
 def run(sets: list[str], seeds: list[int], extra: list[str], limit: int | None = None,
@@ -226,9 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--csv", type=Path, default=None, help="also write every row (set, seed, method) here")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of each set (a quick check)")
     p.add_argument("--train-args", default="", help="extra `train` options, e.g. '--steps 20' (the default: none)")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="write the folders and runs here and keep them (default: a temporary folder)")
     a = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    rows = run(a.sets, a.seeds, a.train_args.split(), a.limit)
+    rows = run(a.sets, a.seeds, a.train_args.split(), a.limit, tmp=a.keep)
     print(table(rows))
     if a.csv:
         print(f"wrote {write_csv(rows, a.csv)}")

@@ -44,7 +44,8 @@ def test_one_tiny_run_fills_the_table_and_the_csv(tmp_path):
                        "ResNet-20, default recipe"]
     for r in rows:
         assert 0.0 <= r["acc"] <= 1.0 and 0.0 <= r["ece"] <= 1.0 and r["seconds"] > 0 and r["n_test"] == 36
-    assert rows[-1]["steps"] >= 1 and rows[-1]["kept"] in ("EMA", "raw weights")
+    assert rows[-1]["steps"] >= 1 and rows[-1]["kept"] in ("EMA", "raw weights") and rows[-1]["batch"] == 32
+    assert 0.1 <= rows[-1]["temperature"] <= 10  # the small folder's default: a temperature fitted on its val split
     text = B.table(rows)
     assert text.count("\n") == 1 + len(methods) and "| digits | ResNet-20, default recipe | 1 |" in text
     with open(B.write_csv(rows, tmp_path / "rows.csv")) as f:

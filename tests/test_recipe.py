@@ -34,11 +34,24 @@ def test_weight_decay_is_on_conv_and_linear_weights_only():
 FOLDER = "folder:somewhere"
 
 
+@pytest.mark.parametrize("n, batch", [(200, 32), (1_131, 64), (2_047, 64), (2_048, 128), (9_999, 128)])
+def test_a_small_folder_halves_its_batch_until_an_epoch_has_enough_steps(n, batch):
+    config = TrainConfig(data=FOLDER)
+    assert recipe.batch_size(config, n) == batch  # the largest of 128, 64, 32 giving >= 16 steps an epoch
+    assert n // batch >= recipe.SMALL_EPOCH_STEPS or batch == recipe.SMALL_BATCH_MIN
+    r = recipe.resolve(config, n, max(1, n // batch))
+    assert r.batch_size == batch and r.record()["batch_size"] == batch and "steps an epoch" in r.why["batch_size"]
+    assert r.total_steps * batch >= recipe.SMALL_STEPS * recipe.BATCH  # the same images seen at any batch
+    assert recipe.batch_size(TrainConfig(data=FOLDER, batch_size=100), n) == 100  # as given
+    assert recipe.batch_size(TrainConfig(data=FOLDER), recipe.SMALL_SET) == recipe.BATCH
+    assert recipe.batch_size(TrainConfig(data="cifar10"), n) == recipe.BATCH
+
+
 def test_a_small_folder_trains_for_a_step_budget_and_explicit_epochs_win():
-    r = recipe.resolve(TrainConfig(data=FOLDER), n_train=1_000, steps_per_epoch=7)
+    r = recipe.resolve(TrainConfig(data=FOLDER, batch_size=128), n_train=1_000, steps_per_epoch=7)
     assert r.small and r.epochs == math.ceil(recipe.SMALL_STEPS / 7) and r.total_steps >= recipe.SMALL_STEPS
     assert r.patience is None and not r.stops_early(10**6)  # the schedule runs to its end
-    assert r.augment.smoothing == recipe.SMALL_SMOOTHING and r.ema_decay == recipe.SMALL_EMA_DECAY
+    assert r.augment.smoothing == recipe.SMALL_SMOOTHING and r.ema_decay == recipe.SMALL_EMA_DECAY and r.calibrate
     assert recipe.resolve(TrainConfig(data=FOLDER, steps=100), 1_000, 7).epochs == 15  # ceil(100 / 7)
     given = recipe.resolve(TrainConfig.from_options(data=FOLDER, epochs=3, steps=100, smoothing=0.0, ema_decay=0.0),
                            1_000, 7)
@@ -50,10 +63,13 @@ def test_a_small_folder_trains_for_a_step_budget_and_explicit_epochs_win():
 def test_other_data_keep_the_epoch_recipe(data, n):
     r = recipe.resolve(TrainConfig(data=data), n_train=n, steps_per_epoch=100)
     assert not r.small and (r.epochs, r.patience, r.augment.smoothing, r.ema_decay) == (15, 5, 0.0, 0.0)
+    assert r.batch_size == recipe.BATCH == 128
+    assert not r.calibrate and recipe.resolve(TrainConfig(data=data, calibrate="on"), n, 100).calibrate
 
 
 def test_bad_recipe_values_are_refused():
-    for bad in (dict(steps=0), dict(epochs=0), dict(ema_decay=1.0), dict(ema_decay=-0.1), dict(patience=0)):
+    for bad in (dict(steps=0), dict(epochs=0), dict(ema_decay=1.0), dict(ema_decay=-0.1), dict(patience=0),
+                dict(calibrate="yes")):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
 
@@ -85,9 +101,10 @@ def test_help_names_each_choice():
     p = argparse.ArgumentParser()
     add_arguments(p)
     text = p.format_help()
-    for option in ("--steps", "--epochs", "--patience", "--smoothing", "--ema-decay"):
+    for option in ("--steps", "--epochs", "--patience", "--smoothing", "--ema-decay", "--calibrate"):
         assert option in text
     assert f"{recipe.SMALL_STEPS}" in text and f"{recipe.SMALL_EMA_DECAY}" in text
+    assert f"{recipe.SMALL_EPOCH_STEPS} steps" in text
 
 
 def test_a_small_folder_run_records_its_recipe(tmp_path):
@@ -109,6 +126,7 @@ def test_a_small_folder_run_records_its_recipe(tmp_path):
     rec = meta["recipe"]
     spe = rec["steps_per_epoch"]  # 22 training images at batch 8
     assert spe == 2 and rec["epochs"] == meta["epochs_run"] == math.ceil(7 / spe) and rec["total_steps"] == 8
+    assert rec["batch_size"] == meta["global_batch"] == 8 and rec["why"]["batch_size"] == "--batch-size"
     assert rec["small_set"] and rec["patience"] is None and rec["why"]["epochs"].endswith("--steps")
     assert rec["smoothing"] == meta["augment"]["smoothing"] == recipe.SMALL_SMOOTHING
     assert rec["ema_decay"] == recipe.SMALL_EMA_DECAY and rec["kept"] in ("EMA", "raw weights")
@@ -117,6 +135,42 @@ def test_a_small_folder_run_records_its_recipe(tmp_path):
     assert meta["val_acc"] == pytest.approx(max(best["val_acc"], best["val_acc_ema"]))
     assert (rec["kept"] == "EMA") == (best["ema_kept"] == 1.0)
     assert meta["config"]["steps"] == 7 and meta["config"]["ema_decay"] is None  # as typed, beside the resolved
+    t = rec["temperature"]  # fitted on the validation split and folded into the saved head
+    assert rec["calibrate"] and 0.1 <= t["temperature"] <= 10 and t["val_nll_after"] <= t["val_nll_before"]
+    assert t["val_images"] == 2 and rec["why"]["calibrate"].startswith("--calibrate auto: a folder of 22")
+
+
+def test_temperature_scaling_fits_the_validation_nll_and_keeps_every_prediction():
+    from resnet_lab.runtime.scoring import chunks
+
+    from resnet_lab.training import calibration
+
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 3)  # the head `calibration.fold` divides, as in our ResNets
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    model = Net()
+    x = torch.randn(300, 6)
+    with torch.no_grad():
+        logits = model(x)
+    t_true = 2.5  # labels drawn from softmax(logits / 2.5): the net is overconfident by exactly that temperature
+    y = torch.multinomial(torch.softmax(logits / t_true, 1), 1, generator=torch.Generator().manual_seed(1))[:, 0]
+    fit = calibration.calibrate(model, chunks(x, y, 64))
+    assert abs(math.log(fit.temperature / t_true)) < 0.25 and fit.nll_after < fit.nll_before and fit.images == 300
+    assert not fit.at_bound
+    with torch.no_grad():
+        after = model(x)
+    torch.testing.assert_close(after, logits / fit.temperature, rtol=1e-5, atol=1e-6)
+    assert torch.equal(after.argmax(1), logits.argmax(1))
+    # a split the net gets entirely right pulls T down to its bound, and the record says so
+    right = calibration.fit_temperature(model, chunks(x, after.argmax(1), 64))
+    assert right.temperature == pytest.approx(0.1) and right.record()["at_bound"]
 
 
 def test_a_resumed_run_continues_the_weights_ema(tmp_path):

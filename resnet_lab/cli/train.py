@@ -19,6 +19,7 @@ from ..training import resume
 from ..training.config import DEFAULTS, TrainConfig
 from ..training.config import add_arguments as add_arguments  # the `train` command's options, declared with the run's
 from ..training.precision_probe import resolve_precision
+from ..training.recipe import BATCH
 from ..training.train import train
 
 
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = TrainConfig.from_options({k: v for k, v in vars(args).items() if k in DEFAULTS})
         resolve_precision(config.precision, resolve_device(config.device))
-        per_rank_batch(config.batch_size, Dist(world_size=env_world_size()))
+        per_rank_batch(config.batch_size or BATCH, Dist(world_size=env_world_size()))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -22,11 +22,12 @@ from ..runtime.precision import PRECISIONS
 from ..settings import group, option
 from . import finetune
 from .augment import Augment
-from .recipe import SMALL_EMA_DECAY, SMALL_FOLDER, SMALL_STEPS
+from .recipe import BATCH, SMALL_EMA_DECAY, SMALL_EPOCH_STEPS, SMALL_FOLDER, SMALL_STEPS
 
 DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05, "adam": 0.0}
 DEFAULT_BACKBONE_LR_SCALE = 0.1  # fine-tuning: the pretrained part moves 10x slower than the new head
 SCHEDULES = ("cosine", "onecycle")
+CALIBRATE = ("auto", "on", "off")  # --calibrate: temperature scaling (auto: a small folder)
 FOLDER_CACHE = ("auto", "on", "off")
 # what --freeze accepts on some net, shallow to deep (each net's own: `finetune.arch_parts`)
 FREEZE_PARTS = tuple(dict.fromkeys(part for arch in list_archs() for part in finetune.arch_parts(arch)))
@@ -68,13 +69,15 @@ class TrainConfig:
     epochs: int | None = option(None, f"passes over the training set; wins over --steps (default: from the step "
                                       f"budget {SMALL_FOLDER}, else 15)", type=positive_int)
     steps: int | None = option(None, f"a step budget: epochs = ceil(steps / steps an epoch) (default: {SMALL_STEPS} "
-                                     f"{SMALL_FOLDER}, else none)", type=positive_int)
+                                     f"x {BATCH} / batch {SMALL_FOLDER}, else none)", type=positive_int)
     n_train: int = option(20_000, type=positive_int)
     n_val: int = option(2_000, type=positive_int)
     n_test: int = option(2_000, "held-out images for the reported accuracy", type=positive_int)
-    batch_size: int = option(128, "images per optimizer step in all: under torchrun the GLOBAL batch, split evenly "
-                                  "over the processes (B/N each), so --lr and the schedule mean the same on any "
-                                  "number of GPUs", type=positive_int)
+    batch_size: int | None = option(
+        None, "images per optimizer step in all: under torchrun the GLOBAL batch, split evenly over the processes "
+              "(B/N each), so --lr and the schedule mean the same on any number of GPUs (default "
+              f"{BATCH}; {SMALL_FOLDER}: halved down to 32 until an epoch has {SMALL_EPOCH_STEPS} steps)",
+        type=positive_int)
     sync_bn: bool = option(False, "under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm), not "
                                   "each process's B/N share")
     lr: float = option(0.1, "peak learning rate", type=number(0, lo_open=True))
@@ -100,6 +103,10 @@ class TrainConfig:
     ema_decay: float | None = option(
         None, "an EMA of the weights, updated every step, validated each epoch beside the raw weights: the better is "
               f"kept (0: none; default {SMALL_EMA_DECAY} {SMALL_FOLDER}, else 0)", type=number(0, 1, hi_open=True))
+    calibrate: str = option(
+        "auto", "temperature scaling: one T fitted on the validation split's NLL and folded into the head, so "
+                f"probabilities are calibrated and no prediction changes (auto: on {SMALL_FOLDER[3:]}, else off)",
+        choices=CALIBRATE, may_differ="applied to the kept weights after the last epoch")
     folder_cache: str = option("auto", "folders: decode every image once and train from memory on the device, as "
                                        "CIFAR (auto: images of 64 px or less with no image-only augmentation, when "
                                        "they fit a quarter of the free memory); off: stream through the DataLoader",
@@ -135,8 +142,8 @@ class TrainConfig:
             raise ValueError("epochs, steps, patience, n_val, n_test and keep must each be at least 1")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"--ema-decay must lie in [0, 1) (0: no average of the weights), not {self.ema_decay}")
-        if self.data == "shapes" and self.n_train < self.batch_size:
-            raise ValueError(f"n_train ({self.n_train}) must be at least one batch ({self.batch_size})")
+        if self.data == "shapes" and self.n_train < (self.batch_size or BATCH):
+            raise ValueError(f"n_train ({self.n_train}) must be at least one batch ({self.batch_size or BATCH})")
         if self.pretrained is None and (self.freeze is not None or self.backbone_lr_scale is not None):
             raise ValueError("--freeze and --backbone-lr-scale are for fine-tuning: add --pretrained TAG|FILE")
         if self.freeze is not None and self.freeze not in finetune.arch_parts(self.arch):
@@ -147,6 +154,8 @@ class TrainConfig:
         if self.folder_cache not in FOLDER_CACHE:
             raise ValueError(f"--folder-cache takes {', '.join(FOLDER_CACHE[:-1])} or {FOLDER_CACHE[-1]}, not "
                              f"{self.folder_cache!r}")
+        if self.calibrate not in CALIBRATE:
+            raise ValueError(f"--calibrate takes auto, on or off, not {self.calibrate!r}")
         image_only = self.augment.image_options()
         if image_only and self.folder_cache == "on":
             raise ValueError(f"{' and '.join(image_only)} act on decoded images, which --folder-cache on does not "

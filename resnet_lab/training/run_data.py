@@ -27,6 +27,7 @@ from ..runtime import resources
 from ..runtime.distributed import Dist, gather_objects
 from ..runtime.memory import FOLDER_CACHE_SHARE, available_memory, refusal
 from ..runtime.scoring import EVAL_BATCH
+from . import recipe as recipes
 from .augment import SMALL_SIDE, pad_for, train_transform
 from .config import TrainConfig
 
@@ -83,8 +84,8 @@ def check_sizes(where: str, n_train: int, n_val: int, config: TrainConfig) -> No
         raise DatasetError(f"{where}: the validation set is empty (no readable image in val/, or --val-fraction "
                            f"{config.val_fraction} leaves none): add images to val/ or raise --val-fraction; without "
                            "it no epoch can be judged and no weights kept")
-    if n_train < config.batch_size:
-        raise DatasetError(f"{where}: {n_train} training image(s), fewer than one batch of {config.batch_size}: "
+    if n_train < (batch := recipes.batch_size(config, n_train)):
+        raise DatasetError(f"{where}: {n_train} training image(s), fewer than one batch of {batch}: "
                            f"lower --batch-size to {max(1, n_train)} or less, or add images")
 
 
@@ -106,7 +107,7 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
     """The run's batches from `config.data`; `pretrained_cfg` gives mean/std and input size (CIFAR, folders);
     under torchrun each split is this rank's share (see `loaders`)."""
     t0 = time.perf_counter()
-    bs, d = config.batch_size, dist
+    bs, d = recipes.batch_size(config, config.n_train), dist  # a folder's: once its training images are counted
     if config.data == "shapes":
         size = config.image_size
         _check_shapes_memory(config)
@@ -148,6 +149,7 @@ def make_data(config: TrainConfig, pretrained_cfg: dict[str, Any], device: torch
         split = image_folder(path, config.val_fraction, config.seed, train_transform(pretrained_cfg, config.augment),
                              eval_transform(pretrained_cfg), side)
     check_sizes(str(split.root), len(split.train), len(split.val), config)
+    bs = recipes.batch_size(config, len(split.train))
     test_set, test_skipped = None, []
     if (split.root / "test").is_dir():
         with _quiet_unless(dist.is_main):

@@ -16,6 +16,7 @@ from ..data.shapes import shapes_data_config
 from ..runtime.distributed import Dist
 from ..runtime.precision import dtype_name
 from . import finetune
+from .calibration import TemperatureFit
 from .config import TrainConfig
 from .recipe import Recipe
 from .resume import RunState
@@ -25,7 +26,7 @@ from .run_data import RunData, with_decode_skips
 def checkpoint_meta(config: TrainConfig, data: RunData, model: nn.Module, size: int, plan: Recipe, run: RunState,
                     *, test_acc: float, train_time: float, dist: Dist, dtype: torch.dtype | None,
                     precision_record: dict[str, Any], command: str | None, start: finetune.Pretrained | None,
-                    frozen: list[Any]) -> dict[str, Any]:
+                    frozen: list[Any], temperature: TemperatureFit | None = None) -> dict[str, Any]:
     """The JSON beside the run's weights; `run` holds its history and best epoch, `plan` its resolved recipe."""
     shapes = config.data == "shapes"
     history, best_epoch = run.history, run.best_epoch
@@ -40,11 +41,12 @@ def checkpoint_meta(config: TrainConfig, data: RunData, model: nn.Module, size: 
                                        else "folder in memory" if data.record.get("in_memory") else "folder"),
         "val_acc": run.best_acc, "test_acc": test_acc, "test_acc_is_val": data.test is None,
         "best_epoch": best_epoch, "epochs_run": len(history),
-        "recipe": {**plan.record(), "kept": "EMA" if history[best_epoch - 1].get("ema_kept") else "raw weights"},
+        "recipe": {**plan.record(), "kept": "EMA" if history[best_epoch - 1].get("ema_kept") else "raw weights",
+                   "temperature": temperature.record() if temperature else None},
         "train_time_s": round(train_time, 1),
         "epoch_time_s": round(sum(h["time_s"] for h in history) / len(history), 1),
-        "device": str(dist.device), "world_size": dist.world_size, "global_batch": config.batch_size,
-        "per_rank_batch": config.batch_size // dist.world_size,
+        "device": str(dist.device), "world_size": dist.world_size, "global_batch": plan.batch_size,
+        "per_rank_batch": plan.batch_size // dist.world_size,
         "precision": dtype_name(dtype), "precision_choice": precision_record,
         "num_threads": torch.get_num_threads(), "torch_version": torch.__version__,
         "command": command or config.cli(), "command_full": config.cli(), "config": config.options(),

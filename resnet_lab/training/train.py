@@ -42,7 +42,7 @@ from ..runtime.distributed import (
 )
 from ..runtime.precision import DTYPES, dtype_name
 from ..runtime.scoring import score
-from . import augment, finetune, resume
+from . import augment, calibration, finetune, resume
 from . import recipe as recipes
 from .config import TrainConfig
 from .ema import WeightsEma
@@ -96,12 +96,12 @@ def initial_model(config: TrainConfig) -> nn.Module:
 
 
 def _precision(config: TrainConfig, model: nn.Module, size: int, dtype: torch.dtype | None, channels_last: bool,
-               dist: Dist, log: Callable[[str], None]) -> tuple[torch.dtype | None, dict[str, Any]]:
+               dist: Dist, log: Callable[[str], None], batch: int) -> tuple[torch.dtype | None, dict[str, Any]]:
     """`--precision auto` on CUDA times fp32 against the GPU's half dtype on this model and keeps the faster (a
     ResNet-20 at 32 px trains faster in fp32/TF32, a ResNet-50 at 224 px in bf16); every rank takes rank 0's choice."""
     if config.precision != "auto" or dist.device.type != "cuda":
         return dtype, {"policy": config.precision, "choice": dtype_name(dtype), "measured": False}
-    dtype, record = choose_train_precision(model, (3, size, size), per_rank_batch(config.batch_size, dist),
+    dtype, record = choose_train_precision(model, (3, size, size), per_rank_batch(batch, dist),
                                            dist.device, log=log, channels_last=channels_last)
     choice = gather_objects(record["choice"], dist)[0]
     return DTYPES[choice], {**record, "choice": choice}
@@ -271,18 +271,18 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
             f"(up to {config.freeze or 'nothing'}), backbone lr x{config.lr_scale:g}")
     channels_last = shapes or config.channels_last
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    n_train = sum(data.record.get("counts", {}).get("train", {}).values()) or config.n_train
+    plan = recipes.resolve(config, n_train, len(data.train))  # epochs, patience, smoothing, EMA: as given or chosen
     if saved is not None and saved.get("precision"):  # the precision the run chose, not a new probe's choice
         precision_record = saved["precision"]
         dtype = DTYPES[precision_record["choice"]]
     else:
-        dtype, precision_record = _precision(config, model, size, dtype, channels_last, dist, log)
+        dtype, precision_record = _precision(config, model, size, dtype, channels_last, dist, log, plan.batch_size)
     trained = wrap(model, dist, config.sync_bn)  # DDP under torchrun, else the model itself
     forward = _Forward(maybe_compile(trained, config.compile, log), trained, log)
     # evaluation runs on the bare model: ranks' shares may differ in batch count, and DDP's forward would sync
     evaluate = forward if trained is model else _Forward(maybe_compile(model, config.compile, log), model, log)
     opt = make_optimizer(model, config)
-    n_train = sum(data.record.get("counts", {}).get("train", {}).values()) or config.n_train
-    plan = recipes.resolve(config, n_train, len(data.train))  # epochs, patience, smoothing, EMA: as given or chosen
     epochs = plan.epochs
     sched = make_scheduler(opt, config, plan.total_steps)
     ema = WeightsEma(model, plan.ema_decay) if plan.ema_decay else None
@@ -343,13 +343,16 @@ def _train(config: TrainConfig, dist: Dist, progress: Progress | None, command: 
     history, best_acc, best_epoch = run.history, run.best_acc, run.best_epoch
     train_time = time.perf_counter() - t_train
     model.load_state_dict(run.best_state)
+    fit = calibration.calibrate(model, data.val, dtype=dtype, dist=dist) if plan.calibrate else None
     test_acc = best_acc  # a folder without test/: the val accuracy, said so in the JSON
     if data.test is not None:
         test_acc = accuracy(model, data.test, forward=evaluate, dtype=dtype, dist=dist)
-    log(f"best val acc {best_acc:.4f} (epoch {best_epoch}), test acc {test_acc:.4f}, {train_time:.0f} s")
+    log(f"best val acc {best_acc:.4f} (epoch {best_epoch}), test acc {test_acc:.4f}, {train_time:.0f} s"
+        + (f", temperature {fit.temperature:.3f}" if fit else ""))
 
     meta = checkpoint_meta(config, data, model, size, plan, run, test_acc=test_acc, train_time=train_time, dist=dist,
-                           dtype=dtype, precision_record=precision_record, command=command, start=start, frozen=frozen)
+                           dtype=dtype, precision_record=precision_record, command=command, start=start, frozen=frozen,
+                           temperature=fit)
     model = unwrap(model).to(memory_format=torch.contiguous_format).eval()  # plain BatchNorm2d again
     path = save_checkpoint(model, config.out, meta) if config.out and dist.is_main else None
     if path:
