@@ -142,7 +142,6 @@ def test_a_small_folder_run_records_its_recipe(tmp_path):
 
 def test_temperature_scaling_fits_the_validation_nll_and_keeps_every_prediction():
     from resnet_lab.runtime.scoring import chunks
-
     from resnet_lab.training import calibration
 
     torch.manual_seed(0)
