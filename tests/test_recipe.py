@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from resnet_lab.cli.train import add_arguments
 from resnet_lab.models.resnet import build
 from resnet_lab.training import recipe
-from resnet_lab.training.config import TrainConfig, add_arguments
+from resnet_lab.training.config import TrainConfig
 from resnet_lab.training.ema import WeightsEma
 from resnet_lab.training.train import make_optimizer, train
 

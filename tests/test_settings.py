@@ -13,10 +13,11 @@ import pytest
 
 from resnet_lab import settings
 from resnet_lab.cli.args import Parser, add_options, int_in
+from resnet_lab.cli.train import add_arguments
 from resnet_lab.settings import option
 from resnet_lab.training import resume
 from resnet_lab.training.augment import Augment
-from resnet_lab.training.config import DEFAULTS, FREEZE_PARTS, TrainConfig, add_arguments
+from resnet_lab.training.config import DEFAULTS, FREEZE_PARTS, TrainConfig
 from resnet_lab.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

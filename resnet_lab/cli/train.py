@@ -17,10 +17,15 @@ from ..runtime.distributed import Dist
 from ..runtime.torchrun import env_rank, env_world_size
 from ..training import resume
 from ..training.config import DEFAULTS, TrainConfig
-from ..training.config import add_arguments as add_arguments  # the `train` command's options, declared with the run's
 from ..training.precision_probe import resolve_precision
 from ..training.recipe import BATCH
 from ..training.train import train
+from .args import add_options
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The `train` command's options: one per declared option of `TrainConfig`, at its default."""
+    add_options(p, TrainConfig)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,6 @@ the trainer. `TrainConfig.cli()` turns a config back into the command that repea
 
 from __future__ import annotations
 
-import argparse
 import math
 import shlex
 from collections.abc import Mapping
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import settings
-from ..cli.args import add_options, int_in, number, positive_int, writable
+from ..cli.args import int_in, number, positive_int, writable
 from ..cli.args import seed as cli_seed
 from ..models.resnet import REGISTRY, list_archs
 from ..runtime.precision import PRECISIONS
@@ -213,8 +212,3 @@ class TrainConfig:
 RESUME_MAY_DIFFER: dict[str, str] = settings.may_differ(TrainConfig)
 RESUME_MUST_MATCH: tuple[str, ...] = settings.must_match(TrainConfig)
 DEFAULTS: dict[str, Any] = settings.defaults(TrainConfig)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The `train` command's options: one per declared option of `TrainConfig`, at its default."""
-    add_options(p, TrainConfig)
