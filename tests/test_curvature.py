@@ -225,7 +225,10 @@ def test_cli_writes_everything_refuses_a_map_of_three_and_re_reads(tmp_path, cap
     assert said in capsys.readouterr().out  # the re-read states the run's numbers as the run did
     runs = json.loads((tmp_path / "again" / "c.json").read_text())["runs"]
     assert [r["sizes"] for r in runs] == [[4, 8]] and "--sets 2" in runs[0]["command"]  # the source run, recorded
-    assert main(["curvature", "--from-csv", f"{tmp_path / 'c'},{tmp_path / 'again' / 'c'}", "--quiet"]) == 0
+    assert main(["curvature", "--from-csv", f"{tmp_path / 'c'},{tmp_path / 'again' / 'c'}", "--quiet"]) == 2
+    assert "the same image set read twice" in capsys.readouterr().err  # a set counted twice would fake agreement
+    raw.assign(images=raw.images.str.replace("set", "set1")).to_csv(tmp_path / "more.csv", index=False)  # sets 10, 11
+    assert main(["curvature", "--from-csv", f"{tmp_path / 'c'},{tmp_path / 'more'}", "--quiet"]) == 0
     assert "resnet20" in capsys.readouterr().out  # several stems are concatenated
     assert main(["curvature", "--models", "resnet20", "--sizes", "64,1"]) == 2  # a size of one image: refused
     assert "comma-separated integers >= 2" in capsys.readouterr().err

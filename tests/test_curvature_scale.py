@@ -134,3 +134,31 @@ def test_a_map_is_read_only_at_an_n_where_the_ratio_has_settled():
     text = K.describe_curvature(spec, big)
     assert "larger for resnet20 on this plane" in text and "no verdict" in text and "**resnet20's basin" not in text
     assert not math.isnan(K.describe.map_table(big).ratio_w0.iloc[0])
+
+
+def test_from_csv_refuses_typos_empty_broken_and_repeated_files_in_one_line(tmp_path, capsys):
+    from resnet_lab.__main__ import main
+
+    spec = spectrum({"resnet20": {64: [20, 21]}, "plain20": {64: [40, 41]}})
+    spec.to_csv(tmp_path / "ok.csv", index=False)
+    spec.head(0).to_csv(tmp_path / "header.csv", index=False)
+    (tmp_path / "empty.csv").write_text("")
+    text = spec.astype({"value": object})
+    text.loc[3, "value"] = "oops"
+    text.to_csv(tmp_path / "text.csv", index=False)
+    nan = spec.copy()
+    nan.loc[2, "value"] = math.nan
+    nan.to_csv(tmp_path / "nan.csv", index=False)
+    for stem, said in (("missing", "no "), ("header", "no rows"), ("empty", "empty.csv is empty"),
+                       ("text", "'oops' on data row 4"), ("nan", "'nan' on data row 3"),
+                       ("ok,ok", "the same image set read twice")):
+        stems = ",".join(str(tmp_path / s) for s in stem.split(","))
+        assert main(["curvature", "--from-csv", stems, "--quiet"]) == 2, stem
+        err = capsys.readouterr().err
+        assert said in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (stem, err)
+    assert main(["curvature", "--from-csv", str(tmp_path / "ok"), "--quiet"]) == 0
+
+
+def test_one_image_set_reads_without_nan():
+    text = K.describe_curvature(spectrum({"resnet20": {4: [20], 8: [21]}}))
+    assert "nan" not in text and "one set, no spread to judge it by" in text

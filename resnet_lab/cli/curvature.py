@@ -148,6 +148,11 @@ def run(args: argparse.Namespace) -> int:
                                 for i in range(3))
         except (OSError, ValueError, pd.errors.ParserError) as e:
             return fail("curvature", f"--from-csv: {e}")
+        twice = spec[spec.duplicated(["model", "n", "images", "quantity", "index"])]
+        if len(twice):  # a stem given twice, or --first-set repeating sets: each set would count twice in the tests
+            r = twice.iloc[0]
+            return fail("curvature", f"--from-csv: {r.model}'s {r.images} at n = {r.n} appears in more than one file "
+                                     "(the same image set read twice)")
         return report(spec, dens, maps, args, from_csv_record(args))
     specs = split_list(args.models)
     try:

@@ -20,6 +20,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -58,13 +59,35 @@ def estimate_cost(archs: Sequence[str], sizes: Sequence[int] = (64, 256, 1024), 
                   + math.ceil(ALLOCATOR_OVERHEAD[kind] * held))
 
 
+def _checked(df: pd.DataFrame, numeric: Sequence[str], path: str, finite: bool) -> pd.DataFrame:
+    """`df` with its `numeric` columns as numbers, refused in one line naming the file, the column and the first
+    bad row when one holds text (a hand-edited or truncated file), or NaN/infinity where `finite`: the reading would
+    otherwise fail with a traceback or print "nan" as if it were a measurement."""
+    for col in numeric:
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values.isna() & df[col].notna() if not finite else ~np.isfinite(values.astype(float))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"{Path(path).name}: column {col!r} holds {str(df[col].iloc[row])!r} on data row "
+                             f"{row + 1}, not a finite number")
+        df[col] = values
+    return df
+
+
 def read_results(stem: str | Path = SHIPPED_STEM) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(spectrum, density, map) saved under `stem`; an absent density or map file reads as an empty frame."""
+    """(spectrum, density, map) saved under `stem`; an absent density or map file reads as an empty frame, a stem
+    with none of the three files (a typo) or no rows is refused, and so are non-numbers in the numeric columns."""
     stem = Path(stem)
-    spec = read_checked_csv(f"{stem}.csv", COLUMNS, "curvature") if Path(f"{stem}.csv").is_file() else \
-        pd.DataFrame(columns=COLUMNS)
-    dens = read_checked_csv(f"{stem}_density.csv", DENSITY_COLUMNS, "curvature density") \
-        if Path(f"{stem}_density.csv").is_file() else pd.DataFrame(columns=DENSITY_COLUMNS)
-    maps = read_checked_csv(f"{stem}_map.csv", MAP_COLUMNS, "curvature map") \
-        if Path(f"{stem}_map.csv").is_file() else pd.DataFrame(columns=MAP_COLUMNS)
+    files = {part: f"{stem}{part}.csv" for part in ("", "_density", "_map")}
+    if not any(Path(f).is_file() for f in files.values()):
+        raise ValueError(f"no {stem}.csv, {stem}_density.csv or {stem}_map.csv")
+    spec = _checked(read_checked_csv(files[""], COLUMNS, "curvature"), ["n", "index", "value"], files[""], True) \
+        if Path(files[""]).is_file() else pd.DataFrame(columns=COLUMNS)
+    dens = _checked(read_checked_csv(files["_density"], DENSITY_COLUMNS, "curvature density"),
+                    ["n", "eigenvalue", "density"], files["_density"], True) \
+        if Path(files["_density"]).is_file() else pd.DataFrame(columns=DENSITY_COLUMNS)
+    maps = _checked(read_checked_csv(files["_map"], MAP_COLUMNS, "curvature map"), MAP_COLUMNS[1:], files["_map"],
+                    False) if Path(files["_map"]).is_file() else pd.DataFrame(columns=MAP_COLUMNS)
+    if not (len(spec) or len(dens) or len(maps)):
+        raise ValueError(f"{stem}'s CSVs hold a header and no rows")
     return spec, dens, maps

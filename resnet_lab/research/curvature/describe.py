@@ -61,8 +61,16 @@ def _moves(spec: pd.DataFrame, model: str, quantity: str) -> str:
     st = scale.settling(spec, quantity, model)
     if not st["from_n"]:
         return "one size measured"
-    said = f"{st['from_value']:.3g} at n = {st['from_n']} → {st['value']:.3g} at {st['n']}, spread {st['spread']:.2g}"
+    said = f"{st['from_value']:.3g} at n = {st['from_n']} → {st['value']:.3g} at {st['n']}"
+    if not math.isfinite(st["spread"]):  # one image set at the largest n: no spread to hold the change against
+        return f"{said}; one set, no spread to judge it by"
+    said += f", spread {st['spread']:.2g}"
     return f"settled ({said})" if st["settled"] else f"still moving ({said})"
+
+
+def _pm(std: float) -> str:
+    """" ± 3.3", or nothing for one image set (its std is NaN)."""
+    return f" ± {std:.2g}" if math.isfinite(std) else ""
 
 
 def _span(v: pd.Series) -> str:
@@ -130,12 +138,12 @@ def describe_curvature(spec: pd.DataFrame, maps: pd.DataFrame | None = None, num
                      "over the sets:")
         for _, r in t[t.n == top].iterrows():
             parts = [f"loss {r.loss:.3g} ({r.accuracy:.1%})",
-                     f"λmax {r.lambda_max_mean:.4g} ± {r.lambda_max_std:.2g} ({_moves(spec, r.model, 'lambda_max')})"]
+                     f"λmax {r.lambda_max_mean:.4g}{_pm(r.lambda_max_std)} ({_moves(spec, r.model, 'lambda_max')})"]
             if math.isfinite(r.trace_mean):
-                parts.append(f"trace {r.trace_mean:.4g} ± {r.trace_std:.2g} (Hutch++; "
+                parts.append(f"trace {r.trace_mean:.4g}{_pm(r.trace_std)} (Hutch++; "
                              f"{_moves(spec, r.model, 'trace')})")
             if math.isfinite(r.ratio_mean):
-                parts.append(f"λmin {r.lambda_min_mean:.3g}; |λmin/λmax| {r.ratio_mean:.3f} ± {r.ratio_std:.2g} "
+                parts.append(f"λmin {r.lambda_min_mean:.3g}; |λmin/λmax| {r.ratio_mean:.3f}{_pm(r.ratio_std)} "
                              f"({_moves(spec, r.model, 'ratio')})")
             else:
                 parts.append(_at_smaller(t, r.model))
