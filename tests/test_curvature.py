@@ -216,10 +216,11 @@ def test_cli_writes_everything_refuses_a_map_of_three_and_re_reads(tmp_path, cap
     assert sorted(raw.n.unique()) == [4, 8] and sorted(raw.images.unique()) == ["set0", "set1"]
     at = lambda q, i=0: raw[(raw.n == 8) & (raw.quantity == q) & (raw["index"] == i)].value  # noqa: E731
     lmax, ratio = at("eigenvalue", 1), at("ratio")
-    said = f"- resnet20: loss {at('loss').mean():.3g} ({at('accuracy').mean():.1%}); λmax {lmax.mean():.4g} ± " \
+    said = f"- resnet20: n = 8: loss {at('loss').mean():.3g} ({at('accuracy').mean():.1%}); λmax " \
+        f"{lmax.mean():.4g} ± " \
         f"{lmax.std(ddof=1):.2g}"
     assert said in out and f"|λmin/λmax| {ratio.mean():.3f} ± {ratio.std(ddof=1):.2g}" in out
-    assert "numbers at n = 8" in out
+    assert "each net's numbers at the largest n it was measured at" in out
     assert main(["curvature", "--from-csv", str(tmp_path / "c"), "--out", str(tmp_path / "again"),
                  "--stem", "c"]) == 0
     assert said in capsys.readouterr().out  # the re-read states the run's numbers as the run did
@@ -232,3 +233,13 @@ def test_cli_writes_everything_refuses_a_map_of_three_and_re_reads(tmp_path, cap
     assert "resnet20" in capsys.readouterr().out  # several stems are concatenated
     assert main(["curvature", "--models", "resnet20", "--sizes", "64,1"]) == 2  # a size of one image: refused
     assert "comma-separated integers >= 2" in capsys.readouterr().err
+
+
+def test_more_images_than_the_net_trained_on_are_refused_before_any_work(capsys):
+    """Shapes renders any number of images: past the 10,000 the twin trained on they would be images it never saw,
+    read as "training images"."""
+    assert main(["curvature", "--models", "resnet20", "--sizes", "4096", "--sets", "3", "--quiet",
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "resnet20 was trained on 10000 images, and these sizes and sets need 12288" in err
+    assert len(err.strip().splitlines()) == 1

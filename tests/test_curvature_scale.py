@@ -85,7 +85,7 @@ def test_leave_one_out_and_the_fit_control_by_hand():
 
 def test_the_reading_follows_the_numbers():
     text = K.describe_curvature(spectrum(FLATTER))
-    assert "numbers at n = 1024" in text and "**plain20's is the larger at both of the largest n**" in text
+    assert "- resnet20: n = 1024: loss" in text and "**plain20's is the larger at both of the largest n**" in text
     assert "resnet20's minimum is the flatter by this measure" in text
     assert "still moving (31.3 at n = 256 → 20.5 at 1024" in text
     assert "moves λmax by 50% at n = 64 (that image carries 50% of the loss) and by 50% at n = 1024" in text
@@ -160,5 +160,5 @@ def test_from_csv_refuses_typos_empty_broken_and_repeated_files_in_one_line(tmp_
 
 
 def test_one_image_set_reads_without_nan():
-    text = K.describe_curvature(spectrum({"resnet20": {4: [20], 8: [21]}}))
+    text = K.describe_curvature(spectrum({"resnet20": {4: [20], 16: [21]}}))
     assert "nan" not in text and "one set, no spread to judge it by" in text

@@ -162,6 +162,11 @@ def compute_curvature(models: Sequence[LoadedWeights], *, sizes: Sequence[int] =
     mine = jobs if dist is None else [jobs[i] for i in shard_indices(len(jobs), dist)]
     spec, dens, maps = [], [], []
     images = max([n * (first_set + sets) for n in sizes] + [density_n or 0] + [map_n if points else 0])
+    for w in models:  # Shapes renders any number of images: past the training set they are images it never saw
+        trained = (w.meta.get("data") or {}).get("n_train")
+        if split == "train" and trained and images > int(trained):
+            raise ValueError(f"{w.meta.get('arch', 'the net')} was trained on {int(trained)} images, and these "
+                             f"sizes and sets need {images} of them: use fewer --sizes or --sets (or --split test)")
     data: dict[int, HeldOut] = {}  # each net's images, made once
     for done, (kind, m, n, k) in enumerate(mine, 1):
         w = models[m]

@@ -60,7 +60,8 @@ def _moves(spec: pd.DataFrame, model: str, quantity: str) -> str:
     """"settled" or "still moving", with the numbers behind it."""
     st = scale.settling(spec, quantity, model)
     if not st["from_n"]:
-        return "one size measured"
+        return ("one size measured" if len(scale.sizes(spec, quantity, (model,))) < 2
+                else "no size two doublings below to judge its change by")
     said = f"{st['from_value']:.3g} at n = {st['from_n']} → {st['value']:.3g} at {st['n']}"
     if not math.isfinite(st["spread"]):  # one image set at the largest n: no spread to hold the change against
         return f"{said}; one set, no spread to judge it by"
@@ -114,8 +115,9 @@ def pair_lines(spec: pd.DataFrame, res: str, plain: str) -> list[str]:
     fit = scale.fit_control(spec, res, plain, q)
     if math.isfinite(fit["matched"]):
         name = "λmax" if q == "lambda_max" else "the trace"
-        lines.append(f"- Control for fit: a line through each net's image sets (log {name} against log training loss; "
-                     f"slope {fit['slope_res']:.2f} for {res}, {fit['slope_plain']:.2f} for {plain}, "
+        lines.append(f"- Control for fit: a plane through each net's image sets (log {name} against log training loss "
+                     f"and log n; loss slope "
+                     f"{fit['slope_res']:.2f} for {res}, {fit['slope_plain']:.2f} for {plain}, "
                      f"{fit['points']} sets each) gives plain/ResNet {fit['matched']:.2f}x at one matched loss "
                      f"({fit['loss']:.2g}), against {fit['measured']:.2f}x measured at the largest n (training loss "
                      f"{fit['loss_res']:.2g} for {res}, {fit['loss_plain']:.2g} for {plain}): "
@@ -132,12 +134,11 @@ def describe_curvature(spec: pd.DataFrame, maps: pd.DataFrame | None = None, num
     lines = []
     if len(spec):
         t = spectrum_table(spec)
-        top = max(scale.sizes(spec))
-        lines.append(f"Full Hessian of the mean cross-entropy at the trained weights (every parameter; BN on its "
-                     f"running statistics), on disjoint sets of n training images; numbers at n = {top}, mean ± std "
-                     "over the sets:")
-        for _, r in t[t.n == top].iterrows():
-            parts = [f"loss {r.loss:.3g} ({r.accuracy:.1%})",
+        lines.append("Full Hessian of the mean cross-entropy at the trained weights (every parameter; BN on its "
+                     "running statistics), on disjoint sets of n images; each net's numbers at the largest n it was "
+                     "measured at, mean ± std over the sets:")
+        for _, r in t[t.n == t.groupby("model").n.transform("max")].iterrows():
+            parts = [f"n = {r.n}: loss {r.loss:.3g} ({r.accuracy:.1%})",
                      f"λmax {r.lambda_max_mean:.4g}{_pm(r.lambda_max_std)} ({_moves(spec, r.model, 'lambda_max')})"]
             if math.isfinite(r.trace_mean):
                 parts.append(f"trace {r.trace_mean:.4g}{_pm(r.trace_std)} (Hutch++; "

@@ -56,7 +56,7 @@ def settling(spec: pd.DataFrame, quantity: str, model: str) -> dict[str, float |
                 "settled": False}
     last = t.iloc[-1]
     earlier = t[t.n <= last.n / SETTLE_FACTOR]
-    prev = earlier.iloc[-1] if len(earlier) else (t.iloc[-2] if len(t) > 1 else None)
+    prev = earlier.iloc[-1] if len(earlier) else None  # no size two doublings below: nothing to judge it by
     if prev is None:
         return {"n": int(last.n), "value": float(last["mean"]), "from_n": 0, "from_value": math.nan,
                 "spread": float(last["std"]), "settled": False}
@@ -111,10 +111,11 @@ def leave_one_out(spec: pd.DataFrame) -> pd.DataFrame:
 
 
 def fit_control(spec: pd.DataFrame, res: str, plain: str, quantity: str = "lambda_max") -> dict[str, float]:
-    """What the difference in fit explains: per net a line log(quantity) = a + b log(loss) through all its (n, set)
-    points; the plain/ResNet ratio of the quantity's means at the largest n as measured (the paired test's), and
-    as the lines predict at one matched loss (the geometric mean of the two nets' losses there). A matched ratio
-    near 1 means the fit explains the difference; near the measured one, it does not."""
+    """What the difference in fit explains: per net a plane log(quantity) = a + b log(loss) + c log(n) through
+    all its (n, set) points (n in it, so the sizes' own fall is not read as fit); the plain/ResNet ratio of the
+    quantity's means at the largest n as measured (the paired test's), and as the planes predict there at one
+    matched loss (the geometric mean of the two nets' losses there). A matched ratio near 1 means the fit
+    explains the difference; near the measured one, it does not."""
     q, loss = per_set(spec, quantity), per_set(spec, "loss")
     both = q.merge(loss, on=["model", "n", "images"], suffixes=("", "_loss"))
     both = both[(both.value > 0) & (both.value_loss > 0)]
@@ -125,12 +126,15 @@ def fit_control(spec: pd.DataFrame, res: str, plain: str, quantity: str = "lambd
         if len(d) < 3 or d.value_loss.nunique() < 2 or d.n.nunique() < 2:
             return {"measured": math.nan, "matched": math.nan, "slope_res": math.nan, "slope_plain": math.nan,
                     "loss": math.nan, "loss_res": math.nan, "loss_plain": math.nan, "points": len(d)}
-        b, a = np.polyfit(np.log(d.value_loss), np.log(d.value), 1)
-        lines[m] = (a, b)
+        # log n in the line too: the sets of every size are pooled, and the quantity falls with n at a given loss
+        design = np.column_stack([np.ones(len(d)), np.log(d.value_loss), np.log(d.n)])
+        a, b, c = np.linalg.lstsq(design, np.log(d.value.to_numpy()), rcond=None)[0]
+        lines[m] = (a, b, c)
         last = d[d.n == top]
         at_top[m] = (float(last.value.mean()), float(np.exp(np.log(last.value_loss).mean())))
     matched_loss = math.sqrt(at_top[res][1] * at_top[plain][1])
-    predict = lambda m: math.exp(lines[m][0] + lines[m][1] * math.log(matched_loss))  # noqa: E731
+    predict = lambda m: math.exp(lines[m][0] + lines[m][1] * math.log(matched_loss)  # noqa: E731
+                                 + lines[m][2] * math.log(top))
     return {"measured": at_top[plain][0] / at_top[res][0], "matched": predict(plain) / predict(res),
             "loss_res": at_top[res][1], "loss_plain": at_top[plain][1],
             "slope_res": float(lines[res][1]), "slope_plain": float(lines[plain][1]), "loss": matched_loss,
