@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ from ..research.curvature import CACHE_SHARE, Solvers, compute_curvature, estima
 from ..research.curvature.compute import COLUMNS
 from ..research.curvature.describe import density_summary, describe_curvature, map_table, spectrum_table
 from ..research.curvature.plot import plot_convergence, plot_density, plot_map
+from ..research.curvature.scale import default_density_n
 from ..research.landscape.directions import MIN_GRID
 from ..research.study import Timer, fail, from_csv_record, load_models, run_record, save, session, split_list
 from ..runtime import cost as C
@@ -100,7 +100,7 @@ def _solvers(args: argparse.Namespace, device: torch.device) -> Solvers:
 
 
 def _density_n(args: argparse.Namespace) -> int:
-    return args.density_n if args.density_n is not None else min(args.sizes, key=lambda n: abs(math.log(n / 256)))
+    return args.density_n if args.density_n is not None else default_density_n(args.sizes)
 
 
 def _memory_refusal(models: Sequence[LoadedWeights], args: argparse.Namespace, device: torch.device) -> str | None:

@@ -216,8 +216,11 @@ def _curvature_pairs(spec: pd.DataFrame) -> list[dict[str, Any]]:
             pair[q] = CS.verdict(spec, res, plain, q)
         held = {pair[q]["holds"] for q in ("lambda_max", "trace")} - {None}
         pair["sharper"] = next(iter(held)) if len(held) == 1 else None
-        pair["q"] = CS.held_quantity(spec, res, plain) if pair["sharper"] else None  # the measure quoted
-        pair["fit"] = CS.fit_control(spec, res, plain, pair["q"] or "lambda_max")
+        pair["q"] = CS.held_quantity(pair) if pair["sharper"] else None  # the measure quoted
+        fit = pair["fit"] = CS.fit_control(spec, res, plain, pair["q"] or "lambda_max")
+        # the fit explains the gap only where the sharper net is also the one that fits less closely
+        pair["fit_explains"] = bool(pair["sharper"] and CS.fit_explains(fit)
+                                    and fit["loss_res" if pair["sharper"] == res else "loss_plain"] > fit["loss"])
         out.append(pair)
     return out
 
@@ -248,8 +251,7 @@ def curvature(spec: pd.DataFrame, resolution: float = 0.02) -> str:
                            f", though {sharper} fits its training images less closely and, matched for training "
                            f"loss, the {'top eigenvalue' if pair['q'] == 'lambda_max' else 'trace'} ratio shrinks "
                            f"from {fit['measured']:.2f}x to {fit['matched']:.2f}x (the control for fit)."
-                           if CS.fit_explains(fit) and fit["loss_res" if sharper == res else "loss_plain"] > fit["loss"]
-                           else "."))
+                           if pair["fit_explains"] else "."))
         else:
             out.append(f"{res} and {plain}: no difference in sharpness that a paired test finds at both n = "
                        f"{' and '.join(map(str, ns))}.")
@@ -278,8 +280,7 @@ def curvature_plain(spec: pd.DataFrame, resolution: float = 0.02) -> str:
                    f"direction, it is {steep / gentle:.1f} times gentler than {sharper}'s")
             out.append(f"{depth}, measured on {n} training images, {flatter}'s minimum is the flatter bowl: {how} "
                        f"({gentle:.0f} against {steep:.0f}), and the same holds on {first['n']} images")
-            fit = pair["fit"]
-            if CS.fit_explains(fit) and fit["loss_res" if sharper == res else "loss_plain"] > fit["loss"]:
+            if pair["fit_explains"]:
                 out[-1] += (f", but {sharper} also fits its training images less closely, and that explains most "
                             "of the gap")
         else:

@@ -49,7 +49,7 @@ def estimate_cost(archs: Sequence[str], sizes: Sequence[int] = (64, 256, 1024), 
     (kept gradient graphs come out of what is left, `CACHE_SHARE`, so they are not added)."""
     per_set = EIGSH_MATVECS + (MIN_MATVECS if lambda_min else 0) + trace_matvecs
     top = EIGSH_MATVECS * max(1, (2 * top_k + 1) // 20 + 1)
-    per_net = sum(n * (per_set * sets + (top - EIGSH_MATVECS + EIGSH_MATVECS) * (sets > 0)) for n in sizes)
+    per_net = sum(n * (per_set * sets + top * (sets > 0)) for n in sizes)
     per_net += density_n * density_steps * density_runs + 2 * EIGSH_MATVECS * map_points * map_n
     images = [(a, per_net) for a in archs]
     kind = torch.device(device).type

@@ -21,7 +21,6 @@ point); under torchrun each rank takes a strided share and every rank returns th
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from ...runtime.scoring import chunks, score
 from ..landscape.directions import grid_points, moving, random_direction
 from ..study import model_labels
 from .hessian import Hessian, curvature_ratio, extreme_eigenvalues, hutchpp_trace, spectral_density, top_eigenvalues
+from .scale import default_density_n
 
 if TYPE_CHECKING:
     from ...data.heldout import HeldOut
@@ -151,7 +151,7 @@ def compute_curvature(models: Sequence[LoadedWeights], *, sizes: Sequence[int] =
     if not sets and not map_grid and not map_points:
         raise ValueError("nothing to compute: no image set for a spectrum (sets 0) and no map")
     if density_n is None:
-        density_n = min(sizes, key=lambda n: abs(math.log(n / 256)))
+        density_n = default_density_n(sizes)
     points = list(map_points) if map_points is not None else grid_points(map_grid, map_span, 2) if map_grid else []
     labels = model_labels(models)
     jobs = [("spectrum", m, n, k) for n in sizes for m in range(len(models))

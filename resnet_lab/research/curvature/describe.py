@@ -101,8 +101,9 @@ def pair_lines(spec: pd.DataFrame, res: str, plain: str) -> list[str]:
     """The reading of one twin pair: per quantity the paired tests at the two largest n and what holds; the
     leave-one-out and fit controls."""
     lines = [f"\n**{res} vs {plain}:**"]
+    found = {}
     for q, words in WORDS.items():
-        v = scale.verdict(spec, res, plain, q)
+        v = found[q] = scale.verdict(spec, res, plain, q)
         tests = "; ".join(_test_words(t, q) for t in v["tests"])
         if v["holds"]:
             flatter = plain if v["holds"] == res else res
@@ -110,7 +111,7 @@ def pair_lines(spec: pd.DataFrame, res: str, plain: str) -> list[str]:
                          f"{flatter}'s minimum is the flatter by this measure.")
         else:
             lines.append(f"- {words}: no difference that holds at both of the largest n ({tests}).")
-    held = scale.held_quantity(spec, res, plain)
+    held = scale.held_quantity(found)
     q = held or "lambda_max"
     fit = scale.fit_control(spec, res, plain, q)
     if math.isfinite(fit["matched"]):

@@ -10,6 +10,7 @@ the net. A reading is stated only where it holds at the two largest n measured (
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -149,7 +150,13 @@ def fit_explains(fit: dict[str, float]) -> bool | None:
     return abs(math.log(fit["matched"])) < 0.5 * abs(math.log(fit["measured"]))
 
 
-def held_quantity(spec: pd.DataFrame, res: str, plain: str) -> str | None:
-    """The measure a pair's verdict rests on: lambda_max where it holds at the two largest n, else the trace where
-    it does, else None (the fit control is then drawn for lambda_max, with no gap to explain)."""
-    return next((q for q in ("lambda_max", "trace") if verdict(spec, res, plain, q)["holds"]), None)
+def held_quantity(verdicts: dict[str, dict]) -> str | None:
+    """The measure a pair's verdict rests on, from its `verdict`s by quantity: lambda_max where it holds at the two
+    largest n, else the trace where it does, else None (the fit control is then drawn for lambda_max, with no gap
+    to explain)."""
+    return next((q for q in ("lambda_max", "trace") if q in verdicts and verdicts[q]["holds"]), None)
+
+
+def default_density_n(sizes: Sequence[int]) -> int:
+    """The size the eigenvalue density is taken at when none is given: the one nearest 256 images."""
+    return min(sizes, key=lambda n: abs(math.log(n / 256)))
