@@ -105,7 +105,7 @@ OPTIONS = {
         "--split": one_of("test", "train"), "--radii": (positive_list, str),
         # the uncontrolled reading is always among them: a list without "none" is refused after parsing
         "--controls": ((lambda t: listed("none", "temperature", "bn", "bn+temperature")[0](t) and "none" in _items(t)),
-                       None),
+                       str, None),
     }),
     "lesion": (["--model", "resnet20"], {
         "--n": COUNT, "--draws": ints(1, 1000), "--k-points": ints(2), "--seed": SEED, "--data-seed": SEED,
